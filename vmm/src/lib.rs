@@ -1,0 +1,1 @@
+//! The vsplice VMM library.
