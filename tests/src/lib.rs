@@ -1,1 +1,4 @@
 //! Shared helpers for the end-to-end tests in `tests/tests/`.
+
+pub mod skip;
+pub mod testguest;

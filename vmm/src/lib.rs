@@ -1,1 +1,18 @@
-//! The vsplice VMM library.
+//! The vsplice VMM: a rust-vmm KVM hypervisor that boots Linux (or the
+//! purpose-built test guest), can park every vCPU at once and hand their
+//! registers to the patcher, and lets the patcher rewrite guest memory while
+//! the guest is stopped.
+//!
+//! Layout: [`config`] (what the user asked for), [`builder`] (the fixed boot
+//! order), [`vstate`] (KVM VM, memory, vCPU threads and the pause),
+//! [`arch`] (x86-64 boot structures), [`devices`] (legacy port-I/O devices),
+//! [`loader`] (kernel and initrd), [`vmm`] (the running VM), [`cli`].
+
+pub mod arch;
+pub mod builder;
+pub mod cli;
+pub mod config;
+pub mod devices;
+pub mod loader;
+pub mod vmm;
+pub mod vstate;

@@ -1,1 +1,5 @@
-fn main() {}
+//! The `vsplice` binary.
+
+fn main() -> std::process::ExitCode {
+    vsplice_vmm::cli::main()
+}

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The test command: set up the host (apt packages, guest images), then run every
+# test in the workspace and print one summary line with how many ran, failed,
+# and were skipped (with why) because this machine lacks something.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+bash images/setup-host.sh
+bash images/build-testguest.sh
+for script in images/debian-kernels.sh; do
+    [[ -x $script ]] && bash "$script"
+done
+
+skips="$root/target/test-skips.txt"
+mkdir -p "$root/target"
+: >"$skips"
+export VSPLICE_SKIP_LOG="$skips"
+log="$root/target/test-output.txt"
+
+set +e
+cargo test --workspace --release --no-fail-fast 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+
+passed=0; failed=0; ignored=0
+while read -r p f i; do
+    passed=$((passed + p)); failed=$((failed + f)); ignored=$((ignored + i))
+done < <(sed -n 's/^test result: [a-zA-Z]*\. \([0-9]*\) passed; \([0-9]*\) failed; \([0-9]*\) ignored.*/\1 \2 \3/p' "$log")
+skipped=$(sort -u "$skips" | grep -c . || true)
+if [[ $skipped -gt 0 ]]; then
+    echo
+    echo "=================== SKIPPED (this machine lacks something) ==================="
+    sort -u "$skips"
+    echo "==============================================================================="
+fi
+echo
+echo "vsplice tests: $((passed - skipped)) passed, $failed failed, $skipped skipped"
+exit "$status"

@@ -1,0 +1,120 @@
+//! `vsplice run` as a user runs it: exit codes and messages for a guest that
+//! powers off, a guest that triple-faults, bad input of every kind, and the
+//! Debian kernel where hardware virtualization makes that possible.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use vsplice_tests::skip;
+use vsplice_tests::testguest;
+
+fn vsplice(args: &[&str]) -> Output {
+    let bin = testguest::vsplice_bin();
+    assert!(bin.is_file(), "{} missing: run `cargo build --release -p vsplice-vmm` first", bin.display());
+    Command::new(bin).args(args).stdin(Stdio::null()).output().expect("vsplice runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn poweroff_exits_zero_and_prints_the_guest_console() {
+    let _g = testguest::vm_lock();
+    if !testguest::ready("cli_poweroff") {
+        return;
+    }
+    let kernel = testguest::image();
+    let out = vsplice(&["run", "--kernel", kernel.to_str().unwrap(), "--vcpus", "2", "--memory", "64", "--cmdline", "tg.tasks=2 tg.iters=2"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "status {:?}\nstdout:\n{stdout}\nstderr:\n{}", out.status, text(&out.stderr));
+    assert!(stdout.contains("TG poweroff"), "{stdout}");
+    testguest::parse_all(&stdout).unwrap();
+}
+
+#[test]
+fn triple_fault_exits_nonzero_with_reason_and_rip() {
+    let _g = testguest::vm_lock();
+    if !testguest::ready("cli_triple_fault") {
+        return;
+    }
+    let kernel = testguest::image();
+    let out = vsplice(&["run", "--kernel", kernel.to_str().unwrap(), "--memory", "64", "--cmdline", "tg.triple_fault"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr:\n{stderr}");
+    assert!(stderr.contains("triple fault") && stderr.contains("RIP"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+fn expect_one_line_error(args: &[&str], cause: &str, mention: &str) {
+    let out = vsplice(args);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{args:?}: want one line, got:\n{stderr}");
+    assert!(lines[0].contains(&format!("[{cause}]")), "{args:?}: {stderr}");
+    assert!(lines[0].contains(mention), "{args:?}: {stderr} should mention {mention}");
+    assert!(!stderr.contains("panicked"));
+}
+
+#[test]
+fn bad_input_is_a_one_line_error_naming_the_problem() {
+    let dir = std::env::temp_dir().join(format!("vsplice-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let junk = dir.join("junk.bin");
+    std::fs::write(&junk, b"this is neither an ELF file nor a bzImage, just text").unwrap();
+    let junk = junk.to_str().unwrap();
+    let kernel = testguest::image();
+    let kernel = kernel.to_str().unwrap();
+    expect_one_line_error(&["run", "--kernel", "/nonexistent/vmlinux"], "kernel_missing", "/nonexistent/vmlinux");
+    expect_one_line_error(&["run", "--kernel", kernel, "--initrd", "/nonexistent/initrd"], "initrd_missing", "/nonexistent/initrd");
+    expect_one_line_error(&["run", "--kernel", kernel, "--vcpus", "0"], "bad_vcpu_count", "0 vCPUs");
+    expect_one_line_error(&["run", "--kernel", kernel, "--vcpus", "100000"], "bad_vcpu_count", "100000 vCPUs");
+    expect_one_line_error(&["run", "--kernel", kernel, "--memory", "8"], "memory_too_small", "8 MiB");
+    expect_one_line_error(&["run", "--kernel", kernel, "--memory", "64", "--arena", "62"], "memory_too_small", "62 MiB");
+    expect_one_line_error(&["run", "--kernel", kernel, "--arena", "3"], "bad_arena_size", "2 MiB");
+    if skip::has_kvm() {
+        // Format errors are found when the image is loaded, after KVM is opened.
+        expect_one_line_error(&["run", "--kernel", junk, "--memory", "64"], "not_a_kernel", junk);
+    } else {
+        skip::skip("cli_bad_kernel_format", "/dev/kvm cannot be opened; the image is loaded only after KVM is");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn help_explains_the_run_flags() {
+    let out = vsplice(&["run", "--help"]);
+    let help = text(&out.stdout);
+    assert!(out.status.success());
+    for flag in ["--kernel", "--initrd", "--cmdline", "--vcpus", "--memory", "--serial", "--arena"] {
+        assert!(help.contains(flag), "{flag} missing:\n{help}");
+    }
+}
+
+#[test]
+fn debian_kernel_boots_under_vsplice_run() {
+    if !skip::has_hardware_virtualization() {
+        skip::skip(
+            "debian_kernel_under_vsplice_run",
+            "no VMX/SVM in /proc/cpuinfo: KVM here emulates guest CPL0 code, a stock kernel cannot boot in useful time",
+        );
+        return;
+    }
+    let root = testguest::workspace_root();
+    let kernel = root.join("target/images/debian-amd64/vmlinuz");
+    let initrd = root.join("target/images/debian-amd64/initramfs.cpio.gz");
+    assert!(Path::new(&kernel).is_file(), "{} missing: run images/debian-kernels.sh", kernel.display());
+    let out = vsplice(&[
+        "run", "--kernel", kernel.to_str().unwrap(), "--initrd", initrd.to_str().unwrap(), "--vcpus", "2", "--memory", "1024",
+        "--cmdline", "vsplice.poweroff_when_ready=1",
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(stdout.contains("Linux version"), "{stdout}");
+    for bad in ["Oops", "BUG:", "Kernel panic"] {
+        assert!(!stdout.contains(bad), "{bad} on the console:\n{stdout}");
+    }
+}

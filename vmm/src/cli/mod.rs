@@ -1,0 +1,57 @@
+//! The `vsplice` command line: one subcommand per file.
+
+pub mod run;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// vsplice: a KVM VMM that live-patches the Linux kernel of its guest from the hypervisor side.
+#[derive(Debug, Parser)]
+#[command(name = "vsplice", version, about, long_about = None)]
+pub struct Cli {
+    /// Log filter for diagnostics on stderr (e.g. `info`, `vsplice_vmm=debug`); also VSPLICE_LOG.
+    #[arg(long, global = true, value_name = "FILTER")]
+    pub log: Option<String>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// vsplice subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Boot a guest under the vsplice VMM and run it until it powers off.
+    Run(run::RunArgs),
+}
+
+fn init_logging(filter: Option<&str>) {
+    let filter = filter
+        .map(str::to_owned)
+        .or_else(|| std::env::var("VSPLICE_LOG").ok())
+        .unwrap_or_else(|| "warn".to_owned());
+    let env_filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(env_filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Prints an error and its `#[source]` chain on one line.
+pub fn report(err: &dyn std::error::Error, cause: &str) {
+    let mut line = err.to_string();
+    let mut cur = err.source();
+    while let Some(s) = cur {
+        line.push_str(": ");
+        line.push_str(&s.to_string());
+        cur = s.source();
+    }
+    eprintln!("vsplice: error [{cause}]: {line}");
+}
+
+/// Entry point of the `vsplice` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log.as_deref());
+    match cli.command {
+        Command::Run(args) => run::run(args),
+    }
+}

@@ -1,0 +1,149 @@
+//! `vsplice run`: boot a guest and run it until it powers off, reboots or crashes.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::arch::x86_64::layout::ARENA_DEFAULT_SIZE;
+use crate::builder;
+use crate::config::{SerialConfig, VmConfig, DEFAULT_MEMORY_MIB, DEFAULT_VCPUS};
+use crate::vstate::pause::DEFAULT_PAUSE_TIMEOUT;
+
+/// Exit code when the guest crashed (triple fault, KVM internal error).
+pub const EXIT_GUEST_CRASHED: u8 = 2;
+/// Exit code when the VM could not be built (bad input, KVM refused).
+pub const EXIT_BAD_INPUT: u8 = 1;
+
+/// Arguments of `vsplice run`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+The guest's power-off (ACPI S5) or reboot request (i8042 reset, `reboot=k`) ends the VMM with \
+exit code 0. A triple fault or KVM internal error ends it with exit code 2 and a message giving \
+the exit reason, RIP and the instruction bytes KVM reported. Bad input exits with code 1 and a \
+one-line error naming the problem.")]
+pub struct RunArgs {
+    /// Kernel to boot: an ELF vmlinux (entered at its 64-bit entry point) or a bzImage.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: PathBuf,
+    /// Initial ramdisk, loaded at the top of usable RAM below the patch arena.
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line. `console=ttyS0`, `reboot=k` and `panic=1` are added unless it names
+    /// its own `console=`, `reboot=` or `panic=`.
+    #[arg(long, value_name = "STR", default_value = "")]
+    pub cmdline: String,
+    /// Number of vCPUs (1 up to what this host's KVM allows, at most 254).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_VCPUS)]
+    pub vcpus: usize,
+    /// Guest memory in MiB, patch arena included.
+    #[arg(long, value_name = "MIB", default_value_t = DEFAULT_MEMORY_MIB)]
+    pub memory: u64,
+    /// Where COM1 (ttyS0) goes: `stdio` (stdin feeds the guest), `file:PATH`, or `null`.
+    #[arg(long, value_name = "stdio|file:PATH|null", default_value = "stdio", value_parser = parse_serial)]
+    pub serial: SerialArg,
+    /// Size in MiB of the patch arena: a 2 MiB-aligned range at the top of guest memory that the
+    /// e820 map marks reserved, so the guest never uses it; live patches are placed there.
+    #[arg(long, value_name = "MIB", default_value_t = ARENA_DEFAULT_SIZE >> 20)]
+    pub arena: u64,
+    /// Longest a whole-VM pause may take before it is abandoned (the VM keeps running).
+    #[arg(long, value_name = "MS", default_value_t = DEFAULT_PAUSE_TIMEOUT.as_millis() as u64)]
+    pub pause_timeout_ms: u64,
+}
+
+/// Parsed `--serial` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SerialArg {
+    /// stdout / stdin.
+    Stdio,
+    /// A file.
+    File(PathBuf),
+    /// Discard.
+    Null,
+}
+
+fn parse_serial(s: &str) -> Result<SerialArg, String> {
+    match s {
+        "stdio" => Ok(SerialArg::Stdio),
+        "null" => Ok(SerialArg::Null),
+        _ => match s.strip_prefix("file:") {
+            Some(p) if !p.is_empty() => Ok(SerialArg::File(PathBuf::from(p))),
+            _ => Err(format!("`{s}` is not one of stdio, null, file:PATH")),
+        },
+    }
+}
+
+impl RunArgs {
+    /// The VM configuration these arguments describe.
+    pub fn to_config(&self) -> VmConfig {
+        let mut c = VmConfig::new(&self.kernel);
+        c.initrd = self.initrd.clone();
+        c.cmdline = self.cmdline.clone();
+        c.vcpus = self.vcpus;
+        c.memory_mib = self.memory;
+        c.arena_mib = self.arena;
+        c.pause_timeout = Duration::from_millis(self.pause_timeout_ms);
+        c.serial = match &self.serial {
+            SerialArg::Stdio => SerialConfig::Stdio,
+            SerialArg::File(p) => SerialConfig::File(p.clone()),
+            SerialArg::Null => SerialConfig::Null,
+        };
+        c
+    }
+}
+
+/// Runs `vsplice run`.
+pub fn run(args: RunArgs) -> ExitCode {
+    let mut vmm = match builder::build(args.to_config()) {
+        Ok(vmm) => vmm,
+        Err(e) => {
+            super::report(&e, e.cause());
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
+    let exit = match vmm.wait_for_exit(None) {
+        Ok(Some(exit)) => exit,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(e) => {
+            super::report(&e, "event_loop_failed");
+            vmm.shutdown();
+            return ExitCode::from(EXIT_GUEST_CRASHED);
+        }
+    };
+    vmm.shutdown();
+    if exit.is_clean() {
+        tracing::info!(%exit, "guest finished");
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("vsplice: guest crashed [{}]: {exit}", exit.cause());
+        ExitCode::from(EXIT_GUEST_CRASHED)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn serial_values() {
+        assert_eq!(parse_serial("stdio").unwrap(), SerialArg::Stdio);
+        assert_eq!(parse_serial("null").unwrap(), SerialArg::Null);
+        assert_eq!(parse_serial("file:/tmp/x").unwrap(), SerialArg::File("/tmp/x".into()));
+        assert!(parse_serial("file:").is_err());
+        assert!(parse_serial("tcp:1").is_err());
+    }
+
+    #[test]
+    fn help_explains_every_flag() {
+        use clap::CommandFactory;
+        let mut cmd = super::super::Cli::command();
+        let run = cmd.find_subcommand_mut("run").unwrap();
+        let help = run.render_long_help().to_string();
+        for flag in ["--kernel", "--initrd", "--cmdline", "--vcpus", "--memory", "--serial", "--arena", "--pause-timeout-ms"] {
+            assert!(help.contains(flag), "{flag} missing from help");
+        }
+        assert!(help.contains("console=ttyS0"));
+    }
+}
