@@ -117,3 +117,20 @@ pub trait Backend {
     /// coherent (e.g. an emulator's translation cache).
     fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), BackendError>;
 }
+
+/// A mutable reference to a backend is a backend, so readers that own their
+/// backend (e.g. the virtual-memory reader) can also borrow one.
+impl<B: Backend + ?Sized> Backend for &mut B {
+    fn stop(&mut self) -> Result<Vec<VcpuState>, BackendError> {
+        (**self).stop()
+    }
+    fn resume(&mut self) -> Result<(), BackendError> {
+        (**self).resume()
+    }
+    fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), BackendError> {
+        (**self).read_phys(gpa, buf)
+    }
+    fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), BackendError> {
+        (**self).write_phys(gpa, data)
+    }
+}

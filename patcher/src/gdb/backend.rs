@@ -1,0 +1,154 @@
+//! [`Backend`] over a gdbstub: all-stop interrupt, per-vCPU registers through
+//! thread selection, guest-physical memory through QEMU's physical memory
+//! mode, writes through the stub (which keeps translated code coherent).
+
+use tracing::{debug, warn};
+
+use super::client::{GdbClient, GdbOptions};
+use super::error::GdbError;
+use super::registers::RegMap;
+use crate::backend::{Backend, BackendError, VcpuState};
+
+/// A guest reached through a gdbstub.
+#[derive(Debug)]
+pub struct GdbBackend {
+    client: GdbClient,
+    regs: RegMap,
+    threads: Vec<String>,
+    running: bool,
+    /// When the stub has no physical mode: the virtual address at which the
+    /// guest maps all physical memory linearly (set by the OS layer).
+    direct_map: Option<u64>,
+}
+
+impl GdbBackend {
+    /// Connect to `host:port` or a Unix socket path. QEMU stops the guest
+    /// when a debugger connects, so the backend starts out stopped.
+    pub fn connect(addr: &str, opts: GdbOptions) -> Result<Self, GdbError> {
+        let client = GdbClient::connect(addr, opts)?;
+        Self::with_client(client)
+    }
+
+    /// Build on a negotiated client (tests).
+    pub fn with_client(mut client: GdbClient) -> Result<Self, GdbError> {
+        // Ask why it is stopped: this also confirms the guest is stopped.
+        let why = client.stop_reason()?;
+        debug!(stop = %String::from_utf8_lossy(&why), "attached");
+        let td = client.target_description()?;
+        let regs = RegMap::new(&td)?;
+        let threads = client.threads()?;
+        if threads.is_empty() {
+            return Err(GdbError::protocol(b"qfThreadInfo", b"no threads"));
+        }
+        if client.features.qemu_phys {
+            client.set_phys_mode(true)?;
+        } else {
+            warn!("gdbstub has no physical memory mode; physical access needs set_direct_map()");
+        }
+        Ok(Self { client, regs, threads, running: false, direct_map: None })
+    }
+
+    /// For stubs without a physical mode: physical address P is read at
+    /// virtual address `base + P` (the guest's direct map).
+    pub fn set_direct_map(&mut self, base: u64) {
+        self.direct_map = Some(base);
+    }
+
+    /// The vCPU thread ids, in vCPU index order.
+    pub fn threads(&self) -> &[String] {
+        &self.threads
+    }
+
+    /// The underlying client.
+    pub fn client(&mut self) -> &mut GdbClient {
+        &mut self.client
+    }
+
+    /// True while the guest runs.
+    pub fn is_running(&self) -> bool {
+        self.running
+    }
+
+    /// Detach: the stub lets the guest run and forgets this client.
+    pub fn detach(mut self) -> Result<(), GdbError> {
+        if self.running {
+            self.client.interrupt()?;
+        }
+        self.client.detach()
+    }
+
+    fn read_vcpus(&mut self) -> Result<Vec<VcpuState>, GdbError> {
+        let mut out = Vec::with_capacity(self.threads.len());
+        for (i, tid) in self.threads.clone().iter().enumerate() {
+            self.client.select_thread(tid)?;
+            let g = self.client.read_all_registers()?;
+            let client = &mut self.client;
+            out.push(self.regs.decode(i, &g, |n| client.read_register(n))?);
+        }
+        Ok(out)
+    }
+
+    fn phys_addr(&self, gpa: u64, len: usize) -> Result<u64, BackendError> {
+        if self.client.phys_mode() {
+            return Ok(gpa);
+        }
+        match self.direct_map {
+            Some(base) => Ok(base.wrapping_add(gpa)),
+            None => Err(BackendError::Transport(format!(
+                "gdb unsupported: no physical memory mode and no direct map for {gpa:#x}+{len:#x}"
+            ))),
+        }
+    }
+
+    fn map_mem_err(e: GdbError, gpa: u64, len: usize) -> BackendError {
+        match e {
+            GdbError::Remote { .. } => BackendError::BadAddress { gpa, len: len as u64 },
+            other => other.into(),
+        }
+    }
+}
+
+impl Backend for GdbBackend {
+    fn stop(&mut self) -> Result<Vec<VcpuState>, BackendError> {
+        if self.running {
+            self.client.interrupt()?;
+            self.running = false;
+        }
+        match self.read_vcpus() {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                // All or nothing: do not leave the guest stopped on failure.
+                if self.client.cont().is_ok() {
+                    self.running = true;
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    fn resume(&mut self) -> Result<(), BackendError> {
+        if self.running {
+            return Ok(());
+        }
+        self.client.cont()?;
+        self.running = true;
+        Ok(())
+    }
+
+    fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), BackendError> {
+        if self.running {
+            return Err(BackendError::WrongState("memory reads need the guest stopped"));
+        }
+        let a = self.phys_addr(gpa, buf.len())?;
+        let len = buf.len();
+        self.client.read_memory(a, buf).map_err(|e| Self::map_mem_err(e, gpa, len))
+    }
+
+    fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), BackendError> {
+        if self.running {
+            return Err(BackendError::WrongState("memory writes need the guest stopped"));
+        }
+        let a = self.phys_addr(gpa, data.len())?;
+        self.client.write_memory(a, data).map_err(|e| Self::map_mem_err(e, gpa, data.len()))
+    }
+}
