@@ -7,3 +7,5 @@
 
 pub mod backend;
 pub mod gdb;
+pub mod mem;
+pub mod x86;
