@@ -1,0 +1,61 @@
+/*
+ * patchable.c - the functions vsplice live-patches in the test guest.
+ *
+ * Built with -pg -mfentry -mrecord-mcount -mnop-mcount, like a Linux kernel
+ * function: each starts with the 5-byte NOP (0f 1f 44 00 00) where ftrace
+ * would put its call, and its address is listed in __mcount_loc. Each is at
+ * least 16 bytes long (checked at build time by check-elf.sh), so a 5-byte
+ * jmp fits after the NOP. `noipa` keeps gcc from inlining, cloning or
+ * assuming anything about them: every call is a real call.
+ *
+ * Each task computes, every iteration, value = tg_compute(iter):
+ *   tg_step_b(x) = x * 0x10001 + 0x2a
+ *   tg_step_a(x) = tg_step_b(x) ^ 0xa5a5
+ *   tg_compute(x) = tg_step_a(x) + 0x1000
+ * e.g. iter 1 -> 0x1a58e, iter 2 -> 0x3a591. Replacing any of them changes
+ * the printed value from the next iteration on.
+ *
+ * tg_sleep is where every task waits between iterations (halted until the
+ * timer wakes it), so it is almost always on some task's stack: patching it
+ * exercises the "code busy" path. tg_busy is optional busy work (tg.work=N).
+ */
+#include "tg.h"
+
+#define PATCHABLE __attribute__((noipa, used))
+
+PATCHABLE u64 tg_step_b(u64 x)
+{
+	return x * 0x10001 + 0x2a;
+}
+
+PATCHABLE u64 tg_step_a(u64 x)
+{
+	return tg_step_b(x) ^ 0xa5a5;
+}
+
+PATCHABLE u64 tg_compute(u64 x)
+{
+	return tg_step_a(x) + 0x1000;
+}
+
+/* Sleep for `ticks` timer ticks: the scheduler runs other tasks meanwhile. */
+PATCHABLE void tg_sleep(u64 ticks)
+{
+	u64 wake = tg_sched_sleep_begin(ticks);
+
+	while (tg_cpu_ticks() < wake)
+		__asm__ __volatile__("hlt" ::: "memory");
+}
+
+/* Busy work: n rounds of integer mixing; the result is printed nowhere. */
+PATCHABLE u64 tg_busy(u64 n)
+{
+	u64 acc = 0x9e3779b97f4a7c15ULL;
+
+	for (u64 i = 0; i < n; i++) {
+		acc ^= acc >> 7;
+		acc += i;
+		barrier();
+	}
+	return acc;
+}
