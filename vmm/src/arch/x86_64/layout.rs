@@ -46,6 +46,9 @@ pub const CMDLINE_MAX_SIZE: usize = 2048;
 
 /// Start of the extended BIOS data area: the MP table lives here.
 pub const EBDA_START: u64 = 0x9fc00;
+/// End (exclusive) of the room for the MP table: it starts in the EBDA and may
+/// run on through the reserved legacy area up to the ACPI tables.
+pub const MPTABLE_END: u64 = RSDP_START;
 /// Start of the BIOS read-only area where Linux scans for the RSDP.
 pub const RSDP_START: u64 = 0xe0000;
 /// End (exclusive) of the legacy BIOS area below 1 MiB.
@@ -71,6 +74,8 @@ pub const ARENA_DEFAULT_SIZE: u64 = 4 << 20;
 
 /// Smallest guest memory we accept: room for the low area, a kernel, and the arena.
 pub const MIN_MEMORY_SIZE: u64 = 32 << 20;
+/// Least RAM that must stay usable by the guest once the arena is carved out.
+pub const MIN_USABLE_MEMORY: u64 = 16 << 20;
 
 /// I/O port of the first 8250 UART (COM1).
 pub const SERIAL_PORT_BASE: u16 = 0x3f8;
