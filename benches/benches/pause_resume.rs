@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use vsplice_benches::{boot_testguest, percentile, testguest_image};
-use vsplice_vmm::vstate::pause::Pausable;
 
 fn pause_resume(c: &mut Criterion) {
     if !testguest_image().is_file() || std::fs::File::open("/dev/kvm").is_err() {

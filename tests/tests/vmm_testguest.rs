@@ -11,7 +11,6 @@ use vsplice_tests::testguest::{self, Capture};
 use vsplice_vmm::builder;
 use vsplice_vmm::config::{SerialConfig, VmConfig};
 use vsplice_vmm::vmm::Vmm;
-use vsplice_vmm::vstate::pause::Pausable;
 use vsplice_vmm::vstate::vcpu::GuestExit;
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);

@@ -155,16 +155,28 @@ impl Vmm {
     }
 }
 
-impl Pausable for Vmm {
-    fn pause(&mut self) -> Result<Vec<VcpuState>, PauseError> {
+impl Vmm {
+    /// Parks every vCPU and returns their states (see [`Pausable::pause`]).
+    pub fn pause(&mut self) -> Result<Vec<VcpuState>, PauseError> {
         if self.exit_status().is_some() {
             return Err(PauseError::GuestGone);
         }
         self.vcpus.pause()
     }
 
-    fn resume(&mut self) -> Result<(), PauseError> {
+    /// Releases every parked vCPU; a no-op while running.
+    pub fn resume(&mut self) -> Result<(), PauseError> {
         self.vcpus.resume()
+    }
+}
+
+impl Pausable for Vmm {
+    fn pause(&mut self) -> Result<Vec<VcpuState>, PauseError> {
+        Vmm::pause(self)
+    }
+
+    fn resume(&mut self) -> Result<(), PauseError> {
+        Vmm::resume(self)
     }
 }
 
@@ -180,11 +192,11 @@ impl From<PauseError> for BackendError {
 
 impl Backend for Vmm {
     fn stop(&mut self) -> Result<Vec<VcpuState>, BackendError> {
-        Ok(Pausable::pause(self)?)
+        Ok(Vmm::pause(self)?)
     }
 
     fn resume(&mut self) -> Result<(), BackendError> {
-        Ok(Pausable::resume(self)?)
+        Ok(Vmm::resume(self)?)
     }
 
     fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), BackendError> {

@@ -111,8 +111,15 @@ impl MutEventSubscriber for SerialInput {
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.stdin, EventSet::IN)) {
-            tracing::warn!(error = %e, fd = self.stdin.as_raw_fd(), "stdin not watched; guest gets no serial input");
+        match ops.add(Events::new(&self.stdin, EventSet::IN)) {
+            Ok(()) => {}
+            // epoll refuses regular files and /dev/null: there is no input to wait for.
+            Err(event_manager::Error::Epoll(e)) if e.errno() == libc::EPERM => {
+                tracing::debug!(fd = self.stdin.as_raw_fd(), "stdin is not pollable; guest gets no serial input");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, fd = self.stdin.as_raw_fd(), "stdin not watched; guest gets no serial input");
+            }
         }
     }
 }
