@@ -9,3 +9,4 @@ pub mod backend;
 pub mod gdb;
 pub mod mem;
 pub mod x86;
+pub mod linux;
