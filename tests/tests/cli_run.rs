@@ -44,7 +44,8 @@ fn triple_fault_exits_nonzero_with_reason_and_rip() {
     let out = vsplice(&["run", "--kernel", kernel.to_str().unwrap(), "--memory", "64", "--cmdline", "tg.triple_fault"]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "stderr:\n{stderr}");
-    assert!(stderr.contains("triple fault") && stderr.contains("RIP"), "{stderr}");
+    assert!(stderr.contains("triple fault") && stderr.contains("RIP 0xffffffff"), "{stderr}");
+    assert!(stderr.contains("code at RIP "), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 

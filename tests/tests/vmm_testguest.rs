@@ -167,7 +167,10 @@ fn triple_fault_is_reported_with_rip() {
     let (mut vmm, out) = boot(1, "tg.triple_fault");
     let exit = vmm.wait_for_exit(Some(BOOT_TIMEOUT)).unwrap();
     match exit {
-        Some(GuestExit::TripleFault { vcpu: 0, .. }) => {}
+        Some(GuestExit::TripleFault { vcpu: 0, rip: Some(rip), insn }) => {
+            assert!(rip >= 0xffff_ffff_8000_0000, "RIP {rip:#x} not in the kernel half");
+            assert!(!insn.is_empty(), "no code bytes read at RIP {rip:#x}");
+        }
         other => panic!("expected a triple fault, got {other:?}\n{}", out.text()),
     }
 }

@@ -226,7 +226,7 @@ pub fn build(config: VmConfig) -> Result<Vmm, BuildError> {
     // 8. Threads.
     let exit_evt = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(|source| BuildError::Device { what: "exit eventfd", source })?);
     let (notifier, exits) = ExitNotifier::new(exit_evt.clone());
-    let mut threads = VcpuThreads::spawn(vcpus, &bus, &notifier)?;
+    let mut threads = VcpuThreads::spawn(vcpus, &bus, &mem, &notifier)?;
     threads.set_pause_timeout(config.pause_timeout);
     Ok(Vmm::new(vm, mem, threads, exits, exit_evt, serial, stdin_input, arena))
 }

@@ -114,7 +114,7 @@ impl VmConfig {
             return Err(ConfigError::MemoryTooLarge { mib: self.memory_mib, max_mib: MAX_MEMORY_MIB });
         }
         let arena = self.arena_mib << 20;
-        if arena == 0 || arena % ARENA_ALIGN != 0 {
+        if arena == 0 || !arena.is_multiple_of(ARENA_ALIGN) {
             return Err(ConfigError::ArenaSize { mib: self.arena_mib });
         }
         let min = (MIN_MEMORY_SIZE + arena) >> 20;
@@ -220,7 +220,8 @@ mod tests {
 
     #[test]
     fn bad_requests_have_their_own_cause() {
-        let cases: Vec<(Box<dyn Fn(&mut VmConfig)>, &str)> = vec![
+        type Mutation = Box<dyn Fn(&mut VmConfig)>;
+        let cases: Vec<(Mutation, &str)> = vec![
             (Box::new(|c| c.kernel = "/nonexistent/vmlinux".into()), "kernel_missing"),
             (Box::new(|c| c.initrd = Some("/nonexistent/initrd".into())), "initrd_missing"),
             (Box::new(|c| c.vcpus = 0), "bad_vcpu_count"),

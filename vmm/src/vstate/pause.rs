@@ -21,6 +21,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 use vsplice_patcher::backend::VcpuState;
 
+use super::memory::GuestMemory;
 use super::vcpu::{ExitAction, GuestExit, Vcpu};
 use crate::devices::bus::PioBus;
 
@@ -179,6 +180,7 @@ struct VcpuThread {
     vcpu: Vcpu,
     shared: Arc<Shared>,
     bus: PioBus,
+    mem: GuestMemory,
     exits: ExitNotifier,
 }
 
@@ -195,7 +197,7 @@ impl VcpuThread {
                 }
                 Request::Run => {}
             }
-            match self.vcpu.run_once(&self.bus) {
+            match self.vcpu.run_once(&self.bus, &self.mem) {
                 Ok(ExitAction::Continue) => {}
                 Ok(ExitAction::Stop(exit)) => {
                     self.stop(exit);
@@ -218,7 +220,7 @@ impl VcpuThread {
     fn park(&mut self) {
         self.vcpu.fd.set_kvm_immediate_exit(1);
         loop {
-            match self.vcpu.run_once(&self.bus) {
+            match self.vcpu.run_once(&self.bus, &self.mem) {
                 // An exit that was already pending is handled like any other; go again.
                 Ok(ExitAction::Continue) => continue,
                 Ok(ExitAction::Stop(exit)) => {
@@ -303,7 +305,7 @@ impl std::fmt::Debug for VcpuThreads {
 
 impl VcpuThreads {
     /// Starts one thread per vCPU; they enter the guest at once.
-    pub fn spawn(vcpus: Vec<Vcpu>, bus: &PioBus, exits: &ExitNotifier) -> Result<Self, SpawnError> {
+    pub fn spawn(vcpus: Vec<Vcpu>, bus: &PioBus, mem: &GuestMemory, exits: &ExitNotifier) -> Result<Self, SpawnError> {
         register_signal_handler(kick_signal(), kick_handler).map_err(SpawnError::Signal)?;
         let mut threads = Self { handles: Vec::new(), paused: None, timeout: DEFAULT_PAUSE_TIMEOUT };
         for vcpu in vcpus {
@@ -312,7 +314,8 @@ impl VcpuThreads {
                 control: Mutex::new(Control { request: Request::Run, parked: false, exited: false, snapshot: None }),
                 changed: Condvar::new(),
             });
-            let worker = VcpuThread { vcpu, shared: shared.clone(), bus: bus.clone(), exits: exits.clone() };
+            let worker =
+                VcpuThread { vcpu, shared: shared.clone(), bus: bus.clone(), mem: mem.clone(), exits: exits.clone() };
             let thread = std::thread::Builder::new()
                 .name(format!("vcpu{index}"))
                 .spawn(move || worker.run())

@@ -9,8 +9,12 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use thiserror::Error;
 use vsplice_patcher::backend::VcpuState;
 
+use super::memory::{read_virt, GuestMemory};
 use crate::devices::bus::PioBus;
 use crate::devices::DeviceAction;
+
+/// Longest x86 instruction.
+const MAX_INSN_LEN: usize = 15;
 
 /// MSR_LSTAR: the 64-bit SYSCALL entry point.
 pub const MSR_LSTAR: u32 = 0xc000_0082;
@@ -78,6 +82,8 @@ pub enum GuestExit {
         vcpu: usize,
         /// RIP at the time of the fault, when it could be read.
         rip: Option<u64>,
+        /// Code bytes at RIP read through the guest's page tables (KVM reports none).
+        insn: Vec<u8>,
     },
     /// KVM could not run or emulate guest code.
     InternalError {
@@ -125,6 +131,15 @@ impl GuestExit {
     }
 }
 
+fn write_insn(f: &mut std::fmt::Formatter<'_>, insn: &[u8], what: &str) -> std::fmt::Result {
+    if insn.is_empty() {
+        write!(f, ", no {what} available")
+    } else {
+        let bytes: Vec<String> = insn.iter().map(|b| format!("{b:02x}")).collect();
+        write!(f, ", {what} {}", bytes.join(" "))
+    }
+}
+
 fn hex_or_unknown(v: Option<u64>) -> String {
     v.map_or_else(|| "unknown".to_owned(), |v| format!("{v:#x}"))
 }
@@ -134,17 +149,13 @@ impl std::fmt::Display for GuestExit {
         match self {
             Self::PowerOff => write!(f, "guest powered off"),
             Self::Reset => write!(f, "guest requested a reset"),
-            Self::TripleFault { vcpu, rip } => {
-                write!(f, "vCPU {vcpu} triple fault (KVM_EXIT_SHUTDOWN) at RIP {}", hex_or_unknown(*rip))
+            Self::TripleFault { vcpu, rip, insn } => {
+                write!(f, "vCPU {vcpu} triple fault (KVM_EXIT_SHUTDOWN) at RIP {}", hex_or_unknown(*rip))?;
+                write_insn(f, insn, "code at RIP")
             }
             Self::InternalError { vcpu, suberror, rip, insn } => {
                 write!(f, "vCPU {vcpu} KVM internal error (suberror {suberror}) at RIP {}", hex_or_unknown(*rip))?;
-                if insn.is_empty() {
-                    write!(f, ", no instruction bytes reported")
-                } else {
-                    let bytes: Vec<String> = insn.iter().map(|b| format!("{b:02x}")).collect();
-                    write!(f, ", instruction bytes {}", bytes.join(" "))
-                }
+                write_insn(f, insn, "instruction bytes")
             }
             Self::FailEntry { vcpu, reason } => {
                 write!(f, "vCPU {vcpu} could not enter the guest (hardware reason {reason:#x})")
@@ -225,6 +236,15 @@ impl Vcpu {
         self.fd.get_regs().ok().map(|r| r.rip)
     }
 
+    fn triple_fault(&self, mem: &GuestMemory) -> GuestExit {
+        let rip = self.rip();
+        let insn = match (rip, self.fd.get_sregs()) {
+            (Some(rip), Ok(s)) => read_virt(mem, s.cr0, s.cr3, s.cr4, rip, MAX_INSN_LEN),
+            _ => Vec::new(),
+        };
+        GuestExit::TripleFault { vcpu: self.index, rip, insn }
+    }
+
     fn internal_error(&mut self) -> GuestExit {
         let run = self.fd.get_kvm_run();
         // SAFETY: KVM filled the `internal` member of the exit union: exit_reason
@@ -242,7 +262,7 @@ impl Vcpu {
 
     /// Runs the guest until the next exit and handles it.
     /// `Err` carries the KVM_RUN error (EINTR when kicked).
-    pub fn run_once(&mut self, bus: &PioBus) -> Result<ExitAction, kvm_ioctls::Error> {
+    pub fn run_once(&mut self, bus: &PioBus, mem: &GuestMemory) -> Result<ExitAction, kvm_ioctls::Error> {
         let index = self.index;
         let action = match self.fd.run()? {
             VcpuExit::IoIn(port, data) => {
@@ -260,9 +280,7 @@ impl Vcpu {
                 DeviceAction::None
             }
             VcpuExit::Hlt | VcpuExit::IrqWindowOpen | VcpuExit::Intr => DeviceAction::None,
-            VcpuExit::Shutdown => {
-                return Ok(ExitAction::Stop(GuestExit::TripleFault { vcpu: index, rip: self.rip() }));
-            }
+            VcpuExit::Shutdown => return Ok(ExitAction::Stop(self.triple_fault(mem))),
             VcpuExit::SystemEvent(kind, _) => match kind {
                 kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => DeviceAction::PowerOff,
                 kvm_bindings::KVM_SYSTEM_EVENT_RESET => DeviceAction::Reset,
@@ -303,8 +321,10 @@ mod tests {
         assert!(s.contains("vCPU 1") && s.contains("0x1000") && s.contains("0f ae"), "{s}");
         assert!(!e.is_clean());
         assert_eq!(e.cause(), "kvm_internal_error");
-        let t = GuestExit::TripleFault { vcpu: 0, rip: None }.to_string();
+        let t = GuestExit::TripleFault { vcpu: 0, rip: None, insn: vec![] }.to_string();
         assert!(t.contains("triple fault") && t.contains("unknown"), "{t}");
+        let t = GuestExit::TripleFault { vcpu: 0, rip: Some(0x10), insn: vec![0x0f, 0x0b] }.to_string();
+        assert!(t.contains("code at RIP 0f 0b"), "{t}");
         assert!(GuestExit::PowerOff.is_clean() && GuestExit::Reset.is_clean());
     }
 }
