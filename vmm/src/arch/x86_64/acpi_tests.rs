@@ -194,11 +194,3 @@ fn cpu_count_limits() {
     let small = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x8_0000)]).unwrap();
     assert_eq!(setup_acpi(&small, 1).unwrap_err().cause(), "acpi_write");
 }
-
-#[test]
-fn tmp_dump_tables() {
-    let names = ["rsdp", "facs", "dsdt", "facp", "apic", "xsdt"];
-    for (i, (_, bytes)) in acpi_tables(4).unwrap().into_iter().enumerate() {
-        std::fs::write(format!("/tmp/acpidump/{}.dat", names[i]), bytes).unwrap();
-    }
-}
