@@ -26,7 +26,7 @@ struct tg_task_table tg_task_table __attribute__((aligned(64)));
 u32 tg_task_count;
 tg_spinlock_t tg_task_lock;		/* serializes writers of the table */
 u8 tg_task_stacks[TG_MAX_TASKS][TG_TASK_STACK_SIZE]
-	__attribute__((section(".bss..stacks"), aligned(4096)));
+	__attribute__((section(".bss..stacks"), aligned(TG_TASK_STACK_SIZE)));
 u32 tg_cpu_count;			/* CPUs online */
 u64 tg_trampoline_pa;			/* where the AP trampoline was put */
 

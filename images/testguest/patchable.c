@@ -12,7 +12,7 @@
  *   tg_step_b(x) = x * 0x10001 + 0x2a
  *   tg_step_a(x) = tg_step_b(x) ^ 0xa5a5
  *   tg_compute(x) = tg_step_a(x) + 0x1000
- * e.g. iter 1 -> 0x1a58e, iter 2 -> 0x3a591. Replacing any of them changes
+ * e.g. iter 1 -> 0x1b58e, iter 2 -> 0x2b589, iter 3 -> 0x3b588. Replacing any of them changes
  * the printed value from the next iteration on.
  *
  * tg_sleep is where every task waits between iterations (halted until the
