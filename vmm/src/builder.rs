@@ -126,7 +126,8 @@ fn load_images(
         Some(path) => {
             let size = loader::initrd_size(path)?;
             let max = kernel.setup_header.map_or(u64::from(u32::MAX), |h| u64::from(h.initrd_addr_max));
-            let addr = boot_params::initrd_load_addr(e820, size, max).map_err(boot_err("initrd placement"))?;
+            let addr = boot_params::initrd_load_addr_above(e820, size, kernel.end, max)
+                .map_err(boot_err("initrd placement"))?;
             loader::load_initrd(mem, path, addr)?;
             Some((addr, size))
         }
@@ -204,6 +205,8 @@ pub fn build(config: VmConfig) -> Result<Vmm, BuildError> {
     // 1. Configuration, checked before any resource exists (then against this host's KVM).
     config.validate(MAX_SUPPORTED_VCPUS)?;
     let vm = Vm::new()?;
+    let routing = interrupts::legacy_gsi_routing().map_err(boot_err("IRQ routing"))?;
+    vm.fd().set_gsi_routing(&routing).map_err(boot_err("IRQ routing"))?;
     if config.vcpus > vm.max_vcpus() {
         return Err(ConfigError::VcpuCount { requested: config.vcpus, max: vm.max_vcpus() }.into());
     }
