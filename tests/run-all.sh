@@ -17,6 +17,9 @@ mkdir -p "$root/target"
 export VSPLICE_SKIP_LOG="$skips"
 log="$root/target/test-output.txt"
 
+# The CLI tests run the real `vsplice` binary.
+cargo build --release -p vsplice-vmm
+
 set +e
 cargo test --workspace --release --no-fail-fast 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
