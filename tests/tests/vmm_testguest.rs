@@ -69,15 +69,23 @@ fn thousand_pause_resume_cycles_lose_no_line_and_every_task_progresses() {
     let (mut vmm, out) = boot(2, "tg.tasks=2");
     wait_all_tasks(&out, 2, 2, 1);
     let before = testguest::progress(&testguest::parse_all(&out.text()).unwrap());
+    let mut rips = std::collections::BTreeSet::new();
+    let mark = out.text().len();
     for i in 0..1000 {
         let regs = vmm.pause().unwrap_or_else(|e| panic!("pause {i} failed: {e}"));
         assert_eq!(regs.len(), 2);
         assert!(regs.iter().all(|r| r.long_mode()), "vCPU not in long mode at pause {i}: {regs:?}");
+        rips.extend(regs.iter().map(|r| (r.index, r.rip)));
         vmm.resume().unwrap();
-        if i % 50 == 0 {
-            std::thread::sleep(Duration::from_millis(5));
+        if i % 10 == 0 {
+            std::thread::sleep(Duration::from_millis(2));
         }
     }
+    // The guest ran while being cycled: vCPUs were caught at more than one
+    // place, and every task printed lines between the first pause and the last resume.
+    assert!(rips.len() > 2, "vCPUs were parked at only {} distinct RIPs", rips.len());
+    let during = testguest::progress(&testguest::parse_all(&out.text()[mark..]).unwrap());
+    assert_eq!(during.len(), before.len(), "some task printed nothing while being paused and resumed");
     // Every task must move on past where it was before the cycles.
     let ok = out.wait_for(BOOT_TIMEOUT, |text| {
         let now = testguest::progress(&testguest::parse_all(text).unwrap_or_default());

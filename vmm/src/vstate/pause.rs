@@ -362,6 +362,21 @@ impl VcpuThreads {
         self.paused = None;
     }
 
+    /// Waits until every vCPU thread has left its park, so that a resume
+    /// returns only once every vCPU is back on its way into the guest.
+    fn wait_released(&self, deadline: Instant) -> Result<(), PauseError> {
+        for (index, h) in self.handles.iter().enumerate() {
+            let mut ctl = h.shared.lock();
+            while ctl.parked && !ctl.exited {
+                let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                    return Err(PauseError::Broken(index));
+                };
+                ctl = h.shared.changed.wait_timeout(ctl, left).unwrap_or_else(|p| p.into_inner()).0;
+            }
+        }
+        Ok(())
+    }
+
     fn wait_parked(&self, deadline: Instant) -> Result<Vec<VcpuState>, PauseError> {
         let mut states = Vec::with_capacity(self.handles.len());
         for (index, h) in self.handles.iter().enumerate() {
@@ -435,7 +450,7 @@ impl Pausable for VcpuThreads {
             return Ok(());
         }
         self.release_all();
-        Ok(())
+        self.wait_released(Instant::now() + self.timeout)
     }
 }
 
