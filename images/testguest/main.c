@@ -17,6 +17,9 @@
 /* Changed by the host through guest memory; printed on every line. */
 volatile u64 tg_magic = 0x1234;
 
+/* tg.hold: task 1 waits in tg_hold until the host makes this non-zero. */
+volatile u64 tg_hold_release;
+
 /* Header + entries, see task_table.h. */
 struct tg_task_table {
 	struct vsplice_task_header hdr;
@@ -75,7 +78,7 @@ extern u32 tg_efer_nx;
 /* Options (README.md). */
 static u64 opt_tasks = 3, opt_iters, opt_hz = 100, opt_wait = 20, opt_work = 100;
 static u64 opt_maxcpus = TG_MAX_CPUS, opt_lapic_mhz = 1000;
-static int opt_quiet, opt_triple, opt_acpi = 1;
+static int opt_quiet, opt_triple, opt_hold, opt_acpi = 1;
 
 /* ---------------- helpers ---------------- */
 
@@ -187,6 +190,7 @@ static void parse_options(void)
 	opt_lapic_mhz = opt_num("tg.lapic_mhz", opt_lapic_mhz);
 	opt_quiet = opt_flag("tg.quiet");
 	opt_triple = opt_flag("tg.triple_fault");
+	opt_hold = opt_flag("tg.hold");
 	if (opt_flag("tg.mptable") || (opt_find("acpi", &v) && v && !memcmp(v, "off", 3)))
 		opt_acpi = 0;
 
@@ -536,6 +540,11 @@ NORETURN void tg_task_main(struct tg_task *t)
 		u64 iter = ++t->iter;
 		u64 value;
 
+		if (opt_hold && t->e->id == 1 && iter == 1) {
+			tg_printf("TG hold task=1 in tg_hold\n");
+			tg_hold();
+			tg_printf("TG hold released task=1\n");
+		}
 		if (opt_work)
 			tg_busy(opt_work);
 		value = tg_compute(iter);

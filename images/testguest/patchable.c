@@ -18,6 +18,12 @@
  * tg_sleep is where every task waits between iterations (halted until the
  * timer wakes it), so it is almost always on some task's stack: patching it
  * exercises the "code busy" path. tg_busy is optional busy work (tg.work=N).
+ *
+ * For the patcher's tests: tg_hold is where task 1 waits (with tg.hold)
+ * until the host sets tg_hold_release (a task blocked inside a function that
+ * it leaves on demand); tg_tiny is too small to hold a jump after its NOP;
+ * tg_scale is a static (local) function whose name also exists in lib.c, so
+ * a patch must name it with a file qualifier.
  */
 #include "tg.h"
 
@@ -58,4 +64,23 @@ PATCHABLE u64 tg_busy(u64 n)
 		barrier();
 	}
 	return acc;
+}
+
+/* Task 1 waits here (tg.hold) until the host writes tg_hold_release != 0. */
+PATCHABLE void tg_hold(void)
+{
+	while (!READ_ONCE(tg_hold_release))
+		__asm__ __volatile__("hlt" ::: "memory");
+}
+
+/* Too small for a 5-byte jump after the ftrace NOP (9 bytes in all). */
+PATCHABLE u64 tg_tiny(u64 x)
+{
+	return x;
+}
+
+/* Local; lib.c has another tg_scale (x * 5): patches must qualify the name. */
+static PATCHABLE u64 tg_scale(u64 x)
+{
+	return x * 3;
 }

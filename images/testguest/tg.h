@@ -181,6 +181,9 @@ u64 tg_step_a(u64 x);
 u64 tg_step_b(u64 x);
 void tg_sleep(u64 ticks);
 u64 tg_busy(u64 n);
+void tg_hold(void);
+u64 tg_tiny(u64 x);
+extern volatile u64 tg_hold_release;
 
 /* ---- head64.S ---- */
 extern char tg_exc_stubs[];		/* 32 stubs, 16 bytes apart */
