@@ -18,8 +18,8 @@ pub struct GdbOptions {
     pub timeout: Duration,
     /// Time allowed for the guest to stop after an interrupt.
     pub stop_timeout: Duration,
-    /// Memory requests kept in flight at once (1 = strictly request/reply).
-    /// Only used in no-ack mode.
+    /// Memory read requests kept in flight at once (1 = strictly
+    /// request/reply, for stubs that cannot take back-to-back packets).
     pub pipeline: usize,
     /// Upper bound on bytes per memory request (the stub's packet size also bounds it).
     pub max_chunk: usize,
@@ -65,6 +65,13 @@ pub struct GdbClient {
     /// Set once a memory request came back `E22`-style for being too big.
     read_chunk: usize,
     phys_mode: bool,
+    /// A pipelined transfer failed half-way: later replies cannot be matched.
+    desync: bool,
+}
+
+/// `T`/`S` + two hex digits: a stop reply.
+fn is_stop_reply(r: &[u8]) -> bool {
+    r.len() >= 3 && (r[0] == b'T' || r[0] == b'S') && r[1].is_ascii_hexdigit() && r[2].is_ascii_hexdigit()
 }
 
 impl GdbClient {
@@ -81,7 +88,7 @@ impl GdbClient {
     }
 
     fn handshake(link: Link, opts: GdbOptions) -> Result<Self, GdbError> {
-        let mut c = Self { link, opts, features: Features::default(), read_chunk: 0, phys_mode: false };
+        let mut c = Self { link, opts, features: Features::default(), read_chunk: 0, phys_mode: false, desync: false };
         // Acknowledge anything the stub may have sent before we spoke.
         c.link.write_raw(b"+", c.opts.timeout)?;
         let reply = c.request(b"qSupported:multiprocess-;swbreak+;hwbreak+;xmlRegisters=i386;binary-upload+;vContSupported+")?;
@@ -136,8 +143,27 @@ impl GdbClient {
 
     /// Send a request and wait for its reply.
     pub fn request(&mut self, req: &[u8]) -> Result<Vec<u8>, GdbError> {
+        self.check_sync(req)?;
         self.link.send(req, self.opts.timeout)?;
-        self.link.recv(self.opts.timeout, req)
+        if req == b"?" {
+            return self.link.recv(self.opts.timeout, req);
+        }
+        self.recv_reply(req)
+    }
+
+    /// Receive the reply to `req`, skipping stop notifications (`T05…`,
+    /// `S05`) that a stub sends on its own, e.g. QEMU when a debugger
+    /// attaches to a running VM. No other reply starts that way.
+    fn recv_reply(&mut self, req: &[u8]) -> Result<Vec<u8>, GdbError> {
+        for _ in 0..8 {
+            let r = self.link.recv(self.opts.timeout, req)?;
+            if is_stop_reply(&r) {
+                debug!(reply = %String::from_utf8_lossy(&r), "skipping unsolicited stop reply");
+                continue;
+            }
+            return Ok(r);
+        }
+        Err(GdbError::protocol(req, b"only stop replies"))
     }
 
     /// Send a request whose reply must be `OK`.
@@ -325,28 +351,50 @@ impl GdbClient {
         Ok(())
     }
 
+    fn check_sync(&self, req: &[u8]) -> Result<(), GdbError> {
+        if self.desync {
+            return Err(GdbError::protocol(req, b"link out of step after an interrupted transfer; reconnect"));
+        }
+        Ok(())
+    }
+
     /// Issue up to `pipeline` requests starting at `done`; return the new `done`.
     fn read_window(&mut self, addr: u64, out: &mut [u8], done: usize) -> Result<usize, GdbError> {
-        let depth = if self.link.acks { 1 } else { self.opts.pipeline.max(1) };
+        self.check_sync(b"m")?;
+        let depth = self.opts.pipeline.max(1);
         let chunk = self.read_chunk;
         let mut reqs = Vec::with_capacity(depth);
         let mut pos = done;
         while reqs.len() < depth && pos < out.len() {
             let len = chunk.min(out.len() - pos);
             let req = self.read_request(addr.wrapping_add(pos as u64), len);
-            self.link.send(req.as_bytes(), self.opts.timeout)?;
+            if depth == 1 {
+                self.link.send(req.as_bytes(), self.opts.timeout)?;
+            } else {
+                self.link.send_nowait(req.as_bytes(), self.opts.timeout)?;
+            }
             reqs.push((req, pos, len));
             pos += len;
         }
         let mut first_err = None;
+        self.link.nak = reqs.len() <= 1;
         for (req, p, len) in reqs {
-            let reply = self.link.recv(self.opts.timeout, req.as_bytes())?;
+            let reply = match self.recv_reply(req.as_bytes()) {
+                Ok(r) => r,
+                Err(e) => {
+                    // Replies may still be in flight: the stream is out of step.
+                    self.desync = true;
+                    self.link.nak = true;
+                    return Err(e);
+                }
+            };
             if first_err.is_none() {
                 if let Err(e) = self.decode_read(req.as_bytes(), &reply, &mut out[p..p + len]) {
                     first_err = Some(e);
                 }
             }
         }
+        self.link.nak = true;
         match first_err {
             Some(e) => Err(e),
             None => Ok(pos),

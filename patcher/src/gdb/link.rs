@@ -92,6 +92,10 @@ pub struct Link {
     rpos: usize,
     /// Whether `+`/`-` acknowledgements are still exchanged.
     pub acks: bool,
+    /// Whether a bad packet may be NAKed for retransmission. Off while
+    /// several requests are in flight: the stub would resend its *last*
+    /// reply, which may belong to another request.
+    pub nak: bool,
 }
 
 /// One received packet: the payload after RLE expansion (escapes kept).
@@ -100,7 +104,7 @@ pub type Payload = Vec<u8>;
 impl Link {
     /// Wrap a connected stream.
     pub fn new(stream: Stream) -> Self {
-        Self { stream, rbuf: vec![0; 64 * 1024], rpos: 0, acks: true }
+        Self { stream, rbuf: vec![0; 64 * 1024], rpos: 0, acks: true, nak: true }
             .with_empty_buffer()
     }
 
@@ -146,6 +150,14 @@ impl Link {
             }
         }
         Err(GdbError::protocol(payload, b"packet not acknowledged after 4 tries"))
+    }
+
+    /// Frame and send one packet without waiting for its ack (pipelined
+    /// requests; acks are skipped by [`Link::recv`], a NAK shows up as a
+    /// time-out of the reply).
+    pub fn send_nowait(&mut self, payload: &[u8], timeout: Duration) -> Result<(), GdbError> {
+        trace!(packet = %super::error::short(payload), "gdb send (pipelined)");
+        self.write_raw(&packet::frame(payload), timeout)
     }
 
     fn fill(&mut self, deadline: Instant, what: &[u8]) -> Result<(), GdbError> {
@@ -234,7 +246,7 @@ impl Link {
                 continue; // non-stop notification: not used in all-stop mode
             }
             if got != Some(computed) {
-                if self.acks {
+                if self.acks && self.nak {
                     self.write_raw(b"-", Duration::from_secs(1))?;
                     continue;
                 }

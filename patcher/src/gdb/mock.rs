@@ -89,6 +89,7 @@ struct Server {
     thread: u64,
     reads: usize,
     corrupted: bool,
+    last: Vec<u8>,
 }
 
 impl Server {
@@ -105,27 +106,14 @@ impl Server {
         f.extend_from_slice(&body);
         f.extend_from_slice(format!("#{cs:02x}").as_bytes());
         let _ = self.s.write_all(&f);
-        if self.acks {
-            // Wait for the ack; resend on '-'.
-            let mut b = [0u8; 1];
-            loop {
-                if self.s.read(&mut b).unwrap_or(0) == 0 {
-                    return;
-                }
-                match b[0] {
-                    b'+' => return,
-                    b'-' => {
-                        let body2 = packet::escape(payload);
-                        let cs2 = packet::checksum(&body2);
-                        let mut f2 = vec![b'$'];
-                        f2.extend_from_slice(&body2);
-                        f2.extend_from_slice(format!("#{cs2:02x}").as_bytes());
-                        let _ = self.s.write_all(&f2);
-                    }
-                    _ => {}
-                }
-            }
-        }
+        // Like QEMU in system mode: do not block for the ack; a '-' seen
+        // later by read_packet() resends the last reply (uncorrupted).
+        let body2 = packet::escape(payload);
+        let cs2 = packet::checksum(&body2);
+        let mut f2 = vec![b'$'];
+        f2.extend_from_slice(&body2);
+        f2.extend_from_slice(format!("#{cs2:02x}").as_bytes());
+        self.last = f2;
     }
 
     fn read_packet(&mut self) -> Option<Vec<u8>> {
@@ -137,6 +125,10 @@ impl Server {
             match b[0] {
                 b'$' => break,
                 0x03 => return Some(vec![0x03]),
+                b'-' if self.acks => {
+                    let f = self.last.clone();
+                    self.s.write_all(&f).ok()?;
+                }
                 _ => {}
             }
         }
@@ -295,7 +287,7 @@ pub fn start(cfg: MockConfig, mem_base: u64, mem: Vec<u8>) -> (UnixStream, Arc<M
     let (a, b) = UnixStream::pair().unwrap();
     let st = Arc::new(Mutex::new(MockState { mem, mem_base, ..MockState::default() }));
     let cfg = MockConfig { packet_size: if cfg.packet_size == 0 { 4096 } else { cfg.packet_size }, ..cfg };
-    let server = Server { s: b, cfg, st: st.clone(), acks: true, thread: 1, reads: 0, corrupted: false };
+    let server = Server { s: b, cfg, st: st.clone(), acks: true, thread: 1, reads: 0, corrupted: false, last: Vec::new() };
     let h = std::thread::spawn(move || server.run());
     (a, st, h)
 }

@@ -91,6 +91,14 @@ pub fn scan(xml: &str) -> Vec<Item> {
     let mut rest = xml;
     while let Some(i) = rest.find('<') {
         rest = &rest[i + 1..];
+        if let Some(c) = rest.strip_prefix("!--") {
+            // Comments may hold commented-out registers (QEMU's x86-64 XML does).
+            match c.find("-->") {
+                Some(e) => rest = &c[e + 3..],
+                None => break,
+            }
+            continue;
+        }
         let Some(end) = rest.find('>') else { break };
         let tag = &rest[..end];
         rest = &rest[end + 1..];
@@ -142,6 +150,8 @@ mod tests {
             <reg name="rax" bitsize="64" type="int64"/>
             <reg name="rbx" bitsize="64" type="int64"/>
             <reg name="eflags" bitsize="32" type="i386_eflags"/>
+            <!-- <reg name="cs_base" bitsize="64"/>
+            <reg name="ss_base" bitsize="64"/-->
             <reg name="cr3" bitsize="64" regnum="40"/>
             <reg name="efer" bitsize="64"/></feature>"#;
         let td = number(scan(regs));

@@ -1,7 +1,22 @@
 //! Linux knowledge: where the kernel keeps its symbols, types, tasks and
 //! unwind tables, read through [`crate::mem::KernelMemory`] from a live guest
 //! or from the image file.
+//!
+//! - `layout`: the kernel image mapping from page tables (slide, physical base).
+//! - `kallsyms_locate` / `kallsyms`: the symbol table, found by structure.
+//! - `notes`: build-id and banner.
+//! - `btf`: the embedded type information.
+//! - `tasks`: the agentless task walk.
+//! - `orc`: where the ORC unwind tables are.
+//! - `image`: the bzImage / vmlinux file offline.
+//! - `kernel`: all of the above tied together.
 
+pub mod btf;
 pub mod image;
 pub mod kallsyms;
 pub mod kallsyms_locate;
+pub mod kernel;
+pub mod layout;
+pub mod notes;
+pub mod orc;
+pub mod tasks;

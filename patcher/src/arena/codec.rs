@@ -1,0 +1,218 @@
+//! The registry's encoding in guest memory: two copies (A at the arena's
+//! start, B right after), each a 64-byte header and a JSON body.
+//!
+//! ```text
+//! off  size  field
+//! 0x00  8    magic "VSPLREG\0"
+//! 0x08  4    version (1)
+//! 0x0c  4    header size (64)
+//! 0x10  8    generation (higher wins)
+//! 0x18  4    body length
+//! 0x1c  4    reserved (0)
+//! 0x20  32   SHA-256 of the body
+//! 0x40       body: the registry as JSON
+//! ```
+//!
+//! A save writes generation n+1 into the copy that does not hold the
+//! current one, body first and header last. A process killed half-way
+//! leaves that copy failing its checksum, so the other, complete copy wins:
+//! every load sees either the old registry or the new one, never a mix.
+
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+use super::registry::Registry;
+use super::REGISTRY_COPY;
+use crate::backend::{Backend, BackendError};
+
+/// Registry magic.
+pub const MAGIC: &[u8; 8] = b"VSPLREG\0";
+/// Registry encoding version.
+pub const VERSION: u32 = 1;
+const HEADER: usize = 64;
+
+/// Why the registry cannot be read or written.
+#[derive(Debug, Error)]
+pub enum CodecError {
+    /// The registry does not fit its copy.
+    #[error("registry of {len} bytes does not fit its {max}-byte slot")]
+    TooLarge {
+        /// Encoded length.
+        len: usize,
+        /// Capacity.
+        max: usize,
+    },
+    /// JSON (de)serialization failed.
+    #[error("registry JSON")]
+    Json(#[from] #[source] serde_json::Error),
+    /// Guest memory access failed.
+    #[error("registry access")]
+    Backend(#[from] #[source] BackendError),
+}
+
+/// A decoded copy: generation and registry.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// Its generation.
+    pub generation: u64,
+    /// Which copy (0 = A, 1 = B).
+    pub copy: u64,
+    /// The registry.
+    pub registry: Registry,
+}
+
+/// Encodes one copy.
+pub fn encode(reg: &Registry, generation: u64) -> Result<Vec<u8>, CodecError> {
+    let body = serde_json::to_vec(reg)?;
+    let max = REGISTRY_COPY as usize - HEADER;
+    if body.len() > max {
+        return Err(CodecError::TooLarge { len: body.len(), max });
+    }
+    let mut out = Vec::with_capacity(HEADER + body.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&(HEADER as u32).to_le_bytes());
+    out.extend_from_slice(&generation.to_le_bytes());
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&Sha256::digest(&body));
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Decodes one copy; `None` when it is empty, torn or foreign.
+pub fn decode(b: &[u8]) -> Option<(u64, Registry)> {
+    if b.len() < HEADER || &b[..8] != MAGIC {
+        return None;
+    }
+    let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+    if u32_at(8) != VERSION || u32_at(12) as usize != HEADER {
+        return None;
+    }
+    let mut g = [0u8; 8];
+    g.copy_from_slice(&b[16..24]);
+    let len = u32_at(24) as usize;
+    let body = b.get(HEADER..HEADER + len)?;
+    if Sha256::digest(body).as_slice() != &b[32..64] {
+        return None;
+    }
+    let reg = serde_json::from_slice(body).ok()?;
+    Some((u64::from_le_bytes(g), reg))
+}
+
+/// Reads both copies at `phys` and returns the newest valid one.
+pub fn load<B: Backend + ?Sized>(b: &mut B, phys: u64) -> Result<Option<Loaded>, CodecError> {
+    let mut best: Option<Loaded> = None;
+    for copy in 0..2u64 {
+        let at = phys + copy * REGISTRY_COPY;
+        let mut hdr = [0u8; HEADER];
+        b.read_phys(at, &mut hdr)?;
+        if &hdr[..8] != MAGIC {
+            continue;
+        }
+        let len = u32::from_le_bytes([hdr[24], hdr[25], hdr[26], hdr[27]]) as usize;
+        if len > REGISTRY_COPY as usize - HEADER {
+            continue;
+        }
+        let mut all = vec![0u8; HEADER + len];
+        b.read_phys(at, &mut all)?;
+        if let Some((generation, registry)) = decode(&all) {
+            if best.as_ref().is_none_or(|l| generation > l.generation) {
+                best = Some(Loaded { generation, copy, registry });
+            }
+        }
+    }
+    Ok(best)
+}
+
+/// Writes `reg` as generation `generation` into the copy `generation % 2`:
+/// body first, header last. Returns the number of bytes written.
+pub fn save<B: Backend + ?Sized>(b: &mut B, phys: u64, reg: &Registry, generation: u64) -> Result<usize, CodecError> {
+    let bytes = encode(reg, generation)?;
+    let at = phys + (generation % 2) * REGISTRY_COPY;
+    b.write_phys(at + HEADER as u64, &bytes[HEADER..])?;
+    b.write_phys(at, &bytes[..HEADER])?;
+    Ok(bytes.len())
+}
+
+/// Erases both copies (a fresh arena).
+pub fn wipe<B: Backend + ?Sized>(b: &mut B, phys: u64) -> Result<(), CodecError> {
+    for copy in 0..2u64 {
+        b.write_phys(phys + copy * REGISTRY_COPY, &[0u8; HEADER])?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::arena::registry::{IntentOp, Intent};
+    use crate::arena::ArenaInfo;
+    use crate::backend::VcpuState;
+
+    /// Guest memory as a vector; write_phys can be told to die after n calls.
+    struct Ram {
+        mem: Vec<u8>,
+        writes_left: Option<usize>,
+    }
+
+    impl Backend for Ram {
+        fn stop(&mut self) -> Result<Vec<VcpuState>, BackendError> {
+            Ok(vec![])
+        }
+        fn resume(&mut self) -> Result<(), BackendError> {
+            Ok(())
+        }
+        fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), BackendError> {
+            buf.copy_from_slice(&self.mem[gpa as usize..gpa as usize + buf.len()]);
+            Ok(())
+        }
+        fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), BackendError> {
+            match &mut self.writes_left {
+                Some(0) => return Err(BackendError::Transport("process killed".into())),
+                Some(n) => *n -= 1,
+                None => {}
+            }
+            self.mem[gpa as usize..gpa as usize + data.len()].copy_from_slice(data);
+            Ok(())
+        }
+    }
+
+    fn reg(n: u64) -> Registry {
+        let mut r = Registry::new(ArenaInfo::new(0, 4 << 20, 0xffff_ffff_8140_0000), Some("ab".into()));
+        r.next_seq = n;
+        r
+    }
+
+    #[test]
+    fn newest_valid_copy_wins_and_a_torn_save_leaves_the_old_one() {
+        let mut ram = Ram { mem: vec![0u8; 2 * REGISTRY_COPY as usize], writes_left: None };
+        assert!(load(&mut ram, 0).unwrap().is_none());
+        save(&mut ram, 0, &reg(1), 1).unwrap();
+        save(&mut ram, 0, &reg(2), 2).unwrap();
+        let l = load(&mut ram, 0).unwrap().unwrap();
+        assert_eq!((l.generation, l.registry.next_seq), (2, 2));
+        // Killed after the body, before the header of generation 3: 2 stays.
+        let mut with_intent = reg(3);
+        with_intent.intent = Some(Intent { txn: 3, op: IntentOp::Apply, patch: "p".into(), superseded: vec![], writes: vec![], ranges: vec![] });
+        ram.writes_left = Some(1);
+        assert!(save(&mut ram, 0, &with_intent, 3).is_err());
+        let l = load(&mut ram, 0).unwrap().unwrap();
+        assert_eq!((l.generation, l.registry.next_seq), (2, 2));
+        // Killed before anything: 2 stays; a full save then wins.
+        ram.writes_left = Some(0);
+        assert!(save(&mut ram, 0, &with_intent, 3).is_err());
+        ram.writes_left = None;
+        save(&mut ram, 0, &with_intent, 3).unwrap();
+        let l = load(&mut ram, 0).unwrap().unwrap();
+        assert_eq!(l.generation, 3);
+        assert_eq!(l.registry, with_intent);
+        // A flipped body byte invalidates that copy only.
+        let at = REGISTRY_COPY as usize + 70;
+        ram.mem[at] ^= 0xff;
+        assert_eq!(load(&mut ram, 0).unwrap().unwrap().generation, 2);
+        wipe(&mut ram, 0).unwrap();
+        assert!(load(&mut ram, 0).unwrap().is_none());
+    }
+}

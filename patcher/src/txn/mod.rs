@@ -1,0 +1,164 @@
+//! The live-patch transaction: prepare with the guest running (match, load,
+//! place, write the new code into the arena, record the intent), then inside
+//! one pause: check, write the jumps, resume. Conflicts mean resume, back
+//! off and retry, a bounded number of times, then `code_busy`.
+//!
+//! [`Patcher`] ties a [`TargetKernel`] to a backend; its operations are
+//! [`Patcher::apply`] ([`apply`]), [`Patcher::revert`] ([`revert`]),
+//! [`Patcher::recover`] and [`Patcher::status`] ([`recover`]). The guest's
+//! registry is the only state: a new `Patcher` on the same guest sees what
+//! every earlier one did.
+
+pub mod apply;
+pub mod check;
+pub mod pause;
+pub mod recover;
+pub mod result;
+pub mod revert;
+
+use std::ops::Range;
+use std::time::Duration;
+
+use crate::arena::registry::Registry;
+use crate::arena::{codec, map, ArenaInfo};
+use crate::backend::Backend;
+use crate::target::access::Guest;
+use crate::target::TargetKernel;
+pub use result::{Cause, Conflict, Failure, Stage, Timings, TxnReport};
+
+/// Knobs of a transaction.
+#[derive(Debug, Clone)]
+pub struct TxnConfig {
+    /// Guest-physical range of the arena (reserved from the guest's RAM).
+    pub arena: Range<u64>,
+    /// Pauses tried before giving up with `code_busy`.
+    pub max_attempts: u32,
+    /// First back-off after a conflict (doubles up to `max_backoff`).
+    pub backoff: Duration,
+    /// Longest back-off.
+    pub max_backoff: Duration,
+}
+
+impl TxnConfig {
+    /// Defaults for an arena: 20 attempts, 5 ms back-off doubling to 200 ms.
+    pub fn new(arena: Range<u64>) -> Self {
+        Self { arena, max_attempts: 20, backoff: Duration::from_millis(5), max_backoff: Duration::from_millis(200) }
+    }
+}
+
+/// Applies and reverts patches on one guest.
+#[derive(Debug)]
+pub struct Patcher<'t, B: Backend> {
+    target: &'t dyn TargetKernel,
+    guest: Guest<B>,
+    cfg: TxnConfig,
+    generation: u64,
+}
+
+impl<'t, B: Backend> Patcher<'t, B> {
+    /// A patcher for `target` through `backend`.
+    pub fn new(backend: B, target: &'t dyn TargetKernel, cfg: TxnConfig) -> Self {
+        let guest = Guest::new(backend, target.page_table_root(), 0);
+        Self { target, guest, cfg, generation: 0 }
+    }
+
+    /// Guest access (tests, diagnostics).
+    pub fn guest(&mut self) -> &mut Guest<B> {
+        &mut self.guest
+    }
+
+    /// The configuration.
+    pub fn config_mut(&mut self) -> &mut TxnConfig {
+        &mut self.cfg
+    }
+
+    /// Gives the backend back.
+    pub fn into_backend(self) -> B {
+        self.guest.into_backend()
+    }
+
+    /// True when the guest kernel is up enough to be patched.
+    pub fn kernel_up(&mut self) -> bool {
+        self.target.is_up(&mut self.guest).unwrap_or(false)
+    }
+
+    fn arena_phys(&self) -> u64 {
+        self.cfg.arena.start
+    }
+
+    /// The registry in the guest, if there is a valid one for this boot and kernel.
+    pub(crate) fn load_registry(&mut self, stage: Stage) -> Result<Option<Registry>, Failure> {
+        let unexpected = |e: &dyn std::error::Error| Failure::from_err(stage, Cause::Unexpected, "registry", e);
+        let phys = self.arena_phys();
+        let Some(loaded) = codec::load(self.guest.backend(), phys).map_err(|e| unexpected(&e))? else {
+            return Ok(None);
+        };
+        self.generation = self.generation.max(loaded.generation);
+        let reg = loaded.registry;
+        let same_arena = reg.arena.phys == phys && reg.arena.size == self.cfg.arena.end - self.cfg.arena.start;
+        let same_kernel = reg.build_id.as_deref() == self.target.build_id();
+        let root = self.target.page_table_root();
+        let mapped = same_arena && map::is_mapped(self.guest.backend(), root, &reg.arena).map_err(|e| unexpected(&e))?;
+        // Applied patches but no arena mapping: the guest rebooted since.
+        if !same_arena || !same_kernel || (!mapped && reg.applied().next().is_some()) {
+            tracing::info!(same_arena, same_kernel, mapped, "registry is from another boot or kernel: starting afresh");
+            return Ok(None);
+        }
+        Ok(Some(reg))
+    }
+
+    /// The registry, or a fresh one for this boot (arena placed in free slots).
+    pub(crate) fn registry(&mut self, stage: Stage) -> Result<Registry, Failure> {
+        if let Some(r) = self.load_registry(stage)? {
+            return Ok(r);
+        }
+        let size = self.cfg.arena.end - self.cfg.arena.start;
+        if !ArenaInfo::valid_size(size) || self.cfg.arena.start % crate::arena::SLOT != 0 {
+            return Err(Failure::new(stage, Cause::NotUp, "arena", format!("arena {:#x}..{:#x} must be 2 MiB aligned and at least 4 MiB", self.cfg.arena.start, self.cfg.arena.end)));
+        }
+        let root = self.target.page_table_root();
+        let window = self.target.arena_window();
+        let virt = map::find_free(self.guest.backend(), root, window, size / crate::arena::SLOT)
+            .map_err(|e| Failure::from_err(stage, Cause::ArenaFull, "no_free_slots", &e))?;
+        let info = ArenaInfo::new(self.cfg.arena.start, size, virt);
+        Ok(Registry::new(info, self.target.build_id().map(str::to_owned)))
+    }
+
+    /// Saves the registry as the next generation.
+    pub(crate) fn save_registry(&mut self, reg: &Registry, stage: Stage) -> Result<(), Failure> {
+        let next = self.generation + 1;
+        codec::save(self.guest.backend(), self.arena_phys(), reg, next)
+            .map_err(|e| Failure::from_err(stage, Cause::Unexpected, "registry", &e))?;
+        self.generation = next;
+        Ok(())
+    }
+
+    fn report(&self, op: &'static str, id: Option<String>, name: Option<String>, timings: Timings, r: Result<Vec<String>, Failure>) -> TxnReport {
+        match r {
+            Ok(superseded) => TxnReport {
+                op,
+                patch_id: id,
+                patch_name: name,
+                stage: Stage::Done,
+                cause: Cause::Ok,
+                reason: None,
+                message: String::new(),
+                conflicts: Vec::new(),
+                superseded,
+                timings,
+            },
+            Err(f) => TxnReport {
+                op,
+                patch_id: id,
+                patch_name: name,
+                stage: f.stage,
+                cause: f.cause,
+                reason: f.reason,
+                message: f.message,
+                conflicts: f.conflicts,
+                superseded: Vec::new(),
+                timings,
+            },
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! The part of a transaction that runs with the guest stopped: stop every
+//! vCPU, map the arena the first time, read the task list, run the safety
+//! check, check that each jump site still holds its expected bytes, write
+//! the new bytes, resume. A conflict or a task list caught mid-update means
+//! resume, back off and try again, up to the configured number of pauses.
+
+use std::time::Instant;
+
+use super::check;
+use super::result::{Cause, Conflict, Failure, Stage, Timings};
+use super::Patcher;
+use crate::arena::map;
+use crate::arena::registry::{CheckRange, Registry, SiteWrite};
+use crate::backend::{Backend, BackendError};
+use crate::mem::KernelMemory;
+use crate::target::TargetError;
+
+/// How a pause loop failed.
+#[derive(Debug)]
+pub(crate) struct PauseFailure {
+    pub failure: Failure,
+    /// Some kernel text may have been written and could not be restored.
+    pub text_dirty: bool,
+}
+
+fn us(t: Instant) -> u64 {
+    t.elapsed().as_micros() as u64
+}
+
+impl<B: Backend> Patcher<'_, B> {
+    fn backend_failure(stage: Stage, e: &BackendError) -> Failure {
+        let cause = if e.cause() == "pause_timeout" { Cause::PauseTimeout } else { Cause::Unexpected };
+        Failure::from_err(stage, cause, Some(e.cause()), e)
+    }
+
+    fn resume_after(&mut self, t0: Instant, timings: &mut Timings, mut f: Failure) -> Failure {
+        if let Err(e) = self.guest.resume() {
+            f.message.push_str(&format!("; resuming the guest failed too: {e}"));
+        }
+        timings.downtime_us = us(t0);
+        timings.total_downtime_us += timings.downtime_us;
+        f
+    }
+
+    /// Runs pauses until the writes are done or the attempts are spent.
+    pub(crate) fn run_pauses(
+        &mut self,
+        reg: &Registry,
+        ranges: &[CheckRange],
+        writes: &[SiteWrite],
+        timings: &mut Timings,
+    ) -> Result<(), PauseFailure> {
+        let fail = |failure: Failure| PauseFailure { failure, text_dirty: false };
+        let mut backoff = self.cfg.backoff;
+        let mut last: Option<Failure> = None;
+        let target = self.target;
+        let symbols = target.symbols();
+        for attempt in 1..=self.cfg.max_attempts.max(1) {
+            timings.attempts = attempt;
+            if attempt > 1 {
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(self.cfg.max_backoff);
+            }
+            let t0 = Instant::now();
+            let vcpus = self.guest.stop().map_err(|e| fail(Self::backend_failure(Stage::Pause, &e)))?;
+            timings.pause_us = us(t0);
+            // Check.
+            let t1 = Instant::now();
+            let tasks = match target.tasks(&mut self.guest, &vcpus) {
+                Ok(t) => t,
+                Err(TargetError::Inconsistent(why)) => {
+                    timings.check_us = us(t1);
+                    let f = Failure::new(Stage::Check, Cause::CodeBusy, "tasks_inconsistent", format!("task list kept changing: {why}"));
+                    last = Some(self.resume_after(t0, timings, f));
+                    continue;
+                }
+                Err(e) => {
+                    let cause = if matches!(e, TargetError::NotUp(_)) { Cause::NotUp } else { Cause::Unexpected };
+                    let f = Failure::from_err(Stage::Check, cause, Some(e.cause()), &e);
+                    return Err(fail(self.resume_after(t0, timings, f)));
+                }
+            };
+            let conflicts: Vec<Conflict> = match check::scan(&mut self.guest, symbols, &vcpus, &tasks, ranges) {
+                Ok((c, _)) => c,
+                Err(e) => {
+                    let f = Failure::from_err(Stage::Check, Cause::Unexpected, Some(e.cause()), &e);
+                    return Err(fail(self.resume_after(t0, timings, f)));
+                }
+            };
+            // The text must still hold what the transaction expects.
+            let mut stale = None;
+            for w in writes {
+                match self.guest.read_vec(w.addr, w.before.len()) {
+                    Ok(now) if now == w.before => {}
+                    Ok(now) => stale = Some(format!("{} holds {now:02x?}, expected {:02x?}", symbols.describe(w.addr), w.before)),
+                    Err(e) => stale = Some(format!("{}: {e}", symbols.describe(w.addr))),
+                }
+            }
+            timings.check_us = us(t1);
+            if let Some(why) = stale {
+                let f = Failure::new(Stage::Check, Cause::Unexpected, "text_changed", format!("kernel text changed under the transaction: {why}"));
+                return Err(fail(self.resume_after(t0, timings, f)));
+            }
+            if !conflicts.is_empty() {
+                let names: Vec<String> = conflicts
+                    .iter()
+                    .map(|c| format!("{} in {}", c.task.as_deref().unwrap_or("?"), c.function))
+                    .collect();
+                tracing::debug!(attempt, conflicts = %names.join(", "), "code busy: backing off");
+                let mut f = Failure::new(Stage::Check, Cause::CodeBusy, None, format!("code busy after {attempt} attempts: {}", names.join(", ")));
+                f.conflicts = conflicts;
+                last = Some(self.resume_after(t0, timings, f));
+                continue;
+            }
+            // Write: the arena mapping (first time), then every site.
+            let t2 = Instant::now();
+            let root = self.target.page_table_root();
+            let nxe = vcpus.first().is_some_and(|v| v.efer & map::EFER_NXE != 0);
+            if let Err(e) = map::map(self.guest.backend(), root, &reg.arena, nxe) {
+                let f = Failure::from_err(Stage::Write, Cause::Unexpected, "arena_map", &e);
+                return Err(fail(self.resume_after(t0, timings, f)));
+            }
+            self.guest.flush();
+            let mut done = 0;
+            let mut err = None;
+            for w in writes {
+                if let Err(e) = self.guest.write_virt(w.addr, &w.after) {
+                    err = Some(e);
+                    break;
+                }
+                done += 1;
+            }
+            if let Some(e) = err {
+                // Put back what was written, so the guest never runs half-patched.
+                let restored = writes[..done].iter().all(|w| self.guest.write_virt(w.addr, &w.before).is_ok());
+                let f = Failure::from_err(Stage::Write, Cause::Unexpected, "write_failed", &e);
+                let f = self.resume_after(t0, timings, f);
+                return Err(PauseFailure { failure: f, text_dirty: !restored });
+            }
+            timings.write_us = us(t2);
+            if let Err(e) = self.guest.resume() {
+                // Written but not resumed: the registry must still record the
+                // writes, so report them done and let the caller commit.
+                tracing::error!(error = %e, "resuming the guest after the write failed");
+            }
+            timings.downtime_us = us(t0);
+            timings.total_downtime_us += timings.downtime_us;
+            return Ok(());
+        }
+        Err(fail(last.unwrap_or_else(|| Failure::new(Stage::Check, Cause::CodeBusy, None, "no attempt made"))))
+    }
+}
