@@ -144,7 +144,8 @@ impl ElfImage {
 
     /// `len` bytes at link address `vaddr` (file-backed part of a PT_LOAD only).
     pub fn bytes_at(&self, vaddr: u64, len: u64) -> Option<&[u8]> {
-        let seg = self.segments.iter().find(|s| vaddr >= s.vaddr && vaddr.checked_add(len)? <= s.vaddr + s.filesz)?;
+        let end = vaddr.checked_add(len)?;
+        let seg = self.segments.iter().find(|s| vaddr >= s.vaddr && end <= s.vaddr + s.filesz)?;
         let off = seg.offset + (vaddr - seg.vaddr) as usize;
         self.data.get(off..off + len as usize)
     }

@@ -127,7 +127,8 @@ impl<'t, B: Backend> Patcher<'t, B> {
     /// Saves the registry as the next generation.
     pub(crate) fn save_registry(&mut self, reg: &Registry, stage: Stage) -> Result<(), Failure> {
         let next = self.generation + 1;
-        codec::save(self.guest.backend(), self.arena_phys(), reg, next)
+        let phys = self.arena_phys();
+        codec::save(self.guest.backend(), phys, reg, next)
             .map_err(|e| Failure::from_err(stage, Cause::Unexpected, "registry", &e))?;
         self.generation = next;
         Ok(())
