@@ -21,3 +21,4 @@ pub mod loader;
 pub mod jump;
 pub mod arena;
 pub mod txn;
+pub mod inspect;

@@ -184,12 +184,19 @@ impl Kallsyms {
     /// The symbol containing `addr` (the first of the aliases at the
     /// highest address not above it), like the kernel's own lookup.
     pub fn lookup_addr(&self, addr: u64) -> Option<AddrHit<'_>> {
+        // Kernel addresses resolve only to kernel symbols, small values only
+        // to the absolute (per-CPU offset) ones below `relative_base`.
+        let rb = self.tables.relative_base;
+        if addr < rb && addr > u64::from(u32::MAX) {
+            return None; // below the kernel, yet no per-CPU offset
+        }
+        let lo = if addr >= rb { self.syms.partition_point(|s| s.addr < rb) } else { 0 };
         let hi = self.syms.partition_point(|s| s.addr <= addr);
-        if hi == 0 {
+        if hi <= lo {
             return None;
         }
         let a = self.syms[hi - 1].addr;
-        let first = self.syms[..hi].partition_point(|s| s.addr < a);
+        let first = self.syms[lo..hi].partition_point(|s| s.addr < a) + lo;
         let size = self.size_of(first);
         let symbol = &self.syms[first];
         Some(AddrHit { index: first, symbol, offset: addr - a, size })

@@ -225,6 +225,50 @@ pub fn walk_tasks<M: KernelMemory + ?Sized>(mem: &mut M, off: &TaskOffsets, init
     Ok(out)
 }
 
+/// `__per_cpu_offset[0..nr_cpu_ids]`.
+pub fn per_cpu_offsets<M: KernelMemory + ?Sized>(mem: &mut M, k: &Kallsyms, fallback_cpus: usize) -> Result<Vec<u64>, TaskError> {
+    let pco = k.first_addr("__per_cpu_offset").ok_or(TaskError::MissingSymbol("__per_cpu_offset"))?;
+    let nr = match k.first_addr("nr_cpu_ids") {
+        Some(a) => mem.read_u32(a)?.clamp(1, 8192),
+        None => fallback_cpus.max(1) as u32,
+    };
+    let mut offs = Vec::with_capacity(nr as usize);
+    for c in 0..nr {
+        offs.push(mem.read_u64(pco + 8 * u64::from(c))?);
+    }
+    Ok(offs)
+}
+
+/// The idle tasks of CPUs 1.. (per-CPU `idle_threads`): they are on no task
+/// list (pid 0), yet their stacks matter. CPU 0's is `init_task`.
+pub fn idle_tasks<M: KernelMemory + ?Sized>(mem: &mut M, k: &Kallsyms, off: &TaskOffsets) -> Result<Vec<Task>, TaskError> {
+    let idle = k.first_addr("idle_threads").ok_or(TaskError::MissingSymbol("idle_threads"))?;
+    let mut out = Vec::new();
+    for (cpu, base) in per_cpu_offsets(mem, k, 1)?.into_iter().enumerate().skip(1) {
+        let t = mem.read_u64(base.wrapping_add(idle))?;
+        if t != 0 {
+            let task = read_task(mem, off, t)?;
+            if task.pid != 0 {
+                return Err(TaskError::Inconsistent { list: "idle_threads", node: t, why: format!("cpu {cpu} idle task has pid {}", task.pid) });
+            }
+            out.push(task);
+        }
+    }
+    Ok(out)
+}
+
+/// Every task including the idle tasks of all CPUs.
+pub fn all_tasks<M: KernelMemory + ?Sized>(mem: &mut M, k: &Kallsyms, off: &TaskOffsets) -> Result<Vec<Task>, TaskError> {
+    let init = k.first_addr("init_task").ok_or(TaskError::MissingSymbol("init_task"))?;
+    let mut list = walk_tasks(mem, off, init)?;
+    for t in idle_tasks(mem, k, off)? {
+        if !list.iter().any(|x| x.addr == t.addr) {
+            list.push(t);
+        }
+    }
+    Ok(list)
+}
+
 /// The task on each vCPU: `(vcpu index, cpu number, task address)`.
 /// The CPU is matched by the vCPU's GS base (kernel mode) or KERNEL_GS_BASE
 /// (user mode) against `__per_cpu_offset[]`, else taken as the vCPU index.
@@ -234,15 +278,7 @@ pub fn current_tasks<M: KernelMemory + ?Sized>(
     vcpus: &[VcpuState],
 ) -> Result<Vec<(usize, u32, u64)>, TaskError> {
     let cur = k.first_addr("current_task").ok_or(TaskError::MissingSymbol("current_task"))?;
-    let pco = k.first_addr("__per_cpu_offset").ok_or(TaskError::MissingSymbol("__per_cpu_offset"))?;
-    let nr = match k.first_addr("nr_cpu_ids") {
-        Some(a) => mem.read_u32(a)?.clamp(1, 8192),
-        None => vcpus.len() as u32,
-    };
-    let mut offs = Vec::with_capacity(nr as usize);
-    for c in 0..nr {
-        offs.push(mem.read_u64(pco + 8 * u64::from(c))?);
-    }
+    let offs = per_cpu_offsets(mem, k, vcpus.len())?;
     let mut out = Vec::new();
     for v in vcpus {
         let base = if v.cpl() == 0 { Some(v.gs_base) } else { v.kernel_gs_base };

@@ -242,4 +242,16 @@ impl<B: Backend> Patcher<'_, B> {
         tracing::info!(patch = %patch.manifest.name, cause = report.cause.name(), attempts = timings.attempts, downtime_us = timings.downtime_us, "apply");
         report
     }
+
+    /// Parses a patch file's bytes and applies it; an unusable file is a
+    /// `bad_patch` report with the format's reason (`truncated`, `not_elf`, …).
+    pub fn apply_bytes(&mut self, bytes: &[u8]) -> TxnReport {
+        match PatchFile::parse(bytes) {
+            Ok(p) => self.apply(&p),
+            Err(e) => {
+                let f = Failure::new(Stage::Prepare, Cause::BadPatch, Some(e.reason()), chain(&e));
+                self.report("apply", None, None, Timings::default(), Err(f))
+            }
+        }
+    }
 }
