@@ -69,8 +69,11 @@ PATCHABLE u64 tg_busy(u64 n)
 /* Task 1 waits here (tg.hold) until the host writes tg_hold_release != 0. */
 PATCHABLE void tg_hold(void)
 {
-	while (!READ_ONCE(tg_hold_release))
+	/* do/while: the loop branches back to the first instruction after the
+	 * NOP (allowed: a fresh entry), never into the jump site's middle. */
+	do
 		__asm__ __volatile__("hlt" ::: "memory");
+	while (!READ_ONCE(tg_hold_release));
 }
 
 /* Too small for a 5-byte jump after the ftrace NOP (9 bytes in all). */
