@@ -422,3 +422,145 @@ fn new_global_data_static_calls_and_a_cumulative_patch_replacing_all() {
     assert!(!out.text().contains("TG panic"));
     vmm.shutdown();
 }
+
+/// A backend that "kills the process" at its n-th guest-memory write: that
+/// write and everything after it fail, as if vsplice died there.
+struct Dying<'a> {
+    vmm: &'a mut vsplice_vmm::vmm::Vmm,
+    writes_left: usize,
+    dead: bool,
+}
+
+impl vsplice_patcher::backend::Backend for Dying<'_> {
+    fn stop(&mut self) -> Result<Vec<vsplice_patcher::backend::VcpuState>, vsplice_patcher::backend::BackendError> {
+        if self.dead {
+            return Err(vsplice_patcher::backend::BackendError::Transport("dead".into()));
+        }
+        vsplice_patcher::backend::Backend::stop(&mut *self.vmm)
+    }
+    fn resume(&mut self) -> Result<(), vsplice_patcher::backend::BackendError> {
+        if self.dead {
+            return Err(vsplice_patcher::backend::BackendError::Transport("dead".into()));
+        }
+        vsplice_patcher::backend::Backend::resume(&mut *self.vmm)
+    }
+    fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), vsplice_patcher::backend::BackendError> {
+        if self.dead {
+            return Err(vsplice_patcher::backend::BackendError::Transport("dead".into()));
+        }
+        self.vmm.read_phys(gpa, buf)
+    }
+    fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), vsplice_patcher::backend::BackendError> {
+        if self.dead || self.writes_left == 0 {
+            self.dead = true;
+            return Err(vsplice_patcher::backend::BackendError::Transport("killed".into()));
+        }
+        self.writes_left -= 1;
+        self.vmm.write_phys(gpa, data)
+    }
+}
+
+/// Two functions, so a death between the two jump writes leaves a half-written text.
+const TWO_SITES: &str = "#include <vsplice.h>\ntypedef unsigned long u64;\nu64 tg_step_b(u64);\nu64 b2(u64 x) { return x * 0x10001 + 0x2b; }\nu64 a2(u64 x) { return tg_step_b(x) ^ 0xa5a4; }\nVSPLICE_REPLACE(tg_step_b, b2);\nVSPLICE_REPLACE(tg_step_a, a2);\n";
+
+fn value_two_sites(iter: u64) -> u64 {
+    ((iter * 0x10001 + 0x2b) ^ 0xa5a4) + 0x1000
+}
+
+/// After a death: a fresh patcher reports the registry, recovers, and the
+/// text is either fully patched or fully original, in agreement with the registry.
+fn recover_and_check(
+    vmm: &mut vsplice_vmm::vmm::Vmm,
+    target: &vsplice_patcher::target::testguest::TestGuest,
+    id: &str,
+    step: usize,
+    seen: &mut std::collections::BTreeSet<String>,
+) -> bool {
+    let mut p = livepatch::patcher(vmm, target);
+    let st = p.status().unwrap_or_else(|f| panic!("status after death at write {step}: {}", f.message));
+    if let Some(i) = &st.intent {
+        assert_eq!(i.patch, id, "step {step}");
+        seen.insert(format!("{:?}:{:?}", i.op, i.text));
+    }
+    let r = p.recover();
+    assert!(r.is_ok(), "recover after death at write {step}: {}", r.to_json());
+    let st = p.status().unwrap();
+    assert!(st.intent.is_none(), "intent left after recovery at step {step}");
+    let applied = st.patches.iter().any(|x| x.id == id);
+    let b = func_bytes(&mut p, target, "tg_step_b") != image_bytes(target, "tg_step_b");
+    let a = func_bytes(&mut p, target, "tg_step_a") != image_bytes(target, "tg_step_a");
+    assert_eq!((a, b), (applied, applied), "step {step}: text (a patched {a}, b patched {b}) disagrees with the registry (applied {applied})");
+    if applied {
+        assert!(st.patches[0].funcs.iter().all(|f| f.active), "step {step}");
+    }
+    drop(p);
+    // A death inside a pause leaves the VM paused: it resumes only now, whole.
+    vmm.resume().unwrap();
+    applied
+}
+
+#[test]
+fn a_process_killed_after_any_write_leaves_a_state_the_next_one_completes_or_rolls_back() {
+    let _g = testguest::vm_lock();
+    if !testguest::ready("livepatch_crash_safety") {
+        return;
+    }
+    let patch = livepatch::build_text("two_sites", TWO_SITES, true).unwrap();
+    let id = patch.manifest.id.clone();
+    let target = livepatch::target();
+    let (mut vmm, out) = livepatch::boot(2, "tg.tasks=2 tg.wait=1");
+    livepatch::wait_tasks(&out, 2, 2, 1);
+    let arena = vmm.arena();
+    // Apply, killed after 0, 1, 2, ... writes until one apply gets through.
+    let mut steps = 0;
+    let mut seen = std::collections::BTreeSet::new();
+    for kill_at in 0..64 {
+        let mut d = Dying { vmm: &mut vmm, writes_left: kill_at, dead: false };
+        let r = vsplice_patcher::txn::Patcher::new(&mut d, &target, vsplice_patcher::txn::TxnConfig::new(arena.clone())).apply(&patch);
+        let died = d.dead;
+        let applied = recover_and_check(&mut vmm, &target, &id, kill_at, &mut seen);
+        if !died {
+            assert!(r.is_ok(), "{}", r.to_json());
+            assert!(applied);
+            steps = kill_at;
+            break;
+        }
+        if applied {
+            // Rolled forward: take it off again for the next round.
+            let r = livepatch::patcher(&mut vmm, &target).revert(&id);
+            assert!(r.is_ok(), "{}", r.to_json());
+        }
+    }
+    assert!(steps >= 6, "an apply should take several writes, got {steps}");
+    let mark = out.text().len();
+    wait_every_task(&out, mark, 4, |l| l.value == value_two_sites(l.iter));
+    // Revert, killed after each write in turn (re-applying whenever it got through).
+    for kill_at in 0.. {
+        let mut d = Dying { vmm: &mut vmm, writes_left: kill_at, dead: false };
+        let r = vsplice_patcher::txn::Patcher::new(&mut d, &target, vsplice_patcher::txn::TxnConfig::new(arena.clone())).revert(&id);
+        let died = d.dead;
+        let applied = recover_and_check(&mut vmm, &target, &id, 100 + kill_at, &mut seen);
+        if !died {
+            assert!(r.is_ok(), "{}", r.to_json());
+            assert!(!applied);
+            break;
+        }
+        if !applied {
+            let r = livepatch::patcher(&mut vmm, &target).apply(&patch);
+            assert!(r.is_ok(), "{}", r.to_json());
+        }
+        assert!(kill_at < 64, "revert never got through");
+    }
+    // Every kind of interrupted state was met and recovered.
+    for want in ["Apply:NotStarted", "Apply:Partial", "Apply:Complete", "Revert:NotStarted", "Revert:Partial", "Revert:Complete"] {
+        assert!(seen.contains(want), "never saw {want}: {seen:?}");
+    }
+    let mark = out.text().len();
+    wait_every_task(&out, mark, 4, |l| l.value == value_orig(l.iter));
+    let lines = testguest::parse_all(&out.text()).expect("no torn line");
+    for l in &lines {
+        assert!(l.value == value_orig(l.iter) || l.value == value_two_sites(l.iter), "half-patched value {l:?}");
+    }
+    assert!(!out.text().contains("TG panic"));
+    vmm.shutdown();
+}
