@@ -20,3 +20,7 @@ pub mod layout;
 pub mod notes;
 pub mod orc;
 pub mod tasks;
+#[cfg(test)]
+mod testutil;
+#[cfg(test)]
+mod tests;
