@@ -74,3 +74,134 @@ fn debian_image_offline() {
     let orc = info.orc.as_ref().unwrap();
     assert!(orc.ip_entries > 10_000 && orc.ip_entries == orc.unwind_entries);
 }
+
+mod btf_and_tasks {
+    use super::super::btf::Btf;
+    use super::super::tasks::{self, TaskOffsets};
+    use super::super::testutil::{task_btf, task_layout as t};
+    use crate::mem::BufferMemory;
+
+    #[test]
+    fn btf_members_by_path() {
+        let btf = Btf::parse(&task_btf()).unwrap();
+        let ts = btf.find_struct("task_struct").unwrap();
+        assert_eq!(btf.member(ts, "thread.sp").unwrap().offset, 152);
+        assert_eq!(btf.member(ts, "thread_info.cpu").unwrap().offset, 8);
+        // Inside an anonymous union.
+        let st = btf.member(ts, "__state").unwrap();
+        assert_eq!((st.offset, st.size), (24, Some(4)));
+        assert_eq!(btf.member(ts, "comm").unwrap().size, Some(16));
+        assert!(btf.member(ts, "nope").is_none());
+        assert_eq!(btf.size_of(ts), Some(256));
+        let td = btf.get(btf.len() as u32 - 1).unwrap();
+        assert_eq!(btf.size_of(td.size_or_type), Some(256));
+        let lay = btf.layout(ts);
+        assert!(lay.iter().any(|(n, o, _, ty)| n == "state_alias" && *o == 24 && ty == "int"));
+        assert!(lay.iter().any(|(n, _, _, ty)| n == "comm" && ty == "char[16]"));
+        assert!(lay.iter().any(|(n, _, _, ty)| n == "signal" && ty == "struct signal_struct *"));
+        let bits = btf.find_struct("bits").unwrap();
+        let b = btf.member(bits, "b").unwrap();
+        assert_eq!(b.bit_offset, 3);
+        assert!(btf.layout(bits).iter().any(|(n, _, _, ty)| n == "b" && ty.ends_with(": 5")));
+        assert_eq!(Btf::parse(b"\x9f\xeb\x02\x00").unwrap_err().cause(), "btf_header");
+    }
+
+    /// A memory image with tasks at `base + i * SIZE`, signal structs after them.
+    struct World {
+        mem: BufferMemory,
+        base: u64,
+        n: usize,
+    }
+
+    impl World {
+        fn task(&self, i: usize) -> u64 {
+            self.base + i as u64 * t::SIZE
+        }
+        fn signal(&self, i: usize) -> u64 {
+            self.base + self.n as u64 * t::SIZE + i as u64 * 64
+        }
+        fn w64(&mut self, a: u64, v: u64) {
+            let o = (a - self.mem.base) as usize;
+            self.mem.data[o..o + 8].copy_from_slice(&v.to_le_bytes());
+        }
+        fn w32(&mut self, a: u64, v: u32) {
+            let o = (a - self.mem.base) as usize;
+            self.mem.data[o..o + 4].copy_from_slice(&v.to_le_bytes());
+        }
+        /// Link `nodes` (addresses of list_heads) into a circular list.
+        fn link(&mut self, nodes: &[u64]) {
+            for (i, &n) in nodes.iter().enumerate() {
+                let next = nodes[(i + 1) % nodes.len()];
+                let prev = nodes[(i + nodes.len() - 1) % nodes.len()];
+                self.w64(n, next);
+                self.w64(n + 8, prev);
+            }
+        }
+    }
+
+    /// Processes: 0 (init_task, one thread), 1 (threads 1, 2, 3), 4 (thread 4).
+    fn world() -> World {
+        let base = 0xffff_8880_0010_0000u64;
+        let n = 5;
+        let mut w = World { mem: BufferMemory { base, data: vec![0; 0x10000] }, base, n };
+        let groups: [(usize, &[usize]); 3] = [(0, &[0]), (1, &[1, 2, 3]), (4, &[4])];
+        let procs: Vec<u64> = groups.iter().map(|(l, _)| w.task(*l) + t::TASKS).collect();
+        w.link(&procs);
+        for (gi, (_, threads)) in groups.iter().enumerate() {
+            let sig = w.signal(gi);
+            let mut nodes = vec![sig + t::SIG_THREAD_HEAD];
+            nodes.extend(threads.iter().map(|&i| w.task(i) + t::THREAD_NODE));
+            w.link(&nodes);
+            for &i in threads.iter() {
+                let a = w.task(i);
+                w.w64(a + t::SIGNAL, sig);
+                w.w32(a + t::PID, i as u32 * 10);
+                w.w32(a + t::TGID, groups[gi].0 as u32 * 10);
+                w.w32(a + t::STATE, if i == 2 { 0 } else { 1 });
+                w.w32(a + t::CPU, (i % 2) as u32);
+                w.w64(a + t::STACK, 0xffff_c900_0000_0000 + i as u64 * 0x4000);
+                w.w64(a + t::THREAD_SP, 0xffff_c900_0000_3f00 + i as u64 * 0x4000);
+                let comm = format!("task{i}");
+                let o = (a + t::COMM - base) as usize;
+                w.mem.data[o..o + comm.len()].copy_from_slice(comm.as_bytes());
+            }
+        }
+        w
+    }
+
+    #[test]
+    fn task_walk_lists_every_thread() {
+        let btf = Btf::parse(&task_btf()).unwrap();
+        let off = TaskOffsets::from_btf(&btf).unwrap();
+        assert_eq!((off.thread_sp, off.cpu, off.state, off.signal_thread_head), (t::THREAD_SP, t::CPU, t::STATE, 8));
+        let mut w = world();
+        let init = w.task(0);
+        let list = tasks::walk_tasks(&mut w.mem, &off, init).unwrap();
+        let pids: Vec<(i32, i32)> = list.iter().map(|x| (x.pid, x.tgid)).collect();
+        assert_eq!(pids, vec![(0, 0), (10, 10), (20, 10), (30, 10), (40, 40)]);
+        let t2 = &list[2];
+        assert_eq!((t2.comm.as_str(), t2.state_char(), t2.cpu), ("task2", 'R', 0));
+        assert_eq!(t2.stack_end() - t2.stack, 16384);
+        assert_eq!(t2.sp, 0xffff_c900_0000_3f00 + 2 * 0x4000);
+    }
+
+    #[test]
+    fn task_walk_refuses_lists_caught_mid_update() {
+        let btf = Btf::parse(&task_btf()).unwrap();
+        let off = TaskOffsets::from_btf(&btf).unwrap();
+        // A prev pointer that disagrees with next.
+        let mut w = world();
+        let a = w.task(2) + t::THREAD_NODE + 8;
+        w.w64(a, 0xdead_0000);
+        let init = w.task(0);
+        let e = tasks::walk_tasks(&mut w.mem, &off, init).unwrap_err();
+        assert_eq!(e.cause(), "list_inconsistent");
+        // A loop that never returns to the head.
+        let mut w = world();
+        let n1 = w.task(1) + t::TASKS;
+        let n4 = w.task(4) + t::TASKS;
+        w.link(&[n1, n4]);
+        let e = tasks::walk_tasks(&mut w.mem, &off, init).unwrap_err();
+        assert_eq!(e.cause(), "list_inconsistent");
+    }
+}

@@ -102,6 +102,13 @@ pub struct Manifest {
     pub build: BuildInfo,
 }
 
+impl Manifest {
+    /// Pretty JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+}
+
 /// The patch id for a name and an object.
 pub fn patch_id(name: &str, object: &[u8]) -> String {
     let mut h = Sha256::new();

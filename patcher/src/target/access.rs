@@ -100,3 +100,38 @@ impl<B: Backend> KernelMemory for Guest<B> {
         self.vmem.read(vaddr, buf)
     }
 }
+
+/// A backend for stubs that only allow memory access while the guest is
+/// stopped (gdbstubs): a read or write refused with `WrongState` is retried
+/// inside a short stop. The in-process VMM never needs it.
+#[derive(Debug)]
+pub struct AutoStop<B: Backend>(pub B);
+
+impl<B: Backend> AutoStop<B> {
+    fn stopped<T>(&mut self, mut op: impl FnMut(&mut B) -> Result<T, BackendError>) -> Result<T, BackendError> {
+        match op(&mut self.0) {
+            Err(BackendError::WrongState(_)) => {
+                self.0.stop()?;
+                let r = op(&mut self.0);
+                self.0.resume()?;
+                r
+            }
+            other => other,
+        }
+    }
+}
+
+impl<B: Backend> Backend for AutoStop<B> {
+    fn stop(&mut self) -> Result<Vec<VcpuState>, BackendError> {
+        self.0.stop()
+    }
+    fn resume(&mut self) -> Result<(), BackendError> {
+        self.0.resume()
+    }
+    fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), BackendError> {
+        self.stopped(|b| b.read_phys(gpa, buf))
+    }
+    fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), BackendError> {
+        self.stopped(|b| b.write_phys(gpa, data))
+    }
+}

@@ -91,6 +91,13 @@ pub struct Status {
     pub intent: Option<IntentStatus>,
 }
 
+impl Status {
+    /// Pretty JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+}
+
 impl<B: Backend> Patcher<'_, B> {
     fn text_state(&mut self, writes: &[SiteWrite]) -> Result<(TextState, Vec<bool>), Failure> {
         let mut done = Vec::new();
