@@ -129,8 +129,12 @@ fn read_range<M: KernelMemory + ?Sized>(mem: &mut M, k: &Kallsyms, start: &str, 
 /// Banner, build-id, BTF and ORC once kallsyms is known.
 fn identify<M: KernelMemory + ?Sized>(mem: &mut M, kallsyms: Kallsyms, region: &[u8], timings: Timings) -> Result<KernelInfo, KernelError> {
     let t = Instant::now();
-    let banner = match kallsyms.first_addr("linux_banner") {
-        Some(a) => Some(mem.read_cstr(a, 512)?.trim_end().to_string()),
+    let banner = match kallsyms.first_addr("linux_banner").map(|a| mem.read_cstr(a, 512)) {
+        Some(Ok(b)) => Some(b.trim_end().to_string()),
+        Some(Err(e)) => {
+            warn!(error = %e, "linux_banner unreadable; scanning");
+            notes::scan_banner(region).map(|(_, s)| s)
+        }
         None => notes::scan_banner(region).map(|(_, s)| s),
     };
     let build_id = read_range(mem, &kallsyms, "__start_notes", "__stop_notes")

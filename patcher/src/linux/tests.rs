@@ -205,3 +205,63 @@ mod btf_and_tasks {
         assert_eq!(e.cause(), "list_inconsistent");
     }
 }
+
+mod live_synthetic {
+    use super::super::kernel::LiveKernel;
+    use super::super::layout::DEFAULT_TEXT_LINK;
+    use super::super::testutil::{kallsyms_blob, sample_syms};
+    use crate::backend::VcpuState;
+    use crate::x86::tests::FakeGuest;
+
+    const TEXT: u64 = 0xffff_ffff_8320_0000;
+    const PHYS_TEXT: u64 = 0x20_0000;
+
+    fn idx(va: u64, level: u32) -> u64 {
+        (va >> (12 + 9 * (level - 1))) & 511
+    }
+
+    /// Text: one 2 MiB RX page; rodata after it in 4 KiB NX read-only pages
+    /// holding kallsyms whose `_text` is `ks_text`.
+    fn guest(ks_text: u64) -> (FakeGuest, Vec<VcpuState>) {
+        let mut g = FakeGuest::new(0x100_0000);
+        let (pml4, pdpt, pd, pt) = (0x1000, 0x2000, 0x3000, 0x4000);
+        g.set_entry(pml4, idx(TEXT, 4), pdpt | 3);
+        g.set_entry(pdpt, idx(TEXT, 3), pd | 3);
+        g.set_entry(pd, idx(TEXT, 2), PHYS_TEXT | 0x83);
+        let ro = TEXT + 0x20_0000;
+        g.set_entry(pd, idx(ro, 2), pt | 3);
+        let (blob, _) = kallsyms_blob(&sample_syms(ks_text), ro, 256, true);
+        let pages = blob.len().div_ceil(4096);
+        let ro_phys = 0x40_0000u64;
+        for i in 0..pages as u64 {
+            g.set_entry(pt, i, (ro_phys + i * 4096) | 1 | (1 << 63));
+        }
+        g.ram[ro_phys as usize..ro_phys as usize + blob.len()].copy_from_slice(&blob);
+        let v = VcpuState { cr3: pml4, cr0: 0x8005_0033, efer: 0xd01, cs: 0x10, ..VcpuState::default() };
+        (g, vec![v])
+    }
+
+    #[test]
+    fn slide_agrees_and_physical_base_is_reported() {
+        let (mut g, vcpus) = guest(TEXT);
+        let lk = LiveKernel::open(&mut g, vcpus, None).unwrap();
+        let s = lk.info.slide.clone().unwrap();
+        assert_eq!((s.text, s.virt, s.phys_base), (TEXT, TEXT - DEFAULT_TEXT_LINK, PHYS_TEXT));
+        assert_eq!(lk.info.kallsyms.addr_of("func_3").map(|a| a > TEXT), Some(true));
+        assert_eq!(lk.map.rodata().map(|r| r.0), Some(TEXT + 0x20_0000));
+    }
+
+    #[test]
+    fn slide_disagreement_is_an_error() {
+        let (mut g, vcpus) = guest(TEXT + 0x20_0000);
+        let e = LiveKernel::open(&mut g, vcpus, None).unwrap_err();
+        assert_eq!(e.cause(), "slide_mismatch");
+    }
+
+    #[test]
+    fn real_mode_guest_is_refused() {
+        let (mut g, mut vcpus) = guest(TEXT);
+        vcpus[0].efer = 0;
+        assert_eq!(LiveKernel::open(&mut g, vcpus, None).unwrap_err().cause(), "not_long_mode");
+    }
+}
