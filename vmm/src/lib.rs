@@ -13,6 +13,7 @@ pub mod builder;
 pub mod cli;
 pub mod config;
 pub mod devices;
+pub mod livepatch;
 pub mod loader;
 pub mod vmm;
 pub mod vstate;

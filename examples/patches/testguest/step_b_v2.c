@@ -2,7 +2,7 @@
  * step_b_v2.c - example patch for the vsplice test guest: replaces
  * tg_step_b (x * 0x10001 + 0x2a) with x * 0x10001 + 0x2b, so every task's
  * printed value changes from the next iteration on:
- *   iter 1: 0x1b58e -> 0x1b58f
+ *   iter 1: 0x1b58e -> 0x1b589
  *
  *   vsplice patch build --target testguest \
  *       --kernel target/images/testguest/testguest.elf \

@@ -1,5 +1,6 @@
 //! The `vsplice` command line: one subcommand per file.
 
+pub mod patch;
 pub mod run;
 
 use std::process::ExitCode;
@@ -23,6 +24,9 @@ pub struct Cli {
 pub enum Command {
     /// Boot a guest under the vsplice VMM and run it until it powers off.
     Run(run::RunArgs),
+    /// Build live patches; apply, revert, list them on a guest behind a gdbstub.
+    #[command(subcommand)]
+    Patch(patch::PatchCommand),
 }
 
 fn init_logging(filter: Option<&str>) {
@@ -53,5 +57,6 @@ pub fn main() -> ExitCode {
     init_logging(cli.log.as_deref());
     match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Patch(cmd) => patch::run(cmd),
     }
 }

@@ -50,6 +50,10 @@ pub struct RunArgs {
     /// Longest a whole-VM pause may take before it is abandoned (the VM keeps running).
     #[arg(long, value_name = "MS", default_value_t = DEFAULT_PAUSE_TIMEOUT.as_millis() as u64)]
     pub pause_timeout_ms: u64,
+    /// Live patch (built by `vsplice patch build`) to apply as soon as the guest kernel is up;
+    /// repeatable, applied in order. Each result is printed on stderr as one JSON line.
+    #[arg(long = "live-patch", value_name = "FILE")]
+    pub live_patch: Vec<PathBuf>,
 }
 
 /// Parsed `--serial` value.
@@ -95,6 +99,17 @@ impl RunArgs {
 
 /// Runs `vsplice run`.
 pub fn run(args: RunArgs) -> ExitCode {
+    let patches = if args.live_patch.is_empty() {
+        None
+    } else {
+        match crate::livepatch::LivePatches::open(&args.kernel, &args.live_patch) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                super::report(&e, e.cause());
+                return ExitCode::from(EXIT_BAD_INPUT);
+            }
+        }
+    };
     let mut vmm = match builder::build(args.to_config()) {
         Ok(vmm) => vmm,
         Err(e) => {
@@ -102,7 +117,11 @@ pub fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(EXIT_BAD_INPUT);
         }
     };
-    let exit = match vmm.wait_for_exit(None) {
+    let waited = match &patches {
+        Some(p) => p.run(&mut vmm, |r| eprintln!("vsplice: live-patch {}", r.to_json())),
+        None => vmm.wait_for_exit(None),
+    };
+    let exit = match waited {
         Ok(Some(exit)) => exit,
         Ok(None) => return ExitCode::SUCCESS,
         Err(e) => {
@@ -141,7 +160,7 @@ mod tests {
         let mut cmd = super::super::Cli::command();
         let run = cmd.find_subcommand_mut("run").unwrap();
         let help = run.render_long_help().to_string();
-        for flag in ["--kernel", "--initrd", "--cmdline", "--vcpus", "--memory", "--serial", "--arena", "--pause-timeout-ms"] {
+        for flag in ["--kernel", "--initrd", "--cmdline", "--vcpus", "--memory", "--serial", "--arena", "--pause-timeout-ms", "--live-patch"] {
             assert!(help.contains(flag), "{flag} missing from help");
         }
         assert!(help.contains("console=ttyS0"));

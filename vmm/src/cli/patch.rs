@@ -1,0 +1,292 @@
+//! `vsplice patch`: build a live patch from C; apply, revert, list and show
+//! the status of patches on a guest behind a gdbstub (QEMU `-gdb`), with the
+//! guest's own registry in the arena as the source of truth.
+//!
+//! In attached mode vsplice is told where the arena is (`--arena
+//! PHYS:SIZE`): a 2 MiB-aligned guest-physical range of at least 4 MiB that
+//! the guest was booted with reserved (Linux: `memmap=4M$0x7c00000`; the test
+//! guest uses no RAM above its image, so any free range works). Under
+//! `vsplice run` the VMM reserves it itself (e820) and patches go through
+//! `--live-patch`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use vsplice_patcher::gdb::backend::GdbBackend;
+use vsplice_patcher::gdb::client::GdbOptions;
+use vsplice_patcher::patch::build::{build_patch, BuildOptions};
+use vsplice_patcher::patch::PatchFile;
+use vsplice_patcher::target::access::AutoStop;
+use vsplice_patcher::target::testguest::TestGuest;
+use vsplice_patcher::target::TargetKernel;
+use vsplice_patcher::txn::{Patcher, TxnConfig, TxnReport};
+
+use super::run::EXIT_BAD_INPUT;
+
+/// Exit code when a transaction was refused (the JSON result says why).
+pub const EXIT_REFUSED: u8 = 3;
+
+/// `vsplice patch …`
+#[derive(Debug, Subcommand)]
+pub enum PatchCommand {
+    /// Compile a patch (C with vsplice.h) with the target kernel's flags into one .vsp file.
+    Build(BuildArgs),
+    /// Print a patch file's manifest (JSON).
+    Info {
+        /// The patch file.
+        file: PathBuf,
+    },
+    /// Apply a patch to a guest behind a gdbstub; prints the result as JSON.
+    Apply {
+        /// Where the guest is.
+        #[command(flatten)]
+        guest: AttachArgs,
+        /// Pauses tried before giving up with `code_busy`.
+        #[arg(long, default_value_t = 20)]
+        attempts: u32,
+        /// The patch file.
+        file: PathBuf,
+    },
+    /// Revert an applied patch (by id or name); prints the result as JSON.
+    Revert {
+        /// Where the guest is.
+        #[command(flatten)]
+        guest: AttachArgs,
+        /// Pauses tried before giving up with `code_busy`.
+        #[arg(long, default_value_t = 20)]
+        attempts: u32,
+        /// Patch id or name.
+        patch: String,
+    },
+    /// List the applied patches (from the guest's registry).
+    List {
+        /// Where the guest is.
+        #[command(flatten)]
+        guest: AttachArgs,
+    },
+    /// The registry, checked against the kernel text, including a transaction
+    /// a killed vsplice left behind (the next apply or revert completes or rolls it back).
+    Status {
+        /// Where the guest is.
+        #[command(flatten)]
+        guest: AttachArgs,
+        /// Complete or roll back an interrupted transaction now.
+        #[arg(long)]
+        recover: bool,
+    },
+}
+
+/// `vsplice patch build`.
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Kind of kernel.
+    #[arg(long, default_value = "testguest", value_parser = ["testguest"])]
+    pub target: String,
+    /// Kernel image the patch is for (ELF with a symbol table).
+    #[arg(long, value_name = "IMAGE")]
+    pub kernel: PathBuf,
+    /// Extra include directory (repeatable).
+    #[arg(short = 'I', long = "include", value_name = "DIR")]
+    pub include: Vec<PathBuf>,
+    /// Patch name (default: the source file's stem).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Cumulative: applying it atomically replaces every patch applied before it.
+    #[arg(long)]
+    pub cumulative: bool,
+    /// C compiler.
+    #[arg(long, default_value = "gcc")]
+    pub cc: String,
+    /// Skip the build-time link check against the image (symbols, sections, relocations).
+    #[arg(long)]
+    pub no_link_check: bool,
+    /// Output patch file.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: PathBuf,
+    /// The patch source.
+    pub source: PathBuf,
+}
+
+/// Where an attached guest is.
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    /// gdbstub address (`host:port`, e.g. QEMU's `-gdb tcp:127.0.0.1:1234`).
+    #[arg(long, value_name = "ADDR")]
+    pub gdb: String,
+    /// Kind of kernel.
+    #[arg(long, default_value = "testguest", value_parser = ["testguest"])]
+    pub target: String,
+    /// The running kernel's image (ELF with a symbol table).
+    #[arg(long, value_name = "IMAGE")]
+    pub kernel: PathBuf,
+    /// The patch arena: guest-physical `START:SIZE` (e.g. `0x8000000:4M`), 2 MiB aligned,
+    /// at least 4 MiB, reserved from the guest's RAM when it was booted.
+    #[arg(long, value_name = "START:SIZE", value_parser = parse_arena)]
+    pub arena: std::ops::Range<u64>,
+}
+
+fn parse_num(s: &str) -> Result<u64, String> {
+    let (digits, mul) = match s.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&s[..i], 1u64 << 10),
+        Some((i, 'M' | 'm')) => (&s[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    let v = match digits.strip_prefix("0x") {
+        Some(h) => u64::from_str_radix(h, 16),
+        None => digits.parse(),
+    }
+    .map_err(|e| format!("`{s}`: {e}"))?;
+    v.checked_mul(mul).ok_or_else(|| format!("`{s}` is too large"))
+}
+
+fn parse_arena(s: &str) -> Result<std::ops::Range<u64>, String> {
+    let (a, b) = s.split_once(':').ok_or_else(|| format!("`{s}` is not START:SIZE"))?;
+    let (start, size) = (parse_num(a)?, parse_num(b)?);
+    if start % (2 << 20) != 0 || size < (4 << 20) || size % (2 << 20) != 0 {
+        return Err(format!("arena `{s}` must start 2 MiB aligned and be a multiple of 2 MiB, at least 4 MiB"));
+    }
+    Ok(start..start + size)
+}
+
+fn print_report(r: &TxnReport) -> ExitCode {
+    println!("{}", r.to_json());
+    if r.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("vsplice: {} refused [{}]: {}", r.op, r.cause.name(), r.message);
+        ExitCode::from(EXIT_REFUSED)
+    }
+}
+
+fn attach(g: &AttachArgs) -> Result<(TestGuest, AutoStop<GdbBackend>), ExitCode> {
+    let target = TestGuest::open(&g.kernel).map_err(|e| {
+        super::report(&e, e.cause());
+        ExitCode::from(EXIT_BAD_INPUT)
+    })?;
+    let backend = GdbBackend::connect(&g.gdb, GdbOptions::default()).map_err(|e| {
+        super::report(&e, "gdb_connect_failed");
+        ExitCode::from(EXIT_BAD_INPUT)
+    })?;
+    Ok((target, AutoStop(backend)))
+}
+
+/// Runs the patch through `f` on the attached guest, then detaches (the guest runs on).
+fn with_patcher(g: &AttachArgs, attempts: u32, f: impl FnOnce(&mut Patcher<'_, &mut AutoStop<GdbBackend>>) -> ExitCode) -> ExitCode {
+    let (target, mut backend) = match attach(g) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let mut cfg = TxnConfig::new(g.arena.clone());
+    cfg.max_attempts = attempts;
+    let code = {
+        let mut p = Patcher::new(&mut backend, &target as &dyn TargetKernel, cfg);
+        f(&mut p)
+    };
+    if let Err(e) = backend.0.detach() {
+        tracing::warn!(error = %e, "detaching from the gdbstub failed");
+    }
+    code
+}
+
+/// Runs `vsplice patch …`.
+pub fn run(cmd: PatchCommand) -> ExitCode {
+    match cmd {
+        PatchCommand::Build(a) => {
+            let mut opts = BuildOptions::testguest(&a.kernel, &a.source);
+            opts.target = a.target;
+            opts.include_dirs = a.include;
+            opts.name = a.name;
+            opts.cumulative = a.cumulative;
+            opts.cc = a.cc;
+            opts.link_check = !a.no_link_check;
+            let written = build_patch(&opts).map_err(|e| (e.cause(), e.to_string(), Some(e))).and_then(|p| {
+                let bytes = p.to_bytes().map_err(|e| ("unexpected", e.to_string(), None))?;
+                std::fs::write(&a.output, bytes).map_err(|e| ("unexpected", format!("writing {}: {e}", a.output.display()), None))?;
+                Ok(p)
+            });
+            match written {
+                Ok(p) => {
+                    println!("{}", p.manifest.to_json());
+                    ExitCode::SUCCESS
+                }
+                Err((cause, _, Some(e))) => {
+                    super::report(&e, cause);
+                    ExitCode::from(EXIT_BAD_INPUT)
+                }
+                Err((cause, msg, None)) => {
+                    eprintln!("vsplice: error [{cause}]: {msg}");
+                    ExitCode::from(EXIT_BAD_INPUT)
+                }
+            }
+        }
+        PatchCommand::Info { file } => match PatchFile::read(&file) {
+            Ok(p) => {
+                println!("{}", p.manifest.to_json());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                super::report(&e, e.reason());
+                ExitCode::from(EXIT_BAD_INPUT)
+            }
+        },
+        PatchCommand::Apply { guest, attempts, file } => {
+            let bytes = match std::fs::read(&file) {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("vsplice: error [unreadable]: {}: {e}", file.display());
+                    return ExitCode::from(EXIT_BAD_INPUT);
+                }
+            };
+            with_patcher(&guest, attempts, |p| print_report(&p.apply_bytes(&bytes)))
+        }
+        PatchCommand::Revert { guest, attempts, patch } => with_patcher(&guest, attempts, |p| print_report(&p.revert(&patch))),
+        PatchCommand::List { guest } => with_patcher(&guest, 1, |p| match p.status() {
+            Ok(s) => {
+                for x in &s.patches {
+                    let funcs: Vec<String> = x.funcs.iter().map(|f| format!("{}->{}", f.name, f.new_name)).collect();
+                    println!("{} {} {:?} {}", x.id, x.name, x.state, funcs.join(","));
+                }
+                ExitCode::SUCCESS
+            }
+            Err(f) => {
+                eprintln!("vsplice: error [{}]: {}", f.cause.name(), f.message);
+                ExitCode::from(EXIT_REFUSED)
+            }
+        }),
+        PatchCommand::Status { guest, recover } => with_patcher(&guest, 20, |p| {
+            if recover {
+                let r = p.recover();
+                if !r.is_ok() {
+                    return print_report(&r);
+                }
+            }
+            match p.status() {
+                Ok(s) => {
+                    println!("{}", s.to_json());
+                    ExitCode::SUCCESS
+                }
+                Err(f) => {
+                    eprintln!("vsplice: error [{}]: {}", f.cause.name(), f.message);
+                    ExitCode::from(EXIT_REFUSED)
+                }
+            }
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn arena_specs_parse() {
+        assert_eq!(parse_arena("0x8000000:4M").unwrap(), 0x800_0000..0x840_0000);
+        assert_eq!(parse_arena("134217728:4194304").unwrap(), 0x800_0000..0x840_0000);
+        assert!(parse_arena("0x8001000:4M").is_err());
+        assert!(parse_arena("0x8000000:2M").is_err());
+        assert!(parse_arena("0x8000000").is_err());
+    }
+}
