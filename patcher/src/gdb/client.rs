@@ -137,8 +137,10 @@ impl GdbClient {
     fn max_write_chunk(&self, binary: bool) -> usize {
         // Request = "M" + addr + "," + len + ":" + data; ~40 bytes of header.
         let room = self.features.packet_size.saturating_sub(48);
-        let n = if binary { room / 2 } else { room / 2 }; // binary may double by escaping
-        n.clamp(8, self.opts.max_chunk)
+        // Hex doubles the data; binary may double it too when every byte
+        // needs escaping, so both take half the room.
+        let _ = binary;
+        (room / 2).clamp(8, self.opts.max_chunk)
     }
 
     /// Send a request and wait for its reply.

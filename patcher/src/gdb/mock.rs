@@ -56,7 +56,7 @@ fn sys_xml() -> String {
 
 /// Register value of thread `t` (1-based), register number `n`.
 pub fn reg_value(t: u64, n: u32) -> u64 {
-    (t << 32) | u64::from(n) * 0x111
+    (t << 32) | (u64::from(n) * 0x111)
 }
 
 fn rle_encode(s: &[u8]) -> Vec<u8> {

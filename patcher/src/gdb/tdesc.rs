@@ -33,8 +33,7 @@ impl TargetDesc {
     /// lower-numbered registers precede it with no gaps.
     pub fn g_offset(&self, reg: &RegDesc) -> Option<usize> {
         let mut off = 0usize;
-        let mut expect = self.regs.first()?.regnum;
-        for r in &self.regs {
+        for (expect, r) in (self.regs.first()?.regnum..).zip(self.regs.iter()) {
             if r.regnum != expect {
                 return None; // a gap: the g layout is unknown past it
             }
@@ -42,7 +41,6 @@ impl TargetDesc {
                 return Some(off);
             }
             off += (r.bitsize as usize).div_ceil(8);
-            expect += 1;
         }
         None
     }

@@ -174,7 +174,7 @@ fn try_candidate(b: &[u8], base: u64, q: usize) -> Option<KallsymsTables> {
 
 /// Scan `region` (mapped at `base`, 8-byte aligned) for the tables.
 pub fn locate(region: &[u8], base: u64) -> Result<KallsymsTables, KallsymsError> {
-    if base % 8 != 0 {
+    if !base.is_multiple_of(8) {
         return Err(KallsymsError::NotFound("region base is not 8-byte aligned".into()));
     }
     let mut candidates = 0usize;

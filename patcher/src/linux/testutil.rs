@@ -7,7 +7,7 @@
 pub type FixSym = (char, String, u64, bool);
 
 fn pad8(v: &mut Vec<u8>) {
-    while v.len() % 8 != 0 {
+    while !v.len().is_multiple_of(8) {
         v.push(0);
     }
 }
