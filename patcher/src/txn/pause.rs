@@ -138,11 +138,13 @@ impl<B: Backend> Patcher<'_, B> {
                 return Err(PauseFailure { failure: f, text_dirty: !restored });
             }
             timings.write_us = us(t2);
+            let t3 = Instant::now();
             if let Err(e) = self.guest.resume() {
                 // Written but not resumed: the registry must still record the
                 // writes, so report them done and let the caller commit.
                 tracing::error!(error = %e, "resuming the guest after the write failed");
             }
+            timings.resume_us = us(t3);
             timings.downtime_us = us(t0);
             timings.total_downtime_us += timings.downtime_us;
             return Ok(());

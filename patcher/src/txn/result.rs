@@ -123,7 +123,10 @@ pub struct Timings {
     pub check_us: u64,
     /// Writing the jumps (and the arena mapping the first time).
     pub write_us: u64,
-    /// vCPUs out of the guest, last attempt (stop requested .. resumed).
+    /// Resuming every vCPU (last attempt).
+    pub resume_us: u64,
+    /// vCPUs out of the guest, last attempt (stop requested .. resumed):
+    /// pause + check + write + resume.
     pub downtime_us: u64,
     /// vCPUs out of the guest, all attempts together.
     pub total_downtime_us: u64,
