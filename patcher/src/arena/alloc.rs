@@ -34,6 +34,7 @@ mod tests {
         assert_eq!(first_fit(0x1000..0x2000, &used, 0x100, 16), Some(0x1100));
         assert_eq!(first_fit(0x1000..0x2000, &used, 0x101, 16), Some(0x1e00));
         assert_eq!(first_fit(0x1000..0x2000, &used, 0x201, 16), None);
-        assert_eq!(first_fit(0x1000..0x2000, &[0x1000..0x1001], 8, 64), Some(0x1040));
+        let one: [Range<u64>; 1] = [Range { start: 0x1000, end: 0x1001 }];
+        assert_eq!(first_fit(0x1000..0x2000, &one, 8, 64), Some(0x1040));
     }
 }

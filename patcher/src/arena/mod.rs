@@ -69,6 +69,6 @@ impl ArenaInfo {
 
     /// True when the arena's size can hold a data and a code slot.
     pub fn valid_size(size: u64) -> bool {
-        size >= 2 * SLOT && size % SLOT == 0
+        size >= 2 * SLOT && size.is_multiple_of(SLOT)
     }
 }

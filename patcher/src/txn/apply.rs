@@ -148,10 +148,10 @@ impl<B: Backend> Patcher<'_, B> {
                 ranges.push(CheckRange { start: p.code.start, end: p.code.start + p.code.len, label: format!("patch {}", p.name) });
                 for f in &p.funcs {
                     ranges.push(CheckRange { start: f.old_addr, end: f.old_addr + f.old_size, label: f.name.clone() });
-                    if !writes.contains_key(&f.site.addr) {
+                    if let std::collections::btree_map::Entry::Vacant(slot) = writes.entry(f.site.addr) {
                         let top = reg.top_at(f.site.addr).map(|(_, t)| t.site.new.clone()).unwrap_or_default();
                         let bottom = reg.bottom_at(f.site.addr).map(|b| b.site.orig.clone()).unwrap_or_default();
-                        writes.insert(f.site.addr, SiteWrite { addr: f.site.addr, before: top, after: bottom });
+                        slot.insert(SiteWrite { addr: f.site.addr, before: top, after: bottom });
                     }
                 }
             }

@@ -13,7 +13,7 @@ use crate::backend::VcpuState;
 use crate::mem::KernelMemory;
 use crate::target::{SymbolTable, TargetError, TaskList};
 
-fn hit<'a>(ranges: &'a [CheckRange], addr: u64) -> Option<&'a CheckRange> {
+fn hit(ranges: &[CheckRange], addr: u64) -> Option<&CheckRange> {
     ranges.iter().find(|r| addr >= r.start && addr < r.end)
 }
 

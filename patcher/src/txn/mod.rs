@@ -113,7 +113,7 @@ impl<'t, B: Backend> Patcher<'t, B> {
             return Ok(r);
         }
         let size = self.cfg.arena.end - self.cfg.arena.start;
-        if !ArenaInfo::valid_size(size) || self.cfg.arena.start % crate::arena::SLOT != 0 {
+        if !ArenaInfo::valid_size(size) || !self.cfg.arena.start.is_multiple_of(crate::arena::SLOT) {
             return Err(Failure::new(stage, Cause::NotUp, "arena", format!("arena {:#x}..{:#x} must be 2 MiB aligned and at least 4 MiB", self.cfg.arena.start, self.cfg.arena.end)));
         }
         let root = self.target.page_table_root();

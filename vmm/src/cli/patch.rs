@@ -190,37 +190,34 @@ fn with_patcher(g: &AttachArgs, attempts: u32, f: impl FnOnce(&mut Patcher<'_, &
     code
 }
 
+fn build(a: BuildArgs) -> ExitCode {
+    let mut opts = BuildOptions::testguest(&a.kernel, &a.source);
+    opts.target = a.target;
+    opts.include_dirs = a.include;
+    opts.name = a.name;
+    opts.cumulative = a.cumulative;
+    opts.cc = a.cc;
+    opts.link_check = !a.no_link_check;
+    let p = match build_patch(&opts) {
+        Ok(p) => p,
+        Err(e) => {
+            super::report(&e, e.cause());
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
+    let written = p.to_bytes().map_err(|e| e.to_string()).and_then(|b| std::fs::write(&a.output, b).map_err(|e| e.to_string()));
+    if let Err(e) = written {
+        eprintln!("vsplice: error [unexpected]: writing {}: {e}", a.output.display());
+        return ExitCode::from(EXIT_BAD_INPUT);
+    }
+    println!("{}", p.manifest.to_json());
+    ExitCode::SUCCESS
+}
+
 /// Runs `vsplice patch …`.
 pub fn run(cmd: PatchCommand) -> ExitCode {
     match cmd {
-        PatchCommand::Build(a) => {
-            let mut opts = BuildOptions::testguest(&a.kernel, &a.source);
-            opts.target = a.target;
-            opts.include_dirs = a.include;
-            opts.name = a.name;
-            opts.cumulative = a.cumulative;
-            opts.cc = a.cc;
-            opts.link_check = !a.no_link_check;
-            let written = build_patch(&opts).map_err(|e| (e.cause(), e.to_string(), Some(e))).and_then(|p| {
-                let bytes = p.to_bytes().map_err(|e| ("unexpected", e.to_string(), None))?;
-                std::fs::write(&a.output, bytes).map_err(|e| ("unexpected", format!("writing {}: {e}", a.output.display()), None))?;
-                Ok(p)
-            });
-            match written {
-                Ok(p) => {
-                    println!("{}", p.manifest.to_json());
-                    ExitCode::SUCCESS
-                }
-                Err((cause, _, Some(e))) => {
-                    super::report(&e, cause);
-                    ExitCode::from(EXIT_BAD_INPUT)
-                }
-                Err((cause, msg, None)) => {
-                    eprintln!("vsplice: error [{cause}]: {msg}");
-                    ExitCode::from(EXIT_BAD_INPUT)
-                }
-            }
-        }
+        PatchCommand::Build(a) => build(a),
         PatchCommand::Info { file } => match PatchFile::read(&file) {
             Ok(p) => {
                 println!("{}", p.manifest.to_json());
