@@ -42,7 +42,36 @@ fn main() {
         let pid = lk.vm.read_i32(task + off.pid).unwrap();
         println!("vcpu{v} cpu{c} current {task:#x} pid {pid}");
     }
+    // Page-walk throughput.
+    let cr3 = vcpus[0].cr3;
+    let cr4 = vcpus[0].cr4;
+    let mut w = vsplice_patcher::x86::paging::PageWalker::new(cr3, cr4);
     drop(lk);
+    let t = Instant::now();
+    let (mut n, mut bytes) = (0u64, 0u64);
+    w.walk_range(&mut be, 0xffff_8000_0000_0000, u64::MAX, &mut |m| {
+        n += 1;
+        bytes += m.size;
+        true
+    })
+    .unwrap();
+    let dt = t.elapsed();
+    println!("walk_range kernel half (cold): {n} mappings, {} MiB mapped, {} tables read, {:?}", bytes >> 20, w.table_reads, dt);
+    // Translate every 4 KiB page of the vmemmap/vmalloc stacks: cold then warm.
+    let stacks: Vec<u64> = ts.iter().map(|t| t.stack).collect();
+    let mut w2 = vsplice_patcher::x86::paging::PageWalker::new(cr3, cr4);
+    for pass in ["cold", "warm"] {
+        let t = Instant::now();
+        let mut k = 0u64;
+        for &s in &stacks {
+            for p in 0..4u64 {
+                let _ = w2.translate(&mut be, s + p * 4096);
+                k += 1;
+            }
+        }
+        let dt = t.elapsed();
+        println!("translate {k} stack pages ({pass}): {:?} = {:.0} translations/s, tables read so far {}", dt, k as f64 / dt.as_secs_f64(), w2.table_reads);
+    }
     be.detach().unwrap();
 }
 

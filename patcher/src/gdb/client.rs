@@ -30,7 +30,7 @@ impl Default for GdbOptions {
         Self {
             timeout: Duration::from_secs(5),
             stop_timeout: Duration::from_secs(5),
-            pipeline: 8,
+            pipeline: 16,
             max_chunk: 64 * 1024,
         }
     }
