@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use thiserror::Error;
 
+use crate::attach::{attach_gdb, AttachError};
 use crate::backend::{Backend, BackendError, VcpuState};
-use crate::gdb::{GdbBackend, GdbError, GdbOptions};
+use crate::gdb::{GdbError, GdbOptions};
 use crate::linux::btf::Btf;
 use crate::linux::image::{ImageError, ImageMemory};
 use crate::linux::kallsyms::Kallsyms;
@@ -78,6 +79,9 @@ pub enum InspectError {
     /// Attaching to the gdbstub failed.
     #[error("gdbstub")]
     Gdb(#[from] #[source] GdbError),
+    /// Attaching (stop, physical access) failed.
+    #[error("attach")]
+    Attach(#[from] #[source] AttachError),
     /// The backend failed.
     #[error("backend")]
     Backend(#[from] #[source] BackendError),
@@ -104,6 +108,7 @@ impl InspectError {
         match self {
             Self::Usage(_) => "usage",
             Self::Gdb(e) => e.cause(),
+            Self::Attach(e) => e.cause(),
             Self::Backend(e) => e.cause(),
             Self::Kernel(e) => e.cause(),
             Self::Image(e) => e.cause(),
@@ -132,8 +137,7 @@ pub fn run_inspect(args: &InspectArgs, out: &mut dyn Write) -> Result<(), Inspec
                 ..GdbOptions::default()
             };
             let t = Instant::now();
-            let mut be = GdbBackend::connect(addr, opts)?;
-            let vcpus = be.stop()?;
+            let (mut be, vcpus) = attach_gdb(addr, opts)?;
             let attach = t.elapsed();
             let r = live(&mut be, vcpus, text_link, attach, args, out);
             // Always let the guest go, even when the command failed.

@@ -11,6 +11,7 @@
 //! [`arena`] (mapping, registry), [`txn`] (apply, revert, safety check).
 
 pub mod backend;
+pub mod attach;
 pub mod gdb;
 pub mod mem;
 pub mod x86;

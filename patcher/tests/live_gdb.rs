@@ -136,4 +136,16 @@ fn live_debian_kernel_over_gdbstub() {
     be.read_phys(pa, &mut b).unwrap();
     assert_eq!(&b, b"Linux");
     be.detach().unwrap();
+
+    // Without QEMU's physical mode: the direct map found through virtual
+    // reads gives the same kernel.
+    let opts = GdbOptions { phys_mode: false, ..GdbOptions::default() };
+    let t = Instant::now();
+    let (mut be, vcpus) = vsplice_patcher::attach::attach_gdb(sock.to_str().unwrap(), opts).unwrap();
+    eprintln!("attach without physical mode (direct-map discovery): {:?}", t.elapsed());
+    let lk = LiveKernel::open(&mut be, vcpus, offline.kallsyms.first_addr("_text")).unwrap();
+    assert_eq!(lk.info.slide.as_ref(), Some(&slide));
+    assert_eq!(lk.info.kallsyms.len(), offline.kallsyms.len());
+    drop(lk);
+    be.detach().unwrap();
 }

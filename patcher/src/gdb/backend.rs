@@ -40,7 +40,7 @@ impl GdbBackend {
         if threads.is_empty() {
             return Err(GdbError::protocol(b"qfThreadInfo", b"no threads"));
         }
-        if client.features.qemu_phys {
+        if client.features.qemu_phys && client.options().phys_mode {
             client.set_phys_mode(true)?;
         } else {
             warn!("gdbstub has no physical memory mode; physical access needs set_direct_map()");
@@ -52,6 +52,29 @@ impl GdbBackend {
     /// virtual address `base + P` (the guest's direct map).
     pub fn set_direct_map(&mut self, base: u64) {
         self.direct_map = Some(base);
+    }
+
+    /// True when `read_phys`/`write_phys` can work: the stub's physical
+    /// mode is on, or a direct map was set.
+    pub fn has_phys_access(&self) -> bool {
+        self.client.phys_mode() || self.direct_map.is_some()
+    }
+
+    /// Read guest-VIRTUAL memory as the stub translates it (through the
+    /// page tables of the selected vCPU), e.g. before physical access works.
+    pub fn read_virt(&mut self, vaddr: u64, buf: &mut [u8]) -> Result<(), GdbError> {
+        if self.running {
+            return Err(GdbError::WrongState("memory reads need the guest stopped"));
+        }
+        let phys = self.client.phys_mode();
+        if phys {
+            self.client.set_phys_mode(false)?;
+        }
+        let r = self.client.read_memory(vaddr, buf);
+        if phys {
+            self.client.set_phys_mode(true)?;
+        }
+        r
     }
 
     /// The vCPU thread ids, in vCPU index order.

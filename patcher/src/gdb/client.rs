@@ -23,6 +23,9 @@ pub struct GdbOptions {
     pub pipeline: usize,
     /// Upper bound on bytes per memory request (the stub's packet size also bounds it).
     pub max_chunk: usize,
+    /// Use QEMU's physical memory mode when the stub offers it (turn off to
+    /// exercise the direct-map fallback).
+    pub phys_mode: bool,
 }
 
 impl Default for GdbOptions {
@@ -32,6 +35,7 @@ impl Default for GdbOptions {
             stop_timeout: Duration::from_secs(5),
             pipeline: 16,
             max_chunk: 64 * 1024,
+            phys_mode: true,
         }
     }
 }

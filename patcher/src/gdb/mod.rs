@@ -14,6 +14,7 @@ pub mod link;
 pub mod packet;
 pub mod registers;
 pub mod tdesc;
+pub mod virt;
 #[cfg(test)]
 mod mock;
 

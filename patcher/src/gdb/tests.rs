@@ -144,3 +144,21 @@ fn connect_refused_has_a_cause() {
     let e = GdbClient::connect("127.0.0.1:1", opts()).unwrap_err();
     assert_eq!(e.cause(), "connect");
 }
+
+#[test]
+fn without_phys_mode_physical_reads_go_through_a_direct_map() {
+    let base = 0xffff_8880_0000_0000u64;
+    let mem = pattern(0x4000);
+    let (s, st, _h) = mock::start(MockConfig { no_ack: true, phys: false, ..Default::default() }, base, mem.clone());
+    let mut be = GdbBackend::with_client(GdbClient::over(Stream::Unix(s), opts()).unwrap()).unwrap();
+    assert!(!be.has_phys_access());
+    let mut buf = [0u8; 64];
+    assert_eq!(be.read_phys(0x100, &mut buf).unwrap_err().cause(), "transport");
+    be.read_virt(base + 0x100, &mut buf).unwrap();
+    assert_eq!(buf[..], mem[0x100..0x140]);
+    be.set_direct_map(base);
+    let mut buf2 = [0u8; 64];
+    be.read_phys(0x100, &mut buf2).unwrap();
+    assert_eq!(buf, buf2);
+    assert!(!st.lock().unwrap().log.iter().any(|l| l.starts_with("Qqemu.PhyMemMode")));
+}

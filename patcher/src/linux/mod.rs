@@ -12,6 +12,7 @@
 //! - `kernel`: all of the above tied together.
 
 pub mod btf;
+pub mod direct_map;
 pub mod image;
 pub mod kallsyms;
 pub mod kallsyms_locate;
