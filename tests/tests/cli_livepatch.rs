@@ -27,7 +27,11 @@ fn tmp(name: &str) -> PathBuf {
 }
 
 fn build(kernel: &Path, src: &Path, out: &Path) {
-    let o = vsplice(&["patch", "build", "--kernel", kernel.to_str().unwrap(), "-o", out.to_str().unwrap(), src.to_str().unwrap()]);
+    build_named(kernel, src, out, &src.file_stem().unwrap().to_string_lossy());
+}
+
+fn build_named(kernel: &Path, src: &Path, out: &Path, name: &str) {
+    let o = vsplice(&["patch", "build", "--kernel", kernel.to_str().unwrap(), "--name", name, "-o", out.to_str().unwrap(), src.to_str().unwrap()]);
     assert!(o.status.success(), "build failed: {}", text(&o.stderr));
     let manifest = text(&o.stdout);
     assert!(manifest.contains("\"build_id\"") && manifest.contains("\"sha256\""), "{manifest}");
@@ -161,6 +165,123 @@ fn attached_to_a_gdbstub_apply_list_revert_and_status_work_from_the_guest_regist
     assert!(st.contains("\"patches\": []") && st.contains("\"how\": \"reversed\"") && st.contains("\"intent\": null"), "{st}");
     let all = std::fs::read_to_string(&serial).unwrap();
     testguest::parse_all(&all).expect("no torn line");
+    assert!(!all.contains("TG panic"), "{all}");
+    let _ = std::fs::remove_file(vsp);
+    let _ = std::fs::remove_file(serial);
+}
+
+const TWO_SITES: &str = "#include <vsplice.h>\ntypedef unsigned long u64;\nu64 tg_step_b(u64);\nu64 b2(u64 x) { return x * 0x10001 + 0x2b; }\nu64 a2(u64 x) { return tg_step_b(x) ^ 0xa5a4; }\nVSPLICE_REPLACE(tg_step_b, b2);\nVSPLICE_REPLACE(tg_step_a, a2);\n";
+
+fn value_two_sites(iter: u64) -> u64 {
+    ((iter * 0x10001 + 0x2b) ^ 0xa5a4) + 0x1000
+}
+
+fn serial_grows(path: &Path, during: Duration) -> bool {
+    let a = std::fs::read_to_string(path).unwrap_or_default().len();
+    std::thread::sleep(during);
+    std::fs::read_to_string(path).unwrap_or_default().len() > a
+}
+
+#[test]
+fn sigkill_at_every_write_of_an_attached_apply_and_revert_never_leaves_the_guest_running_half_patched() {
+    use std::os::unix::process::ExitStatusExt;
+    let _g = testguest::vm_lock();
+    if Command::new("qemu-system-x86_64").arg("--version").output().is_err() {
+        skip::skip("cli_gdb_sigkill", "qemu-system-x86_64 is not installed");
+        return;
+    }
+    let kernel = testguest::workspace_root().join("target/images/testguest/testguest-pvh.elf");
+    let src = tmp("two_sites.c");
+    std::fs::write(&src, TWO_SITES).unwrap();
+    let vsp = tmp("two_sites.vsp");
+    build_named(&kernel, &src, &vsp, "two_sites");
+    let serial = tmp("serial-kill.txt");
+    let port = free_port();
+    let _qemu = Qemu(
+        Command::new("qemu-system-x86_64")
+            .args(["-accel", "tcg", "-m", "256", "-smp", "2", "-display", "none", "-monitor", "none", "-no-reboot"])
+            .arg("-serial")
+            .arg(format!("file:{}", serial.display()))
+            .arg("-gdb")
+            .arg(format!("tcp:127.0.0.1:{port}"))
+            .arg("-kernel")
+            .arg(&kernel)
+            .args(["-append", "tg.tasks=2 tg.wait=1"])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("qemu starts"),
+    );
+    assert!(wait_file(&serial, Duration::from_secs(60), |s| s.contains("TG cpu=1 task=4 iter=2")), "guest did not run under QEMU");
+    let gdb = format!("127.0.0.1:{port}");
+    let attach = ["--gdb", gdb.as_str(), "--kernel", kernel.to_str().unwrap(), "--arena", "0x8000000:4M"];
+    let run = |cmd: &[&str], extra: &[&str], kill: Option<usize>| {
+        let mut a: Vec<&str> = cmd.to_vec();
+        a.extend_from_slice(&attach);
+        a.extend_from_slice(extra);
+        let bin = testguest::vsplice_bin();
+        let mut c = Command::new(bin);
+        c.args(&a).stdin(Stdio::null());
+        if let Some(k) = kill {
+            c.env("VSPLICE_FAULT_KILL_AFTER_WRITES", k.to_string());
+        }
+        c.output().expect("vsplice runs")
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    // One step = a killed apply (or revert), then status, recovery, and the check.
+    let mut step = |op: &str, kill_at: usize| -> (bool, bool) {
+        let arg = if op == "apply" { vsp.to_str().unwrap().to_owned() } else { "two_sites".to_owned() };
+        let o = run(&["patch", op], &[&arg], Some(kill_at));
+        let killed = o.status.signal() == Some(9);
+        assert!(killed || o.status.success(), "{op} at {kill_at}: {}\n{}", text(&o.stdout), text(&o.stderr));
+        let st = text(&run(&["patch", "status"], &[], None).stdout);
+        for state in ["not_started", "partial", "complete"] {
+            if st.contains(&format!("\"text\": \"{state}\"")) {
+                seen.insert(format!("{op}:{state}"));
+                if state == "partial" {
+                    assert!(!serial_grows(&serial, Duration::from_millis(800)), "guest runs half-patched after a kill at write {kill_at}");
+                }
+            }
+        }
+        let o = run(&["patch", "status", "--recover"], &[], None);
+        let st = text(&o.stdout);
+        assert!(o.status.success() && st.contains("\"intent\": null"), "recovery after {op} killed at {kill_at}: {st}\n{}", text(&o.stderr));
+        let applied = st.contains("\"name\": \"two_sites\"") && st.contains("\"state\": \"applied\"");
+        if applied {
+            assert!(!st.contains("\"active\": false"), "registry says applied but a jump is missing: {st}");
+        }
+        assert!(serial_grows(&serial, Duration::from_millis(300)), "guest not running after recovery");
+        (killed, applied)
+    };
+    let mut apply_writes = 0;
+    for kill_at in 0..64 {
+        let (killed, applied) = step("apply", kill_at);
+        if !killed {
+            assert!(applied);
+            apply_writes = kill_at;
+            break;
+        }
+        if applied {
+            assert!(run(&["patch", "revert"], &["two_sites"], None).status.success());
+        }
+    }
+    assert!(apply_writes >= 6, "apply took {apply_writes} writes");
+    for kill_at in 0..64 {
+        let (killed, applied) = step("revert", kill_at);
+        if !killed {
+            assert!(!applied);
+            break;
+        }
+        if !applied {
+            assert!(run(&["patch", "apply"], &[vsp.to_str().unwrap()], None).status.success());
+        }
+    }
+    for want in ["apply:partial", "apply:complete", "apply:not_started", "revert:partial", "revert:complete", "revert:not_started"] {
+        assert!(seen.contains(want), "never met {want}: {seen:?}");
+    }
+    let all = std::fs::read_to_string(&serial).unwrap();
+    for l in testguest::parse_all(&all).expect("no torn line") {
+        assert!(l.value == livepatch::value_orig(l.iter) || l.value == value_two_sites(l.iter), "half-patched value printed: {l:?}");
+    }
     assert!(!all.contains("TG panic"), "{all}");
     let _ = std::fs::remove_file(vsp);
     let _ = std::fs::remove_file(serial);

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
+use vsplice_patcher::backend::{Backend, BackendError, VcpuState};
 use vsplice_patcher::gdb::backend::GdbBackend;
 use vsplice_patcher::gdb::client::GdbOptions;
 use vsplice_patcher::patch::build::{build_patch, BuildOptions};
@@ -20,6 +21,7 @@ use vsplice_patcher::patch::PatchFile;
 use vsplice_patcher::target::access::AutoStop;
 use vsplice_patcher::target::testguest::TestGuest;
 use vsplice_patcher::target::TargetKernel;
+use vsplice_patcher::txn::recover::TextState;
 use vsplice_patcher::txn::{Patcher, TxnConfig, TxnReport};
 
 use super::run::EXIT_BAD_INPUT;
@@ -160,7 +162,49 @@ fn print_report(r: &TxnReport) -> ExitCode {
     }
 }
 
-fn attach(g: &AttachArgs) -> Result<(TestGuest, AutoStop<GdbBackend>), ExitCode> {
+/// Fault injection for crash-safety tests: with `VSPLICE_FAULT_KILL_AFTER_WRITES=N`
+/// the process sends itself SIGKILL instead of its N+1-th guest-memory write.
+#[derive(Debug)]
+pub struct KillAfter<B: Backend> {
+    inner: B,
+    writes_left: Option<u64>,
+}
+
+impl<B: Backend> KillAfter<B> {
+    fn new(inner: B) -> Self {
+        let writes_left = std::env::var("VSPLICE_FAULT_KILL_AFTER_WRITES").ok().and_then(|v| v.parse().ok());
+        Self { inner, writes_left }
+    }
+}
+
+impl<B: Backend> Backend for KillAfter<B> {
+    fn stop(&mut self) -> Result<Vec<VcpuState>, BackendError> {
+        self.inner.stop()
+    }
+    fn resume(&mut self) -> Result<(), BackendError> {
+        self.inner.resume()
+    }
+    fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), BackendError> {
+        self.inner.read_phys(gpa, buf)
+    }
+    fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), BackendError> {
+        match self.writes_left {
+            Some(0) => {
+                // SAFETY: kill(2) on our own pid with SIGKILL has no memory-safety
+                // preconditions; the process ends here, as a crash would end it.
+                unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+                return Err(BackendError::Transport("killed".into()));
+            }
+            Some(ref mut n) => *n -= 1,
+            None => {}
+        }
+        self.inner.write_phys(gpa, data)
+    }
+}
+
+type Attached = KillAfter<AutoStop<GdbBackend>>;
+
+fn attach(g: &AttachArgs) -> Result<(TestGuest, Attached), ExitCode> {
     let target = TestGuest::open(&g.kernel).map_err(|e| {
         super::report(&e, e.cause());
         ExitCode::from(EXIT_BAD_INPUT)
@@ -169,11 +213,28 @@ fn attach(g: &AttachArgs) -> Result<(TestGuest, AutoStop<GdbBackend>), ExitCode>
         super::report(&e, "gdb_connect_failed");
         ExitCode::from(EXIT_BAD_INPUT)
     })?;
-    Ok((target, AutoStop(backend)))
+    let mut backend = AutoStop(backend);
+    // QEMU stops the guest when a debugger connects. Let it run: preparation
+    // happens with the guest running, memory accesses take short stops.
+    // Except when a dead vsplice left a half-written transaction: then the
+    // guest stays stopped until a recovery completes or rolls it back.
+    if !half_written(&target, &mut backend, &g.arena) {
+        if let Err(e) = backend.resume() {
+            super::report(&e, e.cause());
+            return Err(ExitCode::from(EXIT_BAD_INPUT));
+        }
+    }
+    Ok((target, KillAfter::new(backend)))
+}
+
+/// True when the guest's registry holds an intent whose writes are partly done.
+fn half_written<B: Backend>(target: &TestGuest, backend: &mut B, arena: &std::ops::Range<u64>) -> bool {
+    let mut p = Patcher::new(backend, target as &dyn TargetKernel, TxnConfig::new(arena.clone()));
+    matches!(p.status(), Ok(s) if s.intent.as_ref().is_some_and(|i| i.text == TextState::Partial))
 }
 
 /// Runs the patch through `f` on the attached guest, then detaches (the guest runs on).
-fn with_patcher(g: &AttachArgs, attempts: u32, f: impl FnOnce(&mut Patcher<'_, &mut AutoStop<GdbBackend>>) -> ExitCode) -> ExitCode {
+fn with_patcher(g: &AttachArgs, attempts: u32, f: impl FnOnce(&mut Patcher<'_, &mut Attached>) -> ExitCode) -> ExitCode {
     let (target, mut backend) = match attach(g) {
         Ok(x) => x,
         Err(code) => return code,
@@ -184,7 +245,13 @@ fn with_patcher(g: &AttachArgs, attempts: u32, f: impl FnOnce(&mut Patcher<'_, &
         let mut p = Patcher::new(&mut backend, &target as &dyn TargetKernel, cfg);
         f(&mut p)
     };
-    if let Err(e) = backend.0.detach() {
+    if half_written(&target, &mut backend, &g.arena) {
+        // Never let the guest run half-patched: close the connection without
+        // detaching, which leaves it stopped (QEMU keeps it so).
+        eprintln!("vsplice: the guest stays stopped: an interrupted transaction is half-written; `vsplice patch status --recover` (or the next apply/revert) completes or rolls it back");
+        return code;
+    }
+    if let Err(e) = backend.inner.0.detach() {
         tracing::warn!(error = %e, "detaching from the gdbstub failed");
     }
     code
