@@ -302,7 +302,8 @@ fn summary(info: &KernelInfo, live: Option<&LiveExtra>, open: Option<Duration>, 
         None => "no".into(),
     });
     if let Some(a) = syscall {
-        line(&mut t, "syscall entry", format!("{a:#x} (entry_SYSCALL_64; LSTAR is not readable over gdbstub)"));
+        let how = if live.is_some() { "entry_SYSCALL_64 from kallsyms; LSTAR is not readable over gdbstub" } else { "entry_SYSCALL_64, link address" };
+        line(&mut t, "syscall entry", format!("{a:#x} ({how})"));
     }
     if let Some(l) = live {
         for v in &l.vcpus {

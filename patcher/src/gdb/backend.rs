@@ -134,8 +134,13 @@ impl GdbBackend {
 impl Backend for GdbBackend {
     fn stop(&mut self) -> Result<Vec<VcpuState>, BackendError> {
         if self.running {
-            self.client.interrupt()?;
-            self.running = false;
+            match self.client.interrupt() {
+                Ok(_) => self.running = false,
+                Err(GdbError::Timeout { .. }) => {
+                    return Err(BackendError::PauseTimeout { timeout_ms: self.client.options().stop_timeout.as_millis() as u64 })
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         match self.read_vcpus() {
             Ok(v) => Ok(v),

@@ -20,6 +20,8 @@ pub struct MockConfig {
     pub phys: bool,
     /// Corrupt the checksum of the first reply to this packet prefix once.
     pub corrupt_once: Option<String>,
+    /// Never answer the interrupt (a guest that does not stop).
+    pub ignore_interrupt: bool,
     /// Stop answering after this many memory reads.
     pub silent_after_reads: Option<usize>,
     pub packet_size: usize,
@@ -162,6 +164,9 @@ impl Server {
         let text = String::from_utf8_lossy(p).into_owned();
         self.st.lock().unwrap().log.push(text.clone());
         if p == [0x03] {
+            if self.cfg.ignore_interrupt {
+                return None;
+            }
             self.st.lock().unwrap().running = false;
             return Some(b"T02thread:01;".to_vec());
         }

@@ -162,3 +162,14 @@ fn without_phys_mode_physical_reads_go_through_a_direct_map() {
     assert_eq!(buf, buf2);
     assert!(!st.lock().unwrap().log.iter().any(|l| l.starts_with("Qqemu.PhyMemMode")));
 }
+
+#[test]
+fn a_guest_that_does_not_stop_is_a_pause_timeout() {
+    let (s, _st, _h) = mock::start(MockConfig { no_ack: true, phys: true, ignore_interrupt: true, ..Default::default() }, 0, vec![0; 64]);
+    let mut be = GdbBackend::with_client(GdbClient::over(Stream::Unix(s), opts()).unwrap()).unwrap();
+    be.resume().unwrap();
+    let t = Instant::now();
+    let e = be.stop().unwrap_err();
+    assert_eq!(e.cause(), "pause_timeout");
+    assert!(t.elapsed() < Duration::from_secs(3));
+}

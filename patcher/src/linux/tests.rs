@@ -265,3 +265,57 @@ mod live_synthetic {
         assert_eq!(LiveKernel::open(&mut g, vcpus, None).unwrap_err().cause(), "not_long_mode");
     }
 }
+
+mod notes_and_inspect {
+    use super::super::notes;
+    use crate::inspect::{run_inspect, InspectArgs, InspectWhat};
+
+    #[test]
+    fn build_id_from_notes_and_by_scan() {
+        let mut n = Vec::new();
+        // A non-GNU note first, then the build-id.
+        for w in [6u32, 4, 1] {
+            n.extend_from_slice(&w.to_le_bytes());
+        }
+        n.extend_from_slice(b"Linux\0\0\0");
+        n.extend_from_slice(&[1, 2, 3, 4]);
+        for w in [4u32, 20, 3] {
+            n.extend_from_slice(&w.to_le_bytes());
+        }
+        n.extend_from_slice(b"GNU\0");
+        n.extend((0..20u8).map(|i| i * 3));
+        let id = notes::build_id_from_notes(&n).unwrap();
+        assert_eq!(notes::hex(&id), "00030609 0c0f1215181b1e2124272a2d303336 39".replace(' ', ""));
+        let mut padded = vec![0xaau8; 12];
+        padded.extend_from_slice(&n);
+        assert_eq!(notes::scan_build_id(&padded), Some(id));
+        let (at, b) = notes::scan_banner(b"xx\0Linux version 6.1.0 (x)\n\0").unwrap();
+        assert_eq!((at, b.as_str()), (3, "Linux version 6.1.0 (x)"));
+    }
+
+    #[test]
+    fn inspect_offline_on_the_debian_image() {
+        let img = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/images/debian-amd64/vmlinuz");
+        if !img.exists() {
+            eprintln!("SKIPPED inspect_offline_on_the_debian_image: {} missing", img.display());
+            return;
+        }
+        let run = |what: InspectWhat, json: bool| {
+            let args = InspectArgs { gdb: None, image: Some(img.clone()), json, timeout_ms: 1000, what };
+            let mut out = Vec::new();
+            run_inspect(&args, &mut out).map(|_| String::from_utf8(out).unwrap())
+        };
+        let s: serde_json::Value = serde_json::from_str(&run(InspectWhat::Summary, true).unwrap()).unwrap();
+        assert!(s["banner"].as_str().unwrap().starts_with("Linux version 6.1"));
+        assert!(s["symbols"].as_u64().unwrap() > 50_000);
+        assert_eq!(s["build_id"].as_str().unwrap().len(), 40);
+        let sym: serde_json::Value = serde_json::from_str(&run(InspectWhat::Symbol { name: "_text".into() }, true).unwrap()).unwrap();
+        assert_eq!(sym[0]["addr"], "0xffffffff81000000");
+        let a = run(InspectWhat::Addr { addr: "ffffffff81000010".into() }, false).unwrap();
+        assert!(a.contains("+0x10"), "{a}");
+        let st = run(InspectWhat::Struct { name: "list_head".into() }, false).unwrap();
+        assert!(st.contains("next") && st.contains("prev"), "{st}");
+        assert_eq!(run(InspectWhat::Tasks, false).unwrap_err().cause(), "usage");
+        assert_eq!(run(InspectWhat::Symbol { name: "no_such_symbol_xyz".into() }, false).unwrap_err().cause(), "not_found");
+    }
+}
