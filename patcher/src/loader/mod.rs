@@ -13,6 +13,8 @@ pub mod error;
 pub mod layout;
 pub mod reloc;
 pub mod sections;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, HashSet};
 
