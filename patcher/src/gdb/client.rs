@@ -319,21 +319,26 @@ impl GdbClient {
         }
     }
 
-    fn decode_read(&self, req: &[u8], reply: &[u8], out: &mut [u8]) -> Result<(), GdbError> {
+    /// Decode one read reply into `out`; returns the bytes it carried (a
+    /// stub may answer with fewer than asked, never with none or more).
+    fn decode_read(&self, req: &[u8], reply: &[u8], out: &mut [u8]) -> Result<usize, GdbError> {
         if packet::is_error_reply(reply) {
             return Err(GdbError::remote(req, reply));
         }
-        if self.features.binary_read {
+        let data = if self.features.binary_read {
             let body = reply.strip_prefix(b"b").ok_or_else(|| GdbError::protocol(req, reply))?;
-            let data = packet::unescape(body).ok_or_else(|| GdbError::protocol(req, reply))?;
-            if data.len() != out.len() {
-                return Err(GdbError::protocol(req, b"short binary read"));
-            }
-            out.copy_from_slice(&data);
-            Ok(())
+            packet::unescape(body).ok_or_else(|| GdbError::protocol(req, reply))?
         } else {
-            packet::from_hex_into(reply, out).ok_or_else(|| GdbError::protocol(req, reply))
+            if reply.len() % 2 != 0 {
+                return Err(GdbError::protocol(req, reply));
+            }
+            packet::from_hex(reply).ok_or_else(|| GdbError::protocol(req, reply))?
+        };
+        if data.is_empty() || data.len() > out.len() {
+            return Err(GdbError::protocol(req, b"empty or oversized memory reply"));
         }
+        out[..data.len()].copy_from_slice(&data);
+        Ok(data.len())
     }
 
     /// Read memory (virtual or physical per the current mode) in chunks of the
@@ -383,6 +388,9 @@ impl GdbClient {
             pos += len;
         }
         let mut first_err = None;
+        // After a short reply, later replies are drained and the window
+        // restarts where the data stopped.
+        let mut short_at: Option<usize> = None;
         self.link.nak = reqs.len() <= 1;
         for (req, p, len) in reqs {
             let reply = match self.recv_reply(req.as_bytes()) {
@@ -394,16 +402,19 @@ impl GdbClient {
                     return Err(e);
                 }
             };
-            if first_err.is_none() {
-                if let Err(e) = self.decode_read(req.as_bytes(), &reply, &mut out[p..p + len]) {
-                    first_err = Some(e);
+            if first_err.is_none() && short_at.is_none() {
+                match self.decode_read(req.as_bytes(), &reply, &mut out[p..p + len]) {
+                    Ok(n) if n < len => short_at = Some(p + n),
+                    Ok(_) => {}
+                    Err(e) => first_err = Some(e),
                 }
             }
         }
         self.link.nak = true;
-        match first_err {
-            Some(e) => Err(e),
-            None => Ok(pos),
+        match (first_err, short_at) {
+            (Some(e), _) => Err(e),
+            (None, Some(at)) => Ok(at),
+            (None, None) => Ok(pos),
         }
     }
 

@@ -25,6 +25,10 @@ pub struct MockConfig {
     /// Stop answering after this many memory reads.
     pub silent_after_reads: Option<usize>,
     pub packet_size: usize,
+    /// Offer and serve the binary `x` read packet.
+    pub binary_read: bool,
+    /// Answer reads with at most this many bytes (short replies).
+    pub short_reads: Option<usize>,
 }
 
 /// Shared guest state of the mock.
@@ -175,6 +179,9 @@ impl Server {
             if self.cfg.no_ack {
                 r.push_str(";QStartNoAckMode+");
             }
+            if self.cfg.binary_read {
+                r.push_str(";binary-upload+");
+            }
             r.into_bytes()
         } else if text == "QStartNoAckMode" {
             self.send(b"OK", "QStartNoAckMode");
@@ -222,7 +229,7 @@ impl Server {
         } else if let Some(n) = text.strip_prefix('p') {
             let n = packet::parse_hex_u64(n.as_bytes())? as u32;
             packet::to_hex(&reg_value(self.thread, n).to_le_bytes()).into_bytes()
-        } else if let Some(args) = text.strip_prefix('m') {
+        } else if let Some(args) = text.strip_prefix('m').or_else(|| text.strip_prefix('x')) {
             self.reads += 1;
             if let Some(limit) = self.cfg.silent_after_reads {
                 if self.reads > limit {
@@ -242,7 +249,13 @@ impl Server {
             if len > self.cfg.packet_size / 2 {
                 b"E22".to_vec()
             } else {
+                let len = self.cfg.short_reads.map_or(len, |s| s.min(len));
                 match self.mem_range(addr, len) {
+                    Some(r) if p[0] == b'x' => {
+                        let mut v = b"b".to_vec();
+                        v.extend_from_slice(&self.st.lock().unwrap().mem[r]);
+                        v
+                    }
                     Some(r) => packet::to_hex(&self.st.lock().unwrap().mem[r]).into_bytes(),
                     None => b"E14".to_vec(),
                 }

@@ -173,3 +173,18 @@ fn a_guest_that_does_not_stop_is_a_pause_timeout() {
     assert_eq!(e.cause(), "pause_timeout");
     assert!(t.elapsed() < Duration::from_secs(3));
 }
+
+#[test]
+fn binary_x_reads_and_short_replies() {
+    for (binary_read, short_reads) in [(true, None), (true, Some(1000)), (false, Some(777))] {
+        let mem: Vec<u8> = (0..50_000).map(|i| (i % 256) as u8).collect(); // every byte value, escapes included
+        let cfg = MockConfig { no_ack: true, phys: true, binary_read, short_reads, ..Default::default() };
+        let (s, st, _h) = mock::start(cfg, 0, mem.clone());
+        let mut be = GdbBackend::with_client(GdbClient::over(Stream::Unix(s), opts()).unwrap()).unwrap();
+        let mut buf = vec![0u8; 40_000];
+        be.read_phys(5, &mut buf).unwrap();
+        assert_eq!(buf, mem[5..40_005], "binary {binary_read} short {short_reads:?}");
+        let log = st.lock().unwrap().log.clone();
+        assert_eq!(log.iter().any(|l| l.starts_with('x')), binary_read);
+    }
+}
