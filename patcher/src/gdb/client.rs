@@ -329,7 +329,7 @@ impl GdbClient {
             let body = reply.strip_prefix(b"b").ok_or_else(|| GdbError::protocol(req, reply))?;
             packet::unescape(body).ok_or_else(|| GdbError::protocol(req, reply))?
         } else {
-            if reply.len() % 2 != 0 {
+            if !reply.len().is_multiple_of(2) {
                 return Err(GdbError::protocol(req, reply));
             }
             packet::from_hex(reply).ok_or_else(|| GdbError::protocol(req, reply))?
