@@ -26,16 +26,26 @@ pub fn find_direct_map<M: KernelMemory + ?Sized>(mem: &mut M) -> Result<(u64, u6
         va += STEP;
     }
     let text = text.ok_or(KernelError::NoKernelMapping(MemError::NotMapped { vaddr: START_KERNEL_MAP }))?;
-    // Read the contiguous image, 2 MiB at a time, until the first hole.
+    // Read the contiguous image, 2 MiB at a time, until kallsyms decodes
+    // (tried every 8 MiB) or the first hole.
     let mut image = Vec::new();
     let mut chunk = vec![0u8; STEP as usize];
     let mut at = text;
-    while at < KERNEL_IMAGE_AREA_END && mem.read(at, &mut chunk).is_ok() {
-        image.extend_from_slice(&chunk);
-        at += STEP;
-    }
+    let k = loop {
+        let more = at < KERNEL_IMAGE_AREA_END && mem.read(at, &mut chunk).is_ok();
+        if more {
+            image.extend_from_slice(&chunk);
+            at += STEP;
+        }
+        if !more || (at - text) % (4 * STEP) == 0 {
+            match Kallsyms::locate_in(&image, text) {
+                Ok(k) => break k,
+                Err(e) if !more => return Err(e.into()),
+                Err(_) => {}
+            }
+        }
+    };
     debug!(text = format_args!("{text:#x}"), bytes = image.len(), "kernel image read through virtual addresses");
-    let k = Kallsyms::locate_in(&image, text)?;
     let pob = k.first_addr("page_offset_base").ok_or_else(|| KallsymsError::Corrupt("no page_offset_base symbol".into()))?;
     let base = mem.read_u64(pob)?;
     Ok((base, text))
