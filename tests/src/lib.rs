@@ -3,3 +3,7 @@
 pub mod skip;
 pub mod livepatch;
 pub mod testguest;
+pub mod harness_error;
+pub mod guestcmd;
+pub mod debian;
+pub mod qemu;
