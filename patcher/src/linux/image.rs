@@ -112,12 +112,17 @@ fn decompress(p: &[u8]) -> Result<Vec<u8>, ImageError> {
         }
         return Ok(out);
     }
-    let name = if p.starts_with(&[0x1f, 0x8b]) {
-        "gzip"
-    } else if p.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+    if p.starts_with(&[0x02, 0x21, 0x4c, 0x18]) {
+        return lz4_legacy(p);
+    }
+    if p.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::with_capacity(p.len() * 4);
+        // Trailing bytes after the gzip member (the appended size) are ignored.
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(p), &mut out).map_err(ImageError::Decompress)?;
+        return Ok(out);
+    }
+    let name = if p.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
         "zstd"
-    } else if p.starts_with(&[0x02, 0x21, 0x4c, 0x18]) {
-        "lz4"
     } else if p.starts_with(b"BZh") {
         "bzip2"
     } else if p.starts_with(&[0x5d, 0x00, 0x00]) {
@@ -128,6 +133,36 @@ fn decompress(p: &[u8]) -> Result<Vec<u8>, ImageError> {
         "unknown"
     };
     Err(ImageError::Compression(name))
+}
+
+/// LZ4 "legacy" frames as the kernel writes them: the magic, then blocks
+/// each preceded by its compressed size (le32) and decompressing to at most
+/// 8 MiB; the kernel appends the uncompressed size (le32) at the very end.
+fn lz4_legacy(p: &[u8]) -> Result<Vec<u8>, ImageError> {
+    const MAGIC: u32 = 0x184c_2102;
+    const CHUNK: usize = 8 << 20;
+    let bad = |why: &str| ImageError::Decompress(std::io::Error::other(format!("lz4: {why}")));
+    let mut out = Vec::with_capacity(p.len() * 3);
+    let mut o = 4usize;
+    while o + 4 <= p.len() {
+        let size = u32_at(p, o).ok_or_else(|| bad("truncated"))? as usize;
+        if size as u32 == MAGIC {
+            o += 4; // a new legacy stream
+            continue;
+        }
+        if o + 4 + size > p.len() {
+            break; // the appended uncompressed size, not a block
+        }
+        let start = out.len();
+        out.resize(start + CHUNK, 0);
+        let n = lz4_flex::block::decompress_into(&p[o + 4..o + 4 + size], &mut out[start..]).map_err(|e| bad(&e.to_string()))?;
+        out.truncate(start + n);
+        o += 4 + size;
+    }
+    if out.is_empty() {
+        return Err(bad("no blocks"));
+    }
+    Ok(out)
 }
 
 impl ImageMemory {
