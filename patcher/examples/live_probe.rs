@@ -9,7 +9,6 @@ use vsplice_patcher::linux::tasks;
 use vsplice_patcher::mem::KernelMemory;
 
 fn main() {
-    tracing_subscriber_init();
     let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:1234".into());
     let t = Instant::now();
     let c = vsplice_patcher::gdb::GdbClient::connect(&addr, GdbOptions::default()).unwrap();
@@ -74,5 +73,3 @@ fn main() {
     }
     be.detach().unwrap();
 }
-
-fn tracing_subscriber_init() {}

@@ -137,7 +137,11 @@ impl Link {
                 return Ok(());
             }
             loop {
-                match self.next_byte(deadline, payload)? {
+                let b = self.next_byte(deadline, payload).map_err(|e| match e {
+                    GdbError::Timeout { what, .. } => GdbError::Timeout { what, timeout_ms: timeout.as_millis() as u64 },
+                    other => other,
+                })?;
+                match b {
                     b'+' => return Ok(()),
                     b'-' => break,
                     b'$' => {
