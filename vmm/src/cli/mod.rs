@@ -1,5 +1,6 @@
 //! The `vsplice` command line: one subcommand per file.
 
+pub mod inspect;
 pub mod patch;
 pub mod run;
 
@@ -27,6 +28,9 @@ pub enum Command {
     /// Build live patches; apply, revert, list them on a guest behind a gdbstub.
     #[command(subcommand)]
     Patch(patch::PatchCommand),
+    /// Look at a live guest kernel over a gdbstub, or at a kernel image file:
+    /// version, build-id, KASLR slide, symbols, tasks, BTF structures.
+    Inspect(vsplice_patcher::inspect::InspectArgs),
 }
 
 fn init_logging(filter: Option<&str>) {
@@ -58,5 +62,6 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => run::run(args),
         Command::Patch(cmd) => patch::run(cmd),
+        Command::Inspect(args) => inspect::run(args),
     }
 }
