@@ -564,3 +564,35 @@ fn a_process_killed_after_any_write_leaves_a_state_the_next_one_completes_or_rol
     assert!(!out.text().contains("TG panic"));
     vmm.shutdown();
 }
+
+#[test]
+fn vcpus_that_do_not_park_in_time_are_pause_timeout_and_the_guest_is_untouched() {
+    use vsplice_vmm::config::{SerialConfig, VmConfig};
+    let _g = testguest::vm_lock();
+    if !testguest::ready("livepatch_pause_timeout") {
+        return;
+    }
+    let patch = livepatch::build_example("step_b_v2.c");
+    let target = livepatch::target();
+    let out = Capture::default();
+    let mut config = VmConfig::new(testguest::image());
+    config.vcpus = 2;
+    config.memory_mib = 128;
+    config.cmdline = "tg.tasks=2 tg.wait=1".into();
+    config.serial = SerialConfig::Writer(Box::new(out.clone()));
+    // A bound no real pause can meet.
+    config.pause_timeout = Duration::from_nanos(1);
+    let mut vmm = vsplice_vmm::builder::build(config).unwrap();
+    livepatch::wait_tasks(&out, 2, 2, 1);
+    let mut p = livepatch::patcher(&mut vmm, &target);
+    let r = p.apply(&patch);
+    assert_eq!((r.cause, r.stage), (Cause::PauseTimeout, vsplice_patcher::txn::Stage::Pause), "{}", r.to_json());
+    assert_eq!(r.timings.attempts, 1, "a pause time-out is not retried");
+    let st = p.status().unwrap();
+    assert!(st.patches.is_empty() && st.intent.is_none(), "{st:?}");
+    assert_eq!(func_bytes(&mut p, &target, "tg_step_b"), image_bytes(&target, "tg_step_b"));
+    drop(p);
+    let mark = out.text().len();
+    wait_every_task(&out, mark, 4, |l| l.value == value_orig(l.iter));
+    vmm.shutdown();
+}
