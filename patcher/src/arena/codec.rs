@@ -48,6 +48,10 @@ pub enum CodecError {
     /// Guest memory access failed.
     #[error("registry access")]
     Backend(#[from] #[source] BackendError),
+    /// A registry is there but no copy is intact (overwritten by the guest?):
+    /// starting afresh could place new code over live code, so nothing is done.
+    #[error("the arena's registry is corrupt (no intact copy); refusing to touch the arena")]
+    Corrupt,
 }
 
 /// A decoded copy: generation and registry.
@@ -100,9 +104,12 @@ pub fn decode(b: &[u8]) -> Option<(u64, Registry)> {
     Some((u64::from_le_bytes(g), reg))
 }
 
-/// Reads both copies at `phys` and returns the newest valid one.
+/// Reads both copies at `phys` and returns the newest valid one; `None`
+/// when the arena has never held a registry, [`CodecError::Corrupt`] when it
+/// has one but neither copy is intact.
 pub fn load<B: Backend + ?Sized>(b: &mut B, phys: u64) -> Result<Option<Loaded>, CodecError> {
     let mut best: Option<Loaded> = None;
+    let mut saw_magic = false;
     for copy in 0..2u64 {
         let at = phys + copy * REGISTRY_COPY;
         let mut hdr = [0u8; HEADER];
@@ -110,6 +117,7 @@ pub fn load<B: Backend + ?Sized>(b: &mut B, phys: u64) -> Result<Option<Loaded>,
         if &hdr[..8] != MAGIC {
             continue;
         }
+        saw_magic = true;
         let len = u32::from_le_bytes([hdr[24], hdr[25], hdr[26], hdr[27]]) as usize;
         if len > REGISTRY_COPY as usize - HEADER {
             continue;
@@ -121,6 +129,9 @@ pub fn load<B: Backend + ?Sized>(b: &mut B, phys: u64) -> Result<Option<Loaded>,
                 best = Some(Loaded { generation, copy, registry });
             }
         }
+    }
+    if best.is_none() && saw_magic {
+        return Err(CodecError::Corrupt);
     }
     Ok(best)
 }
@@ -212,6 +223,9 @@ mod tests {
         let at = REGISTRY_COPY as usize + 70;
         ram.mem[at] ^= 0xff;
         assert_eq!(load(&mut ram, 0).unwrap().unwrap().generation, 2);
+        // Both copies damaged: corrupt, never "no registry".
+        ram.mem[70] ^= 0xff;
+        assert!(matches!(load(&mut ram, 0), Err(CodecError::Corrupt)));
         wipe(&mut ram, 0).unwrap();
         assert!(load(&mut ram, 0).unwrap().is_none());
     }

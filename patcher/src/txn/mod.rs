@@ -90,7 +90,11 @@ impl<'t, B: Backend> Patcher<'t, B> {
     pub(crate) fn load_registry(&mut self, stage: Stage) -> Result<Option<Registry>, Failure> {
         let unexpected = |e: &dyn std::error::Error| Failure::from_err(stage, Cause::Unexpected, "registry", e);
         let phys = self.arena_phys();
-        let Some(loaded) = codec::load(self.guest.backend(), phys).map_err(|e| unexpected(&e))? else {
+        let loaded = codec::load(self.guest.backend(), phys).map_err(|e| match e {
+            codec::CodecError::Corrupt => Failure::from_err(stage, Cause::Unexpected, "registry_corrupt", &e),
+            other => unexpected(&other),
+        })?;
+        let Some(loaded) = loaded else {
             return Ok(None);
         };
         self.generation = self.generation.max(loaded.generation);
