@@ -5,7 +5,9 @@
 # images/initramfs/init (mounts, kptr_restrict=0, module loading, the serial
 # command protocol), /bin/mthreads (images/initramfs/mthreads.c, gcc -static),
 # the flavour's virtio-serial modules in /modules/base (the fast command
-# channel), and /modules/*.ko with /modules/order for every extra module given as an
+# channel), the vsplice guest agent (/modules/vsplice_agent.ko, first in
+# /modules/order; images/build-agent.sh builds it) and its test module
+# (/modules/extra/vsplice_stale.ko, not loaded), and /modules/*.ko with /modules/order for every extra module given as an
 # argument or in VSPLICE_INITRAMFS_MODULES (space separated), loaded in order.
 #
 # Usage: images/build-initramfs.sh <amd64|cloud-amd64> [extra.ko ...]
@@ -62,6 +64,14 @@ for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_p
     cp "$ko" "$stage/modules/base/"
     echo "$m.ko" >>"$stage/modules/base/order"
 done
+# The vsplice guest agent (loaded by /init unless vsplice.agent=0) and the
+# stack-check test module (in /modules/extra, for insmod by hand), built
+# against this flavour's headers by images/build-agent.sh.
+"$here/build-agent.sh" "$flavour"
+mkdir -p "$stage/modules/extra"
+cp "$out_dir/agent/vsplice_agent.ko" "$stage/modules/"
+echo vsplice_agent.ko >>"$stage/modules/order"
+cp "$out_dir/agent/vsplice_stale.ko" "$stage/modules/extra/"
 for ko in "${modules[@]}"; do
     [ -f "$ko" ] || { echo "build-initramfs: no such module '$ko'" >&2; exit 1; }
     cp "$ko" "$stage/modules/"

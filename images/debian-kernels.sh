@@ -12,6 +12,7 @@
 #     headers -> /usr/src/linux-headers-<release>   (Kbuild works there)
 #     modules/             lib/modules/<release> from the image package
 #     initramfs.cpio.gz    built by images/build-initramfs.sh
+#     agent/               vsplice_agent.ko, vsplice_stale.ko (images/build-agent.sh)
 #
 # The ABI is looked up with apt every time (old ABIs leave the archive), never
 # hard-coded. A re-run with everything present and current does nothing.
@@ -104,7 +105,7 @@ initramfs_current() {
     [ "$force" -eq 0 ] || return 1
     [ -s "$img" ] || return 1
     [ -z "${VSPLICE_INITRAMFS_MODULES:-}" ] || return 1
-    for src in "$here/build-initramfs.sh" "$here"/initramfs/* /bin/busybox; do
+    for src in "$here/build-initramfs.sh" "$here/build-agent.sh" "$here"/initramfs/* "$root"/guest-agent/* /bin/busybox; do
         [ ! "$src" -nt "$img" ] || return 1
     done
 }
@@ -162,7 +163,7 @@ cleanup_dirs=()
 cleanup() { [ ${#cleanup_dirs[@]} -eq 0 ] || rm -rf "${cleanup_dirs[@]}"; }
 trap cleanup EXIT
 
-ensure_pkgs qemu-system-x86 busybox-static gcc libc6-dev cpio gzip
+ensure_pkgs qemu-system-x86 busybox-static gcc libc6-dev cpio gzip make
 mkdir -p "$out_base"
 for f in "${flavours[@]}"; do
     fetch_flavour "$f"
