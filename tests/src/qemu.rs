@@ -230,7 +230,8 @@ impl Guest {
         Self::boot(QemuConfig::debian(flavour, label)?)
     }
 
-    /// Starts QEMU and, with a command channel, waits for VSPLREADY.
+    /// Starts QEMU and, with a command channel, waits for VSPLREADY; without
+    /// one, for the gdbstub's Unix socket (a TCP gdbstub is not waited for).
     pub fn boot(config: QemuConfig) -> Result<Self, HarnessError> {
         for p in std::iter::once(&config.kernel).chain(config.initrd.as_ref()) {
             if !p.is_file() {
@@ -309,6 +310,16 @@ impl Guest {
         if g.config.channel != Channel::None {
             g.connect_channel(&cmd_sock, started)?;
             g.wait_ready(started)?;
+        } else if g.config.gdb == GdbListen::Unix {
+            // Nothing to wait for but the gdbstub: until its socket exists.
+            let sock = g.dir.join("gdb.sock");
+            while !sock.exists() {
+                g.check_alive("while waiting for the gdbstub socket")?;
+                if started.elapsed() > g.config.boot_timeout {
+                    return Err(HarnessError::BootTimeout { timeout: g.config.boot_timeout, console_tail: g.console_tail(40) });
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
         g.boot_time = started.elapsed();
         Ok(g)
