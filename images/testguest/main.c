@@ -78,7 +78,7 @@ extern u32 tg_efer_nx;
 /* Options (README.md). */
 static u64 opt_tasks = 3, opt_iters, opt_hz = 100, opt_wait = 20, opt_work = 100;
 static u64 opt_maxcpus = TG_MAX_CPUS, opt_lapic_mhz = 1000;
-static int opt_quiet, opt_triple, opt_hold, opt_acpi = 1;
+static int opt_quiet, opt_triple, opt_hold, opt_reboot, opt_acpi = 1;
 
 /* ---------------- helpers ---------------- */
 
@@ -191,6 +191,7 @@ static void parse_options(void)
 	opt_quiet = opt_flag("tg.quiet");
 	opt_triple = opt_flag("tg.triple_fault");
 	opt_hold = opt_flag("tg.hold");
+	opt_reboot = opt_flag("tg.reboot");
 	if (opt_flag("tg.mptable") || (opt_find("acpi", &v) && v && !memcmp(v, "off", 3)))
 		opt_acpi = 0;
 
@@ -208,7 +209,7 @@ static void parse_options(void)
 		opt_maxcpus = TG_MAX_CPUS;
 	if (opt_lapic_mhz < 1)
 		opt_lapic_mhz = 1000;
-	if (opt_triple && !opt_iters)
+	if ((opt_triple || opt_reboot) && !opt_iters)
 		opt_iters = 1;
 }
 
@@ -406,8 +407,16 @@ static void bsp_tick(void)
 		tg_printf("TG triple fault\n");
 		tg_triple_fault();
 	}
+	if (opt_reboot) {
+		tg_printf("TG reboot\n");
+		outb(0x64, 0xfe);	/* i8042 reset pulse: a reboot request */
+		halt_forever();
+	}
 	tg_printf("TG poweroff\n");
-	outb(0x64, 0xfe);	/* i8042 reset pulse: the VMM ends the guest */
+	/* ACPI S5 through PM1a_CNT (FADT: 0x604; _S5_ sleep type 5, SLP_EN) ... */
+	outw(0x604, (5 << 10) | (1 << 13));
+	/* ... and the i8042 reset pulse if the platform has no ACPI power-off. */
+	outb(0x64, 0xfe);
 	halt_forever();
 }
 

@@ -88,6 +88,11 @@ static inline void outb(u16 port, u8 v)
 	__asm__ __volatile__("outb %0, %1" : : "a"(v), "Nd"(port));
 }
 
+static inline void outw(u16 port, u16 v)
+{
+	__asm__ __volatile__("outw %0, %1" : : "a"(v), "Nd"(port));
+}
+
 static inline u8 inb(u16 port)
 {
 	u8 v;

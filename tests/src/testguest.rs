@@ -108,10 +108,15 @@ pub fn checksum(body: &str) -> u64 {
     body.bytes().fold(0u64, |acc, b| (acc.wrapping_mul(31).wrapping_add(u64::from(b))) & 0xffff)
 }
 
-/// All task lines of `text`; any damaged line is an error.
+/// All complete task lines of `text`; any damaged line is an error. A last
+/// line without its newline is still being written and is left out.
 pub fn parse_all(text: &str) -> Result<Vec<TgLine>, String> {
+    let complete = match text.rfind('\n') {
+        Some(end) => &text[..=end],
+        None => "",
+    };
     let mut out = Vec::new();
-    for l in text.lines() {
+    for l in complete.lines() {
         if let Some(t) = parse_line(l)? {
             out.push(t);
         }

@@ -287,3 +287,50 @@ fn sigkill_at_every_write_of_an_attached_apply_and_revert_never_leaves_the_guest
     let _ = std::fs::remove_file(vsp);
     let _ = std::fs::remove_file(serial);
 }
+
+#[test]
+fn on_reboot_restart_boots_again_and_reapplies_live_patches() {
+    let _g = testguest::vm_lock();
+    if !testguest::ready("cli_reboot_reapply") {
+        return;
+    }
+    let kernel = testguest::image();
+    let vsp = tmp("reboot-b2.vsp");
+    build(&kernel, &livepatch::example("step_b_v2.c"), &vsp);
+    let (serial, errlog) = (tmp("reboot-serial.txt"), tmp("reboot-stderr.txt"));
+    let mut child = Command::new(testguest::vsplice_bin())
+        .args([
+            "run", "--kernel", kernel.to_str().unwrap(), "--memory", "64", "--on-reboot", "restart",
+            "--cmdline", "tg.tasks=2 tg.iters=6 tg.wait=5 tg.reboot",
+            "--serial", &format!("file:{}", serial.display()), "--live-patch", vsp.to_str().unwrap(),
+        ])
+        .stdin(Stdio::null())
+        .stderr(std::fs::File::create(&errlog).unwrap())
+        .spawn()
+        .unwrap();
+    // Boot 3 starting means boots 1 and 2 both ran to their reboot request.
+    let ok = wait_file(&errlog, Duration::from_secs(120), |t| t.contains("starting boot 3"));
+    let _ = child.kill();
+    let _ = child.wait();
+    let stderr = std::fs::read_to_string(&errlog).unwrap_or_default();
+    let console = std::fs::read_to_string(&serial).unwrap_or_default();
+    assert!(ok, "no third boot:\n{stderr}\n{console}");
+    let applied = stderr.lines().filter(|l| l.starts_with("vsplice: live-patch ") && l.contains("\"cause\":\"ok\"")).count();
+    assert!(applied >= 2, "the patch was not applied on every boot:\n{stderr}");
+    // Each finished boot ends with every task running the patched function,
+    // and the serial file kept the earlier boots (appended, not truncated).
+    let boots: Vec<&str> = console.split("TG testguest boot_params").skip(1).collect();
+    assert!(boots.len() >= 2, "serial lost boots:\n{console}");
+    for (n, boot) in boots.iter().take(2).enumerate() {
+        assert!(boot.contains("TG reboot"), "boot {n} did not reboot:\n{boot}");
+        let lines = testguest::parse_all(boot).expect("no torn line");
+        let mut last = std::collections::BTreeMap::new();
+        for l in &lines {
+            last.insert((l.cpu, l.task), l.value == livepatch::value_step_b_v2(l.iter));
+        }
+        assert!(!last.is_empty() && last.values().all(|&n| n), "boot {n} ended unpatched:\n{boot}");
+    }
+    for p in [vsp, serial, errlog] {
+        let _ = std::fs::remove_file(p);
+    }
+}

@@ -35,6 +35,20 @@ fn poweroff_exits_zero_and_prints_the_guest_console() {
 }
 
 #[test]
+fn reboot_request_ends_the_vmm_by_default() {
+    let _g = testguest::vm_lock();
+    if !testguest::ready("cli_reboot_exit") {
+        return;
+    }
+    let kernel = testguest::image();
+    let out = vsplice(&["run", "--kernel", kernel.to_str().unwrap(), "--memory", "64", "--cmdline", "tg.tasks=1 tg.reboot"]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("TG reboot") && !stderr.contains("starting boot 2"), "{stdout}\n{stderr}");
+    assert_eq!(stdout.matches("TG ready").count(), 1, "{stdout}");
+}
+
+#[test]
 fn triple_fault_exits_nonzero_with_reason_and_rip() {
     let _g = testguest::vm_lock();
     if !testguest::ready("cli_triple_fault") {

@@ -76,6 +76,9 @@ pub enum BuildError {
     /// The vCPU threads could not be started.
     #[error(transparent)]
     Spawn(#[from] SpawnError),
+    /// The serial output could not be set up.
+    #[error("cannot set up the serial output")]
+    Serial(#[from] std::io::Error),
 }
 
 impl BuildError {
@@ -90,6 +93,7 @@ impl BuildError {
             Self::Device { .. } => "device_create_failed",
             Self::Vcpu(e) => e.cause(),
             Self::Spawn(e) => e.cause(),
+            Self::Serial(_) => "serial_output_unwritable",
         }
     }
 }

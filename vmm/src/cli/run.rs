@@ -10,6 +10,7 @@ use crate::arch::x86_64::layout::ARENA_DEFAULT_SIZE;
 use crate::builder;
 use crate::config::{SerialConfig, VmConfig, DEFAULT_MEMORY_MIB, DEFAULT_VCPUS};
 use crate::vstate::pause::DEFAULT_PAUSE_TIMEOUT;
+use crate::vstate::vcpu::GuestExit;
 
 /// Exit code when the guest crashed (triple fault, KVM internal error).
 pub const EXIT_GUEST_CRASHED: u8 = 2;
@@ -19,8 +20,9 @@ pub const EXIT_BAD_INPUT: u8 = 1;
 /// Arguments of `vsplice run`.
 #[derive(Debug, Args)]
 #[command(after_help = "\
-The guest's power-off (ACPI S5) or reboot request (i8042 reset, `reboot=k`) ends the VMM with \
-exit code 0. A triple fault or KVM internal error ends it with exit code 2 and a message giving \
+The guest's power-off (ACPI S5) ends the VMM with exit code 0; so does a reboot request (i8042 \
+reset, `reboot=k`) unless `--on-reboot restart` boots the guest again (with its live patches \
+applied again once its kernel is up). A triple fault or KVM internal error ends it with exit code 2 and a message giving \
 the exit reason, RIP and the instruction bytes KVM reported. Bad input exits with code 1 and a \
 one-line error naming the problem.")]
 pub struct RunArgs {
@@ -54,6 +56,19 @@ pub struct RunArgs {
     /// repeatable, applied in order. Each result is printed on stderr as one JSON line.
     #[arg(long = "live-patch", value_name = "FILE")]
     pub live_patch: Vec<PathBuf>,
+    /// What a guest reboot request does: `exit` ends the VMM (exit code 0); `restart` boots the
+    /// same kernel, initrd and command line again in a fresh VM and re-applies `--live-patch`.
+    #[arg(long, value_enum, value_name = "ACTION", default_value_t = OnReboot::Exit)]
+    pub on_reboot: OnReboot,
+}
+
+/// What a guest reboot request does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnReboot {
+    /// End the VMM with exit code 0.
+    Exit,
+    /// Boot the guest again.
+    Restart,
 }
 
 /// Parsed `--serial` value.
@@ -97,6 +112,27 @@ impl RunArgs {
     }
 }
 
+/// The serial output of successive boots: a `file:` output is created once
+/// and appended to by every boot after a reboot, never truncated.
+struct SerialSink(Option<std::fs::File>);
+
+impl SerialSink {
+    fn open(arg: &SerialArg) -> std::io::Result<Self> {
+        match arg {
+            SerialArg::File(p) => std::fs::File::create(p).map(|f| Self(Some(f))),
+            _ => Ok(Self(None)),
+        }
+    }
+
+    fn config_for_boot(&self, args: &RunArgs) -> std::io::Result<VmConfig> {
+        let mut config = args.to_config();
+        if let Some(f) = &self.0 {
+            config.serial = SerialConfig::Writer(Box::new(f.try_clone()?));
+        }
+        Ok(config)
+    }
+}
+
 /// Runs `vsplice run`.
 pub fn run(args: RunArgs) -> ExitCode {
     let patches = if args.live_patch.is_empty() {
@@ -110,33 +146,48 @@ pub fn run(args: RunArgs) -> ExitCode {
             }
         }
     };
-    let mut vmm = match builder::build(args.to_config()) {
-        Ok(vmm) => vmm,
+    let sink = match SerialSink::open(&args.serial) {
+        Ok(s) => s,
         Err(e) => {
-            super::report(&e, e.cause());
+            super::report(&e, "serial_output_unwritable");
             return ExitCode::from(EXIT_BAD_INPUT);
         }
     };
-    let waited = match &patches {
-        Some(p) => p.run(&mut vmm, |r| eprintln!("vsplice: live-patch {}", r.to_json())),
-        None => vmm.wait_for_exit(None),
-    };
-    let exit = match waited {
-        Ok(Some(exit)) => exit,
-        Ok(None) => return ExitCode::SUCCESS,
-        Err(e) => {
-            super::report(&e, "event_loop_failed");
-            vmm.shutdown();
-            return ExitCode::from(EXIT_GUEST_CRASHED);
+    let mut boot = 0u64;
+    loop {
+        boot += 1;
+        let built = sink.config_for_boot(&args).map_err(builder::BuildError::from).and_then(builder::build);
+        let mut vmm = match built {
+            Ok(vmm) => vmm,
+            Err(e) => {
+                super::report(&e, e.cause());
+                return ExitCode::from(EXIT_BAD_INPUT);
+            }
+        };
+        tracing::info!(boot, "guest started");
+        let waited = match &patches {
+            Some(p) => p.run(&mut vmm, |r| eprintln!("vsplice: live-patch {}", r.to_json())),
+            None => vmm.wait_for_exit(None),
+        };
+        vmm.shutdown();
+        let exit = match waited {
+            Ok(Some(exit)) => exit,
+            Ok(None) => return ExitCode::SUCCESS,
+            Err(e) => {
+                super::report(&e, "event_loop_failed");
+                return ExitCode::from(EXIT_GUEST_CRASHED);
+            }
+        };
+        if exit == GuestExit::Reset && args.on_reboot == OnReboot::Restart {
+            eprintln!("vsplice: guest rebooted; starting boot {}", boot + 1);
+            continue;
         }
-    };
-    vmm.shutdown();
-    if exit.is_clean() {
-        tracing::info!(%exit, "guest finished");
-        ExitCode::SUCCESS
-    } else {
+        if exit.is_clean() {
+            tracing::info!(%exit, "guest finished");
+            return ExitCode::SUCCESS;
+        }
         eprintln!("vsplice: guest crashed [{}]: {exit}", exit.cause());
-        ExitCode::from(EXIT_GUEST_CRASHED)
+        return ExitCode::from(EXIT_GUEST_CRASHED);
     }
 }
 
@@ -160,7 +211,7 @@ mod tests {
         let mut cmd = super::super::Cli::command();
         let run = cmd.find_subcommand_mut("run").unwrap();
         let help = run.render_long_help().to_string();
-        for flag in ["--kernel", "--initrd", "--cmdline", "--vcpus", "--memory", "--serial", "--arena", "--pause-timeout-ms", "--live-patch"] {
+        for flag in ["--kernel", "--initrd", "--cmdline", "--vcpus", "--memory", "--serial", "--arena", "--pause-timeout-ms", "--live-patch", "--on-reboot"] {
             assert!(help.contains(flag), "{flag} missing from help");
         }
         assert!(help.contains("console=ttyS0"));
