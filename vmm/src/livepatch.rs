@@ -5,10 +5,11 @@
 //! per patch on stderr. A patch that is refused is reported and the guest
 //! keeps running unpatched by it.
 //!
-//! Reboots: a guest reboot request ends this VMM (see `vsplice run --help`),
-//! so "again after each reboot" is the next `vsplice run`; the arena's
-//! registry is recognised as stale on a fresh boot (its mapping is gone) and
-//! started afresh, so nothing carries over wrongly.
+//! Reboots: with `--on-reboot restart` the CLI boots the guest again in a
+//! fresh VM and calls [`LivePatches::run`] again, so every boot gets the
+//! patches once its kernel is up; by default a reboot request ends the VMM.
+//! An arena registry left by an earlier boot is recognised as stale (its
+//! mapping is gone) and started afresh, so nothing carries over wrongly.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
