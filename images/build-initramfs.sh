@@ -10,7 +10,8 @@
 # (/modules/extra/vsplice_stale.ko, not loaded), and /modules/*.ko with /modules/order for every extra module given as an
 # argument or in VSPLICE_INITRAMFS_MODULES (space separated), loaded in order.
 #
-# Usage: images/build-initramfs.sh <amd64|cloud-amd64> [extra.ko ...]
+# Usage: images/build-initramfs.sh [--out FILE] <amd64|cloud-amd64> [extra.ko ...]
+# (--out: write FILE instead, e.g. a test's own initramfs with its modules)
 # Normally called by images/debian-kernels.sh; needs busybox-static, gcc,
 # libc6-dev, cpio and gzip (that script installs them).
 set -euo pipefail
@@ -18,11 +19,18 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/.." && pwd)"
 
-[ $# -ge 1 ] || { echo "usage: $0 <amd64|cloud-amd64> [extra.ko ...]" >&2; exit 2; }
+out_file=
+if [ "${1:-}" = --out ]; then
+    [ $# -ge 2 ] || { echo "build-initramfs: --out needs a file" >&2; exit 2; }
+    out_file="$2"
+    shift 2
+fi
+[ $# -ge 1 ] || { echo "usage: $0 [--out FILE] <amd64|cloud-amd64> [extra.ko ...]" >&2; exit 2; }
 flavour="$1"
 shift
 out_dir="$root/target/images/debian-$flavour"
-mkdir -p "$out_dir"
+mkdir -p "$out_dir" "$root/target/images"
+[ -n "$out_file" ] || out_file="$out_dir/initramfs.cpio.gz"
 
 modules=("$@")
 if [ -n "${VSPLICE_INITRAMFS_MODULES:-}" ]; then
@@ -83,6 +91,6 @@ echo "root:x:0:0:root:/root:/bin/sh" >"$stage/etc/passwd"
 echo "root:x:0:" >"$stage/etc/group"
 
 (cd "$stage" && find . -print0 | LC_ALL=C sort -z \
-    | cpio --null -o -H newc --owner=0:0 --quiet) | gzip -9 >"$out_dir/initramfs.cpio.gz.tmp"
-mv "$out_dir/initramfs.cpio.gz.tmp" "$out_dir/initramfs.cpio.gz"
-echo "build-initramfs: wrote $out_dir/initramfs.cpio.gz ($(du -h "$out_dir/initramfs.cpio.gz" | cut -f1))"
+    | cpio --null -o -H newc --owner=0:0 --quiet) | gzip -9 >"$out_file.tmp"
+mv "$out_file.tmp" "$out_file"
+echo "build-initramfs: wrote $out_file ($(du -h "$out_file" | cut -f1))"

@@ -283,6 +283,19 @@ impl Guest {
         }
         cmd.args(&config.extra_args);
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        // If the test process dies without dropping the Guest (SIGKILL, abort),
+        // QEMU dies too. (The signal follows the spawning thread: keep the
+        // Guest on the thread that booted it.)
+        // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no
+        // memory of the parent; it runs in the child between fork and exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         let mut child = cmd.spawn().map_err(|source| HarnessError::Spawn { program: "qemu-system-x86_64".into(), source })?;
         let console: Shared = Arc::default();
         let stderr: Shared = Arc::default();

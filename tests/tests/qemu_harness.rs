@@ -125,3 +125,54 @@ fn a_guest_that_dies_is_reported_not_waited_for() {
     assert!(matches!(e, HarnessError::QemuExited { .. } | HarnessError::Protocol(_)), "{e}");
     assert!(t.elapsed() < Duration::from_secs(60));
 }
+
+#[test]
+fn extra_modules_are_built_with_kbuild_and_loaded_in_order() {
+    let _l = vm_lock();
+    let img = vsplice_tests::debian::debian_images(Flavour::CloudAmd64).unwrap();
+    let dir = std::env::temp_dir().join(format!("vsplice-kmod-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for m in ["vsplice_hello_a", "vsplice_hello_b"] {
+        let src = format!(
+            "#include <linux/module.h>\nstatic int __init i(void) {{ pr_info(\"{m} loaded\\n\"); return 0; }}\n\
+             static void __exit e(void) {{}}\nmodule_init(i);\nmodule_exit(e);\nMODULE_LICENSE(\"GPL\");\n"
+        );
+        std::fs::write(dir.join(format!("{m}.c")), src).unwrap();
+    }
+    std::fs::write(dir.join("Kbuild"), "obj-m := vsplice_hello_a.o vsplice_hello_b.o\n").unwrap();
+    std::fs::write(dir.join("junk.ko"), "not an ELF module\n").unwrap();
+    let st = std::process::Command::new("make")
+        .arg("-s")
+        .arg("-C")
+        .arg(&img.headers)
+        .arg(format!("M={}", dir.display()))
+        .arg("modules")
+        .status()
+        .unwrap();
+    assert!(st.success(), "Kbuild against {} failed", img.headers.display());
+    let initrd = dir.join("initramfs.cpio.gz");
+    let script = vsplice_tests::testguest::workspace_root().join("images/build-initramfs.sh");
+    let st = std::process::Command::new("bash")
+        .arg(script)
+        .arg("--out")
+        .arg(&initrd)
+        .arg("cloud-amd64")
+        .args(["vsplice_hello_b.ko", "junk.ko", "vsplice_hello_a.ko"].map(|m| dir.join(m)))
+        .status()
+        .unwrap();
+    assert!(st.success());
+
+    let mut cfg = QemuConfig::new("harness-modules", img.vmlinuz.clone(), Some(initrd));
+    cfg.gdb = vsplice_tests::qemu::GdbListen::None;
+    let mut g = boot(cfg);
+    let c = g.console();
+    let pos = |s: &str| c.find(s).unwrap_or_else(|| panic!("console lacks {s:?}"));
+    assert!(pos("loaded vsplice_hello_b.ko") < pos("VSPLMODFAIL junk.ko"));
+    assert!(pos("VSPLMODFAIL junk.ko") < pos("loaded vsplice_hello_a.ko"));
+    let mods = g.run_ok("cut -d' ' -f1 /proc/modules").unwrap();
+    assert!(mods.lines().any(|l| l == "vsplice_hello_a") && mods.lines().any(|l| l == "vsplice_hello_b"), "{mods}");
+    let dmesg = g.run_ok("dmesg | grep -o 'vsplice_hello_[ab] loaded'").unwrap();
+    assert_eq!(dmesg, "vsplice_hello_b loaded\nvsplice_hello_a loaded\n");
+    drop(g);
+    let _ = std::fs::remove_dir_all(&dir);
+}
