@@ -7,17 +7,23 @@
 //! - `notes`: build-id and banner.
 //! - `btf`: the embedded type information.
 //! - `tasks`: the agentless task walk.
+//! - `agent`: the guest agent's descriptor as a task source (checked against the walk).
+//! - `cpustacks`: each CPU's IRQ, exception and entry stacks, agentless.
+//! - `modules`: loaded modules (text, ORC tables, symbols).
 //! - `orc`: where the ORC unwind tables are.
 //! - `image`: the bzImage / vmlinux file offline.
 //! - `kernel`: all of the above tied together.
 
+pub mod agent;
 pub mod btf;
+pub mod cpustacks;
 pub mod direct_map;
 pub mod image;
 pub mod kallsyms;
 pub mod kallsyms_locate;
 pub mod kernel;
 pub mod layout;
+pub mod modules;
 pub mod notes;
 pub mod orc;
 pub mod tasks;
