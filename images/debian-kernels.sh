@@ -163,7 +163,7 @@ cleanup_dirs=()
 cleanup() { [ ${#cleanup_dirs[@]} -eq 0 ] || rm -rf "${cleanup_dirs[@]}"; }
 trap cleanup EXIT
 
-ensure_pkgs qemu-system-x86 busybox-static gcc libc6-dev make cpio gzip make
+ensure_pkgs qemu-system-x86 busybox-static gcc libc6-dev make cpio gzip
 mkdir -p "$out_base"
 for f in "${flavours[@]}"; do
     fetch_flavour "$f"

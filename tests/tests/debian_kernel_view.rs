@@ -175,7 +175,10 @@ fn thread_group(walk: &[TaskKey], expect: usize) -> Result<(), String> {
 fn view_of(flavour: Flavour) {
     let _l = vm_lock();
     let img = debian_images(flavour).unwrap_or_else(|e| panic!("{e}"));
-    let mut g = Guest::boot(QemuConfig::debian(flavour, &format!("kernel-view-{flavour}")).unwrap()).unwrap_or_else(|e| panic!("{e}"));
+    let mut cfg = QemuConfig::debian(flavour, &format!("kernel-view-{flavour}")).unwrap();
+    // Issue 3 looks at a stock kernel from outside: no vsplice agent in it.
+    cfg.extra_append.push("vsplice.agent=0".into());
+    let mut g = Guest::boot(cfg).unwrap_or_else(|e| panic!("{e}"));
     eprintln!("{flavour}: {} ready in {:.1} s", img.release, g.boot_time().as_secs_f64());
     let addr = g.gdb_addr().unwrap().to_string();
 
@@ -184,6 +187,7 @@ fn view_of(flavour: Flavour) {
     let kallsyms_text = g.run_ok("cat /proc/kallsyms").unwrap();
     let (proc_syms, module_syms) = parse_proc_kallsyms(&kallsyms_text).unwrap();
     let version = g.run_ok("cat /proc/version").unwrap();
+    assert!(!g.run_ok("cat /proc/modules").unwrap().contains("vsplice"), "the agent is loaded");
     let iomem_code = g.run_ok("grep 'Kernel code' /proc/iomem").unwrap();
     let nproc: usize = g.run_ok("grep -c ^processor /proc/cpuinfo").unwrap().trim().parse().unwrap();
 
