@@ -24,6 +24,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::arch::x86_64::{acpi, boot_params, cpuid, interrupts, layout, mptable, msr, regs};
 use crate::config::{ConfigError, SerialConfig, VmConfig};
 use crate::devices::acpi_pm::{self, AcpiPm};
+use crate::devices::agent_doorbell::{self, AgentAnnouncement, AgentDoorbell};
 use crate::devices::bus::PioBus;
 use crate::devices::i8042::I8042;
 use crate::devices::serial::{SerialDevice, SerialOut};
@@ -164,8 +165,8 @@ fn write_firmware(
     Ok(())
 }
 
-/// Creates COM1, the i8042 and the ACPI PM block on a fresh port bus.
-fn create_devices(vm: &Vm, out: SerialOut) -> Result<(PioBus, Arc<Mutex<SerialDevice>>), BuildError> {
+/// Creates COM1, the i8042, the ACPI PM block and the agent doorbell on a fresh port bus.
+fn create_devices(vm: &Vm, out: SerialOut) -> Result<(PioBus, Arc<Mutex<SerialDevice>>, AgentAnnouncement), BuildError> {
     let dev_err = |what| move |source| BuildError::Device { what, source };
     let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(dev_err("serial irqfd"))?;
     vm.fd()
@@ -179,7 +180,10 @@ fn create_devices(vm: &Vm, out: SerialOut) -> Result<(PioBus, Arc<Mutex<SerialDe
         .map_err(overlap("i8042"))?;
     bus.insert(layout::ACPI_PM1A_EVT_PORT, acpi_pm::PORT_COUNT, Arc::new(Mutex::new(AcpiPm::new())))
         .map_err(overlap("ACPI PM"))?;
-    Ok((bus, serial))
+    let agent = AgentAnnouncement::default();
+    bus.insert(layout::AGENT_DOORBELL_PORT, agent_doorbell::PORT_COUNT, Arc::new(Mutex::new(AgentDoorbell::new(agent.clone()))))
+        .map_err(overlap("agent doorbell"))?;
+    Ok((bus, serial, agent))
 }
 
 /// Creates and configures every vCPU; only vCPU 0 gets entry registers.
@@ -227,7 +231,7 @@ pub fn build(config: VmConfig) -> Result<Vmm, BuildError> {
     write_firmware(&config, &mem, &kernel, initrd, &e820)?;
     // 6. Devices.
     let (out, stdin_input) = serial_out(config.serial)?;
-    let (bus, serial) = create_devices(&vm, out)?;
+    let (bus, serial, agent) = create_devices(&vm, out)?;
     // 7. vCPUs.
     let vcpus = create_vcpus(&vm, &mem, config.vcpus, kernel.entry)?;
     // 8. Threads.
@@ -235,5 +239,5 @@ pub fn build(config: VmConfig) -> Result<Vmm, BuildError> {
     let (notifier, exits) = ExitNotifier::new(exit_evt.clone());
     let mut threads = VcpuThreads::spawn(vcpus, &bus, &mem, &notifier)?;
     threads.set_pause_timeout(config.pause_timeout);
-    Ok(Vmm::new(vm, mem, threads, exits, exit_evt, serial, stdin_input, arena))
+    Ok(Vmm::new(vm, mem, threads, exits, exit_evt, serial, stdin_input, arena, agent))
 }

@@ -13,6 +13,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 use vsplice_patcher::backend::{Backend, BackendError, VcpuState};
 
+use crate::devices::agent_doorbell::AgentAnnouncement;
 use crate::devices::serial::{SerialDevice, SerialInput};
 use crate::vstate::memory::GuestMemory;
 use crate::vstate::pause::{Pausable, PauseError, VcpuThreads};
@@ -50,6 +51,7 @@ pub struct Vmm {
     serial: Arc<Mutex<SerialDevice>>,
     stdin_input: bool,
     arena: Range<u64>,
+    agent: AgentAnnouncement,
     mem: GuestMemory,
     _vm: Vm,
 }
@@ -71,8 +73,15 @@ impl Vmm {
         serial: Arc<Mutex<SerialDevice>>,
         stdin_input: bool,
         arena: Range<u64>,
+        agent: AgentAnnouncement,
     ) -> Self {
-        Self { vcpus, exits, exit: None, events: None, exit_evt, serial, stdin_input, arena, mem, _vm: vm }
+        Self { vcpus, exits, exit: None, events: None, exit_evt, serial, stdin_input, arena, agent, mem, _vm: vm }
+    }
+
+    /// What the guest agent announced through the doorbell: the guest-physical
+    /// address of its descriptor (`gpa()` is `None` without an agent).
+    pub fn agent(&self) -> &AgentAnnouncement {
+        &self.agent
     }
 
     /// Guest memory (shared host mapping).

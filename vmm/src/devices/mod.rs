@@ -1,6 +1,7 @@
 //! Legacy port-I/O devices and the bus that routes vCPU port accesses to them.
 
 pub mod acpi_pm;
+pub mod agent_doorbell;
 pub mod bus;
 pub mod i8042;
 pub mod serial;

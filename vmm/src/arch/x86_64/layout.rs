@@ -91,5 +91,5 @@ pub const I8042_COMMAND_PORT: u16 = 0x64;
 pub const ACPI_PM1A_EVT_PORT: u16 = 0x600;
 /// ACPI PM1a control block, described in the FADT: sleep type 5 powers off.
 pub const ACPI_PM1A_CNT_PORT: u16 = 0x604;
-/// Doorbell port for the in-guest agent (a later issue).
+/// Doorbell ports (8 from here) of the in-guest agent (devices/agent_doorbell.rs).
 pub const AGENT_DOORBELL_PORT: u16 = 0x5f0;
