@@ -10,7 +10,10 @@
 //! - `agent`: the guest agent's descriptor as a task source (checked against the walk).
 //! - `cpustacks`: each CPU's IRQ, exception and entry stacks, agentless.
 //! - `modules`: loaded modules (text, ORC tables, symbols).
-//! - `orc`: where the ORC unwind tables are.
+//! - `orc`: the ORC unwind tables (located, parsed, looked up); `orc_object`:
+//!   ORC rows of a relocatable object (patch code in the arena).
+//! - `unwind`: the ORC unwinder over guest stacks; `stackcheck`: the precise
+//!   safety check built on it.
 //! - `image`: the bzImage / vmlinux file offline.
 //! - `kernel`: all of the above tied together.
 
@@ -26,8 +29,12 @@ pub mod layout;
 pub mod modules;
 pub mod notes;
 pub mod orc;
+pub mod orc_object;
 pub mod tasks;
+pub mod unwind;
 #[cfg(test)]
 mod testutil;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod unwind_tests;
