@@ -30,6 +30,7 @@ pub mod modules;
 pub mod notes;
 pub mod orc;
 pub mod orc_object;
+pub mod stackcheck;
 pub mod tasks;
 pub mod unwind;
 #[cfg(test)]
