@@ -7,3 +7,4 @@ pub mod harness_error;
 pub mod guestcmd;
 pub mod debian;
 pub mod qemu;
+pub mod linuxpatch;

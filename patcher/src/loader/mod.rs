@@ -2,17 +2,23 @@
 //! slot: code and read-only data; data slot: data and bss), resolves every
 //! relocation against the patch's own symbols and the target's symbols
 //! (aliases and qualifiers from the manifest; ambiguous local names refused),
-//! turns the fentry calls listed in `__mcount_loc` into 5-byte NOPs, and
-//! refuses the sections DESIGN.md says to refuse, by name.
+//! turns the fentry calls listed in `__mcount_loc` into 5-byte NOPs, does
+//! what the special sections of a Kbuild object ask ([`special`]:
+//! alternatives for the guest's CPU, jump labels frozen, WARN sites
+//! dropped, return thunks aimed at the guest's) with what it knows of the
+//! running kernel ([`env::LinkEnv`]), and refuses the sections DESIGN.md
+//! says to refuse, by name.
 //!
 //! Loading is split in two so the arena can be allocated in between:
 //! [`Object::parse`] + [`Object::layout`] give the sizes, [`Object::link`]
 //! produces the bytes for the chosen addresses.
 
+pub mod env;
 pub mod error;
 pub mod layout;
 pub mod reloc;
 pub mod sections;
+pub mod special;
 #[cfg(test)]
 mod tests;
 
@@ -21,6 +27,7 @@ use std::collections::{HashMap, HashSet};
 use object::read::elf::ElfFile64;
 use object::{Endianness, Object as _, ObjectSection, ObjectSymbol, RelocationFlags, RelocationTarget, SectionIndex, SymbolSection};
 
+pub use env::{CheckEnv, CpuCaps, LinkEnv, UnknownEnv};
 pub use error::LoadError;
 use layout::Layout;
 use sections::SectionClass;
@@ -55,6 +62,9 @@ pub struct Linked {
     pub fentry_nops: usize,
     /// Target symbols the patch uses, name -> address.
     pub imports: Vec<(String, u64)>,
+    /// What the loader did that the user should know (alternatives applied,
+    /// jump labels frozen, WARN sites dropped).
+    pub notes: Vec<String>,
 }
 
 impl<'a> Object<'a> {
@@ -121,8 +131,16 @@ impl<'a> Object<'a> {
         }
     }
 
-    /// Produces the bytes of the code and data parts for their runtime addresses.
+    /// Produces the bytes of the code and data parts for their runtime
+    /// addresses, knowing nothing of the running kernel beyond its symbols
+    /// (objects with alternatives or jump labels are refused).
     pub fn link(&self, code_addr: u64, data_addr: u64, aliases: &[SymbolAlias], target: &SymbolTable) -> Result<Linked, LoadError> {
+        self.link_with(code_addr, data_addr, aliases, target, &mut UnknownEnv)
+    }
+
+    /// Produces the bytes of the code and data parts for their runtime
+    /// addresses, with `env` telling what the running kernel is like.
+    pub fn link_with(&self, code_addr: u64, data_addr: u64, aliases: &[SymbolAlias], target: &SymbolTable, env: &mut dyn LinkEnv) -> Result<Linked, LoadError> {
         let mut code = vec![0u8; self.layout.code_size as usize];
         let mut data = vec![0u8; self.layout.data_size as usize];
         for p in self.layout.sections.iter().filter(|p| p.class.loaded() && p.class != SectionClass::Bss) {
@@ -199,6 +217,8 @@ impl<'a> Object<'a> {
                 reloc::apply(&mut buf[..field_end], at, r_type, value, r.addend(), base + off, &p.name)?;
             }
         }
+        let mut parts = special::Parts { code: &mut code, data: &mut data, code_addr, data_addr };
+        let notes = self.finish_specials(&mut parts, aliases, target, env)?;
         imports.sort();
         imports.dedup();
         let mut symbols = HashMap::new();
@@ -211,6 +231,6 @@ impl<'a> Object<'a> {
                 }
             }
         }
-        Ok(Linked { code_addr, code, data_addr, data, symbols, fentry_nops, imports })
+        Ok(Linked { code_addr, code, data_addr, data, symbols, fentry_nops, imports, notes })
     }
 }

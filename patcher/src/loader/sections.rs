@@ -1,8 +1,10 @@
 //! What the loader does with each section of a patch object, per the table in
 //! DESIGN.md: load it (code, read-only data, data, bss), process it
-//! (`__mcount_loc`), read it at build time (`.vsplice.*`), ignore it
-//! (symbols, debug info, notes, thunk and static-call site lists), or refuse it
-//! by name.
+//! (`__mcount_loc`, `.altinstructions`, `__jump_table`, `__bug_table`,
+//! `.return_sites`), read it at build time (`.vsplice.*`), ignore it
+//! (symbols, debug info, notes, ORC, retpoline / static-call / paravirt /
+//! lock-prefix site lists: those sites stay as compiled, which is correct),
+//! or refuse it by name.
 
 use super::error::LoadError;
 
@@ -19,6 +21,14 @@ pub enum SectionClass {
     Bss,
     /// `__mcount_loc`: fentry call sites to turn into 5-byte NOPs.
     Mcount,
+    /// `.altinstructions`: alternatives, applied per the guest's CPU features.
+    AltInstr,
+    /// `__jump_table`: jump labels, frozen to their key's current state.
+    JumpTable,
+    /// `__bug_table`: WARN sites become NOPs, BUG sites are refused.
+    BugTable,
+    /// `.return_sites`: `jmp __x86_return_thunk` sites, sent to the guest's return thunk.
+    ReturnSites,
     /// `.vsplice.*`: metadata for the build, never loaded.
     Meta,
     /// Not needed in the guest.
@@ -59,7 +69,7 @@ pub fn classify(name: &str, sh_type: u32, sh_flags: u64) -> Result<SectionClass,
         return refuse(name, "ex_table", "exception-table entries would never be found by the guest's fault handler, so a fault there would oops");
     }
     if name == "__bug_table" {
-        return refuse(name, "bug_table", "BUG/WARN sites would leave a bare ud2 the guest cannot look up");
+        return Ok(SectionClass::BugTable);
     }
     if name.starts_with("__ksymtab") || name.starts_with("__kcrctab") {
         return refuse(name, "ksymtab", "a live patch cannot export symbols");
@@ -67,14 +77,33 @@ pub fn classify(name: &str, sh_type: u32, sh_flags: u64) -> Result<SectionClass,
     if is(name, ".init") || name.starts_with(".init.") || is(name, ".exit") || name.starts_with(".exit.") || name == ".init_array" || name == ".fini_array" || name == ".ctors" || name == ".dtors" {
         return refuse(name, "init_exit", "init/exit code never runs in a live patch");
     }
-    if name == ".altinstructions" || name == ".altinstr_replacement" || name == ".altinstr_aux" {
-        return refuse(name, "altinstructions", "alternatives need the guest's CPU feature bits (not supported for this target yet)");
+    if name == ".altinstructions" {
+        return Ok(SectionClass::AltInstr);
+    }
+    if (name == ".altinstr_replacement" || name == ".altinstr_aux") && alloc && exec {
+        // Replacement code: linked where it lies, copied over the sites.
+        return Ok(SectionClass::Code);
     }
     if name == "__jump_table" {
-        return refuse(name, "jump_table", "static keys (jump labels) are not supported yet");
+        return Ok(SectionClass::JumpTable);
     }
-    if name == ".return_sites" || name == ".retpoline_sites" || name == ".call_sites" || name == ".static_call_sites" || name == ".ibt_endbr_seal" {
+    if name == ".return_sites" {
+        return Ok(SectionClass::ReturnSites);
+    }
+    if name == ".retpoline_sites" || name == ".call_sites" || name == ".static_call_sites" || name == ".ibt_endbr_seal" {
         // Thunk calls and static-call trampolines stay in place: correct, if slower.
+        return Ok(SectionClass::Ignore);
+    }
+    if name == ".parainstructions" || name == ".smp_locks" {
+        // Paravirt calls stay indirect calls through pv_ops, lock prefixes stay: correct.
+        return Ok(SectionClass::Ignore);
+    }
+    if name == ".orc_unwind" || name == ".orc_unwind_ip" || name == ".orc_header" {
+        // The patch's own unwind data: not registered with the guest's unwinder.
+        return Ok(SectionClass::Ignore);
+    }
+    if name == ".modinfo" {
+        // MODULE_LICENSE and friends: a live patch is not a module.
         return Ok(SectionClass::Ignore);
     }
     if name.starts_with(".debug") || name.starts_with(".note") || name == ".comment" || name == ".eh_frame" || name == ".llvm_addrsig" || name.starts_with(".discard") {
@@ -114,14 +143,20 @@ mod tests {
         assert_eq!(classify("__mcount_loc", SHT_PROGBITS, A).unwrap(), SectionClass::Mcount);
         assert_eq!(classify(".vsplice.records", SHT_PROGBITS, A).unwrap(), SectionClass::Meta);
         assert_eq!(classify(".comment", SHT_PROGBITS, 0).unwrap(), SectionClass::Ignore);
+        assert_eq!(classify(".altinstructions", SHT_PROGBITS, A).unwrap(), SectionClass::AltInstr);
+        assert_eq!(classify(".altinstr_replacement", SHT_PROGBITS, AX).unwrap(), SectionClass::Code);
+        assert_eq!(classify("__jump_table", SHT_PROGBITS, WA).unwrap(), SectionClass::JumpTable);
+        assert_eq!(classify("__bug_table", SHT_PROGBITS, WA).unwrap(), SectionClass::BugTable);
+        assert_eq!(classify(".return_sites", SHT_PROGBITS, A).unwrap(), SectionClass::ReturnSites);
+        for ignored in [".retpoline_sites", ".static_call_sites", ".parainstructions", ".smp_locks", ".orc_unwind", ".orc_unwind_ip", ".modinfo", ".discard.reachable", ".note.GNU-stack", ".debug_info"] {
+            assert_eq!(classify(ignored, SHT_PROGBITS, A).unwrap(), SectionClass::Ignore, "{ignored}");
+        }
         for (name, reason) in [
             ("__ex_table", "ex_table"),
-            ("__bug_table", "bug_table"),
             ("__ksymtab_gpl", "ksymtab"),
             (".init.text", "init_exit"),
             (".exit.text", "init_exit"),
-            (".altinstructions", "altinstructions"),
-            ("__jump_table", "jump_table"),
+            ("__param", "unknown"),
             (".weird", "unknown"),
         ] {
             let e = classify(name, SHT_PROGBITS, A).unwrap_err();

@@ -6,8 +6,10 @@
 //! The test guest's flags mirror `images/testguest/Makefile` (kernel code
 //! model, no red zone, integer registers only, -pg -mfentry -mrecord-mcount
 //! so fentry calls and `__mcount_loc` are there for the loader to NOP out,
-//! one section per function and per object). The Linux variant (Kbuild
-//! against the kernel's headers, masks for boot-time rewrites) comes later.
+//! one section per function and per object). Linux patches are compiled
+//! through Kbuild against the kernel's headers ([`super::linux::kbuild`]),
+//! and their run-pre digests tolerate the kernel's boot-time rewrites
+//! ([`super::linux::rewrites`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,11 +17,13 @@ use std::process::Command;
 use thiserror::Error;
 
 use super::format::PatchFile;
-use super::manifest::{patch_id, run_pre_digest, BuildInfo, Manifest, Replacement, SymbolAlias, TargetSpec, MANIFEST_VERSION};
+use super::linux::kbuild::{self, KbuildJob};
+use super::linux::{LinuxImage, LinuxImageError};
+use super::manifest::{patch_id, run_pre_digest, BuildInfo, ByteMask, Manifest, Replacement, SymbolAlias, TargetSpec, MANIFEST_VERSION};
 use super::records::{object_records, Record};
-use crate::loader::{LoadError, Object};
+use crate::loader::{CheckEnv, LinkEnv, LoadError, Object, UnknownEnv};
 use crate::target::elf::{ElfImage, ElfImageError};
-use crate::target::LookupError;
+use crate::target::{LookupError, SymbolTable};
 
 /// The patch author's header, installed next to each compilation.
 pub const VSPLICE_H: &str = include_str!("../../include/vsplice.h");
@@ -41,9 +45,15 @@ pub enum BuildError {
     /// The kernel image is unusable.
     #[error(transparent)]
     Image(#[from] ElfImageError),
+    /// The Linux kernel image is unusable.
+    #[error(transparent)]
+    LinuxImage(#[from] LinuxImageError),
     /// The target kind is not one this vsplice can build for.
-    #[error("unknown target kind `{0}` (this vsplice builds for: testguest)")]
+    #[error("unknown target kind `{0}` (this vsplice builds for: testguest, linux)")]
     UnknownTarget(String),
+    /// A Linux patch needs the kernel's headers.
+    #[error("building a Linux patch needs the kernel's Kbuild headers (--headers DIR)")]
+    NoHeaders,
     /// The compiler could not be run or failed.
     #[error("compiling {source_file} failed:\n{stderr}")]
     Compile {
@@ -84,7 +94,7 @@ impl BuildError {
         match self {
             Self::Link(e) => e.cause(),
             Self::Target(LookupError::NotFound { .. }) => "failed_to_find",
-            Self::Image(_) | Self::UnknownTarget(_) | Self::Io { .. } | Self::Compile { .. } => "build_failed",
+            Self::Image(_) | Self::LinuxImage(_) | Self::UnknownTarget(_) | Self::NoHeaders | Self::Io { .. } | Self::Compile { .. } => "build_failed",
             _ => "bad_patch",
         }
     }
@@ -93,10 +103,12 @@ impl BuildError {
 /// What to build.
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
-    /// Kind of target (`testguest`).
+    /// Kind of target (`testguest`, `linux`).
     pub target: String,
-    /// Kernel image built against (ELF with symbols).
+    /// Kernel image built against (test guest: ELF with symbols; Linux: the bzImage).
     pub kernel: PathBuf,
+    /// Linux: the kernel's Kbuild-usable headers.
+    pub headers: Option<PathBuf>,
     /// The patch source.
     pub source: PathBuf,
     /// Extra include directories (e.g. the kernel's headers).
@@ -118,6 +130,7 @@ impl BuildOptions {
             target: "testguest".into(),
             kernel: kernel.into(),
             source: source.into(),
+            headers: None,
             include_dirs: Vec::new(),
             name: None,
             cumulative: false,
@@ -125,10 +138,19 @@ impl BuildOptions {
             link_check: true,
         }
     }
+
+    /// Defaults for a Linux patch: the bzImage and its headers.
+    pub fn linux(kernel: impl Into<PathBuf>, headers: impl Into<PathBuf>, source: impl Into<PathBuf>) -> Self {
+        Self { target: "linux".into(), headers: Some(headers.into()), ..Self::testguest(kernel, source) }
+    }
 }
 
 /// Compiles `source` to an object with the target's flags; returns its bytes.
 pub fn compile(opts: &BuildOptions) -> Result<(Vec<u8>, BuildInfo), BuildError> {
+    if opts.target == "linux" {
+        let headers = opts.headers.as_deref().ok_or(BuildError::NoHeaders)?;
+        return kbuild::compile(&KbuildJob { headers, source: &opts.source, include_dirs: &opts.include_dirs, make: "make" });
+    }
     if opts.target != "testguest" {
         return Err(BuildError::UnknownTarget(opts.target.clone()));
     }
@@ -164,16 +186,67 @@ pub fn compile(opts: &BuildOptions) -> Result<(Vec<u8>, BuildInfo), BuildError> 
     result
 }
 
-fn unique() -> u64 {
+/// A number unique in this process (temp directory names).
+pub(crate) fn unique() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::Relaxed)
 }
 
+/// The kernel image a patch is built against, as the builder needs it.
+pub trait PatchImage {
+    /// Symbols at link addresses.
+    fn symbols(&self) -> &SymbolTable;
+    /// GNU build-id, lower-case hex.
+    fn build_id(&self) -> Option<&str>;
+    /// The image's bytes at link address `addr`.
+    fn bytes_at(&self, addr: u64, len: u64) -> Option<&[u8]>;
+    /// Byte ranges of `[addr, addr + size)` the kernel rewrites at boot.
+    fn masks(&self, addr: u64, size: u64) -> Vec<ByteMask>;
+    /// The loader environment of the build-time link check.
+    fn check_env(&self) -> Box<dyn LinkEnv>;
+}
+
+impl PatchImage for ElfImage {
+    fn symbols(&self) -> &SymbolTable {
+        ElfImage::symbols(self)
+    }
+    fn build_id(&self) -> Option<&str> {
+        ElfImage::build_id(self)
+    }
+    fn bytes_at(&self, addr: u64, len: u64) -> Option<&[u8]> {
+        ElfImage::bytes_at(self, addr, len)
+    }
+    fn masks(&self, _addr: u64, _size: u64) -> Vec<ByteMask> {
+        Vec::new() // the test guest rewrites nothing at boot
+    }
+    fn check_env(&self) -> Box<dyn LinkEnv> {
+        Box::new(UnknownEnv)
+    }
+}
+
+impl PatchImage for LinuxImage {
+    fn symbols(&self) -> &SymbolTable {
+        LinuxImage::symbols(self)
+    }
+    fn build_id(&self) -> Option<&str> {
+        LinuxImage::build_id(self)
+    }
+    fn bytes_at(&self, addr: u64, len: u64) -> Option<&[u8]> {
+        LinuxImage::bytes_at(self, addr, len)
+    }
+    fn masks(&self, addr: u64, size: u64) -> Vec<ByteMask> {
+        LinuxImage::masks(self, addr, size)
+    }
+    fn check_env(&self) -> Box<dyn LinkEnv> {
+        Box::new(CheckEnv)
+    }
+}
+
 /// Builds the patch file from an already compiled object.
 pub fn make_patch(
     object: Vec<u8>,
-    image: &ElfImage,
+    image: &dyn PatchImage,
     kind: &str,
     name: &str,
     cumulative: bool,
@@ -188,14 +261,15 @@ pub fn make_patch(
             Record::Replace { old, new, qualifier } => {
                 let sym = image.symbols().resolve(&old, qualifier.as_ref()).map_err(BuildError::Target)?;
                 let bytes = image.bytes_at(sym.addr, sym.size).ok_or_else(|| BuildError::NoBytes(old.clone()))?;
+                let tolerate = image.masks(sym.addr, sym.size);
                 replacements.push(Replacement {
                     old,
                     qualifier,
                     new,
                     old_addr: sym.addr,
                     size: sym.size,
-                    sha256: run_pre_digest(bytes, &[]),
-                    tolerate: Vec::new(),
+                    sha256: run_pre_digest(bytes, &tolerate),
+                    tolerate,
                 });
             }
             Record::Symbol { name, target, qualifier } => symbols.push(SymbolAlias { name, target, qualifier }),
@@ -213,7 +287,7 @@ pub fn make_patch(
         }
         // Link at plausible arena addresses: every symbol must resolve, every relocation fit.
         let probe = 0xffff_ffff_c000_0000u64 - (8 << 20);
-        obj.link(probe, probe + (4 << 20), &symbols, image.symbols()).map_err(BuildError::Link)?;
+        obj.link_with(probe, probe + (4 << 20), &symbols, image.symbols(), &mut *image.check_env()).map_err(BuildError::Link)?;
     }
     let manifest = Manifest {
         format: MANIFEST_VERSION,
@@ -228,12 +302,27 @@ pub fn make_patch(
     Ok(PatchFile { manifest, object })
 }
 
+/// Opens the kernel image the way the target kind needs it.
+pub fn open_image(target: &str, kernel: &Path) -> Result<Box<dyn PatchImage>, BuildError> {
+    match target {
+        "testguest" => Ok(Box::new(ElfImage::open(kernel)?)),
+        "linux" => Ok(Box::new(LinuxImage::open(kernel)?)),
+        other => Err(BuildError::UnknownTarget(other.to_owned())),
+    }
+}
+
 /// Compiles and packages a patch.
 pub fn build_patch(opts: &BuildOptions) -> Result<PatchFile, BuildError> {
-    let image = ElfImage::open(&opts.kernel)?;
+    let image = open_image(&opts.target, &opts.kernel)?;
+    build_patch_with(opts, &*image)
+}
+
+/// Compiles and packages a patch against an image already opened (several
+/// patches against one image open it once).
+pub fn build_patch_with(opts: &BuildOptions, image: &dyn PatchImage) -> Result<PatchFile, BuildError> {
     let (object, info) = compile(opts)?;
     let name = opts.name.clone().unwrap_or_else(|| stem(&opts.source));
-    make_patch(object, &image, &opts.target, &name, opts.cumulative, info, opts.link_check)
+    make_patch(object, image, &opts.target, &name, opts.cumulative, info, opts.link_check)
 }
 
 fn stem(p: &Path) -> String {

@@ -4,9 +4,10 @@
 //! transaction, safety check) and a particular kind of kernel:
 //! - [`testguest::TestGuest`]: the purpose-built test guest (ELF symbol
 //!   table of `testguest.elf`, its in-memory task table `tg_task_table`);
-//! - Linux (to come, built on `crate::linux`): kallsyms for symbols (with
-//!   positions, files unknown), the KASLR slide, the BTF task walk or the
-//!   guest agent's table, per-CPU IRQ and exception stacks.
+//! - [`linux::LinuxTarget`]: a live stock Linux kernel, built on
+//!   `crate::linux`: kallsyms for symbols (with positions, files unknown),
+//!   the KASLR slide, the BTF task walk, per-CPU IRQ and exception stacks,
+//!   and what the loader needs (CPU features, static keys, return thunk).
 //!
 //! Static knowledge (symbols, build-id, `_end`, page-table root) is read
 //! once when the target is opened; live state (is the kernel up, the task
@@ -14,6 +15,7 @@
 
 pub mod access;
 pub mod elf;
+pub mod linux;
 pub mod symbols;
 pub mod testguest;
 
@@ -23,6 +25,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::backend::VcpuState;
+use crate::loader::{LinkEnv, UnknownEnv};
 use crate::mem::{KernelMemory, MemError};
 pub use symbols::{LookupError, Qualifier, Symbol, SymbolKind, SymbolTable};
 
@@ -114,4 +117,12 @@ pub trait TargetKernel: std::fmt::Debug {
     /// All tasks and CPU stacks; call with every vCPU stopped.
     /// [`TargetError::Inconsistent`] means: resume, then try again.
     fn tasks(&self, mem: &mut dyn KernelMemory, vcpus: &[VcpuState]) -> Result<TaskList, TargetError>;
+    /// What the loader needs of the running kernel beyond its symbols (CPU
+    /// features for alternatives, static keys for jump labels, the return
+    /// thunk), read through `mem`. By default nothing is known, and objects
+    /// that need it are refused.
+    fn link_env<'a>(&'a self, mem: &'a mut dyn KernelMemory) -> Box<dyn LinkEnv + 'a> {
+        let _ = mem;
+        Box::new(UnknownEnv)
+    }
 }

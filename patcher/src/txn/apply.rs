@@ -109,7 +109,13 @@ impl<B: Backend> Patcher<'_, B> {
         let (Some(code_addr), Some(data_addr)) = (code_addr, data_addr) else {
             return Err(prep(Cause::ArenaFull, "arena_full", format!("no room for {} bytes of code and {} bytes of data in the arena", layout.code_size, layout.data_size)));
         };
-        let linked = obj.link(code_addr, data_addr, &m.symbols, target.symbols()).map_err(|e| load_failure(&e))?;
+        let linked = {
+            let mut env = target.link_env(&mut self.guest);
+            obj.link_with(code_addr, data_addr, &m.symbols, target.symbols(), &mut *env).map_err(|e| load_failure(&e))?
+        };
+        for n in &linked.notes {
+            tracing::info!(patch = %m.name, "{n}");
+        }
         // Jump sites: current bytes (below this patch) and new bytes.
         let mut funcs = Vec::new();
         let mut writes: BTreeMap<u64, SiteWrite> = BTreeMap::new();

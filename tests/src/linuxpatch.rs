@@ -1,0 +1,63 @@
+//! Helpers for live-patch tests on stock Debian kernels under QEMU: the
+//! example patches (`examples/patches/linux/`) built with Kbuild against the
+//! flavour's headers, and an attached patcher (QEMU's gdbstub, the guest
+//! running between short stops, the harness's `memmap=` arena).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use vsplice_patcher::attach::attach_gdb;
+use vsplice_patcher::backend::Backend;
+use vsplice_patcher::gdb::{GdbBackend, GdbOptions};
+use vsplice_patcher::patch::build::{build_patch_with, BuildError, BuildOptions};
+use vsplice_patcher::patch::linux::LinuxImage;
+use vsplice_patcher::patch::PatchFile;
+use vsplice_patcher::target::access::AutoStop;
+use vsplice_patcher::target::linux::LinuxTarget;
+use vsplice_patcher::target::TargetKernel;
+use vsplice_patcher::txn::{Patcher, TxnConfig};
+
+use crate::debian::DebianImages;
+use crate::qemu::Guest;
+use crate::testguest::workspace_root;
+
+/// `examples/patches/linux/<name>`.
+pub fn example(name: &str) -> PathBuf {
+    workspace_root().join("examples/patches/linux").join(name)
+}
+
+/// Builds a patch from `src` against the flavour's image and headers.
+pub fn build(img: &DebianImages, image: &LinuxImage, src: &std::path::Path) -> Result<PatchFile, BuildError> {
+    build_patch_with(&BuildOptions::linux(&img.vmlinuz, &img.headers, src), image)
+}
+
+/// Builds a patch from C text (written to a temporary file).
+pub fn build_text(img: &DebianImages, image: &LinuxImage, name: &str, c: &str, link_check: bool) -> Result<PatchFile, BuildError> {
+    let dir = std::env::temp_dir().join(format!("vsplice-linux-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|source| BuildError::Io { what: "tmp".into(), source })?;
+    let src = dir.join(format!("{name}.c"));
+    std::fs::write(&src, c).map_err(|source| BuildError::Io { what: "write".into(), source })?;
+    let mut opts = BuildOptions::linux(&img.vmlinuz, &img.headers, &src);
+    opts.link_check = link_check;
+    build_patch_with(&opts, image)
+}
+
+/// The backend the patcher uses in attached mode.
+pub type Attached = AutoStop<GdbBackend>;
+
+/// Attaches to the guest's gdbstub, identifies its kernel, and lets it run.
+pub fn attach(g: &Guest) -> Result<(Attached, LinuxTarget), String> {
+    let addr = g.gdb_addr().ok_or("the guest has no gdbstub")?;
+    let opts = GdbOptions { timeout: Duration::from_secs(20), ..GdbOptions::default() };
+    let (mut be, vcpus) = attach_gdb(addr, opts).map_err(|e| format!("attach: {e} ({})", e.cause()))?;
+    let target = LinuxTarget::open(&mut be, vcpus).map_err(|e| format!("identify: {e} ({})", e.cause()))?;
+    let mut be = AutoStop(be);
+    be.resume().map_err(|e| format!("resume: {e}"))?;
+    Ok((be, target))
+}
+
+/// A patcher on the attached guest with the harness's arena.
+pub fn patcher<'t, 'b>(g: &Guest, be: &'b mut Attached, target: &'t LinuxTarget) -> Patcher<'t, &'b mut Attached> {
+    let arena = g.arena().map(|a| a.base..a.base + a.size).unwrap_or(0..0);
+    Patcher::new(be, target as &dyn TargetKernel, TxnConfig::new(arena))
+}
