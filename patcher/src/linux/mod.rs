@@ -14,6 +14,8 @@
 //!   ORC rows of a relocatable object (patch code in the arena).
 //! - `unwind`: the ORC unwinder over guest stacks; `stackcheck`: the precise
 //!   safety check built on it.
+//! - `view`: a stopped guest's tasks and stacks from agent and/or walk, and
+//!   the unwinder for its kernel and modules.
 //! - `image`: the bzImage / vmlinux file offline.
 //! - `kernel`: all of the above tied together.
 
@@ -33,6 +35,7 @@ pub mod orc_object;
 pub mod stackcheck;
 pub mod tasks;
 pub mod unwind;
+pub mod view;
 #[cfg(test)]
 mod testutil;
 #[cfg(test)]

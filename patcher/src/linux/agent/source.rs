@@ -43,8 +43,8 @@ pub struct AgentView {
 }
 
 impl AgentView {
-    /// Refreshes each entry's state, on_cpu, cpu and saved stack pointer
-    /// from its `task_struct` (call with every vCPU stopped).
+    /// Refreshes each entry's state, on_cpu, cpu, stack and saved stack
+    /// pointer from its `task_struct` (call with every vCPU stopped).
     pub fn new<M: KernelMemory + ?Sized>(mem: &mut M, descriptor: Descriptor) -> Result<Self, AgentError> {
         let off = descriptor.header.offsets;
         let mut tasks = Vec::with_capacity(descriptor.tasks.len());
@@ -64,7 +64,8 @@ impl AgentView {
                 state: mem.read_u32(a + u64::from(off.state))?,
                 on_cpu: mem.read_u32(a + u64::from(off.on_cpu))? != 0,
                 cpu: mem.read_u32(a + u64::from(off.cpu))?,
-                stack: e.stack,
+                // Live: a dead task's stack is freed (NULL) before the task is.
+                stack: mem.read_u64(a + u64::from(off.stack))?,
                 sp: mem.read_u64(a + u64::from(off.thread_sp))?,
             });
         }

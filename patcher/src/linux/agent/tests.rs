@@ -115,6 +115,7 @@ fn view_of(a: &FakeAgent, g: &mut SparseGuest) -> AgentView {
         g.write_virt(t.task + u64::from(OFF[3].1), &1u32.to_le_bytes());
         g.write_virt(t.task + u64::from(OFF[5].1), &1u32.to_le_bytes());
         g.write_virt(t.task + u64::from(OFF[7].1), &(t.sp - 0x40).to_le_bytes());
+        g.write_virt(t.task + u64::from(OFF[6].1), &t.stack.to_le_bytes());
     }
     let d = Descriptor::read_phys(g, a.phys).unwrap();
     AgentView::new(g, d).unwrap()
@@ -132,6 +133,13 @@ fn refresh_reads_the_dynamic_fields_from_each_task() {
     }
     assert_eq!(v.cpu_stacks.len(), 4);
     assert!(v.exiting.is_empty());
+    // A zombie's stack is freed before the task: the live value (NULL) counts.
+    let z = &a.tasks[1];
+    g.write_virt(z.task + u64::from(OFF[6].1), &0u64.to_le_bytes());
+    g.write_virt(z.task + u64::from(OFF[9].1), &0x10u32.to_le_bytes());
+    let v = AgentView::new(&mut g, Descriptor::read_phys(&mut g, a.phys).unwrap()).unwrap();
+    assert_eq!(v.tasks[1].stack, 0);
+    assert!(v.exiting.contains(&z.task), "exit_state set");
 }
 
 #[test]

@@ -1,0 +1,118 @@
+//! Helpers of the guest-agent and stack-check e2e tests: a stopped Debian
+//! guest opened once over QEMU's gdbstub ([`Live`]), let run and stopped
+//! again between reads; the guest's own thread list; /proc naming rules.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use vsplice_patcher::backend::{Backend, VcpuState};
+use vsplice_patcher::gdb::{GdbBackend, GdbOptions};
+use vsplice_patcher::linux::kernel::LiveKernel;
+use vsplice_patcher::linux::view::{self, AgentHint, LinuxView, TaskSource, ViewError};
+
+/// A guest opened through its gdbstub: identified once, stopped or running.
+pub struct Live {
+    /// Memory, vCPUs and identification (owns the backend).
+    pub lk: LiveKernel<GdbBackend>,
+    /// True while the guest is stopped.
+    pub stopped: bool,
+}
+
+impl Live {
+    /// Attaches (the guest stops) and identifies the kernel.
+    pub fn open(addr: &str) -> Result<Self, String> {
+        let opts = GdbOptions { timeout: Duration::from_secs(30), ..GdbOptions::default() };
+        let (be, vcpus) = vsplice_patcher::attach::attach_gdb(addr, opts).map_err(|e| format!("attach: {e} ({})", e.cause()))?;
+        let lk = LiveKernel::open(be, vcpus, None).map_err(|e| format!("identify: {e} ({})", e.cause()))?;
+        Ok(Self { lk, stopped: true })
+    }
+
+    /// Lets the guest run.
+    pub fn resume(&mut self) -> Result<(), String> {
+        if self.stopped {
+            self.lk.vm.backend().resume().map_err(|e| format!("resume: {e}"))?;
+            self.stopped = false;
+        }
+        Ok(())
+    }
+
+    /// Stops the guest again (fresh vCPU states, caches dropped).
+    pub fn stop(&mut self) -> Result<(), String> {
+        if !self.stopped {
+            self.lk.vcpus = self.lk.vm.backend().stop().map_err(|e| format!("stop: {e}"))?;
+            self.lk.vm.flush();
+            self.stopped = true;
+        }
+        Ok(())
+    }
+
+    /// The view, with the guest stopped.
+    pub fn view(&mut self, source: TaskSource, hint: Option<AgentHint>) -> Result<LinuxView, ViewError> {
+        let vcpus: Vec<VcpuState> = self.lk.vcpus.clone();
+        view::read_view(&mut self.lk.vm, &self.lk.info, &vcpus, source, hint)
+    }
+
+    /// The view, letting the guest run between attempts while it is
+    /// caught mid-update (at most `tries`); the retries are counted.
+    pub fn view_settled(&mut self, source: TaskSource, hint: Option<AgentHint>, tries: u32) -> (Result<LinuxView, ViewError>, u32) {
+        let mut retries = 0;
+        loop {
+            let r = self.view(source, hint);
+            match r {
+                Err(e) if e.is_retry() && retries + 1 < tries => {
+                    retries += 1;
+                    let _ = self.resume();
+                    std::thread::sleep(Duration::from_millis(20));
+                    let _ = self.stop();
+                }
+                r => return (r, retries),
+            }
+        }
+    }
+
+    /// Detaches (the guest runs on).
+    pub fn close(self) {
+        let _ = self.lk.vm.into_backend().detach();
+    }
+}
+
+/// How /proc names a task whose `comm` is `comm` (kworkers add their
+/// workqueue, a 15-byte kthread comm is shown untruncated).
+pub fn comm_matches(comm: &str, proc_name: &str) -> bool {
+    proc_name == comm
+        || (comm.starts_with("kworker/") && proc_name.strip_prefix(comm).is_some_and(|r| r.starts_with('-')))
+        || (comm.len() == 15 && proc_name.len() > 15 && proc_name.starts_with(comm))
+}
+
+/// Waits until `f` is true or `limit` passes.
+pub fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    f()
+}
+
+/// `Ok` when `cond`, else `Err(msg())`.
+pub fn ensure(cond: bool, msg: impl FnOnce() -> String) -> Result<(), String> {
+    if cond {
+        Ok(())
+    } else {
+        Err(msg())
+    }
+}
+
+/// Records one named check's outcome.
+pub fn check(failures: &mut Vec<String>, name: &str, r: Result<(), String>) {
+    match r {
+        Ok(()) => eprintln!("  ok      {name}"),
+        Err(e) => {
+            eprintln!("  FAILED  {name}: {e}");
+            failures.push(format!("{name}: {e}"));
+        }
+    }
+}
