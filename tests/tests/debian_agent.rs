@@ -15,7 +15,7 @@
 //! - the agent unloaded mid-session (a stale address kept): agentless mode,
 //!   `agent_absent` when insisted on; loaded again: used again.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::single_range_in_vec_init)]
 
 mod agentlive;
 mod common;

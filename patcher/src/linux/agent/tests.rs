@@ -137,7 +137,8 @@ fn refresh_reads_the_dynamic_fields_from_each_task() {
     let z = &a.tasks[1];
     g.write_virt(z.task + u64::from(OFF[6].1), &0u64.to_le_bytes());
     g.write_virt(z.task + u64::from(OFF[9].1), &0x10u32.to_le_bytes());
-    let v = AgentView::new(&mut g, Descriptor::read_phys(&mut g, a.phys).unwrap()).unwrap();
+    let d = Descriptor::read_phys(&mut g, a.phys).unwrap();
+    let v = AgentView::new(&mut g, d).unwrap();
     assert_eq!(v.tasks[1].stack, 0);
     assert!(v.exiting.contains(&z.task), "exit_state set");
 }
