@@ -59,3 +59,30 @@ fn live_text_equals_the_image_under_the_masks() {
     eprintln!("{} unmasked differing bytes in {} symbols: {:?}", by_sym.values().sum::<usize>(), by_sym.len(), by_sym.iter().take(60).collect::<Vec<_>>());
     assert!(by_sym.is_empty());
 }
+
+#[test]
+fn cmdline_marker_applies_and_reverts() {
+    let _l = vm_lock();
+    let flavour = Flavour::Amd64;
+    let Some(mut g) = boot(flavour, "cmdline_marker") else { return };
+    let img = debian_images(flavour).unwrap();
+    let image = LinuxImage::open(&img.vmlinuz).unwrap();
+    let patch = linuxpatch::build(&img, &image, &linuxpatch::example("cmdline_marker.c")).unwrap();
+    let before = g.run_ok("cat /proc/cmdline").unwrap();
+    let (mut be, target) = linuxpatch::attach(&g).unwrap();
+    let mut p = linuxpatch::patcher(&g, &mut be, &target);
+    let r = p.apply(&patch);
+    eprintln!("{}", r.to_json());
+    assert!(r.is_ok());
+    drop(p);
+    let after = g.run_ok("cat /proc/cmdline").unwrap();
+    eprintln!("before {before:?} after {after:?}");
+    assert_eq!(after, format!("{} vsplice.marker=cmdline\n", before.trim_end()));
+    let mut p = linuxpatch::patcher(&g, &mut be, &target);
+    let r = p.revert(&patch.manifest.id);
+    eprintln!("{}", r.to_json());
+    assert!(r.is_ok());
+    drop(p);
+    assert_eq!(g.run_ok("cat /proc/cmdline").unwrap(), before);
+    g.check_console().unwrap();
+}

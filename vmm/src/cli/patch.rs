@@ -2,23 +2,33 @@
 //! the status of patches on a guest behind a gdbstub (QEMU `-gdb`), with the
 //! guest's own registry in the arena as the source of truth.
 //!
+//! Targets: `--target testguest` (the purpose-built test guest; `--kernel`
+//! is its ELF image) and `--target linux` (a stock x86-64 Linux kernel:
+//! patches are built with Kbuild against `--headers`, and in attached mode
+//! the running kernel is identified from guest memory alone: kallsyms,
+//! KASLR slide, build-id, BTF).
+//!
 //! In attached mode vsplice is told where the arena is (`--arena
 //! PHYS:SIZE`): a 2 MiB-aligned guest-physical range of at least 4 MiB that
-//! the guest was booted with reserved (Linux: `memmap=4M$0x7c00000`; the test
-//! guest uses no RAM above its image, so any free range works). Under
-//! `vsplice run` the VMM reserves it itself (e820) and patches go through
-//! `--live-patch`.
+//! the guest was booted with reserved (Linux: `memmap=4M$0x3f000000` on the
+//! kernel command line keeps 4 MiB at 1008 MiB out of its RAM; the test
+//! guest uses no RAM above its image, so any free range works). vsplice
+//! cannot discover it: a range the guest still uses as RAM would be
+//! overwritten. Under `vsplice run` the VMM reserves it itself (e820) and
+//! patches go through `--live-patch`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
+use vsplice_patcher::attach::attach_gdb;
 use vsplice_patcher::backend::{Backend, BackendError, VcpuState};
 use vsplice_patcher::gdb::backend::GdbBackend;
 use vsplice_patcher::gdb::client::GdbOptions;
 use vsplice_patcher::patch::build::{build_patch, BuildOptions};
 use vsplice_patcher::patch::PatchFile;
 use vsplice_patcher::target::access::AutoStop;
+use vsplice_patcher::target::linux::LinuxTarget;
 use vsplice_patcher::target::testguest::TestGuest;
 use vsplice_patcher::target::TargetKernel;
 use vsplice_patcher::txn::recover::TextState;
@@ -82,12 +92,18 @@ pub enum PatchCommand {
 /// `vsplice patch build`.
 #[derive(Debug, Args)]
 pub struct BuildArgs {
-    /// Kind of kernel.
-    #[arg(long, default_value = "testguest", value_parser = ["testguest"])]
+    /// Kind of kernel: `testguest`, or `linux` (a stock x86-64 kernel; the
+    /// patch is compiled through Kbuild against --headers).
+    #[arg(long, default_value = "testguest", value_parser = ["testguest", "linux"])]
     pub target: String,
-    /// Kernel image the patch is for (ELF with a symbol table).
+    /// Kernel image the patch is for: the test guest's ELF, or a Linux
+    /// bzImage (vmlinuz; its build-id, kallsyms and boot-time rewrite tables
+    /// give the manifest's run-pre data).
     #[arg(long, value_name = "IMAGE")]
     pub kernel: PathBuf,
+    /// Linux: the kernel's Kbuild-usable headers (`/usr/src/linux-headers-<release>`).
+    #[arg(long, value_name = "DIR", required_if_eq("target", "linux"))]
+    pub headers: Option<PathBuf>,
     /// Extra include directory (repeatable).
     #[arg(short = 'I', long = "include", value_name = "DIR")]
     pub include: Vec<PathBuf>,
@@ -97,7 +113,7 @@ pub struct BuildArgs {
     /// Cumulative: applying it atomically replaces every patch applied before it.
     #[arg(long)]
     pub cumulative: bool,
-    /// C compiler.
+    /// C compiler (test guest; Linux patches use the compiler Kbuild chooses).
     #[arg(long, default_value = "gcc")]
     pub cc: String,
     /// Skip the build-time link check against the image (symbols, sections, relocations).
@@ -113,19 +129,25 @@ pub struct BuildArgs {
 /// Where an attached guest is.
 #[derive(Debug, Args)]
 pub struct AttachArgs {
-    /// gdbstub address (`host:port`, e.g. QEMU's `-gdb tcp:127.0.0.1:1234`).
+    /// gdbstub address (`host:port`, e.g. QEMU's `-gdb tcp:127.0.0.1:1234`, or a Unix socket path).
     #[arg(long, value_name = "ADDR")]
     pub gdb: String,
-    /// Kind of kernel.
-    #[arg(long, default_value = "testguest", value_parser = ["testguest"])]
+    /// Kind of kernel: `testguest`, or `linux` (identified from guest memory:
+    /// kallsyms, KASLR slide, build-id, BTF; no image needed).
+    #[arg(long, default_value = "testguest", value_parser = ["testguest", "linux"])]
     pub target: String,
-    /// The running kernel's image (ELF with a symbol table).
-    #[arg(long, value_name = "IMAGE")]
-    pub kernel: PathBuf,
-    /// The patch arena: guest-physical `START:SIZE` (e.g. `0x8000000:4M`), 2 MiB aligned,
-    /// at least 4 MiB, reserved from the guest's RAM when it was booted.
+    /// The running kernel's image (test guest: its ELF; ignored for Linux).
+    #[arg(long, value_name = "IMAGE", required_if_eq("target", "testguest"))]
+    pub kernel: Option<PathBuf>,
+    /// The patch arena: guest-physical `START:SIZE` (e.g. `0x3f000000:4M`), 2 MiB aligned,
+    /// at least 4 MiB, that the guest was booted with reserved from its RAM
+    /// (Linux: `memmap=4M$0x3f000000` on its command line). vsplice cannot
+    /// discover it; a range the guest uses as RAM would be overwritten.
     #[arg(long, value_name = "START:SIZE", value_parser = parse_arena)]
     pub arena: std::ops::Range<u64>,
+    /// Time-out of each gdbstub request, in milliseconds.
+    #[arg(long, default_value_t = 20_000, value_name = "MS")]
+    pub timeout_ms: u64,
 }
 
 fn parse_num(s: &str) -> Result<u64, String> {
@@ -204,21 +226,36 @@ impl<B: Backend> Backend for KillAfter<B> {
 
 type Attached = KillAfter<AutoStop<GdbBackend>>;
 
-fn attach(g: &AttachArgs) -> Result<(TestGuest, Attached), ExitCode> {
-    let target = TestGuest::open(&g.kernel).map_err(|e| {
-        super::report(&e, e.cause());
+fn bad_input(e: &dyn std::error::Error, cause: &str) -> ExitCode {
+    super::report(e, cause);
+    ExitCode::from(EXIT_BAD_INPUT)
+}
+
+/// Connects; for Linux also identifies the kernel (with the guest stopped).
+fn connect(g: &AttachArgs) -> Result<(Box<dyn TargetKernel>, GdbBackend), ExitCode> {
+    let opts = GdbOptions { timeout: std::time::Duration::from_millis(g.timeout_ms), ..GdbOptions::default() };
+    if g.target == "linux" {
+        let (mut be, vcpus) = attach_gdb(&g.gdb, opts).map_err(|e| bad_input(&e, e.cause()))?;
+        let target = LinuxTarget::open(&mut be, vcpus).map_err(|e| bad_input(&e, e.cause()))?;
+        return Ok((Box::new(target), be));
+    }
+    let kernel = g.kernel.as_deref().ok_or_else(|| {
+        eprintln!("vsplice: error [usage]: --kernel IMAGE is required for --target testguest");
         ExitCode::from(EXIT_BAD_INPUT)
     })?;
-    let backend = GdbBackend::connect(&g.gdb, GdbOptions::default()).map_err(|e| {
-        super::report(&e, "gdb_connect_failed");
-        ExitCode::from(EXIT_BAD_INPUT)
-    })?;
+    let target = TestGuest::open(kernel).map_err(|e| bad_input(&e, e.cause()))?;
+    let backend = GdbBackend::connect(&g.gdb, opts).map_err(|e| bad_input(&e, "gdb_connect_failed"))?;
+    Ok((Box::new(target), backend))
+}
+
+fn attach(g: &AttachArgs) -> Result<(Box<dyn TargetKernel>, Attached), ExitCode> {
+    let (target, backend) = connect(g)?;
     let mut backend = AutoStop(backend);
     // QEMU stops the guest when a debugger connects. Let it run: preparation
     // happens with the guest running, memory accesses take short stops.
     // Except when a dead vsplice left a half-written transaction: then the
     // guest stays stopped until a recovery completes or rolls it back.
-    if !half_written(&target, &mut backend, &g.arena) {
+    if !half_written(&*target, &mut backend, &g.arena) {
         if let Err(e) = backend.resume() {
             super::report(&e, e.cause());
             return Err(ExitCode::from(EXIT_BAD_INPUT));
@@ -228,8 +265,8 @@ fn attach(g: &AttachArgs) -> Result<(TestGuest, Attached), ExitCode> {
 }
 
 /// True when the guest's registry holds an intent whose writes are partly done.
-fn half_written<B: Backend>(target: &TestGuest, backend: &mut B, arena: &std::ops::Range<u64>) -> bool {
-    let mut p = Patcher::new(backend, target as &dyn TargetKernel, TxnConfig::new(arena.clone()));
+fn half_written<B: Backend>(target: &dyn TargetKernel, backend: &mut B, arena: &std::ops::Range<u64>) -> bool {
+    let mut p = Patcher::new(backend, target, TxnConfig::new(arena.clone()));
     matches!(p.status(), Ok(s) if s.intent.as_ref().is_some_and(|i| i.text == TextState::Partial))
 }
 
@@ -242,10 +279,10 @@ fn with_patcher(g: &AttachArgs, attempts: u32, f: impl FnOnce(&mut Patcher<'_, &
     let mut cfg = TxnConfig::new(g.arena.clone());
     cfg.max_attempts = attempts;
     let code = {
-        let mut p = Patcher::new(&mut backend, &target as &dyn TargetKernel, cfg);
+        let mut p = Patcher::new(&mut backend, &*target, cfg);
         f(&mut p)
     };
-    if half_written(&target, &mut backend, &g.arena) {
+    if half_written(&*target, &mut backend, &g.arena) {
         // Never let the guest run half-patched: close the connection without
         // detaching, which leaves it stopped (QEMU keeps it so).
         eprintln!("vsplice: the guest stays stopped: an interrupted transaction is half-written; `vsplice patch status --recover` (or the next apply/revert) completes or rolls it back");
@@ -260,6 +297,7 @@ fn with_patcher(g: &AttachArgs, attempts: u32, f: impl FnOnce(&mut Patcher<'_, &
 fn build(a: BuildArgs) -> ExitCode {
     let mut opts = BuildOptions::testguest(&a.kernel, &a.source);
     opts.target = a.target;
+    opts.headers = a.headers;
     opts.include_dirs = a.include;
     opts.name = a.name;
     opts.cumulative = a.cumulative;

@@ -69,6 +69,9 @@ pub fn compile(job: &KbuildJob<'_>) -> Result<(Vec<u8>, BuildInfo), BuildError> 
             incs.push(format!("-I{}", d.display()));
         }
         incs.extend(job.include_dirs.iter().map(|d| format!("-I{}", d.display())));
+        // The temp dir's name must not reach the object (debug info,
+        // __FILE__): the same source builds to the same patch id.
+        incs.push(format!("-ffile-prefix-map={}/=", dir.display()));
         let kbuild = format!("obj-m := {stem}.o\nccflags-y := {}\n", incs.join(" "));
         std::fs::write(dir.join("Kbuild"), kbuild).map_err(io("writing Kbuild".into()))?;
         let output = Command::new(job.make)
