@@ -192,6 +192,9 @@ pub struct OrcTable {
     pub entries: Vec<OrcEntry>,
     /// `orc_lookup` (vmlinux only): entry index per 256-byte block from `start`.
     pub lookup: Option<Vec<u32>>,
+    /// More text it covers outside `[start, end)`, searched without the
+    /// lookup blocks (vmlinux: the head text before `_stext`, init text).
+    pub also: Vec<std::ops::Range<u64>>,
 }
 
 impl OrcTable {
@@ -201,7 +204,7 @@ impl OrcTable {
     pub fn new(name: &str, start: u64, end: u64, mut rows: Vec<(u64, OrcEntry)>) -> Self {
         rows.sort_by_key(|(ip, e)| (*ip, !e.is_terminator()));
         let (ips, entries) = rows.into_iter().unzip();
-        Self { name: name.to_string(), start, end, ips, entries, lookup: None }
+        Self { name: name.to_string(), start, end, ips, entries, lookup: None, also: Vec::new() }
     }
 
     /// Decodes the raw tables: `ip_bytes` (s32 each, relative to
@@ -221,7 +224,7 @@ impl OrcTable {
             ips.push(ip);
         }
         let entries = entry_bytes.chunks_exact(6).map(|c| OrcEntry::parse(&[c[0], c[1], c[2], c[3], c[4], c[5]])).collect();
-        Ok(Self { name: name.to_string(), start, end, ips, entries, lookup: None })
+        Ok(Self { name: name.to_string(), start, end, ips, entries, lookup: None, also: Vec::new() })
     }
 
     /// Reads a table from guest memory (`entries` of each kind).
@@ -234,7 +237,9 @@ impl OrcTable {
         Self::from_raw(name, text.0, text.1, ip_table, &ipb, &eb)
     }
 
-    /// Reads vmlinux's tables and its `orc_lookup` (`_stext.._etext`).
+    /// Reads vmlinux's tables and its `orc_lookup` (`_stext.._etext`; the
+    /// head text from `_text` and the init text are covered too: the boot
+    /// CPU's idle task still returns into them).
     pub fn read_vmlinux<M: KernelMemory + ?Sized>(mem: &mut M, k: &Kallsyms, t: &OrcTables) -> Result<Self, OrcError> {
         if t.ip_entries != t.unwind_entries {
             return Err(OrcError::Counts { ips: t.ip_entries, entries: t.unwind_entries });
@@ -242,6 +247,13 @@ impl OrcTable {
         let start = k.first_addr("_stext").unwrap_or(0);
         let end = k.first_addr("_etext").unwrap_or(u64::MAX);
         let mut table = Self::read(mem, "vmlinux", (start, end), t.ip_table, t.unwind_table, t.ip_entries)?;
+        for (a, b) in [("_text", "_stext"), ("_sinittext", "_einittext")] {
+            if let (Some(a), Some(b)) = (k.first_addr(a), k.first_addr(b)) {
+                if a < b {
+                    table.also.push(a..b);
+                }
+            }
+        }
         if let (Some((l, Some(n))), true) = (t.lookup, start != 0) {
             if n > 1 && n <= 1 << 24 {
                 let b = mem.read_vec(l, (n * 4) as usize)?;
@@ -257,15 +269,15 @@ impl OrcTable {
 
     /// True when `ip` is in the text this table covers.
     pub fn covers(&self, ip: u64) -> bool {
-        ip >= self.start && ip < self.end
+        (ip >= self.start && ip < self.end) || self.also.iter().any(|r| r.contains(&ip))
     }
 
     /// The entry for `ip`: the rightmost address `<= ip` (`__orc_find`),
     /// narrowed by `orc_lookup` when there is one.
     pub fn find(&self, ip: u64) -> Option<&OrcEntry> {
         let (mut lo, mut hi) = (0usize, self.ips.len());
-        if let Some(l) = &self.lookup {
-            let idx = (ip.checked_sub(self.start)? / LOOKUP_BLOCK_SIZE) as usize;
+        if let (Some(l), true) = (&self.lookup, ip >= self.start && ip < self.end) {
+            let idx = ((ip - self.start) / LOOKUP_BLOCK_SIZE) as usize;
             if idx + 1 < l.len() {
                 lo = l[idx] as usize;
                 hi = (l[idx + 1] as usize + 1).min(self.ips.len());

@@ -165,6 +165,18 @@ fn lookup_blocks_give_the_same_answers_as_a_full_search() {
         assert_eq!(fast.find(probe), full.find(probe), "{probe:#x}");
     }
     assert_eq!(full.find(T - 1), None);
+    // Text outside [start, end) (head and init text) is covered by a full search.
+    let mut with_init = fast.clone();
+    with_init.ips.insert(0, T - 0x1000);
+    with_init.entries.insert(0, call(99));
+    if let Some(l) = with_init.lookup.as_mut() {
+        l.iter_mut().for_each(|i| *i += 1);
+    }
+    assert!(!with_init.covers(T - 0x800));
+    with_init.also.push(T - 0x1000..T);
+    assert!(with_init.covers(T - 0x800));
+    assert_eq!(with_init.find(T - 0x800), Some(&call(99)));
+    assert_eq!(with_init.find(T + 0x777), fast.find(T + 0x777));
 }
 
 #[test]
