@@ -56,6 +56,17 @@ pub fn attach(g: &Guest) -> Result<(Attached, LinuxTarget), String> {
     Ok((be, target))
 }
 
+/// Detaches from the gdbstub (the guest runs on; another client may attach).
+pub fn detach(be: Attached) -> Result<(), String> {
+    be.0.detach().map_err(|e| format!("detach: {e}"))
+}
+
+/// The harness's arena as the CLI's `--arena START:SIZE`.
+pub fn arena_arg(g: &Guest) -> String {
+    let a = g.arena().map(|a| (a.base, a.size)).unwrap_or((0, 0));
+    format!("{:#x}:{}", a.0, a.1)
+}
+
 /// A patcher on the attached guest with the harness's arena.
 pub fn patcher<'t, 'b>(g: &Guest, be: &'b mut Attached, target: &'t LinuxTarget) -> Patcher<'t, &'b mut Attached> {
     let arena = g.arena().map(|a| a.base..a.base + a.size).unwrap_or(0..0);

@@ -116,6 +116,7 @@ impl<B: Backend> Patcher<'_, B> {
         for n in &linked.notes {
             tracing::info!(patch = %m.name, "{n}");
         }
+        self.notes = linked.notes.clone();
         // Jump sites: current bytes (below this patch) and new bytes.
         let mut funcs = Vec::new();
         let mut writes: BTreeMap<u64, SiteWrite> = BTreeMap::new();

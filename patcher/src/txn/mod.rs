@@ -53,13 +53,15 @@ pub struct Patcher<'t, B: Backend> {
     guest: Guest<B>,
     cfg: TxnConfig,
     generation: u64,
+    /// What the loader did in the current transaction (for its report).
+    notes: Vec<String>,
 }
 
 impl<'t, B: Backend> Patcher<'t, B> {
     /// A patcher for `target` through `backend`.
     pub fn new(backend: B, target: &'t dyn TargetKernel, cfg: TxnConfig) -> Self {
         let guest = Guest::new(backend, target.page_table_root(), 0);
-        Self { target, guest, cfg, generation: 0 }
+        Self { target, guest, cfg, generation: 0, notes: Vec::new() }
     }
 
     /// Guest access (tests, diagnostics).
@@ -138,7 +140,8 @@ impl<'t, B: Backend> Patcher<'t, B> {
         Ok(())
     }
 
-    fn report(&self, op: &'static str, id: Option<String>, name: Option<String>, timings: Timings, r: Result<Vec<String>, Failure>) -> TxnReport {
+    fn report(&mut self, op: &'static str, id: Option<String>, name: Option<String>, timings: Timings, r: Result<Vec<String>, Failure>) -> TxnReport {
+        let notes = std::mem::take(&mut self.notes);
         match r {
             Ok(superseded) => TxnReport {
                 op,
@@ -150,6 +153,7 @@ impl<'t, B: Backend> Patcher<'t, B> {
                 message: String::new(),
                 conflicts: Vec::new(),
                 superseded,
+                notes,
                 timings,
             },
             Err(f) => TxnReport {
@@ -162,6 +166,7 @@ impl<'t, B: Backend> Patcher<'t, B> {
                 message: f.message,
                 conflicts: f.conflicts,
                 superseded: Vec::new(),
+                notes: Vec::new(),
                 timings,
             },
         }

@@ -157,6 +157,11 @@ pub struct TxnReport {
     pub conflicts: Vec<Conflict>,
     /// Patches a cumulative patch replaced.
     pub superseded: Vec<String>,
+    /// What the loader did that the user should know: alternatives applied
+    /// for the guest's CPU, jump labels frozen to their key's state, WARN
+    /// sites dropped, return thunks redirected.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     /// Timings.
     pub timings: Timings,
 }
