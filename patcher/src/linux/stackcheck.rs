@@ -11,7 +11,8 @@
 //!   failing that, all of that CPU's stacks and its current task's stack
 //!   are scanned (a vCPU in user mode has nothing live on kernel stacks);
 //! - each task that no vCPU runs is unwound from its saved frame; failing
-//!   that, its stack is scanned from the saved SP;
+//!   that, its stack is scanned from the saved SP (a saved SP inside the
+//!   top `pt_regs` means a task in user mode: nothing to unwind);
 //! - a task that claims to be on a CPU but that no vCPU's unwind reached is
 //!   scanned whole (caught mid-switch);
 //! - a CPU stack no vCPU is on holds nothing live and is skipped (hard and
@@ -25,7 +26,7 @@ use std::str::FromStr;
 
 use serde::Serialize;
 
-use super::unwind::{OrcUnwinder, Start, Unwind};
+use super::unwind::{OrcUnwinder, Start, Unwind, PT_REGS_SIZE};
 use crate::arena::registry::CheckRange;
 use crate::backend::VcpuState;
 use crate::mem::KernelMemory;
@@ -247,6 +248,9 @@ pub fn check(
         }
         let saved = t.saved_sp.filter(|sp| t.stack.contains(sp));
         match saved {
+            // The task runs in user mode: only its user registers (pt_regs)
+            // are on its kernel stack, no kernel frame.
+            Some(sp) if !t.on_cpu && sp >= t.stack.end.saturating_sub(PT_REGS_SIZE) => run.sum.unwound += 1,
             Some(sp) if !t.on_cpu => {
                 let w = u.unwind(run.mem, Start::Sleeping { saved_sp: sp }, std::slice::from_ref(&t.stack));
                 match &w.unreliable {

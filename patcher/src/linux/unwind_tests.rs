@@ -463,5 +463,12 @@ mod check {
         let input = CheckInput { vcpus: &vcpus, vcpu_cpus: &[Some(0)], tasks: &tasks };
         let (c, sum) = check(CheckMode::Orc, Some(&u), &mut g, &syms(), input, &range(TARGET, 0x40, "target")).unwrap();
         assert!(c.is_empty() && sum.scanned == 0 && sum.unwound == 0, "{c:?} {sum:?}");
+        // The same task described as "in user mode, only its pt_regs on the stack".
+        let mut t2 = tasks.clone();
+        t2.tasks[0].on_cpu = false;
+        t2.tasks[0].saved_sp = Some(S + SIZE - PT_REGS_SIZE);
+        let input = CheckInput { vcpus: &vcpus, vcpu_cpus: &[None], tasks: &t2 };
+        let (c, sum) = check(CheckMode::Orc, Some(&u), &mut g, &syms(), input, &range(TARGET, 0x40, "target")).unwrap();
+        assert!(c.is_empty() && sum.scanned == 0 && sum.unwound == 1 && sum.fallbacks.is_empty(), "{c:?} {sum:?}");
     }
 }

@@ -19,6 +19,7 @@ use super::agent::find::{self, ModuleAgent};
 use super::agent::{AgentError, AgentView, Descriptor};
 use super::btf::Btf;
 use super::cpustacks;
+use super::kallsyms::Kallsyms;
 use super::kernel::KernelInfo;
 use super::modules::{self, ModuleOffsets};
 use super::orc::{OrcError, OrcTable};
@@ -145,13 +146,12 @@ impl LinuxView {
     }
 }
 
-fn read_agent(mem: &mut dyn KernelMemory, info: &KernelInfo, hint: Option<AgentHint>) -> Result<AgentView, AgentError> {
-    let k = &info.kallsyms;
+fn read_agent(mem: &mut dyn KernelMemory, k: &Kallsyms, btf: Option<&Btf>, hint: Option<AgentHint>) -> Result<AgentView, AgentError> {
     let (virt, phys) = match hint {
         Some(AgentHint::Doorbell(gpa)) => (find::direct_map_virt(mem, k, gpa)?, Some(gpa)),
         Some(AgentHint::Virt(v)) => (v, None),
         None => {
-            let btf = info.btf.as_ref().map(|b| &b.0).ok_or_else(|| AgentError::Absent("no doorbell address and no BTF to find the agent module".into()))?;
+            let btf = btf.ok_or_else(|| AgentError::Absent("no doorbell address and no BTF to find the agent module".into()))?;
             match find::by_module(mem, k, btf)? {
                 ModuleAgent::Header(v) => (v, None),
                 ModuleAgent::NotLoaded => return Err(AgentError::Absent("module vsplice_agent is not loaded".into())),
@@ -163,29 +163,47 @@ fn read_agent(mem: &mut dyn KernelMemory, info: &KernelInfo, hint: Option<AgentH
     AgentView::new(mem, d)
 }
 
-fn walk(mem: &mut dyn KernelMemory, info: &KernelInfo, btf: &Btf) -> Result<Vec<Task>, TaskError> {
-    let off = TaskOffsets::from_btf(btf)?;
-    tasks::all_tasks(mem, &info.kallsyms, &off)
+/// The task list from the agent and/or the walk, checked against each other.
+#[derive(Debug, Clone)]
+pub struct TaskRead {
+    /// Tasks (merged when both sources ran).
+    pub tasks: Vec<Task>,
+    /// The agent's view when it was used.
+    pub agent: Option<AgentView>,
+    /// The walk when it ran.
+    pub walk: Option<Vec<Task>>,
+    /// Why the agent was not used (Auto mode).
+    pub note: Option<String>,
 }
 
-/// Reads the view with every vCPU stopped. `hint`: where the agent is, if
-/// known (doorbell, or `agent_at` of an earlier view).
-pub fn read_view(
-    mem: &mut dyn KernelMemory,
-    info: &KernelInfo,
-    vcpus: &[VcpuState],
-    source: TaskSource,
-    hint: Option<AgentHint>,
-) -> Result<LinuxView, ViewError> {
-    let btf = info.btf.as_ref().map(|b| &b.0);
+impl TaskRead {
+    /// `agent`, `agentless` or `agent+agentless`.
+    pub fn source(&self) -> &'static str {
+        match (&self.agent, &self.walk) {
+            (Some(_), Some(_)) => "agent+agentless",
+            (Some(_), None) => "agent",
+            _ => "agentless",
+        }
+    }
+
+    /// Where the agent's header was (kernel-virtual), to look there next time.
+    pub fn agent_at(&self) -> Option<u64> {
+        self.agent.as_ref().map(|a| a.descriptor.header.self_virt)
+    }
+}
+
+/// Reads the task list with every vCPU stopped: the agent's (found through
+/// `hint`, else the module list) per `source`, the walk whenever there is
+/// BTF, and their agreement.
+pub fn read_tasks(mem: &mut dyn KernelMemory, k: &Kallsyms, btf: Option<&Btf>, source: TaskSource, hint: Option<AgentHint>) -> Result<TaskRead, ViewError> {
     let mut note = None;
     let agent = match source {
         TaskSource::Agentless => None,
-        _ => match read_agent(mem, info, hint) {
+        _ => match read_agent(mem, k, btf, hint) {
             Ok(a) => Some(a),
             Err(e) if e.is_retry() || source == TaskSource::Agent => return Err(e.into()),
             // A hint that went stale (agent reloaded elsewhere): look it up afresh.
-            Err(e) if hint.is_some() && btf.is_some() => match read_agent(mem, info, None) {
+            Err(e) if hint.is_some() && btf.is_some() => match read_agent(mem, k, btf, None) {
                 Ok(a) => Some(a),
                 Err(e2) if e2.is_retry() => return Err(e2.into()),
                 Err(e2) => {
@@ -200,7 +218,7 @@ pub fn read_view(
         },
     };
     let walked = match (btf, &agent) {
-        (Some(b), _) => Some(walk(mem, info, b)?),
+        (Some(b), _) => Some(tasks::all_tasks(mem, k, &TaskOffsets::from_btf(b)?)?),
         (None, Some(_)) => None,
         (None, None) => return Err(ViewError::NoSource("no agent and no BTF".into())),
     };
@@ -213,6 +231,20 @@ pub fn read_view(
         (None, Some(w)) => w.clone(),
         (None, None) => Vec::new(),
     };
+    Ok(TaskRead { tasks, agent, walk: walked, note })
+}
+
+/// Reads the view with every vCPU stopped. `hint`: where the agent is, if
+/// known (doorbell, or `agent_at` of an earlier view).
+pub fn read_view(
+    mem: &mut dyn KernelMemory,
+    info: &KernelInfo,
+    vcpus: &[VcpuState],
+    source: TaskSource,
+    hint: Option<AgentHint>,
+) -> Result<LinuxView, ViewError> {
+    let btf = info.btf.as_ref().map(|b| &b.0);
+    let TaskRead { tasks, agent, walk, note } = read_tasks(mem, &info.kallsyms, btf, source, hint)?;
     let mut cpu_stacks = agent.as_ref().map(|a| a.cpu_stacks.clone()).unwrap_or_default();
     let agent_irq = agent.as_ref().is_some_and(AgentView::has_irq_stacks);
     if let Some(b) = btf {
@@ -230,7 +262,7 @@ pub fn read_view(
         }
     };
     let agent_at = agent.as_ref().map(|a| a.descriptor.header.self_virt);
-    Ok(LinuxView { tasks, cpu_stacks, vcpu_cpus, agent, walk: walked, agent_at, note })
+    Ok(LinuxView { tasks, cpu_stacks, vcpu_cpus, agent, walk, agent_at, note })
 }
 
 /// The ORC unwinder for this kernel: vmlinux's tables, every loaded
