@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
+use std::sync::{Arc, RwLock};
 
 use super::orc::{reg, OrcEntry, OrcTable, OrcType};
 use crate::mem::KernelMemory;
@@ -114,9 +115,14 @@ pub struct Unwind {
 /// What the unwinder knows: ORC tables (vmlinux, modules, registered
 /// extra ranges such as patch code in the arena) and addresses that mean
 /// "the real return address is elsewhere".
+///
+/// Code that comes and goes while the unwinder is shared (patches applied
+/// and reverted) is [`OrcUnwinder::register`]ed behind a lock; clones share
+/// those registrations.
 #[derive(Debug, Clone, Default)]
 pub struct OrcUnwinder {
     tables: Vec<OrcTable>,
+    extra: Arc<RwLock<Vec<OrcTable>>>,
     ret_from_fork: Option<u64>,
     rewritten: Vec<(u64, &'static str)>,
 }
@@ -125,7 +131,29 @@ impl OrcUnwinder {
     /// An unwinder with vmlinux's table; `ret_from_fork` (kallsyms) marks a
     /// brand-new task's first frame.
     pub fn new(vmlinux: OrcTable, ret_from_fork: Option<u64>) -> Self {
-        Self { tables: vec![vmlinux], ret_from_fork, rewritten: Vec::new() }
+        Self { tables: vec![vmlinux], extra: Arc::default(), ret_from_fork, rewritten: Vec::new() }
+    }
+
+    /// Registers ORC for code that comes and goes (a patch's new code in
+    /// the arena, from its object's `.orc_unwind*` sections, see
+    /// [`super::orc_object::orc_rows`]); replaces a table of the same name.
+    pub fn register(&self, t: OrcTable) {
+        if let Ok(mut x) = self.extra.write() {
+            x.retain(|o| o.name != t.name);
+            x.push(t);
+        }
+    }
+
+    /// Forgets a registered table (the patch was reverted).
+    pub fn unregister(&self, name: &str) {
+        if let Ok(mut x) = self.extra.write() {
+            x.retain(|o| o.name != name);
+        }
+    }
+
+    /// Names of the registered tables.
+    pub fn registered(&self) -> Vec<String> {
+        self.extra.read().map(|x| x.iter().map(|t| t.name.clone()).collect()).unwrap_or_default()
     }
 
     /// Adds ORC for more code: a module, or new code in the arena (from the
@@ -153,14 +181,16 @@ impl OrcUnwinder {
         self.rewritten.push((addr, what));
     }
 
-    fn table_for(&self, ip: u64) -> Option<&OrcTable> {
-        self.tables.iter().find(|t| t.covers(ip))
-    }
-
     /// Unwinds one stack. `stacks` are the stacks the walk may use (the
     /// task's, and for a vCPU its CPU's IRQ/exception/entry stacks).
     pub fn unwind(&self, mem: &mut dyn KernelMemory, start: Start, stacks: &[Range<u64>]) -> Unwind {
-        let mut w = Walk { u: self, reader: StackReader::new(mem, stacks), out: Unwind::default(), cur: None };
+        let guard = self.extra.read();
+        let extra: &[OrcTable] = match &guard {
+            Ok(g) => g,
+            Err(_) => &[],
+        };
+        let code = Code { tables: &self.tables, extra, ret_from_fork: self.ret_from_fork, rewritten: &self.rewritten };
+        let mut w = Walk { u: code, reader: StackReader::new(mem, stacks), out: Unwind::default(), cur: None };
         let r = w.run(start);
         w.out.unreliable = r.err();
         w.out.bytes = w.reader.bytes;
@@ -204,6 +234,21 @@ impl<'m> StackReader<'m> {
     }
 }
 
+/// The code an unwind may meet, borrowed for its duration.
+#[derive(Clone, Copy)]
+struct Code<'a> {
+    tables: &'a [OrcTable],
+    extra: &'a [OrcTable],
+    ret_from_fork: Option<u64>,
+    rewritten: &'a [(u64, &'static str)],
+}
+
+impl Code<'_> {
+    fn table_for(&self, ip: u64) -> Option<&OrcTable> {
+        self.tables.iter().chain(self.extra).find(|t| t.covers(ip))
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Regs {
     Vcpu([u64; 16]),
@@ -221,7 +266,7 @@ struct State {
 }
 
 struct Walk<'u, 'm> {
-    u: &'u OrcUnwinder,
+    u: Code<'u>,
     reader: StackReader<'m>,
     out: Unwind,
     cur: Option<usize>,

@@ -302,11 +302,19 @@ fn patch_code_unwinds_with_its_registered_orc() {
     let mut u = OrcUnwinder::new(kernel_table(), None);
     let w = u.unwind(&mut g, Start::Sleeping { saved_sp: sp }, &[S..S + SIZE]);
     assert!(w.unreliable.unwrap().contains("outside kernel text"));
-    u.add_table(OrcTable::new("patch p1", ARENA, ARENA + 0x1000, vec![(ARENA, call(8)), (ARENA + 4, call(FD + 8))]));
+    // Registered while shared (a clone, as a target hands it out, sees it too).
+    let shared = u.clone();
+    shared.register(OrcTable::new("patch p1", ARENA, ARENA + 0x1000, vec![(ARENA, call(8)), (ARENA + 4, call(FD + 8))]));
+    assert_eq!(u.registered(), vec!["patch p1".to_string()]);
     let w = u.unwind(&mut g, Start::Sleeping { saved_sp: sp }, &[S..S + SIZE]);
     assert_eq!(w.unreliable, None);
     assert_eq!(ips(&w.frames), vec![RET_S, ARENA + 0x40, RET_E]);
-    u.remove_table("patch p1");
+    shared.unregister("patch p1");
+    assert!(u.unwind(&mut g, Start::Sleeping { saved_sp: sp }, &[S..S + SIZE]).unreliable.is_some());
+    // Fixed tables (modules) the same way, owned.
+    u.add_table(OrcTable::new("module m", ARENA, ARENA + 0x1000, vec![(ARENA, call(8)), (ARENA + 4, call(FD + 8))]));
+    assert_eq!(u.unwind(&mut g, Start::Sleeping { saved_sp: sp }, &[S..S + SIZE]).unreliable, None);
+    u.remove_table("module m");
     assert!(u.unwind(&mut g, Start::Sleeping { saved_sp: sp }, &[S..S + SIZE]).unreliable.is_some());
 }
 
