@@ -194,8 +194,15 @@ impl TaskRead {
 
 /// Reads the task list with every vCPU stopped: the agent's (found through
 /// `hint`, else the module list) per `source`, the walk whenever there is
-/// BTF, and their agreement.
-pub fn read_tasks(mem: &mut dyn KernelMemory, k: &Kallsyms, btf: Option<&Btf>, source: TaskSource, hint: Option<AgentHint>) -> Result<TaskRead, ViewError> {
+/// BTF (with `offsets` when already known), and their agreement.
+pub fn read_tasks(
+    mem: &mut dyn KernelMemory,
+    k: &Kallsyms,
+    btf: Option<&Btf>,
+    offsets: Option<&TaskOffsets>,
+    source: TaskSource,
+    hint: Option<AgentHint>,
+) -> Result<TaskRead, ViewError> {
     let mut note = None;
     let agent = match source {
         TaskSource::Agentless => None,
@@ -218,7 +225,10 @@ pub fn read_tasks(mem: &mut dyn KernelMemory, k: &Kallsyms, btf: Option<&Btf>, s
         },
     };
     let walked = match (btf, &agent) {
-        (Some(b), _) => Some(tasks::all_tasks(mem, k, &TaskOffsets::from_btf(b)?)?),
+        (Some(b), _) => match offsets {
+            Some(o) => Some(tasks::all_tasks(mem, k, o)?),
+            None => Some(tasks::all_tasks(mem, k, &TaskOffsets::from_btf(b)?)?),
+        },
         (None, Some(_)) => None,
         (None, None) => return Err(ViewError::NoSource("no agent and no BTF".into())),
     };
@@ -244,7 +254,7 @@ pub fn read_view(
     hint: Option<AgentHint>,
 ) -> Result<LinuxView, ViewError> {
     let btf = info.btf.as_ref().map(|b| &b.0);
-    let TaskRead { tasks, agent, walk, note } = read_tasks(mem, &info.kallsyms, btf, source, hint)?;
+    let TaskRead { tasks, agent, walk, note } = read_tasks(mem, &info.kallsyms, btf, None, source, hint)?;
     let mut cpu_stacks = agent.as_ref().map(|a| a.cpu_stacks.clone()).unwrap_or_default();
     let agent_irq = agent.as_ref().is_some_and(AgentView::has_irq_stacks);
     if let Some(b) = btf {

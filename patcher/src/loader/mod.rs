@@ -88,7 +88,9 @@ impl<'a> Object<'a> {
         })
     }
 
-    fn section_addr(&self, index: SectionIndex, code_addr: u64, data_addr: u64) -> Option<u64> {
+    /// Runtime address of section `index` when linked at `code_addr` /
+    /// `data_addr` (`None`: the section is not loaded).
+    pub fn section_addr(&self, index: SectionIndex, code_addr: u64, data_addr: u64) -> Option<u64> {
         let p = self.layout.placed(index)?;
         Some(match p.class {
             SectionClass::Code | SectionClass::ReadOnly => code_addr + p.offset,

@@ -44,6 +44,15 @@ pub enum TargetError {
     /// Guest memory could not be read.
     #[error("reading guest memory failed")]
     Memory(#[from] #[source] MemError),
+    /// The task list's sources cannot be trusted (e.g. the guest agent and
+    /// the agentless walk disagree); `cause` is stable (`agent_mismatch`, …).
+    #[error("{message}")]
+    Untrusted {
+        /// Stable cause.
+        cause: &'static str,
+        /// What was wrong.
+        message: String,
+    },
 }
 
 impl TargetError {
@@ -54,6 +63,7 @@ impl TargetError {
             Self::Inconsistent(_) => "tasks_inconsistent",
             Self::Malformed(_) => "tasks_malformed",
             Self::Memory(_) => "memory",
+            Self::Untrusted { cause, .. } => cause,
         }
     }
 }
@@ -124,5 +134,10 @@ pub trait TargetKernel: std::fmt::Debug {
     fn link_env<'a>(&'a self, mem: &'a mut dyn KernelMemory) -> Box<dyn LinkEnv + 'a> {
         let _ = mem;
         Box::new(UnknownEnv)
+    }
+    /// The ORC unwinder of the precise safety check (`--check orc`), when
+    /// this kernel has one; without it the check is the conservative scan.
+    fn unwinder(&self) -> Option<&crate::linux::unwind::OrcUnwinder> {
+        None
     }
 }

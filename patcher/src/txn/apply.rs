@@ -12,11 +12,13 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use super::result::{chain, Cause, Failure, Stage, Timings, TxnReport};
-use super::Patcher;
+use super::{orc_name, Patcher};
 use crate::arena::alloc::first_fit;
 use crate::arena::registry::{CheckRange, FuncRecord, Intent, IntentOp, PatchRecord, PatchState, Registry, SiteRecord, SiteWrite, Span};
 use crate::backend::Backend;
 use crate::jump;
+use crate::linux::orc::OrcTable;
+use crate::linux::orc_object;
 use crate::loader::{LoadError, Object};
 use crate::mem::KernelMemory;
 use crate::patch::manifest::run_pre_digest;
@@ -117,6 +119,15 @@ impl<B: Backend> Patcher<'_, B> {
             tracing::info!(patch = %m.name, "{n}");
         }
         self.notes = linked.notes.clone();
+        // The new code's own ORC data, for unwinding through it once applied.
+        self.pending_orc = None;
+        if target.unwinder().is_some() {
+            match orc_object::orc_rows(&patch.object, |i| obj.section_addr(i, code_addr, data_addr)) {
+                Ok(rows) if !rows.is_empty() => self.pending_orc = Some(OrcTable::new(&orc_name(&m.id), code_addr, code_addr + layout.code_size, rows)),
+                Ok(_) => tracing::info!(patch = %m.name, "the patch has no ORC data: stacks through its code will be scanned conservatively"),
+                Err(e) => tracing::info!(patch = %m.name, error = %e, "the patch's ORC data is unusable: stacks through its code will be scanned conservatively"),
+            }
+        }
         // Jump sites: current bytes (below this patch) and new bytes.
         let mut funcs = Vec::new();
         let mut writes: BTreeMap<u64, SiteWrite> = BTreeMap::new();
@@ -246,6 +257,12 @@ impl<B: Backend> Patcher<'_, B> {
         timings.total_us = t0.elapsed().as_micros() as u64;
         let (id, name) = (Some(patch.manifest.id.clone()), Some(patch.manifest.name.clone()));
         let report = self.report("apply", id, name, timings, r);
+        if let (true, Some(t), Some(u)) = (report.is_ok(), self.pending_orc.take(), self.target.unwinder()) {
+            for gone in &report.superseded {
+                u.unregister(&orc_name(gone));
+            }
+            u.register(t);
+        }
         tracing::info!(patch = %patch.manifest.name, cause = report.cause.name(), attempts = timings.attempts, downtime_us = timings.downtime_us, "apply");
         report
     }

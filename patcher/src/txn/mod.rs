@@ -23,6 +23,7 @@ use crate::arena::registry::Registry;
 use crate::arena::{codec, map, ArenaInfo};
 use crate::backend::Backend;
 use crate::target::access::Guest;
+use crate::linux::stackcheck::{CheckMode, CheckSummary};
 use crate::target::TargetKernel;
 pub use result::{Cause, Conflict, Failure, Stage, Timings, TxnReport};
 
@@ -37,12 +38,15 @@ pub struct TxnConfig {
     pub backoff: Duration,
     /// Longest back-off.
     pub max_backoff: Duration,
+    /// The safety check: ORC unwinding where the target has an unwinder
+    /// (conservative scan per unreliable stack), or the conservative scan.
+    pub check: CheckMode,
 }
 
 impl TxnConfig {
     /// Defaults for an arena: 20 attempts, 5 ms back-off doubling to 200 ms.
     pub fn new(arena: Range<u64>) -> Self {
-        Self { arena, max_attempts: 20, backoff: Duration::from_millis(5), max_backoff: Duration::from_millis(200) }
+        Self { arena, max_attempts: 20, backoff: Duration::from_millis(5), max_backoff: Duration::from_millis(200), check: CheckMode::default() }
     }
 }
 
@@ -55,13 +59,22 @@ pub struct Patcher<'t, B: Backend> {
     generation: u64,
     /// What the loader did in the current transaction (for its report).
     notes: Vec<String>,
+    /// What the last safety check did (for the report).
+    last_check: Option<CheckSummary>,
+    /// The ORC of the patch being applied, registered once it is in.
+    pending_orc: Option<crate::linux::orc::OrcTable>,
+}
+
+/// Name under which a patch's ORC table is registered with the unwinder.
+pub(crate) fn orc_name(patch_id: &str) -> String {
+    format!("patch {patch_id}")
 }
 
 impl<'t, B: Backend> Patcher<'t, B> {
     /// A patcher for `target` through `backend`.
     pub fn new(backend: B, target: &'t dyn TargetKernel, cfg: TxnConfig) -> Self {
         let guest = Guest::new(backend, target.page_table_root(), 0);
-        Self { target, guest, cfg, generation: 0, notes: Vec::new() }
+        Self { target, guest, cfg, generation: 0, notes: Vec::new(), last_check: None, pending_orc: None }
     }
 
     /// Guest access (tests, diagnostics).
@@ -142,6 +155,7 @@ impl<'t, B: Backend> Patcher<'t, B> {
 
     fn report(&mut self, op: &'static str, id: Option<String>, name: Option<String>, timings: Timings, r: Result<Vec<String>, Failure>) -> TxnReport {
         let notes = std::mem::take(&mut self.notes);
+        let check = self.last_check.take();
         match r {
             Ok(superseded) => TxnReport {
                 op,
@@ -154,6 +168,7 @@ impl<'t, B: Backend> Patcher<'t, B> {
                 conflicts: Vec::new(),
                 superseded,
                 notes,
+                check,
                 timings,
             },
             Err(f) => TxnReport {
@@ -167,6 +182,7 @@ impl<'t, B: Backend> Patcher<'t, B> {
                 conflicts: f.conflicts,
                 superseded: Vec::new(),
                 notes: Vec::new(),
+                check,
                 timings,
             },
         }

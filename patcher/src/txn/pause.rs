@@ -6,12 +6,12 @@
 
 use std::time::Instant;
 
-use super::check;
 use super::result::{Cause, Conflict, Failure, Stage, Timings};
 use super::Patcher;
 use crate::arena::map;
 use crate::arena::registry::{CheckRange, Registry, SiteWrite};
 use crate::backend::{Backend, BackendError};
+use crate::linux::stackcheck::{self, CheckInput};
 use crate::mem::KernelMemory;
 use crate::target::TargetError;
 
@@ -80,8 +80,15 @@ impl<B: Backend> Patcher<'_, B> {
                     return Err(fail(self.resume_after(t0, timings, f)));
                 }
             };
-            let conflicts: Vec<Conflict> = match check::scan(&mut self.guest, symbols, &vcpus, &tasks, ranges) {
-                Ok((c, _)) => c,
+            let input = CheckInput { vcpus: &vcpus, vcpu_cpus: &[], tasks: &tasks };
+            let conflicts: Vec<Conflict> = match stackcheck::check(self.cfg.check, target.unwinder(), &mut self.guest, symbols, input, ranges) {
+                Ok((c, summary)) => {
+                    if !summary.fallbacks.is_empty() {
+                        tracing::info!(mode = %summary.mode, fallbacks = ?summary.fallbacks, "stacks scanned conservatively");
+                    }
+                    self.last_check = Some(summary);
+                    c
+                }
                 Err(e) => {
                     let f = Failure::from_err(Stage::Check, Cause::Unexpected, Some(e.cause()), &e);
                     return Err(fail(self.resume_after(t0, timings, f)));

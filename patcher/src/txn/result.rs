@@ -162,6 +162,10 @@ pub struct TxnReport {
     /// sites dropped, return thunks redirected.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// What the last safety check did: mode, stacks unwound and scanned,
+    /// and each stack the ORC check scanned instead, with the reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub check: Option<crate::linux::stackcheck::CheckSummary>,
     /// Timings.
     pub timings: Timings,
 }

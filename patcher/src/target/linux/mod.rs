@@ -10,11 +10,16 @@
 //! - the page-table root: the physical address of `init_top_pgt` (every
 //!   process's kernel half shares its lower tables);
 //! - `is_up`: `system_state == SYSTEM_RUNNING`;
-//! - tasks: the agentless BTF walk (every thread, the idle task of each
-//!   CPU), each with its kernel stack and saved stack pointer, plus the live
+//! - tasks: the guest agent's table when it is loaded and the agentless
+//!   BTF walk (every thread, the idle task of each CPU), checked against
+//!   each other ([`crate::linux::view::read_tasks`], [`TaskSource`]), each
+//!   task with its kernel stack and saved stack pointer, plus the live
 //!   parts of each CPU's IRQ, exception and entry stacks
 //!   ([`crate::linux::cpustacks`], [`stacks`]); a list caught mid-update is
-//!   [`TargetError::Inconsistent`], never partial;
+//!   [`TargetError::Inconsistent`], never partial; a disagreement is
+//!   [`TargetError::Untrusted`] (`agent_mismatch`);
+//! - the ORC unwinder of the precise safety check (vmlinux and module
+//!   tables, [`crate::linux::view::build_unwinder`]);
 //! - for the loader ([`LinkEnv`]): the boot CPU's feature and bug words
 //!   (`boot_cpu_data.x86_capability`), static keys' state read from guest
 //!   memory, and the guest's `x86_return_thunk`.
@@ -23,6 +28,8 @@ pub mod stacks;
 pub mod symbols;
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use thiserror::Error;
 use tracing::{debug, info};
@@ -35,6 +42,8 @@ use crate::linux::kallsyms::Kallsyms;
 use crate::linux::kernel::{KernelError, LiveKernel, Slide};
 use crate::linux::notes;
 use crate::linux::tasks::{self, TaskError, TaskOffsets};
+use crate::linux::unwind::OrcUnwinder;
+use crate::linux::view::{self, AgentHint, TaskSource, ViewError};
 use crate::loader::{CpuCaps, LinkEnv};
 use crate::mem::{KernelMemory, MemError};
 use crate::target::SymbolTable;
@@ -100,6 +109,11 @@ pub struct LinuxTarget {
     btf: Btf,
     caps: Option<CpuCaps>,
     return_thunk: Option<u64>,
+    unwinder: Option<OrcUnwinder>,
+    source: TaskSource,
+    doorbell: Option<u64>,
+    /// Where the agent's header was last seen (kernel-virtual, 0: unknown).
+    agent_at: Arc<AtomicU64>,
 }
 
 /// The boot CPU's capability words: `boot_cpu_data.x86_capability[]`.
@@ -135,6 +149,13 @@ impl LinuxTarget {
             Some(a) => Some(lk.vm.read_u64(a)?).filter(|&t| t != 0),
             None => None,
         };
+        let unwinder = match view::build_unwinder(&mut lk.vm, &lk.info) {
+            Ok(u) => Some(u),
+            Err(e) => {
+                info!(error = %e, "no ORC unwinder: the safety check will scan stacks conservatively");
+                None
+            }
+        };
         let t = Self {
             symbols: symbols::symbol_table(&k),
             build_id: lk.info.build_id.as_deref().map(notes::hex),
@@ -148,6 +169,10 @@ impl LinuxTarget {
             btf: btf.clone(),
             caps,
             return_thunk,
+            unwinder,
+            source: TaskSource::Auto,
+            doorbell: None,
+            agent_at: Arc::default(),
         };
         info!(
             build_id = t.build_id.as_deref().unwrap_or("?"),
@@ -184,6 +209,16 @@ impl LinuxTarget {
         self.return_thunk
     }
 
+    /// Where the task list comes from (default: the agent when present).
+    pub fn set_task_source(&mut self, source: TaskSource) {
+        self.source = source;
+    }
+
+    /// The agent's descriptor address announced through the VMM's doorbell.
+    pub fn set_agent_doorbell(&mut self, gpa: Option<u64>) {
+        self.doorbell = gpa.filter(|&g| g != 0);
+    }
+
     /// The CPU each vCPU runs: its GS base (kernel mode) or KERNEL_GS_BASE
     /// (user mode) matched against `__per_cpu_offset[]`.
     fn cpu_of(vcpus: &[VcpuState], per_cpu: &[u64]) -> Vec<Option<u32>> {
@@ -194,6 +229,14 @@ impl LinuxTarget {
                 base.and_then(|b| per_cpu.iter().position(|&o| o == b)).map(|c| c as u32)
             })
             .collect()
+    }
+}
+
+fn view_error(e: ViewError) -> TargetError {
+    match e {
+        ViewError::Walk(t) => task_error(t),
+        e if e.is_retry() => TargetError::Inconsistent(e.to_string()),
+        e => TargetError::Untrusted { cause: e.cause(), message: e.to_string() },
     }
 }
 
@@ -240,7 +283,16 @@ impl TargetKernel for LinuxTarget {
 
     fn tasks(&self, mem: &mut dyn KernelMemory, vcpus: &[VcpuState]) -> Result<TaskList, TargetError> {
         let k = &self.kallsyms;
-        let list = tasks::all_tasks(mem, k, &self.offsets).map_err(task_error)?;
+        let hint = self.doorbell.map(AgentHint::Doorbell).or(match self.agent_at.load(Ordering::Relaxed) {
+            0 => None,
+            v => Some(AgentHint::Virt(v)),
+        });
+        let read = view::read_tasks(mem, k, Some(&self.btf), Some(&self.offsets), self.source, hint).map_err(view_error)?;
+        self.agent_at.store(read.agent_at().unwrap_or(0), Ordering::Relaxed);
+        if let Some(note) = &read.note {
+            debug!(%note, "task list without the agent");
+        }
+        let list = read.tasks;
         let per_cpu = tasks::per_cpu_offsets(mem, k, vcpus.len()).map_err(task_error)?;
         let cpu_of = Self::cpu_of(vcpus, &per_cpu);
         let cur_sym = k.first_addr("current_task").ok_or_else(|| TargetError::Malformed("no current_task symbol".into()))?;
@@ -276,6 +328,10 @@ impl TargetKernel for LinuxTarget {
 
     fn link_env<'a>(&'a self, mem: &'a mut dyn KernelMemory) -> Box<dyn LinkEnv + 'a> {
         Box::new(GuestEnv { target: self, mem })
+    }
+
+    fn unwinder(&self) -> Option<&OrcUnwinder> {
+        self.unwinder.as_ref()
     }
 }
 
