@@ -148,6 +148,17 @@ pub struct AttachArgs {
     /// Time-out of each gdbstub request, in milliseconds.
     #[arg(long, default_value_t = 20_000, value_name = "MS")]
     pub timeout_ms: u64,
+    /// The safety check: `orc` unwinds every stack with the kernel's ORC
+    /// data (a stack it cannot unwind is scanned word by word instead, and
+    /// the result's `check` says which and why); `conservative` scans every
+    /// word of every stack (Ksplice's check: stale code addresses count).
+    #[arg(long, default_value = "orc", value_parser = ["orc", "conservative"])]
+    pub check: String,
+    /// Where a Linux guest's task list comes from: `auto` (the vsplice guest
+    /// agent when loaded, checked against the BTF walk; else the walk),
+    /// `agent` (refuse without a sound agent), `agentless` (the walk only).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "agent", "agentless"])]
+    pub tasks: String,
 }
 
 fn parse_num(s: &str) -> Result<u64, String> {
@@ -236,7 +247,8 @@ fn connect(g: &AttachArgs) -> Result<(Box<dyn TargetKernel>, GdbBackend), ExitCo
     let opts = GdbOptions { timeout: std::time::Duration::from_millis(g.timeout_ms), ..GdbOptions::default() };
     if g.target == "linux" {
         let (mut be, vcpus) = attach_gdb(&g.gdb, opts).map_err(|e| bad_input(&e, e.cause()))?;
-        let target = LinuxTarget::open(&mut be, vcpus).map_err(|e| bad_input(&e, e.cause()))?;
+        let mut target = LinuxTarget::open(&mut be, vcpus).map_err(|e| bad_input(&e, e.cause()))?;
+        target.set_task_source(g.tasks.parse().unwrap_or_default());
         return Ok((Box::new(target), be));
     }
     let kernel = g.kernel.as_deref().ok_or_else(|| {
@@ -278,6 +290,7 @@ fn with_patcher(g: &AttachArgs, attempts: u32, f: impl FnOnce(&mut Patcher<'_, &
     };
     let mut cfg = TxnConfig::new(g.arena.clone());
     cfg.max_attempts = attempts;
+    cfg.check = g.check.parse().unwrap_or_default();
     let code = {
         let mut p = Patcher::new(&mut backend, &*target, cfg);
         f(&mut p)
