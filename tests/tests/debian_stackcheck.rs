@@ -27,7 +27,7 @@ use vsplice_patcher::linux::view::{self, LinuxView, TaskSource};
 use vsplice_patcher::target::{SymbolTable, TaskList};
 use vsplice_patcher::txn::Conflict;
 use vsplice_tests::debian::Flavour;
-use vsplice_tests::qemu::{Guest, QemuConfig};
+use vsplice_tests::qemu::Guest;
 use vsplice_tests::testguest::vm_lock;
 
 /// `[<0>] name+0xoff/0xsize [module]` lines per tid, reduced to `name+0xoff`.
@@ -110,8 +110,7 @@ fn run_check(live: &mut Live, mode: CheckMode, u: &OrcUnwinder, v: &LinuxView, t
 
 fn stack_e2e(flavour: Flavour) {
     let _l = vm_lock();
-    let cfg = QemuConfig::debian(flavour, &format!("stackcheck-{flavour}")).unwrap();
-    let mut g = Guest::boot(cfg).unwrap_or_else(|e| panic!("{e}"));
+    let Some(mut g) = agentlive::boot(flavour, &format!("stackcheck-{flavour}")) else { return };
     let addr = g.gdb_addr().unwrap().to_string();
     g.run_ok("insmod /modules/extra/vsplice_stale.ko && mthreads 16 vsplmt >/tmp/mt.log 2>&1 & while ! grep -q ready /tmp/mt.log; do sleep 0.1; done; sleep 1").unwrap();
     let pid = |g: &mut Guest, p: &str| -> u64 { g.run_ok(&format!("cat /sys/module/vsplice_stale/parameters/{p}")).unwrap().trim().parse().unwrap() };

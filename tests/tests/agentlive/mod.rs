@@ -77,6 +77,27 @@ impl Live {
     }
 }
 
+/// Boots a Debian flavour (the agent loaded by /init); `None` after a loud
+/// skip when the images or QEMU are missing.
+pub fn boot(flavour: vsplice_tests::debian::Flavour, label: &str) -> Option<vsplice_tests::qemu::Guest> {
+    use vsplice_tests::harness_error::HarnessError;
+    let cfg = match vsplice_tests::qemu::QemuConfig::debian(flavour, label) {
+        Ok(c) => c,
+        Err(e) => {
+            vsplice_tests::skip::skip(label, &e.to_string());
+            return None;
+        }
+    };
+    match vsplice_tests::qemu::Guest::boot(cfg) {
+        Ok(g) => Some(g),
+        Err(e @ HarnessError::Spawn { .. }) => {
+            vsplice_tests::skip::skip(label, &e.to_string());
+            None
+        }
+        Err(e) => panic!("{label}: the guest does not boot: {e}"),
+    }
+}
+
 /// How /proc names a task whose `comm` is `comm` (kworkers add their
 /// workqueue, a 15-byte kthread comm is shown untruncated).
 pub fn comm_matches(comm: &str, proc_name: &str) -> bool {
