@@ -11,6 +11,10 @@ bash images/build-testguest.sh
 if [[ -f images/debian-kernels.sh ]]; then
     bash images/debian-kernels.sh
 fi
+# An older Debian kernel ABI still in the archive (live-patch no_match tests).
+if [[ -f images/debian-prev-kernel.sh ]]; then
+    bash images/debian-prev-kernel.sh amd64
+fi
 
 skips="$root/target/test-skips.txt"
 mkdir -p "$root/target"

@@ -96,3 +96,33 @@ pub fn debian_images(flavour: Flavour) -> Result<DebianImages, HarnessError> {
     }
     Ok(img)
 }
+
+/// The previous Debian ABI of a flavour (`target/images/debian-<flavour>-prev/`,
+/// made by `images/debian-prev-kernel.sh`): only its bzImage and names.
+pub fn debian_prev_images(flavour: Flavour) -> Result<DebianImages, HarnessError> {
+    let dir = workspace_root().join("target/images").join(format!("debian-{}-prev", flavour.name()));
+    let missing = |what: &str| HarnessError::ImagesMissing {
+        what: format!("{} ({what})", dir.display()),
+        hint: "run images/debian-prev-kernel.sh (an older ABI must still be in the archive)".into(),
+    };
+    let read = |name: &str| -> Result<String, HarnessError> {
+        std::fs::read_to_string(dir.join(name)).map(|s| s.trim().to_string()).map_err(|_| missing(name))
+    };
+    let (abi, release, version) = (read("abi")?, read("release")?, read("version")?);
+    let vmlinuz = dir.join("vmlinuz");
+    if !vmlinuz.is_file() {
+        return Err(missing("vmlinuz"));
+    }
+    Ok(DebianImages {
+        flavour,
+        vmlinuz,
+        initramfs: dir.join("initramfs.cpio.gz"),
+        config: dir.join("config"),
+        headers: dir.join("headers"),
+        modules: dir.join("modules"),
+        dir,
+        abi,
+        release,
+        version,
+    })
+}

@@ -26,14 +26,17 @@ use vsplice_tests::qemu::{Guest, QemuConfig};
 use vsplice_tests::skip::skip;
 use vsplice_tests::testguest::{vm_lock, vsplice_bin};
 
+/// Boots a Debian guest without the vsplice agent: these tests exercise the
+/// agentless path (nothing of vsplice inside the guest).
 fn boot(flavour: Flavour, label: &str) -> Option<Guest> {
-    let cfg = match QemuConfig::debian(flavour, label) {
+    let mut cfg = match QemuConfig::debian(flavour, label) {
         Ok(c) => c,
         Err(e) => {
             skip(label, &e.to_string());
             return None;
         }
     };
+    cfg.extra_append.push("vsplice.agent=0".into());
     Some(Guest::boot(cfg).expect("guest boots"))
 }
 
@@ -124,7 +127,7 @@ fn example_patches_apply_and_revert() {
     let tnext_src = TNEXT_PATCH.replace("QUAL", &format!("{qual:?}"));
     let tnext = linuxpatch::build_text(&img, &image, "tty_tnext", &tnext_src, true).unwrap();
     // Without the qualifier the build refuses to guess.
-    let e = linuxpatch::build_text(&img, &image, "tty_tnext_unqualified", &tnext_src.replace("VSPLICE_LOCAL(t_next, ", "// "), true).unwrap_err();
+    let e = linuxpatch::build_text(&img, &image, "tty_tnext_unqualified", &tnext_src.replace("VSPLICE_LOCAL(t_next, ", "// "), true).map(|_| ()).unwrap_err();
     assert!(e.to_string().contains("ambiguous") || format!("{:?}", e).contains("Ambiguous"), "{e:?}");
 
     let cmdline_before = g.run_ok("cat /proc/cmdline").unwrap();
@@ -173,6 +176,37 @@ fn example_patches_apply_and_revert() {
     assert_eq!(g.run_ok("cat /proc/execdomains").unwrap(), exec_before);
     assert_eq!(g.run_ok("cat /proc/tty/drivers").unwrap(), tty_before);
 
+    // Alternatives for the guest's CPU, jump labels frozen, a WARN dropped.
+    let specials = linuxpatch::build(&img, &image, &fixture("specials.c")).unwrap();
+    let flags = g.run_ok("grep -m1 '^flags' /proc/cpuinfo").unwrap();
+    let has = |f: &str| flags.split_whitespace().any(|w| w == f);
+    {
+        let mut p = linuxpatch::patcher(&g, &mut be, &target);
+        let r = p.apply(&specials);
+        assert!(r.is_ok(), "{}", r.to_json());
+        eprintln!("notes: {:#?}", r.notes);
+        for want in [
+            "alternatives:",
+            "frozen to no jump (static key cpusets_enabled_key is disabled",
+            "frozen to no jump (static key vsplice_key is enabled",
+            "1 WARN site(s) dropped",
+        ] {
+            assert!(r.notes.iter().any(|n| n.contains(want)), "no note {want:?} in {:?}", r.notes);
+        }
+    }
+    let want = format!(
+        "{} {} no-cpusets key-on\n",
+        if has("hypervisor") { "hypervisor" } else { "no-hypervisor" },
+        if has("sse4_2") { "sse4_2" } else { "no-sse4_2" }
+    );
+    assert_eq!(g.run_ok("cat /proc/execdomains").unwrap(), want);
+    {
+        let mut p = linuxpatch::patcher(&g, &mut be, &target);
+        let r = p.revert(&specials.manifest.id);
+        assert!(r.is_ok(), "{}", r.to_json());
+    }
+    assert_eq!(g.run_ok("cat /proc/execdomains").unwrap(), exec_before);
+
     // The same through the CLI (which identifies the kernel itself).
     linuxpatch::detach(be).unwrap();
     let dir = std::env::temp_dir().join(format!("vsplice-linux-cli-{}", std::process::id()));
@@ -207,6 +241,244 @@ fn example_patches_apply_and_revert() {
     g.check_console().unwrap();
 }
 
+/// `tests/tests/linux_patches/<name>`: patches that exist for tests.
+fn fixture(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/linux_patches").join(name)
+}
+
 fn path(p: &Path) -> &str {
     p.to_str().unwrap()
+}
+
+const READER: &str = r#"#!/bin/sh
+# One reader: /proc/version until /tmp/stop exists, every read on its own line.
+while [ ! -e /tmp/stop ]; do cat /proc/version; done >"/tmp/reader.$1" 2>&1
+touch "/tmp/reader.$1.done"
+"#;
+
+/// Several guest processes read /proc/version in a loop while the host
+/// applies and reverts example 2 (version_proc_show, a hot path) 200
+/// times: every line read is the old text or the new one, the console
+/// stays clean, and the guest still answers.
+#[test]
+fn stress_readers_see_old_or_new_text_through_200_cycles() {
+    const CYCLES: usize = 200;
+    const READERS: usize = 3;
+    let _l = vm_lock();
+    let flavour = Flavour::Amd64;
+    let Some(mut g) = boot(flavour, "linux_stress") else { return };
+    let img = debian_images(flavour).unwrap();
+    let image = LinuxImage::open(&img.vmlinuz).unwrap();
+    let patch = linuxpatch::build(&img, &image, &linuxpatch::example("version_marker.c")).unwrap();
+    let old = g.run_ok("cat /proc/version").unwrap().trim_end().to_owned();
+    let new = format!("{old} [vsplice]");
+    g.run_ok(&format!("rm -f /tmp/stop /tmp/reader.*; cat >/tmp/reader.sh <<'EOF'\n{READER}EOF")).unwrap();
+    for i in 0..READERS {
+        g.run_ok(&format!("sh /tmp/reader.sh {i} </dev/null >/dev/null 2>&1 &")).unwrap();
+    }
+    g.run_ok("sleep 1; test -s /tmp/reader.0").unwrap();
+    let (mut be, target) = linuxpatch::attach(&g).unwrap();
+    let t0 = std::time::Instant::now();
+    let (mut attempts, mut max_down, mut downs) = (0u32, 0u64, Vec::new());
+    {
+        let mut p = linuxpatch::patcher(&g, &mut be, &target);
+        for i in 0..CYCLES {
+            let r = p.apply(&patch);
+            assert!(r.is_ok(), "apply {i}: {}", r.to_json());
+            let v = p.revert(&patch.manifest.id);
+            assert!(v.is_ok(), "revert {i}: {}", v.to_json());
+            for t in [r.timings, v.timings] {
+                attempts += t.attempts;
+                max_down = max_down.max(t.downtime_us);
+                downs.push(t.downtime_us);
+            }
+        }
+    }
+    downs.sort_unstable();
+    eprintln!(
+        "{CYCLES} apply/revert cycles in {:?}: {attempts} pauses for {} transactions, downtime p50 {} us, max {max_down} us",
+        t0.elapsed(),
+        2 * CYCLES,
+        downs[downs.len() / 2]
+    );
+    linuxpatch::detach(be).unwrap();
+    g.run_ok(&format!("touch /tmp/stop; n=0; while [ $(ls /tmp/reader.*.done 2>/dev/null | wc -l) -lt {READERS} ] && [ $n -lt 300 ]; do sleep 0.1; n=$((n+1)); done; ls /tmp/reader.*.done")).unwrap();
+    let out = g.run_with("cat /tmp/reader.0 /tmp/reader.1 /tmp/reader.2", vsplice_tests::qemu::RunOptions::new(std::time::Duration::from_secs(120)).gz()).unwrap();
+    let all = out.text();
+    let (mut n_old, mut n_new) = (0usize, 0usize);
+    for (i, l) in all.lines().enumerate() {
+        if l == old {
+            n_old += 1;
+        } else if l == new {
+            n_new += 1;
+        } else {
+            panic!("line {i} is neither the old nor the new text: {l:?}");
+        }
+    }
+    eprintln!("readers: {n_old} old lines, {n_new} new lines");
+    assert!(n_old > 0 && n_new > 0, "the readers must have seen both texts ({n_old} old, {n_new} new)");
+    assert_eq!(g.run_ok("cat /proc/version").unwrap().trim_end(), old);
+    assert_eq!(g.run_ok("echo alive").unwrap(), "alive\n");
+    g.check_console().unwrap();
+}
+
+const UNKNOWN_SYMBOL: &str = r#"
+#include <linux/seq_file.h>
+#include "vsplice.h"
+void vsplice_no_such_function(struct seq_file *m);
+static int cmdline_unknown(struct seq_file *m, void *v) { vsplice_no_such_function(m); return 0; }
+VSPLICE_REPLACE(cmdline_proc_show, cmdline_unknown);
+"#;
+
+const AMBIGUOUS: &str = r#"
+#include <linux/seq_file.h>
+#include "vsplice.h"
+void *t_next(struct seq_file *m, void *v, loff_t *pos);   /* 6+ statics of that name */
+static int cmdline_ambiguous(struct seq_file *m, void *v) { loff_t p = 0; return t_next(m, v, &p) ? 1 : 0; }
+VSPLICE_REPLACE(cmdline_proc_show, cmdline_ambiguous);
+"#;
+
+const EX_TABLE: &str = r#"
+#include <linux/seq_file.h>
+#include <linux/uaccess.h>
+#include "vsplice.h"
+static int cmdline_user(struct seq_file *m, void *v)
+{
+	int x = 0;
+	/* An access that may fault: its fixup lives in __ex_table. */
+	__get_kernel_nofault(&x, (int *)v, int, fault);
+	return x;
+fault:
+	return -EFAULT;
+}
+VSPLICE_REPLACE(cmdline_proc_show, cmdline_user);
+"#;
+
+const TOO_SMALL: &str = r#"
+#include <linux/kernel.h>
+#include <asm/processor.h>
+#include "vsplice.h"
+static void abort_v2(void) { for (;;) cpu_relax(); }
+/* abort() is a 5-byte fentry NOP and a 2-byte ud2: no room for a jump. */
+VSPLICE_REPLACE(abort, abort_v2);
+"#;
+
+/// The image's payload with one byte of `func` changed (after its fentry
+/// NOP, outside every mask), as a vmlinux file with its relocation table:
+/// what a patch built for a slightly different kernel of the same build-id
+/// would expect.
+fn modified_image(img: &vsplice_tests::debian::DebianImages, image: &LinuxImage, func: &str) -> std::path::PathBuf {
+    use object::read::elf::{ElfFile64, ProgramHeader};
+    let bz = std::fs::read(&img.vmlinuz).unwrap();
+    let mut payload = vsplice_patcher::linux::image::bzimage_payload(&bz).unwrap();
+    let addr = image.symbols().resolve(func, None).unwrap().addr + 5;
+    let off = {
+        let elf = ElfFile64::<object::Endianness>::parse(&*payload).unwrap();
+        let e = elf.endian();
+        let ph = elf.elf_program_headers().iter().find(|p| p.p_vaddr(e) <= addr && addr < p.p_vaddr(e) + p.p_filesz(e)).unwrap();
+        (ph.p_offset(e) + addr - ph.p_vaddr(e)) as usize
+    };
+    payload[off] ^= 0x01;
+    let out = std::env::temp_dir().join(format!("vsplice-modified-vmlinux-{}", std::process::id()));
+    std::fs::write(&out, payload).unwrap();
+    out
+}
+
+/// Refusals on a live Debian guest, each with its own cause and the guest
+/// untouched: a task sleeping inside the target gives `code_busy` naming it
+/// (then the apply succeeds once it left); a patch built for the previous
+/// Debian ABI and one whose expected bytes differ give `no_match`; bad patch
+/// files give `bad_patch`, `failed_to_find` or `unsupported_section` with
+/// their reasons.
+#[test]
+fn refusals_leave_the_guest_untouched() {
+    let _l = vm_lock();
+    let flavour = Flavour::Amd64;
+    let Some(mut g) = boot(flavour, "linux_refusals") else { return };
+    let img = debian_images(flavour).unwrap();
+    let image = LinuxImage::open(&img.vmlinuz).unwrap();
+    let nsleep = linuxpatch::build(&img, &image, &fixture("common_nsleep_copy.c")).unwrap();
+    let cmdline = linuxpatch::build(&img, &image, &linuxpatch::example("cmdline_marker.c")).unwrap();
+    let build_text = |name: &str, c: &str| linuxpatch::build_text(&img, &image, name, c, false).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let cmdline_before = g.run_ok("cat /proc/cmdline").unwrap();
+
+    // code_busy: `sleep` blocks in clock_nanosleep -> common_nsleep -> hrtimer_nanosleep.
+    let pid: u64 = g.run_ok("sleep 3600 </dev/null >/dev/null 2>&1 & echo $!").unwrap().trim().parse().unwrap();
+    g.run_ok(&format!("n=0; until grep -q '^State:.*S' /proc/{pid}/status && [ \"$(cat /proc/{pid}/wchan)\" != 0 ]; do sleep 0.1; n=$((n+1)); [ $n -lt 50 ] || exit 1; done")).unwrap();
+    let (mut be, target) = linuxpatch::attach(&g).unwrap();
+    let text_of = |be: &mut linuxpatch::Attached, name: &str| {
+        let s = target.symbols().resolve(name, None).unwrap().clone();
+        GuestMem::new(be, target.page_table_root(), 0).read_vec(s.addr, s.size as usize).unwrap()
+    };
+    let watched = ["common_nsleep", "cmdline_proc_show", "abort"];
+    let before: Vec<Vec<u8>> = watched.iter().map(|n| text_of(&mut be, n)).collect();
+    {
+        let mut p = linuxpatch::patcher(&g, &mut be, &target);
+        p.config_mut().max_attempts = 3;
+        let r = p.apply(&nsleep);
+        eprintln!("{}", r.to_json());
+        assert_eq!(r.cause.name(), "code_busy", "{}", r.to_json());
+        assert_eq!(r.timings.attempts, 3);
+        let c = r.conflicts.iter().find(|c| c.task_id == Some(pid)).unwrap_or_else(|| panic!("no conflict names pid {pid}: {}", r.to_json()));
+        assert_eq!(c.task.as_deref(), Some("sleep"));
+        assert!(c.function.starts_with("common_nsleep+"), "{c:?}");
+        assert!(p.status().unwrap().patches.is_empty());
+    }
+    assert_eq!(text_of(&mut be, "common_nsleep"), before[0], "the guest's text changed");
+    assert_eq!(g.run_ok("echo fine").unwrap(), "fine\n");
+    g.run_ok(&format!("kill {pid}; n=0; while [ -e /proc/{pid} ] && [ $n -lt 50 ]; do sleep 0.1; n=$((n+1)); done; [ ! -e /proc/{pid} ]")).unwrap();
+    {
+        let mut p = linuxpatch::patcher(&g, &mut be, &target);
+        let r = p.apply(&nsleep);
+        assert!(r.is_ok(), "once the task left: {}", r.to_json());
+    }
+    assert_eq!(g.run_ok("sleep 0.2; echo slept").unwrap(), "slept\n", "sleeping through the patched common_nsleep");
+    {
+        let mut p = linuxpatch::patcher(&g, &mut be, &target);
+        let r = p.revert(&nsleep.manifest.id);
+        assert!(r.is_ok(), "{}", r.to_json());
+    }
+
+    // no_match: built for the previous Debian ABI; then same build-id, different bytes.
+    let mut refusals: Vec<(String, Vec<u8>, &str, &str)> = Vec::new();
+    match vsplice_tests::debian::debian_prev_images(flavour) {
+        Ok(prev) => {
+            let old = LinuxImage::open(&prev.vmlinuz).unwrap();
+            assert_ne!(old.build_id(), image.build_id(), "{} and {} share a build-id", prev.release, img.release);
+            let p = linuxpatch::build(&img, &old, &linuxpatch::example("cmdline_marker.c")).unwrap();
+            refusals.push((format!("built for {}", prev.release), p.to_bytes().unwrap(), "no_match", "build_id"));
+        }
+        Err(e) => skip("linux_no_match_prev_abi", &e.to_string()),
+    }
+    let modified = LinuxImage::open(&modified_image(&img, &image, "cmdline_proc_show")).unwrap();
+    assert_eq!(modified.build_id(), image.build_id());
+    let p = linuxpatch::build(&img, &modified, &linuxpatch::example("cmdline_marker.c")).unwrap();
+    refusals.push(("expects other bytes".into(), p.to_bytes().unwrap(), "no_match", "run_pre"));
+    // Bad patch files.
+    let good = cmdline.to_bytes().unwrap();
+    refusals.push(("truncated".into(), good[..good.len() - 100].to_vec(), "bad_patch", "truncated"));
+    let mut not_elf = cmdline.clone();
+    not_elf.object = b"#!/bin/sh\necho this is not an ELF object, though long enough to look like one\n".to_vec();
+    refusals.push(("not ELF".into(), not_elf.to_bytes().unwrap(), "bad_patch", "not_elf"));
+    refusals.push(("unknown symbol".into(), build_text("unknown", UNKNOWN_SYMBOL).to_bytes().unwrap(), "failed_to_find", "unknown_symbol"));
+    refusals.push(("ambiguous local".into(), build_text("ambiguous", AMBIGUOUS).to_bytes().unwrap(), "bad_patch", "ambiguous_symbol"));
+    let e = linuxpatch::build_text(&img, &image, "ex_table_checked", EX_TABLE, true).map(|_| ()).unwrap_err();
+    assert_eq!(e.cause(), "unsupported_section", "the build refuses __ex_table too: {e}");
+    refusals.push(("__ex_table".into(), build_text("ex_table", EX_TABLE).to_bytes().unwrap(), "unsupported_section", "ex_table"));
+    refusals.push(("target too small".into(), build_text("too_small", TOO_SMALL).to_bytes().unwrap(), "bad_patch", "target_too_small"));
+    {
+        let mut p = linuxpatch::patcher(&g, &mut be, &target);
+        for (what, bytes, cause, reason) in &refusals {
+            let r = p.apply_bytes(bytes);
+            eprintln!("{what}: {} / {:?}: {}", r.cause.name(), r.reason, r.message);
+            assert_eq!((r.cause.name(), r.reason.as_deref()), (*cause, Some(*reason)), "{what}: {}", r.to_json());
+            assert!(!r.message.is_empty());
+        }
+        assert!(p.status().unwrap().patches.is_empty());
+    }
+    let after: Vec<Vec<u8>> = watched.iter().map(|n| text_of(&mut be, n)).collect();
+    assert_eq!(after, before, "the guest's text changed");
+    linuxpatch::detach(be).unwrap();
+    assert_eq!(g.run_ok("cat /proc/cmdline").unwrap(), cmdline_before);
+    g.check_console().unwrap();
 }

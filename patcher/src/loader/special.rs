@@ -45,6 +45,8 @@ struct Pointee {
     code_off: Option<usize>,
     /// Offset into the data part, when it points into patch data.
     data_off: Option<usize>,
+    /// It points into executable code (not read-only data of the code part).
+    text: bool,
     /// Symbol name (externals) or section name.
     name: String,
 }
@@ -85,23 +87,37 @@ impl Object<'_> {
                     let part_off = (placed.offset as i64).wrapping_add(rel);
                     let code = matches!(placed.class, SectionClass::Code | SectionClass::ReadOnly);
                     let base = if code { parts.code_addr } else { parts.data_addr };
+                    let name = match sym.name() {
+                        Ok(n) if !n.is_empty() && sym.kind() != object::SymbolKind::Section => n.to_owned(),
+                        _ => self.name_at(ts, rel as u64).unwrap_or_else(|| placed.name.clone()),
+                    };
                     Pointee {
                         addr: base.wrapping_add(part_off as u64),
                         code_off: code.then_some(part_off as usize),
                         data_off: (!code).then_some(part_off as usize),
-                        name: placed.name.clone(),
+                        text: placed.class == SectionClass::Code,
+                        name,
                     }
                 }
                 SymbolSection::Undefined => {
                     let name = sym.name().map_err(|e| LoadError::Elf(e.to_string()))?;
                     let v = Self::resolve_external(name, aliases, target)?;
-                    Pointee { addr: v.wrapping_add(r.addend() as u64), code_off: None, data_off: None, name: name.to_owned() }
+                    Pointee { addr: v.wrapping_add(r.addend() as u64), code_off: None, data_off: None, text: false, name: name.to_owned() }
                 }
                 _ => return Err(malformed("special-section relocation against an absolute or common symbol")),
             };
             out.insert(off, p);
         }
         Ok(out)
+    }
+
+    /// The named symbol of section `sec` that covers offset `off`.
+    fn name_at(&self, sec: SectionIndex, off: u64) -> Option<String> {
+        self.file
+            .symbols()
+            .filter(|s| s.section() == SymbolSection::Section(sec) && s.kind() != object::SymbolKind::Section)
+            .find(|s| off >= s.address() && off < s.address() + s.size().max(1))
+            .and_then(|s| s.name().ok().filter(|n| !n.is_empty()).map(str::to_owned))
     }
 
     /// `name+0xoff` of a code-part offset (a defined function of the patch).
@@ -169,7 +185,8 @@ impl Object<'_> {
     }
 
     fn drop_warnings(&self, name: &str, bytes: &[u8], ptr: &HashMap<u64, Pointee>, parts: &mut Parts<'_>, notes: &mut Vec<String>) -> Result<(), LoadError> {
-        let mut starts: Vec<(u64, usize)> = ptr.iter().filter_map(|(&o, p)| p.code_off.map(|c| (o, c))).collect();
+        // Each entry's first field points at its ud2; the file name points into read-only data.
+        let mut starts: Vec<(u64, usize)> = ptr.iter().filter(|(_, p)| p.text).filter_map(|(&o, p)| p.code_off.map(|c| (o, c))).collect();
         starts.sort_unstable();
         if starts.is_empty() {
             return Ok(());
