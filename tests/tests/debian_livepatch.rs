@@ -41,7 +41,49 @@ fn boot(flavour: Flavour, label: &str) -> Option<Guest> {
 }
 
 /// Every byte of the live kernel text equals the image's, except where the
-/// image's boot-rewrite tables say the kernel rewrote it.
+/// image's boot-rewrite tables say the kernel rewrote it; and the masks
+/// really cover rewritten bytes (KASLR moved the kernel).
+fn check_masks(g: &Guest, img: &vsplice_tests::debian::DebianImages, image: &LinuxImage) -> Result<(), String> {
+    eprintln!("{}: rewrite sites {:?}", img.release, image.rewrites().counts);
+    let (mut be, target) = linuxpatch::attach(g)?;
+    let slide = target.slide().ok_or("no slide")?.virt;
+    let k = image.kallsyms();
+    let (t0, t1) = (k.first_addr("_text").ok_or("_text")?, k.first_addr("_etext").ok_or("_etext")?);
+    let want = image.bytes_at(t0, t1 - t0).ok_or("text not in the image")?.to_vec();
+    let live = GuestMem::new(&mut be, target.page_table_root(), 0).read_vec(t0.wrapping_add(slide), (t1 - t0) as usize).map_err(|e| e.to_string())?;
+    linuxpatch::detach(be)?;
+    let mut masked = vec![false; want.len()];
+    for m in image.masks(t0, t1 - t0) {
+        masked[m.offset as usize..(m.offset + m.len) as usize].fill(true);
+    }
+    let mut by_sym: BTreeMap<String, usize> = BTreeMap::new();
+    let (mut hidden, mut n_masked) = (0usize, 0usize);
+    for i in 0..want.len() {
+        n_masked += usize::from(masked[i]);
+        if want[i] != live[i] {
+            if masked[i] {
+                hidden += 1;
+            } else {
+                let name = image.symbols().describe(t0 + i as u64);
+                *by_sym.entry(name.split('+').next().unwrap_or("?").to_owned()).or_default() += 1;
+            }
+        }
+    }
+    eprintln!(
+        "{}: {} text bytes, {n_masked} masked ({:.1}%), {hidden} rewritten at boot (all masked), slide {slide:#x}",
+        img.release,
+        want.len(),
+        100.0 * n_masked as f64 / want.len() as f64
+    );
+    if !by_sym.is_empty() {
+        return Err(format!("{} unmasked differing bytes in {} symbols: {:?}", by_sym.values().sum::<usize>(), by_sym.len(), by_sym.iter().take(40).collect::<Vec<_>>()));
+    }
+    if slide == 0 || hidden == 0 {
+        return Err(format!("nothing was rewritten (slide {slide:#x}): the test proves nothing"));
+    }
+    Ok(())
+}
+
 #[test]
 fn live_text_equals_the_image_under_the_masks() {
     let _l = vm_lock();
@@ -49,31 +91,43 @@ fn live_text_equals_the_image_under_the_masks() {
     let Some(g) = boot(flavour, "runpre_masks") else { return };
     let img = debian_images(flavour).unwrap();
     let image = LinuxImage::open(&img.vmlinuz).unwrap();
-    eprintln!("rewrite sites: {:?}", image.rewrites().counts);
-    let (mut be, target) = linuxpatch::attach(&g).unwrap();
-    let slide = target.slide().unwrap().virt;
-    let k = image.kallsyms();
-    let (t0, t1) = (k.first_addr("_text").unwrap(), k.first_addr("_etext").unwrap());
-    let want = image.bytes_at(t0, t1 - t0).unwrap().to_vec();
-    let mut mem = GuestMem::new(&mut be, target.page_table_root(), 0);
-    let live = mem.read_vec(t0.wrapping_add(slide), (t1 - t0) as usize).unwrap();
-    let masks = image.masks(t0, t1 - t0);
-    let mut masked = vec![false; want.len()];
-    for m in &masks {
-        masked[m.offset as usize..(m.offset + m.len) as usize].fill(true);
-    }
-    let mut by_sym: BTreeMap<String, usize> = BTreeMap::new();
-    for i in 0..want.len() {
-        if want[i] != live[i] && !masked[i] {
-            let name = image.symbols().describe(t0 + i as u64);
-            let base = name.split('+').next().unwrap_or("?").to_owned();
-            *by_sym.entry(base).or_default() += 1;
-        }
-    }
-    eprintln!("{} unmasked differing bytes in {} symbols: {:?}", by_sym.values().sum::<usize>(), by_sym.len(), by_sym.iter().take(60).collect::<Vec<_>>());
-    assert!(by_sym.is_empty());
+    check_masks(&g, &img, &image).unwrap();
 }
 
+/// The cloud kernel: its text under the masks, and examples 1 and 2 applied
+/// and reverted.
+#[test]
+fn cloud_kernel_masks_and_examples() {
+    let _l = vm_lock();
+    let flavour = Flavour::CloudAmd64;
+    let Some(mut g) = boot(flavour, "cloud_examples") else { return };
+    let img = debian_images(flavour).unwrap();
+    let image = LinuxImage::open(&img.vmlinuz).unwrap();
+    check_masks(&g, &img, &image).unwrap();
+    let cmdline = linuxpatch::build(&img, &image, &linuxpatch::example("cmdline_marker.c")).unwrap();
+    let version = linuxpatch::build(&img, &image, &linuxpatch::example("version_marker.c")).unwrap();
+    let (c0, v0) = (g.run_ok("cat /proc/cmdline").unwrap(), g.run_ok("cat /proc/version").unwrap());
+    let (mut be, target) = linuxpatch::attach(&g).unwrap();
+    {
+        let mut p = linuxpatch::patcher(&g, &mut be, &target);
+        for patch in [&cmdline, &version] {
+            let r = p.apply(patch);
+            assert!(r.is_ok(), "{}", r.to_json());
+        }
+    }
+    assert_eq!(g.run_ok("cat /proc/cmdline").unwrap(), format!("{} vsplice.marker=cmdline\n", c0.trim_end()));
+    assert_eq!(g.run_ok("cat /proc/version").unwrap(), format!("{} [vsplice]\n", v0.trim_end()));
+    {
+        let mut p = linuxpatch::patcher(&g, &mut be, &target);
+        for patch in [&cmdline, &version] {
+            let r = p.revert(&patch.manifest.id);
+            assert!(r.is_ok(), "{}", r.to_json());
+        }
+    }
+    linuxpatch::detach(be).unwrap();
+    assert_eq!((g.run_ok("cat /proc/cmdline").unwrap(), g.run_ok("cat /proc/version").unwrap()), (c0, v0));
+    g.check_console().unwrap();
+}
 
 fn vsplice(args: &[&str]) -> Output {
     let bin = vsplice_bin();
