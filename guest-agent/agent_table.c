@@ -25,6 +25,8 @@
 
 struct vsplice_agent_header *vsa_hdr;
 struct vsplice_agent_task *vsa_tasks;
+/* The authoritative header; vsa_hdr is its published copy. */
+static struct vsplice_agent_header vsa_own;
 
 static DEFINE_RAW_SPINLOCK(vsa_lock);
 static size_t vsa_block_size;
@@ -81,22 +83,29 @@ static void hash_delete(unsigned int i)
 
 static void begin_update(void)
 {
-	WRITE_ONCE(vsa_hdr->seq, vsa_hdr->seq + 1);
+	vsa_own.seq++;
+	WRITE_ONCE(vsa_hdr->seq, vsa_own.seq);
 	smp_wmb();
 }
 
+/*
+ * Publishes the agent's own copy of the header: the shared page is only
+ * ever written, never trusted, so whatever the host scribbles there is
+ * overwritten at the next event and cannot steer the agent.
+ */
 static void end_update(void)
 {
 	struct vsplice_agent_header copy;
-	u64 seq = vsa_hdr->seq + 1;
 
-	vsa_hdr->updates++;
-	memcpy(&copy, vsa_hdr, sizeof(copy));
-	copy.seq = seq;
-	copy.header_sum = 0;
-	vsa_hdr->header_sum = vsa_sum(&copy, offsetof(struct vsplice_agent_header, header_sum));
+	vsa_own.updates++;
+	vsa_own.seq++;
+	vsa_own.header_sum = 0;
+	vsa_own.header_sum = vsa_sum(&vsa_own, offsetof(struct vsplice_agent_header, header_sum));
+	copy = vsa_own;
+	copy.seq = vsa_own.seq - 1;
+	memcpy(vsa_hdr, &copy, sizeof(copy));
 	smp_wmb();
-	WRITE_ONCE(vsa_hdr->seq, seq);
+	WRITE_ONCE(vsa_hdr->seq, vsa_own.seq);
 }
 
 static void snapshot(struct vsplice_agent_task *e, struct task_struct *t)
@@ -132,19 +141,19 @@ void vsa_table_add(struct task_struct *t)
 	if (pos >= 0) {
 		struct vsplice_agent_task *old = &vsa_tasks[vsa_hash[pos] - 1];
 
-		vsa_hdr->tasks_sum -= vsa_sum(old, sizeof(*old));
+		vsa_own.tasks_sum -= vsa_sum(old, sizeof(*old));
 		*old = e;
-		vsa_hdr->tasks_sum += vsa_sum(old, sizeof(*old));
-	} else if (vsa_hdr->task_count >= vsa_hdr->task_cap) {
-		vsa_hdr->flags |= VSA_F_OVERFLOW;
-		vsa_hdr->dropped++;
+		vsa_own.tasks_sum += vsa_sum(old, sizeof(*old));
+	} else if (vsa_own.task_count >= vsa_own.task_cap) {
+		vsa_own.flags |= VSA_F_OVERFLOW;
+		vsa_own.dropped++;
 	} else {
-		u32 slot = vsa_hdr->task_count;
+		u32 slot = vsa_own.task_count;
 
 		vsa_tasks[slot] = e;
 		hash_insert(e.task, slot);
-		vsa_hdr->task_count = slot + 1;
-		vsa_hdr->tasks_sum += vsa_sum(&e, sizeof(e));
+		vsa_own.task_count = slot + 1;
+		vsa_own.tasks_sum += vsa_sum(&e, sizeof(e));
 	}
 	end_update();
 	raw_spin_unlock_irqrestore(&vsa_lock, flags);
@@ -158,10 +167,10 @@ void vsa_table_remove(struct task_struct *t)
 	raw_spin_lock_irqsave(&vsa_lock, flags);
 	pos = find_pos((unsigned long)t);
 	if (pos >= 0) {
-		u32 slot = vsa_hash[pos] - 1, last = vsa_hdr->task_count - 1;
+		u32 slot = vsa_hash[pos] - 1, last = vsa_own.task_count - 1;
 
 		begin_update();
-		vsa_hdr->tasks_sum -= vsa_sum(&vsa_tasks[slot], sizeof(vsa_tasks[slot]));
+		vsa_own.tasks_sum -= vsa_sum(&vsa_tasks[slot], sizeof(vsa_tasks[slot]));
 		if (slot != last) {
 			long q = find_pos(vsa_tasks[last].task);
 
@@ -171,7 +180,7 @@ void vsa_table_remove(struct task_struct *t)
 		}
 		memset(&vsa_tasks[last], 0, sizeof(vsa_tasks[last]));
 		hash_delete(pos);
-		vsa_hdr->task_count = last;
+		vsa_own.task_count = last;
 		end_update();
 	}
 	raw_spin_unlock_irqrestore(&vsa_lock, flags);
@@ -190,9 +199,9 @@ void vsa_table_rename(struct task_struct *t, const char *comm)
 		struct vsplice_agent_task *e = &vsa_tasks[vsa_hash[pos] - 1];
 
 		begin_update();
-		vsa_hdr->tasks_sum -= vsa_sum(e, sizeof(*e));
+		vsa_own.tasks_sum -= vsa_sum(e, sizeof(*e));
 		memcpy(e->comm, buf, sizeof(e->comm));
-		vsa_hdr->tasks_sum += vsa_sum(e, sizeof(*e));
+		vsa_own.tasks_sum += vsa_sum(e, sizeof(*e));
 		end_update();
 	}
 	raw_spin_unlock_irqrestore(&vsa_lock, flags);
@@ -200,29 +209,36 @@ void vsa_table_rename(struct task_struct *t, const char *comm)
 
 /*
  * A non-leader thread that execs takes over its leader's pid (de_thread
- * swaps the two). Every task in the table is alive (it leaves the table
- * before its task_struct is freed), so the pids can be re-read.
+ * swaps the two): the exec'ing task gets the leader's pid, the old leader
+ * (still in the table until it is freed) gets old_pid. Only `t` is read;
+ * the table's own pointers are never dereferenced, so a table scribbled on
+ * from outside can mislead readers but cannot crash the guest.
  */
 void vsa_table_exec(struct task_struct *t, pid_t old_pid)
 {
+	pid_t pid = READ_ONCE(t->pid), tgid = READ_ONCE(t->tgid);
 	unsigned long flags;
 	u32 i;
 
-	if (READ_ONCE(t->pid) == old_pid)
+	if (pid == old_pid)
 		return;
 	raw_spin_lock_irqsave(&vsa_lock, flags);
 	begin_update();
-	for (i = 0; i < vsa_hdr->task_count; i++) {
+	for (i = 0; i < vsa_own.task_count; i++) {
 		struct vsplice_agent_task *e = &vsa_tasks[i];
-		struct task_struct *p = (struct task_struct *)(unsigned long)e->task;
-		pid_t pid = READ_ONCE(p->pid), tgid = READ_ONCE(p->tgid);
+		pid_t want;
 
-		if (pid == e->pid && tgid == e->tgid)
+		if (e->task == (unsigned long)t)
+			want = pid;
+		else if (e->pid == pid && e->tgid == tgid)
+			want = old_pid;
+		else
 			continue;
-		vsa_hdr->tasks_sum -= vsa_sum(e, sizeof(*e));
-		e->pid = pid;
-		e->tgid = tgid;
-		vsa_hdr->tasks_sum += vsa_sum(e, sizeof(*e));
+		if (e->pid == want)
+			continue;
+		vsa_own.tasks_sum -= vsa_sum(e, sizeof(*e));
+		e->pid = want;
+		vsa_own.tasks_sum += vsa_sum(e, sizeof(*e));
 	}
 	end_update();
 	raw_spin_unlock_irqrestore(&vsa_lock, flags);
@@ -251,7 +267,7 @@ void vsa_table_fill(void)
 	}
 	raw_spin_lock_irqsave(&vsa_lock, flags);
 	begin_update();
-	vsa_hdr->flags |= VSA_F_LIVE | (idle_all ? VSA_F_IDLE_TASKS : 0);
+	vsa_own.flags |= VSA_F_LIVE | (idle_all ? VSA_F_IDLE_TASKS : 0);
 	end_update();
 	raw_spin_unlock_irqrestore(&vsa_lock, flags);
 }
@@ -263,9 +279,9 @@ u32 vsa_table_snapshot(struct vsplice_agent_task *buf, u32 max, struct vsplice_a
 	u32 n;
 
 	raw_spin_lock_irqsave(&vsa_lock, flags);
-	n = min(max, vsa_hdr->task_count);
+	n = min(max, vsa_own.task_count);
 	memcpy(buf, vsa_tasks, (size_t)n * sizeof(*buf));
-	*hdr = *vsa_hdr;
+	*hdr = vsa_own;
 	raw_spin_unlock_irqrestore(&vsa_lock, flags);
 	return n;
 }
@@ -276,12 +292,11 @@ void vsa_table_kill(void)
 	unsigned long flags;
 
 	raw_spin_lock_irqsave(&vsa_lock, flags);
-	WRITE_ONCE(vsa_hdr->seq, vsa_hdr->seq | 1);
+	vsa_own.seq |= 1;
+	WRITE_ONCE(vsa_hdr->seq, vsa_own.seq);
 	smp_wmb();
-	vsa_hdr->magic[0] = 0;
-	vsa_hdr->magic[1] = 0;
-	vsa_hdr->flags = 0;
-	vsa_hdr->header_sum = 0;
+	memset(vsa_hdr, 0, sizeof(*vsa_hdr));
+	vsa_hdr->seq = vsa_own.seq;
 	raw_spin_unlock_irqrestore(&vsa_lock, flags);
 }
 
@@ -311,11 +326,10 @@ int vsa_table_init(unsigned int cap)
 		vsa_table_free();
 		return -ENOMEM;
 	}
-	h = vsa_hdr;
+	memset(&vsa_own, 0, sizeof(vsa_own));
+	h = &vsa_own;
 	h->version = VSA_VERSION;
 	h->header_size = VSA_HEADER_SIZE;
-	h->self_phys = virt_to_phys(h);
-	h->self_virt = (unsigned long)h;
 	h->boot_id = get_random_u64();
 	h->block_size = vsa_block_size;
 	h->cpu_off = VSA_HEADER_SIZE;
@@ -339,11 +353,13 @@ int vsa_table_init(unsigned int cap)
 	h->off_flags = offsetof(struct task_struct, flags);
 	h->off_exit_state = offsetof(struct task_struct, exit_state);
 	h->irq_stack_size = IRQ_STACK_SIZE;
-	vsa_fill_cpus((struct vsplice_agent_cpu *)((char *)h + h->cpu_off), cpus, &h->flags);
-	list = (u64 *)((char *)h + list_off);
+	h->self_phys = virt_to_phys(vsa_hdr);
+	h->self_virt = (unsigned long)vsa_hdr;
+	vsa_fill_cpus((struct vsplice_agent_cpu *)((char *)vsa_hdr + h->cpu_off), cpus, &h->flags);
+	list = (u64 *)((char *)vsa_hdr + list_off);
 	for (i = 0; i < pages; i++)
 		list[i] = page_to_phys(vmalloc_to_page((char *)vsa_tasks + ((size_t)i << PAGE_SHIFT)));
-	h->static_sum = vsa_sum((char *)h + h->cpu_off, list_off + pages * 8 - h->cpu_off);
+	h->static_sum = vsa_sum((char *)vsa_hdr + h->cpu_off, list_off + pages * 8 - h->cpu_off);
 	/* The magic last: until here nothing looks like a descriptor. */
 	h->magic[0] = VSA_MAGIC0;
 	h->magic[1] = VSA_MAGIC1;

@@ -160,8 +160,19 @@ fn corruption(g: &mut Guest, live: &mut Live, f: &mut Vec<String>) {
     live.lk.vm.flush();
     let strict = live.view(TaskSource::Agent, None);
     check(f, "a garbled header: agent_corrupt", ensure(strict.as_ref().err().map(|e| e.cause()) == Some("agent_corrupt"), || format!("{:?}", strict.map(|v| v.source()))));
+    // ... and into the counts the agent once trusted: it must not index with them.
+    live.lk.vm.backend().write_phys(d.header.self_phys + 0x58, &[0xff; 8]).unwrap();
     live.resume().unwrap();
-    check(f, "the guest is fine after the garbage", g.run_ok("echo alive && ls /proc >/dev/null").map(|_| ()).map_err(|e| e.to_string()));
+    check(f, "the guest is fine after the garbage", g.run_ok("echo alive && ls /proc >/dev/null && /bin/true").map(|_| ()).map_err(|e| e.to_string()));
+    live.stop().unwrap();
+    let mut hb = vec![0u8; 256];
+    live.lk.vm.backend().read_phys(d.header.self_phys, &mut hb).unwrap();
+    let healed = vsplice_patcher::linux::agent::layout::parse_header(&hb, Some(d.header.self_phys));
+    check(f, "the agent republished a sound header at its next event", match healed {
+        Ok(h) => ensure(h.task_cap == d.header.task_cap && h.task_count < 10_000, || format!("cap {} count {}", h.task_cap, h.task_count)),
+        Err(e) => Err(e.to_string()),
+    });
+    live.resume().unwrap();
     g.run_ok("rmmod vsplice_agent && insmod /modules/vsplice_agent.ko").unwrap();
     live.stop().unwrap();
     let (v, _) = live.view_settled(TaskSource::Auto, None, 20);
