@@ -84,6 +84,8 @@ fn stale_word_blocks_the_conservative_check_not_orc_and_patches_survive_a_fork_s
             "ok" => {
                 ok += 1;
                 applied = !applied;
+                // Give the readers time to see each state.
+                std::thread::sleep(std::time::Duration::from_millis(800));
             }
             "code_busy" => busy += 1,
             _ => other.push(r.to_json()),
@@ -106,6 +108,7 @@ fn stale_word_blocks_the_conservative_check_not_orc_and_patches_survive_a_fork_s
     let news = reads.lines().filter(|l| format!("{l}\n") == after).count();
     eprintln!("storm: {ok} ok, {busy} code_busy, {} lines read ({news} patched)", reads.lines().count());
     assert!(other.is_empty(), "unexpected outcomes: {other:#?}");
+    assert!(target.agent_in_use(), "the task lists did not come from the agent");
     assert!(ok >= 6, "{ok} transactions succeeded");
     assert!(bad.is_empty(), "torn or foreign lines: {bad:?}");
     assert!(news > 0, "the readers never saw the patched text");

@@ -219,6 +219,11 @@ impl LinuxTarget {
         self.doorbell = gpa.filter(|&g| g != 0);
     }
 
+    /// True when the last task list came from the agent (checked against the walk).
+    pub fn agent_in_use(&self) -> bool {
+        self.agent_at.load(Ordering::Relaxed) != 0
+    }
+
     /// The CPU each vCPU runs: its GS base (kernel mode) or KERNEL_GS_BASE
     /// (user mode) matched against `__per_cpu_offset[]`.
     fn cpu_of(vcpus: &[VcpuState], per_cpu: &[u64]) -> Vec<Option<u32>> {
