@@ -4,6 +4,7 @@
 # Contents: busybox-static with all its applet links, /init from
 # images/initramfs/init (mounts, kptr_restrict=0, module loading, the serial
 # command protocol), /bin/mthreads (images/initramfs/mthreads.c, gcc -static),
+# /bin/stallprobe (images/initramfs/stallprobe.c: clock_gettime gap probe),
 # the flavour's virtio-serial modules in /modules/base (the fast command
 # channel), the vsplice guest agent (/modules/vsplice_agent.ko, first in
 # /modules/order; images/build-agent.sh builds it) and its test module
@@ -56,6 +57,7 @@ done < <("$busybox" --list-full)
 [ -e "$stage/bin/sh" ] || ln -s busybox "$stage/bin/sh"
 
 gcc -static -O2 -pthread -Wall -Wextra -o "$stage/bin/mthreads" "$here/initramfs/mthreads.c"
+gcc -static -O2 -Wall -Wextra -o "$stage/bin/stallprobe" "$here/initramfs/stallprobe.c"
 install -m 0755 "$here/initramfs/init" "$stage/init"
 
 : >"$stage/modules/order"
