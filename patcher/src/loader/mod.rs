@@ -20,6 +20,8 @@ pub mod reloc;
 pub mod sections;
 pub mod special;
 #[cfg(test)]
+mod special_tests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::{HashMap, HashSet};

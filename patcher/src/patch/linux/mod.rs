@@ -7,6 +7,8 @@
 pub mod kbuild;
 pub mod relocs;
 pub mod rewrites;
+#[cfg(test)]
+mod tests;
 
 use std::path::Path;
 

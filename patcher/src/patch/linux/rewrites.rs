@@ -37,6 +37,8 @@ pub struct Counts(pub Vec<(&'static str, usize)>);
 #[derive(Debug, Clone, Default)]
 pub struct Rewrites {
     sites: Vec<Site>,
+    /// The longest site (alternatives can be longer than one instruction).
+    max_len: u64,
     /// Sites per kind.
     pub counts: Counts,
 }
@@ -156,14 +158,18 @@ impl Rewrites {
             .filter_map(|(i, s)| k.size_of(i).filter(|&n| n <= 64).map(|n| Site { addr: s.addr, len: n as u32, why: "static_call_trampoline" }))
             .collect();
         add(&mut sites, "static_call_trampoline", tramps);
-        sites.sort_unstable();
-        Ok(Self { sites, counts: Counts(counts) })
+        Ok(Self::sorted(sites, Counts(counts)))
     }
 
     /// Builds from explicit sites (tests).
-    pub fn from_sites(mut sites: Vec<Site>) -> Self {
+    pub fn from_sites(sites: Vec<Site>) -> Self {
+        Self::sorted(sites, Counts::default())
+    }
+
+    fn sorted(mut sites: Vec<Site>, counts: Counts) -> Self {
         sites.sort_unstable();
-        Self { sites, counts: Counts::default() }
+        let max_len = sites.iter().map(|s| u64::from(s.len)).max().unwrap_or(0);
+        Self { sites, max_len, counts }
     }
 
     /// Every site.
@@ -176,8 +182,8 @@ impl Rewrites {
     /// overlap (the `why` of the first one kept, the others appended).
     pub fn masks(&self, addr: u64, size: u64) -> Vec<ByteMask> {
         let end = addr.saturating_add(size);
-        // Sites are at most 15 bytes long: start the search a little early.
-        let first = self.sites.partition_point(|s| s.addr.saturating_add(16) <= addr);
+        // No site is longer than max_len: start the search that much early.
+        let first = self.sites.partition_point(|s| s.addr.saturating_add(self.max_len) <= addr);
         let mut out: Vec<ByteMask> = Vec::new();
         for s in self.sites[first..].iter().take_while(|s| s.addr < end) {
             let (a, b) = (s.addr.max(addr), (s.addr + u64::from(s.len)).min(end));
@@ -214,9 +220,10 @@ mod tests {
             Site { addr: 0x100c, len: 6, why: "alternative" },
             Site { addr: 0x103e, len: 5, why: "return_thunk" }, // straddles its end
             Site { addr: 0x1040, len: 5, why: "fentry" },       // next function
+            Site { addr: 0x0fd0, len: 0x32, why: "alternative" }, // long, from far before
         ]);
         let m = r.masks(0x1000, 0x40);
         let got: Vec<(u64, u64, &str)> = m.iter().map(|m| (m.offset, m.len, m.why.as_str())).collect();
-        assert_eq!(got, vec![(0, 5, "reloc32+fentry"), (0xc, 8, "alternative+reloc32"), (0x3e, 2, "return_thunk")]);
+        assert_eq!(got, vec![(0, 5, "alternative+reloc32+fentry"), (0xc, 8, "alternative+reloc32"), (0x3e, 2, "return_thunk")]);
     }
 }
