@@ -536,3 +536,98 @@ fn refusals_leave_the_guest_untouched() {
     assert_eq!(g.run_ok("cat /proc/cmdline").unwrap(), cmdline_before);
     g.check_console().unwrap();
 }
+
+const TWO_SITES: &str = r#"
+#include <linux/init.h>
+#include <linux/kernel.h>
+#include <linux/printk.h>
+#include <linux/seq_file.h>
+#include <linux/utsname.h>
+#include "vsplice.h"
+
+static int cmdline_two(struct seq_file *m, void *v)
+{
+	seq_puts(m, saved_command_line);
+	seq_puts(m, " two\n");
+	return 0;
+}
+VSPLICE_REPLACE(cmdline_proc_show, cmdline_two);
+
+static int execdomains_two(struct seq_file *m, void *v)
+{
+	seq_puts(m, "two\n");
+	return 0;
+}
+VSPLICE_REPLACE(execdomains_proc_show, execdomains_two);
+"#;
+
+/// Crash safety in attached mode on Linux: `vsplice patch apply` of a
+/// two-function patch SIGKILLed at each of its guest-memory writes in turn.
+/// After each kill, `vsplice patch status` reports what the guest's registry
+/// and text say (intent not started / partial / complete), the guest stays
+/// stopped while the text is half-written, `status --recover` completes or
+/// rolls back, and then both functions are patched or neither is.
+#[test]
+fn killed_cli_apply_is_recovered_from_the_guests_registry() {
+    use std::os::unix::process::ExitStatusExt;
+    let _l = vm_lock();
+    let flavour = Flavour::Amd64;
+    let Some(mut g) = boot(flavour, "linux_crash") else { return };
+    let img = debian_images(flavour).unwrap();
+    let image = LinuxImage::open(&img.vmlinuz).unwrap();
+    let patch = linuxpatch::build_text(&img, &image, "two_sites", TWO_SITES, true).unwrap();
+    let dir = std::env::temp_dir().join(format!("vsplice-linux-crash-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let vsp = dir.join("two.vsp");
+    std::fs::write(&vsp, patch.to_bytes().unwrap()).unwrap();
+    let (c0, e0) = (g.run_ok("cat /proc/cmdline").unwrap(), g.run_ok("cat /proc/execdomains").unwrap());
+    let c1 = format!("{} two\n", c0.trim_end());
+    let gdb = g.gdb_addr().unwrap().to_owned();
+    let arena = linuxpatch::arena_arg(&g);
+    let run = |args: &[&str], kill: Option<usize>| {
+        let mut c = Command::new(vsplice_bin());
+        c.args(["patch"]).args(args).args(["--gdb", &gdb, "--target", "linux", "--arena", &arena]).stdin(Stdio::null());
+        if let Some(k) = kill {
+            c.env("VSPLICE_FAULT_KILL_AFTER_WRITES", k.to_string());
+        }
+        c.output().unwrap()
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    for kill_at in 0..40 {
+        let o = run(&["apply", path(&vsp)], Some(kill_at));
+        let killed = o.status.signal() == Some(9);
+        assert!(killed || o.status.success(), "apply at {kill_at}: {}\n{}", text(&o.stdout), text(&o.stderr));
+        if killed {
+            let st = text(&run(&["status"], None).stdout);
+            for state in ["not_started", "partial", "complete"] {
+                if st.contains(&format!("\"text\": \"{state}\"")) {
+                    seen.insert(state);
+                    if state == "partial" {
+                        let r = g.run_with("echo running", vsplice_tests::qemu::RunOptions::new(std::time::Duration::from_secs(3)));
+                        assert!(r.is_err(), "the guest runs half-patched after a kill at write {kill_at}");
+                    }
+                }
+            }
+            let o = run(&["status", "--recover"], None);
+            let st = text(&o.stdout);
+            assert!(o.status.success() && st.contains("\"intent\": null"), "recovery after a kill at {kill_at}: {st}\n{}", text(&o.stderr));
+        }
+        let applied = text(&run(&["list"], None).stdout).contains("two_sites");
+        let (c, e) = (g.run_ok("cat /proc/cmdline").unwrap(), g.run_ok("cat /proc/execdomains").unwrap());
+        if applied {
+            assert_eq!((c, e), (c1.clone(), "two\n".to_owned()), "registry says applied (kill at {kill_at})");
+            let o = run(&["revert", "two_sites"], None);
+            assert!(o.status.success(), "{}", text(&o.stderr));
+        } else {
+            assert_eq!((c, e), (c0.clone(), e0.clone()), "registry says not applied (kill at {kill_at})");
+        }
+        if !killed {
+            eprintln!("apply completes without a kill after {kill_at} writes; intent states seen: {seen:?}");
+            break;
+        }
+    }
+    assert!(seen.contains("not_started") && seen.contains("partial") && seen.contains("complete"), "{seen:?}");
+    assert_eq!(g.run_ok("cat /proc/cmdline").unwrap(), c0);
+    let _ = std::fs::remove_dir_all(&dir);
+    g.check_console().unwrap();
+}
