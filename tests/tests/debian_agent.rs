@@ -13,7 +13,8 @@
 //!   clear `agent_corrupt` when the agent is insisted on), the guest fine,
 //!   a reloaded agent used again;
 //! - the agent unloaded mid-session (a stale address kept): agentless mode,
-//!   `agent_absent` when insisted on; loaded again: used again.
+//!   `agent_absent` when insisted on; loaded again: used again; loaded with a
+//!   table too small for the guest: `agent_overflow`, agentless mode.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::single_range_in_vec_init)]
 
@@ -209,6 +210,18 @@ fn unload(g: &mut Guest, live: &mut Live, f: &mut Vec<String>) {
         Err(e) => Err(e.to_string()),
     });
     live.resume().unwrap();
+    // A table too small for the guest's tasks: never trusted.
+    g.run_ok("rmmod vsplice_agent && insmod /modules/vsplice_agent.ko max_tasks=32 && grep -q overflow /sys/kernel/debug/vsplice_agent/status").unwrap();
+    live.stop().unwrap();
+    let strict = live.view(TaskSource::Agent, None);
+    check(f, "an overflowed table: agent_overflow when the agent is required", ensure(strict.as_ref().err().map(|e| e.cause()) == Some("agent_overflow"), || format!("{:?}", strict.map(|v| v.source()))));
+    let auto = live.view(TaskSource::Auto, None);
+    check(f, "an overflowed table: agentless mode, saying why", match &auto {
+        Ok(v) => ensure(v.source() == "agentless" && v.note.as_deref().is_some_and(|n| n.contains("agent_overflow")), || format!("{} {:?}", v.source(), v.note)),
+        Err(e) => Err(format!("{e} ({})", e.cause())),
+    });
+    live.resume().unwrap();
+    g.run_ok("rmmod vsplice_agent && insmod /modules/vsplice_agent.ko").unwrap();
 }
 
 fn agent_e2e(flavour: Flavour) {

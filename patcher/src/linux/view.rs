@@ -9,6 +9,7 @@
 //! ([`crate::linux::agent::source`]); the check then uses both lists merged
 //! (the agent also knows exiting tasks the walk no longer sees).
 
+use std::collections::HashSet;
 use std::ops::Range;
 use std::str::FromStr;
 
@@ -192,6 +193,18 @@ impl TaskRead {
     }
 }
 
+/// Tasks that have never run: their saved frame (the `inactive_task_frame`
+/// at `thread.sp`) still returns to `ret_from_fork`.
+fn never_ran(mem: &mut dyn KernelMemory, k: &Kallsyms, tasks: &[&Task]) -> HashSet<u64> {
+    let Some(rff) = k.first_addr("ret_from_fork") else { return HashSet::new() };
+    tasks
+        .iter()
+        .filter(|t| !t.on_cpu && t.sp >= t.stack && t.sp < t.stack_end())
+        .filter(|t| mem.read_u64(t.sp + 6 * 8).is_ok_and(|ret| ret == rff))
+        .map(|t| t.addr)
+        .collect()
+}
+
 /// Reads the task list with every vCPU stopped: the agent's (found through
 /// `hint`, else the module list) per `source`, the walk whenever there is
 /// BTF (with `offsets` when already known), and their agreement.
@@ -233,7 +246,8 @@ pub fn read_tasks(
         (None, None) => return Err(ViewError::NoSource("no agent and no BTF".into())),
     };
     if let (Some(a), Some(w)) = (&agent, &walked) {
-        a.compare(w).map_err(|d| ViewError::Agent(AgentError::Mismatch(d)))?;
+        let never_ran = never_ran(mem, k, &a.missing(w));
+        a.compare(w, &never_ran).map_err(|d| ViewError::Agent(AgentError::Mismatch(d)))?;
     }
     let tasks = match (&agent, &walked) {
         (Some(a), Some(w)) => a.merged(w),

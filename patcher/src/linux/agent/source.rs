@@ -5,8 +5,11 @@
 //!
 //! Agreement, with every vCPU stopped (anything else is a disagreement and
 //! the caller refuses with `agent_mismatch`):
-//! - a task the walk sees and the agent does not must be brand new
-//!   (`TASK_NEW`: forked, never woken, so it has never run);
+//! - a task the walk sees and the agent does not must be brand new: never
+//!   run (`TASK_NEW`, or being woken for the first time: the agent adds it
+//!   in `sched_wakeup_new`, just after `__state` turned running; its saved
+//!   frame still returns to `ret_from_fork`) — the caller says which
+//!   tasks never ran;
 //! - a task the agent has and the walk does not must be exiting
 //!   (`PF_EXITING` or an exit state: unhashed, its stack still in use until
 //!   its last switch) or an idle task the walk did not include;
@@ -83,15 +86,16 @@ impl AgentView {
         self.descriptor.header.flags & F_IRQ_STACKS != 0
     }
 
-    /// Checks the agreement rules against the agentless walk.
-    pub fn compare(&self, walk: &[Task]) -> Result<(), Disagreement> {
+    /// Checks the agreement rules against the agentless walk; `never_ran`:
+    /// tasks whose saved frame still returns to `ret_from_fork`.
+    pub fn compare(&self, walk: &[Task], never_ran: &HashSet<u64>) -> Result<(), Disagreement> {
         let mut d = Disagreement::default();
         let agent: HashMap<u64, &Task> = self.tasks.iter().map(|t| (t.addr, t)).collect();
         let walked: HashMap<u64, &Task> = walk.iter().map(|t| (t.addr, t)).collect();
         let idle: HashSet<u64> = self.descriptor.tasks.iter().filter(|e| e.flags & T_IDLE != 0).map(|e| e.task).collect();
         for t in walk {
             match agent.get(&t.addr) {
-                None if t.state & TASK_NEW != 0 => {}
+                None if t.state & TASK_NEW != 0 || never_ran.contains(&t.addr) => {}
                 None => d.only_walk.push(label(t)),
                 Some(a) => {
                     if a.stack != t.stack {
@@ -114,6 +118,12 @@ impl AgentView {
         } else {
             Err(d)
         }
+    }
+
+    /// Tasks of the walk the agent does not have (to ask whether they ever ran).
+    pub fn missing<'w>(&self, walk: &'w [Task]) -> Vec<&'w Task> {
+        let agent: HashSet<u64> = self.tasks.iter().map(|t| t.addr).collect();
+        walk.iter().filter(|t| !agent.contains(&t.addr)).collect()
     }
 
     /// The tasks to check: the agent's, plus any the walk has that the

@@ -149,34 +149,39 @@ fn agreement_rules() {
     let mut g = guest_with(&a);
     let v = view_of(&a, &mut g);
     let walk = walk_from(&v);
-    assert_eq!(v.compare(&walk), Ok(()));
+    let none = std::collections::HashSet::new();
+    assert_eq!(v.compare(&walk, &none), Ok(()));
     // The walk has a brand-new task (never woken): fine; a running one: not.
     let mut w = walk.clone();
     let mut fresh = w[0].clone();
     fresh.addr += 0x100_0000;
     fresh.state = super::source::TASK_NEW;
     w.push(fresh.clone());
-    assert_eq!(v.compare(&w), Ok(()));
+    assert_eq!(v.compare(&w, &none), Ok(()));
     fresh.state = 0;
-    w.push(Task { addr: fresh.addr + 8, ..fresh });
-    let d = v.compare(&w).unwrap_err();
+    let woken = Task { addr: fresh.addr + 8, ..fresh };
+    w.push(woken.clone());
+    let d = v.compare(&w, &none).unwrap_err();
     assert_eq!(d.only_walk.len(), 1, "{d}");
     assert!(!d.is_transient());
+    // ... unless it is being woken for the first time (its frame returns to ret_from_fork).
+    assert_eq!(v.compare(&w, &[woken.addr].into_iter().collect()), Ok(()));
+    assert_eq!(v.missing(&w).len(), 2);
     // The agent has a task the walk lost: only fine while it is exiting.
     let short: Vec<Task> = walk[..2].to_vec();
-    let d = v.compare(&short).unwrap_err();
+    let d = v.compare(&short, &none).unwrap_err();
     assert_eq!(d.only_agent.len(), 1, "{d}");
     let mut exiting = v.clone();
     exiting.exiting.insert(walk[2].addr);
-    assert_eq!(exiting.compare(&short), Ok(()));
+    assert_eq!(exiting.compare(&short, &none), Ok(()));
     assert_eq!(exiting.merged(&short).len(), 3, "the exiting task is still checked");
     // A different stack is a real disagreement; a comm caught mid-rename is transient.
     let mut w = walk.clone();
     w[1].stack += 0x4000;
-    assert!(!v.compare(&w).unwrap_err().is_transient());
+    assert!(!v.compare(&w, &none).unwrap_err().is_transient());
     let mut w = walk.clone();
     w[2].comm = "sh".into();
-    let d = v.compare(&w).unwrap_err();
+    let d = v.compare(&w, &none).unwrap_err();
     assert!(d.is_transient(), "{d}");
     assert!(d.to_string().contains("different pid/comm"), "{d}");
     assert_eq!(AgentError::Mismatch(d).cause(), "agent_mismatch");
