@@ -1,14 +1,23 @@
-//! Issue 4 on stock Debian kernels under QEMU (TCG), patched from outside
-//! over the gdbstub:
+//! Issue 4 on stock Debian kernels under QEMU (TCG, KASLR on), patched from
+//! outside over the gdbstub, agentless, with the harness's `memmap=` arena:
 //!
-//! - run-pre masks: every byte of the live kernel text equals the image's
-//!   except where the image's boot-rewrite tables say the kernel rewrote it;
+//! - run-pre masks (both flavours): every byte of the live kernel text
+//!   equals the image's except where the image's boot-rewrite tables say the
+//!   kernel rewrote it, and such bytes exist;
 //! - the example patches (`examples/patches/linux/`), built with Kbuild and
 //!   applied: /proc/cmdline before, after apply, after revert; new global
 //!   data (a read counter); a call to a static function of the target's
-//!   file; an ambiguous static name resolved with its `pos:N` qualifier;
-//!   the same through the `vsplice patch` CLI;
-//! - (more in the other tests of this file).
+//!   file; an ambiguous static name resolved with its `pos:N` qualifier
+//!   (refused without); out-of-order revert refused; a Kbuild object with
+//!   alternatives, jump labels and a WARN; the same through the CLI; the
+//!   cloud kernel's examples 1 and 2;
+//! - stress: readers of /proc/version through 200 apply/revert cycles of
+//!   example 2 see only the old or the new text; clean console;
+//! - refusals with the text untouched: code_busy naming a task asleep in the
+//!   target (then the apply once it left), no_match (previous Debian ABI;
+//!   modified image), bad patch files each with its cause;
+//! - crash safety: the CLI killed at each write of an apply, recovered from
+//!   the guest's registry.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
