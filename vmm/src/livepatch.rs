@@ -40,7 +40,10 @@ pub enum LivePatchError {
         source: FormatError,
     },
     /// The patches are for a kind of kernel this VMM cannot patch yet.
-    #[error("live patch {path} is for a `{kind}` kernel; this vsplice patches: testguest")]
+    #[error(
+        "live patch {path} is for a `{kind}` kernel; `vsplice run --live-patch` patches the test guest only so far \
+         (Linux guests: `vsplice patch apply --gdb … --target linux`)"
+    )]
     Kind {
         /// The file.
         path: PathBuf,
@@ -63,7 +66,7 @@ impl LivePatchError {
     pub fn cause(&self) -> &'static str {
         match self {
             Self::Patch { .. } => "bad_patch",
-            Self::Kind { .. } => "no_match",
+            Self::Kind { .. } => "unsupported_target",
             Self::Target { .. } => "bad_target",
         }
     }
