@@ -78,8 +78,15 @@ pub struct JumpSite {
 /// Chooses the jump site in a function whose pristine bytes are `code`
 /// (exactly its size) at runtime address `addr`.
 pub fn choose(func: &str, addr: u64, code: &[u8]) -> Result<JumpSite, SiteError> {
+    choose_with(func, addr, code, false)
+}
+
+/// [`choose`], knowing whether the function's first 5 bytes are its ftrace
+/// site (the image's `__mcount_loc` lists it): then they may also hold
+/// ftrace's `call` (tracing on), and the site still goes after them.
+pub fn choose_with(func: &str, addr: u64, code: &[u8], fentry_at_entry: bool) -> Result<JumpSite, SiteError> {
     let size = code.len() as u64;
-    let after_fentry = code.starts_with(&NOP5);
+    let after_fentry = code.starts_with(&NOP5) || (fentry_at_entry && code.len() >= 5 && code[0] == 0xe8);
     let start = if after_fentry { 5u64 } else { 0 };
     // Decode the whole function: instruction boundaries and branch targets.
     let mut decoder = Decoder::with_ip(64, code, addr, DecoderOptions::NONE);
@@ -142,6 +149,15 @@ mod tests {
         assert_eq!(b[0], 0xe9);
         assert_eq!(i32::from_le_bytes([b[1], b[2], b[3], b[4]]), 0x1000 - 10);
         assert_eq!(&b[5..], &[0x90, 0x90]);
+    }
+
+    #[test]
+    fn a_traced_fentry_site_is_skipped_like_its_nop() {
+        // call ftrace_caller (tracing on); mov %rdi,%rax; shl $0x10,%rax; ret
+        let code = [0xe8, 1, 2, 3, 4, 0x48, 0x89, 0xf8, 0x48, 0xc1, 0xe0, 0x10, 0xc3];
+        assert_eq!(choose_with("f", A, &code, true).unwrap(), JumpSite { addr: A + 5, len: 7, after_fentry: true });
+        // Without the image saying it is the ftrace site, a call at the entry is overwritten whole.
+        assert_eq!(choose("f", A, &code).unwrap(), JumpSite { addr: A, len: 5, after_fentry: false });
     }
 
     #[test]

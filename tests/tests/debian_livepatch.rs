@@ -285,6 +285,28 @@ fn example_patches_apply_and_revert() {
     }
     assert_eq!(g.run_ok("cat /proc/execdomains").unwrap(), exec_before);
 
+    // ftrace on the target's entry while the patch goes in and out: the
+    // jump goes after the ftrace site, so tracing the old entry keeps working
+    // and ftrace can take its call back out afterwards.
+    let tr = "/sys/kernel/debug/tracing";
+    g.run_ok(&format!("echo cmdline_proc_show >{tr}/set_ftrace_filter && echo function >{tr}/current_tracer && echo >{tr}/trace")).unwrap();
+    {
+        let mut p = linuxpatch::patcher(&g, &mut be, &target);
+        let r = p.apply(&cmdline);
+        assert!(r.is_ok(), "with the entry traced: {}", r.to_json());
+    }
+    assert_eq!(g.run_ok("cat /proc/cmdline").unwrap(), format!("{} vsplice.marker=cmdline\n", cmdline_before.trim_end()));
+    let traced = g.run_ok(&format!("grep -c 'cmdline_proc_show <-' {tr}/trace || true")).unwrap();
+    assert!(traced.trim().parse::<u32>().unwrap_or(0) >= 1, "the old entry is still traced: {traced}");
+    g.run_ok(&format!("echo nop >{tr}/current_tracer && echo >{tr}/set_ftrace_filter")).unwrap();
+    assert_eq!(g.run_ok("cat /proc/cmdline").unwrap(), format!("{} vsplice.marker=cmdline\n", cmdline_before.trim_end()));
+    {
+        let mut p = linuxpatch::patcher(&g, &mut be, &target);
+        let r = p.revert(&cmdline.manifest.id);
+        assert!(r.is_ok(), "{}", r.to_json());
+    }
+    assert_eq!(g.run_ok("cat /proc/cmdline").unwrap(), cmdline_before);
+
     // The same through the CLI (which identifies the kernel itself).
     linuxpatch::detach(be).unwrap();
     let dir = std::env::temp_dir().join(format!("vsplice-linux-cli-{}", std::process::id()));

@@ -99,7 +99,8 @@ impl<B: Backend> Patcher<'_, B> {
             if !obj.defines_function(&r.new) {
                 return Err(load_failure(&LoadError::MissingFunction(r.new.clone())));
             }
-            let site = jump::choose(&r.old, sym.addr, &pristine)
+            let fentry = r.tolerate.iter().any(|m| m.offset == 0 && m.len >= 5 && m.why.split('+').any(|w| w == "fentry"));
+            let site = jump::choose_with(&r.old, sym.addr, &pristine, fentry)
                 .map_err(|e| Failure::new(Stage::Prepare, Cause::BadPatch, Some(e.reason()), e.to_string()))?;
             olds.push((r, sym, site));
         }
