@@ -228,22 +228,8 @@ impl<B: Backend> Patcher<'_, B> {
         // The intent is in the guest before any text is touched.
         self.save_registry(&reg, Stage::Prepare)?;
         timings.prepare_us = t0.elapsed().as_micros() as u64;
-        match self.run_pauses(&reg, &ranges, &writes, timings) {
-            Ok(()) => {
-                reg.commit_intent();
-                self.save_registry(&reg, Stage::Commit)?;
-                Ok(superseded)
-            }
-            Err(pf) => {
-                if !pf.text_dirty {
-                    reg.rollback_intent();
-                    if let Err(e) = self.save_registry(&reg, Stage::Commit) {
-                        tracing::error!(message = %e.message, "could not record the rollback; the next transaction recovers");
-                    }
-                }
-                Err(pf.failure)
-            }
-        }
+        self.pause_and_settle(&mut reg, &ranges, &writes, timings)?;
+        Ok(superseded)
     }
 
     /// Applies a patch: prepare with the guest running, then pause, check,

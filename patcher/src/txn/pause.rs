@@ -28,6 +28,33 @@ fn us(t: Instant) -> u64 {
 }
 
 impl<B: Backend> Patcher<'_, B> {
+    /// The end every transaction shares: run the pauses, then commit the
+    /// registry's intent, or roll it back when no text was written (a
+    /// half-written text keeps its intent for the next transaction's recovery).
+    pub(crate) fn pause_and_settle(
+        &mut self,
+        reg: &mut Registry,
+        ranges: &[CheckRange],
+        writes: &[SiteWrite],
+        timings: &mut Timings,
+    ) -> Result<(), Failure> {
+        match self.run_pauses(reg, ranges, writes, timings) {
+            Ok(()) => {
+                reg.commit_intent();
+                self.save_registry(reg, Stage::Commit)
+            }
+            Err(pf) => {
+                if !pf.text_dirty {
+                    reg.rollback_intent();
+                    if let Err(e) = self.save_registry(reg, Stage::Commit) {
+                        tracing::error!(message = %e.message, "could not record the rollback; the next transaction recovers");
+                    }
+                }
+                Err(pf.failure)
+            }
+        }
+    }
+
     fn backend_failure(stage: Stage, e: &BackendError) -> Failure {
         let cause = if e.cause() == "pause_timeout" { Cause::PauseTimeout } else { Cause::Unexpected };
         Failure::from_err(stage, cause, Some(e.cause()), e)

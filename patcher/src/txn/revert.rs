@@ -49,22 +49,8 @@ impl<B: Backend> Patcher<'_, B> {
         reg.intent = Some(Intent { txn, op: IntentOp::Revert, patch: p.id.clone(), superseded: vec![], writes: writes.clone(), ranges: ranges.clone() });
         self.save_registry(&reg, Stage::Prepare)?;
         timings.prepare_us = t0.elapsed().as_micros() as u64;
-        match self.run_pauses(&reg, &ranges, &writes, timings) {
-            Ok(()) => {
-                reg.commit_intent();
-                self.save_registry(&reg, Stage::Commit)?;
-                Ok(Some(p.name))
-            }
-            Err(pf) => {
-                if !pf.text_dirty {
-                    reg.rollback_intent();
-                    if let Err(e) = self.save_registry(&reg, Stage::Commit) {
-                        tracing::error!(message = %e.message, "could not record the rollback; the next transaction recovers");
-                    }
-                }
-                Err(pf.failure)
-            }
-        }
+        self.pause_and_settle(&mut reg, &ranges, &writes, timings)?;
+        Ok(Some(p.name))
     }
 
     /// Reverts the patch with this id (or name).
