@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use vsplice_patcher::patch::build::{build_patch, BuildOptions};
-use vsplice_patcher::target::testguest::TestGuest;
+use vsplice_patcher::kernels::testguest::TestGuest;
 use vsplice_patcher::txn::{Patcher, Timings, TxnConfig};
 use vsplice_vmm::builder;
 use vsplice_vmm::config::{SerialConfig, VmConfig};

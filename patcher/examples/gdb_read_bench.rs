@@ -2,7 +2,7 @@
 //! (development aid): `gdb_read_bench HOST:PORT`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 use std::time::Instant;
-use vsplice_patcher::backend::Backend;
+use vsplice_patcher::model::backend::Backend;
 use vsplice_patcher::gdb::{GdbBackend, GdbOptions};
 
 fn main() {

@@ -1,8 +1,8 @@
 //! Decode kallsyms from a bzImage offline and print timing (development aid).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 use std::time::Instant;
-use vsplice_patcher::linux::image::ImageMemory;
-use vsplice_patcher::linux::kallsyms::Kallsyms;
+use vsplice_patcher::os::linux::image::ImageMemory;
+use vsplice_patcher::os::linux::kallsyms::Kallsyms;
 
 fn main() {
     let path = std::env::args().nth(1).expect("usage: kallsyms_image BZIMAGE");

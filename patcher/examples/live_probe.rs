@@ -2,11 +2,11 @@
 //! (development aid; `vsplice inspect` is the real tool).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 use std::time::Instant;
-use vsplice_patcher::backend::Backend;
+use vsplice_patcher::model::backend::Backend;
 use vsplice_patcher::gdb::{GdbBackend, GdbOptions};
-use vsplice_patcher::linux::kernel::LiveKernel;
-use vsplice_patcher::linux::tasks;
-use vsplice_patcher::mem::KernelMemory;
+use vsplice_patcher::os::linux::kernel::LiveKernel;
+use vsplice_patcher::os::linux::tasks;
+use vsplice_patcher::model::mem::KernelMemory;
 
 fn main() {
     let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:1234".into());
@@ -44,7 +44,7 @@ fn main() {
     // Page-walk throughput.
     let cr3 = vcpus[0].cr3;
     let cr4 = vcpus[0].cr4;
-    let mut w = vsplice_patcher::x86::paging::PageWalker::new(cr3, cr4);
+    let mut w = vsplice_patcher::arch::x86::paging::PageWalker::new(cr3, cr4);
     drop(lk);
     let t = Instant::now();
     let (mut n, mut bytes) = (0u64, 0u64);
@@ -58,7 +58,7 @@ fn main() {
     println!("walk_range kernel half (cold): {n} mappings, {} MiB mapped, {} tables read, {:?}", bytes >> 20, w.table_reads, dt);
     // Translate every 4 KiB page of the vmemmap/vmalloc stacks: cold then warm.
     let stacks: Vec<u64> = ts.iter().map(|t| t.stack).collect();
-    let mut w2 = vsplice_patcher::x86::paging::PageWalker::new(cr3, cr4);
+    let mut w2 = vsplice_patcher::arch::x86::paging::PageWalker::new(cr3, cr4);
     for pass in ["cold", "warm"] {
         let t = Instant::now();
         let mut k = 0u64;

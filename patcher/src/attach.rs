@@ -1,15 +1,15 @@
 //! Attach to a Linux guest through a gdbstub and make guest-physical access
 //! work: QEMU's physical memory mode when offered, else the guest's direct
 //! map found through kernel-virtual reads (glue between [`crate::gdb`] and
-//! [`crate::linux`]).
+//! [`crate::os::linux`]).
 
 use tracing::info;
 
-use crate::backend::{Backend, BackendError, VcpuState};
+use crate::model::backend::{Backend, BackendError, VcpuState};
 use crate::gdb::virt::StubVirtual;
 use crate::gdb::{GdbBackend, GdbError, GdbOptions};
-use crate::linux::direct_map::find_direct_map;
-use crate::linux::kernel::KernelError;
+use crate::os::linux::direct_map::find_direct_map;
+use crate::os::linux::kernel::KernelError;
 
 /// Why attaching failed.
 #[derive(Debug, thiserror::Error)]

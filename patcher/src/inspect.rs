@@ -14,14 +14,14 @@ use serde_json::{json, Value};
 use thiserror::Error;
 
 use crate::attach::{attach_gdb, AttachError};
-use crate::backend::{Backend, BackendError, VcpuState};
+use crate::model::backend::{Backend, BackendError, VcpuState};
 use crate::gdb::{GdbError, GdbOptions};
-use crate::linux::btf::Btf;
-use crate::linux::image::{ImageError, ImageMemory};
-use crate::linux::kallsyms::Kallsyms;
-use crate::linux::kernel::{self, KernelError, KernelInfo, LiveKernel};
-use crate::linux::notes;
-use crate::linux::tasks::{self, TaskError, TaskOffsets};
+use crate::os::linux::btf::Btf;
+use crate::os::linux::image::{ImageError, ImageMemory};
+use crate::os::linux::kallsyms::Kallsyms;
+use crate::os::linux::kernel::{self, KernelError, KernelInfo, LiveKernel};
+use crate::os::linux::notes;
+use crate::os::linux::tasks::{self, TaskError, TaskOffsets};
 
 /// Arguments of `vsplice inspect`.
 #[derive(Debug, Clone)]
@@ -355,4 +355,36 @@ fn show_tasks<B: Backend>(lk: &mut LiveKernel<B>, args: &InspectArgs, out: &mut 
     }
     t.push_str(&format!("{} tasks, walked in {walk:?}\n", list.len()));
     emit(out, args, &v, &t)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn inspect_offline_on_the_debian_image() {
+        let img = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/images/debian-amd64/vmlinuz");
+        if !img.exists() {
+            eprintln!("SKIPPED inspect_offline_on_the_debian_image: {} missing", img.display());
+            return;
+        }
+        let run = |what: InspectWhat, json: bool| {
+            let args = InspectArgs { gdb: None, image: Some(img.clone()), json, timeout_ms: 1000, what };
+            let mut out = Vec::new();
+            run_inspect(&args, &mut out).map(|_| String::from_utf8(out).unwrap())
+        };
+        let s: serde_json::Value = serde_json::from_str(&run(InspectWhat::Summary, true).unwrap()).unwrap();
+        assert!(s["banner"].as_str().unwrap().starts_with("Linux version 6.1"));
+        assert!(s["symbols"].as_u64().unwrap() > 50_000);
+        assert_eq!(s["build_id"].as_str().unwrap().len(), 40);
+        let sym: serde_json::Value = serde_json::from_str(&run(InspectWhat::Symbol { name: "_text".into() }, true).unwrap()).unwrap();
+        assert_eq!(sym[0]["addr"], "0xffffffff81000000");
+        let a = run(InspectWhat::Addr { addr: "ffffffff81000010".into() }, false).unwrap();
+        assert!(a.contains("+0x10"), "{a}");
+        let st = run(InspectWhat::Struct { name: "list_head".into() }, false).unwrap();
+        assert!(st.contains("next") && st.contains("prev"), "{st}");
+        assert_eq!(run(InspectWhat::Tasks, false).unwrap_err().cause(), "usage");
+        assert_eq!(run(InspectWhat::Symbol { name: "no_such_symbol_xyz".into() }, false).unwrap_err().cause(), "not_found");
+    }
 }

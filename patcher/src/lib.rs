@@ -1,25 +1,31 @@
 //! Guest-kernel knowledge and live patching for vsplice.
 //!
-//! Nothing here knows about KVM: the patcher works through [`backend::Backend`],
-//! which the in-process VMM and the GDB-remote client ([`gdb`]) implement.
-//! Architecture (x86 paging, [`x86`]) is kept apart from OS knowledge
-//! ([`linux`]); [`mem`] is the kernel-virtual memory seam between them.
+//! Nothing here knows about KVM: the patcher works through
+//! [`model::backend::Backend`], which the in-process VMM and the GDB-remote
+//! client ([`gdb`]) implement. The layers point one way (each imports only
+//! the layers above it in this list; `patcher/tests/layers.rs` checks it):
 //!
-//! Live patching: [`target`] (what the patcher needs of a guest kernel, and
-//! the test guest's implementation), [`patch`] (file format, manifest,
-//! build), [`loader`] (sections, relocations), [`jump`] (jump sites),
-//! [`arena`] (mapping, registry), [`txn`] (apply, revert, safety check).
+//! 1. [`model`]: the vocabulary (backend seam, kernel memory, symbols,
+//!    tasks, check ranges and conflicts); imports nothing of the crate.
+//! 2. [`arch`]: x86-64 paging and guest access through page tables;
+//!    [`gdb`]: a backend over QEMU's gdbstub.
+//! 3. [`os`]: read-only OS knowledge (Linux structures; ELF kernels).
+//! 4. [`safety`]: the stop-the-world safety check; [`patch`]: format,
+//!    manifest, build, link, jumps.
+//! 5. [`kernels`]: [`kernels::TargetKernel`], what the transaction needs of
+//!    a guest kernel, for each kind (the test guest, stock Linux);
+//!    [`arena`]: the arena's mapping and registry.
+//! 6. [`txn`]: the transaction (apply, revert, recover, status).
+//! 7. Front ends: [`attach`] (to a guest over a gdbstub), [`inspect`].
 
-pub mod backend;
-pub mod attach;
+pub mod model;
+pub mod arch;
 pub mod gdb;
-pub mod mem;
-pub mod x86;
-pub mod linux;
-pub mod target;
+pub mod os;
+pub mod safety;
 pub mod patch;
-pub mod loader;
-pub mod jump;
+pub mod kernels;
 pub mod arena;
 pub mod txn;
+pub mod attach;
 pub mod inspect;

@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vsplice_patcher::backend::Backend;
+use vsplice_patcher::model::backend::Backend;
 use vsplice_patcher::gdb::{GdbBackend, GdbOptions};
-use vsplice_patcher::linux::image::ImageMemory;
-use vsplice_patcher::linux::kernel::{self, LiveKernel};
-use vsplice_patcher::linux::tasks::{self, TaskOffsets};
+use vsplice_patcher::os::linux::image::ImageMemory;
+use vsplice_patcher::os::linux::kernel::{self, LiveKernel};
+use vsplice_patcher::os::linux::tasks::{self, TaskOffsets};
 
 fn skip(why: &str) {
     eprintln!("\n*** SKIPPED live_gdb: {why} ***\n");

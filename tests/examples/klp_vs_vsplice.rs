@@ -27,7 +27,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use vsplice_patcher::patch::linux::LinuxImage;
+use vsplice_patcher::patch::linux_image::LinuxImage;
 use vsplice_tests::debian::{debian_images, DebianImages, Flavour};
 use vsplice_tests::guestcmd::base64_encode;
 use vsplice_tests::linuxpatch;

@@ -7,14 +7,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use vsplice_patcher::attach::attach_gdb;
-use vsplice_patcher::backend::Backend;
+use vsplice_patcher::model::backend::Backend;
 use vsplice_patcher::gdb::{GdbBackend, GdbOptions};
 use vsplice_patcher::patch::build::{build_patch_with, BuildError, BuildOptions};
-use vsplice_patcher::patch::linux::LinuxImage;
+use vsplice_patcher::patch::linux_image::LinuxImage;
 use vsplice_patcher::patch::PatchFile;
-use vsplice_patcher::target::access::AutoStop;
-use vsplice_patcher::target::linux::LinuxTarget;
-use vsplice_patcher::target::TargetKernel;
+use vsplice_patcher::arch::x86::guest::AutoStop;
+use vsplice_patcher::kernels::stock_linux::LinuxTarget;
+use vsplice_patcher::kernels::TargetKernel;
 use vsplice_patcher::txn::{Patcher, TxnConfig};
 
 use crate::debian::DebianImages;

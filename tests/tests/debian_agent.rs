@@ -26,11 +26,11 @@ use std::time::{Duration, Instant};
 
 use agentlive::{check, comm_matches, ensure, Live};
 use common::{guest_tasks, TaskKey};
-use vsplice_patcher::backend::Backend;
-use vsplice_patcher::linux::agent::find::scan_phys;
-use vsplice_patcher::linux::agent::Descriptor;
-use vsplice_patcher::linux::cpustacks;
-use vsplice_patcher::linux::view::{AgentHint, LinuxView, TaskSource};
+use vsplice_patcher::model::backend::Backend;
+use vsplice_patcher::os::linux::agent::find::scan_phys;
+use vsplice_patcher::os::linux::agent::Descriptor;
+use vsplice_patcher::os::linux::cpustacks;
+use vsplice_patcher::os::linux::view::{AgentHint, LinuxView, TaskSource};
 use vsplice_tests::debian::Flavour;
 use vsplice_tests::qemu::Guest;
 use vsplice_tests::testguest::vm_lock;
@@ -74,7 +74,7 @@ fn first_look(g: &mut Guest, live: &mut Live, f: &mut Vec<String>) -> LinuxView 
     // The agent's CPU stacks equal the ones found without it.
     let btf = &live.lk.info.btf.as_ref().unwrap().0;
     let mine = cpustacks::cpu_stacks(&mut live.lk.vm, &live.lk.info.kallsyms, btf, true).unwrap();
-    let set = |s: &[vsplice_patcher::target::CpuStack]| s.iter().map(|c| (c.cpu, c.kind.clone(), c.range.start, c.range.end)).collect::<BTreeSet<_>>();
+    let set = |s: &[vsplice_patcher::model::CpuStack]| s.iter().map(|c| (c.cpu, c.kind.clone(), c.range.start, c.range.end)).collect::<BTreeSet<_>>();
     check(f, "the agent's CPU stacks equal the agentless ones", ensure(set(&a.cpu_stacks) == set(&mine), || {
         format!("agent {:?}\nagentless {:?}", set(&a.cpu_stacks), set(&mine))
     }));
@@ -168,7 +168,7 @@ fn corruption(g: &mut Guest, live: &mut Live, f: &mut Vec<String>) {
     live.stop().unwrap();
     let mut hb = vec![0u8; 256];
     live.lk.vm.backend().read_phys(d.header.self_phys, &mut hb).unwrap();
-    let healed = vsplice_patcher::linux::agent::layout::parse_header(&hb, Some(d.header.self_phys));
+    let healed = vsplice_patcher::os::linux::agent::layout::parse_header(&hb, Some(d.header.self_phys));
     check(f, "the agent republished a sound header at its next event", match healed {
         Ok(h) => ensure(h.task_cap == d.header.task_cap && h.task_count < 10_000, || format!("cap {} count {}", h.task_cap, h.task_count)),
         Err(e) => Err(e.to_string()),

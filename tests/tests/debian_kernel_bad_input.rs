@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use common::bounded;
 use vsplice_patcher::attach::attach_gdb;
-use vsplice_patcher::backend::{Backend, BackendError, VcpuState};
+use vsplice_patcher::model::backend::{Backend, BackendError, VcpuState};
 use vsplice_patcher::gdb::{GdbBackend, GdbOptions};
 use vsplice_patcher::inspect::{run_inspect, InspectArgs, InspectWhat};
-use vsplice_patcher::linux::kernel::LiveKernel;
+use vsplice_patcher::os::linux::kernel::LiveKernel;
 use vsplice_tests::debian::Flavour;
 use vsplice_tests::qemu::{Channel, Guest, QemuConfig};
 use vsplice_tests::testguest::{self, vm_lock};

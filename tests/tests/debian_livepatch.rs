@@ -25,10 +25,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use vsplice_patcher::mem::KernelMemory;
-use vsplice_patcher::patch::linux::LinuxImage;
-use vsplice_patcher::target::access::Guest as GuestMem;
-use vsplice_patcher::target::TargetKernel;
+use vsplice_patcher::model::mem::KernelMemory;
+use vsplice_patcher::patch::linux_image::LinuxImage;
+use vsplice_patcher::arch::x86::guest::Guest as GuestMem;
+use vsplice_patcher::kernels::TargetKernel;
 use vsplice_tests::debian::{debian_images, Flavour};
 use vsplice_tests::linuxpatch;
 use vsplice_tests::qemu::{Guest, QemuConfig};
@@ -470,7 +470,7 @@ VSPLICE_REPLACE(abort, abort_v2);
 fn modified_image(img: &vsplice_tests::debian::DebianImages, image: &LinuxImage, func: &str) -> std::path::PathBuf {
     use object::read::elf::{ElfFile64, ProgramHeader};
     let bz = std::fs::read(&img.vmlinuz).unwrap();
-    let mut payload = vsplice_patcher::linux::image::bzimage_payload(&bz).unwrap();
+    let mut payload = vsplice_patcher::os::linux::image::bzimage_payload(&bz).unwrap();
     let addr = image.symbols().resolve(func, None).unwrap().addr + 5;
     let off = {
         let elf = ElfFile64::<object::Endianness>::parse(&*payload).unwrap();

@@ -16,8 +16,8 @@
 
 mod agentlive;
 
-use vsplice_patcher::linux::stackcheck::CheckMode;
-use vsplice_patcher::patch::linux::LinuxImage;
+use vsplice_patcher::model::CheckMode;
+use vsplice_patcher::patch::linux_image::LinuxImage;
 use vsplice_tests::debian::{debian_images, Flavour};
 use vsplice_tests::linuxpatch;
 

@@ -20,11 +20,12 @@ use std::collections::BTreeMap;
 
 use agentlive::{check, ensure, Live};
 use vsplice_patcher::arena::registry::CheckRange;
-use vsplice_patcher::linux::modules::{self, ModuleOffsets};
-use vsplice_patcher::linux::stackcheck::{self, CheckInput, CheckMode, CheckSummary};
-use vsplice_patcher::linux::unwind::{OrcUnwinder, Start};
-use vsplice_patcher::linux::view::{self, LinuxView, TaskSource};
-use vsplice_patcher::target::{SymbolTable, TaskList};
+use vsplice_patcher::os::linux::modules::{self, ModuleOffsets};
+use vsplice_patcher::model::{CheckMode, CheckSummary};
+use vsplice_patcher::safety::orc::{self, CheckInput};
+use vsplice_patcher::os::linux::unwind::{OrcUnwinder, Start};
+use vsplice_patcher::os::linux::view::{self, LinuxView, TaskSource};
+use vsplice_patcher::model::{SymbolTable, TaskList};
 use vsplice_patcher::txn::Conflict;
 use vsplice_tests::debian::Flavour;
 use vsplice_tests::qemu::Guest;
@@ -105,7 +106,7 @@ fn ranges_of(kallsyms: &str, name: &str) -> Vec<CheckRange> {
 fn run_check(live: &mut Live, mode: CheckMode, u: &OrcUnwinder, v: &LinuxView, tl: &TaskList, ranges: &[CheckRange]) -> (Vec<Conflict>, CheckSummary) {
     let vcpus = live.lk.vcpus.clone();
     let input = CheckInput { vcpus: &vcpus, vcpu_cpus: &v.vcpu_cpus, tasks: tl };
-    stackcheck::check(mode, Some(u), &mut live.lk.vm, &SymbolTable::new(Vec::new()), input, ranges).unwrap()
+    orc::check(mode, Some(u), &mut live.lk.vm, &SymbolTable::new(Vec::new()), input, ranges).unwrap()
 }
 
 fn stack_e2e(flavour: Flavour) {

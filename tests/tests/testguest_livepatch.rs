@@ -94,15 +94,15 @@ fn apply_under_preemption_switches_every_task_and_revert_switches_back() {
 }
 
 /// Bytes of a target function in the running guest (through its page tables).
-fn func_bytes(p: &mut vsplice_patcher::txn::Patcher<'_, &mut vsplice_vmm::vmm::Vmm>, target: &vsplice_patcher::target::testguest::TestGuest, name: &str) -> Vec<u8> {
-    use vsplice_patcher::mem::KernelMemory;
-    use vsplice_patcher::target::TargetKernel;
+fn func_bytes(p: &mut vsplice_patcher::txn::Patcher<'_, &mut vsplice_vmm::vmm::Vmm>, target: &vsplice_patcher::kernels::testguest::TestGuest, name: &str) -> Vec<u8> {
+    use vsplice_patcher::model::mem::KernelMemory;
+    use vsplice_patcher::kernels::TargetKernel;
     let s = target.symbols().resolve(name, None).unwrap().clone();
     p.guest().read_vec(s.addr, s.size as usize).unwrap()
 }
 
-fn image_bytes(target: &vsplice_patcher::target::testguest::TestGuest, name: &str) -> Vec<u8> {
-    use vsplice_patcher::target::TargetKernel;
+fn image_bytes(target: &vsplice_patcher::kernels::testguest::TestGuest, name: &str) -> Vec<u8> {
+    use vsplice_patcher::kernels::TargetKernel;
     let s = target.symbols().resolve(name, None).unwrap();
     target.image().bytes_at(s.addr, s.size).unwrap().to_vec()
 }
@@ -431,29 +431,29 @@ struct Dying<'a> {
     dead: bool,
 }
 
-impl vsplice_patcher::backend::Backend for Dying<'_> {
-    fn stop(&mut self) -> Result<Vec<vsplice_patcher::backend::VcpuState>, vsplice_patcher::backend::BackendError> {
+impl vsplice_patcher::model::backend::Backend for Dying<'_> {
+    fn stop(&mut self) -> Result<Vec<vsplice_patcher::model::backend::VcpuState>, vsplice_patcher::model::backend::BackendError> {
         if self.dead {
-            return Err(vsplice_patcher::backend::BackendError::Transport("dead".into()));
+            return Err(vsplice_patcher::model::backend::BackendError::Transport("dead".into()));
         }
-        vsplice_patcher::backend::Backend::stop(&mut *self.vmm)
+        vsplice_patcher::model::backend::Backend::stop(&mut *self.vmm)
     }
-    fn resume(&mut self) -> Result<(), vsplice_patcher::backend::BackendError> {
+    fn resume(&mut self) -> Result<(), vsplice_patcher::model::backend::BackendError> {
         if self.dead {
-            return Err(vsplice_patcher::backend::BackendError::Transport("dead".into()));
+            return Err(vsplice_patcher::model::backend::BackendError::Transport("dead".into()));
         }
-        vsplice_patcher::backend::Backend::resume(&mut *self.vmm)
+        vsplice_patcher::model::backend::Backend::resume(&mut *self.vmm)
     }
-    fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), vsplice_patcher::backend::BackendError> {
+    fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), vsplice_patcher::model::backend::BackendError> {
         if self.dead {
-            return Err(vsplice_patcher::backend::BackendError::Transport("dead".into()));
+            return Err(vsplice_patcher::model::backend::BackendError::Transport("dead".into()));
         }
         self.vmm.read_phys(gpa, buf)
     }
-    fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), vsplice_patcher::backend::BackendError> {
+    fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), vsplice_patcher::model::backend::BackendError> {
         if self.dead || self.writes_left == 0 {
             self.dead = true;
-            return Err(vsplice_patcher::backend::BackendError::Transport("killed".into()));
+            return Err(vsplice_patcher::model::backend::BackendError::Transport("killed".into()));
         }
         self.writes_left -= 1;
         self.vmm.write_phys(gpa, data)
@@ -471,7 +471,7 @@ fn value_two_sites(iter: u64) -> u64 {
 /// text is either fully patched or fully original, in agreement with the registry.
 fn recover_and_check(
     vmm: &mut vsplice_vmm::vmm::Vmm,
-    target: &vsplice_patcher::target::testguest::TestGuest,
+    target: &vsplice_patcher::kernels::testguest::TestGuest,
     id: &str,
     step: usize,
     seen: &mut std::collections::BTreeSet<String>,

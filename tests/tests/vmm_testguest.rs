@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use vsplice_patcher::backend::Backend;
+use vsplice_patcher::model::backend::Backend;
 use vsplice_tests::testguest::{self, Capture};
 use vsplice_vmm::builder;
 use vsplice_vmm::config::{SerialConfig, VmConfig};

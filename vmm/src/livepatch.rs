@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use thiserror::Error;
 use vsplice_patcher::patch::{FormatError, PatchFile};
-use vsplice_patcher::target::elf::ElfImageError;
-use vsplice_patcher::target::testguest::TestGuest;
-use vsplice_patcher::target::TargetKernel;
+use vsplice_patcher::os::elf::ElfImageError;
+use vsplice_patcher::kernels::testguest::TestGuest;
+use vsplice_patcher::kernels::TargetKernel;
 use vsplice_patcher::txn::{Patcher, TxnConfig, TxnReport};
 
 use crate::vmm::Vmm;

@@ -11,7 +11,7 @@ use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, Subscrib
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
-use vsplice_patcher::backend::{Backend, BackendError, VcpuState};
+use vsplice_patcher::model::backend::{Backend, BackendError, VcpuState};
 
 use crate::devices::agent_doorbell::AgentAnnouncement;
 use crate::devices::serial::{SerialDevice, SerialInput};

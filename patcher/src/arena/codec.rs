@@ -23,7 +23,7 @@ use thiserror::Error;
 
 use super::registry::Registry;
 use super::REGISTRY_COPY;
-use crate::backend::{Backend, BackendError};
+use crate::model::backend::{Backend, BackendError};
 
 /// Registry magic.
 pub const MAGIC: &[u8; 8] = b"VSPLREG\0";
@@ -160,7 +160,7 @@ mod tests {
     use super::*;
     use crate::arena::registry::{IntentOp, Intent};
     use crate::arena::ArenaInfo;
-    use crate::backend::VcpuState;
+    use crate::model::backend::VcpuState;
 
     /// Guest memory as a vector; write_phys can be told to die after n calls.
     struct Ram {

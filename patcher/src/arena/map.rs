@@ -10,7 +10,7 @@ use std::ops::Range;
 use thiserror::Error;
 
 use super::{ArenaInfo, SLOT};
-use crate::backend::{Backend, BackendError};
+use crate::model::backend::{Backend, BackendError};
 
 const P: u64 = 1;
 const RW: u64 = 1 << 1;

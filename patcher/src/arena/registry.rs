@@ -14,6 +14,7 @@ use std::ops::Range;
 use serde::{Deserialize, Serialize};
 
 use super::ArenaInfo;
+pub use crate::model::CheckRange;
 
 /// How many reverted / replaced patches the history keeps.
 pub const HISTORY_LEN: usize = 32;
@@ -130,16 +131,6 @@ pub struct SiteWrite {
     pub after: Vec<u8>,
 }
 
-/// A range the safety check must find idle, with a label for conflict reports.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CheckRange {
-    /// Start.
-    pub start: u64,
-    /// End (exclusive).
-    pub end: u64,
-    /// What it is (`tg_step_b`, `patch p1: tg_step_b_v2`, …).
-    pub label: String,
-}
 
 /// The transaction in flight, recorded before kernel text is touched.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,7 +7,7 @@ use tracing::{debug, warn};
 use super::client::{GdbClient, GdbOptions};
 use super::error::GdbError;
 use super::registers::RegMap;
-use crate::backend::{Backend, BackendError, VcpuState};
+use crate::model::backend::{Backend, BackendError, VcpuState};
 
 /// A guest reached through a gdbstub.
 #[derive(Debug)]

@@ -2,7 +2,7 @@
 
 use thiserror::Error;
 
-use crate::backend::BackendError;
+use crate::model::backend::BackendError;
 
 /// Why a GDB remote request failed.
 #[derive(Debug, Error)]

@@ -4,8 +4,8 @@
 //! - `link`: the socket with a deadline on every receive.
 //! - `client`: handshake and requests (threads, target description, memory).
 //! - `tdesc`: target description scanning and register numbering.
-//! - `registers`: registers by name into [`crate::backend::VcpuState`].
-//! - `backend`: the [`crate::backend::Backend`] implementation.
+//! - `registers`: registers by name into [`crate::model::backend::VcpuState`].
+//! - `backend`: the [`crate::model::backend::Backend`] implementation.
 
 pub mod backend;
 pub mod client;

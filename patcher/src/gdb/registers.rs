@@ -3,7 +3,7 @@
 
 use super::error::GdbError;
 use super::tdesc::{RegDesc, TargetDesc};
-use crate::backend::VcpuState;
+use crate::model::backend::VcpuState;
 
 /// General-purpose registers in [`VcpuState::gprs`] order.
 pub const GPR_NAMES: [&str; 16] = [

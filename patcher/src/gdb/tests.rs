@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use super::link::Stream;
 use super::mock::{self, MockConfig};
 use super::*;
-use crate::backend::Backend;
+use crate::model::backend::Backend;
 
 fn opts() -> GdbOptions {
     GdbOptions { timeout: Duration::from_millis(500), stop_timeout: Duration::from_millis(500), ..GdbOptions::default() }

@@ -4,7 +4,7 @@
 
 use super::backend::GdbBackend;
 use super::error::GdbError;
-use crate::mem::{KernelMemory, MemError};
+use crate::model::mem::{KernelMemory, MemError};
 
 /// [`KernelMemory`] over a stopped [`GdbBackend`]'s virtual reads.
 #[derive(Debug)]

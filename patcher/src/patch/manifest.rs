@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::target::Qualifier;
+use crate::model::Qualifier;
 
 /// Version of the manifest schema.
 pub const MANIFEST_VERSION: u32 = 1;
@@ -115,7 +115,7 @@ pub fn patch_id(name: &str, object: &[u8]) -> String {
     h.update(name.as_bytes());
     h.update([0u8]);
     h.update(object);
-    crate::target::elf::hex(&h.finalize()[..8])
+    crate::os::elf::hex(&h.finalize()[..8])
 }
 
 /// SHA-256 (hex) of `bytes` with the `masks` ranges zeroed: the run-pre digest.
@@ -126,7 +126,7 @@ pub fn run_pre_digest(bytes: &[u8], masks: &[ByteMask]) -> String {
         let end = (m.offset.saturating_add(m.len) as usize).min(b.len());
         b[start..end].fill(0);
     }
-    crate::target::elf::hex(&Sha256::digest(&b))
+    crate::os::elf::hex(&Sha256::digest(&b))
 }
 
 #[cfg(test)]

@@ -1,10 +1,18 @@
-//! Patches: the file format ([`format`]), the manifest ([`manifest`]), the
-//! `vsplice.h` records ([`records`]) and building a patch from C ([`build`];
-//! for Linux kernels through Kbuild, with run-pre masks, [`linux`]).
+//! Patches: everything about a patch that needs no live guest.
+//!
+//! - [`format`]: the `.vsp` file; [`manifest`]: what it carries;
+//! - [`records`]: the `vsplice.h` records in a compiled object;
+//! - [`build`]: building a patch from C (for Linux kernels through Kbuild,
+//!   against the image with its run-pre masks: [`linux_image`]);
+//! - [`link`]: linking a patch object against a kernel's symbols
+//!   (sections, relocations, the kernel's special sections);
+//! - [`jump`]: the jump written at each replaced function's entry.
 
 pub mod build;
 pub mod format;
-pub mod linux;
+pub mod jump;
+pub mod link;
+pub mod linux_image;
 pub mod manifest;
 pub mod records;
 

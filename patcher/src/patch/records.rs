@@ -3,7 +3,7 @@
 
 use object::{Object, ObjectSection};
 
-use crate::target::Qualifier;
+use crate::model::Qualifier;
 
 /// Section holding the records.
 pub const RECORDS_SECTION: &str = ".vsplice.records";

@@ -15,15 +15,15 @@ use super::result::{chain, Cause, Failure, Stage, Timings, TxnReport};
 use super::{orc_name, Patcher};
 use crate::arena::alloc::first_fit;
 use crate::arena::registry::{CheckRange, FuncRecord, Intent, IntentOp, PatchRecord, PatchState, Registry, SiteRecord, SiteWrite, Span};
-use crate::backend::Backend;
-use crate::jump;
-use crate::linux::orc::OrcTable;
-use crate::linux::orc_object;
-use crate::loader::{LoadError, Object};
-use crate::mem::KernelMemory;
+use crate::model::backend::Backend;
+use crate::patch::jump;
+use crate::os::linux::orc::OrcTable;
+use crate::os::linux::orc_object;
+use crate::patch::link::{LoadError, Object};
+use crate::model::mem::KernelMemory;
 use crate::patch::manifest::run_pre_digest;
 use crate::patch::PatchFile;
-use crate::target::LookupError;
+use crate::model::LookupError;
 
 fn load_failure(e: &LoadError) -> Failure {
     Failure::new(Stage::Prepare, Cause::from_name(e.cause()), Some(e.reason()), chain(e))

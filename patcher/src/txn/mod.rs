@@ -10,7 +10,6 @@
 //! every earlier one did.
 
 pub mod apply;
-pub mod check;
 pub mod pause;
 pub mod recover;
 pub mod result;
@@ -21,10 +20,10 @@ use std::time::Duration;
 
 use crate::arena::registry::Registry;
 use crate::arena::{codec, map, ArenaInfo};
-use crate::backend::Backend;
-use crate::target::access::Guest;
-use crate::linux::stackcheck::{CheckMode, CheckSummary};
-use crate::target::TargetKernel;
+use crate::model::backend::Backend;
+use crate::arch::x86::guest::Guest;
+use crate::model::{CheckMode, CheckSummary};
+use crate::kernels::TargetKernel;
 pub use result::{Cause, Conflict, Failure, Stage, Timings, TxnReport};
 
 /// Knobs of a transaction.
@@ -62,7 +61,7 @@ pub struct Patcher<'t, B: Backend> {
     /// What the last safety check did (for the report).
     last_check: Option<CheckSummary>,
     /// The ORC of the patch being applied, registered once it is in.
-    pending_orc: Option<crate::linux::orc::OrcTable>,
+    pending_orc: Option<crate::os::linux::orc::OrcTable>,
 }
 
 /// Name under which a patch's ORC table is registered with the unwinder.

@@ -10,10 +10,10 @@ use super::result::{Cause, Conflict, Failure, Stage, Timings};
 use super::Patcher;
 use crate::arena::map;
 use crate::arena::registry::{CheckRange, Registry, SiteWrite};
-use crate::backend::{Backend, BackendError};
-use crate::linux::stackcheck::{self, CheckInput};
-use crate::mem::KernelMemory;
-use crate::target::TargetError;
+use crate::model::backend::{Backend, BackendError};
+use crate::safety::orc::{self, CheckInput};
+use crate::model::mem::KernelMemory;
+use crate::model::TargetError;
 
 /// How a pause loop failed.
 #[derive(Debug)]
@@ -108,7 +108,7 @@ impl<B: Backend> Patcher<'_, B> {
                 }
             };
             let input = CheckInput { vcpus: &vcpus, vcpu_cpus: &[], tasks: &tasks };
-            let conflicts: Vec<Conflict> = match stackcheck::check(self.cfg.check, target.unwinder(), &mut self.guest, symbols, input, ranges) {
+            let conflicts: Vec<Conflict> = match orc::check(self.cfg.check, target.unwinder(), &mut self.guest, symbols, input, ranges) {
                 Ok((c, summary)) => {
                     if !summary.fallbacks.is_empty() {
                         tracing::info!(mode = %summary.mode, fallbacks = ?summary.fallbacks, "stacks scanned conservatively");

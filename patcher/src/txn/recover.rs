@@ -16,8 +16,8 @@ use super::result::{Cause, Failure, Stage, Timings, TxnReport};
 use super::Patcher;
 use crate::arena::registry::{HistoryEntry, IntentOp, PatchState, Registry, SiteWrite, Span};
 use crate::arena::ArenaInfo;
-use crate::backend::Backend;
-use crate::mem::KernelMemory;
+use crate::model::backend::Backend;
+use crate::model::mem::KernelMemory;
 
 /// What the kernel text says about an intent's writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

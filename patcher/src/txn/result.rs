@@ -4,6 +4,9 @@
 
 use serde::Serialize;
 
+pub use crate::model::chain;
+pub use crate::model::Conflict;
+
 /// Stable outcome of a transaction (Ksplice's abort causes and a few more).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -95,23 +98,6 @@ pub enum Stage {
     Done,
 }
 
-/// Something running in the code to be replaced.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Conflict {
-    /// Task name (comm), when known.
-    pub task: Option<String>,
-    /// Task id (pid), when known.
-    pub task_id: Option<u64>,
-    /// vCPU whose RIP hit, for a RIP conflict.
-    pub vcpu: Option<usize>,
-    /// `rip` or `stack`.
-    pub kind: &'static str,
-    /// The address found.
-    pub addr: u64,
-    /// The function it is in (`tg_hold+0x12`, or a patch function).
-    pub function: String,
-}
-
 /// Timings in microseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Timings {
@@ -165,7 +151,7 @@ pub struct TxnReport {
     /// What the last safety check did: mode, stacks unwound and scanned,
     /// and each stack the ORC check scanned instead, with the reason.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub check: Option<crate::linux::stackcheck::CheckSummary>,
+    pub check: Option<crate::model::CheckSummary>,
     /// Timings.
     pub timings: Timings,
 }
@@ -207,16 +193,4 @@ impl Failure {
     pub fn from_err(stage: Stage, cause: Cause, reason: impl Into<Option<&'static str>>, err: &dyn std::error::Error) -> Self {
         Self::new(stage, cause, reason, chain(err))
     }
-}
-
-/// An error and its `#[source]` chain on one line.
-pub fn chain(err: &dyn std::error::Error) -> String {
-    let mut s = err.to_string();
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        s.push_str(": ");
-        s.push_str(&e.to_string());
-        cur = e.source();
-    }
-    s
 }

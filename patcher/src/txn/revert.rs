@@ -8,7 +8,7 @@ use std::time::Instant;
 use super::result::{Cause, Failure, Stage, Timings, TxnReport};
 use super::Patcher;
 use crate::arena::registry::{CheckRange, Intent, IntentOp, PatchState, SiteWrite};
-use crate::backend::Backend;
+use crate::model::backend::Backend;
 
 impl<B: Backend> Patcher<'_, B> {
     fn try_revert(&mut self, id: &str, timings: &mut Timings, t0: Instant) -> Result<Option<String>, Failure> {

@@ -6,10 +6,10 @@
 
 use std::time::{Duration, Instant};
 
-use vsplice_patcher::backend::{Backend, VcpuState};
+use vsplice_patcher::model::backend::{Backend, VcpuState};
 use vsplice_patcher::gdb::{GdbBackend, GdbOptions};
-use vsplice_patcher::linux::kernel::LiveKernel;
-use vsplice_patcher::linux::view::{self, AgentHint, LinuxView, TaskSource, ViewError};
+use vsplice_patcher::os::linux::kernel::LiveKernel;
+use vsplice_patcher::os::linux::view::{self, AgentHint, LinuxView, TaskSource, ViewError};
 
 /// A guest opened through its gdbstub: identified once, stopped or running.
 pub struct Live {

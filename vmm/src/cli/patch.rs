@@ -22,15 +22,15 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 use vsplice_patcher::attach::attach_gdb;
-use vsplice_patcher::backend::{Backend, BackendError, VcpuState};
+use vsplice_patcher::model::backend::{Backend, BackendError, VcpuState};
 use vsplice_patcher::gdb::backend::GdbBackend;
 use vsplice_patcher::gdb::client::GdbOptions;
 use vsplice_patcher::patch::build::{build_patch, BuildOptions};
 use vsplice_patcher::patch::PatchFile;
-use vsplice_patcher::target::access::AutoStop;
-use vsplice_patcher::target::linux::LinuxTarget;
-use vsplice_patcher::target::testguest::TestGuest;
-use vsplice_patcher::target::TargetKernel;
+use vsplice_patcher::arch::x86::guest::AutoStop;
+use vsplice_patcher::kernels::stock_linux::LinuxTarget;
+use vsplice_patcher::kernels::testguest::TestGuest;
+use vsplice_patcher::kernels::TargetKernel;
 use vsplice_patcher::txn::recover::TextState;
 use vsplice_patcher::txn::{Patcher, TxnConfig, TxnReport};
 

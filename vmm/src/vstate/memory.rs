@@ -3,8 +3,8 @@
 
 use thiserror::Error;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-use vsplice_patcher::backend::{Backend, BackendError, VcpuState};
-use vsplice_patcher::x86::paging::PageWalker;
+use vsplice_patcher::model::backend::{Backend, BackendError, VcpuState};
+use vsplice_patcher::arch::x86::paging::PageWalker;
 
 /// The guest memory type used throughout the VMM.
 pub type GuestMemory = GuestMemoryMmap<()>;

@@ -19,7 +19,7 @@ use kvm_bindings::kvm_run;
 use thiserror::Error;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
-use vsplice_patcher::backend::VcpuState;
+use vsplice_patcher::model::backend::VcpuState;
 
 use super::memory::GuestMemory;
 use super::vcpu::{ExitAction, GuestExit, Vcpu};

@@ -7,7 +7,7 @@ use std::error::Error as StdError;
 use kvm_bindings::{kvm_msr_entry, Msrs, KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use thiserror::Error;
-use vsplice_patcher::backend::VcpuState;
+use vsplice_patcher::model::backend::VcpuState;
 
 use super::memory::{read_virt, GuestMemory};
 use crate::devices::bus::PioBus;

@@ -1,0 +1,168 @@
+//! Page walks and the virtual reader on synthetic page tables in a fake
+//! backend (a flat in-memory guest).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use super::paging::{PageWalker, CR4_LA57};
+use super::vmem::VirtMem;
+use crate::model::backend::{Backend, BackendError, VcpuState};
+use crate::model::mem::KernelMemory;
+
+/// A guest with `ram` bytes of physical memory and a read counter.
+#[derive(Debug)]
+pub struct FakeGuest {
+    pub ram: Vec<u8>,
+    pub reads: usize,
+}
+
+impl Backend for FakeGuest {
+    fn stop(&mut self) -> Result<Vec<VcpuState>, BackendError> {
+        Ok(vec![])
+    }
+    fn resume(&mut self) -> Result<(), BackendError> {
+        Ok(())
+    }
+    fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), BackendError> {
+        self.reads += 1;
+        let s = gpa as usize;
+        let src = self.ram.get(s..s + buf.len()).ok_or(BackendError::BadAddress { gpa, len: buf.len() as u64 })?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+    fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), BackendError> {
+        let s = gpa as usize;
+        self.ram[s..s + data.len()].copy_from_slice(data);
+        Ok(())
+    }
+}
+
+impl FakeGuest {
+    pub fn new(size: usize) -> Self {
+        Self { ram: vec![0; size], reads: 0 }
+    }
+    pub fn set_entry(&mut self, table: u64, idx: u64, val: u64) {
+        let o = (table + idx * 8) as usize;
+        self.ram[o..o + 8].copy_from_slice(&val.to_le_bytes());
+    }
+}
+
+fn idx(va: u64, level: u32) -> u64 {
+    (va >> (12 + 9 * (level - 1))) & 511
+}
+
+/// Builds tables at fixed physical pages: returns the guest.
+/// Layout (4-level): PML4 @0x1000, PDPT @0x2000, PD @0x3000, PT @0x4000.
+/// - 0xffffffff81000000: 2 MiB page -> phys 0x200000 (NX clear, RW)
+/// - 0xffffffff81200000 + 0..: 4 KiB pages -> phys 0x400000.. (two pages, non-contiguous)
+/// - 0xffff888000000000: 1 GiB page -> phys 0 (RW, NX) (only the first MBs exist)
+fn build4() -> FakeGuest {
+    let mut g = FakeGuest::new(0x80_0000);
+    let (pml4, pdpt, pd, pt, pdpt2) = (0x1000, 0x2000, 0x3000, 0x4000, 0x5000);
+    let k = 0xffff_ffff_8100_0000u64;
+    g.set_entry(pml4, idx(k, 4), pdpt | 3);
+    g.set_entry(pdpt, idx(k, 3), pd | 3);
+    g.set_entry(pd, idx(k, 2), 0x20_0000 | 0x83);
+    g.set_entry(pd, idx(k + 0x20_0000, 2), pt | 3);
+    g.set_entry(pt, 0, 0x40_0000 | 3 | (1 << 63));
+    g.set_entry(pt, 1, 0x60_0000 | 3);
+    let d = 0xffff_8880_0000_0000u64;
+    g.set_entry(pml4, idx(d, 4), pdpt2 | 3);
+    g.set_entry(pdpt2, idx(d, 3), 0x83 | (1 << 63));
+    for (i, b) in g.ram[0x20_0000..0x40_0000].iter_mut().enumerate() {
+        *b = (i % 253) as u8;
+    }
+    g.ram[0x40_0ff0..0x40_1000].copy_from_slice(b"ABCDEFGHIJKLMNOP");
+    g.ram[0x60_0000..0x60_0010].copy_from_slice(b"QRSTUVWXYZ012345");
+    g
+}
+
+#[test]
+fn four_level_translations() {
+    let mut g = build4();
+    let mut w = PageWalker::new(0x1000 | 0x5 /* PCID bits */, 0);
+    let m = w.translate(&mut g, 0xffff_ffff_8112_3456).unwrap();
+    assert_eq!((m.size, m.phys(0xffff_ffff_8112_3456), m.nx, m.writable), (0x20_0000, 0x32_3456, false, true));
+    let m = w.translate(&mut g, 0xffff_ffff_8120_0010).unwrap();
+    assert_eq!((m.size, m.paddr, m.nx), (0x1000, 0x40_0000, true));
+    let m = w.translate(&mut g, 0xffff_8880_0012_3000).unwrap();
+    assert_eq!((m.size, m.phys(0xffff_8880_0012_3000)), (1 << 30, 0x12_3000));
+    assert_eq!(w.translate(&mut g, 0xffff_ffff_8120_2000).unwrap_err().cause(), "not_mapped");
+    assert_eq!(w.translate(&mut g, 0x0000_8000_0000_0000).unwrap_err().cause(), "non_canonical");
+    // Tables are cached: translating again reads nothing more.
+    let before = g.reads;
+    w.translate(&mut g, 0xffff_ffff_8100_0000).unwrap();
+    assert_eq!(g.reads, before);
+}
+
+#[test]
+fn walk_range_lists_mappings_in_order() {
+    let mut g = build4();
+    let mut w = PageWalker::new(0x1000, 0);
+    let mut seen = vec![];
+    w.walk_range(&mut g, 0xffff_ffff_8000_0000, u64::MAX, &mut |m| {
+        seen.push((m.vaddr, m.size, m.nx));
+        true
+    })
+    .unwrap();
+    assert_eq!(
+        seen,
+        vec![
+            (0xffff_ffff_8100_0000, 0x20_0000, false),
+            (0xffff_ffff_8120_0000, 0x1000, true),
+            (0xffff_ffff_8120_1000, 0x1000, false)
+        ]
+    );
+    let mut all = 0;
+    w.walk_range(&mut g, 0, u64::MAX, &mut |_| {
+        all += 1;
+        true
+    })
+    .unwrap();
+    assert_eq!(all, 4);
+}
+
+#[test]
+fn five_level_walk() {
+    let mut g = FakeGuest::new(0x40_0000);
+    let (pml5, pml4, pdpt, pd, pt) = (0x1000, 0x2000, 0x3000, 0x4000, 0x5000);
+    let va = 0xff11_2233_4455_6000u64; // canonical for 57 bits
+    g.set_entry(pml5, idx(va, 5), pml4 | 3);
+    g.set_entry(pml4, idx(va, 4), pdpt | 3);
+    g.set_entry(pdpt, idx(va, 3), pd | 3);
+    g.set_entry(pd, idx(va, 2), pt | 3);
+    g.set_entry(pt, idx(va, 1), 0x30_0000 | 3);
+    let mut w = PageWalker::new(pml5, CR4_LA57);
+    assert_eq!(w.levels(), 5);
+    assert_eq!(w.translate(&mut g, va + 0x123).unwrap().phys(va + 0x123), 0x30_0123);
+    // In 4-level mode the same address is not canonical.
+    let mut w4 = PageWalker::new(pml5, 0);
+    assert_eq!(w4.translate(&mut g, va).unwrap_err().cause(), "non_canonical");
+    let mut n = 0;
+    w.walk_range(&mut g, 0, u64::MAX, &mut |m| {
+        assert_eq!(m.vaddr, va);
+        n += 1;
+        true
+    })
+    .unwrap();
+    assert_eq!(n, 1);
+}
+
+#[test]
+fn virtual_reads_cross_pages_and_page_sizes() {
+    let g = build4();
+    let mut vm = VirtMem::new(g, 0x1000, 0);
+    // Across the 4 KiB boundary between two non-contiguous physical pages.
+    let mut b = [0u8; 32];
+    vm.read(0xffff_ffff_8120_0ff0, &mut b).unwrap();
+    assert_eq!(&b, b"ABCDEFGHIJKLMNOPQRSTUVWXYZ012345");
+    // A large read inside the 2 MiB page is one physical read.
+    let before = vm.backend().reads;
+    let mut big = vec![0u8; 0x10_0000];
+    vm.read(0xffff_ffff_8100_0100, &mut big).unwrap();
+    assert_eq!(vm.backend().reads - before, 1);
+    assert!(big.iter().enumerate().all(|(i, &v)| v == ((i + 0x100) % 253) as u8));
+    // Large read across 2 MiB -> 4 KiB pages: stops at the first unmapped page.
+    let mut big = vec![0u8; 0x20_0000 + 0x3000];
+    assert_eq!(vm.read(0xffff_ffff_8100_0000, &mut big).unwrap_err().cause(), "not_mapped");
+    assert_eq!(vm.read_u64(0xffff_8880_0020_0008).unwrap(), u64::from_le_bytes([8, 9, 10, 11, 12, 13, 14, 15]));
+}

@@ -1,0 +1,143 @@
+//! Kernel-virtual memory over a [`Backend`]: translate with [`PageWalker`],
+//! keep recent translations (a small TLB of whole pages, large pages
+//! included) and recently read 4 KiB pages, and turn big reads into as few
+//! physical reads as the mappings allow.
+
+use std::collections::HashMap;
+
+use super::paging::{Mapping, PageWalker};
+use crate::model::backend::Backend;
+use crate::model::mem::{KernelMemory, MemError};
+
+const TLB_SIZE: usize = 64;
+const DATA_PAGES: usize = 1024;
+
+/// A kernel address space read through a backend. Valid while the guest
+/// stays stopped; call [`VirtMem::flush`] after it ran.
+#[derive(Debug)]
+pub struct VirtMem<B: Backend> {
+    backend: B,
+    walker: PageWalker,
+    tlb: Vec<Mapping>,
+    tlb_next: usize,
+    pages: HashMap<u64, Box<[u8; 4096]>>,
+    /// Bytes read from the backend (for measurements).
+    pub bytes_read: u64,
+}
+
+impl<B: Backend> VirtMem<B> {
+    /// Read the address space of `cr3` (with `cr4` for 4/5 levels).
+    pub fn new(backend: B, cr3: u64, cr4: u64) -> Self {
+        Self {
+            backend,
+            walker: PageWalker::new(cr3, cr4),
+            tlb: Vec::with_capacity(TLB_SIZE),
+            tlb_next: 0,
+            pages: HashMap::new(),
+            bytes_read: 0,
+        }
+    }
+
+    /// The backend (e.g. to write or resume).
+    pub fn backend(&mut self) -> &mut B {
+        &mut self.backend
+    }
+
+    /// Give the backend back.
+    pub fn into_backend(self) -> B {
+        self.backend
+    }
+
+    /// The page walker (e.g. to enumerate mappings).
+    pub fn walker_and_backend(&mut self) -> (&mut PageWalker, &mut B) {
+        (&mut self.walker, &mut self.backend)
+    }
+
+    /// Forget every cached translation and page.
+    pub fn flush(&mut self) {
+        self.walker.flush();
+        self.tlb.clear();
+        self.pages.clear();
+    }
+
+    /// Translate one address (through the TLB).
+    pub fn translate(&mut self, vaddr: u64) -> Result<Mapping, MemError> {
+        if let Some(m) = self.tlb.iter().find(|m| m.contains(vaddr)) {
+            return Ok(*m);
+        }
+        let m = self.walker.translate(&mut self.backend, vaddr)?;
+        if self.tlb.len() < TLB_SIZE {
+            self.tlb.push(m);
+        } else {
+            self.tlb[self.tlb_next] = m;
+            self.tlb_next = (self.tlb_next + 1) % TLB_SIZE;
+        }
+        Ok(m)
+    }
+
+    /// Physical address of `vaddr`.
+    pub fn virt_to_phys(&mut self, vaddr: u64) -> Result<u64, MemError> {
+        Ok(self.translate(vaddr)?.phys(vaddr))
+    }
+
+    fn read_small(&mut self, vaddr: u64, buf: &mut [u8]) -> Result<(), MemError> {
+        let mut done = 0;
+        while done < buf.len() {
+            let va = vaddr.wrapping_add(done as u64);
+            let pa_page = self.virt_to_phys(va)? & !0xfff;
+            if !self.pages.contains_key(&pa_page) {
+                if self.pages.len() >= DATA_PAGES {
+                    self.pages.clear();
+                }
+                let mut p = Box::new([0u8; 4096]);
+                self.backend.read_phys(pa_page, &mut p[..])?;
+                self.bytes_read += 4096;
+                self.pages.insert(pa_page, p);
+            }
+            let off = (va & 0xfff) as usize;
+            let n = (4096 - off).min(buf.len() - done);
+            if let Some(p) = self.pages.get(&pa_page) {
+                buf[done..done + n].copy_from_slice(&p[off..off + n]);
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn read_large(&mut self, vaddr: u64, buf: &mut [u8]) -> Result<(), MemError> {
+        // Coalesce physically contiguous spans into single backend reads.
+        let mut done = 0usize;
+        let mut run: Option<(u64, usize, usize)> = None; // (pa, buf offset, len)
+        while done < buf.len() {
+            let va = vaddr.wrapping_add(done as u64);
+            let m = self.translate(va)?;
+            let pa = m.phys(va);
+            let n = ((m.vaddr + m.size - va) as usize).min(buf.len() - done);
+            run = match run {
+                Some((rpa, roff, rlen)) if rpa + rlen as u64 == pa => Some((rpa, roff, rlen + n)),
+                Some((rpa, roff, rlen)) => {
+                    self.backend.read_phys(rpa, &mut buf[roff..roff + rlen])?;
+                    self.bytes_read += rlen as u64;
+                    Some((pa, done, n))
+                }
+                None => Some((pa, done, n)),
+            };
+            done += n;
+        }
+        if let Some((rpa, roff, rlen)) = run {
+            self.backend.read_phys(rpa, &mut buf[roff..roff + rlen])?;
+            self.bytes_read += rlen as u64;
+        }
+        Ok(())
+    }
+}
+
+impl<B: Backend> KernelMemory for VirtMem<B> {
+    fn read(&mut self, vaddr: u64, buf: &mut [u8]) -> Result<(), MemError> {
+        if buf.len() <= 2 * 4096 {
+            self.read_small(vaddr, buf)
+        } else {
+            self.read_large(vaddr, buf)
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! What the patcher needs to know about a guest kernel, behind one trait.
+//!
+//! [`TargetKernel`] is the seam between the patch machinery (loader,
+//! transaction, safety check) and a particular kind of kernel:
+//! - [`testguest::TestGuest`]: the purpose-built test guest (ELF symbol
+//!   table of `testguest.elf`, its in-memory task table `tg_task_table`);
+//! - [`linux::LinuxTarget`]: a live stock Linux kernel, built on
+//!   `crate::os::linux`: kallsyms for symbols (with positions, files unknown),
+//!   the KASLR slide, the BTF task walk, per-CPU IRQ and exception stacks,
+//!   and what the loader needs (CPU features, static keys, return thunk).
+//!
+//! Static knowledge (symbols, build-id, `_end`, page-table root) is read
+//! once when the target is opened; live state (is the kernel up, the task
+//! list) is read through [`KernelMemory`] each time it is needed.
+
+pub mod stock_linux;
+pub mod testguest;
+
+use std::ops::Range;
+
+use crate::model::{KernelMemory, SymbolTable, TargetError, TaskList, VcpuState};
+use crate::os::linux::unwind::OrcUnwinder;
+use crate::patch::link::{LinkEnv, UnknownEnv};
+
+/// A guest kernel as the patcher sees it.
+pub trait TargetKernel: std::fmt::Debug {
+    /// Kind of kernel, as written in patch manifests (`testguest`, `linux`).
+    fn kind(&self) -> &'static str;
+    /// GNU build-id of the running kernel, lower-case hex.
+    fn build_id(&self) -> Option<&str>;
+    /// All symbols (duplicates kept, with position and, where known, file).
+    fn symbols(&self) -> &SymbolTable;
+    /// `_end`: the end of the kernel image, runtime address.
+    fn image_end(&self) -> u64;
+    /// Virtual range in which vsplice may map its arena (2 MiB slots after
+    /// `_end` in the kernel image's page directory, below modules).
+    fn arena_window(&self) -> Range<u64>;
+    /// Physical address of the kernel's top-level page table (and of every
+    /// other root that must see the arena, e.g. per-process copies of the
+    /// kernel half share the same lower tables, so one root suffices on x86-64).
+    fn page_table_root(&self) -> u64;
+    /// True when the kernel is up far enough to be patched.
+    fn is_up(&self, mem: &mut dyn KernelMemory) -> Result<bool, TargetError>;
+    /// All tasks and CPU stacks; call with every vCPU stopped.
+    /// [`TargetError::Inconsistent`] means: resume, then try again.
+    fn tasks(&self, mem: &mut dyn KernelMemory, vcpus: &[VcpuState]) -> Result<TaskList, TargetError>;
+    /// What the loader needs of the running kernel beyond its symbols (CPU
+    /// features for alternatives, static keys for jump labels, the return
+    /// thunk), read through `mem`. By default nothing is known, and objects
+    /// that need it are refused.
+    fn link_env<'a>(&'a self, mem: &'a mut dyn KernelMemory) -> Box<dyn LinkEnv + 'a> {
+        let _ = mem;
+        Box::new(UnknownEnv)
+    }
+    /// The ORC unwinder of the precise safety check (`--check orc`), when
+    /// this kernel has one; without it the check is the conservative scan.
+    fn unwinder(&self) -> Option<&OrcUnwinder> {
+        None
+    }
+}

@@ -1,0 +1,362 @@
+//! A live stock Linux kernel (x86-64, 6.1) as a [`TargetKernel`], seen from
+//! outside with nothing in the guest: identified once through
+//! [`crate::os::linux::kernel::LiveKernel`] (kallsyms, slide, build-id, BTF),
+//! then
+//!
+//! - symbols: kallsyms in table order at runtime addresses ([`symbols`]);
+//! - `_end`, and the arena window `[roundup(_end, 2 MiB), MODULES_VADDR)`
+//!   of the kernel image's page directory (`level2_kernel_pgt`, whose slots
+//!   beyond the image `cleanup_highmap` cleared at boot);
+//! - the page-table root: the physical address of `init_top_pgt` (every
+//!   process's kernel half shares its lower tables);
+//! - `is_up`: `system_state == SYSTEM_RUNNING`;
+//! - tasks: the guest agent's table when it is loaded and the agentless
+//!   BTF walk (every thread, the idle task of each CPU), checked against
+//!   each other ([`crate::os::linux::view::read_tasks`], [`TaskSource`]), each
+//!   task with its kernel stack and saved stack pointer, plus the live
+//!   parts of each CPU's IRQ, exception and entry stacks
+//!   ([`crate::os::linux::cpustacks`], [`stacks`]); a list caught mid-update is
+//!   [`TargetError::Inconsistent`], never partial; a disagreement is
+//!   [`TargetError::Untrusted`] (`agent_mismatch`);
+//! - the ORC unwinder of the precise safety check (vmlinux and module
+//!   tables, [`crate::os::linux::view::build_unwinder`]);
+//! - for the loader ([`LinkEnv`]): the boot CPU's feature and bug words
+//!   (`boot_cpu_data.x86_capability`), static keys' state read from guest
+//!   memory, and the guest's `x86_return_thunk`.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use thiserror::Error;
+use tracing::{debug, info};
+
+use super::TargetKernel;
+use crate::model::{TargetError, TaskInfo, TaskList};
+use crate::os::linux::symbols;
+use crate::safety::cpu_stacks as stacks;
+use crate::model::backend::{Backend, VcpuState};
+use crate::os::linux::btf::Btf;
+use crate::os::linux::cpustacks;
+use crate::os::linux::kallsyms::Kallsyms;
+use crate::os::linux::kernel::{KernelError, LiveKernel, Slide};
+use crate::os::linux::notes;
+use crate::os::linux::tasks::{self, TaskError, TaskOffsets};
+use crate::os::linux::unwind::OrcUnwinder;
+use crate::os::linux::view::{self, AgentHint, TaskSource, ViewError};
+use crate::patch::link::{CpuCaps, LinkEnv};
+use crate::model::mem::{KernelMemory, MemError};
+use crate::model::SymbolTable;
+
+/// `MODULES_VADDR` on x86-64: `__START_KERNEL_map` + `KERNEL_IMAGE_SIZE` (1 GiB with KASLR).
+pub const MODULES_VADDR: u64 = 0xffff_ffff_c000_0000;
+/// `SYSTEM_RUNNING` in 6.1's `enum system_states` (BOOTING, SCHEDULING, FREEING_INITMEM, RUNNING, …).
+pub const SYSTEM_RUNNING: u32 = 3;
+/// `sizeof(struct pt_regs)` on x86-64: all a user-mode task has on its kernel stack.
+pub const PT_REGS_SIZE: u64 = 21 * 8;
+const CR4_LA57: u64 = 1 << 12;
+const SLOT: u64 = 2 << 20;
+
+/// Why a live Linux kernel cannot be used as a patch target.
+#[derive(Debug, Error)]
+pub enum LinuxTargetError {
+    /// Identification failed (kallsyms, slide, notes, BTF).
+    #[error("cannot identify the guest's Linux kernel")]
+    Kernel(#[from] #[source] KernelError),
+    /// The kernel has no embedded BTF (CONFIG_DEBUG_INFO_BTF): no agentless task walk.
+    #[error("the guest kernel has no BTF (CONFIG_DEBUG_INFO_BTF), so its tasks cannot be found without an agent")]
+    NoBtf,
+    /// BTF lacks what the task walk needs.
+    #[error("the guest kernel's BTF lacks what the task walk needs")]
+    Btf(#[from] #[source] TaskError),
+    /// A symbol vsplice needs is missing.
+    #[error("the guest kernel has no symbol `{0}`")]
+    MissingSymbol(&'static str),
+    /// 5-level paging (the arena mapping walks 4 levels).
+    #[error("the guest runs with 5-level paging (LA57), which the arena mapping does not support")]
+    FiveLevel,
+    /// Reading guest memory failed.
+    #[error("reading guest memory failed")]
+    Memory(#[from] #[source] MemError),
+}
+
+impl LinuxTargetError {
+    /// Stable machine-readable cause name.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            Self::Kernel(e) => e.cause(),
+            Self::NoBtf => "no_btf",
+            Self::Btf(e) => e.cause(),
+            Self::MissingSymbol(_) => "symbol_missing",
+            Self::FiveLevel => "five_level_paging",
+            Self::Memory(e) => e.cause(),
+        }
+    }
+}
+
+/// A live Linux kernel.
+#[derive(Debug, Clone)]
+pub struct LinuxTarget {
+    kallsyms: Kallsyms,
+    symbols: SymbolTable,
+    build_id: Option<String>,
+    banner: Option<String>,
+    slide: Option<Slide>,
+    end: u64,
+    root: u64,
+    system_state: u64,
+    offsets: TaskOffsets,
+    btf: Btf,
+    caps: Option<CpuCaps>,
+    return_thunk: Option<u64>,
+    unwinder: Option<OrcUnwinder>,
+    source: TaskSource,
+    doorbell: Option<u64>,
+    /// Where the agent's header was last seen (kernel-virtual, 0: unknown).
+    agent_at: Arc<AtomicU64>,
+}
+
+/// The boot CPU's capability words: `boot_cpu_data.x86_capability[]`.
+fn read_caps(mem: &mut dyn KernelMemory, k: &Kallsyms, btf: &Btf) -> Result<Option<CpuCaps>, MemError> {
+    let (Some(bcd), Some(id)) = (k.first_addr("boot_cpu_data"), btf.find_struct("cpuinfo_x86")) else { return Ok(None) };
+    let Some(m) = btf.member(id, "x86_capability") else { return Ok(None) };
+    let size = m.size.unwrap_or(0).min(4 * 64);
+    if size < 4 {
+        return Ok(None);
+    }
+    let raw = mem.read_vec(bcd + m.offset, size as usize)?;
+    Ok(Some(CpuCaps(raw.chunks_exact(4).map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]])).collect())))
+}
+
+impl LinuxTarget {
+    /// Identifies the kernel of a stopped guest (`vcpus` from the stop).
+    pub fn open<B: Backend>(backend: &mut B, vcpus: Vec<VcpuState>) -> Result<Self, LinuxTargetError> {
+        if vcpus.iter().any(|v| v.long_mode() && v.cr4 & CR4_LA57 != 0) {
+            return Err(LinuxTargetError::FiveLevel);
+        }
+        let mut lk = LiveKernel::open(backend, vcpus, None)?;
+        let k = lk.info.kallsyms.clone();
+        let need = |name: &'static str| k.first_addr(name).ok_or(LinuxTargetError::MissingSymbol(name));
+        let end = need("_end")?;
+        let system_state = need("system_state")?;
+        let root = lk.vm.virt_to_phys(need("init_top_pgt")?)?;
+        let (btf, _, _) = lk.info.btf.as_ref().ok_or(LinuxTargetError::NoBtf)?;
+        let offsets = TaskOffsets::from_btf(btf)?;
+        // The CPU stacks must be findable now, not at the first pause.
+        cpustacks::cpu_stacks(&mut lk.vm, &k, btf, true)?;
+        let caps = read_caps(&mut lk.vm, &k, btf)?;
+        let return_thunk = match k.first_addr("x86_return_thunk") {
+            Some(a) => Some(lk.vm.read_u64(a)?).filter(|&t| t != 0),
+            None => None,
+        };
+        let unwinder = match view::build_unwinder(&mut lk.vm, &lk.info) {
+            Ok(u) => Some(u),
+            Err(e) => {
+                info!(error = %e, "no ORC unwinder: the safety check will scan stacks conservatively");
+                None
+            }
+        };
+        let t = Self {
+            symbols: symbols::symbol_table(&k),
+            build_id: lk.info.build_id.as_deref().map(notes::hex),
+            banner: lk.info.banner.clone(),
+            slide: lk.info.slide.clone(),
+            kallsyms: k,
+            end,
+            root,
+            system_state,
+            offsets,
+            btf: btf.clone(),
+            caps,
+            return_thunk,
+            unwinder,
+            source: TaskSource::Auto,
+            doorbell: None,
+            agent_at: Arc::default(),
+        };
+        info!(
+            build_id = t.build_id.as_deref().unwrap_or("?"),
+            end = format_args!("{:#x}", t.end),
+            root = format_args!("{:#x}", t.root),
+            features = t.caps.as_ref().map_or(0, |c| c.0.len()),
+            "Linux target"
+        );
+        Ok(t)
+    }
+
+    /// kallsyms at runtime addresses.
+    pub fn kallsyms(&self) -> &Kallsyms {
+        &self.kallsyms
+    }
+
+    /// `linux_banner`.
+    pub fn banner(&self) -> Option<&str> {
+        self.banner.as_deref()
+    }
+
+    /// The KASLR slide.
+    pub fn slide(&self) -> Option<&Slide> {
+        self.slide.as_ref()
+    }
+
+    /// The boot CPU's feature and bug words.
+    pub fn cpu_caps(&self) -> Option<&CpuCaps> {
+        self.caps.as_ref()
+    }
+
+    /// The guest's `x86_return_thunk`.
+    pub fn return_thunk(&self) -> Option<u64> {
+        self.return_thunk
+    }
+
+    /// Where the task list comes from (default: the agent when present).
+    pub fn set_task_source(&mut self, source: TaskSource) {
+        self.source = source;
+    }
+
+    /// The agent's descriptor address announced through the VMM's doorbell.
+    pub fn set_agent_doorbell(&mut self, gpa: Option<u64>) {
+        self.doorbell = gpa.filter(|&g| g != 0);
+    }
+
+    /// True when the last task list came from the agent (checked against the walk).
+    pub fn agent_in_use(&self) -> bool {
+        self.agent_at.load(Ordering::Relaxed) != 0
+    }
+
+    /// The CPU each vCPU runs: its GS base (kernel mode) or KERNEL_GS_BASE
+    /// (user mode) matched against `__per_cpu_offset[]`.
+    fn cpu_of(vcpus: &[VcpuState], per_cpu: &[u64]) -> Vec<Option<u32>> {
+        vcpus
+            .iter()
+            .map(|v| {
+                let base = if v.cpl() == 0 { Some(v.gs_base) } else { v.kernel_gs_base };
+                base.and_then(|b| per_cpu.iter().position(|&o| o == b)).map(|c| c as u32)
+            })
+            .collect()
+    }
+}
+
+fn view_error(e: ViewError) -> TargetError {
+    match e {
+        ViewError::Walk(t) => task_error(t),
+        e if e.is_retry() => TargetError::Inconsistent(e.to_string()),
+        e => TargetError::Untrusted { cause: e.cause(), message: e.to_string() },
+    }
+}
+
+fn task_error(e: TaskError) -> TargetError {
+    match e {
+        TaskError::Inconsistent { .. } => TargetError::Inconsistent(e.to_string()),
+        TaskError::Memory(m) => TargetError::Memory(m),
+        other => TargetError::Malformed(other.to_string()),
+    }
+}
+
+impl TargetKernel for LinuxTarget {
+    fn kind(&self) -> &'static str {
+        "linux"
+    }
+
+    fn build_id(&self) -> Option<&str> {
+        self.build_id.as_deref()
+    }
+
+    fn symbols(&self) -> &SymbolTable {
+        &self.symbols
+    }
+
+    fn image_end(&self) -> u64 {
+        self.end
+    }
+
+    fn arena_window(&self) -> Range<u64> {
+        self.end.next_multiple_of(SLOT)..MODULES_VADDR
+    }
+
+    fn page_table_root(&self) -> u64 {
+        self.root
+    }
+
+    fn is_up(&self, mem: &mut dyn KernelMemory) -> Result<bool, TargetError> {
+        match mem.read_u32(self.system_state) {
+            Ok(s) => Ok(s == SYSTEM_RUNNING),
+            Err(MemError::NotMapped { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn tasks(&self, mem: &mut dyn KernelMemory, vcpus: &[VcpuState]) -> Result<TaskList, TargetError> {
+        let k = &self.kallsyms;
+        let hint = self.doorbell.map(AgentHint::Doorbell).or(match self.agent_at.load(Ordering::Relaxed) {
+            0 => None,
+            v => Some(AgentHint::Virt(v)),
+        });
+        let read = view::read_tasks(mem, k, Some(&self.btf), Some(&self.offsets), self.source, hint).map_err(view_error)?;
+        self.agent_at.store(read.agent_at().unwrap_or(0), Ordering::Relaxed);
+        if let Some(note) = &read.note {
+            debug!(%note, "task list without the agent");
+        }
+        let list = read.tasks;
+        let per_cpu = tasks::per_cpu_offsets(mem, k, vcpus.len()).map_err(task_error)?;
+        let cpu_of = Self::cpu_of(vcpus, &per_cpu);
+        let cur_sym = k.first_addr("current_task").ok_or_else(|| TargetError::Malformed("no current_task symbol".into()))?;
+        // (task, vCPU) for the task current on each vCPU whose CPU is known.
+        let mut current: Vec<(u64, &VcpuState)> = Vec::new();
+        for (v, c) in vcpus.iter().zip(&cpu_of) {
+            if let Some(c) = c {
+                current.push((mem.read_u64(per_cpu[*c as usize].wrapping_add(cur_sym))?, v));
+            }
+        }
+        let mut out = Vec::with_capacity(list.len());
+        for t in &list {
+            if t.stack == 0 {
+                continue; // a dead task whose stack is already freed
+            }
+            let stack = t.stack..t.stack_end();
+            let on_vcpu = vcpus.iter().any(|v| v.cpl() == 0 && stack.contains(&v.rsp()));
+            let cur = current.iter().find(|(a, _)| *a == t.addr).map(|(_, v)| *v);
+            let (on_cpu, saved_sp) = match cur {
+                // In user mode: only its pt_regs are on its kernel stack.
+                Some(v) if v.cpl() != 0 && !on_vcpu => (false, Some(stack.end - PT_REGS_SIZE)),
+                Some(_) => (true, None),
+                None if on_vcpu || t.on_cpu => (true, None),
+                None => (false, Some(t.sp).filter(|sp| stack.contains(sp))),
+            };
+            out.push(TaskInfo { id: t.pid as u64, name: t.comm.clone(), cpu: Some(t.cpu), stack, saved_sp, on_cpu });
+        }
+        let all = cpustacks::cpu_stacks(mem, k, &self.btf, true).map_err(task_error)?;
+        let cpu_stacks = stacks::live_cpu_stacks(all, vcpus, &cpu_of);
+        debug!(tasks = out.len(), cpu_stacks = cpu_stacks.len(), "Linux task list");
+        Ok(TaskList { tasks: out, cpu_stacks })
+    }
+
+    fn link_env<'a>(&'a self, mem: &'a mut dyn KernelMemory) -> Box<dyn LinkEnv + 'a> {
+        Box::new(GuestEnv { target: self, mem })
+    }
+
+    fn unwinder(&self) -> Option<&OrcUnwinder> {
+        self.unwinder.as_ref()
+    }
+}
+
+/// The loader's view of a live Linux guest.
+struct GuestEnv<'a> {
+    target: &'a LinuxTarget,
+    mem: &'a mut dyn KernelMemory,
+}
+
+impl LinkEnv for GuestEnv<'_> {
+    fn cpu_has(&self, bit: u16) -> Option<bool> {
+        self.target.caps.as_ref()?.has(bit)
+    }
+
+    fn key_enabled(&mut self, addr: u64) -> Option<bool> {
+        // struct static_key { atomic_t enabled; ... }: enabled > 0.
+        self.mem.read_i32(addr).ok().map(|n| n > 0)
+    }
+
+    fn return_thunk(&self) -> Option<u64> {
+        self.target.return_thunk
+    }
+}

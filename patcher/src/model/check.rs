@@ -1,0 +1,93 @@
+//! What the safety check is asked and what it finds: the code ranges no
+//! task may be in, the check mode, each conflict, and the summary of what
+//! was checked and how.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// A range the safety check must find idle, with a label for conflict reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckRange {
+    /// Start.
+    pub start: u64,
+    /// End (exclusive).
+    pub end: u64,
+    /// What it is (`tg_step_b`, `patch p1: tg_step_b_v2`, …).
+    pub label: String,
+}
+
+/// Something running in the code to be replaced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Conflict {
+    /// Task name (comm), when known.
+    pub task: Option<String>,
+    /// Task id (pid), when known.
+    pub task_id: Option<u64>,
+    /// vCPU whose RIP hit, for a RIP conflict.
+    pub vcpu: Option<usize>,
+    /// `rip` or `stack`.
+    pub kind: &'static str,
+    /// The address found.
+    pub addr: u64,
+    /// The function it is in (`tg_hold+0x12`, or a patch function).
+    pub function: String,
+}
+
+/// Which safety check to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckMode {
+    /// ORC unwinding, conservative scan per stack where it is unreliable.
+    #[default]
+    Orc,
+    /// Every word of every live stack (Ksplice).
+    Conservative,
+}
+
+impl FromStr for CheckMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "orc" => Ok(Self::Orc),
+            "conservative" => Ok(Self::Conservative),
+            other => Err(format!("unknown check `{other}` (orc or conservative)")),
+        }
+    }
+}
+
+impl fmt::Display for CheckMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Orc => "orc",
+            Self::Conservative => "conservative",
+        })
+    }
+}
+
+/// A stack the ORC check could not unwind, scanned conservatively instead.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Fallback {
+    /// Which stack (`pid 123 (comm)`, `vcpu 1`).
+    pub stack: String,
+    /// Why it was not unwound.
+    pub reason: String,
+}
+
+/// What the check did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CheckSummary {
+    /// The mode asked for.
+    pub mode: CheckMode,
+    /// Stacks checked through an ORC unwind.
+    pub unwound: usize,
+    /// Stacks scanned word by word.
+    pub scanned: usize,
+    /// CPU stacks skipped because no vCPU was on them.
+    pub idle_cpu_stacks: usize,
+    /// Bytes of stack read.
+    pub bytes: u64,
+    /// Every stack the ORC check had to scan instead, with the reason.
+    pub fallbacks: Vec<Fallback>,
+}

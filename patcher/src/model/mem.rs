@@ -1,0 +1,120 @@
+//! The seam between architecture and OS knowledge: kernel-virtual memory.
+//!
+//! Live guests implement it with [`crate::arch::x86::vmem::VirtMem`] (page walks
+//! over a [`crate::model::backend::Backend`]); the offline image with
+//! [`crate::os::linux::image::ImageMemory`] (vmlinux at its link addresses).
+
+use thiserror::Error;
+
+use crate::model::backend::BackendError;
+
+/// Why a kernel-virtual read failed.
+#[derive(Debug, Error)]
+pub enum MemError {
+    /// No present mapping for the address.
+    #[error("virtual address {vaddr:#x} is not mapped")]
+    NotMapped {
+        /// The address.
+        vaddr: u64,
+    },
+    /// The address is not canonical for the paging mode.
+    #[error("virtual address {vaddr:#x} is not canonical")]
+    NonCanonical {
+        /// The address.
+        vaddr: u64,
+    },
+    /// The range is not part of the kernel image file.
+    #[error("{vaddr:#x}+{len:#x} is not in the kernel image")]
+    NotInImage {
+        /// Start.
+        vaddr: u64,
+        /// Length.
+        len: u64,
+    },
+    /// The backend failed.
+    #[error("backend read failed")]
+    Backend(#[from] #[source] BackendError),
+}
+
+impl MemError {
+    /// Stable machine-readable cause name.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            Self::NotMapped { .. } => "not_mapped",
+            Self::NonCanonical { .. } => "non_canonical",
+            Self::NotInImage { .. } => "not_in_image",
+            Self::Backend(_) => "backend",
+        }
+    }
+}
+
+/// Read access to the kernel's virtual address space.
+pub trait KernelMemory {
+    /// Fill `buf` from `vaddr` (ranges may cross pages).
+    fn read(&mut self, vaddr: u64, buf: &mut [u8]) -> Result<(), MemError>;
+
+    /// Read a new vector.
+    fn read_vec(&mut self, vaddr: u64, len: usize) -> Result<Vec<u8>, MemError> {
+        let mut v = vec![0u8; len];
+        self.read(vaddr, &mut v)?;
+        Ok(v)
+    }
+    /// Little-endian u64.
+    fn read_u64(&mut self, vaddr: u64) -> Result<u64, MemError> {
+        let mut b = [0u8; 8];
+        self.read(vaddr, &mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+    /// Little-endian u32.
+    fn read_u32(&mut self, vaddr: u64) -> Result<u32, MemError> {
+        let mut b = [0u8; 4];
+        self.read(vaddr, &mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+    /// Little-endian i32.
+    fn read_i32(&mut self, vaddr: u64) -> Result<i32, MemError> {
+        Ok(self.read_u32(vaddr)? as i32)
+    }
+    /// A NUL-terminated string of at most `max` bytes (lossy UTF-8).
+    fn read_cstr(&mut self, vaddr: u64, max: usize) -> Result<String, MemError> {
+        let mut out = Vec::new();
+        let mut va = vaddr;
+        while out.len() < max {
+            // Read up to the end of the page so a string near unmapped memory works.
+            let n = (0x1000 - (va & 0xfff) as usize).min(max - out.len()).min(256);
+            let chunk = self.read_vec(va, n)?;
+            if let Some(i) = chunk.iter().position(|&b| b == 0) {
+                out.extend_from_slice(&chunk[..i]);
+                return Ok(String::from_utf8_lossy(&out).into_owned());
+            }
+            out.extend_from_slice(&chunk);
+            va = va.wrapping_add(n as u64);
+        }
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+}
+
+impl<M: KernelMemory + ?Sized> KernelMemory for &mut M {
+    fn read(&mut self, vaddr: u64, buf: &mut [u8]) -> Result<(), MemError> {
+        (**self).read(vaddr, buf)
+    }
+}
+
+/// A flat byte buffer at a virtual base (tests, and scans of a region read once).
+#[derive(Debug, Clone)]
+pub struct BufferMemory {
+    /// Virtual address of `data[0]`.
+    pub base: u64,
+    /// The bytes.
+    pub data: Vec<u8>,
+}
+
+impl KernelMemory for BufferMemory {
+    fn read(&mut self, vaddr: u64, buf: &mut [u8]) -> Result<(), MemError> {
+        let err = MemError::NotInImage { vaddr, len: buf.len() as u64 };
+        let off = vaddr.checked_sub(self.base).ok_or(MemError::NotInImage { vaddr, len: buf.len() as u64 })? as usize;
+        let src = self.data.get(off..off.checked_add(buf.len()).ok_or(MemError::NotInImage { vaddr, len: 0 })?).ok_or(err)?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+}

@@ -1,0 +1,27 @@
+//! The patcher's vocabulary: the types every layer speaks, with no knowledge
+//! of any layer. Nothing here imports anything else of the crate, so every
+//! other module may import it.
+//!
+//! - [`backend`]: the hypervisor seam (stop, registers, guest-physical
+//!   memory, resume) and a stopped vCPU's state;
+//! - [`mem`]: kernel-virtual memory, the seam between architecture and OS
+//!   knowledge;
+//! - [`symbols`]: a kernel's symbol table (duplicates kept, qualifiers);
+//! - [`tasks`]: tasks and CPU stacks of a stopped guest;
+//! - [`check`]: what the safety check is asked (ranges, mode) and what it
+//!   finds (conflicts, summary);
+//! - [`error`]: one formatter for an error and its sources.
+
+pub mod backend;
+pub mod check;
+pub mod error;
+pub mod mem;
+pub mod symbols;
+pub mod tasks;
+
+pub use backend::{Backend, BackendError, VcpuState};
+pub use check::{CheckMode, CheckRange, CheckSummary, Conflict, Fallback};
+pub use error::chain;
+pub use mem::{BufferMemory, KernelMemory, MemError};
+pub use symbols::{LookupError, Qualifier, Symbol, SymbolKind, SymbolTable};
+pub use tasks::{CpuStack, TargetError, TaskInfo, TaskList};

@@ -1,0 +1,85 @@
+//! The stopped guest's tasks and stacks, as every kernel kind hands them to
+//! the safety check, and why they could not be read.
+
+use std::ops::Range;
+
+use serde::Serialize;
+use thiserror::Error;
+
+use super::mem::MemError;
+
+/// Why live target state could not be read.
+#[derive(Debug, Error)]
+pub enum TargetError {
+    /// The kernel is not up yet (or no longer): nothing to patch.
+    #[error("the guest kernel is not up: {0}")]
+    NotUp(String),
+    /// The task list was caught mid-update (lock held, odd sequence): resume and retry.
+    #[error("the task list is being updated ({0}); retry after the guest ran")]
+    Inconsistent(String),
+    /// The task list is malformed.
+    #[error("the task list is unusable: {0}")]
+    Malformed(String),
+    /// Guest memory could not be read.
+    #[error("reading guest memory failed")]
+    Memory(#[from] #[source] MemError),
+    /// The task list's sources cannot be trusted (e.g. the guest agent and
+    /// the agentless walk disagree); `cause` is stable (`agent_mismatch`, …).
+    #[error("{message}")]
+    Untrusted {
+        /// Stable cause.
+        cause: &'static str,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+impl TargetError {
+    /// Stable machine-readable cause name.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            Self::NotUp(_) => "not_up",
+            Self::Inconsistent(_) => "tasks_inconsistent",
+            Self::Malformed(_) => "tasks_malformed",
+            Self::Memory(_) => "memory",
+            Self::Untrusted { cause, .. } => cause,
+        }
+    }
+}
+
+/// One task with its kernel stack.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TaskInfo {
+    /// Task id (pid for Linux).
+    pub id: u64,
+    /// Name (comm for Linux).
+    pub name: String,
+    /// CPU it runs on or last ran on, when known.
+    pub cpu: Option<u32>,
+    /// Its kernel stack, `[lowest, highest)`.
+    pub stack: Range<u64>,
+    /// Stack pointer saved when it was switched out (valid when not on a CPU).
+    pub saved_sp: Option<u64>,
+    /// True when it is the current task of its CPU (its SP is that vCPU's RSP).
+    pub on_cpu: bool,
+}
+
+/// A stack that belongs to a CPU rather than a task (IRQ, exception stacks).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CpuStack {
+    /// CPU index.
+    pub cpu: u32,
+    /// What it is (`irq`, `nmi`, `db`, `df`, `mce`, …).
+    pub kind: String,
+    /// Its range.
+    pub range: Range<u64>,
+}
+
+/// Every stack the safety check must scan, read with every vCPU stopped.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct TaskList {
+    /// All tasks.
+    pub tasks: Vec<TaskInfo>,
+    /// Per-CPU IRQ and exception stacks (none in the test guest).
+    pub cpu_stacks: Vec<CpuStack>,
+}

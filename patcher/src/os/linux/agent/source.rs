@@ -1,0 +1,180 @@
+//! The agent's descriptor as a task source: the same [`Task`] list the
+//! agentless walk produces (dynamic fields refreshed from each
+//! `task_struct` with the offsets the agent was compiled with), the CPU
+//! stacks, and the rules by which agent and agentless views must agree.
+//!
+//! Agreement, with every vCPU stopped (anything else is a disagreement and
+//! the caller refuses with `agent_mismatch`):
+//! - a task the walk sees and the agent does not must be brand new: never
+//!   run (`TASK_NEW`, or being woken for the first time: the agent adds it
+//!   in `sched_wakeup_new`, just after `__state` turned running; its saved
+//!   frame still returns to `ret_from_fork`) — the caller says which
+//!   tasks never ran;
+//! - a task the agent has and the walk does not must be exiting
+//!   (`PF_EXITING` or an exit state: unhashed, its stack still in use until
+//!   its last switch) or an idle task the walk did not include;
+//! - for tasks in both, pid, tgid, comm and stack base are equal. pid and
+//!   comm can be caught half-changed (exec, rename) — those differences are
+//!   marked transient, so the caller can let the guest run and look again.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+
+use super::layout::{T_IDLE, F_IRQ_STACKS};
+use super::read::Descriptor;
+use super::AgentError;
+use crate::os::linux::tasks::Task;
+use crate::model::mem::KernelMemory;
+use crate::model::CpuStack;
+
+/// `TASK_NEW` in `__state`.
+pub const TASK_NEW: u32 = 0x800;
+/// `PF_EXITING` in `flags`.
+pub const PF_EXITING: u32 = 0x4;
+
+/// The agent's view of the guest's tasks and CPU stacks.
+#[derive(Debug, Clone)]
+pub struct AgentView {
+    /// The descriptor as read.
+    pub descriptor: Descriptor,
+    /// Every task in the table, dynamic fields read from the task now.
+    pub tasks: Vec<Task>,
+    /// Tasks that are exiting (PF_EXITING or exit_state set).
+    pub exiting: HashSet<u64>,
+    /// The CPU stacks the agent recorded.
+    pub cpu_stacks: Vec<CpuStack>,
+}
+
+impl AgentView {
+    /// Refreshes each entry's state, on_cpu, cpu, stack and saved stack
+    /// pointer from its `task_struct` (call with every vCPU stopped).
+    pub fn new<M: KernelMemory + ?Sized>(mem: &mut M, descriptor: Descriptor) -> Result<Self, AgentError> {
+        let off = descriptor.header.offsets;
+        let mut tasks = Vec::with_capacity(descriptor.tasks.len());
+        let mut exiting = HashSet::new();
+        for e in &descriptor.tasks {
+            let a = e.task;
+            let flags = mem.read_u32(a + u64::from(off.flags))?;
+            let exit_state = mem.read_u32(a + u64::from(off.exit_state))?;
+            if flags & PF_EXITING != 0 || exit_state != 0 {
+                exiting.insert(a);
+            }
+            tasks.push(Task {
+                addr: a,
+                pid: e.pid,
+                tgid: e.tgid,
+                comm: e.comm.clone(),
+                state: mem.read_u32(a + u64::from(off.state))?,
+                on_cpu: mem.read_u32(a + u64::from(off.on_cpu))? != 0,
+                cpu: mem.read_u32(a + u64::from(off.cpu))?,
+                // Live: a dead task's stack is freed (NULL) before the task is.
+                stack: mem.read_u64(a + u64::from(off.stack))?,
+                sp: mem.read_u64(a + u64::from(off.thread_sp))?,
+            });
+        }
+        let cpu_stacks = descriptor
+            .cpus
+            .iter()
+            .flat_map(|c| c.stacks.iter().map(move |s| CpuStack { cpu: c.cpu, kind: s.kind.to_string(), range: s.start..s.end }))
+            .collect();
+        Ok(Self { descriptor, tasks, exiting, cpu_stacks })
+    }
+
+    /// True when the CPU records include the IRQ stacks (else take them
+    /// from kallsyms, [`crate::os::linux::cpustacks`]).
+    pub fn has_irq_stacks(&self) -> bool {
+        self.descriptor.header.flags & F_IRQ_STACKS != 0
+    }
+
+    /// Checks the agreement rules against the agentless walk; `never_ran`:
+    /// tasks whose saved frame still returns to `ret_from_fork`.
+    pub fn compare(&self, walk: &[Task], never_ran: &HashSet<u64>) -> Result<(), Disagreement> {
+        let mut d = Disagreement::default();
+        let agent: HashMap<u64, &Task> = self.tasks.iter().map(|t| (t.addr, t)).collect();
+        let walked: HashMap<u64, &Task> = walk.iter().map(|t| (t.addr, t)).collect();
+        let idle: HashSet<u64> = self.descriptor.tasks.iter().filter(|e| e.flags & T_IDLE != 0).map(|e| e.task).collect();
+        for t in walk {
+            match agent.get(&t.addr) {
+                None if t.state & TASK_NEW != 0 || never_ran.contains(&t.addr) => {}
+                None => d.only_walk.push(label(t)),
+                Some(a) => {
+                    if a.stack != t.stack {
+                        d.different.push(format!("{}: stack {:#x} (agent) vs {:#x} (walk)", label(t), a.stack, t.stack));
+                    }
+                    if a.pid != t.pid || a.tgid != t.tgid || a.comm != t.comm {
+                        d.transient.push(format!("{} (agent) vs {} (walk)", label(a), label(t)));
+                    }
+                }
+            }
+        }
+        for t in &self.tasks {
+            let excused = self.exiting.contains(&t.addr) || idle.contains(&t.addr);
+            if !walked.contains_key(&t.addr) && !excused {
+                d.only_agent.push(label(t));
+            }
+        }
+        if d.only_walk.is_empty() && d.only_agent.is_empty() && d.different.is_empty() && d.transient.is_empty() {
+            Ok(())
+        } else {
+            Err(d)
+        }
+    }
+
+    /// Tasks of the walk the agent does not have (to ask whether they ever ran).
+    pub fn missing<'w>(&self, walk: &'w [Task]) -> Vec<&'w Task> {
+        let agent: HashSet<u64> = self.tasks.iter().map(|t| t.addr).collect();
+        walk.iter().filter(|t| !agent.contains(&t.addr)).collect()
+    }
+
+    /// The tasks to check: the agent's, plus any the walk has that the
+    /// agent does not (brand-new ones), each once.
+    pub fn merged(&self, walk: &[Task]) -> Vec<Task> {
+        let mut seen: HashSet<u64> = self.tasks.iter().map(|t| t.addr).collect();
+        let mut out = self.tasks.clone();
+        out.extend(walk.iter().filter(|t| seen.insert(t.addr)).cloned());
+        out
+    }
+}
+
+fn label(t: &Task) -> String {
+    format!("{}/{} {:?} @{:#x}", t.tgid, t.pid, t.comm, t.addr)
+}
+
+/// How the two views differ.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Disagreement {
+    /// Tasks only the walk has (and not brand new).
+    pub only_walk: Vec<String>,
+    /// Tasks only the agent has (and not exiting).
+    pub only_agent: Vec<String>,
+    /// Tasks whose stack differs.
+    pub different: Vec<String>,
+    /// Tasks whose pid, tgid or comm differ (may be mid-change).
+    pub transient: Vec<String>,
+}
+
+impl Disagreement {
+    /// True when every difference may be a change caught half-way (look again).
+    pub fn is_transient(&self) -> bool {
+        self.only_walk.is_empty() && self.only_agent.is_empty() && self.different.is_empty()
+    }
+}
+
+impl fmt::Display for Disagreement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        for (what, list) in [
+            ("only in the walk", &self.only_walk),
+            ("only in the agent", &self.only_agent),
+            ("different stacks", &self.different),
+            ("different pid/comm", &self.transient),
+        ] {
+            if !list.is_empty() {
+                let shown: Vec<&str> = list.iter().take(5).map(String::as_str).collect();
+                let more = if list.len() > 5 { format!(" and {} more", list.len() - 5) } else { String::new() };
+                parts.push(format!("{what}: {}{more}", shown.join(", ")));
+            }
+        }
+        f.write_str(&parts.join("; "))
+    }
+}

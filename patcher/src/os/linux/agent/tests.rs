@@ -1,0 +1,200 @@
+//! Unit tests of the agent descriptor: the checksum against the C agent's
+//! known answers, reading physically and virtually, every refusal, the
+//! scan, and the agreement rules against an agentless walk.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use super::find::scan_phys;
+use super::layout::{self, vsa_sum, F_LIVE, F_OVERFLOW};
+use super::read::Descriptor;
+use super::testutil::{task, FakeAgent, SparseGuest, OFF};
+use super::{AgentError, AgentView};
+use crate::os::linux::tasks::Task;
+
+fn guest_with(agent: &FakeAgent) -> SparseGuest {
+    let mut g = SparseGuest::default();
+    agent.install(&mut g);
+    g
+}
+
+fn agent3() -> FakeAgent {
+    FakeAgent::new(vec![task(1, "init"), task(2, "kthreadd"), task(300, "mthreads")])
+}
+
+#[test]
+fn checksum_matches_the_c_agent() {
+    // Known answers printed by vsa_sum() of guest-agent/vsplice_agent.h.
+    let b: Vec<u8> = (0..64u32).map(|i| (i * 7 + 1) as u8).collect();
+    assert_eq!(vsa_sum(&b), 0x4343_5343_b721_a785);
+    assert_eq!(vsa_sum(&b[..8]), 0x9b85_d4bc_9a8f_9503);
+    assert_eq!(vsa_sum(&[]), 0x243f_6a89_a458_5c97);
+}
+
+#[test]
+fn reads_physically_through_the_page_list_and_virtually() {
+    let a = FakeAgent::new((1..200).map(|n| task(n, &format!("t{n}"))).collect());
+    let mut g = guest_with(&a);
+    let d = Descriptor::read_phys(&mut g, a.phys).unwrap();
+    assert_eq!(d.tasks, a.tasks);
+    assert_eq!(d.cpus, a.cpus);
+    assert_eq!(d.pages, a.table_pages);
+    assert_eq!(d.header.offsets.thread_sp, 0x1a40);
+    assert_eq!(d.header.task_count, 199);
+    let v = Descriptor::read_virt(&mut g, a.virt, Some(a.phys)).unwrap();
+    assert_eq!(v, d);
+}
+
+#[test]
+fn odd_sequence_and_loading_are_retries_never_partial_lists() {
+    let mut a = agent3();
+    a.seq = 43;
+    let e = Descriptor::read_phys(&mut guest_with(&a), a.phys).unwrap_err();
+    assert!(matches!(e, AgentError::Busy { seq: 43 }) && e.is_retry(), "{e:?}");
+    assert_eq!(e.cause(), "agent_busy");
+    let mut a = agent3();
+    a.flags &= !F_LIVE;
+    let e = Descriptor::read_phys(&mut guest_with(&a), a.phys).unwrap_err();
+    assert_eq!((e.cause(), e.is_retry()), ("agent_loading", true));
+}
+
+#[test]
+fn refusals_each_have_their_cause() {
+    let a = agent3();
+    // Nothing there (unloaded: magic cleared).
+    let mut g = guest_with(&a);
+    g.write_phys(a.phys, &[0u8; 16]);
+    assert_eq!(Descriptor::read_phys(&mut g, a.phys).unwrap_err().cause(), "agent_absent");
+    // Another version.
+    let mut g = guest_with(&a);
+    g.write_phys(a.phys + 0x10, &2u32.to_le_bytes());
+    let e = Descriptor::read_phys(&mut g, a.phys).unwrap_err();
+    assert!(matches!(e, AgentError::Version { found: 2, supported: 1 }), "{e:?}");
+    // Garbage in the header, in a CPU record, in the page list, in the table.
+    for (off, what) in [(0x5c_u64, "header"), (0x100 + 20, "cpu record"), (0x100 + 2 * 208 + 8, "page list")] {
+        let mut g = guest_with(&a);
+        g.write_phys(a.phys + off, &[0xa5, 0x5a]);
+        let e = Descriptor::read_phys(&mut g, a.phys).unwrap_err();
+        assert_eq!(e.cause(), "agent_corrupt", "{what}: {e:?}");
+    }
+    let mut g = guest_with(&a);
+    g.write_phys(a.table_pages[0] + 64 + 0x31, b"X");
+    let e = Descriptor::read_phys(&mut g, a.phys).unwrap_err();
+    assert!(e.to_string().contains("task table checksum"), "{e}");
+    // Overflowed: unusable.
+    let mut o = agent3();
+    o.flags |= F_OVERFLOW;
+    assert_eq!(Descriptor::read_phys(&mut guest_with(&o), o.phys).unwrap_err().cause(), "agent_overflow");
+}
+
+#[test]
+fn a_copy_of_the_header_elsewhere_is_not_the_descriptor() {
+    let a = agent3();
+    let mut g = guest_with(&a);
+    let (block, _) = a.bytes();
+    g.write_phys(0x10_0000, &block);
+    let e = Descriptor::read_phys(&mut g, 0x10_0000).unwrap_err();
+    assert!(e.to_string().contains("stale copy"), "{e}");
+    // The scan skips the copy (and a page of bare magic) and finds the real one.
+    g.write_phys(0x8_0000, &block[..16]);
+    let (found, st) = scan_phys(&mut g, &[0..0x0100_0000, 0x0100_0000..0x0200_0000], 64 << 10);
+    assert_eq!(found, Some(a.phys));
+    assert_eq!(st.magic_hits, 3);
+    assert!(st.holes > 0, "sparse memory has holes: {st:?}");
+    // Nothing past the end of the ranges.
+    assert_eq!(scan_phys(&mut g, &[0..0x80_0000, 0x80_0000..0x0100_0000], 1 << 20).0, None);
+}
+
+fn walk_from(view: &AgentView) -> Vec<Task> {
+    view.tasks.clone()
+}
+
+fn view_of(a: &FakeAgent, g: &mut SparseGuest) -> AgentView {
+    // The task_structs the refresh reads: state 1, on_cpu 0, cpu 1, sp.
+    for t in &a.tasks {
+        g.map_range(t.task, 0x2000_0000 + (t.task & 0xff_ffff), 0x2000);
+        g.write_virt(t.task + u64::from(OFF[3].1), &1u32.to_le_bytes());
+        g.write_virt(t.task + u64::from(OFF[5].1), &1u32.to_le_bytes());
+        g.write_virt(t.task + u64::from(OFF[7].1), &(t.sp - 0x40).to_le_bytes());
+        g.write_virt(t.task + u64::from(OFF[6].1), &t.stack.to_le_bytes());
+    }
+    let d = Descriptor::read_phys(g, a.phys).unwrap();
+    AgentView::new(g, d).unwrap()
+}
+
+#[test]
+fn refresh_reads_the_dynamic_fields_from_each_task() {
+    let a = agent3();
+    let mut g = guest_with(&a);
+    let v = view_of(&a, &mut g);
+    assert_eq!(v.tasks.len(), 3);
+    for (t, e) in v.tasks.iter().zip(&a.tasks) {
+        assert_eq!((t.addr, t.pid, t.comm.as_str(), t.stack), (e.task, e.pid, e.comm.as_str(), e.stack));
+        assert_eq!((t.sp, t.cpu, t.state, t.on_cpu), (e.sp - 0x40, 1, 1, false));
+    }
+    assert_eq!(v.cpu_stacks.len(), 4);
+    assert!(v.exiting.is_empty());
+    // A zombie's stack is freed before the task: the live value (NULL) counts.
+    let z = &a.tasks[1];
+    g.write_virt(z.task + u64::from(OFF[6].1), &0u64.to_le_bytes());
+    g.write_virt(z.task + u64::from(OFF[9].1), &0x10u32.to_le_bytes());
+    let d = Descriptor::read_phys(&mut g, a.phys).unwrap();
+    let v = AgentView::new(&mut g, d).unwrap();
+    assert_eq!(v.tasks[1].stack, 0);
+    assert!(v.exiting.contains(&z.task), "exit_state set");
+}
+
+#[test]
+fn agreement_rules() {
+    let a = agent3();
+    let mut g = guest_with(&a);
+    let v = view_of(&a, &mut g);
+    let walk = walk_from(&v);
+    let none = std::collections::HashSet::new();
+    assert_eq!(v.compare(&walk, &none), Ok(()));
+    // The walk has a brand-new task (never woken): fine; a running one: not.
+    let mut w = walk.clone();
+    let mut fresh = w[0].clone();
+    fresh.addr += 0x100_0000;
+    fresh.state = super::source::TASK_NEW;
+    w.push(fresh.clone());
+    assert_eq!(v.compare(&w, &none), Ok(()));
+    fresh.state = 0;
+    let woken = Task { addr: fresh.addr + 8, ..fresh };
+    w.push(woken.clone());
+    let d = v.compare(&w, &none).unwrap_err();
+    assert_eq!(d.only_walk.len(), 1, "{d}");
+    assert!(!d.is_transient());
+    // ... unless it is being woken for the first time (its frame returns to ret_from_fork).
+    assert_eq!(v.compare(&w, &[woken.addr].into_iter().collect()), Ok(()));
+    assert_eq!(v.missing(&w).len(), 2);
+    // The agent has a task the walk lost: only fine while it is exiting.
+    let short: Vec<Task> = walk[..2].to_vec();
+    let d = v.compare(&short, &none).unwrap_err();
+    assert_eq!(d.only_agent.len(), 1, "{d}");
+    let mut exiting = v.clone();
+    exiting.exiting.insert(walk[2].addr);
+    assert_eq!(exiting.compare(&short, &none), Ok(()));
+    assert_eq!(exiting.merged(&short).len(), 3, "the exiting task is still checked");
+    // A different stack is a real disagreement; a comm caught mid-rename is transient.
+    let mut w = walk.clone();
+    w[1].stack += 0x4000;
+    assert!(!v.compare(&w, &none).unwrap_err().is_transient());
+    let mut w = walk.clone();
+    w[2].comm = "sh".into();
+    let d = v.compare(&w, &none).unwrap_err();
+    assert!(d.is_transient(), "{d}");
+    assert!(d.to_string().contains("different pid/comm"), "{d}");
+    assert_eq!(AgentError::Mismatch(d).cause(), "agent_mismatch");
+}
+
+#[test]
+fn header_parser_rejects_short_and_inconsistent_headers() {
+    let a = agent3();
+    let (mut block, _) = a.bytes();
+    assert_eq!(layout::parse_header(&block[..100], None).unwrap_err().cause(), "agent_absent");
+    // task_count > task_cap with a correct checksum: still refused.
+    block[0x5c..0x60].copy_from_slice(&u32::MAX.to_le_bytes());
+    let sum = vsa_sum(&block[..0xf8]);
+    block[0xf8..0x100].copy_from_slice(&sum.to_le_bytes());
+    assert!(layout::parse_header(&block, Some(a.phys)).unwrap_err().to_string().contains("inconsistent"));
+}

@@ -1,0 +1,44 @@
+//! Linux knowledge: where the kernel keeps its symbols, types, tasks and
+//! unwind tables, read through [`crate::model::mem::KernelMemory`] from a live guest
+//! or from the image file.
+//!
+//! - `layout`: the kernel image mapping from page tables (slide, physical base).
+//! - `kallsyms_locate` / `kallsyms`: the symbol table, found by structure.
+//! - `notes`: build-id and banner.
+//! - `btf`: the embedded type information.
+//! - `tasks`: the agentless task walk.
+//! - `agent`: the guest agent's descriptor as a task source (checked against the walk).
+//! - `cpustacks`: each CPU's IRQ, exception and entry stacks, agentless.
+//! - `modules`: loaded modules (text, ORC tables, symbols).
+//! - `orc`: the ORC unwind tables (located, parsed, looked up); `orc_object`:
+//!   ORC rows of a relocatable object (patch code in the arena).
+//! - `unwind`: the ORC unwinder over guest stacks; `stackcheck`: the precise
+//!   safety check built on it.
+//! - `view`: a stopped guest's tasks and stacks from agent and/or walk, and
+//!   the unwinder for its kernel and modules.
+//! - `image`: the bzImage / vmlinux file offline.
+//! - `kernel`: all of the above tied together.
+
+pub mod agent;
+pub mod btf;
+pub mod cpustacks;
+pub mod direct_map;
+pub mod image;
+pub mod kallsyms;
+pub mod kallsyms_locate;
+pub mod kernel;
+pub mod layout;
+pub mod modules;
+pub mod notes;
+pub mod orc;
+pub mod orc_object;
+pub mod symbols;
+pub mod tasks;
+pub mod unwind;
+pub mod view;
+#[cfg(test)]
+mod testutil;
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+pub(crate) mod unwind_tests;
