@@ -1,6 +1,6 @@
 //! What every transaction reports: the stage it reached, a stable cause and
 //! reason, the conflicts that made it give up, and its timings. All of it is
-//! serde-serializable for the CLI's JSON and the HTTP API.
+//! serde-serializable for the CLI's JSON.
 
 use serde::Serialize;
 

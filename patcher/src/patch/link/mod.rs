@@ -1,4 +1,4 @@
-//! The patch loader: lays out a patch object's sections in the arena (code
+//! The patch linker (the kernel module loader's job, done from outside): lays out a patch object's sections in the arena (code
 //! slot: code and read-only data; data slot: data and bss), resolves every
 //! relocation against the patch's own symbols and the target's symbols
 //! (aliases and qualifiers from the manifest; ambiguous local names refused),
@@ -6,8 +6,8 @@
 //! what the special sections of a Kbuild object ask ([`special`]:
 //! alternatives for the guest's CPU, jump labels frozen, WARN sites
 //! dropped, return thunks aimed at the guest's) with what it knows of the
-//! running kernel ([`env::LinkEnv`]), and refuses the sections DESIGN.md
-//! says to refuse, by name.
+//! running kernel ([`env::LinkEnv`]), and refuses by name the sections the
+//! table in `patcher/docs/livepatch.md` ("Linking") refuses.
 //!
 //! Loading is split in two so the arena can be allocated in between:
 //! [`Object::parse`] + [`Object::layout`] give the sizes, [`Object::link`]

@@ -1,5 +1,5 @@
-//! What the loader does with each section of a patch object, per the table in
-//! DESIGN.md: load it (code, read-only data, data, bss), process it
+//! What the linker does with each section of a patch object, per the table in
+//! `patcher/docs/livepatch.md` ("Linking"): load it (code, read-only data, data, bss), process it
 //! (`__mcount_loc`, `.altinstructions`, `__jump_table`, `__bug_table`,
 //! `.return_sites`), read it at build time (`.vsplice.*`), ignore it
 //! (symbols, debug info, notes, ORC, retpoline / static-call / paravirt /
