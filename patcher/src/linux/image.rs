@@ -89,7 +89,7 @@ fn decompress(p: &[u8]) -> Result<Vec<u8>, ImageError> {
     if p.starts_with(b"\xfd7zXZ\x00") {
         // The kernel appends the uncompressed size (le32) after the stream,
         // so decode exactly one stream and stop at its end.
-        let mut stream = xz2::stream::Stream::new_stream_decoder(u64::MAX, 0)
+        let mut stream = liblzma::stream::Stream::new_stream_decoder(u64::MAX, 0)
             .map_err(|e| ImageError::Decompress(std::io::Error::other(e)))?;
         let mut out: Vec<u8> = Vec::with_capacity(p.len() * 5);
         let mut input = p;
@@ -99,11 +99,11 @@ fn decompress(p: &[u8]) -> Result<Vec<u8>, ImageError> {
             }
             let before_in = stream.total_in();
             let status = stream
-                .process_vec(input, &mut out, xz2::stream::Action::Finish)
+                .process_vec(input, &mut out, liblzma::stream::Action::Finish)
                 .map_err(|e| ImageError::Decompress(std::io::Error::other(e)))?;
             let used = (stream.total_in() - before_in) as usize;
             input = &input[used..];
-            if status == xz2::stream::Status::StreamEnd {
+            if status == liblzma::stream::Status::StreamEnd {
                 break;
             }
             if used == 0 && input.is_empty() && out.capacity() > out.len() {
