@@ -18,7 +18,7 @@ mod agentlive;
 
 use std::collections::BTreeMap;
 
-use agentlive::{check, ensure, Live};
+use agentlive::Live;
 use vsplice_patcher::arena::registry::CheckRange;
 use vsplice_patcher::linux::modules::{self, ModuleOffsets};
 use vsplice_patcher::linux::stackcheck::{self, CheckInput, CheckMode, CheckSummary};
@@ -26,6 +26,7 @@ use vsplice_patcher::linux::unwind::{OrcUnwinder, Start};
 use vsplice_patcher::linux::view::{self, LinuxView, TaskSource};
 use vsplice_patcher::target::{SymbolTable, TaskList};
 use vsplice_patcher::txn::Conflict;
+use vsplice_tests::checks::{check, ensure};
 use vsplice_tests::debian::Flavour;
 use vsplice_tests::qemu::Guest;
 use vsplice_tests::testguest::vm_lock;
