@@ -28,10 +28,12 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use vsplice_patcher::patch::linux_image::LinuxImage;
+use vsplice_tests::cli::{text, vsplice};
 use vsplice_tests::debian::{debian_images, DebianImages, Flavour};
 use vsplice_tests::guestcmd::base64_encode;
 use vsplice_tests::linuxpatch;
 use vsplice_tests::qemu::{Guest, QemuConfig};
+use vsplice_tests::scratch::{tmp, tmp_dir};
 use vsplice_tests::testguest::workspace_root;
 
 const KLP: &str = "execdomains_counter_klp";
@@ -39,8 +41,7 @@ const PROBE_S: f64 = 4.0;
 
 /// Builds the klp module with Kbuild and strips its debug info; returns the .ko bytes.
 fn build_klp(img: &DebianImages) -> Vec<u8> {
-    let dir = std::env::temp_dir().join(format!("vsplice-klp-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = tmp_dir("klp");
     let root = workspace_root();
     for (src, name) in [
         (root.join("tests/examples/klp/execdomains_counter_klp.c"), "execdomains_counter_klp.c"),
@@ -51,7 +52,7 @@ fn build_klp(img: &DebianImages) -> Vec<u8> {
     }
     std::fs::write(dir.join("Kbuild"), format!("obj-m := {KLP}.o\n")).unwrap();
     let o = Command::new("make").arg("-s").arg("-C").arg(&img.headers).arg(format!("M={}", dir.display())).arg("modules").output().unwrap();
-    assert!(o.status.success(), "klp module build failed:\n{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "klp module build failed:\n{}{}", text(&o.stdout), text(&o.stderr));
     let ko = dir.join(format!("{KLP}.ko"));
     let stripped = dir.join("stripped.ko");
     let s = Command::new("strip").arg("--strip-debug").arg("-o").arg(&stripped).arg(&ko).status().unwrap();
@@ -156,18 +157,14 @@ fn main() {
     }
     linuxpatch::detach(be).unwrap();
     // One whole CLI run: connect, identify the kernel, apply, detach.
-    let vsp = std::env::temp_dir().join(format!("vsplice-klp-bench-{}.vsp", std::process::id()));
+    let vsp = tmp("klp-bench.vsp");
     std::fs::write(&vsp, patch.to_bytes().unwrap()).unwrap();
     let arena = linuxpatch::arena_arg(&g);
     let gdb = g.gdb_addr().unwrap().to_owned();
     let cli = |cmd: &str, what: &Path| {
         let t = Instant::now();
-        let o = Command::new(vsplice_tests::testguest::vsplice_bin())
-            .args(["patch", cmd, "--gdb", &gdb, "--target", "linux", "--arena", &arena])
-            .arg(what)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let o = vsplice(&["patch", cmd, "--gdb", &gdb, "--target", "linux", "--arena", &arena, what.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", text(&o.stderr));
         t.elapsed().as_secs_f64() * 1e3
     };
     let cli_ms = cli("apply", &vsp);

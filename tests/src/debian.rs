@@ -2,7 +2,7 @@
 //! initramfs (`target/images/debian-<flavour>/`), checked before a test boots.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::harness_error::HarnessError;
 use crate::testguest::workspace_root;
@@ -66,32 +66,11 @@ pub const IMAGES_SCRIPT: &str = "images/debian-kernels.sh";
 /// Locates the images of `flavour`; a clear error naming the script to run
 /// when anything is missing.
 pub fn debian_images(flavour: Flavour) -> Result<DebianImages, HarnessError> {
-    let dir = workspace_root().join("target/images").join(format!("debian-{}", flavour.name()));
-    let missing = |what: &str| HarnessError::ImagesMissing {
-        what: format!("{} ({what})", dir.display()),
-        hint: format!("run {IMAGES_SCRIPT} (as root, on Debian 12) first"),
-    };
-    let read = |name: &str| -> Result<String, HarnessError> {
-        std::fs::read_to_string(dir.join(name)).map(|s| s.trim().to_string()).map_err(|_| missing(name))
-    };
-    let abi = read("abi")?;
-    let release = read("release")?;
-    let version = read("version")?;
-    let img = DebianImages {
-        flavour,
-        vmlinuz: dir.join("vmlinuz"),
-        initramfs: dir.join("initramfs.cpio.gz"),
-        config: dir.join("config"),
-        headers: dir.join("headers"),
-        modules: dir.join("modules"),
-        dir: dir.clone(),
-        abi,
-        release,
-        version,
-    };
+    let hint = format!("run {IMAGES_SCRIPT} (as root, on Debian 12) first");
+    let img = images_in(flavour, "", &hint)?;
     for (p, what) in [(&img.vmlinuz, "vmlinuz"), (&img.initramfs, "initramfs.cpio.gz"), (&img.config, "config")] {
         if !p.is_file() {
-            return Err(missing(what));
+            return Err(missing(&img.dir, what, &hint));
         }
     }
     Ok(img)
@@ -100,22 +79,26 @@ pub fn debian_images(flavour: Flavour) -> Result<DebianImages, HarnessError> {
 /// The previous Debian ABI of a flavour (`target/images/debian-<flavour>-prev/`,
 /// made by `images/debian-prev-kernel.sh`): only its bzImage and names.
 pub fn debian_prev_images(flavour: Flavour) -> Result<DebianImages, HarnessError> {
-    let dir = workspace_root().join("target/images").join(format!("debian-{}-prev", flavour.name()));
-    let missing = |what: &str| HarnessError::ImagesMissing {
-        what: format!("{} ({what})", dir.display()),
-        hint: "run images/debian-prev-kernel.sh (an older ABI must still be in the archive)".into(),
-    };
+    let hint = "run images/debian-prev-kernel.sh (an older ABI must still be in the archive)";
+    let img = images_in(flavour, "-prev", hint)?;
+    if !img.vmlinuz.is_file() {
+        return Err(missing(&img.dir, "vmlinuz", hint));
+    }
+    Ok(img)
+}
+
+/// The files of `flavour` in `target/images/debian-<flavour><suffix>/`, with
+/// the names of its kernel read (the files themselves are not checked);
+/// `hint` says what makes them.
+fn images_in(flavour: Flavour, suffix: &str, hint: &str) -> Result<DebianImages, HarnessError> {
+    let dir = workspace_root().join("target/images").join(format!("debian-{}{suffix}", flavour.name()));
     let read = |name: &str| -> Result<String, HarnessError> {
-        std::fs::read_to_string(dir.join(name)).map(|s| s.trim().to_string()).map_err(|_| missing(name))
+        std::fs::read_to_string(dir.join(name)).map(|s| s.trim().to_string()).map_err(|_| missing(&dir, name, hint))
     };
     let (abi, release, version) = (read("abi")?, read("release")?, read("version")?);
-    let vmlinuz = dir.join("vmlinuz");
-    if !vmlinuz.is_file() {
-        return Err(missing("vmlinuz"));
-    }
     Ok(DebianImages {
         flavour,
-        vmlinuz,
+        vmlinuz: dir.join("vmlinuz"),
         initramfs: dir.join("initramfs.cpio.gz"),
         config: dir.join("config"),
         headers: dir.join("headers"),
@@ -125,4 +108,8 @@ pub fn debian_prev_images(flavour: Flavour) -> Result<DebianImages, HarnessError
         release,
         version,
     })
+}
+
+fn missing(dir: &Path, what: &str, hint: &str) -> HarnessError {
+    HarnessError::ImagesMissing { what: format!("{} ({what})", dir.display()), hint: hint.to_owned() }
 }

@@ -1,6 +1,9 @@
 //! Shared helpers for the end-to-end tests in `tests/tests/`.
 
 pub mod skip;
+pub mod cli;
+pub mod scratch;
+pub mod checks;
 pub mod livepatch;
 pub mod testguest;
 pub mod harness_error;

@@ -33,7 +33,7 @@ pub fn build(img: &DebianImages, image: &LinuxImage, src: &std::path::Path) -> R
 
 /// Builds a patch from C text (written to a temporary file).
 pub fn build_text(img: &DebianImages, image: &LinuxImage, name: &str, c: &str, link_check: bool) -> Result<PatchFile, BuildError> {
-    let dir = std::env::temp_dir().join(format!("vsplice-linux-test-{}", std::process::id()));
+    let dir = crate::scratch::tmp("linux-patch-src");
     std::fs::create_dir_all(&dir).map_err(|source| BuildError::Io { what: "tmp".into(), source })?;
     let src = dir.join(format!("{name}.c"));
     std::fs::write(&src, c).map_err(|source| BuildError::Io { what: "write".into(), source })?;

@@ -35,7 +35,7 @@ pub fn build_source(src: &std::path::Path, kernel: Option<PathBuf>) -> PatchFile
 
 /// Builds a patch from C text (written to a temporary file), without the build-time link check.
 pub fn build_text(name: &str, c: &str, link_check: bool) -> Result<PatchFile, vsplice_patcher::patch::build::BuildError> {
-    let dir = std::env::temp_dir().join(format!("vsplice-test-{}", std::process::id()));
+    let dir = crate::scratch::tmp("patch-src");
     std::fs::create_dir_all(&dir).map_err(|source| vsplice_patcher::patch::build::BuildError::Io { what: "tmp".into(), source })?;
     let src = dir.join(format!("{name}.c"));
     std::fs::write(&src, c).map_err(|source| vsplice_patcher::patch::build::BuildError::Io { what: "write".into(), source })?;
@@ -89,4 +89,13 @@ pub fn value_orig(iter: u64) -> u64 {
 /// The value with `step_b_v2` applied.
 pub fn value_step_b_v2(iter: u64) -> u64 {
     ((iter * 0x10001 + 0x2b) ^ 0xa5a5) + 0x1000
+}
+
+/// A patch of two functions (`tg_step_b` and `tg_step_a`), so that a death
+/// between its two jump writes leaves a half-written text.
+pub const TWO_SITES: &str = "#include <vsplice.h>\ntypedef unsigned long u64;\nu64 tg_step_b(u64);\nu64 b2(u64 x) { return x * 0x10001 + 0x2b; }\nu64 a2(u64 x) { return tg_step_b(x) ^ 0xa5a4; }\nVSPLICE_REPLACE(tg_step_b, b2);\nVSPLICE_REPLACE(tg_step_a, a2);\n";
+
+/// The value with [`TWO_SITES`] applied.
+pub fn value_two_sites(iter: u64) -> u64 {
+    ((iter * 0x10001 + 0x2b) ^ 0xa5a4) + 0x1000
 }

@@ -239,7 +239,7 @@ impl Guest {
             }
         }
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("vsplice-qemu-{}-{n}", std::process::id()));
+        let dir = crate::scratch::tmp(&format!("qemu-{n}"));
         std::fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
         let started = Instant::now();
         let mut cmd = Command::new("qemu-system-x86_64");

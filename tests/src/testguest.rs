@@ -18,12 +18,6 @@ pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// Path of the built `vsplice` binary of the same profile as the tests.
-pub fn vsplice_bin() -> PathBuf {
-    let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
-    workspace_root().join("target").join(profile).join("vsplice")
-}
-
 /// A `Write` that keeps everything written, shareable with the VMM's serial.
 #[derive(Debug, Clone, Default)]
 pub struct Capture(Arc<Mutex<Vec<u8>>>);

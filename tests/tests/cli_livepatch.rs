@@ -9,22 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use vsplice_tests::cli::{self, text, vsplice, vsplice_killed_after};
+use vsplice_tests::scratch::{free_port, tmp};
 use vsplice_tests::testguest;
 use vsplice_tests::{livepatch, skip};
-
-fn vsplice(args: &[&str]) -> Output {
-    let bin = testguest::vsplice_bin();
-    assert!(bin.is_file(), "{} missing: run `cargo build --release -p vsplice-vmm` first", bin.display());
-    Command::new(bin).args(args).stdin(Stdio::null()).output().expect("vsplice runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn tmp(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("vsplice-cli-{}-{name}", std::process::id()))
-}
 
 fn build(kernel: &Path, src: &Path, out: &Path) {
     build_named(kernel, src, out, &src.file_stem().unwrap().to_string_lossy());
@@ -74,10 +62,6 @@ fn run_with_live_patch_switches_every_task_and_reports_json() {
     let _ = std::fs::remove_file(vsp);
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// QEMU running the test guest (PVH entry) with a gdbstub; killed on drop.
 struct Qemu(std::process::Child);
 
@@ -99,20 +83,24 @@ fn wait_file(path: &Path, timeout: Duration, pred: impl Fn(&str) -> bool) -> boo
     false
 }
 
-#[test]
-fn attached_to_a_gdbstub_apply_list_revert_and_status_work_from_the_guest_registry() {
-    let _g = testguest::vm_lock();
+/// The test guest with a PVH entry, for QEMU; `None` after a loud skip
+/// when QEMU is not installed.
+fn pvh_kernel(test: &str) -> Option<PathBuf> {
     if Command::new("qemu-system-x86_64").arg("--version").output().is_err() {
-        skip::skip("cli_gdb_attached", "qemu-system-x86_64 is not installed");
-        return;
+        skip::skip(test, "qemu-system-x86_64 is not installed");
+        return None;
     }
     let kernel = testguest::workspace_root().join("target/images/testguest/testguest-pvh.elf");
     assert!(kernel.is_file(), "{} missing: run images/build-testguest.sh", kernel.display());
-    let vsp = tmp("b2pvh.vsp");
-    build(&kernel, &livepatch::example("step_b_v2.c"), &vsp);
-    let serial = tmp("serial.txt");
+    Some(kernel)
+}
+
+/// Boots `kernel` under QEMU (TCG, 2 CPUs) with its console in `serial`
+/// and a gdbstub; returns once every task printed twice, with the
+/// `--gdb … --kernel … --arena …` arguments that attach to it.
+fn qemu_with_gdbstub(kernel: &Path, serial: &Path, append: &str) -> (Qemu, Vec<String>) {
     let port = free_port();
-    let _qemu = Qemu(
+    let qemu = Qemu(
         Command::new("qemu-system-x86_64")
             .args(["-accel", "tcg", "-m", "256", "-smp", "2", "-display", "none", "-monitor", "none", "-no-reboot"])
             .arg("-serial")
@@ -120,21 +108,35 @@ fn attached_to_a_gdbstub_apply_list_revert_and_status_work_from_the_guest_regist
             .arg("-gdb")
             .arg(format!("tcp:127.0.0.1:{port}"))
             .arg("-kernel")
-            .arg(&kernel)
-            .args(["-append", "tg.tasks=2 tg.wait=2"])
+            .arg(kernel)
+            .args(["-append", append])
             .stdin(Stdio::null())
             .spawn()
             .expect("qemu starts"),
     );
-    assert!(wait_file(&serial, Duration::from_secs(60), |s| s.contains("TG cpu=1 task=4 iter=2")), "guest did not run under QEMU");
+    assert!(wait_file(serial, Duration::from_secs(60), |s| s.contains("TG cpu=1 task=4 iter=2")), "guest did not run under QEMU");
     let gdb = format!("127.0.0.1:{port}");
     let attach = ["--gdb", gdb.as_str(), "--kernel", kernel.to_str().unwrap(), "--arena", "0x8000000:4M"];
-    let run = |cmd: &[&str], extra: &[&str]| {
-        let mut a: Vec<&str> = cmd.to_vec();
-        a.extend_from_slice(&attach);
-        a.extend_from_slice(extra);
-        vsplice(&a)
-    };
+    (qemu, attach.map(str::to_owned).to_vec())
+}
+
+/// `vsplice <cmd> <attach> <extra>`, killed after `kill` guest-memory writes when given.
+fn attached(cmd: &[&str], attach: &[String], extra: &[&str], kill: Option<usize>) -> Output {
+    let mut a: Vec<&str> = cmd.to_vec();
+    a.extend(attach.iter().map(String::as_str));
+    a.extend_from_slice(extra);
+    vsplice_killed_after(&a, kill)
+}
+
+#[test]
+fn attached_to_a_gdbstub_apply_list_revert_and_status_work_from_the_guest_registry() {
+    let _g = testguest::vm_lock();
+    let Some(kernel) = pvh_kernel("cli_gdb_attached") else { return };
+    let vsp = tmp("b2pvh.vsp");
+    build(&kernel, &livepatch::example("step_b_v2.c"), &vsp);
+    let serial = tmp("serial.txt");
+    let (_qemu, attach) = qemu_with_gdbstub(&kernel, &serial, "tg.tasks=2 tg.wait=2");
+    let run = |cmd: &[&str], extra: &[&str]| attached(cmd, &attach, extra, None);
     let o = run(&["patch", "apply"], &[vsp.to_str().unwrap()]);
     assert!(o.status.success(), "{}\n{}", text(&o.stdout), text(&o.stderr));
     assert!(text(&o.stdout).contains("\"cause\":\"ok\""), "{}", text(&o.stdout));
@@ -170,12 +172,6 @@ fn attached_to_a_gdbstub_apply_list_revert_and_status_work_from_the_guest_regist
     let _ = std::fs::remove_file(serial);
 }
 
-const TWO_SITES: &str = "#include <vsplice.h>\ntypedef unsigned long u64;\nu64 tg_step_b(u64);\nu64 b2(u64 x) { return x * 0x10001 + 0x2b; }\nu64 a2(u64 x) { return tg_step_b(x) ^ 0xa5a4; }\nVSPLICE_REPLACE(tg_step_b, b2);\nVSPLICE_REPLACE(tg_step_a, a2);\n";
-
-fn value_two_sites(iter: u64) -> u64 {
-    ((iter * 0x10001 + 0x2b) ^ 0xa5a4) + 0x1000
-}
-
 fn serial_grows(path: &Path, during: Duration) -> bool {
     let a = std::fs::read_to_string(path).unwrap_or_default().len();
     std::thread::sleep(during);
@@ -186,46 +182,14 @@ fn serial_grows(path: &Path, during: Duration) -> bool {
 fn sigkill_at_every_write_of_an_attached_apply_and_revert_never_leaves_the_guest_running_half_patched() {
     use std::os::unix::process::ExitStatusExt;
     let _g = testguest::vm_lock();
-    if Command::new("qemu-system-x86_64").arg("--version").output().is_err() {
-        skip::skip("cli_gdb_sigkill", "qemu-system-x86_64 is not installed");
-        return;
-    }
-    let kernel = testguest::workspace_root().join("target/images/testguest/testguest-pvh.elf");
+    let Some(kernel) = pvh_kernel("cli_gdb_sigkill") else { return };
     let src = tmp("two_sites.c");
-    std::fs::write(&src, TWO_SITES).unwrap();
+    std::fs::write(&src, livepatch::TWO_SITES).unwrap();
     let vsp = tmp("two_sites.vsp");
     build_named(&kernel, &src, &vsp, "two_sites");
     let serial = tmp("serial-kill.txt");
-    let port = free_port();
-    let _qemu = Qemu(
-        Command::new("qemu-system-x86_64")
-            .args(["-accel", "tcg", "-m", "256", "-smp", "2", "-display", "none", "-monitor", "none", "-no-reboot"])
-            .arg("-serial")
-            .arg(format!("file:{}", serial.display()))
-            .arg("-gdb")
-            .arg(format!("tcp:127.0.0.1:{port}"))
-            .arg("-kernel")
-            .arg(&kernel)
-            .args(["-append", "tg.tasks=2 tg.wait=1"])
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("qemu starts"),
-    );
-    assert!(wait_file(&serial, Duration::from_secs(60), |s| s.contains("TG cpu=1 task=4 iter=2")), "guest did not run under QEMU");
-    let gdb = format!("127.0.0.1:{port}");
-    let attach = ["--gdb", gdb.as_str(), "--kernel", kernel.to_str().unwrap(), "--arena", "0x8000000:4M"];
-    let run = |cmd: &[&str], extra: &[&str], kill: Option<usize>| {
-        let mut a: Vec<&str> = cmd.to_vec();
-        a.extend_from_slice(&attach);
-        a.extend_from_slice(extra);
-        let bin = testguest::vsplice_bin();
-        let mut c = Command::new(bin);
-        c.args(&a).stdin(Stdio::null());
-        if let Some(k) = kill {
-            c.env("VSPLICE_FAULT_KILL_AFTER_WRITES", k.to_string());
-        }
-        c.output().expect("vsplice runs")
-    };
+    let (_qemu, attach) = qemu_with_gdbstub(&kernel, &serial, "tg.tasks=2 tg.wait=1");
+    let run = |cmd: &[&str], extra: &[&str], kill: Option<usize>| attached(cmd, &attach, extra, kill);
     let mut seen = std::collections::BTreeSet::new();
     // One step = a killed apply (or revert), then status, recovery, and the check.
     let mut step = |op: &str, kill_at: usize| -> (bool, bool) {
@@ -281,7 +245,7 @@ fn sigkill_at_every_write_of_an_attached_apply_and_revert_never_leaves_the_guest
     }
     let all = std::fs::read_to_string(&serial).unwrap();
     for l in testguest::parse_all(&all).expect("no torn line") {
-        assert!(l.value == livepatch::value_orig(l.iter) || l.value == value_two_sites(l.iter), "half-patched value printed: {l:?}");
+        assert!(l.value == livepatch::value_orig(l.iter) || l.value == livepatch::value_two_sites(l.iter), "half-patched value printed: {l:?}");
     }
     assert!(!all.contains("TG panic"), "{all}");
     let _ = std::fs::remove_file(vsp);
@@ -298,7 +262,7 @@ fn on_reboot_restart_boots_again_and_reapplies_live_patches() {
     let vsp = tmp("reboot-b2.vsp");
     build(&kernel, &livepatch::example("step_b_v2.c"), &vsp);
     let (serial, errlog) = (tmp("reboot-serial.txt"), tmp("reboot-stderr.txt"));
-    let mut child = Command::new(testguest::vsplice_bin())
+    let mut child = Command::new(cli::vsplice_bin())
         .args([
             "run", "--kernel", kernel.to_str().unwrap(), "--memory", "64", "--on-reboot", "restart",
             "--cmdline", "tg.tasks=2 tg.iters=6 tg.wait=5 tg.reboot",

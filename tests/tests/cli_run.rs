@@ -5,20 +5,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
 
+use vsplice_tests::cli::{text, vsplice};
+use vsplice_tests::scratch::tmp_dir;
 use vsplice_tests::skip;
 use vsplice_tests::testguest;
-
-fn vsplice(args: &[&str]) -> Output {
-    let bin = testguest::vsplice_bin();
-    assert!(bin.is_file(), "{} missing: run `cargo build --release -p vsplice-vmm` first", bin.display());
-    Command::new(bin).args(args).stdin(Stdio::null()).output().expect("vsplice runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 #[test]
 fn poweroff_exits_zero_and_prints_the_guest_console() {
@@ -76,8 +67,7 @@ fn expect_one_line_error(args: &[&str], cause: &str, mention: &str) {
 
 #[test]
 fn bad_input_is_a_one_line_error_naming_the_problem() {
-    let dir = std::env::temp_dir().join(format!("vsplice-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = tmp_dir("cli");
     let junk = dir.join("junk.bin");
     std::fs::write(&junk, b"this is neither an ELF file nor a bzImage, just text").unwrap();
     let junk = junk.to_str().unwrap();

@@ -24,13 +24,14 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use agentlive::{check, comm_matches, ensure, Live};
-use common::{guest_tasks, TaskKey};
+use agentlive::Live;
+use common::{comm_matches, guest_tasks, TaskKey};
 use vsplice_patcher::model::backend::Backend;
 use vsplice_patcher::os::linux::agent::find::scan_phys;
 use vsplice_patcher::os::linux::agent::Descriptor;
 use vsplice_patcher::os::linux::cpustacks;
 use vsplice_patcher::os::linux::view::{AgentHint, LinuxView, TaskSource};
+use vsplice_tests::checks::{check, ensure};
 use vsplice_tests::debian::Flavour;
 use vsplice_tests::qemu::Guest;
 use vsplice_tests::testguest::vm_lock;

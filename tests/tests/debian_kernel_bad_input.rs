@@ -60,9 +60,9 @@ fn timed<T: Send + 'static>(what: &str, within: Duration, f: impl FnOnce() -> T 
 
 #[test]
 fn nothing_listening_is_a_connect_error_at_once() {
-    let dir = std::env::temp_dir().join(format!("vsplice-nolisten-{}", std::process::id()));
+    let dir = vsplice_tests::scratch::tmp("nolisten");
     let sock = dir.join("gdb.sock").display().to_string();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = vsplice_tests::scratch::free_port();
     for addr in [sock, format!("127.0.0.1:{port}")] {
         let a = addr.clone();
         let (cause, msg) = timed(&format!("attach {addr}"), Duration::from_secs(5), move || identify(&a, Duration::from_secs(3)));

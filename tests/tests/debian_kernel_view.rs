@@ -23,13 +23,14 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use common::{bounded, guest_tasks, parse_proc_kallsyms, ProcSym, TaskKey};
+use common::{bounded, comm_matches, guest_tasks, parse_proc_kallsyms, ProcSym, TaskKey};
 use vsplice_patcher::gdb::GdbOptions;
 use vsplice_patcher::inspect::{run_inspect, InspectArgs, InspectWhat};
 use vsplice_patcher::os::linux::image::ImageMemory;
 use vsplice_patcher::os::linux::kallsyms::Symbol;
 use vsplice_patcher::os::linux::kernel::{self, Slide};
 use vsplice_patcher::os::linux::tasks::{self, Task, TaskOffsets};
+use vsplice_tests::checks::{check, ensure};
 use vsplice_tests::debian::{debian_images, Flavour};
 use vsplice_tests::qemu::{Guest, QemuConfig};
 use vsplice_tests::testguest::vm_lock;
@@ -75,24 +76,6 @@ fn inspect_json(addr: &str, image: &std::path::Path, what: InspectWhat) -> Resul
     serde_json::from_slice(&out).map_err(|e| format!("inspect output is not JSON: {e}"))
 }
 
-fn check(failures: &mut Vec<String>, name: &str, r: Result<(), String>) {
-    match r {
-        Ok(()) => eprintln!("  ok      {name}"),
-        Err(e) => {
-            eprintln!("  FAILED  {name}: {e}");
-            failures.push(format!("{name}: {e}"));
-        }
-    }
-}
-
-fn ensure(cond: bool, msg: impl FnOnce() -> String) -> Result<(), String> {
-    if cond {
-        Ok(())
-    } else {
-        Err(msg())
-    }
-}
-
 fn symbols_equal(live: &[Symbol], proc_syms: &[ProcSym]) -> Result<(), String> {
     ensure(live.len() == proc_syms.len(), || format!("count: vsplice {} vs /proc/kallsyms {}", live.len(), proc_syms.len()))?;
     let bad: Vec<String> = live
@@ -121,15 +104,6 @@ fn offline_equals_live_minus_slide(offline: &[Symbol], live: &[Symbol], slide: u
     }
     eprintln!("          ({moved} symbols moved by the slide, {fixed} per-CPU symbols fixed)");
     ensure(moved > 10_000 && fixed > 10, || format!("implausible split: {moved} moved, {fixed} fixed"))
-}
-
-/// How /proc names a task whose `task_struct.comm` is `comm`: the same, or
-/// for kernel threads (6.1) a workqueue worker's `comm-<workqueue>` or the
-/// untruncated name of a kthread whose comm filled all 15 bytes.
-fn comm_matches(comm: &str, proc_name: &str) -> bool {
-    proc_name == comm
-        || (comm.starts_with("kworker/") && proc_name.strip_prefix(comm).is_some_and(|r| r.starts_with('-')))
-        || (comm.len() == 15 && proc_name.len() > 15 && proc_name.starts_with(comm))
 }
 
 /// The walk equals the guest's /proc: every thread seen before and after is

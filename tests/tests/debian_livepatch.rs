@@ -23,17 +23,18 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
 
 use vsplice_patcher::model::mem::KernelMemory;
 use vsplice_patcher::patch::linux_image::LinuxImage;
 use vsplice_patcher::arch::x86::guest::Guest as GuestMem;
 use vsplice_patcher::kernels::TargetKernel;
+use vsplice_tests::cli::{text, vsplice, vsplice_killed_after};
 use vsplice_tests::debian::{debian_images, Flavour};
 use vsplice_tests::linuxpatch;
 use vsplice_tests::qemu::{Guest, QemuConfig};
+use vsplice_tests::scratch::{tmp, tmp_dir};
 use vsplice_tests::skip::skip;
-use vsplice_tests::testguest::{vm_lock, vsplice_bin};
+use vsplice_tests::testguest::vm_lock;
 
 /// Boots a Debian guest without the vsplice agent: these tests exercise the
 /// agentless path (nothing of vsplice inside the guest). `None` after a loud
@@ -151,16 +152,6 @@ fn cloud_kernel_masks_and_examples() {
     linuxpatch::detach(be).unwrap();
     assert_eq!((g.run_ok("cat /proc/cmdline").unwrap(), g.run_ok("cat /proc/version").unwrap()), (c0, v0));
     g.check_console().unwrap();
-}
-
-fn vsplice(args: &[&str]) -> Output {
-    let bin = vsplice_bin();
-    assert!(bin.is_file(), "{} missing: run `cargo build --release -p vsplice-vmm` first", bin.display());
-    Command::new(bin).args(args).stdin(Stdio::null()).output().expect("vsplice runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 /// The position qualifier of the `name` nearest to `anchor` in the image's
@@ -309,8 +300,7 @@ fn example_patches_apply_and_revert() {
 
     // The same through the CLI (which identifies the kernel itself).
     linuxpatch::detach(be).unwrap();
-    let dir = std::env::temp_dir().join(format!("vsplice-linux-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = tmp_dir("linux-cli");
     let vsp = dir.join("cmdline.vsp");
     let src = linuxpatch::example("cmdline_marker.c");
     let o = vsplice(&[
@@ -479,7 +469,7 @@ fn modified_image(img: &vsplice_tests::debian::DebianImages, image: &LinuxImage,
         (ph.p_offset(e) + addr - ph.p_vaddr(e)) as usize
     };
     payload[off] ^= 0x01;
-    let out = std::env::temp_dir().join(format!("vsplice-modified-vmlinux-{}", std::process::id()));
+    let out = tmp("modified-vmlinux");
     std::fs::write(&out, payload).unwrap();
     out
 }
@@ -622,8 +612,7 @@ fn killed_cli_apply_is_recovered_from_the_guests_registry() {
     let img = debian_images(flavour).unwrap();
     let image = LinuxImage::open(&img.vmlinuz).unwrap();
     let patch = linuxpatch::build_text(&img, &image, "two_sites", TWO_SITES, true).unwrap();
-    let dir = std::env::temp_dir().join(format!("vsplice-linux-crash-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = tmp_dir("linux-crash");
     let vsp = dir.join("two.vsp");
     std::fs::write(&vsp, patch.to_bytes().unwrap()).unwrap();
     let (c0, e0) = (g.run_ok("cat /proc/cmdline").unwrap(), g.run_ok("cat /proc/execdomains").unwrap());
@@ -631,12 +620,10 @@ fn killed_cli_apply_is_recovered_from_the_guests_registry() {
     let gdb = g.gdb_addr().unwrap().to_owned();
     let arena = linuxpatch::arena_arg(&g);
     let run = |args: &[&str], kill: Option<usize>| {
-        let mut c = Command::new(vsplice_bin());
-        c.args(["patch"]).args(args).args(["--gdb", &gdb, "--target", "linux", "--arena", &arena]).stdin(Stdio::null());
-        if let Some(k) = kill {
-            c.env("VSPLICE_FAULT_KILL_AFTER_WRITES", k.to_string());
-        }
-        c.output().unwrap()
+        let mut a = vec!["patch"];
+        a.extend_from_slice(args);
+        a.extend_from_slice(&["--gdb", &gdb, "--target", "linux", "--arena", &arena]);
+        vsplice_killed_after(&a, kill)
     };
     let mut seen = std::collections::BTreeSet::new();
     for kill_at in 0..40 {

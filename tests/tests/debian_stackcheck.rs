@@ -18,7 +18,7 @@ mod agentlive;
 
 use std::collections::BTreeMap;
 
-use agentlive::{check, ensure, Live};
+use agentlive::Live;
 use vsplice_patcher::arena::registry::CheckRange;
 use vsplice_patcher::os::linux::modules::{self, ModuleOffsets};
 use vsplice_patcher::model::{CheckMode, CheckSummary};
@@ -27,6 +27,7 @@ use vsplice_patcher::os::linux::unwind::{OrcUnwinder, Start};
 use vsplice_patcher::os::linux::view::{self, LinuxView, TaskSource};
 use vsplice_patcher::model::{SymbolTable, TaskList};
 use vsplice_patcher::txn::Conflict;
+use vsplice_tests::checks::{check, ensure};
 use vsplice_tests::debian::Flavour;
 use vsplice_tests::qemu::Guest;
 use vsplice_tests::testguest::vm_lock;

@@ -130,8 +130,7 @@ fn a_guest_that_dies_is_reported_not_waited_for() {
 fn extra_modules_are_built_with_kbuild_and_loaded_in_order() {
     let _l = vm_lock();
     let img = vsplice_tests::debian::debian_images(Flavour::CloudAmd64).unwrap();
-    let dir = std::env::temp_dir().join(format!("vsplice-kmod-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = vsplice_tests::scratch::tmp_dir("kmod");
     for m in ["vsplice_hello_a", "vsplice_hello_b"] {
         let src = format!(
             "#include <linux/module.h>\nstatic int __init i(void) {{ pr_info(\"{m} loaded\\n\"); return 0; }}\n\

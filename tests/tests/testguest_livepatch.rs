@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use vsplice_patcher::txn::Cause;
-use vsplice_tests::livepatch::{self, value_orig, value_step_b_v2};
+use vsplice_tests::livepatch::{self, value_orig, value_step_b_v2, value_two_sites, TWO_SITES};
 use vsplice_tests::testguest::{self, Capture, TgLine};
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -222,7 +222,7 @@ fn modified_image(what: &str) -> std::path::PathBuf {
         }
     };
     data[off] ^= 0x01;
-    let path = std::env::temp_dir().join(format!("vsplice-test-{}-{what}.elf", std::process::id()));
+    let path = vsplice_tests::scratch::tmp(&format!("{what}.elf"));
     std::fs::write(&path, data).unwrap();
     path
 }
@@ -458,13 +458,6 @@ impl vsplice_patcher::model::backend::Backend for Dying<'_> {
         self.writes_left -= 1;
         self.vmm.write_phys(gpa, data)
     }
-}
-
-/// Two functions, so a death between the two jump writes leaves a half-written text.
-const TWO_SITES: &str = "#include <vsplice.h>\ntypedef unsigned long u64;\nu64 tg_step_b(u64);\nu64 b2(u64 x) { return x * 0x10001 + 0x2b; }\nu64 a2(u64 x) { return tg_step_b(x) ^ 0xa5a4; }\nVSPLICE_REPLACE(tg_step_b, b2);\nVSPLICE_REPLACE(tg_step_a, a2);\n";
-
-fn value_two_sites(iter: u64) -> u64 {
-    ((iter * 0x10001 + 0x2b) ^ 0xa5a4) + 0x1000
 }
 
 /// After a death: a fresh patcher reports the registry, recovers, and the

@@ -7,24 +7,11 @@
 use std::time::Duration;
 
 use vsplice_patcher::model::backend::Backend;
+use vsplice_tests::livepatch::boot;
 use vsplice_tests::testguest::{self, Capture};
-use vsplice_vmm::builder;
-use vsplice_vmm::config::{SerialConfig, VmConfig};
-use vsplice_vmm::vmm::Vmm;
 use vsplice_vmm::vstate::vcpu::GuestExit;
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
-
-fn boot(vcpus: usize, cmdline: &str) -> (Vmm, Capture) {
-    let out = Capture::default();
-    let mut config = VmConfig::new(testguest::image());
-    config.vcpus = vcpus;
-    config.memory_mib = 128;
-    config.cmdline = cmdline.to_owned();
-    config.serial = SerialConfig::Writer(Box::new(out.clone()));
-    let vmm = builder::build(config).expect("test guest VM builds");
-    (vmm, out)
-}
 
 /// Waits until every task of every vCPU has printed at least `iters` lines.
 fn wait_all_tasks(out: &Capture, vcpus: u64, tasks: u64, iters: u64) {

@@ -1,6 +1,6 @@
 //! Helpers of the guest-agent and stack-check e2e tests: a stopped Debian
 //! guest opened once over QEMU's gdbstub ([`Live`]), let run and stopped
-//! again between reads; the guest's own thread list; /proc naming rules.
+//! again between reads; waiting for the guest.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
@@ -98,14 +98,6 @@ pub fn boot(flavour: vsplice_tests::debian::Flavour, label: &str) -> Option<vspl
     }
 }
 
-/// How /proc names a task whose `comm` is `comm` (kworkers add their
-/// workqueue, a 15-byte kthread comm is shown untruncated).
-pub fn comm_matches(comm: &str, proc_name: &str) -> bool {
-    proc_name == comm
-        || (comm.starts_with("kworker/") && proc_name.strip_prefix(comm).is_some_and(|r| r.starts_with('-')))
-        || (comm.len() == 15 && proc_name.len() > 15 && proc_name.starts_with(comm))
-}
-
 /// Waits until `f` is true or `limit` passes.
 pub fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + limit;
@@ -116,24 +108,4 @@ pub fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(200));
     }
     f()
-}
-
-/// `Ok` when `cond`, else `Err(msg())`.
-pub fn ensure(cond: bool, msg: impl FnOnce() -> String) -> Result<(), String> {
-    if cond {
-        Ok(())
-    } else {
-        Err(msg())
-    }
-}
-
-/// Records one named check's outcome.
-pub fn check(failures: &mut Vec<String>, name: &str, r: Result<(), String>) {
-    match r {
-        Ok(()) => eprintln!("  ok      {name}"),
-        Err(e) => {
-            eprintln!("  FAILED  {name}: {e}");
-            failures.push(format!("{name}: {e}"));
-        }
-    }
 }

@@ -1,6 +1,7 @@
 //! Helpers shared by the Debian-kernel e2e tests: the guest's own view
-//! (/proc/kallsyms, its threads from /proc) parsed, and running a closure
-//! with a hard time limit so that a hang fails the test instead of blocking it.
+//! (/proc/kallsyms, its threads from /proc) parsed, how /proc names a task,
+//! and running a closure with a hard time limit so that a hang fails the
+//! test instead of blocking it.
 
 #![allow(dead_code)]
 
@@ -59,6 +60,15 @@ pub const LIST_THREADS: &str = r#"for t in /proc/[0-9]*/task/[0-9]*; do
   p=${t#/proc/}
   echo "${p%%/*} ${t##*/} $c"
 done"#;
+
+/// How /proc names a task whose `task_struct.comm` is `comm`: the same, or
+/// for kernel threads (6.1) a workqueue worker's `comm-<workqueue>` or the
+/// untruncated name of a kthread whose comm filled all 15 bytes.
+pub fn comm_matches(comm: &str, proc_name: &str) -> bool {
+    proc_name == comm
+        || (comm.starts_with("kworker/") && proc_name.strip_prefix(comm).is_some_and(|r| r.starts_with('-')))
+        || (comm.len() == 15 && proc_name.len() > 15 && proc_name.starts_with(comm))
+}
 
 /// The guest's threads.
 pub fn guest_tasks(g: &mut Guest) -> Result<BTreeSet<TaskKey>, String> {

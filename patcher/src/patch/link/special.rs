@@ -67,6 +67,15 @@ fn refused(name: &str, reason: &'static str, why: String) -> LoadError {
     LoadError::UnsupportedSection { name: name.to_owned(), reason, why }
 }
 
+/// How many `size`-byte entries section `name` holds; malformed unless its
+/// `bytes` are a whole number of them.
+fn entries(name: &str, bytes: &[u8], size: usize) -> Result<usize, LoadError> {
+    if !bytes.len().is_multiple_of(size) {
+        return Err(malformed(&format!("{name}: {} bytes is not a whole number of {size}-byte entries", bytes.len())));
+    }
+    Ok(bytes.len() / size)
+}
+
 impl Object<'_> {
     /// Every relocation of section `sec`, by offset, resolved.
     fn pointees(&self, sec: SectionIndex, parts: &Parts<'_>, aliases: &[SymbolAlias], target: &SymbolTable) -> Result<HashMap<u64, Pointee>, LoadError> {
@@ -228,10 +237,7 @@ impl Object<'_> {
         env: &mut dyn LinkEnv,
         notes: &mut Vec<String>,
     ) -> Result<(), LoadError> {
-        if !bytes.len().is_multiple_of(12) {
-            return Err(malformed(&format!("{name}: {} bytes is not a whole number of 12-byte entries", bytes.len())));
-        }
-        let (mut applied, total) = (0usize, bytes.len() / 12);
+        let (mut applied, total) = (0usize, entries(name, bytes, 12)?);
         for (i, e) in bytes.chunks_exact(12).enumerate() {
             let o = 12 * i as u64;
             let get = |off: u64| ptr.get(&off).and_then(|p| p.code_off.map(|c| (c, p.addr)));
@@ -272,10 +278,7 @@ impl Object<'_> {
         env: &mut dyn LinkEnv,
         notes: &mut Vec<String>,
     ) -> Result<(), LoadError> {
-        if !bytes.len().is_multiple_of(16) {
-            return Err(malformed(&format!("{name}: {} bytes is not a whole number of 16-byte entries", bytes.len())));
-        }
-        for i in 0..bytes.len() / 16 {
+        for i in 0..entries(name, bytes, 16)? {
             let o = 16 * i as u64;
             let (Some(code), Some(dest), Some(key)) = (ptr.get(&o), ptr.get(&(o + 4)), ptr.get(&(o + 8))) else {
                 return Err(malformed(&format!("{name}: entry {i} lacks a relocation")));
