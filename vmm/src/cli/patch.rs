@@ -104,7 +104,7 @@ pub struct BuildArgs {
     #[arg(long, value_name = "IMAGE")]
     pub kernel: PathBuf,
     /// Linux: the kernel's Kbuild-usable headers (`/usr/src/linux-headers-<release>`).
-    #[arg(long, value_name = "DIR", required_if_eq("target", "linux"))]
+    #[arg(long, value_name = "DIR", required_if_eq("target", TargetKind::Linux.name()))]
     pub headers: Option<PathBuf>,
     /// Extra include directory (repeatable).
     #[arg(short = 'I', long = "include", value_name = "DIR")]
@@ -139,7 +139,7 @@ pub struct AttachArgs {
     #[arg(long, value_enum, default_value_t = TargetKind::TestGuest)]
     pub target: TargetKind,
     /// The running kernel's image (test guest: its ELF; ignored for Linux).
-    #[arg(long, value_name = "IMAGE", required_if_eq("target", "testguest"))]
+    #[arg(long, value_name = "IMAGE", required_if_eq("target", TargetKind::TestGuest.name()))]
     pub kernel: Option<PathBuf>,
     /// The patch arena: guest-physical `START:SIZE` (e.g. `0x3f000000:4M`), 2 MiB aligned,
     /// at least 4 MiB, that the guest was booted with reserved from its RAM
