@@ -6,7 +6,8 @@
 //! the layers above it in this list; `patcher/tests/layers.rs` checks it):
 //!
 //! 1. [`model`]: the vocabulary (backend seam, kernel memory, symbols,
-//!    tasks, check ranges and conflicts); imports nothing of the crate.
+//!    tasks, check ranges and conflicts, the arena's range, kernel kinds);
+//!    imports nothing of the crate.
 //! 2. [`arch`]: x86-64 paging and guest access through page tables;
 //!    [`gdb`]: a backend over QEMU's gdbstub.
 //! 3. [`os`]: read-only OS knowledge (Linux structures; ELF kernels).

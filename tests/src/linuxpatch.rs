@@ -15,6 +15,7 @@ use vsplice_patcher::patch::PatchFile;
 use vsplice_patcher::arch::x86::guest::AutoStop;
 use vsplice_patcher::kernels::stock_linux::LinuxTarget;
 use vsplice_patcher::kernels::TargetKernel;
+use vsplice_patcher::model::ArenaRange;
 use vsplice_patcher::txn::{Patcher, TxnConfig};
 
 use crate::debian::DebianImages;
@@ -67,8 +68,13 @@ pub fn arena_arg(g: &Guest) -> String {
     format!("{:#x}:{}", a.0, a.1)
 }
 
-/// A patcher on the attached guest with the harness's arena.
+/// A patcher on the attached guest with the harness's arena (the guest must
+/// have been booted with one).
 pub fn patcher<'t, 'b>(g: &Guest, be: &'b mut Attached, target: &'t LinuxTarget) -> Patcher<'t, &'b mut Attached> {
-    let arena = g.arena().map(|a| a.base..a.base + a.size).unwrap_or(0..0);
+    let arena = match g.arena().map(|a| ArenaRange::new(a.base, a.size)) {
+        Some(Ok(a)) => a,
+        Some(Err(e)) => panic!("the guest's reserved arena cannot be used: {e}"),
+        None => panic!("the guest was booted without an arena (QemuConfig::arena)"),
+    };
     Patcher::new(be, target as &dyn TargetKernel, TxnConfig::new(arena))
 }

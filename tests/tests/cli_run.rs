@@ -89,6 +89,20 @@ fn bad_input_is_a_one_line_error_naming_the_problem() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A one-slot arena used to boot and then refuse every `--live-patch`
+/// (`not_up`): the arena rule is the patcher's, checked before anything is
+/// built, so nothing boots and the one line names the rule.
+#[test]
+fn a_one_slot_arena_is_refused_before_boot() {
+    let kernel = testguest::image();
+    let kernel = kernel.to_str().unwrap();
+    expect_one_line_error(&["run", "--kernel", kernel, "--memory", "64", "--arena", "2"], "bad_arena_size", "at least 4 MiB");
+    let out = vsplice(&["run", "--kernel", kernel, "--memory", "64", "--arena", "2", "--serial", "stdio", "--cmdline", "tg.tasks=1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(out.stdout.is_empty(), "the guest started:\n{}", text(&out.stdout));
+    assert!(text(&out.stderr).starts_with("vsplice: error [bad_arena_size]: patch arena of 2 MiB refused: "), "{}", text(&out.stderr));
+}
+
 #[test]
 fn help_explains_the_run_flags() {
     let out = vsplice(&["run", "--help"]);

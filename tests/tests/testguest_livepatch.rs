@@ -509,7 +509,7 @@ fn a_process_killed_after_any_write_leaves_a_state_the_next_one_completes_or_rol
     let mut seen = std::collections::BTreeSet::new();
     for kill_at in 0..64 {
         let mut d = Dying { vmm: &mut vmm, writes_left: kill_at, dead: false };
-        let r = vsplice_patcher::txn::Patcher::new(&mut d, &target, vsplice_patcher::txn::TxnConfig::new(arena.clone())).apply(&patch);
+        let r = vsplice_patcher::txn::Patcher::new(&mut d, &target, vsplice_patcher::txn::TxnConfig::new(arena)).apply(&patch);
         let died = d.dead;
         let applied = recover_and_check(&mut vmm, &target, &id, kill_at, &mut seen);
         if !died {
@@ -530,7 +530,7 @@ fn a_process_killed_after_any_write_leaves_a_state_the_next_one_completes_or_rol
     // Revert, killed after each write in turn (re-applying whenever it got through).
     for kill_at in 0.. {
         let mut d = Dying { vmm: &mut vmm, writes_left: kill_at, dead: false };
-        let r = vsplice_patcher::txn::Patcher::new(&mut d, &target, vsplice_patcher::txn::TxnConfig::new(arena.clone())).revert(&id);
+        let r = vsplice_patcher::txn::Patcher::new(&mut d, &target, vsplice_patcher::txn::TxnConfig::new(arena)).revert(&id);
         let died = d.dead;
         let applied = recover_and_check(&mut vmm, &target, &id, 100 + kill_at, &mut seen);
         if !died {

@@ -224,6 +224,7 @@ pub fn build(config: VmConfig) -> Result<Vmm, BuildError> {
     vm.register_memory(&mem)?;
     let (e820, arena): (Vec<boot_params::E820Entry>, Range<u64>) =
         boot_params::e820_map(mem_size, config.arena_mib << 20).map_err(boot_err("e820 map"))?;
+    let arena = config.placed_arena(arena)?;
     // 4. Images.
     let (kernel, initrd) = load_images(&config, &mem, &e820)?;
     tracing::info!(format = ?kernel.format, entry = format_args!("{:#x}", kernel.entry.0), "kernel loaded");

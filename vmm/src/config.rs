@@ -3,12 +3,14 @@
 //! resource is created.
 
 use std::io::Write;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use thiserror::Error;
+use vsplice_patcher::model::{ArenaError, ArenaRange};
 
-use crate::arch::x86_64::layout::{ARENA_ALIGN, ARENA_DEFAULT_SIZE, CMDLINE_MAX_SIZE, MIN_MEMORY_SIZE};
+use crate::arch::x86_64::layout::{ARENA_DEFAULT_SIZE, CMDLINE_MAX_SIZE, MIN_MEMORY_SIZE};
 use crate::vstate::pause::DEFAULT_PAUSE_TIMEOUT;
 
 /// Default guest RAM in MiB.
@@ -55,7 +57,8 @@ pub struct VmConfig {
     pub vcpus: usize,
     /// Guest RAM in MiB, the patch arena included.
     pub memory_mib: u64,
-    /// Patch arena size in MiB (a multiple of 2).
+    /// Patch arena size in MiB: what [`ArenaRange`] accepts (a multiple of
+    /// 2, at least 4). The VMM places it (see [`VmConfig::placed_arena`]).
     pub arena_mib: u64,
     /// Serial output.
     pub serial: SerialConfig,
@@ -113,10 +116,7 @@ impl VmConfig {
         if self.memory_mib > MAX_MEMORY_MIB {
             return Err(ConfigError::MemoryTooLarge { mib: self.memory_mib, max_mib: MAX_MEMORY_MIB });
         }
-        let arena = self.arena_mib << 20;
-        if arena == 0 || !arena.is_multiple_of(ARENA_ALIGN) {
-            return Err(ConfigError::ArenaSize { mib: self.arena_mib });
-        }
+        let arena = ArenaRange::size_from_mib(self.arena_mib).map_err(|source| ConfigError::ArenaSize { mib: self.arena_mib, source })?;
         let min = (MIN_MEMORY_SIZE + arena) >> 20;
         if self.memory_mib < min {
             return Err(ConfigError::MemoryTooSmall { mib: self.memory_mib, min_mib: min, arena_mib: self.arena_mib });
@@ -126,6 +126,12 @@ impl VmConfig {
             return Err(ConfigError::CmdlineTooLong { len: cmdline.len(), max: CMDLINE_MAX_SIZE - 1 });
         }
         Ok(())
+    }
+
+    /// The arena at the guest-physical range the VMM reserved for it.
+    pub fn placed_arena(&self, reserved: Range<u64>) -> Result<ArenaRange, ConfigError> {
+        ArenaRange::new(reserved.start, reserved.end.saturating_sub(reserved.start))
+            .map_err(|source| ConfigError::ArenaSize { mib: self.arena_mib, source })
     }
 }
 
@@ -164,11 +170,14 @@ pub enum ConfigError {
         /// Largest allowed.
         max_mib: u64,
     },
-    /// Arena size zero or not a multiple of 2 MiB.
-    #[error("patch arena of {mib} MiB: it must be a non-zero multiple of 2 MiB")]
+    /// An arena [`ArenaRange`] refuses (not whole 2 MiB slots, fewer than two).
+    #[error("patch arena of {mib} MiB refused")]
     ArenaSize {
         /// Requested MiB.
         mib: u64,
+        /// Why.
+        #[source]
+        source: ArenaError,
     },
     /// Command line too long for the boot protocol.
     #[error("kernel command line is {len} bytes; at most {max} fit")]
@@ -230,6 +239,8 @@ mod tests {
             (Box::new(|c| c.memory_mib = MAX_MEMORY_MIB + 1), "memory_too_large"),
             (Box::new(|c| c.arena_mib = 3), "bad_arena_size"),
             (Box::new(|c| c.arena_mib = 0), "bad_arena_size"),
+            (Box::new(|c| c.arena_mib = 2), "bad_arena_size"),
+            (Box::new(|c| c.arena_mib = u64::MAX), "bad_arena_size"),
             (Box::new(|c| c.arena_mib = 510), "memory_too_small"),
             (Box::new(|c| c.cmdline = "x".repeat(4000)), "cmdline_too_long"),
         ];
@@ -240,5 +251,26 @@ mod tests {
             assert_eq!(err.cause(), cause, "{err}");
             assert!(!err.to_string().contains('\n'));
         }
+    }
+
+    /// The arena rule is the patcher's: a 2 MiB arena (one slot) is refused
+    /// here, before boot, rather than by every live patch after it.
+    #[test]
+    fn a_one_slot_arena_is_refused_with_the_patchers_reason() {
+        let mut c = config();
+        c.arena_mib = 2;
+        let err = c.validate(4).unwrap_err();
+        assert_eq!(err.cause(), "bad_arena_size");
+        let line = vsplice_patcher::model::chain(&err);
+        assert!(line.contains("2 MiB") && line.contains("at least 4 MiB"), "{line}");
+        assert!(!line.contains('\n'), "{line}");
+    }
+
+    #[test]
+    fn the_reserved_range_becomes_the_arena() {
+        let c = config();
+        let a = c.placed_arena(0x1fc0_0000..0x2000_0000).unwrap();
+        assert_eq!((a.phys(), a.size()), (0x1fc0_0000, 4 << 20));
+        assert_eq!(c.placed_arena(0x1fe0_0000..0x2000_0000).unwrap_err().cause(), "bad_arena_size");
     }
 }

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use thiserror::Error;
+use vsplice_patcher::model::TargetKind;
 use vsplice_patcher::patch::{FormatError, PatchFile};
 use vsplice_patcher::os::elf::ElfImageError;
 use vsplice_patcher::kernels::testguest::TestGuest;
@@ -48,7 +49,7 @@ pub enum LivePatchError {
         /// The file.
         path: PathBuf,
         /// Its target kind.
-        kind: String,
+        kind: TargetKind,
     },
     /// The kernel image cannot serve as the patch target (no symbols, …).
     #[error("kernel image {path} cannot be used as the live-patch target")]
@@ -85,8 +86,8 @@ impl LivePatches {
         let mut patches = Vec::new();
         for path in paths {
             let p = PatchFile::read(path).map_err(|source| LivePatchError::Patch { path: path.clone(), source })?;
-            if p.manifest.target.kind != "testguest" {
-                return Err(LivePatchError::Kind { path: path.clone(), kind: p.manifest.target.kind.clone() });
+            if p.manifest.target.kind != TargetKind::TestGuest {
+                return Err(LivePatchError::Kind { path: path.clone(), kind: p.manifest.target.kind });
             }
             patches.push((path.clone(), p));
         }

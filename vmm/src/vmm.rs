@@ -2,7 +2,6 @@
 //! loop that waits for the guest to finish. It is also the in-process
 //! [`Backend`] the patcher uses: pause, read and write guest memory, resume.
 
-use std::ops::Range;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -12,6 +11,7 @@ use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 use vsplice_patcher::model::backend::{Backend, BackendError, VcpuState};
+use vsplice_patcher::model::ArenaRange;
 
 use crate::devices::agent_doorbell::AgentAnnouncement;
 use crate::devices::serial::{SerialDevice, SerialInput};
@@ -50,7 +50,7 @@ pub struct Vmm {
     exit_evt: Arc<EventFd>,
     serial: Arc<Mutex<SerialDevice>>,
     stdin_input: bool,
-    arena: Range<u64>,
+    arena: ArenaRange,
     agent: AgentAnnouncement,
     mem: GuestMemory,
     _vm: Vm,
@@ -72,7 +72,7 @@ impl Vmm {
         exit_evt: Arc<EventFd>,
         serial: Arc<Mutex<SerialDevice>>,
         stdin_input: bool,
-        arena: Range<u64>,
+        arena: ArenaRange,
         agent: AgentAnnouncement,
     ) -> Self {
         Self { vcpus, exits, exit: None, events: None, exit_evt, serial, stdin_input, arena, agent, mem, _vm: vm }
@@ -90,8 +90,8 @@ impl Vmm {
     }
 
     /// Guest-physical range of the patch arena (reserved in the e820 map).
-    pub fn arena(&self) -> Range<u64> {
-        self.arena.clone()
+    pub fn arena(&self) -> ArenaRange {
+        self.arena
     }
 
     /// Number of vCPUs.

@@ -160,6 +160,7 @@ mod tests {
     use super::*;
     use crate::arena::registry::{IntentOp, Intent};
     use crate::arena::ArenaInfo;
+    use crate::model::ArenaRange;
     use crate::model::backend::VcpuState;
 
     /// Guest memory as a vector; write_phys can be told to die after n calls.
@@ -191,7 +192,7 @@ mod tests {
     }
 
     fn reg(n: u64) -> Registry {
-        let mut r = Registry::new(ArenaInfo::new(0, 4 << 20, 0xffff_ffff_8140_0000), Some("ab".into()));
+        let mut r = Registry::new(ArenaInfo::new(ArenaRange::new(0, 4 << 20).unwrap(), 0xffff_ffff_8140_0000), Some("ab".into()));
         r.next_seq = n;
         r
     }

@@ -9,7 +9,8 @@
 //! ```
 //!
 //! The first half (rounded down to 2 MiB) holds data and the registry, the
-//! rest code; an arena of 4 MiB has one slot of each. [`registry`] is the
+//! rest code; an arena of 4 MiB has one slot of each. Which physical ranges
+//! can be an arena is [`ArenaRange`]'s rule. [`registry`] is the
 //! record of what is applied, [`codec`] its checksummed A/B encoding,
 //! [`map`] the page-table entries, [`alloc`] the placement of patches.
 
@@ -20,8 +21,10 @@ pub mod registry;
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::ArenaRange;
+
 /// One 2 MiB page.
-pub const SLOT: u64 = 2 << 20;
+pub const SLOT: u64 = crate::model::arena::SLOT;
 /// Bytes of one registry copy.
 pub const REGISTRY_COPY: u64 = 128 << 10;
 /// Bytes reserved for the registry (two copies) at the start of the arena.
@@ -41,10 +44,9 @@ pub struct ArenaInfo {
 }
 
 impl ArenaInfo {
-    /// Layout for an arena at `phys` of `size` bytes mapped at `virt`.
-    pub fn new(phys: u64, size: u64, virt: u64) -> Self {
-        let slots = size / SLOT;
-        Self { phys, size, virt, data_slots: (slots / 2).max(1) }
+    /// Layout for `arena` mapped at `virt`.
+    pub fn new(arena: ArenaRange, virt: u64) -> Self {
+        Self { phys: arena.phys(), size: arena.size(), virt, data_slots: (arena.slots() / 2).max(1) }
     }
 
     /// Number of 2 MiB slots.
@@ -65,10 +67,5 @@ impl ArenaInfo {
     /// Physical address of an arena virtual address.
     pub fn phys_of(&self, va: u64) -> Option<u64> {
         (va >= self.virt && va < self.virt + self.size).then(|| self.phys + (va - self.virt))
-    }
-
-    /// True when the arena's size can hold a data and a code slot.
-    pub fn valid_size(size: u64) -> bool {
-        size >= 2 * SLOT && size.is_multiple_of(SLOT)
     }
 }

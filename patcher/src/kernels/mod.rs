@@ -18,14 +18,14 @@ pub mod testguest;
 
 use std::ops::Range;
 
-use crate::model::{KernelMemory, SymbolTable, TargetError, TaskList, VcpuState};
+use crate::model::{KernelMemory, SymbolTable, TargetError, TargetKind, TaskList, VcpuState};
 use crate::os::linux::unwind::OrcUnwinder;
 use crate::patch::link::{LinkEnv, UnknownEnv};
 
 /// A guest kernel as the patcher sees it.
 pub trait TargetKernel: std::fmt::Debug {
     /// Kind of kernel, as written in patch manifests (`testguest`, `linux`).
-    fn kind(&self) -> &'static str;
+    fn kind(&self) -> TargetKind;
     /// GNU build-id of the running kernel, lower-case hex.
     fn build_id(&self) -> Option<&str>;
     /// All symbols (duplicates kept, with position and, where known, file).

@@ -254,8 +254,8 @@ fn task_error(e: TaskError) -> TargetError {
 }
 
 impl TargetKernel for LinuxTarget {
-    fn kind(&self) -> &'static str {
-        "linux"
+    fn kind(&self) -> crate::model::TargetKind {
+        crate::model::TargetKind::Linux
     }
 
     fn build_id(&self) -> Option<&str> {

@@ -8,7 +8,7 @@ use std::ops::Range;
 use std::path::Path;
 
 use super::TargetKernel;
-use crate::model::{TargetError, TaskInfo, TaskList};
+use crate::model::{TargetError, TargetKind, TaskInfo, TaskList};
 use crate::os::elf::{ElfImage, ElfImageError};
 use crate::model::backend::VcpuState;
 use crate::model::mem::KernelMemory;
@@ -73,8 +73,8 @@ fn rd_u64(b: &[u8], off: usize) -> u64 {
 }
 
 impl TargetKernel for TestGuest {
-    fn kind(&self) -> &'static str {
-        "testguest"
+    fn kind(&self) -> TargetKind {
+        TargetKind::TestGuest
     }
 
     fn build_id(&self) -> Option<&str> {

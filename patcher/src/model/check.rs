@@ -37,6 +37,7 @@ pub struct Conflict {
 
 /// Which safety check to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum CheckMode {
     /// ORC unwinding, conservative scan per stack where it is unreliable.

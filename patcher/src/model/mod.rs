@@ -2,6 +2,7 @@
 //! of any layer. Nothing here imports anything else of the crate, so every
 //! other module may import it.
 //!
+//! - [`arena`]: the patch arena's guest-physical range and its one rule;
 //! - [`backend`]: the hypervisor seam (stop, registers, guest-physical
 //!   memory, resume) and a stopped vCPU's state;
 //! - [`mem`]: kernel-virtual memory, the seam between architecture and OS
@@ -10,18 +11,23 @@
 //! - [`tasks`]: tasks and CPU stacks of a stopped guest;
 //! - [`check`]: what the safety check is asked (ranges, mode) and what it
 //!   finds (conflicts, summary);
+//! - [`target_kind`]: the kinds of kernel (`testguest`, `linux`);
 //! - [`error`]: one formatter for an error and its sources.
 
+pub mod arena;
 pub mod backend;
 pub mod check;
 pub mod error;
 pub mod mem;
 pub mod symbols;
+pub mod target_kind;
 pub mod tasks;
 
+pub use arena::{ArenaError, ArenaRange};
 pub use backend::{Backend, BackendError, VcpuState};
 pub use check::{CheckMode, CheckRange, CheckSummary, Conflict, Fallback};
 pub use error::chain;
 pub use mem::{BufferMemory, KernelMemory, MemError};
 pub use symbols::{LookupError, Qualifier, Symbol, SymbolKind, SymbolTable};
+pub use target_kind::TargetKind;
 pub use tasks::{CpuStack, TargetError, TaskInfo, TaskList};

@@ -195,7 +195,7 @@ mod tests {
                 format: MANIFEST_VERSION,
                 name: "t".into(),
                 id: "0123456789abcdef".into(),
-                target: TargetSpec { kind: "testguest".into(), build_id: None },
+                target: TargetSpec { kind: crate::model::TargetKind::TestGuest, build_id: None },
                 cumulative: false,
                 replacements: vec![],
                 symbols: vec![],

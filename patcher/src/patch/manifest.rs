@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::model::Qualifier;
+use crate::model::{Qualifier, TargetKind};
 
 /// Version of the manifest schema.
 pub const MANIFEST_VERSION: u32 = 1;
@@ -16,7 +16,7 @@ pub const MANIFEST_VERSION: u32 = 1;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TargetSpec {
     /// Kind of target (`testguest`, `linux`).
-    pub kind: String,
+    pub kind: TargetKind,
     /// GNU build-id (lower-case hex) of the kernel image it was built against.
     pub build_id: Option<String>,
 }
@@ -151,7 +151,7 @@ mod tests {
             format: MANIFEST_VERSION,
             name: "p".into(),
             id: patch_id("p", b"obj"),
-            target: TargetSpec { kind: "testguest".into(), build_id: Some("ab".into()) },
+            target: TargetSpec { kind: TargetKind::TestGuest, build_id: Some("ab".into()) },
             cumulative: false,
             replacements: vec![Replacement {
                 old: "f".into(),

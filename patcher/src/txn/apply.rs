@@ -26,7 +26,7 @@ use crate::patch::PatchFile;
 use crate::model::LookupError;
 
 fn load_failure(e: &LoadError) -> Failure {
-    Failure::new(Stage::Prepare, Cause::from_name(e.cause()), Some(e.reason()), chain(e))
+    Failure::new(Stage::Prepare, Cause::from(e), Some(e.reason()), chain(e))
 }
 
 fn lookup_failure(e: &LookupError) -> Failure {
@@ -260,7 +260,7 @@ impl<B: Backend> Patcher<'_, B> {
         match PatchFile::parse(bytes) {
             Ok(p) => self.apply(&p),
             Err(e) => {
-                let f = Failure::new(Stage::Prepare, Cause::BadPatch, Some(e.reason()), chain(&e));
+                let f = Failure::new(Stage::Prepare, Cause::from(&e), Some(e.reason()), chain(&e));
                 self.report("apply", None, None, Timings::default(), Err(f))
             }
         }

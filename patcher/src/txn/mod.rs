@@ -7,22 +7,23 @@
 //! [`Patcher::apply`] ([`apply`]), [`Patcher::revert`] ([`revert`]),
 //! [`Patcher::recover`] and [`Patcher::status`] ([`recover`]). The guest's
 //! registry is the only state: a new `Patcher` on the same guest sees what
-//! every earlier one did.
+//! every earlier one did. [`causes`] maps each lower layer's error to the
+//! [`Cause`] it reports.
 
 pub mod apply;
+pub mod causes;
 pub mod pause;
 pub mod recover;
 pub mod result;
 pub mod revert;
 
-use std::ops::Range;
 use std::time::Duration;
 
 use crate::arena::registry::Registry;
 use crate::arena::{codec, map, ArenaInfo};
 use crate::model::backend::Backend;
 use crate::arch::x86::guest::Guest;
-use crate::model::{CheckMode, CheckSummary};
+use crate::model::{ArenaRange, CheckMode, CheckSummary};
 use crate::kernels::TargetKernel;
 pub use result::{Cause, Conflict, Failure, Stage, Timings, TxnReport};
 
@@ -30,7 +31,7 @@ pub use result::{Cause, Conflict, Failure, Stage, Timings, TxnReport};
 #[derive(Debug, Clone)]
 pub struct TxnConfig {
     /// Guest-physical range of the arena (reserved from the guest's RAM).
-    pub arena: Range<u64>,
+    pub arena: ArenaRange,
     /// Pauses tried before giving up with `code_busy`.
     pub max_attempts: u32,
     /// First back-off after a conflict (doubles up to `max_backoff`).
@@ -44,7 +45,7 @@ pub struct TxnConfig {
 
 impl TxnConfig {
     /// Defaults for an arena: 20 attempts, 5 ms back-off doubling to 200 ms.
-    pub fn new(arena: Range<u64>) -> Self {
+    pub fn new(arena: ArenaRange) -> Self {
         Self { arena, max_attempts: 20, backoff: Duration::from_millis(5), max_backoff: Duration::from_millis(200), check: CheckMode::default() }
     }
 }
@@ -97,7 +98,7 @@ impl<'t, B: Backend> Patcher<'t, B> {
     }
 
     fn arena_phys(&self) -> u64 {
-        self.cfg.arena.start
+        self.cfg.arena.phys()
     }
 
     /// The registry in the guest, if there is a valid one for this boot and kernel.
@@ -113,7 +114,7 @@ impl<'t, B: Backend> Patcher<'t, B> {
         };
         self.generation = self.generation.max(loaded.generation);
         let reg = loaded.registry;
-        let same_arena = reg.arena.phys == phys && reg.arena.size == self.cfg.arena.end - self.cfg.arena.start;
+        let same_arena = reg.arena.phys == phys && reg.arena.size == self.cfg.arena.size();
         let same_kernel = reg.build_id.as_deref() == self.target.build_id();
         let root = self.target.page_table_root();
         let mapped = same_arena && map::is_mapped(self.guest.backend(), root, &reg.arena).map_err(|e| unexpected(&e))?;
@@ -130,15 +131,11 @@ impl<'t, B: Backend> Patcher<'t, B> {
         if let Some(r) = self.load_registry(stage)? {
             return Ok(r);
         }
-        let size = self.cfg.arena.end - self.cfg.arena.start;
-        if !ArenaInfo::valid_size(size) || !self.cfg.arena.start.is_multiple_of(crate::arena::SLOT) {
-            return Err(Failure::new(stage, Cause::NotUp, "arena", format!("arena {:#x}..{:#x} must be 2 MiB aligned and at least 4 MiB", self.cfg.arena.start, self.cfg.arena.end)));
-        }
         let root = self.target.page_table_root();
         let window = self.target.arena_window();
-        let virt = map::find_free(self.guest.backend(), root, window, size / crate::arena::SLOT)
+        let virt = map::find_free(self.guest.backend(), root, window, self.cfg.arena.slots())
             .map_err(|e| Failure::from_err(stage, Cause::ArenaFull, "no_free_slots", &e))?;
-        let info = ArenaInfo::new(self.cfg.arena.start, size, virt);
+        let info = ArenaInfo::new(self.cfg.arena, virt);
         Ok(Registry::new(info, self.target.build_id().map(str::to_owned)))
     }
 

@@ -56,8 +56,7 @@ impl<B: Backend> Patcher<'_, B> {
     }
 
     fn backend_failure(stage: Stage, e: &BackendError) -> Failure {
-        let cause = if e.cause() == "pause_timeout" { Cause::PauseTimeout } else { Cause::Unexpected };
-        Failure::from_err(stage, cause, Some(e.cause()), e)
+        Failure::from_err(stage, Cause::from(e), Some(e.cause()), e)
     }
 
     fn resume_after(&mut self, t0: Instant, timings: &mut Timings, mut f: Failure) -> Failure {
@@ -102,8 +101,7 @@ impl<B: Backend> Patcher<'_, B> {
                     continue;
                 }
                 Err(e) => {
-                    let cause = if matches!(e, TargetError::NotUp(_)) { Cause::NotUp } else { Cause::Unexpected };
-                    let f = Failure::from_err(Stage::Check, cause, Some(e.cause()), &e);
+                    let f = Failure::from_err(Stage::Check, Cause::from(&e), Some(e.cause()), &e);
                     return Err(fail(self.resume_after(t0, timings, f)));
                 }
             };

@@ -61,21 +61,6 @@ impl Cause {
             Self::Unexpected => "unexpected",
         }
     }
-
-    /// From a stable name used by lower layers.
-    pub fn from_name(s: &str) -> Self {
-        match s {
-            "ok" => Self::Ok,
-            "no_match" => Self::NoMatch,
-            "failed_to_find" => Self::FailedToFind,
-            "code_busy" => Self::CodeBusy,
-            "pause_timeout" => Self::PauseTimeout,
-            "bad_patch" => Self::BadPatch,
-            "unsupported_section" => Self::UnsupportedSection,
-            "arena_full" => Self::ArenaFull,
-            _ => Self::Unexpected,
-        }
-    }
 }
 
 /// How far a transaction got.

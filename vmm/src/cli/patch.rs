@@ -23,6 +23,8 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use vsplice_patcher::attach::attach_gdb;
 use vsplice_patcher::model::backend::{Backend, BackendError, VcpuState};
+use vsplice_patcher::model::{ArenaRange, CheckMode, TargetKind};
+use vsplice_patcher::os::linux::view::TaskSource;
 use vsplice_patcher::gdb::backend::GdbBackend;
 use vsplice_patcher::gdb::client::GdbOptions;
 use vsplice_patcher::patch::build::{build_patch, BuildOptions};
@@ -94,15 +96,15 @@ pub enum PatchCommand {
 pub struct BuildArgs {
     /// Kind of kernel: `testguest`, or `linux` (a stock x86-64 kernel; the
     /// patch is compiled through Kbuild against --headers).
-    #[arg(long, default_value = "testguest", value_parser = ["testguest", "linux"])]
-    pub target: String,
+    #[arg(long, value_enum, default_value_t = TargetKind::TestGuest)]
+    pub target: TargetKind,
     /// Kernel image the patch is for: the test guest's ELF, or a Linux
     /// bzImage (vmlinuz; its build-id, kallsyms and boot-time rewrite tables
     /// give the manifest's run-pre data).
     #[arg(long, value_name = "IMAGE")]
     pub kernel: PathBuf,
     /// Linux: the kernel's Kbuild-usable headers (`/usr/src/linux-headers-<release>`).
-    #[arg(long, value_name = "DIR", required_if_eq("target", "linux"))]
+    #[arg(long, value_name = "DIR", required_if_eq("target", TargetKind::Linux.name()))]
     pub headers: Option<PathBuf>,
     /// Extra include directory (repeatable).
     #[arg(short = 'I', long = "include", value_name = "DIR")]
@@ -134,17 +136,17 @@ pub struct AttachArgs {
     pub gdb: String,
     /// Kind of kernel: `testguest`, or `linux` (identified from guest memory:
     /// kallsyms, KASLR slide, build-id, BTF; no image needed).
-    #[arg(long, default_value = "testguest", value_parser = ["testguest", "linux"])]
-    pub target: String,
+    #[arg(long, value_enum, default_value_t = TargetKind::TestGuest)]
+    pub target: TargetKind,
     /// The running kernel's image (test guest: its ELF; ignored for Linux).
-    #[arg(long, value_name = "IMAGE", required_if_eq("target", "testguest"))]
+    #[arg(long, value_name = "IMAGE", required_if_eq("target", TargetKind::TestGuest.name()))]
     pub kernel: Option<PathBuf>,
     /// The patch arena: guest-physical `START:SIZE` (e.g. `0x3f000000:4M`), 2 MiB aligned,
     /// at least 4 MiB, that the guest was booted with reserved from its RAM
     /// (Linux: `memmap=4M$0x3f000000` on its command line). vsplice cannot
     /// discover it; a range the guest uses as RAM would be overwritten.
-    #[arg(long, value_name = "START:SIZE", value_parser = parse_arena)]
-    pub arena: std::ops::Range<u64>,
+    #[arg(long, value_name = "START:SIZE")]
+    pub arena: ArenaRange,
     /// Time-out of each gdbstub request, in milliseconds.
     #[arg(long, default_value_t = 20_000, value_name = "MS")]
     pub timeout_ms: u64,
@@ -152,37 +154,13 @@ pub struct AttachArgs {
     /// data (a stack it cannot unwind is scanned word by word instead, and
     /// the result's `check` says which and why); `conservative` scans every
     /// word of every stack (Ksplice's check: stale code addresses count).
-    #[arg(long, default_value = "orc", value_parser = ["orc", "conservative"])]
-    pub check: String,
+    #[arg(long, value_enum, default_value_t = CheckMode::Orc)]
+    pub check: CheckMode,
     /// Where a Linux guest's task list comes from: `auto` (the vsplice guest
     /// agent when loaded, checked against the BTF walk; else the walk),
     /// `agent` (refuse without a sound agent), `agentless` (the walk only).
-    #[arg(long, default_value = "auto", value_parser = ["auto", "agent", "agentless"])]
-    pub tasks: String,
-}
-
-fn parse_num(s: &str) -> Result<u64, String> {
-    let (digits, mul) = match s.char_indices().last() {
-        Some((i, 'K' | 'k')) => (&s[..i], 1u64 << 10),
-        Some((i, 'M' | 'm')) => (&s[..i], 1 << 20),
-        Some((i, 'G' | 'g')) => (&s[..i], 1 << 30),
-        _ => (s, 1),
-    };
-    let v = match digits.strip_prefix("0x") {
-        Some(h) => u64::from_str_radix(h, 16),
-        None => digits.parse(),
-    }
-    .map_err(|e| format!("`{s}`: {e}"))?;
-    v.checked_mul(mul).ok_or_else(|| format!("`{s}` is too large"))
-}
-
-fn parse_arena(s: &str) -> Result<std::ops::Range<u64>, String> {
-    let (a, b) = s.split_once(':').ok_or_else(|| format!("`{s}` is not START:SIZE"))?;
-    let (start, size) = (parse_num(a)?, parse_num(b)?);
-    if start % (2 << 20) != 0 || size < (4 << 20) || size % (2 << 20) != 0 {
-        return Err(format!("arena `{s}` must start 2 MiB aligned and be a multiple of 2 MiB, at least 4 MiB"));
-    }
-    Ok(start..start + size)
+    #[arg(long, value_enum, default_value_t = TaskSource::Auto)]
+    pub tasks: TaskSource,
 }
 
 fn print_report(r: &TxnReport) -> ExitCode {
@@ -245,10 +223,10 @@ fn bad_input(e: &dyn std::error::Error, cause: &str) -> ExitCode {
 /// Connects; for Linux also identifies the kernel (with the guest stopped).
 fn connect(g: &AttachArgs) -> Result<(Box<dyn TargetKernel>, GdbBackend), ExitCode> {
     let opts = GdbOptions { timeout: std::time::Duration::from_millis(g.timeout_ms), ..GdbOptions::default() };
-    if g.target == "linux" {
+    if g.target == TargetKind::Linux {
         let (mut be, vcpus) = attach_gdb(&g.gdb, opts).map_err(|e| bad_input(&e, e.cause()))?;
         let mut target = LinuxTarget::open(&mut be, vcpus).map_err(|e| bad_input(&e, e.cause()))?;
-        target.set_task_source(g.tasks.parse().unwrap_or_default());
+        target.set_task_source(g.tasks);
         return Ok((Box::new(target), be));
     }
     let kernel = g.kernel.as_deref().ok_or_else(|| {
@@ -267,7 +245,7 @@ fn attach(g: &AttachArgs) -> Result<(Box<dyn TargetKernel>, Attached), ExitCode>
     // happens with the guest running, memory accesses take short stops.
     // Except when a dead vsplice left a half-written transaction: then the
     // guest stays stopped until a recovery completes or rolls it back.
-    if !half_written(&*target, &mut backend, &g.arena) {
+    if !half_written(&*target, &mut backend, g.arena) {
         if let Err(e) = backend.resume() {
             super::report(&e, e.cause());
             return Err(ExitCode::from(EXIT_BAD_INPUT));
@@ -277,8 +255,8 @@ fn attach(g: &AttachArgs) -> Result<(Box<dyn TargetKernel>, Attached), ExitCode>
 }
 
 /// True when the guest's registry holds an intent whose writes are partly done.
-fn half_written<B: Backend>(target: &dyn TargetKernel, backend: &mut B, arena: &std::ops::Range<u64>) -> bool {
-    let mut p = Patcher::new(backend, target, TxnConfig::new(arena.clone()));
+fn half_written<B: Backend>(target: &dyn TargetKernel, backend: &mut B, arena: ArenaRange) -> bool {
+    let mut p = Patcher::new(backend, target, TxnConfig::new(arena));
     matches!(p.status(), Ok(s) if s.intent.as_ref().is_some_and(|i| i.text == TextState::Partial))
 }
 
@@ -288,14 +266,14 @@ fn with_patcher(g: &AttachArgs, attempts: u32, f: impl FnOnce(&mut Patcher<'_, &
         Ok(x) => x,
         Err(code) => return code,
     };
-    let mut cfg = TxnConfig::new(g.arena.clone());
+    let mut cfg = TxnConfig::new(g.arena);
     cfg.max_attempts = attempts;
-    cfg.check = g.check.parse().unwrap_or_default();
+    cfg.check = g.check;
     let code = {
         let mut p = Patcher::new(&mut backend, &*target, cfg);
         f(&mut p)
     };
-    if half_written(&*target, &mut backend, &g.arena) {
+    if half_written(&*target, &mut backend, g.arena) {
         // Never let the guest run half-patched: close the connection without
         // detaching, which leaves it stopped (QEMU keeps it so).
         eprintln!("vsplice: the guest stays stopped: an interrupted transaction is half-written; `vsplice patch status --recover` (or the next apply/revert) completes or rolls it back");
@@ -394,14 +372,68 @@ pub fn run(cmd: PatchCommand) -> ExitCode {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+    use clap::{Parser, ValueEnum};
+
     use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn attach(args: &[&str]) -> Result<AttachArgs, clap::Error> {
+        let argv = ["vsplice", "patch", "list", "--gdb", "127.0.0.1:1234"].iter().chain(args);
+        match Cli::try_parse_from(argv)?.command {
+            Command::Patch(PatchCommand::List { guest }) => Ok(guest),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
 
     #[test]
     fn arena_specs_parse() {
-        assert_eq!(parse_arena("0x8000000:4M").unwrap(), 0x800_0000..0x840_0000);
-        assert_eq!(parse_arena("134217728:4194304").unwrap(), 0x800_0000..0x840_0000);
-        assert!(parse_arena("0x8001000:4M").is_err());
-        assert!(parse_arena("0x8000000:2M").is_err());
-        assert!(parse_arena("0x8000000").is_err());
+        let a = attach(&["--kernel", "tg.elf", "--arena", "0x8000000:4M"]).unwrap();
+        assert_eq!(a.arena.range(), 0x800_0000..0x840_0000);
+        let a = attach(&["--kernel", "tg.elf", "--arena", "134217728:4194304"]).unwrap();
+        assert_eq!(a.arena.range(), 0x800_0000..0x840_0000);
+        assert!(attach(&["--kernel", "tg.elf", "--arena", "0x8001000:4M"]).is_err());
+        assert!(attach(&["--kernel", "tg.elf", "--arena", "0x8000000:2M"]).is_err());
+        assert!(attach(&["--kernel", "tg.elf", "--arena", "0x8000000"]).is_err());
+    }
+
+    #[test]
+    fn kinds_modes_and_sources_are_enums_with_their_old_names_and_defaults() {
+        let a = attach(&["--kernel", "tg.elf", "--arena", "0x8000000:4M"]).unwrap();
+        assert_eq!((a.target, a.check, a.tasks), (TargetKind::TestGuest, CheckMode::Orc, TaskSource::Auto));
+        let a = attach(&["--target", "linux", "--arena", "0x8000000:4M", "--check", "conservative", "--tasks", "agentless"]).unwrap();
+        assert_eq!((a.target, a.check, a.tasks), (TargetKind::Linux, CheckMode::Conservative, TaskSource::Agentless));
+        let no_kernel = attach(&["--target", "testguest", "--arena", "0x8000000:4M"]).unwrap_err();
+        assert_eq!(no_kernel.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        // clap's required_if_eq ignores defaults: `connect` reports the missing image then.
+        assert_eq!(attach(&["--arena", "0x8000000:4M", "--tasks", "agent"]).unwrap().kernel, None);
+        for bad in [["--target", "windows"], ["--check", "fast"], ["--tasks", "some"]] {
+            let args = [&["--kernel", "tg.elf", "--arena", "0x8000000:4M"][..], &bad[..]].concat();
+            assert_eq!(attach(&args).unwrap_err().kind(), clap::error::ErrorKind::InvalidValue, "{bad:?}");
+        }
+        // The command-line names are the ones manifests, reports and FromStr use.
+        for k in TargetKind::value_variants() {
+            assert_eq!(k.to_possible_value().unwrap().get_name(), k.to_string());
+        }
+        for m in CheckMode::value_variants() {
+            assert_eq!(m.to_possible_value().unwrap().get_name().parse::<CheckMode>().unwrap(), *m);
+            assert_eq!(m.to_possible_value().unwrap().get_name(), m.to_string());
+        }
+        for s in TaskSource::value_variants() {
+            assert_eq!(s.to_possible_value().unwrap().get_name().parse::<TaskSource>().unwrap(), *s);
+        }
+    }
+
+    #[test]
+    fn build_needs_headers_for_linux_only() {
+        let build = |extra: &[&str]| {
+            let argv = [&["vsplice", "patch", "build", "--kernel", "k", "-o", "p.vsp", "p.c"][..], extra].concat();
+            Cli::try_parse_from(argv).map(|c| match c.command {
+                Command::Patch(PatchCommand::Build(b)) => b.target,
+                other => panic!("parsed as {other:?}"),
+            })
+        };
+        assert_eq!(build(&[]).unwrap(), TargetKind::TestGuest);
+        assert_eq!(build(&["--target", "linux"]).unwrap_err().kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        assert_eq!(build(&["--target", "linux", "--headers", "/h"]).unwrap(), TargetKind::Linux);
     }
 }

@@ -46,7 +46,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "stdio|file:PATH|null", default_value = "stdio", value_parser = parse_serial)]
     pub serial: SerialArg,
     /// Size in MiB of the patch arena: a 2 MiB-aligned range at the top of guest memory that the
-    /// e820 map marks reserved, so the guest never uses it; live patches are placed there.
+    /// e820 map marks reserved, so the guest never uses it; live patches are placed there. A
+    /// multiple of 2, at least 4 (a 2 MiB data slot and a 2 MiB code slot).
     #[arg(long, value_name = "MIB", default_value_t = ARENA_DEFAULT_SIZE >> 20)]
     pub arena: u64,
     /// Longest a whole-VM pause may take before it is abandoned (the VM keeps running).

@@ -32,6 +32,7 @@ use crate::model::{CpuStack, TaskInfo, TaskList};
 
 /// Where the task list comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum TaskSource {
     /// The agent if present and sound, else the walk.
     #[default]

@@ -26,7 +26,7 @@ use super::manifest::{patch_id, run_pre_digest, BuildInfo, ByteMask, Manifest, R
 use super::records::{object_records, Record};
 use crate::patch::link::{CheckEnv, LinkEnv, LoadError, Object, UnknownEnv};
 use crate::os::elf::{ElfImage, ElfImageError};
-use crate::model::{LookupError, SymbolTable};
+use crate::model::{LookupError, SymbolTable, TargetKind};
 
 /// The patch author's header, installed next to each compilation.
 pub const VSPLICE_H: &str = include_str!("../../../include/vsplice.h");
@@ -51,9 +51,6 @@ pub enum BuildError {
     /// The Linux kernel image is unusable.
     #[error(transparent)]
     LinuxImage(#[from] LinuxImageError),
-    /// The target kind is not one this vsplice can build for.
-    #[error("unknown target kind `{0}` (this vsplice builds for: testguest, linux)")]
-    UnknownTarget(String),
     /// A Linux patch needs the kernel's headers.
     #[error("building a Linux patch needs the kernel's Kbuild headers (--headers DIR)")]
     NoHeaders,
@@ -97,7 +94,7 @@ impl BuildError {
         match self {
             Self::Link(e) => e.cause(),
             Self::Target(LookupError::NotFound { .. }) => "failed_to_find",
-            Self::Image(_) | Self::LinuxImage(_) | Self::UnknownTarget(_) | Self::NoHeaders | Self::Io { .. } | Self::Compile { .. } => "build_failed",
+            Self::Image(_) | Self::LinuxImage(_) | Self::NoHeaders | Self::Io { .. } | Self::Compile { .. } => "build_failed",
             _ => "bad_patch",
         }
     }
@@ -106,8 +103,8 @@ impl BuildError {
 /// What to build.
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
-    /// Kind of target (`testguest`, `linux`).
-    pub target: String,
+    /// Kind of target.
+    pub target: TargetKind,
     /// Kernel image built against (test guest: ELF with symbols; Linux: the bzImage).
     pub kernel: PathBuf,
     /// Linux: the kernel's Kbuild-usable headers.
@@ -130,7 +127,7 @@ impl BuildOptions {
     /// Defaults for a test-guest patch.
     pub fn testguest(kernel: impl Into<PathBuf>, source: impl Into<PathBuf>) -> Self {
         Self {
-            target: "testguest".into(),
+            target: TargetKind::TestGuest,
             kernel: kernel.into(),
             source: source.into(),
             headers: None,
@@ -144,18 +141,15 @@ impl BuildOptions {
 
     /// Defaults for a Linux patch: the bzImage and its headers.
     pub fn linux(kernel: impl Into<PathBuf>, headers: impl Into<PathBuf>, source: impl Into<PathBuf>) -> Self {
-        Self { target: "linux".into(), headers: Some(headers.into()), ..Self::testguest(kernel, source) }
+        Self { target: TargetKind::Linux, headers: Some(headers.into()), ..Self::testguest(kernel, source) }
     }
 }
 
 /// Compiles `source` to an object with the target's flags; returns its bytes.
 pub fn compile(opts: &BuildOptions) -> Result<(Vec<u8>, BuildInfo), BuildError> {
-    if opts.target == "linux" {
+    if opts.target == TargetKind::Linux {
         let headers = opts.headers.as_deref().ok_or(BuildError::NoHeaders)?;
         return kbuild::compile(&KbuildJob { headers, source: &opts.source, include_dirs: &opts.include_dirs, make: "make" });
-    }
-    if opts.target != "testguest" {
-        return Err(BuildError::UnknownTarget(opts.target.clone()));
     }
     let dir = std::env::temp_dir().join(format!("vsplice-build-{}-{}", std::process::id(), unique()));
     let io = |what: String| move |source| BuildError::Io { what, source };
@@ -250,7 +244,7 @@ impl PatchImage for LinuxImage {
 pub fn make_patch(
     object: Vec<u8>,
     image: &dyn PatchImage,
-    kind: &str,
+    kind: TargetKind,
     name: &str,
     cumulative: bool,
     build: BuildInfo,
@@ -296,7 +290,7 @@ pub fn make_patch(
         format: MANIFEST_VERSION,
         name: name.to_owned(),
         id: patch_id(name, &object),
-        target: TargetSpec { kind: kind.to_owned(), build_id: image.build_id().map(str::to_owned) },
+        target: TargetSpec { kind, build_id: image.build_id().map(str::to_owned) },
         cumulative,
         replacements,
         symbols,
@@ -306,17 +300,16 @@ pub fn make_patch(
 }
 
 /// Opens the kernel image the way the target kind needs it.
-pub fn open_image(target: &str, kernel: &Path) -> Result<Box<dyn PatchImage>, BuildError> {
+pub fn open_image(target: TargetKind, kernel: &Path) -> Result<Box<dyn PatchImage>, BuildError> {
     match target {
-        "testguest" => Ok(Box::new(ElfImage::open(kernel)?)),
-        "linux" => Ok(Box::new(LinuxImage::open(kernel)?)),
-        other => Err(BuildError::UnknownTarget(other.to_owned())),
+        TargetKind::TestGuest => Ok(Box::new(ElfImage::open(kernel)?)),
+        TargetKind::Linux => Ok(Box::new(LinuxImage::open(kernel)?)),
     }
 }
 
 /// Compiles and packages a patch.
 pub fn build_patch(opts: &BuildOptions) -> Result<PatchFile, BuildError> {
-    let image = open_image(&opts.target, &opts.kernel)?;
+    let image = open_image(opts.target, &opts.kernel)?;
     build_patch_with(opts, &*image)
 }
 
@@ -325,7 +318,7 @@ pub fn build_patch(opts: &BuildOptions) -> Result<PatchFile, BuildError> {
 pub fn build_patch_with(opts: &BuildOptions, image: &dyn PatchImage) -> Result<PatchFile, BuildError> {
     let (object, info) = compile(opts)?;
     let name = opts.name.clone().unwrap_or_else(|| stem(&opts.source));
-    make_patch(object, image, &opts.target, &name, opts.cumulative, info, opts.link_check)
+    make_patch(object, image, opts.target, &name, opts.cumulative, info, opts.link_check)
 }
 
 fn stem(p: &Path) -> String {
