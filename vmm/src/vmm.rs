@@ -16,7 +16,7 @@ use vsplice_patcher::backend::{Backend, BackendError, VcpuState};
 use crate::devices::agent_doorbell::AgentAnnouncement;
 use crate::devices::serial::{SerialDevice, SerialInput};
 use crate::vstate::memory::GuestMemory;
-use crate::vstate::pause::{Pausable, PauseError, VcpuThreads};
+use crate::vstate::pause::{PauseError, VcpuThreads};
 use crate::vstate::vcpu::GuestExit;
 use crate::vstate::vm::Vm;
 
@@ -165,7 +165,7 @@ impl Vmm {
 }
 
 impl Vmm {
-    /// Parks every vCPU and returns their states (see [`Pausable::pause`]).
+    /// Parks every vCPU and returns their states (see [`VcpuThreads::pause`]).
     pub fn pause(&mut self) -> Result<Vec<VcpuState>, PauseError> {
         if self.exit_status().is_some() {
             return Err(PauseError::GuestGone);
@@ -176,16 +176,6 @@ impl Vmm {
     /// Releases every parked vCPU; a no-op while running.
     pub fn resume(&mut self) -> Result<(), PauseError> {
         self.vcpus.resume()
-    }
-}
-
-impl Pausable for Vmm {
-    fn pause(&mut self) -> Result<Vec<VcpuState>, PauseError> {
-        Vmm::pause(self)
-    }
-
-    fn resume(&mut self) -> Result<(), PauseError> {
-        Vmm::resume(self)
     }
 }
 

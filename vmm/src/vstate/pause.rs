@@ -30,14 +30,6 @@ pub const DEFAULT_PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often a vCPU that has not parked yet is kicked again.
 const KICK_INTERVAL: Duration = Duration::from_millis(1);
 
-/// Something that can be stopped and restarted as a whole.
-pub trait Pausable {
-    /// Parks everything and returns each vCPU's state, ordered by index.
-    fn pause(&mut self) -> Result<Vec<VcpuState>, PauseError>;
-    /// Releases everything parked by [`Pausable::pause`].
-    fn resume(&mut self) -> Result<(), PauseError>;
-}
-
 /// Why a pause or resume did not happen.
 #[derive(Debug, Error)]
 pub enum PauseError {
@@ -325,7 +317,7 @@ impl VcpuThreads {
         Ok(threads)
     }
 
-    /// Sets the bound on how long [`Pausable::pause`] may take.
+    /// Sets the bound on how long [`VcpuThreads::pause`] may take.
     pub fn set_pause_timeout(&mut self, timeout: Duration) {
         self.timeout = timeout;
     }
@@ -416,10 +408,11 @@ impl VcpuThreads {
         }
         Ok(states)
     }
-}
 
-impl Pausable for VcpuThreads {
-    fn pause(&mut self) -> Result<Vec<VcpuState>, PauseError> {
+    /// Parks every vCPU and returns each one's state, ordered by index:
+    /// all of them park within the time-out, or all are released again.
+    /// While already paused, returns the states taken then.
+    pub fn pause(&mut self) -> Result<Vec<VcpuState>, PauseError> {
         if let Some(states) = &self.paused {
             tracing::debug!("pause requested while already paused");
             return Ok(states.clone());
@@ -444,7 +437,9 @@ impl Pausable for VcpuThreads {
         }
     }
 
-    fn resume(&mut self) -> Result<(), PauseError> {
+    /// Releases every vCPU parked by [`VcpuThreads::pause`] and waits until
+    /// each has left its park; a no-op while running.
+    pub fn resume(&mut self) -> Result<(), PauseError> {
         if self.paused.take().is_none() {
             tracing::debug!("resume requested while running");
             return Ok(());
