@@ -29,7 +29,7 @@ use crate::devices::bus::PioBus;
 use crate::devices::i8042::I8042;
 use crate::devices::serial::{SerialDevice, SerialOut};
 use crate::loader::{self, LoadError, LoadedKernel};
-use crate::vmm::Vmm;
+use crate::vmm::{Vmm, VmmParts};
 use crate::vstate::memory::{create_guest_memory, GuestMemory, MemoryError};
 use crate::vstate::pause::{ExitNotifier, SpawnError, VcpuThreads};
 use crate::vstate::vcpu::{Vcpu, VcpuError};
@@ -239,5 +239,5 @@ pub fn build(config: VmConfig) -> Result<Vmm, BuildError> {
     let (notifier, exits) = ExitNotifier::new(exit_evt.clone());
     let mut threads = VcpuThreads::spawn(vcpus, &bus, &mem, &notifier)?;
     threads.set_pause_timeout(config.pause_timeout);
-    Ok(Vmm::new(vm, mem, threads, exits, exit_evt, serial, stdin_input, arena, agent))
+    Ok(Vmm::new(VmmParts { vm, mem, vcpus: threads, exits, exit_evt, serial, stdin_input, arena, agent }))
 }

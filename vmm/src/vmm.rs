@@ -62,19 +62,31 @@ impl std::fmt::Debug for Vmm {
     }
 }
 
+/// Everything a [`Vmm`] is made of, as [`crate::builder::build`] creates it.
+pub(crate) struct VmmParts {
+    /// The KVM VM (kept open until the vCPU threads and memory are gone).
+    pub vm: Vm,
+    /// Guest RAM.
+    pub mem: GuestMemory,
+    /// The running vCPU threads.
+    pub vcpus: VcpuThreads,
+    /// Where the vCPU threads report the guest's end.
+    pub exits: Receiver<GuestExit>,
+    /// Signalled with each report on `exits`.
+    pub exit_evt: Arc<EventFd>,
+    /// COM1.
+    pub serial: Arc<Mutex<SerialDevice>>,
+    /// True when stdin feeds the serial input.
+    pub stdin_input: bool,
+    /// Guest-physical range of the patch arena.
+    pub arena: Range<u64>,
+    /// What the guest agent announces through the doorbell.
+    pub agent: AgentAnnouncement,
+}
+
 impl Vmm {
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new(
-        vm: Vm,
-        mem: GuestMemory,
-        vcpus: VcpuThreads,
-        exits: Receiver<GuestExit>,
-        exit_evt: Arc<EventFd>,
-        serial: Arc<Mutex<SerialDevice>>,
-        stdin_input: bool,
-        arena: Range<u64>,
-        agent: AgentAnnouncement,
-    ) -> Self {
+    pub(crate) fn new(parts: VmmParts) -> Self {
+        let VmmParts { vm, mem, vcpus, exits, exit_evt, serial, stdin_input, arena, agent } = parts;
         Self { vcpus, exits, exit: None, events: None, exit_evt, serial, stdin_input, arena, agent, mem, _vm: vm }
     }
 
