@@ -12,6 +12,7 @@ use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 use vsplice_patcher::backend::{Backend, BackendError, VcpuState};
+use vsplice_patcher::txn::result::chain;
 
 use crate::devices::agent_doorbell::AgentAnnouncement;
 use crate::devices::serial::{SerialDevice, SerialInput};
@@ -196,7 +197,7 @@ impl From<PauseError> for BackendError {
         match e {
             PauseError::Timeout { timeout, .. } => BackendError::PauseTimeout { timeout_ms: timeout.as_millis() as u64 },
             PauseError::GuestGone => BackendError::GuestGone,
-            other => BackendError::Transport(other.to_string()),
+            other => BackendError::Transport(chain(&other)),
         }
     }
 }

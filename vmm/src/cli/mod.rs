@@ -7,6 +7,7 @@ pub mod run;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use vsplice_patcher::txn::result::chain;
 
 /// vsplice: a KVM VMM that live-patches the Linux kernel of its guest from the hypervisor side.
 #[derive(Debug, Parser)]
@@ -43,16 +44,10 @@ fn init_logging(filter: Option<&str>) {
     let _ = tracing_subscriber::fmt().with_env_filter(env_filter).with_writer(std::io::stderr).try_init();
 }
 
-/// Prints an error and its `#[source]` chain on one line.
+/// Prints an error and its `#[source]` chain on one line:
+/// `vsplice: error [cause]: error: source: …`.
 pub fn report(err: &dyn std::error::Error, cause: &str) {
-    let mut line = err.to_string();
-    let mut cur = err.source();
-    while let Some(s) = cur {
-        line.push_str(": ");
-        line.push_str(&s.to_string());
-        cur = s.source();
-    }
-    eprintln!("vsplice: error [{cause}]: {line}");
+    eprintln!("vsplice: error [{cause}]: {}", chain(err));
 }
 
 /// Entry point of the `vsplice` binary.

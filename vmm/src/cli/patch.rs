@@ -32,6 +32,7 @@ use vsplice_patcher::target::linux::LinuxTarget;
 use vsplice_patcher::target::testguest::TestGuest;
 use vsplice_patcher::target::TargetKernel;
 use vsplice_patcher::txn::recover::TextState;
+use vsplice_patcher::txn::result::chain;
 use vsplice_patcher::txn::{Patcher, TxnConfig, TxnReport};
 
 use super::run::EXIT_BAD_INPUT;
@@ -323,7 +324,7 @@ fn build(a: BuildArgs) -> ExitCode {
             return ExitCode::from(EXIT_BAD_INPUT);
         }
     };
-    let written = p.to_bytes().map_err(|e| e.to_string()).and_then(|b| std::fs::write(&a.output, b).map_err(|e| e.to_string()));
+    let written = p.to_bytes().map_err(|e| chain(&e)).and_then(|b| std::fs::write(&a.output, b).map_err(|e| chain(&e)));
     if let Err(e) = written {
         eprintln!("vsplice: error [unexpected]: writing {}: {e}", a.output.display());
         return ExitCode::from(EXIT_BAD_INPUT);

@@ -20,6 +20,7 @@ use thiserror::Error;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 use vsplice_patcher::backend::VcpuState;
+use vsplice_patcher::txn::result::chain;
 
 use super::memory::GuestMemory;
 use super::vcpu::{ExitAction, GuestExit, Vcpu};
@@ -224,7 +225,7 @@ impl VcpuThread {
             }
         }
         self.vcpu.fd.set_kvm_immediate_exit(0);
-        let snapshot = self.vcpu.snapshot().map_err(|e| format!("{e}: {}", source_chain(&e)));
+        let snapshot = self.vcpu.snapshot().map_err(|e| chain(&e));
         let mut ctl = self.shared.lock();
         ctl.snapshot = Some(snapshot);
         ctl.parked = true;
@@ -246,16 +247,6 @@ impl VcpuThread {
         }
         self.exits.notify(exit);
     }
-}
-
-fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut out = Vec::new();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push(s.to_string());
-        cur = s.source();
-    }
-    out.join(": ")
 }
 
 struct Handle {
