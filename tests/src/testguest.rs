@@ -18,10 +18,36 @@ pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// Path of the built `vsplice` binary of the same profile as the tests.
+/// Path of the built `vsplice` binary of the same profile and target
+/// directory as the tests (`CARGO_TARGET_DIR` included): the test executable
+/// is `<target>/<profile>/deps/<test>-<hash>`, the binary `<target>/<profile>/vsplice`.
 pub fn vsplice_bin() -> PathBuf {
-    let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
-    workspace_root().join("target").join(profile).join("vsplice")
+    let profile_dir = std::env::current_exe().ok().and_then(|exe| Some(exe.parent()?.parent()?.to_path_buf()));
+    profile_dir.unwrap_or_else(|| {
+        let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+        workspace_root().join("target").join(profile)
+    })
+    .join("vsplice")
+}
+
+/// The `vsplice` binary, checked to be built with the `fault-injection`
+/// feature (its `--version` says so), which the tests that kill it midway
+/// through `VSPLICE_FAULT_KILL_AFTER_WRITES` need; panics otherwise, since
+/// such a test would otherwise never see a kill.
+pub fn vsplice_bin_with_fault_injection() -> PathBuf {
+    let bin = vsplice_bin();
+    let version = std::process::Command::new(&bin).arg("--version").output();
+    let version = match &version {
+        Ok(o) => String::from_utf8_lossy(&o.stdout).into_owned(),
+        Err(e) => panic!("{} does not run ({e}): run `cargo build --release -p vsplice-vmm --features fault-injection` first", bin.display()),
+    };
+    assert!(
+        version.contains("(fault-injection)"),
+        "{} was built without the fault-injection feature (`--version`: {}): run `cargo build --release -p vsplice-vmm --features fault-injection`",
+        bin.display(),
+        version.trim()
+    );
+    bin
 }
 
 /// A `Write` that keeps everything written, shareable with the VMM's serial.

@@ -190,6 +190,7 @@ fn sigkill_at_every_write_of_an_attached_apply_and_revert_never_leaves_the_guest
         skip::skip("cli_gdb_sigkill", "qemu-system-x86_64 is not installed");
         return;
     }
+    let bin = testguest::vsplice_bin_with_fault_injection();
     let kernel = testguest::workspace_root().join("target/images/testguest/testguest-pvh.elf");
     let src = tmp("two_sites.c");
     std::fs::write(&src, TWO_SITES).unwrap();
@@ -218,8 +219,7 @@ fn sigkill_at_every_write_of_an_attached_apply_and_revert_never_leaves_the_guest
         let mut a: Vec<&str> = cmd.to_vec();
         a.extend_from_slice(&attach);
         a.extend_from_slice(extra);
-        let bin = testguest::vsplice_bin();
-        let mut c = Command::new(bin);
+        let mut c = Command::new(&bin);
         c.args(&a).stdin(Stdio::null());
         if let Some(k) = kill {
             c.env("VSPLICE_FAULT_KILL_AFTER_WRITES", k.to_string());

@@ -619,6 +619,7 @@ fn killed_cli_apply_is_recovered_from_the_guests_registry() {
     let _l = vm_lock();
     let flavour = Flavour::Amd64;
     let Some(mut g) = boot(flavour, "linux_crash") else { return };
+    let bin = vsplice_tests::testguest::vsplice_bin_with_fault_injection();
     let img = debian_images(flavour).unwrap();
     let image = LinuxImage::open(&img.vmlinuz).unwrap();
     let patch = linuxpatch::build_text(&img, &image, "two_sites", TWO_SITES, true).unwrap();
@@ -631,7 +632,7 @@ fn killed_cli_apply_is_recovered_from_the_guests_registry() {
     let gdb = g.gdb_addr().unwrap().to_owned();
     let arena = linuxpatch::arena_arg(&g);
     let run = |args: &[&str], kill: Option<usize>| {
-        let mut c = Command::new(vsplice_bin());
+        let mut c = Command::new(&bin);
         c.args(["patch"]).args(args).args(["--gdb", &gdb, "--target", "linux", "--arena", &arena]).stdin(Stdio::null());
         if let Some(k) = kill {
             c.env("VSPLICE_FAULT_KILL_AFTER_WRITES", k.to_string());

@@ -1,5 +1,6 @@
 //! The `vsplice` command line: one subcommand per file.
 
+mod fault_injection;
 pub mod inspect;
 pub mod patch;
 pub mod run;
@@ -9,9 +10,16 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use vsplice_patcher::txn::result::chain;
 
+/// `vsplice --version`: a build with the test-only `fault-injection` feature says so.
+const VERSION: &str = if cfg!(feature = "fault-injection") {
+    concat!(env!("CARGO_PKG_VERSION"), " (fault-injection)")
+} else {
+    env!("CARGO_PKG_VERSION")
+};
+
 /// vsplice: a KVM VMM that live-patches the Linux kernel of its guest from the hypervisor side.
 #[derive(Debug, Parser)]
-#[command(name = "vsplice", version, about, long_about = None)]
+#[command(name = "vsplice", version = VERSION, about, long_about = None)]
 pub struct Cli {
     /// Log filter for diagnostics on stderr (e.g. `info`, `vsplice_vmm=debug`); also VSPLICE_LOG.
     #[arg(long, global = true, value_name = "FILTER")]
