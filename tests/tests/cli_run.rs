@@ -83,6 +83,8 @@ fn bad_input_is_a_one_line_error_naming_the_problem() {
     if skip::has_kvm() {
         // Format errors are found when the image is loaded, after KVM is opened.
         expect_one_line_error(&["run", "--kernel", junk, "--memory", "64"], "not_a_kernel", junk);
+        // So is the command line: linux-loader takes printable ASCII only.
+        expect_one_line_error(&["run", "--kernel", kernel, "--memory", "64", "--cmdline", "tg.name=caf\u{e9}"], "bad_cmdline", "command line");
     } else {
         skip::skip("cli_bad_kernel_format", "/dev/kvm cannot be opened; the image is loaded only after KVM is");
     }

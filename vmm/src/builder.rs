@@ -16,12 +16,12 @@ use std::fs::File;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
-use linux_loader::cmdline::Cmdline;
 use thiserror::Error;
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::x86_64::{acpi, boot_params, cpuid, interrupts, layout, mptable, msr, regs};
+use crate::arch::ArchError;
 use crate::config::{ConfigError, SerialConfig, VmConfig};
 use crate::devices::acpi_pm::{self, AcpiPm};
 use crate::devices::agent_doorbell::{self, AgentAnnouncement, AgentDoorbell};
@@ -29,14 +29,11 @@ use crate::devices::bus::PioBus;
 use crate::devices::i8042::I8042;
 use crate::devices::serial::{SerialDevice, SerialOut};
 use crate::loader::{self, LoadError, LoadedKernel};
-use crate::vmm::Vmm;
+use crate::vmm::{Vmm, VmmParts};
 use crate::vstate::memory::{create_guest_memory, GuestMemory, MemoryError};
 use crate::vstate::pause::{ExitNotifier, SpawnError, VcpuThreads};
 use crate::vstate::vcpu::{Vcpu, VcpuError};
 use crate::vstate::vm::{Vm, VmError, MAX_SUPPORTED_VCPUS};
-
-/// A boxed arch-layer error (each arch file has its own error type).
-pub type ArchSource = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Why a VM could not be built.
 #[derive(Debug, Error)]
@@ -53,15 +50,10 @@ pub enum BuildError {
     /// The kernel or initrd could not be loaded.
     #[error(transparent)]
     Load(#[from] LoadError),
-    /// A firmware table or boot structure could not be written.
-    #[error("cannot set up {what}")]
-    Boot {
-        /// Which structure.
-        what: &'static str,
-        /// Why.
-        #[source]
-        source: ArchSource,
-    },
+    /// A firmware table or boot structure (IRQ routing, e820 map, initrd
+    /// placement, MP table, ACPI, zero page) could not be built or written.
+    #[error("cannot set up the guest's boot structures")]
+    Boot(#[from] ArchError),
     /// A device could not be created.
     #[error("cannot create device {what}")]
     Device {
@@ -90,17 +82,13 @@ impl BuildError {
             Self::Vm(e) => e.cause(),
             Self::Memory(e) => e.cause(),
             Self::Load(e) => e.cause(),
-            Self::Boot { .. } => "boot_setup_failed",
+            Self::Boot(e) => e.cause(),
             Self::Device { .. } => "device_create_failed",
             Self::Vcpu(e) => e.cause(),
             Self::Spawn(e) => e.cause(),
             Self::Serial(_) => "serial_output_unwritable",
         }
     }
-}
-
-fn boot_err<E: std::error::Error + Send + Sync + 'static>(what: &'static str) -> impl FnOnce(E) -> BuildError {
-    move |e| BuildError::Boot { what, source: Box::new(e) }
 }
 
 fn serial_out(serial: SerialConfig) -> Result<(SerialOut, bool), BuildError> {
@@ -122,17 +110,13 @@ fn load_images(
     e820: &[boot_params::E820Entry],
 ) -> Result<(LoadedKernel, Option<(u64, u64)>), BuildError> {
     let kernel = loader::load_kernel(mem, &config.kernel)?;
-    let mut cmdline = Cmdline::new(layout::CMDLINE_MAX_SIZE).map_err(boot_err("command line"))?;
-    cmdline.insert_str(config.effective_cmdline()).map_err(boot_err("command line"))?;
-    linux_loader::loader::load_cmdline(mem, GuestAddress(layout::CMDLINE_START), &cmdline)
-        .map_err(boot_err("command line"))?;
+    loader::load_cmdline(mem, &config.effective_cmdline())?;
     let initrd = match &config.initrd {
         None => None,
         Some(path) => {
             let size = loader::initrd_size(path)?;
             let max = kernel.setup_header.map_or(u64::from(u32::MAX), |h| u64::from(h.initrd_addr_max));
-            let addr = boot_params::initrd_load_addr_above(e820, size, kernel.end, max)
-                .map_err(boot_err("initrd placement"))?;
+            let addr = boot_params::initrd_load_addr_above(e820, size, kernel.end, max).map_err(ArchError::from)?;
             loader::load_initrd(mem, path, addr)?;
             Some((addr, size))
         }
@@ -149,8 +133,8 @@ fn write_firmware(
     e820: &[boot_params::E820Entry],
 ) -> Result<(), BuildError> {
     let cpus = u8::try_from(config.vcpus).map_err(|_| ConfigError::VcpuCount { requested: config.vcpus, max: MAX_SUPPORTED_VCPUS })?;
-    mptable::setup_mptable(mem, cpus).map_err(boot_err("MP table"))?;
-    let rsdp = acpi::setup_acpi(mem, cpus).map_err(boot_err("ACPI tables"))?;
+    mptable::setup_mptable(mem, cpus).map_err(ArchError::from)?;
+    let rsdp = acpi::setup_acpi(mem, cpus).map_err(ArchError::from)?;
     let cmdline_size = config.effective_cmdline().len() + 1;
     boot_params::configure_boot_params(
         mem,
@@ -161,7 +145,7 @@ fn write_firmware(
         e820,
         rsdp,
     )
-    .map_err(boot_err("boot_params"))?;
+    .map_err(ArchError::from)?;
     Ok(())
 }
 
@@ -195,13 +179,13 @@ fn create_vcpus(vm: &Vm, mem: &GuestMemory, count: usize, entry: GuestAddress) -
         let vcpu = Vcpu::new(vm.fd(), index)?;
         let mut leaves = supported.clone();
         cpuid::filter_cpuid(&mut leaves, index as u8, total);
-        vcpu.fd.set_cpuid2(&leaves).map_err(vcpu.configure_err("CPUID"))?;
-        msr::setup_msrs(&vcpu.fd).map_err(vcpu.configure_err("MSRs"))?;
-        interrupts::set_lint(&vcpu.fd).map_err(vcpu.configure_err("LAPIC LINT0/LINT1"))?;
-        regs::setup_fpu(&vcpu.fd).map_err(vcpu.configure_err("FPU"))?;
+        cpuid::set_cpuid(&vcpu.fd, &leaves).map_err(vcpu.configure_err())?;
+        msr::setup_msrs(&vcpu.fd).map_err(vcpu.configure_err())?;
+        interrupts::set_lint(&vcpu.fd).map_err(vcpu.configure_err())?;
+        regs::setup_fpu(&vcpu.fd).map_err(vcpu.configure_err())?;
         if index == 0 {
-            regs::setup_regs(&vcpu.fd, entry.0, layout::ZERO_PAGE_START).map_err(vcpu.configure_err("registers"))?;
-            regs::setup_sregs(mem, &vcpu.fd).map_err(vcpu.configure_err("special registers"))?;
+            regs::setup_regs(&vcpu.fd, entry.0, layout::ZERO_PAGE_START).map_err(vcpu.configure_err())?;
+            regs::setup_sregs(mem, &vcpu.fd).map_err(vcpu.configure_err())?;
         }
         vcpus.push(vcpu);
     }
@@ -213,8 +197,8 @@ pub fn build(config: VmConfig) -> Result<Vmm, BuildError> {
     // 1. Configuration, checked before any resource exists (then against this host's KVM).
     config.validate(MAX_SUPPORTED_VCPUS)?;
     let vm = Vm::new()?;
-    let routing = interrupts::legacy_gsi_routing().map_err(boot_err("IRQ routing"))?;
-    vm.fd().set_gsi_routing(&routing).map_err(boot_err("IRQ routing"))?;
+    let routing = interrupts::legacy_gsi_routing().map_err(ArchError::from)?;
+    vm.fd().set_gsi_routing(&routing).map_err(|source| VmError::Configure { what: "set IRQ routing", source })?;
     if config.vcpus > vm.max_vcpus() {
         return Err(ConfigError::VcpuCount { requested: config.vcpus, max: vm.max_vcpus() }.into());
     }
@@ -223,7 +207,7 @@ pub fn build(config: VmConfig) -> Result<Vmm, BuildError> {
     let mem = create_guest_memory(&boot_params::guest_ram_regions(mem_size))?;
     vm.register_memory(&mem)?;
     let (e820, arena): (Vec<boot_params::E820Entry>, Range<u64>) =
-        boot_params::e820_map(mem_size, config.arena_mib << 20).map_err(boot_err("e820 map"))?;
+        boot_params::e820_map(mem_size, config.arena_mib << 20).map_err(ArchError::from)?;
     let arena = config.placed_arena(arena)?;
     // 4. Images.
     let (kernel, initrd) = load_images(&config, &mem, &e820)?;
@@ -240,5 +224,20 @@ pub fn build(config: VmConfig) -> Result<Vmm, BuildError> {
     let (notifier, exits) = ExitNotifier::new(exit_evt.clone());
     let mut threads = VcpuThreads::spawn(vcpus, &bus, &mem, &notifier)?;
     threads.set_pause_timeout(config.pause_timeout);
-    Ok(Vmm::new(vm, mem, threads, exits, exit_evt, serial, stdin_input, arena, agent))
+    Ok(Vmm::new(VmmParts { vm, mem, vcpus: threads, exits, exit_evt, serial, stdin_input, arena, agent }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::x86_64::mptable::MptableError;
+
+    #[test]
+    fn a_boot_failure_keeps_the_arch_cause_and_its_chain() {
+        let e = BuildError::from(ArchError::from(MptableError::TooManyCpus { requested: 200, max: 20 }));
+        assert_eq!(e.cause(), "mptable_too_many_cpus");
+        let line = vsplice_patcher::model::chain(&e);
+        assert!(line.starts_with("cannot set up the guest's boot structures: MP table: "), "{line}");
+        assert!(line.contains("200 CPUs do not fit in the MP table"), "{line}");
+    }
 }

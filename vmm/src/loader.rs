@@ -1,4 +1,4 @@
-//! Loading the guest's kernel and initrd into guest memory with
+//! Loading the guest's kernel, command line and initrd into guest memory with
 //! linux-loader: ELF vmlinux (entered at its 64-bit entry point) or bzImage
 //! (entered at the 64-bit entry, 0x200 past the protected-mode start).
 
@@ -7,11 +7,12 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use linux_loader::bootparam::setup_header;
+use linux_loader::cmdline::Cmdline;
 use linux_loader::loader::{bzimage::BzImage, elf::Elf, KernelLoader};
 use thiserror::Error;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
-use crate::arch::x86_64::layout::HIMEM_START;
+use crate::arch::x86_64::layout::{CMDLINE_MAX_SIZE, CMDLINE_START, HIMEM_START};
 use crate::vstate::memory::GuestMemory as Mem;
 
 /// Offset of the 64-bit entry point from a bzImage's protected-mode start.
@@ -67,6 +68,12 @@ pub enum LoadError {
         #[source]
         source: linux_loader::loader::Error,
     },
+    /// The kernel command line is not one linux-loader accepts (non-ASCII, too long, …).
+    #[error("invalid kernel command line")]
+    Cmdline(#[source] linux_loader::cmdline::Error),
+    /// The kernel command line could not be written to guest memory.
+    #[error("cannot write the kernel command line to guest memory")]
+    CmdlineWrite(#[source] linux_loader::loader::Error),
     /// The initrd does not fit in guest memory at the chosen address.
     #[error("initrd {path} ({size} bytes) does not fit in guest memory at {addr:#x}")]
     InitrdFit {
@@ -86,6 +93,8 @@ impl LoadError {
             Self::Read { .. } => "image_unreadable",
             Self::UnknownFormat(_) => "not_a_kernel",
             Self::Kernel { .. } => "kernel_load_failed",
+            Self::Cmdline(_) => "bad_cmdline",
+            Self::CmdlineWrite(_) => "cmdline_write_failed",
             Self::InitrdFit { .. } => "initrd_too_large",
         }
     }
@@ -131,6 +140,13 @@ pub fn load_kernel(mem: &Mem, path: &Path) -> Result<LoadedKernel, LoadError> {
         }
     };
     Ok(LoadedKernel { format, entry, end: result.kernel_end, setup_header: result.setup_header })
+}
+
+/// Writes the kernel command line `cmdline` (NUL-terminated) at [`CMDLINE_START`].
+pub fn load_cmdline(mem: &Mem, cmdline: &str) -> Result<(), LoadError> {
+    let mut line = Cmdline::new(CMDLINE_MAX_SIZE).map_err(LoadError::Cmdline)?;
+    line.insert_str(cmdline).map_err(LoadError::Cmdline)?;
+    linux_loader::loader::load_cmdline(mem, GuestAddress(CMDLINE_START), &line).map_err(LoadError::CmdlineWrite)
 }
 
 /// Size of the initrd at `path`.
@@ -187,6 +203,20 @@ mod tests {
         let elf = temp_file("trunc", b"\x7fELF\x02\x01\x01\x00garbage");
         assert_eq!(load_kernel(&mem, &elf).unwrap_err().cause(), "kernel_load_failed");
         let _ = std::fs::remove_file(elf);
+    }
+
+    #[test]
+    fn cmdline_is_written_nul_terminated_or_refused() {
+        let mem = crate::vstate::memory::create_guest_memory(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        load_cmdline(&mem, "console=ttyS0 tg.tasks=2").unwrap();
+        let mut back = [0xffu8; 25];
+        vm_memory::Bytes::read_slice(&mem, &mut back, GuestAddress(CMDLINE_START)).unwrap();
+        assert_eq!(&back, b"console=ttyS0 tg.tasks=2\0");
+        let e = load_cmdline(&mem, "tg.name=caf\u{e9}").unwrap_err();
+        assert_eq!(e.cause(), "bad_cmdline");
+        assert!(std::error::Error::source(&e).is_some(), "{e}");
+        let tiny = crate::vstate::memory::create_guest_memory(&[(GuestAddress(0), 0x1000)]).unwrap();
+        assert_eq!(load_cmdline(&tiny, "console=ttyS0").unwrap_err().cause(), "cmdline_write_failed");
     }
 
     #[test]

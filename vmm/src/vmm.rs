@@ -12,11 +12,12 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 use vsplice_patcher::model::backend::{Backend, BackendError, VcpuState};
 use vsplice_patcher::model::ArenaRange;
+use vsplice_patcher::model::chain;
 
 use crate::devices::agent_doorbell::AgentAnnouncement;
 use crate::devices::serial::{SerialDevice, SerialInput};
 use crate::vstate::memory::GuestMemory;
-use crate::vstate::pause::{Pausable, PauseError, VcpuThreads};
+use crate::vstate::pause::{PauseError, VcpuThreads};
 use crate::vstate::vcpu::GuestExit;
 use crate::vstate::vm::Vm;
 
@@ -62,19 +63,31 @@ impl std::fmt::Debug for Vmm {
     }
 }
 
+/// Everything a [`Vmm`] is made of, as [`crate::builder::build`] creates it.
+pub(crate) struct VmmParts {
+    /// The KVM VM (kept open until the vCPU threads and memory are gone).
+    pub vm: Vm,
+    /// Guest RAM.
+    pub mem: GuestMemory,
+    /// The running vCPU threads.
+    pub vcpus: VcpuThreads,
+    /// Where the vCPU threads report the guest's end.
+    pub exits: Receiver<GuestExit>,
+    /// Signalled with each report on `exits`.
+    pub exit_evt: Arc<EventFd>,
+    /// COM1.
+    pub serial: Arc<Mutex<SerialDevice>>,
+    /// True when stdin feeds the serial input.
+    pub stdin_input: bool,
+    /// Guest-physical range of the patch arena.
+    pub arena: ArenaRange,
+    /// What the guest agent announces through the doorbell.
+    pub agent: AgentAnnouncement,
+}
+
 impl Vmm {
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new(
-        vm: Vm,
-        mem: GuestMemory,
-        vcpus: VcpuThreads,
-        exits: Receiver<GuestExit>,
-        exit_evt: Arc<EventFd>,
-        serial: Arc<Mutex<SerialDevice>>,
-        stdin_input: bool,
-        arena: ArenaRange,
-        agent: AgentAnnouncement,
-    ) -> Self {
+    pub(crate) fn new(parts: VmmParts) -> Self {
+        let VmmParts { vm, mem, vcpus, exits, exit_evt, serial, stdin_input, arena, agent } = parts;
         Self { vcpus, exits, exit: None, events: None, exit_evt, serial, stdin_input, arena, agent, mem, _vm: vm }
     }
 
@@ -165,7 +178,7 @@ impl Vmm {
 }
 
 impl Vmm {
-    /// Parks every vCPU and returns their states (see [`Pausable::pause`]).
+    /// Parks every vCPU and returns their states (see [`VcpuThreads::pause`]).
     pub fn pause(&mut self) -> Result<Vec<VcpuState>, PauseError> {
         if self.exit_status().is_some() {
             return Err(PauseError::GuestGone);
@@ -179,22 +192,12 @@ impl Vmm {
     }
 }
 
-impl Pausable for Vmm {
-    fn pause(&mut self) -> Result<Vec<VcpuState>, PauseError> {
-        Vmm::pause(self)
-    }
-
-    fn resume(&mut self) -> Result<(), PauseError> {
-        Vmm::resume(self)
-    }
-}
-
 impl From<PauseError> for BackendError {
     fn from(e: PauseError) -> Self {
         match e {
             PauseError::Timeout { timeout, .. } => BackendError::PauseTimeout { timeout_ms: timeout.as_millis() as u64 },
             PauseError::GuestGone => BackendError::GuestGone,
-            other => BackendError::Transport(other.to_string()),
+            other => BackendError::Transport(chain(&other)),
         }
     }
 }

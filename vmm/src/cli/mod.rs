@@ -1,5 +1,6 @@
 //! The `vsplice` command line: one subcommand per file.
 
+mod fault_injection;
 pub mod inspect;
 pub mod patch;
 pub mod run;
@@ -7,10 +8,18 @@ pub mod run;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use vsplice_patcher::model::chain;
+
+/// `vsplice --version`: a build with the test-only `fault-injection` feature says so.
+const VERSION: &str = if cfg!(feature = "fault-injection") {
+    concat!(env!("CARGO_PKG_VERSION"), " (fault-injection)")
+} else {
+    env!("CARGO_PKG_VERSION")
+};
 
 /// vsplice: a KVM VMM that live-patches the Linux kernel of its guest from the hypervisor side.
 #[derive(Debug, Parser)]
-#[command(name = "vsplice", version, about, long_about = None)]
+#[command(name = "vsplice", version = VERSION, about, long_about = None)]
 pub struct Cli {
     /// Log filter for diagnostics on stderr (e.g. `info`, `vsplice_vmm=debug`); also VSPLICE_LOG.
     #[arg(long, global = true, value_name = "FILTER")]
@@ -43,16 +52,10 @@ fn init_logging(filter: Option<&str>) {
     let _ = tracing_subscriber::fmt().with_env_filter(env_filter).with_writer(std::io::stderr).try_init();
 }
 
-/// Prints an error and its `#[source]` chain on one line.
+/// Prints an error and its `#[source]` chain on one line:
+/// `vsplice: error [cause]: error: source: …`.
 pub fn report(err: &dyn std::error::Error, cause: &str) {
-    let mut line = err.to_string();
-    let mut cur = err.source();
-    while let Some(s) = cur {
-        line.push_str(": ");
-        line.push_str(&s.to_string());
-        cur = s.source();
-    }
-    eprintln!("vsplice: error [{cause}]: {line}");
+    eprintln!("vsplice: error [{cause}]: {}", chain(err));
 }
 
 /// Entry point of the `vsplice` binary.

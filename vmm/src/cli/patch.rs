@@ -22,7 +22,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 use vsplice_patcher::attach::attach_gdb;
-use vsplice_patcher::model::backend::{Backend, BackendError, VcpuState};
+use vsplice_patcher::model::backend::Backend;
 use vsplice_patcher::model::{ArenaRange, CheckMode, TargetKind};
 use vsplice_patcher::os::linux::view::TaskSource;
 use vsplice_patcher::gdb::backend::GdbBackend;
@@ -34,8 +34,10 @@ use vsplice_patcher::kernels::stock_linux::LinuxTarget;
 use vsplice_patcher::kernels::testguest::TestGuest;
 use vsplice_patcher::kernels::TargetKernel;
 use vsplice_patcher::txn::recover::TextState;
+use vsplice_patcher::model::chain;
 use vsplice_patcher::txn::{Patcher, TxnConfig, TxnReport};
 
+use super::fault_injection::{attached, into_gdb, Attached};
 use super::run::EXIT_BAD_INPUT;
 
 /// Exit code when a transaction was refused (the JSON result says why).
@@ -173,48 +175,6 @@ fn print_report(r: &TxnReport) -> ExitCode {
     }
 }
 
-/// Fault injection for crash-safety tests: with `VSPLICE_FAULT_KILL_AFTER_WRITES=N`
-/// the process sends itself SIGKILL instead of its N+1-th guest-memory write.
-#[derive(Debug)]
-pub struct KillAfter<B: Backend> {
-    inner: B,
-    writes_left: Option<u64>,
-}
-
-impl<B: Backend> KillAfter<B> {
-    fn new(inner: B) -> Self {
-        let writes_left = std::env::var("VSPLICE_FAULT_KILL_AFTER_WRITES").ok().and_then(|v| v.parse().ok());
-        Self { inner, writes_left }
-    }
-}
-
-impl<B: Backend> Backend for KillAfter<B> {
-    fn stop(&mut self) -> Result<Vec<VcpuState>, BackendError> {
-        self.inner.stop()
-    }
-    fn resume(&mut self) -> Result<(), BackendError> {
-        self.inner.resume()
-    }
-    fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), BackendError> {
-        self.inner.read_phys(gpa, buf)
-    }
-    fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), BackendError> {
-        match self.writes_left {
-            Some(0) => {
-                // SAFETY: kill(2) on our own pid with SIGKILL has no memory-safety
-                // preconditions; the process ends here, as a crash would end it.
-                unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
-                return Err(BackendError::Transport("killed".into()));
-            }
-            Some(ref mut n) => *n -= 1,
-            None => {}
-        }
-        self.inner.write_phys(gpa, data)
-    }
-}
-
-type Attached = KillAfter<AutoStop<GdbBackend>>;
-
 fn bad_input(e: &dyn std::error::Error, cause: &str) -> ExitCode {
     super::report(e, cause);
     ExitCode::from(EXIT_BAD_INPUT)
@@ -251,7 +211,7 @@ fn attach(g: &AttachArgs) -> Result<(Box<dyn TargetKernel>, Attached), ExitCode>
             return Err(ExitCode::from(EXIT_BAD_INPUT));
         }
     }
-    Ok((target, KillAfter::new(backend)))
+    Ok((target, attached(backend)))
 }
 
 /// True when the guest's registry holds an intent whose writes are partly done.
@@ -279,7 +239,7 @@ fn with_patcher(g: &AttachArgs, attempts: u32, f: impl FnOnce(&mut Patcher<'_, &
         eprintln!("vsplice: the guest stays stopped: an interrupted transaction is half-written; `vsplice patch status --recover` (or the next apply/revert) completes or rolls it back");
         return code;
     }
-    if let Err(e) = backend.inner.0.detach() {
+    if let Err(e) = into_gdb(backend).detach() {
         tracing::warn!(error = %e, "detaching from the gdbstub failed");
     }
     code
@@ -301,7 +261,7 @@ fn build(a: BuildArgs) -> ExitCode {
             return ExitCode::from(EXIT_BAD_INPUT);
         }
     };
-    let written = p.to_bytes().map_err(|e| e.to_string()).and_then(|b| std::fs::write(&a.output, b).map_err(|e| e.to_string()));
+    let written = p.to_bytes().map_err(|e| chain(&e)).and_then(|b| std::fs::write(&a.output, b).map_err(|e| chain(&e)));
     if let Err(e) = written {
         eprintln!("vsplice: error [unexpected]: writing {}: {e}", a.output.display());
         return ExitCode::from(EXIT_BAD_INPUT);

@@ -20,6 +20,7 @@ use thiserror::Error;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 use vsplice_patcher::model::backend::VcpuState;
+use vsplice_patcher::model::chain;
 
 use super::memory::GuestMemory;
 use super::vcpu::{ExitAction, GuestExit, Vcpu};
@@ -29,14 +30,6 @@ use crate::devices::bus::PioBus;
 pub const DEFAULT_PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often a vCPU that has not parked yet is kicked again.
 const KICK_INTERVAL: Duration = Duration::from_millis(1);
-
-/// Something that can be stopped and restarted as a whole.
-pub trait Pausable {
-    /// Parks everything and returns each vCPU's state, ordered by index.
-    fn pause(&mut self) -> Result<Vec<VcpuState>, PauseError>;
-    /// Releases everything parked by [`Pausable::pause`].
-    fn resume(&mut self) -> Result<(), PauseError>;
-}
 
 /// Why a pause or resume did not happen.
 #[derive(Debug, Error)]
@@ -232,7 +225,7 @@ impl VcpuThread {
             }
         }
         self.vcpu.fd.set_kvm_immediate_exit(0);
-        let snapshot = self.vcpu.snapshot().map_err(|e| format!("{e}: {}", source_chain(&e)));
+        let snapshot = self.vcpu.snapshot().map_err(|e| chain(&e));
         let mut ctl = self.shared.lock();
         ctl.snapshot = Some(snapshot);
         ctl.parked = true;
@@ -254,16 +247,6 @@ impl VcpuThread {
         }
         self.exits.notify(exit);
     }
-}
-
-fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut out = Vec::new();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push(s.to_string());
-        cur = s.source();
-    }
-    out.join(": ")
 }
 
 struct Handle {
@@ -325,7 +308,7 @@ impl VcpuThreads {
         Ok(threads)
     }
 
-    /// Sets the bound on how long [`Pausable::pause`] may take.
+    /// Sets the bound on how long [`VcpuThreads::pause`] may take.
     pub fn set_pause_timeout(&mut self, timeout: Duration) {
         self.timeout = timeout;
     }
@@ -416,10 +399,11 @@ impl VcpuThreads {
         }
         Ok(states)
     }
-}
 
-impl Pausable for VcpuThreads {
-    fn pause(&mut self) -> Result<Vec<VcpuState>, PauseError> {
+    /// Parks every vCPU and returns each one's state, ordered by index:
+    /// all of them park within the time-out, or all are released again.
+    /// While already paused, returns the states taken then.
+    pub fn pause(&mut self) -> Result<Vec<VcpuState>, PauseError> {
         if let Some(states) = &self.paused {
             tracing::debug!("pause requested while already paused");
             return Ok(states.clone());
@@ -444,7 +428,9 @@ impl Pausable for VcpuThreads {
         }
     }
 
-    fn resume(&mut self) -> Result<(), PauseError> {
+    /// Releases every vCPU parked by [`VcpuThreads::pause`] and waits until
+    /// each has left its park; a no-op while running.
+    pub fn resume(&mut self) -> Result<(), PauseError> {
         if self.paused.take().is_none() {
             tracing::debug!("resume requested while running");
             return Ok(());

@@ -2,14 +2,13 @@
 //! snapshot, and the handling of each KVM exit. The thread that runs it and
 //! the pause protocol live in [`super::pause`].
 
-use std::error::Error as StdError;
-
 use kvm_bindings::{kvm_msr_entry, Msrs, KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use thiserror::Error;
 use vsplice_patcher::model::backend::VcpuState;
 
 use super::memory::{read_virt, GuestMemory};
+use crate::arch::ArchError;
 use crate::devices::bus::PioBus;
 use crate::devices::DeviceAction;
 
@@ -20,9 +19,6 @@ const MAX_INSN_LEN: usize = 15;
 pub const MSR_LSTAR: u32 = 0xc000_0082;
 /// MSR_KERNEL_GS_BASE: the GS base swapped in by SWAPGS.
 pub const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
-
-/// Boxed source error of an arch set-up step.
-pub type SetupSource = Box<dyn StdError + Send + Sync + 'static>;
 
 /// Why a vCPU could not be created, configured or inspected.
 #[derive(Debug, Error)]
@@ -36,16 +32,14 @@ pub enum VcpuError {
         #[source]
         source: kvm_ioctls::Error,
     },
-    /// A boot-time register or CPUID/MSR set-up step failed.
-    #[error("cannot configure vCPU {index}: {what}")]
+    /// A boot-time register or CPUID/MSR/LAPIC set-up step failed.
+    #[error("cannot configure vCPU {index}")]
     Configure {
         /// vCPU index.
         index: usize,
-        /// Which step failed.
-        what: &'static str,
-        /// The underlying error.
+        /// The set-up step's error (its cause is this error's cause).
         #[source]
-        source: SetupSource,
+        source: ArchError,
     },
     /// Reading registers for a snapshot failed.
     #[error("cannot read the registers of vCPU {index}")]
@@ -63,7 +57,7 @@ impl VcpuError {
     pub fn cause(&self) -> &'static str {
         match self {
             Self::Create { .. } => "vcpu_create_failed",
-            Self::Configure { .. } => "vcpu_configure_failed",
+            Self::Configure { source, .. } => source.cause(),
             Self::Snapshot { .. } => "vcpu_snapshot_failed",
         }
     }
@@ -191,12 +185,9 @@ impl Vcpu {
     }
 
     /// Wraps a set-up step's error with this vCPU's index.
-    pub fn configure_err<E>(&self, what: &'static str) -> impl FnOnce(E) -> VcpuError
-    where
-        E: StdError + Send + Sync + 'static,
-    {
+    pub fn configure_err<E: Into<ArchError>>(&self) -> impl FnOnce(E) -> VcpuError {
         let index = self.index;
-        move |e| VcpuError::Configure { index, what, source: Box::new(e) }
+        move |e| VcpuError::Configure { index, source: e.into() }
     }
 
     /// Reads the architectural state the patcher needs.

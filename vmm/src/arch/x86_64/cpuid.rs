@@ -6,9 +6,10 @@
 //! 0x8000_001E) agree with that shape, the hypervisor bit is set, and feature
 //! bits for hardware a VM does not have (debug store, thermal monitor,
 //! MONITOR/MWAIT, ...) are cleared. Leaves are edited only where KVM reported
-//! them; none are added.
+//! them; none are added. [`set_cpuid`] hands the result to a vCPU.
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId};
+use kvm_ioctls::VcpuFd;
 
 /// Leaf 1 EBX: initial APIC ID, bits 31:24.
 const LEAF1_EBX_APIC_ID_SHIFT: u32 = 24;
@@ -129,6 +130,28 @@ pub fn filter_cpuid(cpuid: &mut CpuId, vcpu_index: u8, vcpu_count: u8) {
             _ => {}
         }
     }
+}
+
+/// Errors giving a vCPU its CPUID.
+#[derive(Debug, thiserror::Error)]
+pub enum CpuidError {
+    /// `KVM_SET_CPUID2` failed.
+    #[error("KVM_SET_CPUID2 failed")]
+    SetCpuid(#[source] kvm_ioctls::Error),
+}
+
+impl CpuidError {
+    /// Stable machine-readable name of the error.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            CpuidError::SetCpuid(_) => "set_cpuid",
+        }
+    }
+}
+
+/// Gives `vcpu` the CPUID leaves `cpuid` (see [`filter_cpuid`]).
+pub fn set_cpuid(vcpu: &VcpuFd, cpuid: &CpuId) -> Result<(), CpuidError> {
+    vcpu.set_cpuid2(cpuid).map_err(CpuidError::SetCpuid)
 }
 
 /// Sets or clears the TSC-deadline timer bit; pass whether KVM has

@@ -24,7 +24,9 @@
 //! [`interrupts::set_lint`].
 //!
 //! Errors: each file has its own error enum with a `cause()` giving a stable
-//! snake_case name; [`ArchError`] wraps them all for callers that want one type.
+//! snake_case name; [`ArchError`] wraps them all, keeping the inner name. It
+//! is the source of every boot-structure and vCPU set-up failure of the VMM
+//! (`BuildError::Boot`, `VcpuError::Configure`), whose cause is that name.
 
 pub mod acpi;
 pub mod boot_params;
@@ -49,6 +51,9 @@ pub enum ArchError {
     /// Setting up vCPU registers failed.
     #[error("vCPU registers")]
     Regs(#[from] regs::RegsError),
+    /// Giving a vCPU its CPUID failed.
+    #[error("vCPU CPUID")]
+    Cpuid(#[from] cpuid::CpuidError),
     /// Setting or reading MSRs failed.
     #[error("vCPU MSRs")]
     Msr(#[from] msr::MsrError),
@@ -73,6 +78,7 @@ impl ArchError {
             ArchError::Gdt(e) => e.cause(),
             ArchError::Paging(e) => e.cause(),
             ArchError::Regs(e) => e.cause(),
+            ArchError::Cpuid(e) => e.cause(),
             ArchError::Msr(e) => e.cause(),
             ArchError::Interrupts(e) => e.cause(),
             ArchError::Mptable(e) => e.cause(),
