@@ -7,7 +7,7 @@
 //! - [`mem`]: kernel-virtual memory, the seam between architecture and OS
 //!   knowledge;
 //! - [`symbols`]: a kernel's symbol table (duplicates kept, qualifiers);
-//! - [`tasks`]: tasks and CPU stacks of a stopped guest;
+//! - [`tasks`]: tasks and CPU stacks of a stopped guest, the CPU each vCPU is;
 //! - [`check`]: what the safety check is asked (ranges, mode) and what it
 //!   finds (conflicts, summary);
 //! - [`error`]: one formatter for an error and its sources.
@@ -24,4 +24,4 @@ pub use check::{CheckMode, CheckRange, CheckSummary, Conflict, Fallback};
 pub use error::chain;
 pub use mem::{BufferMemory, KernelMemory, MemError};
 pub use symbols::{LookupError, Qualifier, Symbol, SymbolKind, SymbolTable};
-pub use tasks::{CpuStack, TargetError, TaskInfo, TaskList};
+pub use tasks::{CpuStack, GuestTasks, TargetError, TaskInfo, TaskList};
