@@ -35,6 +35,8 @@ pub mod orc;
 pub mod orc_object;
 pub mod symbols;
 pub mod task_list;
+#[cfg(test)]
+mod task_list_tests;
 pub mod tasks;
 pub mod unwind;
 pub mod view;
