@@ -101,8 +101,9 @@ fn cpu_stacks_of_both_sources_are_all_kept_once_and_bounded() {
     assert_eq!(merge_cpu_stacks(None, Some(&agent)).unwrap(), agent.to_vec());
     assert_eq!(merge_cpu_stacks(Some(&walked), None).unwrap(), walked.to_vec());
     // A huge or an empty stack from guest memory: refused, never read.
-    for bad in [s(1, "irq", 0x40_0000, MAX_CPU_STACK + 8), s(1, "db", 0x40_0000, 0), CpuStack { cpu: 1, kind: "df".into(), range: 0x50_0000..0x40_0000 }] {
-        let e = merge_cpu_stacks(Some(&walked), Some(&[bad.clone()])).unwrap_err();
+    let (hi, lo) = (0x50_0000, 0x40_0000);
+    for bad in [s(1, "irq", lo, MAX_CPU_STACK + 8), s(1, "db", lo, 0), CpuStack { cpu: 1, kind: "df".into(), range: hi..lo }] {
+        let e = merge_cpu_stacks(Some(&walked), Some(std::slice::from_ref(&bad))).unwrap_err();
         assert_eq!(e.cause(), "stack_implausible", "{bad:?}");
     }
 }
