@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::single_range_in_vec_init)]
 
+use super::agent::layout::F_IRQ_STACKS;
 use super::agent::testutil::{task, FakeAgent, SparseGuest, OFF};
 use super::kallsyms::Kallsyms;
 use super::task_list::{merge_cpu_stacks, task_infos, vcpu_cpus, MAX_CPU_STACK};
@@ -126,7 +127,8 @@ fn kallsyms() -> (Kallsyms, u64, u64) {
 fn a_read_gives_tasks_cpus_and_stacks_by_the_same_rules() {
     let (k, pco, nr) = kallsyms();
     let cur = k.first_addr("current_task").unwrap();
-    let agent = FakeAgent::new((1..=4).map(|n| task(n, &format!("t{n}"))).collect());
+    let mut agent = FakeAgent::new((1..=4).map(|n| task(n, &format!("t{n}"))).collect());
+    agent.flags |= F_IRQ_STACKS;
     let mut g = SparseGuest::default();
     agent.install(&mut g);
     // The task_structs: on_cpu 0, cpu n % 2, the stack, thread.sp; task 4 is dead.
@@ -164,4 +166,11 @@ fn a_read_gives_tasks_cpus_and_stacks_by_the_same_rules() {
     // Every CPU stack the agent recorded, none filtered here (the check decides).
     assert_eq!(got.list.cpu_stacks.len(), 4);
     assert!(got.list.cpu_stacks.iter().any(|s| s.cpu == 0 && s.kind == "irq" && s.range.start == irq0));
+    // An agent without IRQ stacks and no BTF to find them: refused, not checked without them.
+    let mut bare = agent.clone();
+    bare.flags &= !F_IRQ_STACKS;
+    bare.install(&mut g);
+    let mem: &mut dyn crate::model::mem::KernelMemory = &mut g;
+    let e = read_guest_tasks(mem, &k, None, None, TaskSource::Agent, hint, &vcpus).unwrap_err();
+    assert_eq!(e.cause(), "no_task_source", "{e}");
 }

@@ -264,6 +264,10 @@ pub fn read_guest_tasks(
     vcpus: &[VcpuState],
 ) -> Result<(TaskRead, GuestTasks), ViewError> {
     let read = read_tasks(mem, k, btf, offsets, source, hint)?;
+    if btf.is_none() && read.agent.as_ref().is_some_and(|a| !a.has_irq_stacks()) {
+        // Nothing else could find them: refuse rather than check without them.
+        return Err(ViewError::NoSource("the agent recorded no IRQ stacks and there is no BTF to find them".into()));
+    }
     let agent_stacks = read.agent.as_ref().map(|a| a.cpu_stacks.as_slice());
     let (list, vcpu_cpus) = task_list::build(mem, k, btf, &read.tasks, agent_stacks, vcpus).map_err(ViewError::List)?;
     let out = GuestTasks { list, vcpu_cpus, source: read.source(), source_at: read.agent_at() };
