@@ -17,7 +17,7 @@ use vsplice_patcher::model::backend::Backend;
 use vsplice_patcher::gdb::GdbOptions;
 use vsplice_patcher::os::linux::kernel::LiveKernel;
 use vsplice_patcher::model::CheckMode;
-use vsplice_patcher::safety::orc::{self, CheckInput};
+use vsplice_patcher::safety::{self, CheckInput};
 use vsplice_patcher::os::linux::view::{self, AgentHint, TaskSource};
 use vsplice_patcher::model::mem::{KernelMemory, MemError};
 use vsplice_patcher::model::SymbolTable;
@@ -122,8 +122,8 @@ fn main() {
         let tl = v.task_list();
         let syms = SymbolTable::new(Vec::new());
         let input = CheckInput { vcpus: &vcpus, vcpu_cpus: &v.vcpu_cpus, tasks: &tl };
-        let (t_cons, b_cons, cons) = measure(&mut lk, |lk| orc::check(CheckMode::Conservative, Some(&u), &mut lk.vm, &syms, input, &ranges).unwrap());
-        let (t_orc, b_orc, orc) = measure(&mut lk, |lk| orc::check(CheckMode::Orc, Some(&u), &mut lk.vm, &syms, input, &ranges).unwrap());
+        let (t_cons, b_cons, cons) = measure(&mut lk, |lk| safety::check(CheckMode::Conservative, Some(&u), &mut lk.vm, &syms, input, &ranges).unwrap());
+        let (t_orc, b_orc, orc) = measure(&mut lk, |lk| safety::check(CheckMode::Orc, Some(&u), &mut lk.vm, &syms, input, &ranges).unwrap());
         // The same work again from a snapshot of the pages it read: CPU cost only.
         let mut snap = Snapshot { inner: &mut lk.vm, pages: HashMap::new() };
         let mut cpu = [Duration::MAX; 4];
@@ -135,10 +135,10 @@ fn main() {
             view::read_tasks(&mut snap, &k, btf.as_ref(), None, TaskSource::Agentless, None).unwrap();
             let w = t.elapsed();
             let t = Instant::now();
-            orc::check(CheckMode::Conservative, Some(&u), &mut snap, &syms, input, &ranges).unwrap();
+            safety::check(CheckMode::Conservative, Some(&u), &mut snap, &syms, input, &ranges).unwrap();
             let c = t.elapsed();
             let t = Instant::now();
-            orc::check(CheckMode::Orc, Some(&u), &mut snap, &syms, input, &ranges).unwrap();
+            safety::check(CheckMode::Orc, Some(&u), &mut snap, &syms, input, &ranges).unwrap();
             let o = t.elapsed();
             if round > 0 {
                 for (m, d) in cpu.iter_mut().zip([a, w, c, o]) {

@@ -22,8 +22,8 @@ use agentlive::Live;
 use vsplice_patcher::arena::registry::CheckRange;
 use vsplice_patcher::os::linux::modules::{self, ModuleOffsets};
 use vsplice_patcher::model::{CheckMode, CheckSummary};
-use vsplice_patcher::safety::orc::{self, CheckInput};
-use vsplice_patcher::os::linux::unwind::{OrcUnwinder, Start};
+use vsplice_patcher::safety::{self, CheckInput};
+use vsplice_patcher::os::linux::unwind::{OrcUnwinder, Start, PT_REGS_SIZE};
 use vsplice_patcher::os::linux::view::{self, LinuxView, TaskSource};
 use vsplice_patcher::model::{SymbolTable, TaskList};
 use vsplice_patcher::txn::Conflict;
@@ -107,7 +107,7 @@ fn ranges_of(kallsyms: &str, name: &str) -> Vec<CheckRange> {
 fn run_check(live: &mut Live, mode: CheckMode, u: &OrcUnwinder, v: &LinuxView, tl: &TaskList, ranges: &[CheckRange]) -> (Vec<Conflict>, CheckSummary) {
     let vcpus = live.lk.vcpus.clone();
     let input = CheckInput { vcpus: &vcpus, vcpu_cpus: &v.vcpu_cpus, tasks: tl };
-    orc::check(mode, Some(u), &mut live.lk.vm, &SymbolTable::new(Vec::new()), input, ranges).unwrap()
+    safety::check(mode, Some(u), &mut live.lk.vm, &SymbolTable::new(Vec::new()), input, ranges).unwrap()
 }
 
 fn stack_e2e(flavour: Flavour) {
@@ -146,7 +146,9 @@ fn stack_e2e(flavour: Flavour) {
     let (mut same, mut compared, mut diffs) = (0, 0, Vec::new());
     for t in tl.tasks.iter().filter(|t| !t.on_cpu) {
         let Some(theirs) = before.get(&(t.id as i32)) else { continue };
-        let w = u.unwind(&mut live.lk.vm, Start::Sleeping { saved_sp: t.saved_sp.unwrap() }, std::slice::from_ref(&t.stack));
+        // Sleeping: a saved frame below the top pt_regs (not a task current in user mode).
+        let Some(saved_sp) = t.saved_sp.filter(|&sp| sp < t.stack.end - PT_REGS_SIZE) else { continue };
+        let w = u.unwind(&mut live.lk.vm, Start::Sleeping { saved_sp }, std::slice::from_ref(&t.stack));
         // Like the guest's stack_trace_save_tsk: scheduler and lock functions left out.
         let ours: Vec<String> = w.frames.iter().filter(|fr| !skipped.iter().any(|r| r.contains(&fr.ip))).map(|fr| sym.name(&live, fr.ip, fr.signal)).collect();
         compared += 1;

@@ -4,21 +4,23 @@
 //! transaction, safety check) and a particular kind of kernel:
 //! - [`testguest::TestGuest`]: the purpose-built test guest (ELF symbol
 //!   table of `testguest.elf`, its in-memory task table `tg_task_table`);
-//! - [`linux::LinuxTarget`]: a live stock Linux kernel, built on
+//! - [`stock_linux::LinuxTarget`]: a live stock Linux kernel, built on
 //!   `crate::os::linux`: kallsyms for symbols (with positions, files unknown),
 //!   the KASLR slide, the BTF task walk, per-CPU IRQ and exception stacks,
 //!   and what the loader needs (CPU features, static keys, return thunk).
 //!
 //! Static knowledge (symbols, build-id, `_end`, page-table root) is read
 //! once when the target is opened; live state (is the kernel up, the task
-//! list) is read through [`KernelMemory`] each time it is needed.
+//! list) is read through [`KernelMemory`] each time it is needed, and what
+//! one read learnt for the next (where the task source is) goes back to the
+//! caller ([`GuestTasks::source_at`]), never into hidden state.
 
 pub mod stock_linux;
 pub mod testguest;
 
 use std::ops::Range;
 
-use crate::model::{KernelMemory, SymbolTable, TargetError, TargetKind, TaskList, VcpuState};
+use crate::model::{GuestTasks, KernelMemory, SymbolTable, TargetError, TargetKind, VcpuState};
 use crate::os::linux::unwind::OrcUnwinder;
 use crate::patch::link::{LinkEnv, UnknownEnv};
 
@@ -41,9 +43,12 @@ pub trait TargetKernel: std::fmt::Debug {
     fn page_table_root(&self) -> u64;
     /// True when the kernel is up far enough to be patched.
     fn is_up(&self, mem: &mut dyn KernelMemory) -> Result<bool, TargetError>;
-    /// All tasks and CPU stacks; call with every vCPU stopped.
+    /// All tasks and CPU stacks, and the CPU each vCPU is; call with every
+    /// vCPU stopped. `source_at`: the [`GuestTasks::source_at`] of the
+    /// caller's previous read (where to look for the task source first);
+    /// the target keeps no state between reads.
     /// [`TargetError::Inconsistent`] means: resume, then try again.
-    fn tasks(&self, mem: &mut dyn KernelMemory, vcpus: &[VcpuState]) -> Result<TaskList, TargetError>;
+    fn tasks(&self, mem: &mut dyn KernelMemory, vcpus: &[VcpuState], source_at: Option<u64>) -> Result<GuestTasks, TargetError>;
     /// What the loader needs of the running kernel beyond its symbols (CPU
     /// features for alternatives, static keys for jump labels, the return
     /// thunk), read through `mem`. By default nothing is known, and objects

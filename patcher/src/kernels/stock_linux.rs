@@ -12,12 +12,14 @@
 //! - `is_up`: `system_state == SYSTEM_RUNNING`;
 //! - tasks: the guest agent's table when it is loaded and the agentless
 //!   BTF walk (every thread, the idle task of each CPU), checked against
-//!   each other ([`crate::os::linux::view::read_tasks`], [`TaskSource`]), each
-//!   task with its kernel stack and saved stack pointer, plus the live
-//!   parts of each CPU's IRQ, exception and entry stacks
-//!   ([`crate::os::linux::cpustacks`], [`stacks`]); a list caught mid-update is
-//!   [`TargetError::Inconsistent`], never partial; a disagreement is
-//!   [`TargetError::Untrusted`] (`agent_mismatch`);
+//!   each other ([`crate::os::linux::view::read_tasks`], [`TaskSource`]),
+//!   each task with its kernel stack and saved stack pointer, every CPU's
+//!   IRQ, exception and entry stacks, and the CPU each vCPU is, by the
+//!   rules of [`crate::os::linux::task_list`] (the ones the tests check
+//!   too); where the agent was found goes back to the caller
+//!   ([`GuestTasks::source_at`]) to be handed in again; a list caught
+//!   mid-update is [`TargetError::Inconsistent`], never partial; a
+//!   disagreement is [`TargetError::Untrusted`] (`agent_mismatch`);
 //! - the ORC unwinder of the precise safety check (vmlinux and module
 //!   tables, [`crate::os::linux::view::build_unwinder`]);
 //! - for the loader ([`LinkEnv`]): the boot CPU's feature and bug words
@@ -25,23 +27,20 @@
 //!   memory, and the guest's `x86_return_thunk`.
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
 use thiserror::Error;
 use tracing::{debug, info};
 
 use super::TargetKernel;
-use crate::model::{TargetError, TaskInfo, TaskList};
+use crate::model::{GuestTasks, TargetError};
 use crate::os::linux::symbols;
-use crate::safety::cpu_stacks as stacks;
 use crate::model::backend::{Backend, VcpuState};
 use crate::os::linux::btf::Btf;
 use crate::os::linux::cpustacks;
 use crate::os::linux::kallsyms::Kallsyms;
 use crate::os::linux::kernel::{KernelError, LiveKernel, Slide};
 use crate::os::linux::notes;
-use crate::os::linux::tasks::{self, TaskError, TaskOffsets};
+use crate::os::linux::tasks::{TaskError, TaskOffsets};
 use crate::os::linux::unwind::OrcUnwinder;
 use crate::os::linux::view::{self, AgentHint, TaskSource, ViewError};
 use crate::patch::link::{CpuCaps, LinkEnv};
@@ -52,8 +51,6 @@ use crate::model::SymbolTable;
 pub const MODULES_VADDR: u64 = 0xffff_ffff_c000_0000;
 /// `SYSTEM_RUNNING` in 6.1's `enum system_states` (BOOTING, SCHEDULING, FREEING_INITMEM, RUNNING, …).
 pub const SYSTEM_RUNNING: u32 = 3;
-/// `sizeof(struct pt_regs)` on x86-64: all a user-mode task has on its kernel stack.
-pub const PT_REGS_SIZE: u64 = 21 * 8;
 const CR4_LA57: u64 = 1 << 12;
 const SLOT: u64 = 2 << 20;
 
@@ -112,8 +109,6 @@ pub struct LinuxTarget {
     unwinder: Option<OrcUnwinder>,
     source: TaskSource,
     doorbell: Option<u64>,
-    /// Where the agent's header was last seen (kernel-virtual, 0: unknown).
-    agent_at: Arc<AtomicU64>,
 }
 
 /// The boot CPU's capability words: `boot_cpu_data.x86_capability[]`.
@@ -172,7 +167,6 @@ impl LinuxTarget {
             unwinder,
             source: TaskSource::Auto,
             doorbell: None,
-            agent_at: Arc::default(),
         };
         info!(
             build_id = t.build_id.as_deref().unwrap_or("?"),
@@ -218,28 +212,11 @@ impl LinuxTarget {
     pub fn set_agent_doorbell(&mut self, gpa: Option<u64>) {
         self.doorbell = gpa.filter(|&g| g != 0);
     }
-
-    /// True when the last task list came from the agent (checked against the walk).
-    pub fn agent_in_use(&self) -> bool {
-        self.agent_at.load(Ordering::Relaxed) != 0
-    }
-
-    /// The CPU each vCPU runs: its GS base (kernel mode) or KERNEL_GS_BASE
-    /// (user mode) matched against `__per_cpu_offset[]`.
-    fn cpu_of(vcpus: &[VcpuState], per_cpu: &[u64]) -> Vec<Option<u32>> {
-        vcpus
-            .iter()
-            .map(|v| {
-                let base = if v.cpl() == 0 { Some(v.gs_base) } else { v.kernel_gs_base };
-                base.and_then(|b| per_cpu.iter().position(|&o| o == b)).map(|c| c as u32)
-            })
-            .collect()
-    }
 }
 
 fn view_error(e: ViewError) -> TargetError {
     match e {
-        ViewError::Walk(t) => task_error(t),
+        ViewError::Walk(t) | ViewError::List(t) => task_error(t),
         e if e.is_retry() => TargetError::Inconsistent(e.to_string()),
         e => TargetError::Untrusted { cause: e.cause(), message: e.to_string() },
     }
@@ -286,49 +263,14 @@ impl TargetKernel for LinuxTarget {
         }
     }
 
-    fn tasks(&self, mem: &mut dyn KernelMemory, vcpus: &[VcpuState]) -> Result<TaskList, TargetError> {
-        let k = &self.kallsyms;
-        let hint = self.doorbell.map(AgentHint::Doorbell).or(match self.agent_at.load(Ordering::Relaxed) {
-            0 => None,
-            v => Some(AgentHint::Virt(v)),
-        });
-        let read = view::read_tasks(mem, k, Some(&self.btf), Some(&self.offsets), self.source, hint).map_err(view_error)?;
-        self.agent_at.store(read.agent_at().unwrap_or(0), Ordering::Relaxed);
+    fn tasks(&self, mem: &mut dyn KernelMemory, vcpus: &[VcpuState], source_at: Option<u64>) -> Result<GuestTasks, TargetError> {
+        let hint = self.doorbell.map(AgentHint::Doorbell).or(source_at.map(AgentHint::Virt));
+        let (read, out) =
+            view::read_guest_tasks(mem, &self.kallsyms, Some(&self.btf), Some(&self.offsets), self.source, hint, vcpus).map_err(view_error)?;
         if let Some(note) = &read.note {
             debug!(%note, "task list without the agent");
         }
-        let list = read.tasks;
-        let per_cpu = tasks::per_cpu_offsets(mem, k, vcpus.len()).map_err(task_error)?;
-        let cpu_of = Self::cpu_of(vcpus, &per_cpu);
-        let cur_sym = k.first_addr("current_task").ok_or_else(|| TargetError::Malformed("no current_task symbol".into()))?;
-        // (task, vCPU) for the task current on each vCPU whose CPU is known.
-        let mut current: Vec<(u64, &VcpuState)> = Vec::new();
-        for (v, c) in vcpus.iter().zip(&cpu_of) {
-            if let Some(c) = c {
-                current.push((mem.read_u64(per_cpu[*c as usize].wrapping_add(cur_sym))?, v));
-            }
-        }
-        let mut out = Vec::with_capacity(list.len());
-        for t in &list {
-            if t.stack == 0 {
-                continue; // a dead task whose stack is already freed
-            }
-            let stack = t.stack..t.stack_end();
-            let on_vcpu = vcpus.iter().any(|v| v.cpl() == 0 && stack.contains(&v.rsp()));
-            let cur = current.iter().find(|(a, _)| *a == t.addr).map(|(_, v)| *v);
-            let (on_cpu, saved_sp) = match cur {
-                // In user mode: only its pt_regs are on its kernel stack.
-                Some(v) if v.cpl() != 0 && !on_vcpu => (false, Some(stack.end - PT_REGS_SIZE)),
-                Some(_) => (true, None),
-                None if on_vcpu || t.on_cpu => (true, None),
-                None => (false, Some(t.sp).filter(|sp| stack.contains(sp))),
-            };
-            out.push(TaskInfo { id: t.pid as u64, name: t.comm.clone(), cpu: Some(t.cpu), stack, saved_sp, on_cpu });
-        }
-        let all = cpustacks::cpu_stacks(mem, k, &self.btf, true).map_err(task_error)?;
-        let cpu_stacks = stacks::live_cpu_stacks(all, vcpus, &cpu_of);
-        debug!(tasks = out.len(), cpu_stacks = cpu_stacks.len(), "Linux task list");
-        Ok(TaskList { tasks: out, cpu_stacks })
+        Ok(out)
     }
 
     fn link_env<'a>(&'a self, mem: &'a mut dyn KernelMemory) -> Box<dyn LinkEnv + 'a> {

@@ -8,7 +8,7 @@ use std::ops::Range;
 use std::path::Path;
 
 use super::TargetKernel;
-use crate::model::{TargetError, TargetKind, TaskInfo, TaskList};
+use crate::model::{GuestTasks, TargetError, TargetKind, TaskInfo, TaskList};
 use crate::os::elf::{ElfImage, ElfImageError};
 use crate::model::backend::VcpuState;
 use crate::model::mem::KernelMemory;
@@ -108,7 +108,7 @@ impl TargetKernel for TestGuest {
         }
     }
 
-    fn tasks(&self, mem: &mut dyn KernelMemory, _vcpus: &[VcpuState]) -> Result<TaskList, TargetError> {
+    fn tasks(&self, mem: &mut dyn KernelMemory, vcpus: &[VcpuState], _source_at: Option<u64>) -> Result<GuestTasks, TargetError> {
         let hdr = mem.read_vec(self.task_table, 64)?;
         if rd_u64(&hdr, 0) != TASK_MAGIC {
             return Err(TargetError::NotUp("task table magic missing".into()));
@@ -149,6 +149,7 @@ impl TargetKernel for TestGuest {
         if seq2 != seq {
             return Err(TargetError::Inconsistent(format!("tg_task_table seq moved {seq} -> {seq2}")));
         }
-        Ok(TaskList { tasks, cpu_stacks: Vec::new() })
+        // Which CPU a vCPU is, the test guest does not say.
+        Ok(GuestTasks { list: TaskList { tasks, cpu_stacks: Vec::new() }, vcpu_cpus: vec![None; vcpus.len()], source: "testguest", source_at: None })
     }
 }

@@ -91,4 +91,7 @@ pub struct CheckSummary {
     pub bytes: u64,
     /// Every stack the ORC check had to scan instead, with the reason.
     pub fallbacks: Vec<Fallback>,
+    /// Where the task list came from (`agent+agentless`, `agentless`,
+    /// `testguest`, …); empty when not known.
+    pub task_source: String,
 }

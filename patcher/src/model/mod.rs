@@ -8,7 +8,7 @@
 //! - [`mem`]: kernel-virtual memory, the seam between architecture and OS
 //!   knowledge;
 //! - [`symbols`]: a kernel's symbol table (duplicates kept, qualifiers);
-//! - [`tasks`]: tasks and CPU stacks of a stopped guest;
+//! - [`tasks`]: tasks and CPU stacks of a stopped guest, the CPU each vCPU is;
 //! - [`check`]: what the safety check is asked (ranges, mode) and what it
 //!   finds (conflicts, summary);
 //! - [`target_kind`]: the kinds of kernel (`testguest`, `linux`);
@@ -30,4 +30,4 @@ pub use error::chain;
 pub use mem::{BufferMemory, KernelMemory, MemError};
 pub use symbols::{LookupError, Qualifier, Symbol, SymbolKind, SymbolTable};
 pub use target_kind::TargetKind;
-pub use tasks::{CpuStack, TargetError, TaskInfo, TaskList};
+pub use tasks::{CpuStack, GuestTasks, TargetError, TaskInfo, TaskList};

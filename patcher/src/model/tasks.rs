@@ -1,5 +1,6 @@
 //! The stopped guest's tasks and stacks, as every kernel kind hands them to
-//! the safety check, and why they could not be read.
+//! the safety check (with the CPU each vCPU is, and where the list came
+//! from), and why they could not be read.
 
 use std::ops::Range;
 
@@ -82,4 +83,22 @@ pub struct TaskList {
     pub tasks: Vec<TaskInfo>,
     /// Per-CPU IRQ and exception stacks (none in the test guest).
     pub cpu_stacks: Vec<CpuStack>,
+}
+
+/// One read of a stopped guest's tasks, as a kernel kind hands it to the
+/// transaction: the list, the CPU each vCPU is, and where the list came from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GuestTasks {
+    /// Every stack the safety check must consider.
+    pub list: TaskList,
+    /// The guest CPU each vCPU is (vCPU order); `None` where it cannot be
+    /// told, which the check answers by taking more stacks, never fewer.
+    pub vcpu_cpus: Vec<Option<u32>>,
+    /// Where the list came from (`testguest`, `agent`, `agentless`,
+    /// `agent+agentless`).
+    pub source: &'static str,
+    /// Where the kernel's task source was found (for Linux: the guest
+    /// agent's header, kernel-virtual). The caller hands it back to the next
+    /// read, which looks there first; a stale one costs only a fresh lookup.
+    pub source_at: Option<u64>,
 }

@@ -6,7 +6,7 @@
 
 use crate::os::linux::unwind_tests::*;
 use crate::model::backend::VcpuState;
-use super::orc::{check, CheckInput};
+use super::{check, CheckInput};
 use crate::model::{CheckMode, CheckRange, CpuStack, Symbol, SymbolKind, SymbolTable, TaskInfo, TaskList};
 
 fn syms() -> SymbolTable {

@@ -63,6 +63,8 @@ pub struct Patcher<'t, B: Backend> {
     last_check: Option<CheckSummary>,
     /// The ORC of the patch being applied, registered once it is in.
     pending_orc: Option<crate::os::linux::orc::OrcTable>,
+    /// Where the last task read found its source, handed to the next one.
+    task_hint: Option<u64>,
 }
 
 /// Name under which a patch's ORC table is registered with the unwinder.
@@ -74,7 +76,7 @@ impl<'t, B: Backend> Patcher<'t, B> {
     /// A patcher for `target` through `backend`.
     pub fn new(backend: B, target: &'t dyn TargetKernel, cfg: TxnConfig) -> Self {
         let guest = Guest::new(backend, target.page_table_root(), 0);
-        Self { target, guest, cfg, generation: 0, notes: Vec::new(), last_check: None, pending_orc: None }
+        Self { target, guest, cfg, generation: 0, notes: Vec::new(), last_check: None, pending_orc: None, task_hint: None }
     }
 
     /// Guest access (tests, diagnostics).

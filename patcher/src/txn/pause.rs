@@ -11,7 +11,7 @@ use super::Patcher;
 use crate::arena::map;
 use crate::arena::registry::{CheckRange, Registry, SiteWrite};
 use crate::model::backend::{Backend, BackendError};
-use crate::safety::orc::{self, CheckInput};
+use crate::safety::{self, CheckInput};
 use crate::model::mem::KernelMemory;
 use crate::model::TargetError;
 
@@ -92,7 +92,7 @@ impl<B: Backend> Patcher<'_, B> {
             timings.pause_us = us(t0);
             // Check.
             let t1 = Instant::now();
-            let tasks = match target.tasks(&mut self.guest, &vcpus) {
+            let tasks = match target.tasks(&mut self.guest, &vcpus, self.task_hint) {
                 Ok(t) => t,
                 Err(TargetError::Inconsistent(why)) => {
                     timings.check_us = us(t1);
@@ -105,9 +105,11 @@ impl<B: Backend> Patcher<'_, B> {
                     return Err(fail(self.resume_after(t0, timings, f)));
                 }
             };
-            let input = CheckInput { vcpus: &vcpus, vcpu_cpus: &[], tasks: &tasks };
-            let conflicts: Vec<Conflict> = match orc::check(self.cfg.check, target.unwinder(), &mut self.guest, symbols, input, ranges) {
-                Ok((c, summary)) => {
+            self.task_hint = tasks.source_at;
+            let input = CheckInput { vcpus: &vcpus, vcpu_cpus: &tasks.vcpu_cpus, tasks: &tasks.list };
+            let conflicts: Vec<Conflict> = match safety::check(self.cfg.check, target.unwinder(), &mut self.guest, symbols, input, ranges) {
+                Ok((c, mut summary)) => {
+                    summary.task_source = tasks.source.to_owned();
                     if !summary.fallbacks.is_empty() {
                         tracing::info!(mode = %summary.mode, fallbacks = ?summary.fallbacks, "stacks scanned conservatively");
                     }

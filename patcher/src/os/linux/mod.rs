@@ -12,10 +12,11 @@
 //! - `modules`: loaded modules (text, ORC tables, symbols).
 //! - `orc`: the ORC unwind tables (located, parsed, looked up); `orc_object`:
 //!   ORC rows of a relocatable object (patch code in the arena).
-//! - `unwind`: the ORC unwinder over guest stacks; `stackcheck`: the precise
-//!   safety check built on it.
-//! - `view`: a stopped guest's tasks and stacks from agent and/or walk, and
-//!   the unwinder for its kernel and modules.
+//! - `unwind`: the ORC unwinder over guest stacks (the precise safety check
+//!   built on it is `crate::safety`).
+//! - `view`: a stopped guest's tasks from agent and/or walk, and the
+//!   unwinder for its kernel and modules; `task_list`: the one list of
+//!   stacks (and vCPU to CPU map) the safety check gets from them.
 //! - `image`: the bzImage / vmlinux file offline.
 //! - `kernel`: all of the above tied together.
 
@@ -33,6 +34,9 @@ pub mod notes;
 pub mod orc;
 pub mod orc_object;
 pub mod symbols;
+pub mod task_list;
+#[cfg(test)]
+mod task_list_tests;
 pub mod tasks;
 pub mod unwind;
 pub mod view;

@@ -36,6 +36,10 @@ pub enum TaskError {
         /// What was wrong.
         why: String,
     },
+    /// A stack that cannot be one (it does not fit the address space, or
+    /// is far bigger than any stack of its kind).
+    #[error("implausible stack: {0}")]
+    BadStack(String),
     /// Reading guest memory failed.
     #[error("reading the task list failed")]
     Memory(#[from] #[source] MemError),
@@ -48,6 +52,7 @@ impl TaskError {
             Self::MissingType(_) => "btf_missing",
             Self::MissingSymbol(_) => "symbol_missing",
             Self::Inconsistent { .. } => "list_inconsistent",
+            Self::BadStack(_) => "stack_implausible",
             Self::Memory(_) => "memory",
         }
     }
@@ -269,9 +274,17 @@ pub fn all_tasks<M: KernelMemory + ?Sized>(mem: &mut M, k: &Kallsyms, off: &Task
     Ok(list)
 }
 
-/// The task on each vCPU: `(vcpu index, cpu number, task address)`.
-/// The CPU is matched by the vCPU's GS base (kernel mode) or KERNEL_GS_BASE
-/// (user mode) against `__per_cpu_offset[]`, else taken as the vCPU index.
+/// The CPU `v` is, by its GS base (kernel mode) or `KERNEL_GS_BASE` (user
+/// mode, where user code cannot have set it) matched against
+/// `__per_cpu_offset[]` (`per_cpu`); `None` when neither matches.
+pub fn vcpu_cpu(v: &VcpuState, per_cpu: &[u64]) -> Option<u32> {
+    let base = if v.cpl() == 0 { Some(v.gs_base) } else { v.kernel_gs_base };
+    base.and_then(|b| per_cpu.iter().position(|&o| o == b)).and_then(|c| u32::try_from(c).ok())
+}
+
+/// The task on each vCPU, for display: `(vcpu index, cpu number, task
+/// address)`. The CPU is [`vcpu_cpu`], else taken as the vCPU index (a
+/// guess the safety check never makes: see `super::task_list`).
 pub fn current_tasks<M: KernelMemory + ?Sized>(
     mem: &mut M,
     k: &Kallsyms,
@@ -281,10 +294,7 @@ pub fn current_tasks<M: KernelMemory + ?Sized>(
     let offs = per_cpu_offsets(mem, k, vcpus.len())?;
     let mut out = Vec::new();
     for v in vcpus {
-        let base = if v.cpl() == 0 { Some(v.gs_base) } else { v.kernel_gs_base };
-        let cpu = base
-            .and_then(|b| offs.iter().position(|&o| o == b))
-            .unwrap_or(v.index.min(offs.len().saturating_sub(1)));
+        let cpu = vcpu_cpu(v, &offs).map_or(v.index.min(offs.len().saturating_sub(1)), |c| c as usize);
         let task = mem.read_u64(offs[cpu].wrapping_add(cur))?;
         out.push((v.index, cpu as u32, task));
     }

@@ -8,27 +8,31 @@
 //! walk always runs too and must agree with the agent
 //! ([`crate::os::linux::agent::source`]); the check then uses both lists merged
 //! (the agent also knows exiting tasks the walk no longer sees).
+//!
+//! [`read_guest_tasks`] turns that into what the check gets, by the rules
+//! of [`super::task_list`]: the transaction (`LinuxTarget::tasks`) and
+//! [`read_view`] (tests, tools) both go through it.
 
 use std::collections::HashSet;
 use std::ops::Range;
 use std::str::FromStr;
 
 use thiserror::Error;
-use tracing::{debug, info};
+use tracing::info;
 
 use super::agent::find::{self, ModuleAgent};
 use super::agent::{AgentError, AgentView, Descriptor};
 use super::btf::Btf;
-use super::cpustacks;
 use super::kallsyms::Kallsyms;
 use super::kernel::KernelInfo;
 use super::modules::{self, ModuleOffsets};
 use super::orc::{OrcError, OrcTable};
+use super::task_list;
 use super::tasks::{self, Task, TaskError, TaskOffsets};
 use super::unwind::OrcUnwinder;
 use crate::model::backend::VcpuState;
 use crate::model::mem::KernelMemory;
-use crate::model::{CpuStack, TaskInfo, TaskList};
+use crate::model::{GuestTasks, TaskList};
 
 /// Where the task list comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -76,6 +80,9 @@ pub enum ViewError {
     /// Neither source can work (no agent and no BTF).
     #[error("no task source: {0}")]
     NoSource(String),
+    /// The tasks were read but their stacks or CPUs could not be.
+    #[error("assembling the stacks to check")]
+    List(#[source] TaskError),
 }
 
 impl ViewError {
@@ -85,6 +92,7 @@ impl ViewError {
             Self::Agent(e) => e.cause(),
             Self::Walk(e) => e.cause(),
             Self::NoSource(_) => "no_task_source",
+            Self::List(e) => e.cause(),
         }
     }
 
@@ -93,19 +101,19 @@ impl ViewError {
         match self {
             Self::Agent(AgentError::Mismatch(d)) => d.is_transient(),
             Self::Agent(e) => e.is_retry(),
-            Self::Walk(TaskError::Inconsistent { .. }) => true,
+            Self::Walk(TaskError::Inconsistent { .. }) | Self::List(TaskError::Inconsistent { .. }) => true,
             _ => false,
         }
     }
 }
 
-/// What the check needs of the stopped guest.
+/// What the check needs of the stopped guest, and where it came from.
 #[derive(Debug, Clone)]
 pub struct LinuxView {
-    /// Tasks (merged when both sources ran).
+    /// Tasks as read (merged when both sources ran), dead ones included.
     pub tasks: Vec<Task>,
-    /// Per-CPU stacks.
-    pub cpu_stacks: Vec<CpuStack>,
+    /// What the check gets (by the rules of [`super::task_list`]).
+    pub list: TaskList,
     /// Guest CPU number of each vCPU, in vCPU order.
     pub vcpu_cpus: Vec<Option<u32>>,
     /// The agent's view when it was used.
@@ -121,30 +129,20 @@ pub struct LinuxView {
 impl LinuxView {
     /// `agent`, `agentless` or `agent+agentless`.
     pub fn source(&self) -> &'static str {
-        match (&self.agent, &self.walk) {
-            (Some(_), Some(_)) => "agent+agentless",
-            (Some(_), None) => "agent",
-            _ => "agentless",
-        }
+        source_of(&self.agent, &self.walk)
     }
 
-    /// The list the generic check takes. Dead tasks whose stack is already
-    /// freed (`stack == NULL`: zombies) have nothing to check and are left out.
+    /// The list the check takes (the same a transaction checks).
     pub fn task_list(&self) -> TaskList {
-        let tasks = self
-            .tasks
-            .iter()
-            .filter(|t| t.stack != 0)
-            .map(|t| TaskInfo {
-                id: t.pid.max(0) as u64,
-                name: t.comm.clone(),
-                cpu: Some(t.cpu),
-                stack: t.stack..t.stack_end(),
-                saved_sp: (!t.on_cpu).then_some(t.sp),
-                on_cpu: t.on_cpu,
-            })
-            .collect();
-        TaskList { tasks, cpu_stacks: self.cpu_stacks.clone() }
+        self.list.clone()
+    }
+}
+
+fn source_of(agent: &Option<AgentView>, walk: &Option<Vec<Task>>) -> &'static str {
+    match (agent, walk) {
+        (Some(_), Some(_)) => "agent+agentless",
+        (Some(_), None) => "agent",
+        _ => "agentless",
     }
 }
 
@@ -181,11 +179,7 @@ pub struct TaskRead {
 impl TaskRead {
     /// `agent`, `agentless` or `agent+agentless`.
     pub fn source(&self) -> &'static str {
-        match (&self.agent, &self.walk) {
-            (Some(_), Some(_)) => "agent+agentless",
-            (Some(_), None) => "agent",
-            _ => "agentless",
-        }
+        source_of(&self.agent, &self.walk)
     }
 
     /// Where the agent's header was (kernel-virtual), to look there next time.
@@ -259,6 +253,28 @@ pub fn read_tasks(
     Ok(TaskRead { tasks, agent, walk: walked, note })
 }
 
+/// Reads the tasks ([`read_tasks`]) and builds what the check gets from
+/// them ([`task_list::build`]), with every vCPU stopped.
+pub fn read_guest_tasks(
+    mem: &mut dyn KernelMemory,
+    k: &Kallsyms,
+    btf: Option<&Btf>,
+    offsets: Option<&TaskOffsets>,
+    source: TaskSource,
+    hint: Option<AgentHint>,
+    vcpus: &[VcpuState],
+) -> Result<(TaskRead, GuestTasks), ViewError> {
+    let read = read_tasks(mem, k, btf, offsets, source, hint)?;
+    if btf.is_none() && read.agent.as_ref().is_some_and(|a| !a.has_irq_stacks()) {
+        // Nothing else could find them: refuse rather than check without them.
+        return Err(ViewError::NoSource("the agent recorded no IRQ stacks and there is no BTF to find them".into()));
+    }
+    let agent_stacks = read.agent.as_ref().map(|a| a.cpu_stacks.as_slice());
+    let (list, vcpu_cpus) = task_list::build(mem, k, btf, &read.tasks, agent_stacks, vcpus).map_err(ViewError::List)?;
+    let out = GuestTasks { list, vcpu_cpus, source: read.source(), source_at: read.agent_at() };
+    Ok((read, out))
+}
+
 /// Reads the view with every vCPU stopped. `hint`: where the agent is, if
 /// known (doorbell, or `agent_at` of an earlier view).
 pub fn read_view(
@@ -269,25 +285,9 @@ pub fn read_view(
     hint: Option<AgentHint>,
 ) -> Result<LinuxView, ViewError> {
     let btf = info.btf.as_ref().map(|b| &b.0);
-    let TaskRead { tasks, agent, walk, note } = read_tasks(mem, &info.kallsyms, btf, None, source, hint)?;
-    let mut cpu_stacks = agent.as_ref().map(|a| a.cpu_stacks.clone()).unwrap_or_default();
-    let agent_irq = agent.as_ref().is_some_and(AgentView::has_irq_stacks);
-    if let Some(b) = btf {
-        if agent.is_none() || !agent_irq {
-            let mine = cpustacks::cpu_stacks(mem, &info.kallsyms, b, true)?;
-            cpu_stacks.retain(|s| s.kind != "irq");
-            cpu_stacks.extend(mine.into_iter().filter(|s| agent.is_none() || s.kind == "irq"));
-        }
-    }
-    let vcpu_cpus = match tasks::current_tasks(mem, &info.kallsyms, vcpus) {
-        Ok(c) => vcpus.iter().map(|v| c.iter().find(|(i, _, _)| *i == v.index).map(|(_, cpu, _)| *cpu)).collect(),
-        Err(e) => {
-            debug!(error = %e, "no vCPU to CPU mapping");
-            vec![None; vcpus.len()]
-        }
-    };
-    let agent_at = agent.as_ref().map(|a| a.descriptor.header.self_virt);
-    Ok(LinuxView { tasks, cpu_stacks, vcpu_cpus, agent, walk, agent_at, note })
+    let (read, g) = read_guest_tasks(mem, &info.kallsyms, btf, None, source, hint, vcpus)?;
+    let TaskRead { tasks, agent, walk, note } = read;
+    Ok(LinuxView { tasks, list: g.list, vcpu_cpus: g.vcpu_cpus, agent, walk, agent_at: g.source_at, note })
 }
 
 /// The ORC unwinder for this kernel: vmlinux's tables, every loaded

@@ -1,0 +1,144 @@
+//! The stopped vCPUs' part of the check: which task each vCPU runs, its
+//! RIP as a conflict, and (ORC check) the unwind from its registers through
+//! its CPU's own stacks into the interrupted task's stack.
+//!
+//! A vCPU runs the task whose stack holds its RSP; on a CPU stack, the one
+//! task on a CPU of its CPU (else any task on a CPU: the unwind tells which
+//! stack it reaches). A vCPU in user mode has nothing live on kernel stacks.
+//! When an unwind from the registers cannot be trusted, every stack of that
+//! vCPU's CPU and its task's stack from the RSP are scanned instead.
+
+use std::ops::Range;
+
+use super::cpu_stacks;
+use super::findings::{Findings, Owner};
+use super::scan::scan;
+use super::CheckInput;
+use crate::model::backend::VcpuState;
+use crate::model::mem::KernelMemory;
+use crate::model::{TargetError, TaskInfo};
+use crate::os::linux::unwind::{OrcUnwinder, Start};
+
+/// The task a vCPU runs, as far as the list tells.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Running {
+    /// The task it runs, when the list says which (index into the tasks).
+    pub(super) known: Option<usize>,
+    /// The tasks it may run: `known` alone, else those on a CPU (of its
+    /// CPU when there are any, else all).
+    pub(super) candidates: Vec<usize>,
+}
+
+/// Which task `v` (the vCPU of guest CPU `cpu`, when known) runs.
+pub(super) fn running(tasks: &[TaskInfo], v: &VcpuState, cpu: Option<u32>) -> Running {
+    let rsp = v.rsp();
+    if let Some(i) = tasks.iter().position(|t| t.stack.contains(&rsp)) {
+        return Running { known: Some(i), candidates: vec![i] };
+    }
+    let on_cpu = |i: &usize| tasks[*i].on_cpu;
+    let mine: Vec<usize> = match cpu {
+        Some(c) => (0..tasks.len()).filter(on_cpu).filter(|&i| tasks[i].cpu == Some(c)).collect(),
+        None => Vec::new(),
+    };
+    match mine.as_slice() {
+        [one] => Running { known: Some(*one), candidates: mine },
+        [] => Running { known: None, candidates: (0..tasks.len()).filter(on_cpu).collect() },
+        _ => Running { known: None, candidates: mine },
+    }
+}
+
+/// `v`'s RIP as a conflict, naming the task it runs.
+pub(super) fn rip(f: &mut Findings<'_>, tasks: &[TaskInfo], v: &VcpuState, known: Option<usize>) {
+    f.code(Owner::task(known.map(|i| &tasks[i])), Some(v.index), "rip", v.rip, v.rip);
+}
+
+/// What the vCPUs' unwinds covered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Covered {
+    /// Per task: checked through a vCPU (unwound, scanned, or running in user mode).
+    pub(super) tasks: Vec<bool>,
+    /// Per CPU stack: in use by a vCPU (and checked).
+    pub(super) cpu_stacks: Vec<bool>,
+}
+
+/// Every vCPU's RIP and, in kernel mode, its unwind from its registers (or
+/// the scan of its stacks where the unwind cannot be trusted).
+pub(super) fn unwind_all(u: &OrcUnwinder, mem: &mut dyn KernelMemory, input: &CheckInput<'_>, f: &mut Findings<'_>) -> Result<Covered, TargetError> {
+    let tasks = &input.tasks.tasks;
+    let cpu_stacks = &input.tasks.cpu_stacks;
+    let mut cov = Covered { tasks: vec![false; tasks.len()], cpu_stacks: vec![false; cpu_stacks.len()] };
+    for (vi, v) in input.vcpus.iter().enumerate() {
+        let cpu = cpu_stacks::cpu_of(v, input.vcpu_cpus.get(vi).copied().flatten(), cpu_stacks);
+        let Running { known, candidates } = running(tasks, v, cpu);
+        rip(f, tasks, v, known);
+        if v.cpl() != 0 {
+            // User mode: its kernel stack holds nothing live.
+            if let (Some(i), Some(_)) = (known, cpu) {
+                cov.tasks[i] = true;
+            }
+            continue;
+        }
+        let own: Vec<usize> = (0..cpu_stacks.len()).filter(|&i| cpu.is_none_or(|c| cpu_stacks[i].cpu == c)).collect();
+        let mut stacks: Vec<Range<u64>> = own.iter().map(|&i| cpu_stacks[i].range.clone()).collect();
+        stacks.extend(candidates.iter().map(|&i| tasks[i].stack.clone()));
+        let w = u.unwind(mem, Start::Regs { rip: v.rip, gprs: v.gprs }, &stacks);
+        let reached = w.visited.iter().find_map(|&s| s.checked_sub(own.len()).and_then(|c| candidates.get(c).copied())).or(known);
+        match &w.unreliable {
+            None => {
+                for &s in w.visited.iter().filter(|&&s| s < own.len()) {
+                    cov.cpu_stacks[own[s]] = true;
+                }
+                if let Some(i) = reached {
+                    cov.tasks[i] = true;
+                }
+                f.frames(Owner::task(reached.map(|i| &tasks[i])), &w);
+            }
+            Some(why) => {
+                f.fallback(format!("vcpu {}", v.index), why.clone());
+                for &i in &own {
+                    cov.cpu_stacks[i] = true;
+                    let s = &cpu_stacks[i];
+                    scan(mem, f, Owner::Cpu(s), s.range.clone())?;
+                }
+                if let Some(i) = known {
+                    let t = &tasks[i];
+                    let rsp = v.rsp();
+                    let from = if t.stack.contains(&rsp) { rsp } else { t.stack.start };
+                    scan(mem, f, Owner::Task(t), from..t.stack.end)?;
+                    cov.tasks[i] = true;
+                }
+            }
+        }
+    }
+    Ok(cov)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(id: u64, cpu: u32, base: u64, on_cpu: bool) -> TaskInfo {
+        TaskInfo { id, name: format!("t{id}"), cpu: Some(cpu), stack: base..base + 0x4000, saved_sp: None, on_cpu }
+    }
+
+    fn vcpu(rsp: u64) -> VcpuState {
+        let mut v = VcpuState::default();
+        v.gprs[VcpuState::RSP] = rsp;
+        v
+    }
+
+    #[test]
+    fn a_vcpu_runs_the_task_its_rsp_is_on_else_the_one_on_its_cpu() {
+        let tasks = [task(1, 0, 0x10_0000, true), task(2, 1, 0x20_0000, true), task(3, 1, 0x30_0000, false)];
+        // RSP on a task's stack: that task, whatever the CPU says.
+        assert_eq!(running(&tasks, &vcpu(0x30_0100), Some(0)), Running { known: Some(2), candidates: vec![2] });
+        // On a CPU stack: the one task on a CPU of its CPU.
+        assert_eq!(running(&tasks, &vcpu(0x9000), Some(1)), Running { known: Some(1), candidates: vec![1] });
+        // CPU unknown, or none of its tasks on a CPU: any task on a CPU may be it.
+        assert_eq!(running(&tasks, &vcpu(0x9000), None), Running { known: None, candidates: vec![0, 1] });
+        assert_eq!(running(&tasks, &vcpu(0x9000), Some(7)), Running { known: None, candidates: vec![0, 1] });
+        // Two tasks on a CPU of its CPU (one mid-switch): either, not a guess.
+        let two = [task(1, 0, 0x10_0000, true), task(2, 0, 0x20_0000, true)];
+        assert_eq!(running(&two, &vcpu(0x9000), Some(0)), Running { known: None, candidates: vec![0, 1] });
+    }
+}
