@@ -15,6 +15,11 @@ pub mod recover;
 pub mod result;
 pub mod revert;
 
+#[cfg(test)]
+mod testutil;
+#[cfg(test)]
+mod apply_tests;
+
 use std::ops::Range;
 use std::time::Duration;
 
