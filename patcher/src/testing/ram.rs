@@ -101,7 +101,12 @@ impl RamGuest {
             writes: 0,
             stopped: false,
         };
-        g.root = g.alloc_table();
+        // The root is the first table; in RAM it already reads as zeros.
+        g.root = g.next_table;
+        g.next_table += PAGE;
+        if g.page(g.root).is_none() {
+            g.put(g.root, &[0u8; PAGE as usize]);
+        }
         g
     }
 
@@ -168,6 +173,12 @@ impl RamGuest {
             page[off..off + n].copy_from_slice(&data[done..done + n]);
             done += n;
         }
+    }
+
+    /// XORs the byte at `gpa` with `mask` (damage for tests of checksums).
+    pub fn flip(&mut self, gpa: u64, mask: u8) {
+        let b = self.bytes(gpa, 1)[0] ^ mask;
+        self.put(gpa, &[b]);
     }
 
     /// Writes a little-endian u64.
