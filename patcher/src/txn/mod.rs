@@ -4,13 +4,14 @@
 //! off and retry, a bounded number of times, then `code_busy`.
 //!
 //! [`Patcher`] ties a [`TargetKernel`] to a backend; its operations are
-//! [`Patcher::apply`] ([`apply`]), [`Patcher::revert`] ([`revert`]),
+//! [`Patcher::apply`] ([`prepare`], [`apply`]), [`Patcher::revert`] ([`revert`]),
 //! [`Patcher::recover`] and [`Patcher::status`] ([`recover`]). The guest's
 //! registry is the only state: a new `Patcher` on the same guest sees what
 //! every earlier one did.
 
 pub mod apply;
 pub mod pause;
+pub mod prepare;
 pub mod recover;
 pub mod result;
 pub mod revert;
