@@ -1,14 +1,16 @@
 //! [`Faulty`]: fault injection around any [`Backend`] (the RAM guest, or a
 //! real VMM in end-to-end tests). After a budget of guest-memory writes it
-//! either fails each further write (the backend stays usable, so the
-//! transaction can put back what it wrote) or "dies": that write and every
-//! call after it fail, as if the vsplice process was killed there.
+//! fails the next write only (a transient error: the transaction can put
+//! back what it wrote), fails every further write, or "dies": that write and
+//! every call after it fail, as if the vsplice process was killed there.
 
 use crate::model::backend::{Backend, BackendError, VcpuState};
 
 /// What happens once the write budget is spent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
+    /// The next write fails, later ones go through.
+    FailOnce,
     /// Every further write fails; everything else keeps working.
     FailWrites,
     /// The write that finds the budget spent, and every call after it, fails.
@@ -33,6 +35,12 @@ impl<B: Backend> Faulty<B> {
     /// No fault until one is armed.
     pub fn new(inner: B) -> Self {
         Self { inner, budget: None, fault: Fault::FailWrites, dead: false, writes: 0, refused: 0 }
+    }
+
+    /// After `n` more writes, one write fails.
+    pub fn fail_once_after(mut self, n: usize) -> Self {
+        self.arm(Fault::FailOnce, n);
+        self
     }
 
     /// After `n` more writes, every write fails.
@@ -100,9 +108,13 @@ impl<B: Backend> Backend for Faulty<B> {
         match &mut self.budget {
             Some(0) => {
                 self.refused += 1;
-                if self.fault == Fault::Die {
-                    self.dead = true;
-                    return Err(BackendError::Transport("injected: killed".into()));
+                match self.fault {
+                    Fault::Die => {
+                        self.dead = true;
+                        return Err(BackendError::Transport("injected: killed".into()));
+                    }
+                    Fault::FailOnce => self.budget = None,
+                    Fault::FailWrites => {}
                 }
                 return Err(BackendError::Transport("injected: write failed".into()));
             }

@@ -20,6 +20,12 @@ pub mod revert;
 mod testutil;
 #[cfg(test)]
 mod apply_tests;
+#[cfg(test)]
+mod busy_tests;
+#[cfg(test)]
+mod crash_tests;
+#[cfg(test)]
+mod stack_tests;
 
 use std::ops::Range;
 use std::time::Duration;
