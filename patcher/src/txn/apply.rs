@@ -13,7 +13,8 @@ use std::time::Instant;
 
 use super::prepare::Prepared;
 use super::result::{chain, Cause, Failure, Stage, Timings, TxnReport};
-use super::{orc_name, Patcher};
+use super::orc::fit_rows;
+use super::Patcher;
 use crate::arena::registry::{Intent, Registry};
 use crate::model::backend::Backend;
 use crate::patch::PatchFile;
@@ -41,6 +42,10 @@ impl<B: Backend> Patcher<'_, B> {
         let intent = prep.intent.clone();
         reg.patches.push(prep.record);
         reg.intent = Some(prep.intent);
+        for note in fit_rows(reg) {
+            tracing::warn!("{note}");
+            self.notes.push(note);
+        }
         self.save_registry(reg, Stage::Prepare)?;
         Ok(intent)
     }
@@ -74,12 +79,6 @@ impl<B: Backend> Patcher<'_, B> {
         timings.total_us = t0.elapsed().as_micros() as u64;
         let (id, name) = (Some(patch.manifest.id.clone()), Some(patch.manifest.name.clone()));
         let report = self.report("apply", id, name, timings, r);
-        if let (true, Some(t), Some(u)) = (report.is_ok(), self.pending_orc.take(), self.target.unwinder()) {
-            for gone in &report.superseded {
-                u.unregister(&orc_name(gone));
-            }
-            u.register(t);
-        }
         tracing::info!(patch = %patch.manifest.name, cause = report.cause.name(), attempts = timings.attempts, downtime_us = timings.downtime_us, "apply");
         report
     }

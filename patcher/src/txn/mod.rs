@@ -7,9 +7,11 @@
 //! [`Patcher::apply`] ([`prepare`], [`apply`]), [`Patcher::revert`] ([`revert`]),
 //! [`Patcher::recover`] and [`Patcher::status`] ([`recover`]). The guest's
 //! registry is the only state: a new `Patcher` on the same guest sees what
-//! every earlier one did.
+//! every earlier one did, the patches' ORC included ([`orc`]: each
+//! transaction's unwinder is the target's plus the registry's patch rows).
 
 pub mod apply;
+pub mod orc;
 pub mod pause;
 pub mod prepare;
 pub mod recover;
@@ -24,6 +26,8 @@ mod apply_tests;
 mod busy_tests;
 #[cfg(test)]
 mod crash_tests;
+#[cfg(test)]
+mod orc_tests;
 #[cfg(test)]
 mod stack_tests;
 
@@ -72,20 +76,13 @@ pub struct Patcher<'t, B: Backend> {
     notes: Vec<String>,
     /// What the last safety check did (for the report).
     last_check: Option<CheckSummary>,
-    /// The ORC of the patch being applied, registered once it is in.
-    pending_orc: Option<crate::os::linux::orc::OrcTable>,
-}
-
-/// Name under which a patch's ORC table is registered with the unwinder.
-pub(crate) fn orc_name(patch_id: &str) -> String {
-    format!("patch {patch_id}")
 }
 
 impl<'t, B: Backend> Patcher<'t, B> {
     /// A patcher for `target` through `backend`.
     pub fn new(backend: B, target: &'t dyn TargetKernel, cfg: TxnConfig) -> Self {
         let guest = Guest::new(backend, target.page_table_root(), 0);
-        Self { target, guest, cfg, generation: 0, notes: Vec::new(), last_check: None, pending_orc: None }
+        Self { target, guest, cfg, generation: 0, notes: Vec::new(), last_check: None }
     }
 
     /// Guest access (tests, diagnostics).

@@ -82,6 +82,8 @@ impl<B: Backend> Patcher<'_, B> {
         let mut last: Option<Failure> = None;
         let target = self.target;
         let symbols = target.symbols();
+        // The kernel's ORC and the patches' from the registry (crate::txn::orc).
+        let unwinder = self.unwinder_view(reg);
         for attempt in 1..=self.cfg.max_attempts.max(1) {
             timings.attempts = attempt;
             if attempt > 1 {
@@ -108,7 +110,7 @@ impl<B: Backend> Patcher<'_, B> {
                 }
             };
             let input = CheckInput { vcpus: &vcpus, vcpu_cpus: &[], tasks: &tasks };
-            let conflicts: Vec<Conflict> = match orc::check(self.cfg.check, target.unwinder(), &mut self.guest, symbols, input, ranges) {
+            let conflicts: Vec<Conflict> = match orc::check(self.cfg.check, unwinder.as_ref(), &mut self.guest, symbols, input, ranges) {
                 Ok((c, summary)) => {
                     if !summary.fallbacks.is_empty() {
                         tracing::info!(mode = %summary.mode, fallbacks = ?summary.fallbacks, "stacks scanned conservatively");

@@ -3,23 +3,25 @@
 //! `Patcher::match_functions` (run-pre digest of each target function,
 //! with the bytes of patches already applied taken out, and its jump site),
 //! `place` (arena addresses), `Patcher::link` (relocations against the
-//! kernel), `Patcher::prepare_orc` (the new code's unwind data),
+//! kernel),
 //! `Patcher::plan_sites` (each site's bytes before and after, and the
 //! ranges the check covers), `supersede` (a cumulative patch takes every
 //! other applied site back to its original bytes) and `build_record`
-//! (the registry record and the intent). Writing the code into the arena
+//! (the registry record and the intent), `Patcher::prepare_orc` (the new
+//! code's ORC rows, for the record). Writing the code into the arena
 //! and saving the intent in the guest follow in [`super::apply`].
 
 use std::collections::BTreeMap;
 
 use super::result::{chain, Cause, Failure, Stage};
-use super::{orc_name, Patcher};
+use super::orc::record_rows;
+use super::Patcher;
 use crate::arena::alloc::first_fit;
+use crate::arena::patch_orc::PatchOrc;
 use crate::arena::registry::{CheckRange, FuncRecord, Intent, IntentOp, PatchRecord, PatchState, Registry, SiteRecord, SiteWrite, Span};
 use crate::model::backend::Backend;
 use crate::model::mem::KernelMemory;
 use crate::model::{LookupError, Symbol};
-use crate::os::linux::orc::OrcTable;
 use crate::os::linux::orc_object;
 use crate::patch::jump::{self, JumpSite};
 use crate::patch::link::{LoadError, Linked, Object};
@@ -112,6 +114,7 @@ fn build_record(m: &Manifest, plan: SitePlan, superseded: Vec<String>, linked: L
         code: Span { start: code_addr, len: linked.code.len() as u64 },
         data: Span { start: data_addr, len: linked.data.len() as u64 },
         funcs,
+        orc: None,
     };
     let intent = Intent {
         txn: 0,
@@ -153,10 +156,11 @@ impl<B: Backend> Patcher<'_, B> {
         let matched = self.match_functions(m, &obj, reg)?;
         let (code_addr, data_addr) = place(&obj, reg)?;
         let linked = self.link(m, &obj, code_addr, data_addr)?;
-        self.prepare_orc(patch, &obj, code_addr, data_addr);
         let mut plan = self.plan_sites(m, reg, &matched, &linked)?;
         let superseded = if m.cumulative { supersede(reg, &mut plan) } else { Vec::new() };
-        Ok(build_record(m, plan, superseded, linked))
+        let mut prepared = build_record(m, plan, superseded, linked);
+        prepared.record.orc = self.prepare_orc(patch, &obj, &prepared.record);
+        Ok(prepared)
     }
 
     /// The patch is for this kernel (kind, build-id), not applied yet, and replaces something.
@@ -218,18 +222,27 @@ impl<B: Backend> Patcher<'_, B> {
         Ok(linked)
     }
 
-    /// The new code's own ORC data, for unwinding through it once applied.
-    fn prepare_orc(&mut self, patch: &PatchFile, obj: &Object<'_>, code_addr: u64, data_addr: u64) {
+    /// The new code's own ORC rows, kept in its registry record for
+    /// unwinding through it once applied (when the target has an unwinder).
+    fn prepare_orc(&mut self, patch: &PatchFile, obj: &Object<'_>, record: &PatchRecord) -> Option<PatchOrc> {
         let m = &patch.manifest;
-        self.pending_orc = None;
-        if self.target.unwinder().is_some() {
-            let end = code_addr + obj.layout().code_size;
-            match orc_object::orc_rows(&patch.object, |i| obj.section_addr(i, code_addr, data_addr)) {
-                Ok(rows) if !rows.is_empty() => self.pending_orc = Some(OrcTable::new(&orc_name(&m.id), code_addr, end, rows)),
-                Ok(_) => tracing::info!(patch = %m.name, "the patch has no ORC data: stacks through its code will be scanned conservatively"),
-                Err(e) => tracing::info!(patch = %m.name, error = %e, "the patch's ORC data is unusable: stacks through its code will be scanned conservatively"),
-            }
-        }
+        // Without an unwinder the rows would never be used.
+        self.target.unwinder()?;
+        let why = match orc_object::orc_rows(&patch.object, |i| obj.section_addr(i, record.code.start, record.data.start)) {
+            Ok(rows) if !rows.is_empty() => match record_rows(record, &rows) {
+                Ok(orc) => return Some(orc),
+                Err(e) => {
+                    let note = format!("{e}: stacks through the patch's code will be scanned conservatively");
+                    tracing::info!(patch = %m.name, cause = e.cause(), "{note}");
+                    self.notes.push(note);
+                    return None;
+                }
+            },
+            Ok(_) => "the patch has no ORC data".to_owned(),
+            Err(e) => format!("the patch's ORC data is unusable: {e}"),
+        };
+        tracing::info!(patch = %m.name, "{why}: stacks through its code will be scanned conservatively");
+        None
     }
 
     /// Each jump site's current bytes (below this patch) and new bytes, the

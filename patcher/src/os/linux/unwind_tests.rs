@@ -290,7 +290,7 @@ pub(crate) fn every_doubtful_frame_makes_the_unwind_unreliable() {
 }
 
 #[test]
-pub(crate) fn patch_code_unwinds_with_its_registered_orc() {
+pub(crate) fn patch_code_unwinds_with_its_orc_in_a_view() {
     // D's caller is new code in the arena, which the kernel's table does not cover.
     const ARENA: u64 = 0xffff_ffff_c000_0000;
     let (mut s, sp) = sleeping_user_task(false);
@@ -302,14 +302,13 @@ pub(crate) fn patch_code_unwinds_with_its_registered_orc() {
     let mut u = OrcUnwinder::new(kernel_table(), None);
     let w = u.unwind(&mut g, Start::Sleeping { saved_sp: sp }, &[S..S + SIZE]);
     assert!(w.unreliable.unwrap().contains("outside kernel text"));
-    // Registered while shared (a clone, as a target hands it out, sees it too).
-    let shared = u.clone();
-    shared.register(OrcTable::new("patch p1", ARENA, ARENA + 0x1000, vec![(ARENA, call(8)), (ARENA + 4, call(FD + 8))]));
-    assert_eq!(u.registered(), vec!["patch p1".to_string()]);
-    let w = u.unwind(&mut g, Start::Sleeping { saved_sp: sp }, &[S..S + SIZE]);
+    // A view with the patch's table (as a transaction makes from the registry);
+    // the unwinder it was made from is unchanged.
+    let view = u.with_extra(vec![OrcTable::new("patch p1", ARENA, ARENA + 0x1000, vec![(ARENA, call(8)), (ARENA + 4, call(FD + 8))])]);
+    assert_eq!(view.extra().iter().map(|t| t.name.clone()).collect::<Vec<_>>(), vec!["patch p1".to_string()]);
+    let w = view.unwind(&mut g, Start::Sleeping { saved_sp: sp }, &[S..S + SIZE]);
     assert_eq!(w.unreliable, None);
     assert_eq!(ips(&w.frames), vec![RET_S, ARENA + 0x40, RET_E]);
-    shared.unregister("patch p1");
     assert!(u.unwind(&mut g, Start::Sleeping { saved_sp: sp }, &[S..S + SIZE]).unreliable.is_some());
     // Fixed tables (modules) the same way, owned.
     u.add_table(OrcTable::new("module m", ARENA, ARENA + 0x1000, vec![(ARENA, call(8)), (ARENA + 4, call(FD + 8))]));
