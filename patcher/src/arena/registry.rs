@@ -4,10 +4,10 @@
 //! It holds the arena's mapping, each patch (id, name, state, the functions
 //! it replaces with their jump sites' original and new bytes, the arena
 //! ranges it occupies, the ORC rows of its code) in the order they were
-//! applied (which is also the per-function stacking order), a short history of reverted and replaced
-//! patches, and the INTENT of the transaction in flight: written before any
-//! kernel text is touched, cleared when the transaction is committed or
-//! rolled back.
+//! applied (which is also the per-function stacking order), a short history
+//! of reverted and replaced patches, and the INTENT of the transaction in
+//! flight: written before any kernel text is touched, cleared when the
+//! transaction is committed or rolled back.
 
 use std::ops::Range;
 
