@@ -18,6 +18,11 @@
 //!    [`arena`]: the arena's mapping and registry.
 //! 6. [`txn`]: the transaction (apply, revert, recover, status).
 //! 7. Front ends: [`attach`] (to a guest over a gdbstub), [`inspect`].
+//!
+//! `testing` (unit tests, and other crates with the `testing` feature) holds
+//! the fixtures: a guest in host RAM, fault injection, a fake kernel and its
+//! patches. It sits above the kernels it fakes, and any layer's test code
+//! may use it.
 
 pub mod model;
 pub mod arch;
@@ -28,5 +33,7 @@ pub mod patch;
 pub mod kernels;
 pub mod arena;
 pub mod txn;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod attach;
 pub mod inspect;

@@ -3,7 +3,9 @@
 //!
 //! Read from the source: every `crate::…` and `super::…` path in every file
 //! (tests included for the layer rule) names the module it comes from. The
-//! layer order is the one `src/lib.rs` documents.
+//! layer order is the one `src/lib.rs` documents. The one exception: test
+//! code (test files, and what follows `#[cfg(test)]`) may also use the test
+//! fixtures ([`FIXTURES`]), which sit above the layers they fake.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -19,9 +21,13 @@ const LAYERS: &[(&str, u32)] = &[
     ("kernels", 4),
     ("arena", 4),
     ("txn", 5),
+    ("testing", 5),
     ("attach", 6),
     ("inspect", 7),
 ];
+
+/// The test fixtures: a layer of their own, usable by every layer's tests.
+const FIXTURES: &str = "testing";
 
 fn rank(top: &str) -> Option<u32> {
     LAYERS.iter().find(|(n, _)| *n == top).map(|(_, r)| *r)
@@ -95,6 +101,15 @@ fn strip_tests(text: &str) -> &str {
     text.find("#[cfg(test)]").map_or(text, |i| &text[..i])
 }
 
+/// A module's code split into what ships and what only tests compile.
+fn split_tests<'a>(me: &[String], text: &'a str) -> (&'a str, &'a str) {
+    if is_test_file(me) {
+        return ("", text);
+    }
+    let code = strip_tests(text);
+    (code, &text[code.len()..])
+}
+
 fn is_test_file(me: &[String]) -> bool {
     me.last().is_some_and(|n| n == "tests" || n.ends_with("_tests") || n == "testutil")
 }
@@ -130,9 +145,11 @@ fn every_module_uses_only_lower_layers() {
             bad.push(format!("{}: top-level module without a layer", me.join("::")));
             continue;
         };
-        for r in references(text, me) {
+        let (code, tests) = split_tests(me, text);
+        let refs = references(code, me).into_iter().map(|r| (r, false));
+        for (r, in_tests) in refs.chain(references(tests, me).into_iter().map(|r| (r, true))) {
             let Some(top) = r.first() else { continue };
-            if top == my_top {
+            if top == my_top || (in_tests && top == FIXTURES) {
                 continue;
             }
             match rank(top) {
@@ -207,6 +224,14 @@ fn the_checker_resolves_paths_and_finds_a_planted_cycle() {
     assert_eq!(refs[1], vec!["os", "linux", "agent", "find"]);
     assert_eq!(refs[2], vec!["os", "elf"]);
     assert!(rank("txn") > rank("os"));
+    assert!(rank(FIXTURES) > rank("kernels") && rank(FIXTURES) > rank("arena"));
+    // Fixtures are test code's only: a shipped module may not use them.
+    let arch = vec!["arch".to_owned(), "x86".to_owned(), "guest".to_owned()];
+    let (code, tests) = split_tests(&arch, "use crate::model::Backend;\n#[cfg(test)]\nmod t { use crate::testing::RamGuest; }\n");
+    assert_eq!(references(code, &arch), vec![vec!["model".to_owned()]]);
+    assert_eq!(references(tests, &arch), vec![vec!["testing".to_owned()]]);
+    let test_file = vec!["arch".to_owned(), "x86".to_owned(), "tests".to_owned()];
+    assert_eq!(split_tests(&test_file, "use crate::testing::RamGuest;").0, "");
     let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for (a, b) in [("a", "b"), ("b", "c"), ("c", "a"), ("c", "d")] {
         edges.entry(a.into()).or_default().insert(b.into());

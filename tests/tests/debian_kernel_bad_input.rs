@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use common::bounded;
 use vsplice_patcher::attach::attach_gdb;
 use vsplice_patcher::model::backend::{Backend, BackendError, VcpuState};
+use vsplice_patcher::testing::RamGuest;
 use vsplice_patcher::gdb::{GdbBackend, GdbOptions};
 use vsplice_patcher::inspect::{run_inspect, InspectArgs, InspectWhat};
 use vsplice_patcher::os::linux::kernel::LiveKernel;
@@ -163,43 +164,27 @@ fn a_frozen_gdbstub_times_out_before_attach_and_mid_transfer() {
 }
 
 /// Guest memory with given contents and one vCPU in 64-bit mode.
-#[derive(Debug)]
-struct FakeGuest {
-    mem: Vec<u8>,
-}
-
-impl Backend for FakeGuest {
-    fn stop(&mut self) -> Result<Vec<VcpuState>, BackendError> {
-        Ok(vec![VcpuState { cs: 0x10, cr0: 0x8005_0033, cr3: 0x10_0000, cr4: 0x20, efer: 0xd01, rip: 0xffff_ffff_8100_0000, ..VcpuState::default() }])
-    }
-    fn resume(&mut self) -> Result<(), BackendError> {
-        Ok(())
-    }
-    fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), BackendError> {
-        let s = usize::try_from(gpa).ok().filter(|s| s.checked_add(buf.len()).is_some_and(|e| e <= self.mem.len()));
-        let s = s.ok_or(BackendError::BadAddress { gpa, len: buf.len() as u64 })?;
-        buf.copy_from_slice(&self.mem[s..s + buf.len()]);
-        Ok(())
-    }
-    fn write_phys(&mut self, _gpa: u64, _data: &[u8]) -> Result<(), BackendError> {
-        Err(BackendError::WrongState("read-only fake"))
-    }
+fn fake_guest(mem: &[u8]) -> RamGuest {
+    let mut g = RamGuest::new(mem.len() as u64);
+    g.put(0, mem);
+    g.vcpus = vec![VcpuState { cs: 0x10, cr0: 0x8005_0033, cr3: 0x10_0000, cr4: 0x20, efer: 0xd01, rip: 0xffff_ffff_8100_0000, ..VcpuState::default() }];
+    g
 }
 
 #[test]
 fn memory_of_zeros_or_random_bytes_is_not_a_kernel() {
-    let zeros = FakeGuest { mem: vec![0; 64 << 20] };
+    let zeros = fake_guest(&vec![0; 64 << 20]);
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let random = FakeGuest {
-        mem: (0..(64 << 20) / 8)
+    let random = fake_guest(
+        &(0..(64 << 20) / 8)
             .flat_map(|_| {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
                 x.to_le_bytes()
             })
-            .collect(),
-    };
+            .collect::<Vec<u8>>(),
+    );
     for (name, mut fake) in [("zeros", zeros), ("random", random)] {
         let (cause, msg) = timed(name, Duration::from_secs(60), move || {
             let vcpus = fake.stop().unwrap();

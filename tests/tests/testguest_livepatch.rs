@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use vsplice_patcher::testing::Faulty;
 use vsplice_patcher::txn::Cause;
 use vsplice_tests::livepatch::{self, value_orig, value_step_b_v2, value_two_sites, TWO_SITES};
 use vsplice_tests::testguest::{self, Capture, TgLine};
@@ -423,42 +424,6 @@ fn new_global_data_static_calls_and_a_cumulative_patch_replacing_all() {
     vmm.shutdown();
 }
 
-/// A backend that "kills the process" at its n-th guest-memory write: that
-/// write and everything after it fail, as if vsplice died there.
-struct Dying<'a> {
-    vmm: &'a mut vsplice_vmm::vmm::Vmm,
-    writes_left: usize,
-    dead: bool,
-}
-
-impl vsplice_patcher::model::backend::Backend for Dying<'_> {
-    fn stop(&mut self) -> Result<Vec<vsplice_patcher::model::backend::VcpuState>, vsplice_patcher::model::backend::BackendError> {
-        if self.dead {
-            return Err(vsplice_patcher::model::backend::BackendError::Transport("dead".into()));
-        }
-        vsplice_patcher::model::backend::Backend::stop(&mut *self.vmm)
-    }
-    fn resume(&mut self) -> Result<(), vsplice_patcher::model::backend::BackendError> {
-        if self.dead {
-            return Err(vsplice_patcher::model::backend::BackendError::Transport("dead".into()));
-        }
-        vsplice_patcher::model::backend::Backend::resume(&mut *self.vmm)
-    }
-    fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), vsplice_patcher::model::backend::BackendError> {
-        if self.dead {
-            return Err(vsplice_patcher::model::backend::BackendError::Transport("dead".into()));
-        }
-        self.vmm.read_phys(gpa, buf)
-    }
-    fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), vsplice_patcher::model::backend::BackendError> {
-        if self.dead || self.writes_left == 0 {
-            self.dead = true;
-            return Err(vsplice_patcher::model::backend::BackendError::Transport("killed".into()));
-        }
-        self.writes_left -= 1;
-        self.vmm.write_phys(gpa, data)
-    }
-}
 
 /// After a death: a fresh patcher reports the registry, recovers, and the
 /// text is either fully patched or fully original, in agreement with the registry.
@@ -508,9 +473,10 @@ fn a_process_killed_after_any_write_leaves_a_state_the_next_one_completes_or_rol
     let mut steps = 0;
     let mut seen = std::collections::BTreeSet::new();
     for kill_at in 0..64 {
-        let mut d = Dying { vmm: &mut vmm, writes_left: kill_at, dead: false };
+        // The process "dies" at its kill_at-th guest-memory write: that write and everything after it fail.
+        let mut d = Faulty::new(&mut vmm).die_after_writes(kill_at);
         let r = vsplice_patcher::txn::Patcher::new(&mut d, &target, vsplice_patcher::txn::TxnConfig::new(arena)).apply(&patch);
-        let died = d.dead;
+        let died = d.is_dead();
         let applied = recover_and_check(&mut vmm, &target, &id, kill_at, &mut seen);
         if !died {
             assert!(r.is_ok(), "{}", r.to_json());
@@ -529,9 +495,10 @@ fn a_process_killed_after_any_write_leaves_a_state_the_next_one_completes_or_rol
     wait_every_task(&out, mark, 4, |l| l.value == value_two_sites(l.iter));
     // Revert, killed after each write in turn (re-applying whenever it got through).
     for kill_at in 0.. {
-        let mut d = Dying { vmm: &mut vmm, writes_left: kill_at, dead: false };
+        // The process "dies" at its kill_at-th guest-memory write: that write and everything after it fail.
+        let mut d = Faulty::new(&mut vmm).die_after_writes(kill_at);
         let r = vsplice_patcher::txn::Patcher::new(&mut d, &target, vsplice_patcher::txn::TxnConfig::new(arena)).revert(&id);
-        let died = d.dead;
+        let died = d.is_dead();
         let applied = recover_and_check(&mut vmm, &target, &id, 100 + kill_at, &mut seen);
         if !died {
             assert!(r.is_ok(), "{}", r.to_json());

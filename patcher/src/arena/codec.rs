@@ -161,35 +161,7 @@ mod tests {
     use crate::arena::registry::{IntentOp, Intent};
     use crate::arena::ArenaInfo;
     use crate::model::ArenaRange;
-    use crate::model::backend::VcpuState;
-
-    /// Guest memory as a vector; write_phys can be told to die after n calls.
-    struct Ram {
-        mem: Vec<u8>,
-        writes_left: Option<usize>,
-    }
-
-    impl Backend for Ram {
-        fn stop(&mut self) -> Result<Vec<VcpuState>, BackendError> {
-            Ok(vec![])
-        }
-        fn resume(&mut self) -> Result<(), BackendError> {
-            Ok(())
-        }
-        fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), BackendError> {
-            buf.copy_from_slice(&self.mem[gpa as usize..gpa as usize + buf.len()]);
-            Ok(())
-        }
-        fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), BackendError> {
-            match &mut self.writes_left {
-                Some(0) => return Err(BackendError::Transport("process killed".into())),
-                Some(n) => *n -= 1,
-                None => {}
-            }
-            self.mem[gpa as usize..gpa as usize + data.len()].copy_from_slice(data);
-            Ok(())
-        }
-    }
+    use crate::testing::{Fault, Faulty, RamGuest};
 
     fn reg(n: u64) -> Registry {
         let mut r = Registry::new(ArenaInfo::new(ArenaRange::new(0, 4 << 20).unwrap(), 0xffff_ffff_8140_0000), Some("ab".into()));
@@ -199,7 +171,8 @@ mod tests {
 
     #[test]
     fn newest_valid_copy_wins_and_a_torn_save_leaves_the_old_one() {
-        let mut ram = Ram { mem: vec![0u8; 2 * REGISTRY_COPY as usize], writes_left: None };
+        // Guest memory whose writes can be made to fail, as if the process died.
+        let mut ram = Faulty::new(RamGuest::new(2 * REGISTRY_COPY));
         assert!(load(&mut ram, 0).unwrap().is_none());
         save(&mut ram, 0, &reg(1), 1).unwrap();
         save(&mut ram, 0, &reg(2), 2).unwrap();
@@ -208,24 +181,24 @@ mod tests {
         // Killed after the body, before the header of generation 3: 2 stays.
         let mut with_intent = reg(3);
         with_intent.intent = Some(Intent { txn: 3, op: IntentOp::Apply, patch: "p".into(), superseded: vec![], writes: vec![], ranges: vec![] });
-        ram.writes_left = Some(1);
+        ram.arm(Fault::FailWrites, 1);
         assert!(save(&mut ram, 0, &with_intent, 3).is_err());
         let l = load(&mut ram, 0).unwrap().unwrap();
         assert_eq!((l.generation, l.registry.next_seq), (2, 2));
         // Killed before anything: 2 stays; a full save then wins.
-        ram.writes_left = Some(0);
+        ram.arm(Fault::FailWrites, 0);
         assert!(save(&mut ram, 0, &with_intent, 3).is_err());
-        ram.writes_left = None;
+        ram.heal();
         save(&mut ram, 0, &with_intent, 3).unwrap();
         let l = load(&mut ram, 0).unwrap().unwrap();
         assert_eq!(l.generation, 3);
         assert_eq!(l.registry, with_intent);
         // A flipped body byte invalidates that copy only.
-        let at = REGISTRY_COPY as usize + 70;
-        ram.mem[at] ^= 0xff;
+        let at = REGISTRY_COPY + 70;
+        ram.inner().flip(at, 0xff);
         assert_eq!(load(&mut ram, 0).unwrap().unwrap().generation, 2);
         // Both copies damaged: corrupt, never "no registry".
-        ram.mem[70] ^= 0xff;
+        ram.inner().flip(70, 0xff);
         assert!(matches!(load(&mut ram, 0), Err(CodecError::Corrupt)));
         wipe(&mut ram, 0).unwrap();
         assert!(load(&mut ram, 0).unwrap().is_none());

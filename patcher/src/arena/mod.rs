@@ -17,6 +17,7 @@
 pub mod alloc;
 pub mod codec;
 pub mod map;
+pub mod patch_orc;
 pub mod registry;
 
 use serde::{Deserialize, Serialize};

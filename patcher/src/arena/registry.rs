@@ -3,16 +3,17 @@
 //!
 //! It holds the arena's mapping, each patch (id, name, state, the functions
 //! it replaces with their jump sites' original and new bytes, the arena
-//! ranges it occupies) in the order they were applied (which is also the
-//! per-function stacking order), a short history of reverted and replaced
-//! patches, and the INTENT of the transaction in flight: written before any
-//! kernel text is touched, cleared when the transaction is committed or
-//! rolled back.
+//! ranges it occupies, the ORC rows of its code) in the order they were
+//! applied (which is also the per-function stacking order), a short history
+//! of reverted and replaced patches, and the INTENT of the transaction in
+//! flight: written before any kernel text is touched, cleared when the
+//! transaction is committed or rolled back.
 
 use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
 
+use super::patch_orc::PatchOrc;
 use super::ArenaInfo;
 pub use crate::model::CheckRange;
 
@@ -92,6 +93,10 @@ pub struct PatchRecord {
     pub data: Span,
     /// Replaced functions.
     pub funcs: Vec<FuncRecord>,
+    /// ORC rows of its code (absent: none, or more than the registry keeps,
+    /// or a registry written before they were kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orc: Option<PatchOrc>,
 }
 
 /// A reverted or replaced patch.

@@ -25,7 +25,7 @@ fn sleeper(sp: u64) -> TaskInfo {
 #[test]
 fn a_stale_word_is_a_conflict_for_the_scan_and_not_for_orc() {
     let (s, sp) = sleeping_user_task(true);
-    let mut g = SparseGuest::default();
+    let mut g = RamGuest::sparse();
     s.install(&mut g, 0x10_0000);
     let u = OrcUnwinder::new(kernel_table(), None);
     let tasks = TaskList { tasks: vec![sleeper(sp)], cpu_stacks: vec![] };
@@ -53,7 +53,7 @@ fn a_stale_word_is_a_conflict_for_the_scan_and_not_for_orc() {
 fn an_unreliable_stack_falls_back_to_the_scan_and_says_why() {
     let (mut s, sp) = sleeping_user_task(true);
     s.put(sp + 56 + FS as u64, 0xdead_beef);
-    let mut g = SparseGuest::default();
+    let mut g = RamGuest::sparse();
     s.install(&mut g, 0x10_0000);
     let u = OrcUnwinder::new(kernel_table(), None);
     let tasks = TaskList { tasks: vec![sleeper(sp)], cpu_stacks: vec![] };
@@ -82,7 +82,7 @@ fn a_vcpu_in_an_interrupt_is_checked_through_its_irq_stack() {
     i.sp = IRQ + SIZE - 8;
     i.push(RET_X);
     i.reserve(FH);
-    let mut g = SparseGuest::default();
+    let mut g = RamGuest::sparse();
     t.install(&mut g, 0x10_0000);
     i.install(&mut g, 0x20_0000);
     Stack::new(IRQ + 0x10000).install(&mut g, 0x30_0000);

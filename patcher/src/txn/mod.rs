@@ -4,18 +4,34 @@
 //! off and retry, a bounded number of times, then `code_busy`.
 //!
 //! [`Patcher`] ties a [`TargetKernel`] to a backend; its operations are
-//! [`Patcher::apply`] ([`apply`]), [`Patcher::revert`] ([`revert`]),
+//! [`Patcher::apply`] ([`prepare`], [`apply`]), [`Patcher::revert`] ([`revert`]),
 //! [`Patcher::recover`] and [`Patcher::status`] ([`recover`]). The guest's
 //! registry is the only state: a new `Patcher` on the same guest sees what
-//! every earlier one did. [`causes`] maps each lower layer's error to the
-//! [`Cause`] it reports.
+//! every earlier one did, the patches' ORC included ([`orc`]: each
+//! transaction's unwinder is the target's plus the registry's patch rows).
+//! [`causes`] maps each lower layer's error to the [`Cause`] it reports.
 
 pub mod apply;
 pub mod causes;
+pub mod orc;
 pub mod pause;
+pub mod prepare;
 pub mod recover;
 pub mod result;
 pub mod revert;
+
+#[cfg(test)]
+mod testutil;
+#[cfg(test)]
+mod apply_tests;
+#[cfg(test)]
+mod busy_tests;
+#[cfg(test)]
+mod crash_tests;
+#[cfg(test)]
+mod orc_tests;
+#[cfg(test)]
+mod stack_tests;
 
 use std::time::Duration;
 
@@ -61,22 +77,15 @@ pub struct Patcher<'t, B: Backend> {
     notes: Vec<String>,
     /// What the last safety check did (for the report).
     last_check: Option<CheckSummary>,
-    /// The ORC of the patch being applied, registered once it is in.
-    pending_orc: Option<crate::os::linux::orc::OrcTable>,
     /// Where the last task read found its source, handed to the next one.
     task_hint: Option<u64>,
-}
-
-/// Name under which a patch's ORC table is registered with the unwinder.
-pub(crate) fn orc_name(patch_id: &str) -> String {
-    format!("patch {patch_id}")
 }
 
 impl<'t, B: Backend> Patcher<'t, B> {
     /// A patcher for `target` through `backend`.
     pub fn new(backend: B, target: &'t dyn TargetKernel, cfg: TxnConfig) -> Self {
         let guest = Guest::new(backend, target.page_table_root(), 0);
-        Self { target, guest, cfg, generation: 0, notes: Vec::new(), last_check: None, pending_orc: None, task_hint: None }
+        Self { target, guest, cfg, generation: 0, notes: Vec::new(), last_check: None, task_hint: None }
     }
 
     /// Guest access (tests, diagnostics).

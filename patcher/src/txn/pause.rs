@@ -81,6 +81,8 @@ impl<B: Backend> Patcher<'_, B> {
         let mut last: Option<Failure> = None;
         let target = self.target;
         let symbols = target.symbols();
+        // The kernel's ORC and the patches' from the registry (crate::txn::orc).
+        let unwinder = self.unwinder_view(reg);
         for attempt in 1..=self.cfg.max_attempts.max(1) {
             timings.attempts = attempt;
             if attempt > 1 {
@@ -107,7 +109,7 @@ impl<B: Backend> Patcher<'_, B> {
             };
             self.task_hint = tasks.source_at;
             let input = CheckInput { vcpus: &vcpus, vcpu_cpus: &tasks.vcpu_cpus, tasks: &tasks.list };
-            let conflicts: Vec<Conflict> = match safety::check(self.cfg.check, target.unwinder(), &mut self.guest, symbols, input, ranges) {
+            let conflicts: Vec<Conflict> = match safety::check(self.cfg.check, unwinder.as_ref(), &mut self.guest, symbols, input, ranges) {
                 Ok((c, mut summary)) => {
                     summary.task_source = tasks.source.to_owned();
                     if !summary.fallbacks.is_empty() {

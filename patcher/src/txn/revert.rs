@@ -66,9 +66,6 @@ impl<B: Backend> Patcher<'_, B> {
         timings.total_us = t0.elapsed().as_micros() as u64;
         let name = r.as_ref().ok().cloned().flatten();
         let report = self.report("revert", Some(id.clone()), name, timings, r.map(|_| Vec::new()));
-        if let (true, Some(u)) = (report.is_ok(), self.target.unwinder()) {
-            u.unregister(&super::orc_name(&id));
-        }
         tracing::info!(patch = %id_or_name, cause = report.cause.name(), attempts = timings.attempts, downtime_us = timings.downtime_us, "revert");
         report
     }

@@ -5,4 +5,4 @@ pub mod guest;
 pub mod paging;
 pub mod vmem;
 #[cfg(test)]
-pub(crate) mod tests;
+mod tests;

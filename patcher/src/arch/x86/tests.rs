@@ -1,50 +1,12 @@
-//! Page walks and the virtual reader on synthetic page tables in a fake
-//! backend (a flat in-memory guest).
+//! Page walks and the virtual reader on synthetic page tables in a guest
+//! in host RAM ([`RamGuest`], tables written entry by entry).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use super::paging::{PageWalker, CR4_LA57};
 use super::vmem::VirtMem;
-use crate::model::backend::{Backend, BackendError, VcpuState};
 use crate::model::mem::KernelMemory;
-
-/// A guest with `ram` bytes of physical memory and a read counter.
-#[derive(Debug)]
-pub struct FakeGuest {
-    pub ram: Vec<u8>,
-    pub reads: usize,
-}
-
-impl Backend for FakeGuest {
-    fn stop(&mut self) -> Result<Vec<VcpuState>, BackendError> {
-        Ok(vec![])
-    }
-    fn resume(&mut self) -> Result<(), BackendError> {
-        Ok(())
-    }
-    fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), BackendError> {
-        self.reads += 1;
-        let s = gpa as usize;
-        let src = self.ram.get(s..s + buf.len()).ok_or(BackendError::BadAddress { gpa, len: buf.len() as u64 })?;
-        buf.copy_from_slice(src);
-        Ok(())
-    }
-    fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), BackendError> {
-        let s = gpa as usize;
-        self.ram[s..s + data.len()].copy_from_slice(data);
-        Ok(())
-    }
-}
-
-impl FakeGuest {
-    pub fn new(size: usize) -> Self {
-        Self { ram: vec![0; size], reads: 0 }
-    }
-    pub fn set_entry(&mut self, table: u64, idx: u64, val: u64) {
-        let o = (table + idx * 8) as usize;
-        self.ram[o..o + 8].copy_from_slice(&val.to_le_bytes());
-    }
-}
+use crate::testing::RamGuest;
 
 fn idx(va: u64, level: u32) -> u64 {
     (va >> (12 + 9 * (level - 1))) & 511
@@ -55,8 +17,8 @@ fn idx(va: u64, level: u32) -> u64 {
 /// - 0xffffffff81000000: 2 MiB page -> phys 0x200000 (NX clear, RW)
 /// - 0xffffffff81200000 + 0..: 4 KiB pages -> phys 0x400000.. (two pages, non-contiguous)
 /// - 0xffff888000000000: 1 GiB page -> phys 0 (RW, NX) (only the first MBs exist)
-fn build4() -> FakeGuest {
-    let mut g = FakeGuest::new(0x80_0000);
+fn build4() -> RamGuest {
+    let mut g = RamGuest::new(0x80_0000);
     let (pml4, pdpt, pd, pt, pdpt2) = (0x1000, 0x2000, 0x3000, 0x4000, 0x5000);
     let k = 0xffff_ffff_8100_0000u64;
     g.set_entry(pml4, idx(k, 4), pdpt | 3);
@@ -68,11 +30,10 @@ fn build4() -> FakeGuest {
     let d = 0xffff_8880_0000_0000u64;
     g.set_entry(pml4, idx(d, 4), pdpt2 | 3);
     g.set_entry(pdpt2, idx(d, 3), 0x83 | (1 << 63));
-    for (i, b) in g.ram[0x20_0000..0x40_0000].iter_mut().enumerate() {
-        *b = (i % 253) as u8;
-    }
-    g.ram[0x40_0ff0..0x40_1000].copy_from_slice(b"ABCDEFGHIJKLMNOP");
-    g.ram[0x60_0000..0x60_0010].copy_from_slice(b"QRSTUVWXYZ012345");
+    let pattern: Vec<u8> = (0..0x20_0000).map(|i| (i % 253) as u8).collect();
+    g.put(0x20_0000, &pattern);
+    g.put(0x40_0ff0, b"ABCDEFGHIJKLMNOP");
+    g.put(0x60_0000, b"QRSTUVWXYZ012345");
     g
 }
 
@@ -123,7 +84,7 @@ fn walk_range_lists_mappings_in_order() {
 
 #[test]
 fn five_level_walk() {
-    let mut g = FakeGuest::new(0x40_0000);
+    let mut g = RamGuest::new(0x40_0000);
     let (pml5, pml4, pdpt, pd, pt) = (0x1000, 0x2000, 0x3000, 0x4000, 0x5000);
     let va = 0xff11_2233_4455_6000u64; // canonical for 57 bits
     g.set_entry(pml5, idx(va, 5), pml4 | 3);

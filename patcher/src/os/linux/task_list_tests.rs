@@ -5,7 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::single_range_in_vec_init)]
 
 use super::agent::layout::F_IRQ_STACKS;
-use super::agent::testutil::{task, FakeAgent, SparseGuest, OFF};
+use super::agent::testutil::{task, FakeAgent, OFF};
+use crate::testing::RamGuest;
 use super::kallsyms::Kallsyms;
 use super::task_list::{merge_cpu_stacks, task_infos, vcpu_cpus, MAX_CPU_STACK};
 use super::tasks::{Task, THREAD_SIZE};
@@ -129,24 +130,24 @@ fn a_read_gives_tasks_cpus_and_stacks_by_the_same_rules() {
     let cur = k.first_addr("current_task").unwrap();
     let mut agent = FakeAgent::new((1..=4).map(|n| task(n, &format!("t{n}"))).collect());
     agent.flags |= F_IRQ_STACKS;
-    let mut g = SparseGuest::default();
+    let mut g = RamGuest::sparse();
     agent.install(&mut g);
     // The task_structs: on_cpu 0, cpu n % 2, the stack, thread.sp; task 4 is dead.
     for t in &agent.tasks {
         g.map_range(t.task, 0x2000_0000 + (t.task & 0xff_ffff), 0x2000);
         let stack = if t.pid == 4 { 0 } else { t.stack };
-        g.write_virt(t.task + u64::from(OFF[5].1), &t.cpu.to_le_bytes());
-        g.write_virt(t.task + u64::from(OFF[6].1), &stack.to_le_bytes());
-        g.write_virt(t.task + u64::from(OFF[7].1), &t.sp.to_le_bytes());
+        g.write_virt(t.task + u64::from(OFF[5].1), &t.cpu.to_le_bytes()).unwrap();
+        g.write_virt(t.task + u64::from(OFF[6].1), &stack.to_le_bytes()).unwrap();
+        g.write_virt(t.task + u64::from(OFF[7].1), &t.sp.to_le_bytes()).unwrap();
     }
     // __per_cpu_offset[2], nr_cpu_ids, each CPU's current_task (1 on CPU 0, 2 on CPU 1).
     g.map_range(pco & !0xfff, 0x3000_0000, 0x2000);
-    g.write_virt(pco, &P0.to_le_bytes());
-    g.write_virt(pco + 8, &P1.to_le_bytes());
-    g.write_virt(nr, &2u32.to_le_bytes());
+    g.write_virt(pco, &P0.to_le_bytes()).unwrap();
+    g.write_virt(pco + 8, &P1.to_le_bytes()).unwrap();
+    g.write_virt(nr, &2u32.to_le_bytes()).unwrap();
     for (i, (p, t)) in [(P0, &agent.tasks[0]), (P1, &agent.tasks[1])].into_iter().enumerate() {
         g.map_range((p + cur) & !0xfff, 0x3100_0000 + 0x1000 * i as u64, 0x1000);
-        g.write_virt(p + cur, &t.task.to_le_bytes());
+        g.write_virt(p + cur, &t.task.to_le_bytes()).unwrap();
     }
     // vCPU 0: CPU 0 in the kernel on its IRQ stack; vCPU 1: CPU 1 in user mode.
     let irq0 = agent.cpus[0].stacks[0].start;

@@ -218,7 +218,7 @@ mod live_synthetic {
     use super::super::layout::DEFAULT_TEXT_LINK;
     use super::super::testutil::{kallsyms_blob, sample_syms};
     use crate::model::backend::VcpuState;
-    use crate::arch::x86::tests::FakeGuest;
+    use crate::testing::RamGuest;
 
     const TEXT: u64 = 0xffff_ffff_8320_0000;
     const PHYS_TEXT: u64 = 0x20_0000;
@@ -229,8 +229,8 @@ mod live_synthetic {
 
     /// Text: one 2 MiB RX page; rodata after it in 4 KiB NX read-only pages
     /// holding kallsyms whose `_text` is `ks_text`.
-    fn guest(ks_text: u64) -> (FakeGuest, Vec<VcpuState>) {
-        let mut g = FakeGuest::new(0x100_0000);
+    fn guest(ks_text: u64) -> (RamGuest, Vec<VcpuState>) {
+        let mut g = RamGuest::new(0x100_0000);
         let (pml4, pdpt, pd, pt) = (0x1000, 0x2000, 0x3000, 0x4000);
         g.set_entry(pml4, idx(TEXT, 4), pdpt | 3);
         g.set_entry(pdpt, idx(TEXT, 3), pd | 3);
@@ -243,7 +243,7 @@ mod live_synthetic {
         for i in 0..pages as u64 {
             g.set_entry(pt, i, (ro_phys + i * 4096) | 1 | (1 << 63));
         }
-        g.ram[ro_phys as usize..ro_phys as usize + blob.len()].copy_from_slice(&blob);
+        g.put(ro_phys, &blob);
         let v = VcpuState { cr3: pml4, cr0: 0x8005_0033, efer: 0xd01, cs: 0x10, ..VcpuState::default() };
         (g, vec![v])
     }

@@ -7,13 +7,13 @@
 //!
 //! Every return address it produces was proven to be one; when it cannot
 //! prove that (no ORC entry, a frame outside the known stacks, an address
-//! outside kernel text, a module and the registered extra ranges, a return
+//! outside kernel text, modules and the extra tables (patch code), a return
 //! address rewritten by a tracer, a loop) the unwind says why and the
 //! caller falls back to the conservative scan for that stack.
 
 use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use super::orc::{reg, OrcEntry, OrcTable, OrcType};
 use crate::model::mem::KernelMemory;
@@ -112,17 +112,18 @@ pub struct Unwind {
     pub bytes: u64,
 }
 
-/// What the unwinder knows: ORC tables (vmlinux, modules, registered
-/// extra ranges such as patch code in the arena) and addresses that mean
-/// "the real return address is elsewhere".
+/// What the unwinder knows: ORC tables (vmlinux, modules, and the extra
+/// tables of code that comes and goes, such as patch code in the arena) and
+/// addresses that mean "the real return address is elsewhere".
 ///
-/// Code that comes and goes while the unwinder is shared (patches applied
-/// and reverted) is [`OrcUnwinder::register`]ed behind a lock; clones share
-/// those registrations.
+/// The kernel's tables are shared by clones (cheap to copy). Code that comes
+/// and goes is not registered into a shared unwinder: whoever knows it (the
+/// transaction, from the guest's registry) makes a view with
+/// [`OrcUnwinder::with_extra`] for as long as it needs one.
 #[derive(Debug, Clone, Default)]
 pub struct OrcUnwinder {
-    tables: Vec<OrcTable>,
-    extra: Arc<RwLock<Vec<OrcTable>>>,
+    tables: Arc<Vec<OrcTable>>,
+    extra: Vec<OrcTable>,
     ret_from_fork: Option<u64>,
     rewritten: Vec<(u64, &'static str)>,
 }
@@ -131,45 +132,36 @@ impl OrcUnwinder {
     /// An unwinder with vmlinux's table; `ret_from_fork` (kallsyms) marks a
     /// brand-new task's first frame.
     pub fn new(vmlinux: OrcTable, ret_from_fork: Option<u64>) -> Self {
-        Self { tables: vec![vmlinux], extra: Arc::default(), ret_from_fork, rewritten: Vec::new() }
+        Self { tables: Arc::new(vec![vmlinux]), extra: Vec::new(), ret_from_fork, rewritten: Vec::new() }
     }
 
-    /// Registers ORC for code that comes and goes (a patch's new code in
-    /// the arena, from its object's `.orc_unwind*` sections, see
-    /// [`super::orc_object::orc_rows`]); replaces a table of the same name.
-    pub fn register(&self, t: OrcTable) {
-        if let Ok(mut x) = self.extra.write() {
-            x.retain(|o| o.name != t.name);
-            x.push(t);
-        }
+    /// This unwinder (its tables shared, not copied) plus `extra`: ORC for
+    /// code that comes and goes (patches' new code in the arena, from their
+    /// objects' `.orc_unwind*` sections, see [`super::orc_object::orc_rows`]),
+    /// in place of this one's extra tables.
+    pub fn with_extra(&self, extra: Vec<OrcTable>) -> Self {
+        Self { tables: Arc::clone(&self.tables), extra, ret_from_fork: self.ret_from_fork, rewritten: self.rewritten.clone() }
     }
 
-    /// Forgets a registered table (the patch was reverted).
-    pub fn unregister(&self, name: &str) {
-        if let Ok(mut x) = self.extra.write() {
-            x.retain(|o| o.name != name);
-        }
+    /// The extra tables of this view.
+    pub fn extra(&self) -> &[OrcTable] {
+        &self.extra
     }
 
-    /// Names of the registered tables.
-    pub fn registered(&self) -> Vec<String> {
-        self.extra.read().map(|x| x.iter().map(|t| t.name.clone()).collect()).unwrap_or_default()
-    }
-
-    /// Adds ORC for more code: a module, or new code in the arena (from the
-    /// patch object's `.orc_unwind*` sections). A table with the same name
-    /// is replaced.
+    /// Adds ORC for more kernel code (a module), shared by every view made
+    /// after. A table with the same name is replaced.
     pub fn add_table(&mut self, t: OrcTable) {
-        self.tables.retain(|x| x.name != t.name);
-        self.tables.push(t);
+        let tables = Arc::make_mut(&mut self.tables);
+        tables.retain(|x| x.name != t.name);
+        tables.push(t);
     }
 
-    /// Drops the table named `name` (a reverted patch, an unloaded module).
+    /// Drops the table named `name` (an unloaded module).
     pub fn remove_table(&mut self, name: &str) {
-        self.tables.retain(|x| x.name != name);
+        Arc::make_mut(&mut self.tables).retain(|x| x.name != name);
     }
 
-    /// The tables.
+    /// The kernel's tables (vmlinux, modules).
     pub fn tables(&self) -> &[OrcTable] {
         &self.tables
     }
@@ -184,12 +176,7 @@ impl OrcUnwinder {
     /// Unwinds one stack. `stacks` are the stacks the walk may use (the
     /// task's, and for a vCPU its CPU's IRQ/exception/entry stacks).
     pub fn unwind(&self, mem: &mut dyn KernelMemory, start: Start, stacks: &[Range<u64>]) -> Unwind {
-        let guard = self.extra.read();
-        let extra: &[OrcTable] = match &guard {
-            Ok(g) => g,
-            Err(_) => &[],
-        };
-        let code = Code { tables: &self.tables, extra, ret_from_fork: self.ret_from_fork, rewritten: &self.rewritten };
+        let code = Code { tables: &self.tables, extra: &self.extra, ret_from_fork: self.ret_from_fork, rewritten: &self.rewritten };
         let mut w = Walk { u: code, reader: StackReader::new(mem, stacks), out: Unwind::default(), cur: None };
         let r = w.run(start);
         w.out.unreliable = r.err();

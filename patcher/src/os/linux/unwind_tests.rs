@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::single_range_in_vec_init)]
 
-pub(crate) use super::agent::testutil::SparseGuest;
+pub(crate) use crate::testing::RamGuest;
 pub(crate) use super::orc::{reg, OrcEntry, OrcTable, OrcType, LOOKUP_BLOCK_SIZE};
 pub(crate) use super::unwind::{Frame, OrcUnwinder, Start, PT_REGS_SIZE};
 
@@ -103,9 +103,9 @@ impl Stack {
         }
         self.sp
     }
-    pub(crate) fn install(&self, g: &mut SparseGuest, phys: u64) {
+    pub(crate) fn install(&self, g: &mut RamGuest, phys: u64) {
         g.map_range(self.base, phys, SIZE);
-        g.write_virt(self.base, &self.data);
+        g.write_virt(self.base, &self.data).unwrap();
     }
 }
 
@@ -197,7 +197,7 @@ pub(crate) fn raw_tables_are_relative_and_must_be_sorted() {
 #[test]
 pub(crate) fn a_sleeping_user_task_unwinds_to_its_user_registers_and_skips_stale_words() {
     let (s, sp) = sleeping_user_task(true);
-    let mut g = SparseGuest::default();
+    let mut g = RamGuest::sparse();
     s.install(&mut g, 0x10_0000);
     let u = OrcUnwinder::new(kernel_table(), None);
     let w = u.unwind(&mut g, Start::Sleeping { saved_sp: sp }, &[S..S + SIZE]);
@@ -217,7 +217,7 @@ pub(crate) fn a_kernel_thread_ends_at_the_end_hint() {
     s.push(RET_KF);
     s.reserve(FS);
     let sp = s.switch_frame(RET_S);
-    let mut g = SparseGuest::default();
+    let mut g = RamGuest::sparse();
     s.install(&mut g, 0x10_0000);
     let w = OrcUnwinder::new(kernel_table(), None).unwind(&mut g, Start::Sleeping { saved_sp: sp }, &[S..S + SIZE]);
     assert_eq!(w.unreliable, None);
@@ -245,7 +245,7 @@ pub(crate) fn a_vcpu_on_its_irq_stack_unwinds_back_to_the_interrupted_task() {
     i.reserve(FH);
     let mut gprs = [0u64; 16];
     gprs[7] = i.sp;
-    let mut g = SparseGuest::default();
+    let mut g = RamGuest::sparse();
     t.install(&mut g, 0x10_0000);
     i.install(&mut g, 0x20_0000);
     let u = OrcUnwinder::new(kernel_table(), None);
@@ -266,7 +266,7 @@ pub(crate) fn every_doubtful_frame_makes_the_unwind_unreliable() {
     let run = |u: &OrcUnwinder, edit: &dyn Fn(&mut Stack, u64)| {
         let (mut s, sp) = sleeping_user_task(false);
         edit(&mut s, sp);
-        let mut g = SparseGuest::default();
+        let mut g = RamGuest::sparse();
         s.install(&mut g, 0x10_0000);
         u.unwind(&mut g, Start::Sleeping { saved_sp: sp }, &[S..S + SIZE]).unreliable.unwrap_or_default()
     };
@@ -283,33 +283,32 @@ pub(crate) fn every_doubtful_frame_makes_the_unwind_unreliable() {
     let msg = run(&OrcUnwinder::new(backwards, None), &|_, _| {});
     assert!(msg.contains("wrong way"), "{msg}");
     // The first frame itself off the stack.
-    let w = u.unwind(&mut SparseGuest::default(), Start::Sleeping { saved_sp: S + SIZE }, &[S..S + SIZE]);
+    let w = u.unwind(&mut RamGuest::sparse(), Start::Sleeping { saved_sp: S + SIZE }, &[S..S + SIZE]);
     assert!(w.unreliable.unwrap().contains("no known stack"));
     // The whole thing fine when untouched.
     assert_eq!(run(&u, &|_, _| {}), "");
 }
 
 #[test]
-pub(crate) fn patch_code_unwinds_with_its_registered_orc() {
+pub(crate) fn patch_code_unwinds_with_its_orc_in_a_view() {
     // D's caller is new code in the arena, which the kernel's table does not cover.
     const ARENA: u64 = 0xffff_ffff_c000_0000;
     let (mut s, sp) = sleeping_user_task(false);
     let ret_d_at = sp + 56 + FS as u64;
     s.put(ret_d_at, ARENA + 0x40);
     // The arena function's frame is D's (FD) and it was called from E.
-    let mut g = SparseGuest::default();
+    let mut g = RamGuest::sparse();
     s.install(&mut g, 0x10_0000);
     let mut u = OrcUnwinder::new(kernel_table(), None);
     let w = u.unwind(&mut g, Start::Sleeping { saved_sp: sp }, &[S..S + SIZE]);
     assert!(w.unreliable.unwrap().contains("outside kernel text"));
-    // Registered while shared (a clone, as a target hands it out, sees it too).
-    let shared = u.clone();
-    shared.register(OrcTable::new("patch p1", ARENA, ARENA + 0x1000, vec![(ARENA, call(8)), (ARENA + 4, call(FD + 8))]));
-    assert_eq!(u.registered(), vec!["patch p1".to_string()]);
-    let w = u.unwind(&mut g, Start::Sleeping { saved_sp: sp }, &[S..S + SIZE]);
+    // A view with the patch's table (as a transaction makes from the registry);
+    // the unwinder it was made from is unchanged.
+    let view = u.with_extra(vec![OrcTable::new("patch p1", ARENA, ARENA + 0x1000, vec![(ARENA, call(8)), (ARENA + 4, call(FD + 8))])]);
+    assert_eq!(view.extra().iter().map(|t| t.name.clone()).collect::<Vec<_>>(), vec!["patch p1".to_string()]);
+    let w = view.unwind(&mut g, Start::Sleeping { saved_sp: sp }, &[S..S + SIZE]);
     assert_eq!(w.unreliable, None);
     assert_eq!(ips(&w.frames), vec![RET_S, ARENA + 0x40, RET_E]);
-    shared.unregister("patch p1");
     assert!(u.unwind(&mut g, Start::Sleeping { saved_sp: sp }, &[S..S + SIZE]).unreliable.is_some());
     // Fixed tables (modules) the same way, owned.
     u.add_table(OrcTable::new("module m", ARENA, ARENA + 0x1000, vec![(ARENA, call(8)), (ARENA + 4, call(FD + 8))]));

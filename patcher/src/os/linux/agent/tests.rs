@@ -7,12 +7,13 @@
 use super::find::scan_phys;
 use super::layout::{self, vsa_sum, F_LIVE, F_OVERFLOW};
 use super::read::Descriptor;
-use super::testutil::{task, FakeAgent, SparseGuest, OFF};
+use super::testutil::{task, FakeAgent, OFF};
+use crate::testing::RamGuest;
 use super::{AgentError, AgentView};
 use crate::os::linux::tasks::Task;
 
-fn guest_with(agent: &FakeAgent) -> SparseGuest {
-    let mut g = SparseGuest::default();
+fn guest_with(agent: &FakeAgent) -> RamGuest {
+    let mut g = RamGuest::sparse();
     agent.install(&mut g);
     g
 }
@@ -62,22 +63,22 @@ fn refusals_each_have_their_cause() {
     let a = agent3();
     // Nothing there (unloaded: magic cleared).
     let mut g = guest_with(&a);
-    g.write_phys(a.phys, &[0u8; 16]);
+    g.put(a.phys, &[0u8; 16]);
     assert_eq!(Descriptor::read_phys(&mut g, a.phys).unwrap_err().cause(), "agent_absent");
     // Another version.
     let mut g = guest_with(&a);
-    g.write_phys(a.phys + 0x10, &2u32.to_le_bytes());
+    g.put(a.phys + 0x10, &2u32.to_le_bytes());
     let e = Descriptor::read_phys(&mut g, a.phys).unwrap_err();
     assert!(matches!(e, AgentError::Version { found: 2, supported: 1 }), "{e:?}");
     // Garbage in the header, in a CPU record, in the page list, in the table.
     for (off, what) in [(0x5c_u64, "header"), (0x100 + 20, "cpu record"), (0x100 + 2 * 208 + 8, "page list")] {
         let mut g = guest_with(&a);
-        g.write_phys(a.phys + off, &[0xa5, 0x5a]);
+        g.put(a.phys + off, &[0xa5, 0x5a]);
         let e = Descriptor::read_phys(&mut g, a.phys).unwrap_err();
         assert_eq!(e.cause(), "agent_corrupt", "{what}: {e:?}");
     }
     let mut g = guest_with(&a);
-    g.write_phys(a.table_pages[0] + 64 + 0x31, b"X");
+    g.put(a.table_pages[0] + 64 + 0x31, b"X");
     let e = Descriptor::read_phys(&mut g, a.phys).unwrap_err();
     assert!(e.to_string().contains("task table checksum"), "{e}");
     // Overflowed: unusable.
@@ -91,11 +92,11 @@ fn a_copy_of_the_header_elsewhere_is_not_the_descriptor() {
     let a = agent3();
     let mut g = guest_with(&a);
     let (block, _) = a.bytes();
-    g.write_phys(0x10_0000, &block);
+    g.put(0x10_0000, &block);
     let e = Descriptor::read_phys(&mut g, 0x10_0000).unwrap_err();
     assert!(e.to_string().contains("stale copy"), "{e}");
     // The scan skips the copy (and a page of bare magic) and finds the real one.
-    g.write_phys(0x8_0000, &block[..16]);
+    g.put(0x8_0000, &block[..16]);
     let (found, st) = scan_phys(&mut g, &[0..0x0100_0000, 0x0100_0000..0x0200_0000], 64 << 10);
     assert_eq!(found, Some(a.phys));
     assert_eq!(st.magic_hits, 3);
@@ -108,14 +109,14 @@ fn walk_from(view: &AgentView) -> Vec<Task> {
     view.tasks.clone()
 }
 
-fn view_of(a: &FakeAgent, g: &mut SparseGuest) -> AgentView {
+fn view_of(a: &FakeAgent, g: &mut RamGuest) -> AgentView {
     // The task_structs the refresh reads: state 1, on_cpu 0, cpu 1, sp.
     for t in &a.tasks {
         g.map_range(t.task, 0x2000_0000 + (t.task & 0xff_ffff), 0x2000);
-        g.write_virt(t.task + u64::from(OFF[3].1), &1u32.to_le_bytes());
-        g.write_virt(t.task + u64::from(OFF[5].1), &1u32.to_le_bytes());
-        g.write_virt(t.task + u64::from(OFF[7].1), &(t.sp - 0x40).to_le_bytes());
-        g.write_virt(t.task + u64::from(OFF[6].1), &t.stack.to_le_bytes());
+        g.write_virt(t.task + u64::from(OFF[3].1), &1u32.to_le_bytes()).unwrap();
+        g.write_virt(t.task + u64::from(OFF[5].1), &1u32.to_le_bytes()).unwrap();
+        g.write_virt(t.task + u64::from(OFF[7].1), &(t.sp - 0x40).to_le_bytes()).unwrap();
+        g.write_virt(t.task + u64::from(OFF[6].1), &t.stack.to_le_bytes()).unwrap();
     }
     let d = Descriptor::read_phys(g, a.phys).unwrap();
     AgentView::new(g, d).unwrap()
@@ -135,8 +136,8 @@ fn refresh_reads_the_dynamic_fields_from_each_task() {
     assert!(v.exiting.is_empty());
     // A zombie's stack is freed before the task: the live value (NULL) counts.
     let z = &a.tasks[1];
-    g.write_virt(z.task + u64::from(OFF[6].1), &0u64.to_le_bytes());
-    g.write_virt(z.task + u64::from(OFF[9].1), &0x10u32.to_le_bytes());
+    g.write_virt(z.task + u64::from(OFF[6].1), &0u64.to_le_bytes()).unwrap();
+    g.write_virt(z.task + u64::from(OFF[9].1), &0x10u32.to_le_bytes()).unwrap();
     let d = Descriptor::read_phys(&mut g, a.phys).unwrap();
     let v = AgentView::new(&mut g, d).unwrap();
     assert_eq!(v.tasks[1].stack, 0);

@@ -1,86 +1,11 @@
 //! Test fixtures: descriptors laid out byte for byte as the C agent writes
-//! them, and a sparse guest (physical pages and a flat kernel-virtual map)
-//! to read them from.
+//! them, installed into a sparse [`RamGuest`] (physical pages, and its own
+//! page tables for the kernel-virtual side) to read them from.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
-
 use super::layout::{vsa_sum, AgentCpu, AgentTask, CPU_SIZE, F_LIVE, HEADER_SIZE, MAGIC0, MAGIC1, TASK_SIZE, VERSION};
-use crate::model::backend::{Backend, BackendError, VcpuState};
-use crate::model::mem::{KernelMemory, MemError};
-
-/// Sparse memory, both physical (pages) and virtual (virtual page -> physical page).
-#[derive(Debug, Default, Clone)]
-pub struct SparseGuest {
-    /// Physical pages.
-    pub pages: BTreeMap<u64, Vec<u8>>,
-    /// Virtual page -> physical page.
-    pub map: BTreeMap<u64, u64>,
-    /// Physical reads served.
-    pub reads: usize,
-}
-
-impl SparseGuest {
-    /// Writes bytes physically (pages created on demand).
-    pub fn write_phys(&mut self, gpa: u64, data: &[u8]) {
-        for (i, b) in data.iter().enumerate() {
-            let a = gpa + i as u64;
-            self.pages.entry(a & !0xfff).or_insert_with(|| vec![0; 4096])[(a & 0xfff) as usize] = *b;
-        }
-    }
-
-    /// Maps `len` bytes of virtual space at `va` to physical `pa` (page aligned).
-    pub fn map_range(&mut self, va: u64, pa: u64, len: u64) {
-        for p in (0..len.div_ceil(4096)).map(|i| i * 4096) {
-            self.map.insert(va + p, pa + p);
-            self.pages.entry(pa + p).or_insert_with(|| vec![0; 4096]);
-        }
-    }
-
-    /// Writes bytes virtually (must be mapped).
-    pub fn write_virt(&mut self, va: u64, data: &[u8]) {
-        for (i, b) in data.iter().enumerate() {
-            let a = va + i as u64;
-            let pa = self.map[&(a & !0xfff)] + (a & 0xfff);
-            self.write_phys(pa, &[*b]);
-        }
-    }
-}
-
-impl Backend for SparseGuest {
-    fn stop(&mut self) -> Result<Vec<VcpuState>, BackendError> {
-        Ok(vec![VcpuState::default()])
-    }
-    fn resume(&mut self) -> Result<(), BackendError> {
-        Ok(())
-    }
-    fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), BackendError> {
-        self.reads += 1;
-        let len = buf.len() as u64;
-        for (i, b) in buf.iter_mut().enumerate() {
-            let a = gpa + i as u64;
-            let page = self.pages.get(&(a & !0xfff)).ok_or(BackendError::BadAddress { gpa, len })?;
-            *b = page[(a & 0xfff) as usize];
-        }
-        Ok(())
-    }
-    fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), BackendError> {
-        SparseGuest::write_phys(self, gpa, data);
-        Ok(())
-    }
-}
-
-impl KernelMemory for SparseGuest {
-    fn read(&mut self, vaddr: u64, buf: &mut [u8]) -> Result<(), MemError> {
-        for (i, b) in buf.iter_mut().enumerate() {
-            let a = vaddr.wrapping_add(i as u64);
-            let pa = self.map.get(&(a & !0xfff)).ok_or(MemError::NotMapped { vaddr: a })? + (a & 0xfff);
-            *b = self.pages.get(&(pa & !0xfff)).ok_or(MemError::NotMapped { vaddr: a })?[(pa & 0xfff) as usize];
-        }
-        Ok(())
-    }
-}
+use crate::testing::RamGuest;
 
 /// Where a fake agent lives.
 #[derive(Debug, Clone)]
@@ -220,13 +145,13 @@ impl FakeAgent {
     }
 
     /// Writes the agent into `g` (physically, and mapped virtually).
-    pub fn install(&self, g: &mut SparseGuest) {
+    pub fn install(&self, g: &mut RamGuest) {
         let (block, table) = self.bytes();
         g.map_range(self.virt, self.phys, block.len() as u64);
-        g.write_phys(self.phys, &block);
+        g.put(self.phys, &block);
         for (i, p) in self.table_pages.iter().enumerate() {
-            g.map.insert(self.table_virt + 4096 * i as u64, *p);
-            g.write_phys(*p, &table[i * 4096..(i + 1) * 4096]);
+            g.map_4k(self.table_virt + 4096 * i as u64, *p, 4096);
+            g.put(*p, &table[i * 4096..(i + 1) * 4096]);
         }
     }
 }

@@ -1,0 +1,76 @@
+//! Apply and revert on the fake kernel: the jump is written and taken back
+//! out, the registry records the patch and forgets it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use super::testutil::{jump_target, patch, patcher, registry, site_bytes, text};
+use super::Cause;
+use crate::arena::registry::PatchState;
+use crate::model::TargetKind;
+use crate::testing::{FakeKernel, FakePatch};
+
+#[test]
+fn apply_writes_the_jump_and_revert_restores_the_bytes() {
+    let k = FakeKernel::new();
+    let mut g = k.guest();
+    let pristine = text(&g, &k, "fake_a", 0x40);
+    let p = patch("p1", &["fake_a"]);
+    let r = patcher(&mut g, &k).apply(&p);
+    assert!(r.is_ok(), "{}", r.to_json());
+    assert_eq!((r.timings.attempts, g.stops, g.resumes), (1, 1, 1));
+    let reg = registry(&mut g).unwrap();
+    assert!(reg.intent.is_none());
+    assert_eq!(reg.patches.len(), 1);
+    let rec = &reg.patches[0];
+    assert_eq!((rec.id.as_str(), rec.state), (p.manifest.id.as_str(), PatchState::Applied));
+    assert_eq!(jump_target(&g, &k, "fake_a"), Some(rec.funcs[0].new_addr));
+    assert_eq!(&site_bytes(&g, &k, "fake_a")[5..], &[0x90, 0x90]);
+    assert_eq!(text(&g, &k, "fake_b", 0x40), k.pristine("fake_b"));
+    let r = patcher(&mut g, &k).revert("p1");
+    assert!(r.is_ok(), "{}", r.to_json());
+    assert_eq!(text(&g, &k, "fake_a", 0x40), pristine);
+    let reg = registry(&mut g).unwrap();
+    assert!(reg.patches.is_empty() && reg.intent.is_none());
+    assert_eq!(reg.history[0].how, "reversed");
+    assert_eq!(patcher(&mut g, &k).revert("p1").cause, Cause::AlreadyReversed);
+}
+
+#[test]
+fn refusals_touch_nothing() {
+    let k = FakeKernel::new();
+    let fresh = k.guest();
+    let p = patch("p1", &["fake_a"]);
+    let mut other_build = p.clone();
+    other_build.manifest.target.build_id = Some("00".repeat(20));
+    let mut other_kind = p.clone();
+    other_kind.manifest.target.kind = TargetKind::Linux;
+    let mut unknown = p.clone();
+    unknown.manifest.replacements[0].old = "fake_z".into();
+    let mut changed = p.clone();
+    changed.manifest.replacements[0].sha256 = "00".repeat(32);
+    for (what, p, cause, reason) in [
+        ("another build", other_build, Cause::NoMatch, "build_id"),
+        ("another kind", other_kind, Cause::NoMatch, "target_kind"),
+        ("an unknown function", unknown, Cause::FailedToFind, "unknown_symbol"),
+        ("changed code", changed, Cause::NoMatch, "run_pre"),
+    ] {
+        let mut g = fresh.clone();
+        let r = patcher(&mut g, &k).apply(&p);
+        assert_eq!((r.cause, r.reason.as_deref()), (cause, Some(reason)), "{what}: {}", r.to_json());
+        assert_eq!((g.writes, g.stops), (0, 0), "{what}: the guest was touched");
+    }
+    // Not up: nothing is even read from the registry.
+    let mut g = fresh.clone();
+    k.set_up(false);
+    assert_eq!(patcher(&mut g, &k).apply(&p).cause, Cause::NotUp);
+    assert_eq!((g.reads, g.writes), (0, 0));
+    k.set_up(true);
+    // The arena is mapped once, by the first apply's pause: two page-directory
+    // entries (a data and a code slot) more than the next single-site apply.
+    let mut g = fresh.clone();
+    assert!(patcher(&mut g, &k).apply(&p).is_ok());
+    let first = g.writes;
+    let q = FakePatch::new("p2").replace("fake_b").build(&k).unwrap();
+    assert!(patcher(&mut g, &k).apply(&q).is_ok());
+    assert_eq!(first - (g.writes - first), 2, "{first} writes, then {}", g.writes - first);
+}

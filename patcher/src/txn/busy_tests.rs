@@ -1,0 +1,74 @@
+//! The safety check inside the transaction: a task or a vCPU in the code
+//! being replaced makes every pause back off, then `code_busy` with the
+//! conflicts named; a task that leaves lets a later pause through.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use super::testutil::{config, jump_target, patch, registry, text};
+use super::{Cause, Patcher, Stage};
+use crate::model::CheckMode;
+use crate::testing::FakeKernel;
+
+#[test]
+fn a_task_in_the_function_on_every_pause_is_code_busy_naming_it() {
+    let k = FakeKernel::new();
+    let mut g = k.guest();
+    let worker = k.sleeping_task(&mut g, 0, 300, "worker", &[k.ret_into("fake_a")]);
+    let idle = k.sleeping_task(&mut g, 1, 301, "idle", &[k.ret_into("fake_c")]);
+    k.set_tasks(vec![worker, idle]);
+    let r = Patcher::new(&mut g, &k, config(3)).apply(&patch("p1", &["fake_a"]));
+    assert_eq!((r.cause, r.stage, r.timings.attempts), (Cause::CodeBusy, Stage::Check, 3), "{}", r.to_json());
+    assert_eq!(r.conflicts.len(), 1, "{:?}", r.conflicts);
+    let c = &r.conflicts[0];
+    assert_eq!((c.task.as_deref(), c.task_id, c.kind), (Some("worker"), Some(300), "stack"));
+    assert!(c.function.starts_with("fake_a+"), "{}", c.function);
+    assert!(r.message.contains("worker in fake_a+"), "{}", r.message);
+    // Proven by unwinding, not by scanning.
+    let check = r.check.as_ref().unwrap();
+    assert_eq!((check.unwound, check.scanned, check.fallbacks.len()), (2, 0, 0), "{check:?}");
+    assert_eq!((g.stops, g.resumes, k.task_reads()), (3, 3, 3));
+    // Nothing written, nothing recorded.
+    assert_eq!(text(&g, &k, "fake_a", 0x40), k.pristine("fake_a"));
+    let reg = registry(&mut g).unwrap();
+    assert!(reg.patches.is_empty() && reg.intent.is_none(), "{reg:?}");
+}
+
+#[test]
+fn a_vcpu_running_the_function_is_code_busy_too() {
+    let k = FakeKernel::new();
+    let mut g = k.guest();
+    let busy = k.kernel_vcpu(&g, k.addr("fake_b") + 0x8);
+    g.vcpus = vec![busy];
+    let r = Patcher::new(&mut g, &k, config(2)).apply(&patch("p1", &["fake_b"]));
+    assert_eq!(r.cause, Cause::CodeBusy, "{}", r.to_json());
+    let c = &r.conflicts[0];
+    assert_eq!((c.kind, c.vcpu, c.function.as_str()), ("rip", Some(0), "fake_b+0x8"));
+}
+
+#[test]
+fn the_conservative_check_finds_the_same_task() {
+    let k = FakeKernel::new().without_unwinder();
+    let mut g = k.guest();
+    let worker = k.sleeping_task(&mut g, 0, 300, "worker", &[k.ret_into("fake_a")]);
+    k.set_tasks(vec![worker]);
+    let mut cfg = config(2);
+    cfg.check = CheckMode::Conservative;
+    let r = Patcher::new(&mut g, &k, cfg).apply(&patch("p1", &["fake_a"]));
+    assert_eq!(r.cause, Cause::CodeBusy, "{}", r.to_json());
+    assert_eq!((r.conflicts[0].task_id, r.check.as_ref().unwrap().scanned), (Some(300), 1));
+}
+
+#[test]
+fn a_task_that_leaves_the_function_lets_a_later_pause_through() {
+    let k = FakeKernel::new();
+    let mut g = k.guest();
+    let inside = k.sleeping_task(&mut g, 0, 300, "worker", &[k.ret_into("fake_a")]);
+    let outside = k.sleeping_task(&mut g, 1, 300, "worker", &[k.ret_into("fake_c")]);
+    k.script_tasks(vec![vec![inside.clone()], vec![inside], vec![outside]]);
+    let r = Patcher::new(&mut g, &k, config(5)).apply(&patch("p1", &["fake_a"]));
+    assert!(r.is_ok(), "{}", r.to_json());
+    assert_eq!((r.timings.attempts, g.stops, g.resumes), (3, 3, 3));
+    assert!(r.conflicts.is_empty());
+    let reg = registry(&mut g).unwrap();
+    assert_eq!(jump_target(&g, &k, "fake_a"), Some(reg.patches[0].funcs[0].new_addr));
+}
