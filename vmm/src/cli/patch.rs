@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use vsplice_patcher::attach::attach_gdb;
+use vsplice_patcher::attach::{self, AttachSpec};
 use vsplice_patcher::model::backend::Backend;
 use vsplice_patcher::model::{ArenaRange, CheckMode, TargetKind};
 use vsplice_patcher::os::linux::view::TaskSource;
@@ -30,8 +30,6 @@ use vsplice_patcher::gdb::client::GdbOptions;
 use vsplice_patcher::patch::build::{build_patch, BuildOptions};
 use vsplice_patcher::patch::PatchFile;
 use vsplice_patcher::arch::x86::guest::AutoStop;
-use vsplice_patcher::kernels::stock_linux::LinuxTarget;
-use vsplice_patcher::kernels::testguest::TestGuest;
 use vsplice_patcher::kernels::TargetKernel;
 use vsplice_patcher::txn::recover::TextState;
 use vsplice_patcher::model::chain;
@@ -180,22 +178,12 @@ fn bad_input(e: &dyn std::error::Error, cause: &str) -> ExitCode {
     ExitCode::from(EXIT_BAD_INPUT)
 }
 
-/// Connects; for Linux also identifies the kernel (with the guest stopped).
+/// Connects, stops the guest and identifies its kernel (one way for every kind).
 fn connect(g: &AttachArgs) -> Result<(Box<dyn TargetKernel>, GdbBackend), ExitCode> {
     let opts = GdbOptions { timeout: std::time::Duration::from_millis(g.timeout_ms), ..GdbOptions::default() };
-    if g.target == TargetKind::Linux {
-        let (mut be, vcpus) = attach_gdb(&g.gdb, opts).map_err(|e| bad_input(&e, e.cause()))?;
-        let mut target = LinuxTarget::open(&mut be, vcpus).map_err(|e| bad_input(&e, e.cause()))?;
-        target.set_task_source(g.tasks);
-        return Ok((Box::new(target), be));
-    }
-    let kernel = g.kernel.as_deref().ok_or_else(|| {
-        eprintln!("vsplice: error [usage]: --kernel IMAGE is required for --target testguest");
-        ExitCode::from(EXIT_BAD_INPUT)
-    })?;
-    let target = TestGuest::open(kernel).map_err(|e| bad_input(&e, e.cause()))?;
-    let backend = GdbBackend::connect(&g.gdb, opts).map_err(|e| bad_input(&e, "gdb_connect_failed"))?;
-    Ok((Box::new(target), backend))
+    let spec = AttachSpec { gdb: &g.gdb, kind: g.target, image: g.kernel.as_deref(), tasks: g.tasks, opts };
+    let a = attach::attach(&spec).map_err(|e| bad_input(&e, e.cause()))?;
+    Ok((a.kernel, a.backend))
 }
 
 fn attach(g: &AttachArgs) -> Result<(Box<dyn TargetKernel>, Attached), ExitCode> {
