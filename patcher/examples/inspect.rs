@@ -16,14 +16,7 @@ fn main() -> std::process::ExitCode {
     match run_inspect(&cli.args, &mut out) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            let mut line = e.to_string();
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                line.push_str(": ");
-                line.push_str(&s.to_string());
-                src = s.source();
-            }
-            eprintln!("inspect: error [{}]: {line}", e.cause());
+            eprintln!("inspect: error [{}]: {}", e.cause(), vsplice_patcher::model::chain(&e));
             std::process::ExitCode::FAILURE
         }
     }

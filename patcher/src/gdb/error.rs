@@ -105,16 +105,7 @@ impl From<GdbError> for BackendError {
     fn from(e: GdbError) -> Self {
         match e {
             GdbError::WrongState(w) => BackendError::WrongState(w),
-            other => {
-                let mut msg = format!("gdb {}: {other}", other.cause());
-                let mut src = std::error::Error::source(&other);
-                while let Some(s) = src {
-                    msg.push_str(": ");
-                    msg.push_str(&s.to_string());
-                    src = s.source();
-                }
-                BackendError::Transport(msg)
-            }
+            other => BackendError::Transport(format!("gdb {}: {}", other.cause(), crate::model::chain(&other))),
         }
     }
 }
