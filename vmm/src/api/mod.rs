@@ -17,6 +17,8 @@
 pub mod client;
 pub mod events;
 pub mod handler;
+#[cfg(test)]
+mod handler_tests;
 pub mod http;
 pub mod metrics;
 pub mod request;
