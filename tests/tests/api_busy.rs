@@ -81,7 +81,8 @@ fn concurrent_transactions_are_busy_and_gets_are_served() {
     assert_eq!(r.status, 200, "{}", r.text());
     let m = vm.req("GET", "/metrics", None, b"").text();
     assert!(m.contains("vsplice_transactions_total{op=\"apply\",cause=\"code_busy\"} 1"), "{m}");
-    assert!(m.contains("vsplice_pauses_total 21"), "20 attempts and 1: {m}");
+    let pauses: u64 = m.lines().find_map(|l| l.strip_prefix("vsplice_pauses_total ")).unwrap().parse().unwrap();
+    assert!(pauses >= 21, "20 attempts and at least 1: {m}");
 }
 
 #[test]

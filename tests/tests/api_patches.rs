@@ -29,8 +29,8 @@ fn apply_list_revert_recover_metrics_events_through_remote_and_http() {
     if !testguest::ready("api_patches") {
         return;
     }
-    let mut vm = ApiVm::start("patches", "tg.tasks=2 tg.iters=300 tg.wait=5", &[]);
-    let vsp = build_example(&vm.dir, "step_b_v2.c");
+    let vsp = build_example(&vsplice_tests::scratch::tmp_dir("api-patches-patch"), "step_b_v2.c");
+    let mut vm = ApiVm::start("patches", "tg.tasks=2 tg.iters=400 tg.wait=5", &[]);
     assert_eq!(std::fs::metadata(&vm.sock).unwrap().permissions().mode() & 0o777, 0o600);
 
     // The VM.
@@ -135,10 +135,12 @@ fn api_patches_are_the_desired_state_after_a_reboot() {
         return;
     }
     // tg.reboot: after 40 iterations the guest asks for a reboot; the VMM boots it again.
-    let vm = ApiVm::start("reboot", "tg.tasks=2 tg.iters=40 tg.wait=5 tg.reboot", &["--on-reboot", "restart"]);
-    let vsp = build_example(&vm.dir, "step_b_v2.c");
+    // The patch is built first: it must be applied in the first boot.
+    let vsp = build_example(&vsplice_tests::scratch::tmp_dir("api-reboot-patch"), "step_b_v2.c");
+    let vm = ApiVm::start("reboot", "tg.tasks=2 tg.iters=100 tg.wait=5 tg.reboot", &["--on-reboot", "restart"]);
     let r = vm.req("PUT", "/patches", Some("application/octet-stream"), &std::fs::read(&vsp).unwrap());
     assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(vm.get_json("/vm")["boot"], 1, "applied in the first boot");
     assert!(vm.wait_serial(WAIT, |s| s.matches("TG ready").count() >= 2), "no second boot:\n{}", vm.stderr_text());
     let mark = vm.serial_text().rfind("TG ready").unwrap();
     assert!(vm.wait_serial(WAIT, |s| every_task_after(s, mark, |i, v| v == livepatch::value_step_b_v2(i))), "not re-applied:\n{}", vm.serial_text());

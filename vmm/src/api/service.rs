@@ -55,7 +55,7 @@ impl ApiService {
         &self.shared
     }
 
-    fn publish(&self, vmm: &mut Vmm, config: &VmConfig, patches: Option<&LivePatches>, boot: u64, started: Instant) {
+    fn publish(&self, vmm: &mut Vmm, config: &VmConfig, kernel: &KernelInfo, boot: u64, started: Instant) {
         let state = if vmm.exit_status().is_some() {
             VmState::Exited
         } else if vmm.is_paused() {
@@ -69,7 +69,7 @@ impl ApiService {
             vcpus: vmm.vcpu_count(),
             memory_mib: config.memory_mib,
             arena: vmm.arena().to_string(),
-            kernel: kernel_info(config, patches),
+            kernel: kernel.clone(),
             agent: AgentInfo { announced: agent.gpa().is_some(), descriptor_gpa: agent.gpa(), rings: agent.rings() },
             boot,
             uptime_ms: started.elapsed().as_millis() as u64,
@@ -93,11 +93,12 @@ impl ApiService {
         let started = Instant::now();
         self.shared.events.guest_state("running", format!("boot {boot}"));
         let mut applied = patches.is_none();
+        let kernel = kernel_info(config, patches.as_deref());
         loop {
-            self.publish(vmm, config, patches.as_deref(), boot, started);
+            self.publish(vmm, config, &kernel, boot, started);
             // Pump the device events without blocking; the wait is on the API's requests.
             if let Some(exit) = vmm.wait_for_exit(Some(Duration::from_millis(1)))? {
-                self.publish(vmm, config, patches.as_deref(), boot, started);
+                self.publish(vmm, config, &kernel, boot, started);
                 self.shared.events.guest_state("exited", exit.to_string());
                 return Ok(exit);
             }

@@ -19,7 +19,9 @@ use super::metrics::Metrics;
 pub enum VmState {
     /// vCPUs running.
     Running,
-    /// Every vCPU parked (inside a transaction).
+    /// Every vCPU parked. The VMM thread publishes the state between its
+    /// turns, when transactions have resumed the guest, so this is rarely
+    /// seen; `transaction_in_flight` says when one is running.
     Paused,
     /// The guest has ended.
     Exited,
