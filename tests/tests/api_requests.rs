@@ -68,9 +68,16 @@ fn bad_requests_get_their_status_and_cause() {
         }
     }
     let _ = s.write_all(b"0\r\n\r\n");
-    let r = read_response(&mut s).unwrap();
-    vm.conforms("PUT", "/patches", &r);
-    assert_eq!((r.status, r.json()["cause"].as_str()), (413, Some("body_too_large")), "{}", r.text());
+    // The server answers 413 and closes with the rest of the stream unread,
+    // which a Unix socket may report to this side as a reset before the answer
+    // is read; either way nothing is applied (the events below).
+    match read_response(&mut s) {
+        Ok(r) => {
+            vm.conforms("PUT", "/patches", &r);
+            assert_eq!((r.status, r.json()["cause"].as_str()), (413, Some("body_too_large")), "{}", r.text());
+        }
+        Err(e) => assert_eq!(e.cause(), "api_io", "{e}"),
+    }
     // Garbage instead of HTTP: the server survives it.
     let mut s = UnixStream::connect(&vm.sock).unwrap();
     let _ = s.write_all(b"\x00\x01 not http at all\r\n\r\n");

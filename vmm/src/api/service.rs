@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use vsplice_patcher::kernels::TargetKernel;
 
@@ -96,8 +96,8 @@ impl ApiService {
         let kernel = kernel_info(config, patches.as_deref());
         loop {
             self.publish(vmm, config, &kernel, boot, started);
-            // Pump the device events without blocking; the wait is on the API's requests.
-            if let Some(exit) = vmm.wait_for_exit(Some(Duration::from_millis(1)))? {
+            // Device events without waiting: the wait is on the API's requests.
+            if let Some(exit) = vmm.poll_events()? {
                 self.publish(vmm, config, &kernel, boot, started);
                 self.shared.events.guest_state("exited", exit.to_string());
                 return Ok(exit);
