@@ -11,3 +11,5 @@ pub mod guestcmd;
 pub mod debian;
 pub mod qemu;
 pub mod linuxpatch;
+pub mod api;
+pub mod openapi;

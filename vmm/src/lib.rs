@@ -6,8 +6,10 @@
 //! Layout: [`config`] (what the user asked for), [`builder`] (the fixed boot
 //! order), [`vstate`] (KVM VM, memory, vCPU threads and the pause),
 //! [`arch`] (x86-64 boot structures), [`devices`] (legacy port-I/O devices),
-//! [`loader`] (kernel and initrd), [`vmm`] (the running VM), [`cli`].
+//! [`loader`] (kernel and initrd), [`vmm`] (the running VM), [`livepatch`]
+//! (the desired patches), [`api`] (the HTTP API on a Unix socket), [`cli`].
 
+pub mod api;
 pub mod arch;
 pub mod builder;
 pub mod cli;

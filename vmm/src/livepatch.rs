@@ -8,6 +8,10 @@
 //! Reboots: with `--on-reboot restart` the CLI boots the guest again in a
 //! fresh VM and calls [`LivePatches::run`] again, so every boot gets the
 //! patches once its kernel is up; by default a reboot request ends the VMM.
+//! The list is the VM's desired state: patches applied through the API
+//! (`vsplice run --api-sock`) are added to it and removed on revert, so a
+//! rebooted guest gets them back too.
+//!
 //! An arena registry left by an earlier boot is recognised as stale (its
 //! mapping is gone) and started afresh, so nothing carries over wrongly.
 
@@ -73,10 +77,25 @@ impl LivePatchError {
     }
 }
 
+/// The desired patches, in the order they are applied after each boot:
+/// where each came from (a file, or the API) and the patch.
+pub type DesiredPatches = Vec<(PathBuf, PatchFile)>;
+
+/// Adds a patch to the desired list (replacing one with the same id).
+pub fn desire(list: &mut DesiredPatches, origin: PathBuf, patch: PatchFile) {
+    list.retain(|(_, p)| p.manifest.id != patch.manifest.id);
+    list.push((origin, patch));
+}
+
+/// Removes a patch (by id or name) from the desired list.
+pub fn undesire(list: &mut DesiredPatches, id_or_name: &str) {
+    list.retain(|(_, p)| p.manifest.id != id_or_name && p.manifest.name != id_or_name);
+}
+
 /// Patches to apply at boot, with the target they need.
 #[derive(Debug)]
 pub struct LivePatches {
-    patches: Vec<(PathBuf, PatchFile)>,
+    patches: DesiredPatches,
     target: TestGuest,
 }
 
@@ -93,6 +112,17 @@ impl LivePatches {
         }
         let target = TestGuest::open(kernel).map_err(|source| LivePatchError::Target { path: kernel.to_owned(), source })?;
         Ok(Self { patches, target })
+    }
+
+    /// The target every patch is for (the test guest image booted).
+    pub fn target(&self) -> &TestGuest {
+        &self.target
+    }
+
+    /// The target and the desired list, borrowed apart (a patcher borrows the
+    /// one while the API edits the other).
+    pub fn parts_mut(&mut self) -> (&TestGuest, &mut DesiredPatches) {
+        (&self.target, &mut self.patches)
     }
 
     /// Number of patches.
@@ -123,6 +153,23 @@ impl LivePatches {
             .collect()
     }
 
+    /// One turn of the boot-time application: when the patches are not yet
+    /// applied in this boot and the kernel is up, applies them all and hands
+    /// each result to `report`; `applied` is set once they are.
+    pub fn apply_when_up(&self, vmm: &mut Vmm, applied: &mut bool, mut report: impl FnMut(&TxnReport)) {
+        if *applied {
+            return;
+        }
+        let arena = vmm.arena();
+        let up = Patcher::new(&mut *vmm, &self.target as &dyn TargetKernel, TxnConfig::new(arena)).kernel_up();
+        if up {
+            for r in self.apply_all(vmm) {
+                report(&r);
+            }
+            *applied = true;
+        }
+    }
+
     /// Runs the guest until it ends, applying the patches once its kernel is
     /// up; `report` gets each result.
     pub fn run(&self, vmm: &mut Vmm, mut report: impl FnMut(&TxnReport)) -> Result<Option<GuestExit>, std::io::Error> {
@@ -131,17 +178,7 @@ impl LivePatches {
             if let Some(exit) = vmm.wait_for_exit(Some(POLL))? {
                 return Ok(Some(exit));
             }
-            if applied {
-                continue;
-            }
-            let arena = vmm.arena();
-            let up = Patcher::new(&mut *vmm, &self.target as &dyn TargetKernel, TxnConfig::new(arena)).kernel_up();
-            if up {
-                for r in self.apply_all(vmm) {
-                    report(&r);
-                }
-                applied = true;
-            }
+            self.apply_when_up(vmm, &mut applied, &mut report);
         }
     }
 }

@@ -162,6 +162,18 @@ impl Vmm {
         }
     }
 
+    /// Handles the device events pending now (stdin to the serial port, the
+    /// exit eventfd) without waiting. Returns the guest's end, if it has ended.
+    pub fn poll_events(&mut self) -> Result<Option<GuestExit>, std::io::Error> {
+        if let Some(exit) = self.exit_status() {
+            return Ok(Some(exit));
+        }
+        self.event_manager()?
+            .run_with_timeout(0)
+            .map_err(|e| std::io::Error::other(format!("event loop: {e:?}")))?;
+        Ok(self.exit_status())
+    }
+
     /// Stops every vCPU thread (the guest is not resumable afterwards).
     pub fn shutdown(&mut self) {
         self.vcpus.finish();

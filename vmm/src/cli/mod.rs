@@ -3,6 +3,7 @@
 mod fault_injection;
 pub mod inspect;
 pub mod patch;
+pub mod remote;
 pub mod run;
 
 use std::process::ExitCode;
@@ -40,6 +41,8 @@ pub enum Command {
     /// Look at a live guest kernel over a gdbstub, or at a kernel image file:
     /// version, build-id, KASLR slide, symbols, tasks, BTF structures.
     Inspect(vsplice_patcher::inspect::InspectArgs),
+    /// Talk to a `vsplice run --api-sock` VMM: the VM, its patches, metrics, events.
+    Remote(remote::RemoteArgs),
 }
 
 fn init_logging(filter: Option<&str>) {
@@ -66,5 +69,6 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run::run(args),
         Command::Patch(cmd) => patch::run(cmd),
         Command::Inspect(args) => inspect::run(args),
+        Command::Remote(args) => remote::run(args),
     }
 }

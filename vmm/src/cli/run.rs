@@ -6,7 +6,11 @@ use std::time::Duration;
 
 use clap::Args;
 
+use vsplice_patcher::model::chain;
+
+use crate::api::service::ApiService;
 use crate::arch::x86_64::layout::ARENA_DEFAULT_SIZE;
+use crate::livepatch::LivePatches;
 use crate::builder;
 use crate::config::{SerialConfig, VmConfig, DEFAULT_MEMORY_MIB, DEFAULT_VCPUS};
 use crate::vstate::pause::DEFAULT_PAUSE_TIMEOUT;
@@ -61,6 +65,12 @@ pub struct RunArgs {
     /// same kernel, initrd and command line again in a fresh VM and re-applies `--live-patch`.
     #[arg(long, value_enum, value_name = "ACTION", default_value_t = OnReboot::Exit)]
     pub on_reboot: OnReboot,
+    /// Serve the HTTP API on this Unix socket (created mode 0600, removed on exit; a stale socket
+    /// file is replaced, a live one refused): the VM, its patches (apply, revert, list, recover),
+    /// metrics and events. `vsplice remote --api-sock PATH` is its client; docs/openapi.yaml
+    /// describes it. Patches applied through it are re-applied after a reboot like `--live-patch`.
+    #[arg(long, value_name = "PATH")]
+    pub api_sock: Option<PathBuf>,
 }
 
 /// What a guest reboot request does.
@@ -134,17 +144,29 @@ impl SerialSink {
     }
 }
 
+/// The live patches (the desired list and its target): `Ok(None)` with the
+/// reason when there are none and the kernel cannot be a target.
+fn open_patches(args: &RunArgs) -> Result<(Option<LivePatches>, String), crate::livepatch::LivePatchError> {
+    if args.live_patch.is_empty() && args.api_sock.is_none() {
+        return Ok((None, String::new()));
+    }
+    match LivePatches::open(&args.kernel, &args.live_patch) {
+        Ok(p) => Ok((Some(p), String::new())),
+        Err(e) if args.live_patch.is_empty() => {
+            let why = format!("this VMM live-patches the test guest only so far: {}", chain(&e));
+            Ok((None, why))
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Runs `vsplice run`.
 pub fn run(args: RunArgs) -> ExitCode {
-    let patches = if args.live_patch.is_empty() {
-        None
-    } else {
-        match crate::livepatch::LivePatches::open(&args.kernel, &args.live_patch) {
-            Ok(p) => Some(p),
-            Err(e) => {
-                super::report(&e, e.cause());
-                return ExitCode::from(EXIT_BAD_INPUT);
-            }
+    let (mut patches, why_not) = match open_patches(&args) {
+        Ok(p) => p,
+        Err(e) => {
+            super::report(&e, e.cause());
+            return ExitCode::from(EXIT_BAD_INPUT);
         }
     };
     let sink = match SerialSink::open(&args.serial) {
@@ -154,21 +176,43 @@ pub fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(EXIT_BAD_INPUT);
         }
     };
+    let mut api = match &args.api_sock {
+        Some(path) => match ApiService::start(path) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                super::report(&e, e.cause());
+                return ExitCode::from(EXIT_BAD_INPUT);
+            }
+        },
+        None => None,
+    };
+    let code = run_boots(&args, &sink, patches.as_mut(), api.as_mut(), &why_not);
+    if let Some(a) = api.as_mut() {
+        a.finish();
+    }
+    code
+}
+
+fn run_boots(args: &RunArgs, sink: &SerialSink, mut patches: Option<&mut LivePatches>, mut api: Option<&mut ApiService>, why_not: &str) -> ExitCode {
+    let print = |r: &vsplice_patcher::txn::TxnReport| eprintln!("vsplice: live-patch {}", r.to_json());
     let mut boot = 0u64;
     loop {
         boot += 1;
-        let built = sink.config_for_boot(&args).map_err(builder::BuildError::from).and_then(builder::build);
+        // What the API describes (the built VM owns the real configuration).
+        let described = args.to_config();
+        let built = sink.config_for_boot(args).map_err(builder::BuildError::from).and_then(builder::build);
         let mut vmm = match built {
-            Ok(vmm) => vmm,
+            Ok(v) => v,
             Err(e) => {
                 super::report(&e, e.cause());
                 return ExitCode::from(EXIT_BAD_INPUT);
             }
         };
         tracing::info!(boot, "guest started");
-        let waited = match &patches {
-            Some(p) => p.run(&mut vmm, |r| eprintln!("vsplice: live-patch {}", r.to_json())),
-            None => vmm.wait_for_exit(None),
+        let waited = match (api.as_deref_mut(), patches.as_deref_mut()) {
+            (Some(api), p) => api.run_boot(&mut vmm, &described, p, boot, why_not, print).map(Some),
+            (None, Some(p)) => p.run(&mut vmm, print),
+            (None, None) => vmm.wait_for_exit(None),
         };
         vmm.shutdown();
         let exit = match waited {
@@ -212,7 +256,7 @@ mod tests {
         let mut cmd = super::super::Cli::command();
         let run = cmd.find_subcommand_mut("run").unwrap();
         let help = run.render_long_help().to_string();
-        for flag in ["--kernel", "--initrd", "--cmdline", "--vcpus", "--memory", "--serial", "--arena", "--pause-timeout-ms", "--live-patch", "--on-reboot"] {
+        for flag in ["--kernel", "--initrd", "--cmdline", "--vcpus", "--memory", "--serial", "--arena", "--pause-timeout-ms", "--live-patch", "--on-reboot", "--api-sock"] {
             assert!(help.contains(flag), "{flag} missing from help");
         }
         assert!(help.contains("console=ttyS0"));

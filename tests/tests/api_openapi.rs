@@ -1,0 +1,87 @@
+//! `docs/openapi.yaml` against the replies the API's own types produce,
+//! without a VM: each schema accepts what the code serializes, and the
+//! validator rejects a reply with a wrong field type, a missing field, an
+//! unknown cause or a status the document does not list (so the e2e tests'
+//! conformance checks can fail).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use serde_json::json;
+use vsplice_patcher::txn::{Cause, Stage, Timings, TxnReport};
+use vsplice_vmm::api::request::{ApiCause, ApiError};
+use vsplice_tests::openapi::{template, OpenApi};
+
+fn report() -> TxnReport {
+    TxnReport {
+        op: "apply",
+        patch_id: Some("7f01a039bdf4f1a0".into()),
+        patch_name: Some("step_b_v2".into()),
+        stage: Stage::Check,
+        cause: Cause::CodeBusy,
+        reason: None,
+        message: "busy".into(),
+        conflicts: vec![vsplice_patcher::model::Conflict { task: Some("worker/0:0".into()), task_id: Some(1), vcpu: None, kind: "stack", addr: 0xffff_ffff_8100_0000, function: "tg_hold+0x12".into() }],
+        superseded: Vec::new(),
+        notes: vec!["a note".into()],
+        check: Some(vsplice_patcher::model::CheckSummary::default()),
+        timings: Timings { attempts: 3, ..Timings::default() },
+    }
+}
+
+#[test]
+fn the_code_s_replies_conform() {
+    let api = OpenApi::load();
+    let r = report();
+    api.validate_reply("PUT", "/patches", 409, "application/json", r.to_json().as_bytes()).unwrap();
+    api.validate_reply("DELETE", "/patches/abc", 409, "application/json", r.to_json().as_bytes()).unwrap();
+    let err = ApiError::new(ApiCause::Busy, "another transaction");
+    api.validate_reply("PUT", "/patches", 409, "application/json", err.to_json().as_bytes()).unwrap();
+    for cause in [ApiCause::MalformedJson, ApiCause::BodyTooLarge, ApiCause::UnsupportedMediaType] {
+        let e = ApiError::new(cause, "x");
+        api.validate_reply("PUT", "/patches", cause.http_status(), "application/json", e.to_json().as_bytes()).unwrap();
+    }
+    let events = json!({"events": [{"seq": 1, "time_ms": 5, "kind": "txn", "txn": serde_json::to_value(&r).unwrap()},
+                                   {"seq": 2, "time_ms": 6, "kind": "guest_state", "state": "exited", "detail": "power off"}], "next": 2});
+    api.validate_reply("GET", "/events?since=0", 200, "application/json", events.to_string().as_bytes()).unwrap();
+    api.validate_reply("GET", "/metrics", 200, "text/plain; version=0.0.4", b"vsplice_pauses_total 0\n").unwrap();
+    let empty = json!({"arena": null, "patches": [], "history": [], "intent": null});
+    api.validate_reply("GET", "/patches", 200, "application/json", empty.to_string().as_bytes()).unwrap();
+    assert_eq!(template("/patches/recover"), "/patches/recover");
+    assert_eq!(template("/patches/x?y"), "/patches/{id}");
+}
+
+#[test]
+fn the_validator_catches_bad_replies() {
+    let api = OpenApi::load();
+    let vm = json!({"state": "running", "vcpus": 2, "memory_mib": 64, "arena": "0x3c00000:4M",
+                    "kernel": {"kind": "testguest", "build_id": null, "image": "/k"},
+                    "agent": {"announced": false, "descriptor_gpa": null, "rings": 0},
+                    "boot": 1, "uptime_ms": 10, "transaction_in_flight": false});
+    api.validate_reply("GET", "/vm", 200, "application/json", vm.to_string().as_bytes()).unwrap();
+    // A wrong field type.
+    let mut bad = vm.clone();
+    bad["vcpus"] = json!("2");
+    let e = api.validate_reply("GET", "/vm", 200, "application/json", bad.to_string().as_bytes()).unwrap_err();
+    assert!(e.contains("vcpus"), "{e}");
+    // A missing field, an unknown state.
+    let mut bad = vm.clone();
+    bad.as_object_mut().unwrap().remove("arena");
+    assert!(api.validate_reply("GET", "/vm", 200, "application/json", bad.to_string().as_bytes()).is_err());
+    let mut bad = vm.clone();
+    bad["state"] = json!("sleeping");
+    assert!(api.validate_reply("GET", "/vm", 200, "application/json", bad.to_string().as_bytes()).is_err());
+    // A transaction report with a cause the document does not know, or a string for a number.
+    let mut r = serde_json::to_value(report()).unwrap();
+    r["cause"] = json!("maybe");
+    assert!(api.validate_reply("PUT", "/patches", 409, "application/json", r.to_string().as_bytes()).is_err());
+    let mut r = serde_json::to_value(report()).unwrap();
+    r["timings"]["attempts"] = json!("3");
+    assert!(api.validate_reply("PUT", "/patches", 409, "application/json", r.to_string().as_bytes()).is_err());
+    // An error body with an extra field; a status or route the document does not list; not JSON.
+    let e = json!({"cause": "busy", "message": "m", "extra": 1});
+    assert!(api.validate_reply("PUT", "/patches", 409, "application/json", e.to_string().as_bytes()).is_err());
+    assert!(api.validate_reply("GET", "/vm", 418, "application/json", b"{}").is_err());
+    assert!(api.validate_reply("GET", "/nowhere", 200, "application/json", b"{}").is_err());
+    assert!(api.validate_reply("GET", "/vm", 200, "application/json", b"{").is_err());
+    assert!(api.validate_reply("GET", "/vm", 200, "text/html", b"x").is_err());
+}

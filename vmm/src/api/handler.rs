@@ -1,0 +1,205 @@
+//! The request handler: runs on the VMM thread between event-loop turns and
+//! answers each [`ApiRequest`] with a typed [`ApiResponse`]. Transactions
+//! run here to their end (the guest is never left paused or half-patched,
+//! whatever became of the client); each result goes to the event log and
+//! the metrics, and apply/revert edit the VM's desired patch list.
+//!
+//! [`serve`] is the core, generic over the patcher's backend so it is
+//! unit-tested on the patcher's fakes; [`RequestHandler`] drives it over the
+//! VMM and keeps the shared state current.
+
+use std::path::PathBuf;
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::time::Duration;
+
+use vsplice_patcher::model::backend::Backend;
+use vsplice_patcher::patch::PatchFile;
+use vsplice_patcher::txn::recover::Status;
+use vsplice_patcher::txn::{Patcher, TxnConfig, TxnReport};
+use vsplice_patcher::kernels::TargetKernel;
+
+use super::request::{ApiCause, ApiError, ApiRequest, ApiResponse, ApplyRequest, Envelope, PatchSource};
+use super::state::ApiShared;
+use super::MAX_BODY;
+use crate::livepatch::{desire, undesire, DesiredPatches, LivePatches};
+use crate::vmm::Vmm;
+
+/// What serving one request produced.
+#[derive(Debug)]
+pub struct Served {
+    /// The answer.
+    pub response: ApiResponse,
+    /// The transaction's report, when one ran (for the events and metrics).
+    pub report: Option<TxnReport>,
+    /// The registry read after it, when it changed or was read.
+    pub status: Option<Status>,
+}
+
+fn error(cause: ApiCause, message: impl Into<String>) -> Served {
+    Served { response: ApiResponse::Error(ApiError::new(cause, message)), report: None, status: None }
+}
+
+fn failed(e: ApiError) -> Served {
+    Served { response: ApiResponse::Error(e), report: None, status: None }
+}
+
+fn read_status<B: Backend>(patcher: &mut Patcher<'_, B>) -> Result<Status, ApiError> {
+    patcher.status().map_err(|f| ApiError::new(ApiCause::Unexpected, format!("reading the guest registry: {}", f.message)))
+}
+
+fn txn<B: Backend>(patcher: &mut Patcher<'_, B>, report: TxnReport) -> Served {
+    let status = patcher.status().ok();
+    Served { response: ApiResponse::Txn(Box::new(report.clone())), report: Some(report), status }
+}
+
+fn read_patch_file(path: &std::path::Path) -> Result<Vec<u8>, ApiError> {
+    let unreadable = |e: std::io::Error| ApiError::new(ApiCause::PatchFileUnreadable, format!("{}: {e}", path.display()));
+    let len = std::fs::metadata(path).map_err(unreadable)?.len();
+    if len > MAX_BODY {
+        return Err(ApiError::new(ApiCause::BodyTooLarge, format!("{} is {len} bytes; at most {MAX_BODY}", path.display())));
+    }
+    std::fs::read(path).map_err(unreadable)
+}
+
+fn apply<B: Backend>(patcher: &mut Patcher<'_, B>, desired: &mut DesiredPatches, req: ApplyRequest) -> Served {
+    let (bytes, origin) = match req.source {
+        PatchSource::Bytes(b) => (b, PathBuf::from("<api>")),
+        PatchSource::Path(p) => match read_patch_file(&p) {
+            Ok(b) => (b, p),
+            Err(e) => return failed(e),
+        },
+    };
+    if let Some(check) = req.check {
+        patcher.config_mut().check = check;
+    }
+    if let Some(n) = req.attempts {
+        patcher.config_mut().max_attempts = n.max(1);
+    }
+    let report = match PatchFile::parse(&bytes) {
+        Ok(p) => {
+            let r = patcher.apply(&p);
+            if r.is_ok() {
+                desire(desired, origin, p);
+            }
+            r
+        }
+        // The same `bad_patch` report (with the format's reason) as the CLI's.
+        Err(_) => patcher.apply_bytes(&bytes),
+    };
+    txn(patcher, report)
+}
+
+fn known(status: &Status, id_or_name: &str) -> bool {
+    status.patches.iter().any(|p| p.id == id_or_name || p.name == id_or_name)
+}
+
+/// Serves one request with `patcher` over the guest; `desired` is the VM's
+/// desired patch list.
+pub fn serve<B: Backend>(patcher: &mut Patcher<'_, B>, desired: &mut DesiredPatches, request: ApiRequest) -> Served {
+    match request {
+        ApiRequest::ListPatches => match read_status(patcher) {
+            Ok(s) => Served { response: ApiResponse::Status(Box::new(s.clone())), report: None, status: Some(s) },
+            Err(e) => failed(e),
+        },
+        ApiRequest::GetPatch(id) => match read_status(patcher) {
+            Ok(s) => match s.patches.iter().find(|p| p.id == id || p.name == id) {
+                Some(p) => Served { response: ApiResponse::Patch(Box::new(p.clone())), report: None, status: Some(s) },
+                None => error(ApiCause::UnknownPatch, format!("no patch `{id}` in the guest registry")),
+            },
+            Err(e) => failed(e),
+        },
+        ApiRequest::Apply(req) => apply(patcher, desired, req),
+        ApiRequest::Revert(id) => {
+            match read_status(patcher) {
+                Ok(s) if known(&s, &id) => {}
+                Ok(_) => return error(ApiCause::UnknownPatch, format!("no patch `{id}` in the guest registry")),
+                Err(e) => return failed(e),
+            }
+            let report = patcher.revert(&id);
+            if report.is_ok() {
+                undesire(desired, &id);
+                if let Some(real) = &report.patch_id {
+                    undesire(desired, real);
+                }
+            }
+            txn(patcher, report)
+        }
+        ApiRequest::Recover => {
+            let report = patcher.recover();
+            txn(patcher, report)
+        }
+    }
+}
+
+/// Drives [`serve`] over the VMM for the requests the HTTP layer sends.
+#[derive(Debug)]
+pub struct RequestHandler {
+    shared: Arc<ApiShared>,
+    requests: Receiver<Envelope>,
+}
+
+impl RequestHandler {
+    /// A handler for the requests arriving on `requests`.
+    pub fn new(shared: Arc<ApiShared>, requests: Receiver<Envelope>) -> Self {
+        Self { shared, requests }
+    }
+
+    /// Records a transaction's result (the API's or `--live-patch`'s).
+    pub fn record(shared: &ApiShared, report: &TxnReport) {
+        shared.events.txn(report);
+        if let Ok(mut m) = shared.metrics.lock() {
+            m.txn(report);
+        }
+    }
+
+    /// Waits up to `wait` for a request, then serves it and every other
+    /// one waiting. `patches` is `None` when the booted kernel cannot be
+    /// patched (its reason in `why_not`).
+    pub fn serve_waiting(&mut self, vmm: &mut Vmm, mut patches: Option<&mut LivePatches>, why_not: &str, wait: Duration) {
+        let mut next = self.requests.recv_timeout(wait).ok();
+        while let Some(env) = next {
+            let is_txn = env.request.is_transaction();
+            let served = match patches.as_deref_mut() {
+                Some(lp) => {
+                    let (target, desired) = lp.parts_mut();
+                    let arena = vmm.arena();
+                    let mut patcher = Patcher::new(&mut *vmm, target as &dyn TargetKernel, TxnConfig::new(arena));
+                    serve(&mut patcher, desired, env.request)
+                }
+                None => error(ApiCause::UnsupportedTarget, why_not.to_owned()),
+            };
+            if let Some(r) = &served.report {
+                Self::record(&self.shared, r);
+            }
+            if let Some(s) = served.status {
+                self.shared.set_status(Some(s));
+            }
+            if is_txn {
+                self.shared.end();
+            }
+            // The client may have gone: the transaction is done all the same.
+            let _ = env.reply.send(served.response);
+            next = self.requests.try_recv().ok();
+        }
+    }
+
+    /// Reads the registry into the shared state (after `--live-patch` applied at boot).
+    pub fn refresh_status(&self, vmm: &mut Vmm, patches: &LivePatches) {
+        let arena = vmm.arena();
+        let mut patcher = Patcher::new(&mut *vmm, patches.target() as &dyn TargetKernel, TxnConfig::new(arena));
+        if let Ok(s) = patcher.status() {
+            self.shared.set_status(Some(s));
+        }
+    }
+
+    /// Answers every waiting request with `guest_gone` (the VM has ended).
+    pub fn refuse_all(&mut self) {
+        while let Ok(env) = self.requests.try_recv() {
+            if env.request.is_transaction() {
+                self.shared.end();
+            }
+            let _ = env.reply.send(ApiResponse::Error(ApiError::new(ApiCause::GuestGone, "the guest has ended")));
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! The request handler on the patcher's fakes (no KVM): apply, list, one
+//! patch, revert and recover answer as the API documents, edit the desired
+//! list only on success, and refuse unknown patches without a transaction.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use vsplice_patcher::model::CheckMode;
+use vsplice_patcher::testing::kernel::arena;
+use vsplice_patcher::testing::{FakeKernel, FakePatch};
+use vsplice_patcher::txn::{Cause, Patcher, TxnConfig, TxnReport};
+
+use super::handler::{serve, Served};
+use super::request::{ApiCause, ApiRequest, ApiResponse, ApplyRequest, PatchSource};
+use crate::livepatch::DesiredPatches;
+
+fn config() -> TxnConfig {
+    let mut c = TxnConfig::new(arena());
+    c.max_attempts = 2;
+    c.backoff = Duration::ZERO;
+    c.max_backoff = Duration::ZERO;
+    c
+}
+
+fn bytes(name: &str, func: &str) -> Vec<u8> {
+    FakePatch::new(name).replace(func).build(&FakeKernel::new()).unwrap().to_bytes().unwrap()
+}
+
+fn apply(source: PatchSource) -> ApiRequest {
+    ApiRequest::Apply(ApplyRequest { source, check: None, attempts: None })
+}
+
+fn txn(s: &Served) -> &TxnReport {
+    match &s.response {
+        ApiResponse::Txn(r) => r,
+        other => panic!("not a report: {other:?}"),
+    }
+}
+
+fn api_error(s: &Served) -> ApiCause {
+    match &s.response {
+        ApiResponse::Error(e) => e.cause,
+        other => panic!("not an error: {other:?}"),
+    }
+}
+
+#[test]
+fn apply_list_get_revert_recover_and_the_desired_list() {
+    let k = FakeKernel::new();
+    let mut g = k.guest();
+    let mut desired = DesiredPatches::new();
+    let mut p = Patcher::new(&mut g, &k, config());
+    let s = serve(&mut p, &mut desired, apply(PatchSource::Bytes(bytes("p1", "fake_a"))));
+    assert!(txn(&s).is_ok(), "{}", txn(&s).to_json());
+    assert_eq!(s.report.as_ref().map(|r| r.cause), Some(Cause::Ok));
+    assert_eq!(s.status.as_ref().unwrap().patches.len(), 1);
+    assert_eq!(desired.len(), 1);
+    // The same again: refused, the list unchanged.
+    let s = serve(&mut p, &mut desired, apply(PatchSource::Bytes(bytes("p1", "fake_a"))));
+    assert_eq!(txn(&s).cause, Cause::AlreadyApplied);
+    assert_eq!(desired.len(), 1);
+    match serve(&mut p, &mut desired, ApiRequest::ListPatches).response {
+        ApiResponse::Status(st) => assert_eq!(st.patches[0].name, "p1"),
+        other => panic!("{other:?}"),
+    }
+    let id = desired[0].1.manifest.id.clone();
+    match serve(&mut p, &mut desired, ApiRequest::GetPatch(id.clone())).response {
+        ApiResponse::Patch(ps) => assert_eq!((ps.name.as_str(), ps.funcs[0].active), ("p1", true)),
+        other => panic!("{other:?}"),
+    }
+    // Unknown patches: 404 causes, no transaction.
+    let s = serve(&mut p, &mut desired, ApiRequest::GetPatch("nope".into()));
+    assert_eq!(api_error(&s), ApiCause::UnknownPatch);
+    let s = serve(&mut p, &mut desired, ApiRequest::Revert("nope".into()));
+    assert_eq!(api_error(&s), ApiCause::UnknownPatch);
+    assert!(s.report.is_none());
+    // Revert by name: done, and gone from the desired list.
+    let s = serve(&mut p, &mut desired, ApiRequest::Revert("p1".into()));
+    assert!(txn(&s).is_ok(), "{}", txn(&s).to_json());
+    assert!(desired.is_empty());
+    assert!(s.status.unwrap().patches.is_empty());
+    let s = serve(&mut p, &mut desired, ApiRequest::Recover);
+    assert_eq!((txn(&s).op, txn(&s).cause), ("recover", Cause::Ok));
+}
+
+#[test]
+fn bad_bytes_unreadable_files_and_file_requests() {
+    let k = FakeKernel::new();
+    let mut g = k.guest();
+    let mut desired = DesiredPatches::new();
+    let mut p = Patcher::new(&mut g, &k, config());
+    let s = serve(&mut p, &mut desired, apply(PatchSource::Bytes(b"not a patch".to_vec())));
+    assert_eq!(txn(&s).cause, Cause::BadPatch);
+    assert!(desired.is_empty());
+    let s = serve(&mut p, &mut desired, apply(PatchSource::Path("/nonexistent/p.vsp".into())));
+    assert_eq!(api_error(&s), ApiCause::PatchFileUnreadable);
+    let file = std::env::temp_dir().join(format!("vsplice-handler-{}.vsp", std::process::id()));
+    std::fs::write(&file, bytes("p2", "fake_b")).unwrap();
+    let req = ApplyRequest { source: PatchSource::Path(file.clone()), check: Some(CheckMode::Conservative), attempts: Some(1) };
+    let s = serve(&mut p, &mut desired, ApiRequest::Apply(req));
+    assert!(txn(&s).is_ok(), "{}", txn(&s).to_json());
+    assert_eq!(txn(&s).check.as_ref().map(|c| c.mode), Some(CheckMode::Conservative));
+    assert_eq!(desired[0].0, file);
+    let _ = std::fs::remove_file(file);
+}
+
+#[test]
+fn a_busy_function_is_refused_and_not_desired() {
+    let k = FakeKernel::new();
+    let mut g = k.guest();
+    let worker = k.sleeping_task(&mut g, 0, 300, "worker", &[k.ret_into("fake_a")]);
+    k.set_tasks(vec![worker]);
+    let mut desired = DesiredPatches::new();
+    let mut p = Patcher::new(&mut g, &k, config());
+    let req = ApplyRequest { source: PatchSource::Bytes(bytes("p1", "fake_a")), check: None, attempts: Some(3) };
+    let s = serve(&mut p, &mut desired, ApiRequest::Apply(req));
+    assert_eq!((txn(&s).cause, txn(&s).timings.attempts), (Cause::CodeBusy, 3));
+    assert!(desired.is_empty());
+    assert!(s.status.unwrap().patches.is_empty());
+}

@@ -1,0 +1,179 @@
+//! `vsplice remote --api-sock PATH …`: the client of a `vsplice run
+//! --api-sock` VMM's HTTP API. Readable text by default, the API's JSON with
+//! `--json`. Exit codes as `vsplice patch`: 0 ok, 3 refused (a transaction's
+//! cause, or an API error such as `busy`), 1 bad input (unreadable file,
+//! nothing answering at the socket).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use serde_json::Value;
+
+use crate::api::client::{self, ClientResponse};
+use super::patch::EXIT_REFUSED;
+use super::run::EXIT_BAD_INPUT;
+
+/// `vsplice remote`.
+#[derive(Debug, Args)]
+pub struct RemoteArgs {
+    /// The API socket of a `vsplice run --api-sock PATH`.
+    #[arg(long, value_name = "PATH")]
+    pub api_sock: PathBuf,
+    /// Print the API's JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// What to ask.
+    #[command(subcommand)]
+    pub command: RemoteCommand,
+}
+
+/// `vsplice remote` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum RemoteCommand {
+    /// The VM: state, vCPUs, memory, arena, kernel, agent, uptime.
+    Vm,
+    /// Patches: apply, revert, list, recover.
+    #[command(subcommand)]
+    Patch(RemotePatch),
+    /// The Prometheus metrics.
+    Metrics,
+    /// Events after `--since` (waits up to `--timeout` seconds for one).
+    Events {
+        /// Only events with a larger sequence number.
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+        /// Seconds to wait when there is none yet (at most 60).
+        #[arg(long, default_value_t = 0)]
+        timeout: u64,
+    },
+}
+
+/// `vsplice remote patch …`.
+#[derive(Debug, Subcommand)]
+pub enum RemotePatch {
+    /// Apply a `.vsp` file (its bytes are sent).
+    Apply {
+        /// The patch file.
+        file: PathBuf,
+    },
+    /// Revert a patch by id or name.
+    Revert {
+        /// Id or name.
+        id: String,
+    },
+    /// The guest's registry.
+    List,
+    /// Complete or roll back an interrupted transaction.
+    Recover,
+}
+
+fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
+    v.get(key).and_then(Value::as_str).unwrap_or("-")
+}
+
+fn text_vm(v: &Value) -> String {
+    let kernel = &v["kernel"];
+    format!(
+        "state: {}\nvcpus: {}\nmemory: {} MiB\narena: {}\nkernel: {} (build-id {})\nagent: {}\nboot: {}\nuptime: {} ms\ntransaction in flight: {}",
+        str_of(v, "state"),
+        v["vcpus"],
+        v["memory_mib"],
+        str_of(v, "arena"),
+        str_of(kernel, "kind"),
+        str_of(kernel, "build_id"),
+        if v["agent"]["announced"].as_bool().unwrap_or(false) { "announced" } else { "none" },
+        v["boot"],
+        v["uptime_ms"],
+        v["transaction_in_flight"],
+    )
+}
+
+fn text_list(v: &Value) -> String {
+    let patches = v["patches"].as_array().cloned().unwrap_or_default();
+    if patches.is_empty() {
+        return "no patches applied".into();
+    }
+    patches
+        .iter()
+        .map(|p| {
+            let funcs: Vec<&str> = p["funcs"].as_array().map(|f| f.iter().filter_map(|f| f["name"].as_str()).collect()).unwrap_or_default();
+            format!("{}  {}  {}  {}", str_of(p, "id"), str_of(p, "name"), str_of(p, "state"), funcs.join(","))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn text_txn(v: &Value) -> String {
+    let cause = str_of(v, "cause");
+    let what = format!("{} {}", str_of(v, "op"), v.get("patch_name").and_then(Value::as_str).or(v.get("patch_id").and_then(Value::as_str)).unwrap_or(""));
+    if cause == "ok" {
+        format!("{}: ok (downtime {} us, {} pause(s))", what.trim(), v["timings"]["downtime_us"], v["timings"]["attempts"])
+    } else {
+        format!("{}: refused [{cause}]: {}", what.trim(), str_of(v, "message"))
+    }
+}
+
+fn text_events(v: &Value) -> String {
+    let events = v["events"].as_array().cloned().unwrap_or_default();
+    let mut lines: Vec<String> = events
+        .iter()
+        .map(|e| match str_of(e, "kind") {
+            "txn" => format!("{} txn {}", e["seq"], text_txn(&e["txn"])),
+            _ => format!("{} guest {} ({})", e["seq"], str_of(e, "state"), str_of(e, "detail")),
+        })
+        .collect();
+    lines.push(format!("next: {}", v["next"]));
+    lines.join("\n")
+}
+
+fn show(r: &ClientResponse, json: bool, text: fn(&Value) -> String) -> ExitCode {
+    let v = r.json();
+    let ok = r.status == 200;
+    if json || (v.is_null() && ok) {
+        println!("{}", r.text().trim_end());
+    } else if ok {
+        println!("{}", text(&v));
+    } else if v.get("op").is_some() {
+        println!("{}", text_txn(&v));
+    } else {
+        eprintln!("vsplice: refused [{}]: {}", str_of(&v, "cause"), str_of(&v, "message"));
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_REFUSED)
+    }
+}
+
+/// One request: method, path, body, its type, and how its answer reads as text.
+type Call = (&'static str, String, Vec<u8>, Option<&'static str>, fn(&Value) -> String);
+
+/// Runs `vsplice remote`.
+pub fn run(args: RemoteArgs) -> ExitCode {
+    let sock = &args.api_sock;
+    let (method, path, body, content_type, text): Call = match &args.command {
+        RemoteCommand::Vm => ("GET", "/vm".into(), Vec::new(), None, text_vm),
+        RemoteCommand::Metrics => ("GET", "/metrics".into(), Vec::new(), None, |_| String::new()),
+        RemoteCommand::Events { since, timeout } => ("GET", format!("/events?since={since}&timeout={timeout}"), Vec::new(), None, text_events),
+        RemoteCommand::Patch(RemotePatch::List) => ("GET", "/patches".into(), Vec::new(), None, text_list),
+        RemoteCommand::Patch(RemotePatch::Recover) => ("POST", "/patches/recover".into(), Vec::new(), None, text_txn),
+        RemoteCommand::Patch(RemotePatch::Revert { id }) => ("DELETE", format!("/patches/{id}"), Vec::new(), None, text_txn),
+        RemoteCommand::Patch(RemotePatch::Apply { file }) => match std::fs::read(file) {
+            Ok(b) => ("PUT", "/patches".into(), b, Some("application/octet-stream"), text_txn),
+            Err(e) => {
+                eprintln!("vsplice: error [patch_file_unreadable]: {}: {e}", file.display());
+                return ExitCode::from(EXIT_BAD_INPUT);
+            }
+        },
+    };
+    let timeout = Some(Duration::from_secs(120));
+    match client::request(sock, method, &path, content_type, &body, timeout) {
+        Ok(r) => show(&r, args.json, text),
+        Err(e) => {
+            super::report(&e, e.cause());
+            ExitCode::from(EXIT_BAD_INPUT)
+        }
+    }
+}
