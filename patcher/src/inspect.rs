@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use thiserror::Error;
 
-use crate::attach::{attach_gdb, AttachError};
+use crate::attach::{attach_gdb, AttachError, ResumeGuard};
 use crate::model::backend::{Backend, BackendError, VcpuState};
 use crate::gdb::{GdbError, GdbOptions};
 use crate::os::linux::btf::Btf;
@@ -137,10 +137,11 @@ pub fn run_inspect(args: &InspectArgs, out: &mut dyn Write) -> Result<(), Inspec
                 ..GdbOptions::default()
             };
             let t = Instant::now();
-            let (mut be, vcpus) = attach_gdb(addr, opts)?;
+            let (be, vcpus) = attach_gdb(addr, opts)?;
+            // Always let the guest go, even when the command fails or panics.
+            let mut be = ResumeGuard::new(be);
             let attach = t.elapsed();
-            let r = live(&mut be, vcpus, text_link, attach, args, out);
-            // Always let the guest go, even when the command failed.
+            let r = live(&mut *be, vcpus, text_link, attach, args, out);
             let d = be.detach();
             r?;
             d?;

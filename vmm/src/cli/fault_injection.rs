@@ -8,26 +8,30 @@
 //! says `(fault-injection)` so a test can tell such a binary apart. Without
 //! the feature the variable is ignored and none of this code is built.
 
-use vsplice_patcher::gdb::backend::GdbBackend;
 use vsplice_patcher::arch::x86::guest::AutoStop;
+use vsplice_patcher::attach::ResumeGuard;
+use vsplice_patcher::gdb::backend::GdbBackend;
 
-/// The attached backend: the gdbstub with short stops around memory
+/// The gdbstub, resumed when dropped, with short stops around memory accesses.
+pub type Guarded = AutoStop<ResumeGuard<GdbBackend>>;
+
+/// The attached backend: the guarded gdbstub with short stops around memory
 /// accesses, and with the feature, [`KillAfter`] around that.
 #[cfg(feature = "fault-injection")]
-pub type Attached = KillAfter<AutoStop<GdbBackend>>;
-/// The attached backend: the gdbstub with short stops around memory accesses.
+pub type Attached = KillAfter<Guarded>;
+/// The attached backend: the guarded gdbstub with short stops around memory accesses.
 #[cfg(not(feature = "fault-injection"))]
-pub type Attached = AutoStop<GdbBackend>;
+pub type Attached = Guarded;
 
 /// Wraps the attached gdbstub (with the feature: in the kill counter the environment asks for).
-pub fn attached(backend: AutoStop<GdbBackend>) -> Attached {
+pub fn attached(backend: Guarded) -> Attached {
     #[cfg(feature = "fault-injection")]
     let backend = KillAfter::from_env(backend);
     backend
 }
 
-/// The gdbstub connection under the wrappers.
-pub fn into_gdb(attached: Attached) -> GdbBackend {
+/// The guarded gdbstub connection under the wrappers.
+pub fn into_gdb(attached: Attached) -> ResumeGuard<GdbBackend> {
     #[cfg(feature = "fault-injection")]
     let attached = attached.inner;
     attached.0

@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use vsplice_patcher::attach::{self, AttachSpec};
+use vsplice_patcher::attach::{self, AttachSpec, ResumeGuard};
 use vsplice_patcher::model::backend::Backend;
 use vsplice_patcher::model::{ArenaRange, CheckMode, TargetKind};
 use vsplice_patcher::os::linux::view::TaskSource;
@@ -178,8 +178,12 @@ fn bad_input(e: &dyn std::error::Error, cause: &str) -> ExitCode {
     ExitCode::from(EXIT_BAD_INPUT)
 }
 
-/// Connects, stops the guest and identifies its kernel (one way for every kind).
-fn connect(g: &AttachArgs) -> Result<(Box<dyn TargetKernel>, GdbBackend), ExitCode> {
+/// Connects, stops the guest and identifies its kernel (one way for every
+/// kind). The backend comes in a [`ResumeGuard`]: every way out of a
+/// command from here on (a refusal, an error, a panic) lets the guest run
+/// on, except [`with_patcher`]'s explicit `keep_stopped` for a half-written
+/// transaction.
+fn connect(g: &AttachArgs) -> Result<(Box<dyn TargetKernel>, ResumeGuard<GdbBackend>), ExitCode> {
     let opts = GdbOptions { timeout: std::time::Duration::from_millis(g.timeout_ms), ..GdbOptions::default() };
     let spec = AttachSpec { gdb: &g.gdb, kind: g.target, image: g.kernel.as_deref(), tasks: g.tasks, opts };
     let a = attach::attach(&spec).map_err(|e| bad_input(&e, e.cause()))?;
@@ -225,6 +229,7 @@ fn with_patcher(g: &AttachArgs, attempts: u32, f: impl FnOnce(&mut Patcher<'_, &
         // Never let the guest run half-patched: close the connection without
         // detaching, which leaves it stopped (QEMU keeps it so).
         eprintln!("vsplice: the guest stays stopped: an interrupted transaction is half-written; `vsplice patch status --recover` (or the next apply/revert) completes or rolls it back");
+        drop(into_gdb(backend).keep_stopped());
         return code;
     }
     if let Err(e) = into_gdb(backend).detach() {

@@ -5,8 +5,15 @@
 //! reads; the test guest maps its memory 1:1), then identify the kernel:
 //! the test guest from its ELF image, Linux from guest memory alone.
 //!
-//! The guest is left stopped: the caller decides when it runs again (a
-//! half-written transaction must not run).
+//! The guest is handed back stopped, inside a [`ResumeGuard`]: whatever
+//! the caller does next, and however it fails, the guest runs on when the
+//! guard goes, unless the caller keeps it stopped on purpose (a
+//! half-written transaction must not run). Every failure here after the
+//! stop resumes the guest the same way.
+
+mod resume_guard;
+
+pub use resume_guard::ResumeGuard;
 
 use std::path::Path;
 
@@ -79,20 +86,23 @@ pub struct AttachSpec<'a> {
 /// An attached guest: its backend (the guest stopped) and its kernel.
 #[derive(Debug)]
 pub struct Attached {
-    /// The gdbstub backend; every vCPU is stopped.
-    pub backend: GdbBackend,
+    /// The gdbstub backend; every vCPU is stopped until the guard resumes
+    /// (dropped, detached) or is told to keep the guest stopped.
+    pub backend: ResumeGuard<GdbBackend>,
     /// The identified kernel.
     pub kernel: Box<dyn TargetKernel>,
 }
 
 /// Connect, stop every vCPU and ensure physical access. `linux`: find the
-/// direct map when the stub has no physical mode.
+/// direct map when the stub has no physical mode. The guest is left
+/// stopped on success (the caller detaches); on failure it runs on.
 pub fn attach_gdb(addr: &str, opts: GdbOptions) -> Result<(GdbBackend, Vec<VcpuState>), AttachError> {
-    connect_stopped(addr, opts, TargetKind::Linux)
+    let (be, vcpus) = connect_stopped(addr, opts, TargetKind::Linux)?;
+    Ok((be.keep_stopped(), vcpus))
 }
 
-fn connect_stopped(addr: &str, opts: GdbOptions, kind: TargetKind) -> Result<(GdbBackend, Vec<VcpuState>), AttachError> {
-    let mut be = GdbBackend::connect(addr, opts)?;
+fn connect_stopped(addr: &str, opts: GdbOptions, kind: TargetKind) -> Result<(ResumeGuard<GdbBackend>, Vec<VcpuState>), AttachError> {
+    let mut be = ResumeGuard::new(GdbBackend::connect(addr, opts)?);
     let vcpus = be.stop()?;
     if !be.has_phys_access() && kind == TargetKind::Linux {
         let (base, _) = find_direct_map(&mut StubVirtual::new(&mut be)).map_err(AttachError::DirectMap)?;
@@ -115,16 +125,8 @@ pub fn attach(spec: &AttachSpec<'_>) -> Result<Attached, AttachError> {
         }
         TargetKind::Linux => {
             let (mut backend, vcpus) = connect_stopped(spec.gdb, spec.opts.clone(), spec.kind)?;
-            let mut kernel = match LinuxTarget::open(&mut backend, vcpus) {
-                Ok(k) => k,
-                Err(e) => {
-                    // A kernel vsplice cannot patch must not stay frozen.
-                    if let Err(r) = backend.resume() {
-                        tracing::warn!(error = %r, "resuming the guest after a refused attach failed");
-                    }
-                    return Err(e.into());
-                }
-            };
+            // A kernel vsplice cannot patch must not stay frozen: on error the guard resumes it.
+            let mut kernel = LinuxTarget::open(&mut *backend, vcpus)?;
             kernel.set_task_source(spec.tasks);
             Ok(Attached { backend, kernel: Box::new(kernel) })
         }
