@@ -12,6 +12,8 @@
 //! stop resumes the guest the same way.
 
 mod resume_guard;
+#[cfg(test)]
+mod tests;
 
 pub use resume_guard::ResumeGuard;
 

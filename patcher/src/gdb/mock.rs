@@ -309,3 +309,19 @@ pub fn start(cfg: MockConfig, mem_base: u64, mem: Vec<u8>) -> (UnixStream, Arc<M
     let h = std::thread::spawn(move || server.run());
     (a, st, h)
 }
+
+/// Start a mock stub listening on the Unix socket `path` (one connection),
+/// for code that connects by address (`attach`).
+pub fn listen(cfg: MockConfig, mem_base: u64, mem: Vec<u8>, path: &std::path::Path) -> (Arc<Mutex<MockState>>, JoinHandle<()>) {
+    let l = std::os::unix::net::UnixListener::bind(path).unwrap();
+    let st = Arc::new(Mutex::new(MockState { mem, mem_base, ..MockState::default() }));
+    let cfg = MockConfig { packet_size: if cfg.packet_size == 0 { 4096 } else { cfg.packet_size }, ..cfg };
+    let state = st.clone();
+    let h = std::thread::spawn(move || {
+        if let Ok((s, _)) = l.accept() {
+            let server = Server { s, cfg, st: state, acks: true, thread: 1, reads: 0, corrupted: false, last: Vec::new() };
+            server.run();
+        }
+    });
+    (st, h)
+}

@@ -16,7 +16,7 @@ pub mod registers;
 pub mod tdesc;
 pub mod virt;
 #[cfg(test)]
-mod mock;
+pub(crate) mod mock;
 
 pub use backend::GdbBackend;
 pub use client::{GdbClient, GdbOptions};
