@@ -139,3 +139,99 @@ fn debian_kernel_boots_under_vsplice_run() {
         assert!(!stdout.contains(bad), "{bad} on the console:\n{stdout}");
     }
 }
+
+/// Issue 10 B on a host with hardware virtualization: a Linux patch given
+/// to `vsplice run --live-patch` is applied once the Debian kernel is up
+/// (identified from guest memory over the VMM's own backend, the agent's
+/// address from the doorbell: the initramfs loads the agent), and the guest
+/// sees it. No command channel under `vsplice run`: the initramfs falls back
+/// to a shell on the console, which the test drives through stdin.
+#[test]
+fn debian_kernel_is_live_patched_under_vsplice_run() {
+    use std::io::{Read, Write};
+    use std::process::{Command, Stdio};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use vsplice_tests::debian::{debian_images, Flavour};
+
+    let label = "debian_livepatch_under_vsplice_run";
+    if !skip::has_hardware_virtualization() {
+        skip::skip(label, "no VMX/SVM in /proc/cpuinfo: KVM here emulates guest CPL0 code, a stock kernel cannot boot in useful time");
+        return;
+    }
+    let img = match debian_images(Flavour::Amd64) {
+        Ok(i) if i.headers.join("Makefile").is_file() => i,
+        _ => {
+            skip::skip(label, "no Debian images with Kbuild headers (run images/debian-kernels.sh)");
+            return;
+        }
+    };
+    let dir = tmp_dir("linux-under-run");
+    let vsp = dir.join("cmdline.vsp");
+    let src = testguest::workspace_root().join("examples/patches/linux/cmdline_marker.c");
+    let o = vsplice(&[
+        "patch", "build", "--target", "linux", "--kernel", img.vmlinuz.to_str().unwrap(), "--headers", img.headers.to_str().unwrap(),
+        "-o", vsp.to_str().unwrap(), src.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+
+    let mut child = Command::new(vsplice_tests::cli::vsplice_bin())
+        .args([
+            "run", "--kernel", img.vmlinuz.to_str().unwrap(), "--initrd", img.initramfs.to_str().unwrap(), "--vcpus", "2", "--memory", "1024",
+            "--live-patch", vsp.to_str().unwrap(),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let collect = |mut r: Box<dyn Read + Send>| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let b = buf.clone();
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = r.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                b.lock().unwrap().extend_from_slice(&chunk[..n]);
+            }
+        });
+        buf
+    };
+    let stdout = collect(Box::new(child.stdout.take().unwrap()));
+    let stderr = collect(Box::new(child.stderr.take().unwrap()));
+    let seen = |b: &Arc<Mutex<Vec<u8>>>, s: &str| text(&b.lock().unwrap()).contains(s);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !seen(&stdout, "falling back to a shell") && Instant::now() < deadline && child.try_wait().unwrap().is_none() {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(seen(&stdout, "falling back to a shell"), "no shell on the console:\n{}\n{}", text(&stdout.lock().unwrap()), text(&stderr.lock().unwrap()));
+    let script = "for i in $(seq 1 120); do grep -q vsplice.marker=cmdline /proc/cmdline && break; sleep 0.5; done\n\
+                  echo \"CMDLINE: $(cat /proc/cmdline)\"\npoweroff -f\n";
+    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let (out, err) = (text(&stdout.lock().unwrap()), text(&stderr.lock().unwrap()));
+    assert!(status.is_some_and(|s| s.success()), "status {status:?}\n{out}\n{err}");
+    let report = err.lines().find(|l| l.starts_with("vsplice: live-patch ")).unwrap_or_else(|| panic!("no live-patch report:\n{err}"));
+    assert!(report.contains("\"cause\":\"ok\"") && report.contains("cmdline_marker"), "{report}");
+    let line = out.lines().find(|l| l.contains("CMDLINE: ")).unwrap_or_else(|| panic!("no CMDLINE line:\n{out}"));
+    assert!(line.contains("vsplice.marker=cmdline"), "the guest does not see the patch: {line}");
+    for bad in ["Oops", "BUG:", "Kernel panic"] {
+        assert!(!out.contains(bad), "{bad} on the console:\n{out}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
