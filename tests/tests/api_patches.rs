@@ -57,6 +57,7 @@ fn apply_list_revert_recover_metrics_events_through_remote_and_http() {
     assert!(o.status.success() && text(&o.stdout).contains("step_b_v2  applied  tg_step_b"), "{}", text(&o.stdout));
     let o = vm.remote(&["--json", "patch", "list"]);
     let listed: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    vm.openapi().validate_component("Status", &listed).unwrap();
     let id = listed["patches"][0]["id"].as_str().unwrap().to_owned();
     assert_eq!(vm.get_json(&format!("/patches/{id}"))["name"], "step_b_v2");
     assert_eq!(vm.get_json("/patches/step_b_v2")["id"], id.as_str());
@@ -65,6 +66,7 @@ fn apply_list_revert_recover_metrics_events_through_remote_and_http() {
     let o = vm.remote(&["--json", "patch", "apply", vsp.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(3), "{}", text(&o.stdout));
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    vm.openapi().validate_component("TxnReport", &r).unwrap();
     assert_eq!(r["cause"], "already_applied");
     // Raw HTTP: the JSON body form.
     let body = serde_json::json!({"path": vsp, "check": "conservative", "attempts": 5}).to_string();
