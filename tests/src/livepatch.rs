@@ -14,6 +14,20 @@ use vsplice_vmm::vmm::Vmm;
 
 use crate::testguest::{self, Capture};
 
+/// A replacement of `tg_hold` that spins until `tg_hold_release` is set: a
+/// task parked in it keeps the function busy (code_busy tests).
+pub const HOLD_PATCH: &str = r#"
+#include <vsplice.h>
+typedef unsigned long u64;
+extern volatile u64 tg_hold_release;
+void tg_hold_v2(void)
+{
+	while (!tg_hold_release)
+		__asm__ __volatile__("hlt" ::: "memory");
+}
+VSPLICE_REPLACE(tg_hold, tg_hold_v2);
+"#;
+
 /// `examples/patches/testguest/<name>`.
 pub fn example(name: &str) -> PathBuf {
     testguest::workspace_root().join("examples/patches/testguest").join(name)

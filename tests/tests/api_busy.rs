@@ -12,18 +12,6 @@ use std::time::{Duration, Instant};
 use vsplice_tests::api::{build_example, build_patch, ApiVm};
 use vsplice_tests::{livepatch, testguest};
 
-const HOLD_PATCH: &str = r#"
-#include <vsplice.h>
-typedef unsigned long u64;
-extern volatile u64 tg_hold_release;
-void tg_hold_v2(void)
-{
-	while (!tg_hold_release)
-		__asm__ __volatile__("hlt" ::: "memory");
-}
-VSPLICE_REPLACE(tg_hold, tg_hold_v2);
-"#;
-
 /// Waits for the first `txn` event after `since`; returns it.
 fn next_txn(vm: &ApiVm, since: u64) -> serde_json::Value {
     let end = Instant::now() + Duration::from_secs(60);
@@ -50,7 +38,7 @@ fn concurrent_transactions_are_busy_and_gets_are_served() {
     }
     let vm = ApiVm::start("busy", "tg.tasks=2 tg.wait=5 tg.hold", &[]);
     assert!(vm.wait_serial(Duration::from_secs(60), |s| s.contains("TG hold task=1 in tg_hold")));
-    let hold = build_patch(&vm.dir, "hold", HOLD_PATCH);
+    let hold = build_patch(&vm.dir, "hold", livepatch::HOLD_PATCH);
     let b2 = build_example(&vm.dir, "step_b_v2.c");
     let body = serde_json::json!({"path": hold, "attempts": 20}).to_string();
     let first = std::thread::scope(|s| {
@@ -93,7 +81,7 @@ fn a_client_that_disconnects_mid_apply_leaves_the_guest_whole() {
     }
     let vm = ApiVm::start("disconnect", "tg.tasks=2 tg.wait=5 tg.hold", &[]);
     assert!(vm.wait_serial(Duration::from_secs(60), |s| s.contains("TG hold task=1 in tg_hold")));
-    let hold = build_patch(&vm.dir, "hold", HOLD_PATCH);
+    let hold = build_patch(&vm.dir, "hold", livepatch::HOLD_PATCH);
     let b2 = std::fs::read(build_example(&vm.dir, "step_b_v2.c")).unwrap();
 
     // A retrying apply whose client is gone at once: it ends (code_busy), the guest runs.

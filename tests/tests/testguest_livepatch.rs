@@ -149,25 +149,13 @@ fn thousand_apply_revert_cycles_are_clean() {
     vmm.shutdown();
 }
 
-const HOLD_PATCH: &str = r#"
-#include <vsplice.h>
-typedef unsigned long u64;
-extern volatile u64 tg_hold_release;
-void tg_hold_v2(void)
-{
-	while (!tg_hold_release)
-		__asm__ __volatile__("hlt" ::: "memory");
-}
-VSPLICE_REPLACE(tg_hold, tg_hold_v2);
-"#;
-
 #[test]
 fn code_busy_names_the_task_leaves_the_guest_untouched_and_apply_succeeds_once_it_left() {
     let _g = testguest::vm_lock();
     if !testguest::ready("livepatch_code_busy") {
         return;
     }
-    let patch = livepatch::build_text("hold", HOLD_PATCH, true).unwrap();
+    let patch = livepatch::build_text("hold", livepatch::HOLD_PATCH, true).unwrap();
     let target = livepatch::target();
     let (_, release_phys) = testguest::symbol("tg_hold_release").unwrap();
     let (mut vmm, out) = livepatch::boot(2, "tg.tasks=2 tg.wait=2 tg.hold");
