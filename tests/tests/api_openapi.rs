@@ -53,8 +53,8 @@ fn the_code_s_replies_conform() {
 #[test]
 fn the_validator_catches_bad_replies() {
     let api = OpenApi::load();
-    let vm = json!({"state": "running", "vcpus": 2, "memory_mib": 64, "arena": "0x3c00000:4M",
-                    "kernel": {"kind": "testguest", "build_id": null, "image": "/k"},
+    let vm = json!({"state": "running", "hypervisor": "kvm", "vcpus": 2, "memory_mib": 64, "arena": "0x3c00000:4M",
+                    "kernel": {"kind": "testguest", "build_id": null, "release": null, "kaslr_slide": null, "image": "/k"},
                     "agent": {"announced": false, "descriptor_gpa": null, "rings": 0},
                     "boot": 1, "uptime_ms": 10, "transaction_in_flight": false});
     api.validate_reply("GET", "/vm", 200, "application/json", vm.to_string().as_bytes()).unwrap();

@@ -57,6 +57,14 @@ pub trait TargetKernel: std::fmt::Debug {
         let _ = mem;
         Box::new(UnknownEnv)
     }
+    /// The running kernel's release (`uname -r`), where known.
+    fn release(&self) -> Option<&str> {
+        None
+    }
+    /// The KASLR slide of the kernel text (runtime minus link-time `_text`), where known.
+    fn kaslr_slide(&self) -> Option<u64> {
+        None
+    }
     /// The ORC unwinder of the precise safety check (`--check orc`), when
     /// this kernel has one; without it the check is the conservative scan.
     fn unwinder(&self) -> Option<&OrcUnwinder> {

@@ -280,6 +280,15 @@ impl TargetKernel for LinuxTarget {
     fn unwinder(&self) -> Option<&OrcUnwinder> {
         self.unwinder.as_ref()
     }
+
+    fn release(&self) -> Option<&str> {
+        // "Linux version 6.1.0-27-amd64 (debian-kernel@…) …": the third word.
+        self.banner.as_deref()?.strip_prefix("Linux version ")?.split_whitespace().next()
+    }
+
+    fn kaslr_slide(&self) -> Option<u64> {
+        self.slide.as_ref().map(|s| s.virt)
+    }
 }
 
 /// The loader's view of a live Linux guest.

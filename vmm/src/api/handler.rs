@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use vsplice_patcher::model::backend::Backend;
+use vsplice_patcher::model::ArenaRange;
 use vsplice_patcher::patch::PatchFile;
 use vsplice_patcher::txn::recover::Status;
 use vsplice_patcher::txn::{Patcher, TxnConfig, TxnReport};
@@ -22,8 +23,7 @@ use vsplice_patcher::kernels::TargetKernel;
 use super::request::{ApiCause, ApiError, ApiRequest, ApiResponse, ApplyRequest, Envelope, PatchSource};
 use super::state::ApiShared;
 use super::MAX_BODY;
-use crate::livepatch::{desire, undesire, DesiredPatches, LivePatches};
-use crate::vmm::Vmm;
+use crate::livepatch::{desire, undesire, DesiredPatches};
 
 /// What serving one request produced.
 #[derive(Debug)]
@@ -154,20 +154,27 @@ impl RequestHandler {
     }
 
     /// Waits up to `wait` for a request, then serves it and every other
-    /// one waiting. `patches` is `None` when the booted kernel cannot be
-    /// patched (its reason in `why_not`).
-    pub fn serve_waiting(&mut self, vmm: &mut Vmm, mut patches: Option<&mut LivePatches>, why_not: &str, wait: Duration) {
+    /// one waiting, over `guest` with its arena. `target` is the identified
+    /// kernel, or why there is none (`not_up`, `unsupported_target`): then
+    /// every request that needs the guest is answered with that error.
+    /// `desired` is the VM's desired patch list (apply adds, revert removes).
+    pub fn serve_waiting<B: Backend>(
+        &mut self,
+        guest: &mut B,
+        arena: ArenaRange,
+        target: Result<&dyn TargetKernel, &ApiError>,
+        desired: &mut DesiredPatches,
+        wait: Duration,
+    ) {
         let mut next = self.requests.recv_timeout(wait).ok();
         while let Some(env) = next {
             let is_txn = env.request.is_transaction();
-            let served = match patches.as_deref_mut() {
-                Some(lp) => {
-                    let (target, desired) = lp.parts_mut();
-                    let arena = vmm.arena();
-                    let mut patcher = Patcher::new(&mut *vmm, target as &dyn TargetKernel, TxnConfig::new(arena));
+            let served = match target {
+                Ok(target) => {
+                    let mut patcher = Patcher::new(&mut *guest, target, TxnConfig::new(arena));
                     serve(&mut patcher, desired, env.request)
                 }
-                None => error(ApiCause::UnsupportedTarget, why_not.to_owned()),
+                Err(why) => failed(why.clone()),
             };
             if let Some(r) = &served.report {
                 Self::record(&self.shared, r);
@@ -184,10 +191,10 @@ impl RequestHandler {
         }
     }
 
-    /// Reads the registry into the shared state (after `--live-patch` applied at boot).
-    pub fn refresh_status(&self, vmm: &mut Vmm, patches: &LivePatches) {
-        let arena = vmm.arena();
-        let mut patcher = Patcher::new(&mut *vmm, patches.target() as &dyn TargetKernel, TxnConfig::new(arena));
+    /// Reads the registry into the shared state (after patches applied
+    /// without a request: `--live-patch` at boot, or on attaching).
+    pub fn refresh_status<B: Backend>(&self, guest: &mut B, arena: ArenaRange, target: &dyn TargetKernel) {
+        let mut patcher = Patcher::new(&mut *guest, target, TxnConfig::new(arena));
         if let Ok(s) = patcher.status() {
             self.shared.set_status(Some(s));
         }

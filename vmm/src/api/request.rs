@@ -98,6 +98,8 @@ pub enum ApiCause {
     PatchFileUnreadable,
     /// This guest's kernel cannot be patched by this VMM.
     UnsupportedTarget,
+    /// The guest's kernel is not up (or not identified) yet: try again later.
+    NotUp,
     /// Too many requests at once.
     TooManyRequests,
     /// The VM has ended (or the handler is gone).
@@ -120,6 +122,7 @@ impl ApiCause {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::PatchFileUnreadable => "patch_file_unreadable",
             Self::UnsupportedTarget => "unsupported_target",
+            Self::NotUp => "not_up",
             Self::TooManyRequests => "too_many_requests",
             Self::GuestGone => "guest_gone",
             Self::Unexpected => "unexpected",
@@ -136,7 +139,7 @@ impl ApiCause {
             Self::UnknownPatch | Self::NotFound => 404,
             Self::MethodNotAllowed => 405,
             Self::UnsupportedTarget => 422,
-            Self::TooManyRequests | Self::GuestGone => 503,
+            Self::TooManyRequests | Self::GuestGone | Self::NotUp => 503,
             Self::Unexpected => 500,
         }
     }

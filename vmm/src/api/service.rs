@@ -12,7 +12,8 @@ use vsplice_patcher::kernels::TargetKernel;
 
 use super::handler::RequestHandler;
 use super::http::{ApiServer, SocketError};
-use super::state::{AgentInfo, ApiShared, KernelInfo, VmInfo, VmState};
+use super::request::{ApiCause, ApiError};
+use super::state::{AgentInfo, ApiShared, Hypervisor, KernelInfo, VmInfo, VmState};
 use crate::config::VmConfig;
 use crate::livepatch::{LivePatches, POLL};
 use crate::loader::{detect_format, KernelFormat};
@@ -28,15 +29,15 @@ pub struct ApiService {
 }
 
 fn kernel_info(config: &VmConfig, patches: Option<&LivePatches>) -> KernelInfo {
-    let image = config.kernel.display().to_string();
+    let image = Some(config.kernel.display().to_string());
     match patches {
-        Some(p) => KernelInfo { kind: p.target().kind().name().to_owned(), build_id: p.target().build_id().map(str::to_owned), image },
+        Some(p) => KernelInfo::of(p.target(), image),
         None => {
             let kind = match detect_format(&config.kernel) {
                 Ok(KernelFormat::BzImage) => "linux",
                 _ => "unknown",
             };
-            KernelInfo { kind: kind.to_owned(), build_id: None, image }
+            KernelInfo::unidentified(kind, image)
         }
     }
 }
@@ -66,8 +67,9 @@ impl ApiService {
         let agent = vmm.agent();
         let info = VmInfo {
             state,
+            hypervisor: Hypervisor::Kvm,
             vcpus: vmm.vcpu_count(),
-            memory_mib: config.memory_mib,
+            memory_mib: Some(config.memory_mib),
             arena: vmm.arena().to_string(),
             kernel: kernel.clone(),
             agent: AgentInfo { announced: agent.gpa().is_some(), descriptor_gpa: agent.gpa(), rings: agent.rings() },
@@ -110,11 +112,22 @@ impl ApiService {
                         RequestHandler::record(&shared, r);
                     });
                     if applied {
-                        self.handler.refresh_status(vmm, p);
+                        let arena = vmm.arena();
+                        self.handler.refresh_status(vmm, arena, p.target());
                     }
                 }
             }
-            self.handler.serve_waiting(vmm, patches.as_deref_mut(), why_not, POLL);
+            let arena = vmm.arena();
+            match patches.as_deref_mut() {
+                Some(lp) => {
+                    let (target, desired) = lp.parts_mut();
+                    self.handler.serve_waiting(vmm, arena, Ok(target as &dyn TargetKernel), desired, POLL);
+                }
+                None => {
+                    let why = ApiError::new(ApiCause::UnsupportedTarget, why_not);
+                    self.handler.serve_waiting(vmm, arena, Err(&why), &mut Vec::new(), POLL);
+                }
+            }
         }
     }
 

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use serde::Serialize;
+use vsplice_patcher::kernels::TargetKernel;
 use vsplice_patcher::txn::recover::Status;
 
 use super::events::EventLog;
@@ -45,8 +46,40 @@ pub struct KernelInfo {
     pub kind: String,
     /// Build-id, where known.
     pub build_id: Option<String>,
-    /// The image booted.
-    pub image: String,
+    /// The release (`uname -r`), where known (Linux, once identified).
+    pub release: Option<String>,
+    /// The KASLR slide of the kernel text, hex, where known (Linux, once identified).
+    pub kaslr_slide: Option<String>,
+    /// The image booted (`None` for a guest vsplice attached to).
+    pub image: Option<String>,
+}
+
+impl KernelInfo {
+    /// What an identified kernel tells of itself; `image` as booted.
+    pub fn of(target: &dyn TargetKernel, image: Option<String>) -> Self {
+        Self {
+            kind: target.kind().name().to_owned(),
+            build_id: target.build_id().map(str::to_owned),
+            release: target.release().map(str::to_owned),
+            kaslr_slide: target.kaslr_slide().map(|s| format!("{s:#x}")),
+            image,
+        }
+    }
+
+    /// A kernel not (yet) identified.
+    pub fn unidentified(kind: &str, image: Option<String>) -> Self {
+        Self { kind: kind.to_owned(), build_id: None, release: None, kaslr_slide: None, image }
+    }
+}
+
+/// What runs the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Hypervisor {
+    /// This VMM (`vsplice run`), over KVM.
+    Kvm,
+    /// Another VMM, reached through its gdbstub (`vsplice attach`).
+    Gdbstub,
 }
 
 /// The guest agent's doorbell.
@@ -65,10 +98,12 @@ pub struct AgentInfo {
 pub struct VmInfo {
     /// State.
     pub state: VmState,
+    /// What runs the guest.
+    pub hypervisor: Hypervisor,
     /// vCPUs.
     pub vcpus: usize,
-    /// Guest memory in MiB, arena included.
-    pub memory_mib: u64,
+    /// Guest memory in MiB, arena included (`None` when attached: not known).
+    pub memory_mib: Option<u64>,
     /// The patch arena, `START:SIZE`.
     pub arena: String,
     /// The kernel.

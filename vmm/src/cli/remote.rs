@@ -76,13 +76,16 @@ fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
 fn text_vm(v: &Value) -> String {
     let kernel = &v["kernel"];
     format!(
-        "state: {}\nvcpus: {}\nmemory: {} MiB\narena: {}\nkernel: {} (build-id {})\nagent: {}\nboot: {}\nuptime: {} ms\ntransaction in flight: {}",
+        "state: {} ({})\nvcpus: {}\nmemory: {}\narena: {}\nkernel: {} {} (build-id {}, KASLR slide {})\nagent: {}\nboot: {}\nuptime: {} ms\ntransaction in flight: {}",
         str_of(v, "state"),
+        str_of(v, "hypervisor"),
         v["vcpus"],
-        v["memory_mib"],
+        v["memory_mib"].as_u64().map_or("unknown".to_owned(), |m| format!("{m} MiB")),
         str_of(v, "arena"),
         str_of(kernel, "kind"),
+        str_of(kernel, "release"),
         str_of(kernel, "build_id"),
+        str_of(kernel, "kaslr_slide"),
         if v["agent"]["announced"].as_bool().unwrap_or(false) { "announced" } else { "none" },
         v["boot"],
         v["uptime_ms"],
