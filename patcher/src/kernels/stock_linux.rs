@@ -89,6 +89,19 @@ impl LinuxTargetError {
             Self::Memory(e) => e.cause(),
         }
     }
+
+    /// True when trying again later cannot help: the kernel was found but
+    /// is one vsplice cannot patch (5-level paging, no BTF or not the BTF
+    /// the task walk needs, a symbol missing). Not finding or not reading
+    /// the kernel may just mean it is still booting.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Self::NoBtf | Self::MissingSymbol(_) | Self::FiveLevel => true,
+            Self::Btf(e) => matches!(e, TaskError::MissingType(_) | TaskError::MissingSymbol(_)),
+            // The CPU stacks are not set up early in boot.
+            Self::Kernel(_) | Self::Memory(_) => false,
+        }
+    }
 }
 
 /// A live Linux kernel.

@@ -37,6 +37,10 @@ pub enum Cause {
     ArenaFull,
     /// The guest kernel is not up (or the arena is missing).
     NotUp,
+    /// The running kernel is one vsplice cannot patch at all (5-level
+    /// paging, no BTF, a symbol vsplice needs missing, or a patch for
+    /// another kind of kernel).
+    UnsupportedTarget,
     /// Anything else (I/O, backend, a registry that disagrees with the text).
     Unexpected,
 }
@@ -58,6 +62,7 @@ impl Cause {
             Self::UnsupportedSection => "unsupported_section",
             Self::ArenaFull => "arena_full",
             Self::NotUp => "not_up",
+            Self::UnsupportedTarget => "unsupported_target",
             Self::Unexpected => "unexpected",
         }
     }
@@ -142,6 +147,25 @@ pub struct TxnReport {
 }
 
 impl TxnReport {
+    /// A transaction refused before it could start (nothing read or
+    /// written in the guest), e.g. when the kernel cannot be a target.
+    pub fn refused(op: &'static str, id: Option<String>, name: Option<String>, cause: Cause, reason: Option<&str>, message: impl Into<String>) -> Self {
+        Self {
+            op,
+            patch_id: id,
+            patch_name: name,
+            stage: Stage::Prepare,
+            cause,
+            reason: reason.map(str::to_owned),
+            message: message.into(),
+            conflicts: Vec::new(),
+            superseded: Vec::new(),
+            notes: Vec::new(),
+            check: None,
+            timings: Timings::default(),
+        }
+    }
+
     /// True when the cause is `ok`.
     pub fn is_ok(&self) -> bool {
         self.cause == Cause::Ok

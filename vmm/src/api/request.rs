@@ -174,7 +174,7 @@ pub fn txn_http_status(report: &TxnReport) -> u16 {
     use vsplice_patcher::txn::Cause;
     match report.cause {
         Cause::Ok => 200,
-        Cause::NoMatch | Cause::FailedToFind | Cause::BadPatch | Cause::UnsupportedSection => 422,
+        Cause::NoMatch | Cause::FailedToFind | Cause::BadPatch | Cause::UnsupportedSection | Cause::UnsupportedTarget => 422,
         Cause::Unexpected => 500,
         _ => 409,
     }

@@ -1,21 +1,20 @@
 //! The API as `vsplice run` drives it: the server on its socket, the
 //! request handler, and each boot's loop — publish the VM's state, pump the
-//! device events, apply `--live-patch` once the kernel is up, serve the
-//! requests waiting.
+//! device events, identify the kernel and apply `--live-patch` once it is
+//! up, serve the requests waiting (`503 not_up` while a Linux kernel is not
+//! identified yet, `422 unsupported_target` for one vsplice cannot patch).
 
 use std::path::Path;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use vsplice_patcher::kernels::TargetKernel;
-
 use super::handler::RequestHandler;
 use super::http::{ApiServer, SocketError};
 use super::request::{ApiCause, ApiError};
 use super::state::{AgentInfo, ApiShared, Hypervisor, KernelInfo, VmInfo, VmState};
 use crate::config::VmConfig;
-use crate::livepatch::{LivePatches, POLL};
+use crate::livepatch::{BootTarget, LivePatches, Unavailable, POLL};
 use crate::loader::{detect_format, KernelFormat};
 use crate::vmm::Vmm;
 use crate::vstate::vcpu::GuestExit;
@@ -28,17 +27,25 @@ pub struct ApiService {
     shared: Arc<ApiShared>,
 }
 
-fn kernel_info(config: &VmConfig, patches: Option<&LivePatches>) -> KernelInfo {
+fn kernel_info(config: &VmConfig, target: Option<&BootTarget>) -> KernelInfo {
     let image = Some(config.kernel.display().to_string());
-    match patches {
-        Some(p) => KernelInfo::of(p.target(), image),
-        None => {
+    match target.map(BootTarget::kernel) {
+        Some(Ok(k)) => KernelInfo::of(k, image),
+        _ => {
             let kind = match detect_format(&config.kernel) {
-                Ok(KernelFormat::BzImage) => "linux",
+                Ok(KernelFormat::BzImage | KernelFormat::Elf) => "linux",
                 _ => "unknown",
             };
             KernelInfo::unidentified(kind, image)
         }
+    }
+}
+
+/// The API's answer when there is no target (yet).
+fn unavailable(u: Unavailable) -> ApiError {
+    match u {
+        Unavailable::NotYet(m) => ApiError::new(ApiCause::NotUp, m),
+        u @ Unavailable::Unsupported { .. } => ApiError::new(ApiCause::UnsupportedTarget, u.message()),
     }
 }
 
@@ -80,9 +87,10 @@ impl ApiService {
         self.shared.set_vm(info, started);
     }
 
-    /// Runs one boot to its end: the guest's state published, `--live-patch`
-    /// applied once the kernel is up (each result to `report` and the
-    /// events), API requests served. `why_not` says why `patches` is `None`.
+    /// Runs one boot to its end: the guest's state published, the kernel
+    /// identified, `--live-patch` applied once the kernel is up (each result
+    /// to `report` and the events), API requests served. `why_not` says why
+    /// `patches` is `None` (a kernel this VMM cannot patch).
     pub fn run_boot(
         &mut self,
         vmm: &mut Vmm,
@@ -94,9 +102,9 @@ impl ApiService {
     ) -> Result<GuestExit, std::io::Error> {
         let started = Instant::now();
         self.shared.events.guest_state("running", format!("boot {boot}"));
-        let mut applied = patches.is_none();
-        let kernel = kernel_info(config, patches.as_deref());
+        let mut target = patches.as_deref().map(|p| BootTarget::new(p.source()));
         loop {
+            let kernel = kernel_info(config, target.as_ref());
             self.publish(vmm, config, &kernel, boot, started);
             // Device events without waiting: the wait is on the API's requests.
             if let Some(exit) = vmm.poll_events()? {
@@ -104,26 +112,27 @@ impl ApiService {
                 self.shared.events.guest_state("exited", exit.to_string());
                 return Ok(exit);
             }
-            if let Some(p) = patches.as_deref() {
-                if !applied {
-                    let shared = self.shared.clone();
-                    p.apply_when_up(vmm, &mut applied, |r| {
-                        report(r);
-                        RequestHandler::record(&shared, r);
-                    });
-                    if applied {
+            if let (Some(p), Some(t)) = (patches.as_deref(), target.as_mut()) {
+                let was_applied = t.applied();
+                let shared = self.shared.clone();
+                p.turn(t, vmm, &mut |r| {
+                    report(r);
+                    RequestHandler::record(&shared, r);
+                });
+                if !was_applied && t.applied() {
+                    if let Ok(k) = t.kernel() {
                         let arena = vmm.arena();
-                        self.handler.refresh_status(vmm, arena, p.target());
+                        self.handler.refresh_status(vmm, arena, k);
                     }
                 }
             }
             let arena = vmm.arena();
-            match patches.as_deref_mut() {
-                Some(lp) => {
-                    let (target, desired) = lp.parts_mut();
-                    self.handler.serve_waiting(vmm, arena, Ok(target as &dyn TargetKernel), desired, POLL);
+            match (patches.as_deref_mut(), target.as_ref()) {
+                (Some(lp), Some(t)) => {
+                    let kernel = t.kernel().map_err(unavailable);
+                    self.handler.serve_waiting(vmm, arena, kernel.as_ref().map(|k| *k), lp.desired_mut(), POLL);
                 }
-                None => {
+                _ => {
                     let why = ApiError::new(ApiCause::UnsupportedTarget, why_not);
                     self.handler.serve_waiting(vmm, arena, Err(&why), &mut Vec::new(), POLL);
                 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::Args;
 
 use vsplice_patcher::model::chain;
+use vsplice_patcher::os::linux::view::TaskSource;
 
 use crate::api::service::ApiService;
 use crate::arch::x86_64::layout::ARENA_DEFAULT_SIZE;
@@ -58,9 +59,17 @@ pub struct RunArgs {
     #[arg(long, value_name = "MS", default_value_t = DEFAULT_PAUSE_TIMEOUT.as_millis() as u64)]
     pub pause_timeout_ms: u64,
     /// Live patch (built by `vsplice patch build`) to apply as soon as the guest kernel is up;
-    /// repeatable, applied in order. Each result is printed on stderr as one JSON line.
+    /// repeatable, applied in order. Each result is printed on stderr as one JSON line. The
+    /// test guest is its own ELF image; a Linux kernel (bzImage or vmlinux) is identified from
+    /// guest memory after each boot (kallsyms, KASLR slide, build-id, BTF) and patched once its
+    /// `system_state` is RUNNING. Every patch must be for the kind of kernel booted.
     #[arg(long = "live-patch", value_name = "FILE")]
     pub live_patch: Vec<PathBuf>,
+    /// Where a Linux guest's task list comes from for the safety check: `auto` (the vsplice
+    /// guest agent when loaded — its doorbell is this VMM's — checked against the BTF walk; else
+    /// the walk), `agent` (refuse without a sound agent), `agentless` (the walk only).
+    #[arg(long, value_enum, default_value_t = TaskSource::Auto)]
+    pub tasks: TaskSource,
     /// What a guest reboot request does: `exit` ends the VMM (exit code 0); `restart` boots the
     /// same kernel, initrd and command line again in a fresh VM and re-applies `--live-patch`.
     #[arg(long, value_enum, value_name = "ACTION", default_value_t = OnReboot::Exit)]
@@ -150,10 +159,10 @@ fn open_patches(args: &RunArgs) -> Result<(Option<LivePatches>, String), crate::
     if args.live_patch.is_empty() && args.api_sock.is_none() {
         return Ok((None, String::new()));
     }
-    match LivePatches::open(&args.kernel, &args.live_patch) {
+    match LivePatches::open(&args.kernel, &args.live_patch, args.tasks) {
         Ok(p) => Ok((Some(p), String::new())),
         Err(e) if args.live_patch.is_empty() => {
-            let why = format!("this VMM live-patches the test guest only so far: {}", chain(&e));
+            let why = format!("the booted kernel cannot be a live-patch target: {}", chain(&e));
             Ok((None, why))
         }
         Err(e) => Err(e),
@@ -256,7 +265,7 @@ mod tests {
         let mut cmd = super::super::Cli::command();
         let run = cmd.find_subcommand_mut("run").unwrap();
         let help = run.render_long_help().to_string();
-        for flag in ["--kernel", "--initrd", "--cmdline", "--vcpus", "--memory", "--serial", "--arena", "--pause-timeout-ms", "--live-patch", "--on-reboot", "--api-sock"] {
+        for flag in ["--kernel", "--initrd", "--cmdline", "--vcpus", "--memory", "--serial", "--arena", "--pause-timeout-ms", "--live-patch", "--tasks", "--on-reboot", "--api-sock"] {
             assert!(help.contains(flag), "{flag} missing from help");
         }
         assert!(help.contains("console=ttyS0"));
