@@ -196,6 +196,8 @@ pub struct Guest {
     next_id: u64,
     boot_time: Duration,
     frozen: bool,
+    /// When QEMU was spawned.
+    started: Instant,
 }
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
@@ -233,6 +235,27 @@ impl Guest {
     /// Starts QEMU and, with a command channel, waits for VSPLREADY; without
     /// one, for the gdbstub's Unix socket (a TCP gdbstub is not waited for).
     pub fn boot(config: QemuConfig) -> Result<Self, HarnessError> {
+        Self::start(config, true)
+    }
+
+    /// Starts QEMU and returns as soon as the guest starts booting (its
+    /// command channel connected, which is what QEMU waits for), so a test
+    /// can watch the boot through the gdbstub; [`Guest::wait_ready`] waits
+    /// for VSPLREADY afterwards.
+    pub fn spawn(config: QemuConfig) -> Result<Self, HarnessError> {
+        Self::start(config, false)
+    }
+
+    /// After [`Guest::spawn`]: waits until the guest takes commands (within
+    /// the boot time-out counted from the spawn).
+    pub fn wait_ready(&mut self) -> Result<(), HarnessError> {
+        let started = self.started;
+        self.wait_ready_since(started)?;
+        self.boot_time = started.elapsed();
+        Ok(())
+    }
+
+    fn start(config: QemuConfig, wait_ready: bool) -> Result<Self, HarnessError> {
         for p in std::iter::once(&config.kernel).chain(config.initrd.as_ref()) {
             if !p.is_file() {
                 return Err(HarnessError::NoSuchFile(p.clone()));
@@ -319,10 +342,13 @@ impl Guest {
             next_id: 0,
             boot_time: Duration::ZERO,
             frozen: false,
+            started,
         };
         if g.config.channel != Channel::None {
             g.connect_channel(&cmd_sock, started)?;
-            g.wait_ready(started)?;
+            if wait_ready {
+                g.wait_ready_since(started)?;
+            }
         } else if g.config.gdb == GdbListen::Unix {
             // Nothing to wait for but the gdbstub: until its socket exists.
             let sock = g.dir.join("gdb.sock");
@@ -352,7 +378,7 @@ impl Guest {
         }
     }
 
-    fn wait_ready(&mut self, started: Instant) -> Result<(), HarnessError> {
+    fn wait_ready_since(&mut self, started: Instant) -> Result<(), HarnessError> {
         let deadline = started + self.config.boot_timeout;
         loop {
             for ev in self.read_events(deadline, "while booting")? {
