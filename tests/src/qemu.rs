@@ -90,6 +90,18 @@ pub struct QemuConfig {
 }
 
 impl QemuConfig {
+    /// [`QemuConfig::debian`], or `None` after a loud skip when the
+    /// flavour's images are missing.
+    pub fn debian_or_skip(flavour: Flavour, label: &str) -> Option<Self> {
+        match Self::debian(flavour, label) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                crate::skip::skip(label, &e.to_string());
+                None
+            }
+        }
+    }
+
     /// The defaults for a Debian kernel with the test initramfs.
     pub fn debian(flavour: Flavour, label: &str) -> Result<Self, HarnessError> {
         let img = debian_images(flavour)?;
@@ -227,6 +239,30 @@ fn free_tcp_port() -> Result<u16, HarnessError> {
 }
 
 impl Guest {
+    /// [`Guest::boot`], or `None` after a loud skip when QEMU cannot be
+    /// started on this machine. Any other failure panics: the guest must boot.
+    pub fn boot_or_skip(config: QemuConfig) -> Option<Self> {
+        Self::or_skip(config, true)
+    }
+
+    /// [`Guest::spawn`], or `None` after a loud skip when QEMU cannot be
+    /// started on this machine. Any other failure panics.
+    pub fn spawn_or_skip(config: QemuConfig) -> Option<Self> {
+        Self::or_skip(config, false)
+    }
+
+    fn or_skip(config: QemuConfig, wait_ready: bool) -> Option<Self> {
+        let label = config.label.clone();
+        match Self::start(config, wait_ready) {
+            Ok(g) => Some(g),
+            Err(e @ HarnessError::Spawn { .. }) => {
+                crate::skip::skip(&label, &e.to_string());
+                None
+            }
+            Err(e) => panic!("{label}: the guest does not boot: {e}"),
+        }
+    }
+
     /// Boots a Debian flavour with the default configuration.
     pub fn boot_debian(flavour: Flavour, label: &str) -> Result<Self, HarnessError> {
         Self::boot(QemuConfig::debian(flavour, label)?)

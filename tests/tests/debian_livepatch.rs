@@ -40,13 +40,7 @@ use vsplice_tests::testguest::vm_lock;
 /// agentless path (nothing of vsplice inside the guest). `None` after a loud
 /// skip when the images, the Kbuild headers or QEMU are missing.
 fn boot(flavour: Flavour, label: &str) -> Option<Guest> {
-    let mut cfg = match QemuConfig::debian(flavour, label) {
-        Ok(c) => c,
-        Err(e) => {
-            skip(label, &e.to_string());
-            return None;
-        }
-    };
+    let mut cfg = QemuConfig::debian_or_skip(flavour, label)?;
     match debian_images(flavour) {
         Ok(img) if img.headers.join("Makefile").is_file() => {}
         _ => {
@@ -55,14 +49,7 @@ fn boot(flavour: Flavour, label: &str) -> Option<Guest> {
         }
     }
     cfg.extra_append.push("vsplice.agent=0".into());
-    match Guest::boot(cfg) {
-        Ok(g) => Some(g),
-        Err(e @ vsplice_tests::harness_error::HarnessError::Spawn { .. }) => {
-            skip(label, &e.to_string());
-            None
-        }
-        Err(e) => panic!("{label}: the guest does not boot: {e}"),
-    }
+    Guest::boot_or_skip(cfg)
 }
 
 /// Every byte of the live kernel text equals the image's, except where the

@@ -33,23 +33,10 @@ use vsplice_tests::testguest::vm_lock;
 /// Boots a Debian guest without the agent, optionally with another `-cpu`;
 /// `None` after a loud skip when the images or QEMU are missing.
 fn boot(label: &str, cpu: Option<&str>) -> Option<Guest> {
-    let mut cfg = match QemuConfig::debian(Flavour::Amd64, label) {
-        Ok(c) => c,
-        Err(e) => {
-            skip(label, &e.to_string());
-            return None;
-        }
-    };
+    let mut cfg = QemuConfig::debian_or_skip(Flavour::Amd64, label)?;
     cfg.cpu = cpu.map(str::to_owned);
     cfg.extra_append.push("vsplice.agent=0".into());
-    match Guest::boot(cfg) {
-        Ok(g) => Some(g),
-        Err(e @ vsplice_tests::harness_error::HarnessError::Spawn { .. }) => {
-            skip(label, &e.to_string());
-            None
-        }
-        Err(e) => panic!("{label}: the guest does not boot: {e}"),
-    }
+    Guest::boot_or_skip(cfg)
 }
 
 /// The guest answers a command within a short time: it runs.

@@ -34,7 +34,6 @@ use vsplice_tests::debian::{debian_images, Flavour};
 use vsplice_tests::linuxpatch;
 use vsplice_tests::qemu::{Guest, QemuConfig};
 use vsplice_tests::scratch::tmp_dir;
-use vsplice_tests::skip::skip;
 use vsplice_tests::testguest::vm_lock;
 use vsplice_vmm::livepatch::{BootTarget, LiveGuest, LivePatches, Unavailable};
 
@@ -75,24 +74,11 @@ impl LiveGuest for GdbLive {
 /// sees the whole boot; `None` after a loud skip when QEMU or the images are
 /// missing.
 fn spawn(label: &str, cpu: Option<&str>) -> Option<(Guest, GdbLive)> {
-    let mut cfg = match QemuConfig::debian(Flavour::Amd64, label) {
-        Ok(c) => c,
-        Err(e) => {
-            skip(label, &e.to_string());
-            return None;
-        }
-    };
+    let mut cfg = QemuConfig::debian_or_skip(Flavour::Amd64, label)?;
     cfg.cpu = cpu.map(str::to_owned);
     cfg.boot_timeout = BOOT_BUDGET;
     let arena = cfg.arena.map(|a| ArenaRange::new(a.base, a.size).unwrap()).unwrap();
-    let g = match Guest::spawn(cfg) {
-        Ok(g) => g,
-        Err(e @ vsplice_tests::harness_error::HarnessError::Spawn { .. }) => {
-            skip(label, &e.to_string());
-            return None;
-        }
-        Err(e) => panic!("{label}: QEMU does not start: {e}"),
-    };
+    let g = Guest::spawn_or_skip(cfg)?;
     let opts = GdbOptions { timeout: Duration::from_secs(30), ..GdbOptions::default() };
     let mut be = GdbBackend::connect(g.gdb_addr().unwrap(), opts).unwrap();
     assert!(be.has_phys_access(), "QEMU's gdbstub offers no physical memory mode");

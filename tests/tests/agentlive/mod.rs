@@ -80,22 +80,8 @@ impl Live {
 /// Boots a Debian flavour (the agent loaded by /init); `None` after a loud
 /// skip when the images or QEMU are missing.
 pub fn boot(flavour: vsplice_tests::debian::Flavour, label: &str) -> Option<vsplice_tests::qemu::Guest> {
-    use vsplice_tests::harness_error::HarnessError;
-    let cfg = match vsplice_tests::qemu::QemuConfig::debian(flavour, label) {
-        Ok(c) => c,
-        Err(e) => {
-            vsplice_tests::skip::skip(label, &e.to_string());
-            return None;
-        }
-    };
-    match vsplice_tests::qemu::Guest::boot(cfg) {
-        Ok(g) => Some(g),
-        Err(e @ HarnessError::Spawn { .. }) => {
-            vsplice_tests::skip::skip(label, &e.to_string());
-            None
-        }
-        Err(e) => panic!("{label}: the guest does not boot: {e}"),
-    }
+    let cfg = vsplice_tests::qemu::QemuConfig::debian_or_skip(flavour, label)?;
+    vsplice_tests::qemu::Guest::boot_or_skip(cfg)
 }
 
 /// Waits until `f` is true or `limit` passes.
