@@ -2,8 +2,10 @@
 //! --api-sock` VMM's HTTP API. Readable text by default, the API's JSON with
 //! `--json`. Exit codes as `vsplice patch`: 0 ok, 3 refused (a transaction's
 //! cause, or an API error such as `busy`), 1 bad input (unreadable file,
-//! nothing answering at the socket).
+//! nothing answering at the socket). `events --follow` prints the events as
+//! they happen until the VMM ends (exit code 0).
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -39,14 +41,19 @@ pub enum RemoteCommand {
     Patch(RemotePatch),
     /// The Prometheus metrics.
     Metrics,
-    /// Events after `--since` (waits up to `--timeout` seconds for one).
+    /// Events after `--since` (waits up to `--timeout` seconds for one), or
+    /// with `--follow` every event as it happens until the VMM ends.
     Events {
         /// Only events with a larger sequence number.
         #[arg(long, default_value_t = 0)]
         since: u64,
         /// Seconds to wait when there is none yet (at most 60).
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, default_value_t = 0, conflicts_with = "follow")]
         timeout: u64,
+        /// Stream the events (one line each; with `--json` the API's JSON
+        /// line) until the VMM ends or this command is interrupted.
+        #[arg(long)]
+        follow: bool,
     },
 }
 
@@ -118,15 +125,16 @@ fn text_txn(v: &Value) -> String {
     }
 }
 
+fn text_event(e: &Value) -> String {
+    match str_of(e, "kind") {
+        "txn" => format!("{} txn {}", e["seq"], text_txn(&e["txn"])),
+        _ => format!("{} guest {} ({})", e["seq"], str_of(e, "state"), str_of(e, "detail")),
+    }
+}
+
 fn text_events(v: &Value) -> String {
     let events = v["events"].as_array().cloned().unwrap_or_default();
-    let mut lines: Vec<String> = events
-        .iter()
-        .map(|e| match str_of(e, "kind") {
-            "txn" => format!("{} txn {}", e["seq"], text_txn(&e["txn"])),
-            _ => format!("{} guest {} ({})", e["seq"], str_of(e, "state"), str_of(e, "detail")),
-        })
-        .collect();
+    let mut lines: Vec<String> = events.iter().map(text_event).collect();
     lines.push(format!("next: {}", v["next"]));
     lines.join("\n")
 }
@@ -153,13 +161,45 @@ fn show(r: &ClientResponse, json: bool, text: fn(&Value) -> String) -> ExitCode 
 /// One request: method, path, body, its type, and how its answer reads as text.
 type Call = (&'static str, String, Vec<u8>, Option<&'static str>, fn(&Value) -> String);
 
+/// `events --follow`: each event printed as it comes; 0 when the stream ends.
+fn follow(sock: &std::path::Path, since: u64, json: bool) -> ExitCode {
+    let mut lines = match client::follow(sock, &format!("/events?follow=true&since={since}"), None) {
+        Ok(client::Followed::Stream(lines)) => lines,
+        Ok(client::Followed::Refused(r)) => return show(&r, json, text_events),
+        Err(e) => {
+            super::report(&e, e.cause());
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    loop {
+        let printed = match lines.next_line() {
+            Ok(None) => return ExitCode::SUCCESS,
+            Ok(Some(line)) if line.trim().is_empty() => Ok(()),
+            Ok(Some(line)) if json => writeln!(out, "{line}").and_then(|_| out.flush()),
+            Ok(Some(line)) => writeln!(out, "{}", text_event(&serde_json::from_str(&line).unwrap_or(Value::Null))).and_then(|_| out.flush()),
+            Err(e) => {
+                super::report(&e, e.cause());
+                return ExitCode::from(EXIT_BAD_INPUT);
+            }
+        };
+        // Whoever read the output is gone: so is the reason to follow.
+        if printed.is_err() {
+            return ExitCode::SUCCESS;
+        }
+    }
+}
+
 /// Runs `vsplice remote`.
 pub fn run(args: RemoteArgs) -> ExitCode {
     let sock = &args.api_sock;
+    if let RemoteCommand::Events { since, follow: true, .. } = args.command {
+        return follow(sock, since, args.json);
+    }
     let (method, path, body, content_type, text): Call = match &args.command {
         RemoteCommand::Vm => ("GET", "/vm".into(), Vec::new(), None, text_vm),
         RemoteCommand::Metrics => ("GET", "/metrics".into(), Vec::new(), None, |_| String::new()),
-        RemoteCommand::Events { since, timeout } => ("GET", format!("/events?since={since}&timeout={timeout}"), Vec::new(), None, text_events),
+        RemoteCommand::Events { since, timeout, .. } => ("GET", format!("/events?since={since}&timeout={timeout}"), Vec::new(), None, text_events),
         RemoteCommand::Patch(RemotePatch::List) => ("GET", "/patches".into(), Vec::new(), None, text_list),
         RemoteCommand::Patch(RemotePatch::Recover) => ("POST", "/patches/recover".into(), Vec::new(), None, text_txn),
         RemoteCommand::Patch(RemotePatch::Revert { id }) => ("DELETE", format!("/patches/{id}"), Vec::new(), None, text_txn),
