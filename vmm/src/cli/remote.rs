@@ -2,7 +2,8 @@
 //! --api-sock` VMM's HTTP API. Readable text by default, the API's JSON with
 //! `--json`. Exit codes as `vsplice patch`: 0 ok, 3 refused (a transaction's
 //! cause, or an API error such as `busy`), 1 bad input (unreadable file,
-//! nothing answering at the socket). `events --follow` prints the events as
+//! here or, with `patch apply --path`, on the VMM's host; nothing answering
+//! at the socket). `events --follow` prints the events as
 //! they happen until the VMM ends (exit code 0).
 
 use std::io::Write;
@@ -60,10 +61,22 @@ pub enum RemoteCommand {
 /// `vsplice remote patch …`.
 #[derive(Debug, Subcommand)]
 pub enum RemotePatch {
-    /// Apply a `.vsp` file (its bytes are sent).
+    /// Apply a `.vsp` file: its bytes are sent, or with `--path` its absolute
+    /// path, for the VMM to read on its host.
     Apply {
         /// The patch file.
         file: PathBuf,
+        /// Send the file's path (made absolute here) instead of its bytes.
+        #[arg(long)]
+        path: bool,
+        /// The safety check: `orc` (unwind the stacks by ORC, falling back
+        /// to a conservative scan) or `conservative` (scan every stack word).
+        /// Default: the VMM's.
+        #[arg(long, value_name = "MODE", value_parser = ["orc", "conservative"])]
+        check: Option<String>,
+        /// Pauses tried before giving up with `code_busy`. Default: the VMM's.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        attempts: Option<u32>,
     },
     /// Revert a patch by id or name.
     Revert {
@@ -153,9 +166,43 @@ fn show(r: &ClientResponse, json: bool, text: fn(&Value) -> String) -> ExitCode 
     }
     if ok {
         ExitCode::SUCCESS
+    } else if v.get("cause").and_then(Value::as_str) == Some("patch_file_unreadable") {
+        ExitCode::from(EXIT_BAD_INPUT)
     } else {
         ExitCode::from(EXIT_REFUSED)
     }
+}
+
+/// `PUT /patches`: the bytes with the options as query parameters, or JSON
+/// `{"path", "check", "attempts"}`; `None` (reported) when the file cannot be read.
+fn apply_call(file: &std::path::Path, by_path: bool, check: Option<&str>, attempts: Option<u32>) -> Option<Call> {
+    if by_path {
+        let path = match std::path::absolute(file) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("vsplice: error [patch_file_unreadable]: {}: {e}", file.display());
+                return None;
+            }
+        };
+        let mut body = serde_json::json!({ "path": path });
+        if let Some(c) = check {
+            body["check"] = c.into();
+        }
+        if let Some(n) = attempts {
+            body["attempts"] = n.into();
+        }
+        return Some(("PUT", "/patches".into(), body.to_string().into_bytes(), Some("application/json"), text_txn));
+    }
+    let bytes = match std::fs::read(file) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("vsplice: error [patch_file_unreadable]: {}: {e}", file.display());
+            return None;
+        }
+    };
+    let query: Vec<String> = check.map(|c| format!("check={c}")).into_iter().chain(attempts.map(|n| format!("attempts={n}"))).collect();
+    let path = if query.is_empty() { "/patches".to_owned() } else { format!("/patches?{}", query.join("&")) };
+    Some(("PUT", path, bytes, Some("application/octet-stream"), text_txn))
 }
 
 /// One request: method, path, body, its type, and how its answer reads as text.
@@ -203,12 +250,9 @@ pub fn run(args: RemoteArgs) -> ExitCode {
         RemoteCommand::Patch(RemotePatch::List) => ("GET", "/patches".into(), Vec::new(), None, text_list),
         RemoteCommand::Patch(RemotePatch::Recover) => ("POST", "/patches/recover".into(), Vec::new(), None, text_txn),
         RemoteCommand::Patch(RemotePatch::Revert { id }) => ("DELETE", format!("/patches/{id}"), Vec::new(), None, text_txn),
-        RemoteCommand::Patch(RemotePatch::Apply { file }) => match std::fs::read(file) {
-            Ok(b) => ("PUT", "/patches".into(), b, Some("application/octet-stream"), text_txn),
-            Err(e) => {
-                eprintln!("vsplice: error [patch_file_unreadable]: {}: {e}", file.display());
-                return ExitCode::from(EXIT_BAD_INPUT);
-            }
+        RemoteCommand::Patch(RemotePatch::Apply { file, path, check, attempts }) => match apply_call(file, *path, check.as_deref(), *attempts) {
+            Some(call) => call,
+            None => return ExitCode::from(EXIT_BAD_INPUT),
         },
     };
     let timeout = Some(Duration::from_secs(120));

@@ -155,7 +155,7 @@ fn segments(url: &str) -> Vec<&str> {
 
 fn route_reply(ctx: &Ctx, rq: &mut Request) -> Reply {
     let url = rq.url().to_owned();
-    let path = url.split_once('?').map_or(url.as_str(), |(p, _)| p);
+    let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
     let method = rq.method().clone();
     let segments = segments(path);
     match (segments.as_slice(), &method) {
@@ -168,7 +168,7 @@ fn route_reply(ctx: &Ctx, rq: &mut Request) -> Reply {
         (["patches"], Method::Put) => {
             let ct = content_type(rq);
             let declared = rq.body_length();
-            patches::apply(ctx, &ct, declared, rq.as_reader())
+            patches::apply(ctx, &ct, query, declared, rq.as_reader())
         }
         (["patches"], _) => method_not_allowed("GET, PUT"),
         (["patches", "recover"], Method::Post) => patches::recover(ctx),
