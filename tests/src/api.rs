@@ -1,6 +1,7 @@
 //! The test guest under `vsplice run --api-sock`, for the API tests: the
 //! VMM as a child process (killed on drop), its serial output in a file, and
-//! requests whose every reply is checked against `docs/openapi.yaml`.
+//! requests whose every reply is checked against `docs/openapi.yaml`,
+//! event streams whose every line is.
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
@@ -8,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use vsplice_vmm::api::client::{self, ClientResponse};
+use vsplice_vmm::api::client::{self, ClientResponse, EventLines, Followed};
 
 use crate::cli::vsplice_bin;
 use crate::openapi::OpenApi;
@@ -134,6 +135,41 @@ impl ApiVm {
         drop(s);
     }
 
+    /// Opens the event stream after `since` (`GET /events?follow=true`);
+    /// a refusal is returned, checked against the document.
+    pub fn follow(&self, since: u64) -> Result<Follower, ClientResponse> {
+        let path = format!("/events?follow=true&since={since}");
+        match client::follow(&self.sock, &path, Some(Duration::from_secs(120))) {
+            Ok(Followed::Stream(lines)) => Ok(Follower { lines, schema: self.event_line_schema(), openapi: self.openapi.clone() }),
+            Ok(Followed::Refused(r)) => {
+                self.conforms("GET", &path, &r);
+                Err(r)
+            }
+            Err(e) => panic!("GET {path}: {e} [{}]\n{}", e.cause(), self.stderr_text()),
+        }
+    }
+
+    /// The schema of one line of the event stream, as the document gives it.
+    pub fn event_line_schema(&self) -> serde_json::Value {
+        let schema = self.openapi.reply_schema("GET", "/events", 200, "application/x-ndjson");
+        assert!(!schema.is_null(), "docs/openapi.yaml has no application/x-ndjson reply for GET /events");
+        schema
+    }
+
+    /// Starts `vsplice remote --api-sock SOCK args…` with its stdout piped.
+    pub fn remote_spawn(&self, args: &[&str]) -> Child {
+        Command::new(vsplice_bin())
+            .arg("remote")
+            .arg("--api-sock")
+            .arg(&self.sock)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("vsplice remote: {e}"))
+    }
+
     /// Runs `vsplice remote --api-sock SOCK args…`.
     pub fn remote(&self, args: &[&str]) -> std::process::Output {
         Command::new(vsplice_bin())
@@ -158,6 +194,47 @@ impl ApiVm {
             std::thread::sleep(Duration::from_millis(50));
         }
         None
+    }
+}
+
+/// An event stream being read: every line is checked against the document.
+#[derive(Debug)]
+pub struct Follower {
+    lines: EventLines,
+    schema: serde_json::Value,
+    openapi: OpenApi,
+}
+
+impl Follower {
+    /// The next event (keep-alive lines skipped), checked against the
+    /// document; `None` when the stream ended cleanly. Panics on a stream
+    /// cut short or a line that does not conform.
+    pub fn next_event(&mut self) -> Option<serde_json::Value> {
+        loop {
+            let line = match self.lines.next_line() {
+                Ok(Some(l)) => l,
+                Ok(None) => return None,
+                Err(e) => panic!("the event stream broke: {e} [{}]", e.cause()),
+            };
+            if line.trim().is_empty() {
+                continue;
+            }
+            if let Err(e) = self.openapi.validate_lines(&self.schema, line.as_bytes()) {
+                panic!("a streamed event does not conform to docs/openapi.yaml: {e}");
+            }
+            return Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}")));
+        }
+    }
+
+    /// Reads events until one satisfies `pred`; panics if the stream ends first.
+    pub fn until(&mut self, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        loop {
+            match self.next_event() {
+                Some(e) if pred(&e) => return e,
+                Some(_) => {}
+                None => panic!("the event stream ended before the event looked for"),
+            }
+        }
     }
 }
 

@@ -66,6 +66,23 @@ impl OpenApi {
         self.validate_schema(&json!({ "$ref": format!("#/components/schemas/{name}") }), instance)
     }
 
+    /// Validates an NDJSON body line by line against `schema` (empty lines,
+    /// keep-alives, skipped).
+    pub fn validate_lines(&self, schema: &Value, body: &[u8]) -> Result<(), String> {
+        let text = std::str::from_utf8(body).map_err(|e| format!("NDJSON body is not UTF-8: {e}"))?;
+        for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let instance: Value = serde_json::from_str(line).map_err(|e| format!("line {}: not JSON: {e}: {line}", n + 1))?;
+            self.validate_schema(schema, &instance).map_err(|e| format!("line {}: {e}\nline: {line}", n + 1))?;
+        }
+        Ok(())
+    }
+
+    /// The schema of the body of `method path`'s `status` reply of type `content_type`.
+    pub fn reply_schema(&self, method: &str, path: &str, status: u16, content_type: &str) -> Value {
+        let op = &self.doc["paths"][template(path)][method.to_ascii_lowercase()];
+        lookup(&self.doc, &op["responses"][status.to_string()])["content"][content_type]["schema"].clone()
+    }
+
     /// Validates one reply: the document must list `status` for `method
     /// path`, with this content type, and the body must match its schema.
     pub fn validate_reply(&self, method: &str, path: &str, status: u16, content_type: &str, body: &[u8]) -> Result<(), String> {
@@ -82,6 +99,9 @@ impl OpenApi {
         let media = &resp["content"][ct];
         if media.is_null() {
             return Err(format!("{method} {tpl} {status}: content type `{ct}` is not in the document"));
+        }
+        if ct == "application/x-ndjson" {
+            return self.validate_lines(&media["schema"], body).map_err(|e| format!("{method} {tpl} {status}: {e}"));
         }
         if ct != "application/json" {
             return if media["schema"]["type"] == "string" && std::str::from_utf8(body).is_ok() { Ok(()) } else { Err(format!("{ct} body is not text")) };

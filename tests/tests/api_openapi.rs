@@ -85,3 +85,24 @@ fn the_validator_catches_bad_replies() {
     assert!(api.validate_reply("GET", "/vm", 200, "application/json", b"{").is_err());
     assert!(api.validate_reply("GET", "/vm", 200, "text/html", b"x").is_err());
 }
+
+#[test]
+fn streamed_events_are_checked_line_by_line() {
+    let api = OpenApi::load();
+    let r = serde_json::to_value(report()).unwrap();
+    let good = format!(
+        "{}\n\n{}\n",
+        json!({"seq": 1, "time_ms": 5, "kind": "guest_state", "state": "running", "detail": "boot 1"}),
+        json!({"seq": 2, "time_ms": 6, "kind": "txn", "txn": r})
+    );
+    api.validate_reply("GET", "/events?follow=true", 200, "application/x-ndjson", good.as_bytes()).unwrap();
+    // One bad line among good ones, a line that is not JSON, an Events object instead of an Event.
+    let bad = format!("{good}{}\n", json!({"seq": 0, "time_ms": 7, "kind": "guest_state"}));
+    let e = api.validate_reply("GET", "/events?follow=true", 200, "application/x-ndjson", bad.as_bytes()).unwrap_err();
+    assert!(e.contains("line 4"), "{e}");
+    assert!(api.validate_reply("GET", "/events", 200, "application/x-ndjson", b"{\"seq\": 1,\n").is_err());
+    assert!(api.validate_reply("GET", "/events", 200, "application/x-ndjson", json!({"events": [], "next": 0}).to_string().as_bytes()).is_err());
+    // A refused apply option (`bad_query`) is a documented reply of PUT /patches.
+    let e = ApiError::new(ApiCause::BadQuery, "x");
+    api.validate_reply("PUT", "/patches?attempts=0", 400, "application/json", e.to_json().as_bytes()).unwrap();
+}

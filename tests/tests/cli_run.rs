@@ -106,11 +106,51 @@ fn a_one_slot_arena_is_refused_before_boot() {
 }
 
 #[test]
+fn boots_from_a_config_file_with_flags_overriding_it() {
+    let _g = testguest::vm_lock();
+    if !testguest::ready("cli_run_config") {
+        return;
+    }
+    let dir = tmp_dir("cli-config");
+    let _ = std::fs::remove_file(dir.join("vmlinux"));
+    std::os::unix::fs::symlink(testguest::image(), dir.join("vmlinux")).unwrap();
+    // Relative paths: the file's directory (vsplice runs elsewhere).
+    let config = dir.join("vm.json");
+    std::fs::write(&config, r#"{"kernel": "vmlinux", "vcpus": 2, "memory": 64, "cmdline": "tg.tasks=2 tg.iters=2", "serial": "file:serial.txt"}"#).unwrap();
+    let out = vsplice(&["run", "--config", config.to_str().unwrap(), "--vcpus", "1"]);
+    let serial = std::fs::read_to_string(dir.join("serial.txt")).unwrap_or_default();
+    assert!(out.status.success(), "{:?}\n{}\n{serial}", out.status, text(&out.stderr));
+    assert!(out.stdout.is_empty(), "the serial went to stdout:\n{}", text(&out.stdout));
+    assert!(serial.contains("tg.tasks=2 tg.iters=2") && serial.contains("TG poweroff"), "{serial}");
+    assert!(serial.contains("TG boot cpus=1 "), "--vcpus 1 overrides the file's 2:\n{serial}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_bad_config_file_or_no_kernel_is_a_one_line_error() {
+    let dir = tmp_dir("cli-bad-config");
+    let config = dir.join("vm.json");
+    std::fs::write(&config, r#"{"kernel": "vmlinux", "cpus": 2}"#).unwrap();
+    let config = config.to_str().unwrap();
+    expect_one_line_error(&["run", "--config", config], "bad_config", "unknown field `cpus`");
+    std::fs::write(config, r#"{"vcpus": 2"#).unwrap();
+    expect_one_line_error(&["run", "--config", config], "bad_config", config);
+    std::fs::write(config, r#"{"vcpus": 2}"#).unwrap();
+    expect_one_line_error(&["run", "--config", config], "kernel_not_given", "--kernel");
+    expect_one_line_error(&["run", "--memory", "64"], "kernel_not_given", "--kernel");
+    expect_one_line_error(&["run", "--config", "/nonexistent/vm.json"], "config_unreadable", "/nonexistent/vm.json");
+    // The file's kernel, relative to the file, checked like --kernel's.
+    std::fs::write(config, r#"{"kernel": "missing-vmlinux"}"#).unwrap();
+    expect_one_line_error(&["run", "--config", config], "kernel_missing", &dir.join("missing-vmlinux").display().to_string());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn help_explains_the_run_flags() {
     let out = vsplice(&["run", "--help"]);
     let help = text(&out.stdout);
     assert!(out.status.success());
-    for flag in ["--kernel", "--initrd", "--cmdline", "--vcpus", "--memory", "--serial", "--arena"] {
+    for flag in ["--config", "--kernel", "--initrd", "--cmdline", "--vcpus", "--memory", "--serial", "--arena", "pause_timeout_ms", "bad_config"] {
         assert!(help.contains(flag), "{flag} missing:\n{help}");
     }
 }

@@ -1,9 +1,10 @@
 //! The API's client over the Unix socket (`vsplice remote`, the tests): one
 //! request per connection (`Connection: close`), the response parsed by
 //! httparse, a chunked body decoded by chunked_transfer. Responses are
-//! bounded (headers 64 KiB, body [`MAX_RESPONSE`]).
+//! bounded (headers 64 KiB, body [`MAX_RESPONSE`]). [`follow`] reads the
+//! event stream line by line as it comes.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -68,8 +69,7 @@ impl ClientResponse {
     }
 }
 
-/// Sends `method path` with `body` (typed `content_type`) and reads the response.
-pub fn request(sock: &Path, method: &str, path: &str, content_type: Option<&str>, body: &[u8], timeout: Option<Duration>) -> Result<ClientResponse, ClientError> {
+fn send(sock: &Path, method: &str, path: &str, content_type: Option<&str>, body: &[u8], timeout: Option<Duration>) -> Result<UnixStream, ClientError> {
     let mut s = UnixStream::connect(sock).map_err(|source| ClientError::Connect { path: sock.to_owned(), source })?;
     s.set_read_timeout(timeout).map_err(ClientError::Io)?;
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
@@ -79,7 +79,72 @@ pub fn request(sock: &Path, method: &str, path: &str, content_type: Option<&str>
     head.push_str("\r\n");
     s.write_all(head.as_bytes()).map_err(ClientError::Io)?;
     s.write_all(body).map_err(ClientError::Io)?;
+    Ok(s)
+}
+
+/// Sends `method path` with `body` (typed `content_type`) and reads the response.
+pub fn request(sock: &Path, method: &str, path: &str, content_type: Option<&str>, body: &[u8], timeout: Option<Duration>) -> Result<ClientResponse, ClientError> {
+    let mut s = send(sock, method, path, content_type, body, timeout)?;
     read_response(&mut s)
+}
+
+/// An event stream being read (`GET /events?follow=true`).
+pub struct EventLines {
+    body: BufReader<chunked_transfer::Decoder<BufReader<UnixStream>>>,
+}
+
+impl std::fmt::Debug for EventLines {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EventLines")
+    }
+}
+
+impl EventLines {
+    /// The next line (without its newline; empty for a keep-alive), `None`
+    /// when the stream ended cleanly (its last chunk). An error when it was cut.
+    pub fn next_line(&mut self) -> Result<Option<String>, ClientError> {
+        let mut line = String::new();
+        match self.body.read_line(&mut line) {
+            Ok(0) => Ok(None),
+            Ok(_) if !line.ends_with('\n') => Err(ClientError::BadResponse("the stream ended mid-line".into())),
+            Ok(_) => Ok(Some(line.trim_end_matches('\n').to_owned())),
+            Err(e) => Err(ClientError::Io(e)),
+        }
+    }
+}
+
+/// What `GET path` on the event stream answered: the stream, or (any other
+/// status or type) the whole response.
+#[derive(Debug)]
+pub enum Followed {
+    /// `200 application/x-ndjson`: the lines as they come.
+    Stream(EventLines),
+    /// Anything else (an error), read to its end.
+    Refused(ClientResponse),
+}
+
+/// Opens the event stream at `path` (`/events?follow=true&since=N`).
+/// `timeout` bounds each read (`None`: wait for ever).
+pub fn follow(sock: &Path, path: &str, timeout: Option<Duration>) -> Result<Followed, ClientError> {
+    let s = send(sock, "GET", path, None, b"", timeout)?;
+    let mut r = BufReader::new(s);
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = r.by_ref().take(MAX_HEAD as u64).read_until(b'\n', &mut head).map_err(ClientError::Io)?;
+        if n == 0 || head.len() > MAX_HEAD {
+            return Err(ClientError::BadResponse("truncated head".into()));
+        }
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut resp = httparse::Response::new(&mut headers);
+    resp.parse(&head).map_err(|e| ClientError::BadResponse(e.to_string()))?;
+    let ct = resp.headers.iter().find(|h| h.name.eq_ignore_ascii_case("Content-Type")).map(|h| String::from_utf8_lossy(h.value).to_ascii_lowercase());
+    if resp.code == Some(200) && ct.is_some_and(|c| c.starts_with("application/x-ndjson")) {
+        return Ok(Followed::Stream(EventLines { body: BufReader::new(chunked_transfer::Decoder::new(r)) }));
+    }
+    let mut raw = head;
+    r.take(MAX_RESPONSE).read_to_end(&mut raw).map_err(ClientError::Io)?;
+    read_response(&mut raw.as_slice()).map(Followed::Refused)
 }
 
 /// Reads one response from `r` (to its end: the server closes after it).

@@ -1,5 +1,7 @@
-//! The event log `GET /events` long-polls: transaction results and guest
-//! state changes, numbered from 1, the newest [`KEEP`] kept.
+//! The event log `GET /events` long-polls and streams: transaction results
+//! and guest state changes, numbered from 1, the newest [`KEEP`] kept. The
+//! VMM thread only appends; readers wait on it. Closing it (the API server
+//! ending) wakes every reader for good.
 
 use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex};
@@ -34,6 +36,7 @@ pub struct Event {
 struct Log {
     next: u64,
     events: VecDeque<Event>,
+    closed: bool,
 }
 
 /// The log, shared by the VMM thread (writer) and the HTTP threads (readers).
@@ -77,7 +80,21 @@ impl EventLog {
         self.log.lock().map_or(0, |l| l.next)
     }
 
-    /// Events with `seq > since`, waiting up to `wait` for the first one.
+    /// Closes the log: readers waiting get what is left, then nothing more.
+    pub fn close(&self) {
+        if let Ok(mut log) = self.log.lock() {
+            log.closed = true;
+        }
+        self.added.notify_all();
+    }
+
+    /// True once [`EventLog::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.log.lock().map_or(true, |l| l.closed)
+    }
+
+    /// Events with `seq > since`, waiting up to `wait` for the first one
+    /// (not at all once the log is closed).
     pub fn since(&self, since: u64, wait: Duration) -> Vec<Event> {
         let deadline = Instant::now() + wait;
         let Ok(mut log) = self.log.lock() else {
@@ -86,6 +103,9 @@ impl EventLog {
         loop {
             if log.next > since {
                 return log.events.iter().filter(|e| e.seq > since).cloned().collect();
+            }
+            if log.closed {
+                return Vec::new();
             }
             let Some(left) = deadline.checked_duration_since(Instant::now()) else {
                 return Vec::new();
@@ -100,6 +120,7 @@ impl EventLog {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -113,6 +134,20 @@ mod tests {
         assert_eq!(newer[0].seq, 2);
         assert!(log.since(2, Duration::from_millis(10)).is_empty());
         assert_eq!(log.last_seq(), 2);
+    }
+
+    #[test]
+    fn closing_wakes_a_waiting_reader_and_keeps_what_is_left() {
+        let log = std::sync::Arc::new(EventLog::default());
+        log.guest_state("running", "boot 1");
+        let reader = {
+            let log = log.clone();
+            std::thread::spawn(move || log.since(1, Duration::from_secs(3600)))
+        };
+        log.close();
+        assert!(reader.join().unwrap().is_empty());
+        assert!(log.is_closed());
+        assert_eq!(log.since(0, Duration::from_secs(3600)).len(), 1);
     }
 
     #[test]

@@ -5,10 +5,11 @@ pub mod inspect;
 pub mod patch;
 pub mod remote;
 pub mod run;
+pub mod run_config;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use vsplice_patcher::model::chain;
 
 /// `vsplice --version`: a build with the test-only `fault-injection` feature says so.
@@ -63,10 +64,21 @@ pub fn report(err: &dyn std::error::Error, cause: &str) {
 
 /// Entry point of the `vsplice` binary.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut Cli::command()).exit());
     init_logging(cli.log.as_deref());
     match cli.command {
-        Command::Run(args) => run::run(args),
+        Command::Run(args) => match matches.subcommand_matches("run").map(|m| run_config::resolve(args, m)) {
+            Some(Ok(args)) => run::run(args),
+            Some(Err(e)) => {
+                report(&e, e.cause());
+                ExitCode::from(run::EXIT_BAD_INPUT)
+            }
+            None => {
+                eprintln!("vsplice: error [unexpected]: the run arguments are missing");
+                ExitCode::from(run::EXIT_BAD_INPUT)
+            }
+        },
         Command::Patch(cmd) => patch::run(cmd),
         Command::Inspect(args) => inspect::run(args),
         Command::Remote(args) => remote::run(args),

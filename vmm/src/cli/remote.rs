@@ -2,8 +2,11 @@
 //! --api-sock` VMM's HTTP API. Readable text by default, the API's JSON with
 //! `--json`. Exit codes as `vsplice patch`: 0 ok, 3 refused (a transaction's
 //! cause, or an API error such as `busy`), 1 bad input (unreadable file,
-//! nothing answering at the socket).
+//! here or, with `patch apply --path`, on the VMM's host; nothing answering
+//! at the socket). `events --follow` prints the events as
+//! they happen until the VMM ends (exit code 0).
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -39,24 +42,41 @@ pub enum RemoteCommand {
     Patch(RemotePatch),
     /// The Prometheus metrics.
     Metrics,
-    /// Events after `--since` (waits up to `--timeout` seconds for one).
+    /// Events after `--since` (waits up to `--timeout` seconds for one), or
+    /// with `--follow` every event as it happens until the VMM ends.
     Events {
         /// Only events with a larger sequence number.
         #[arg(long, default_value_t = 0)]
         since: u64,
         /// Seconds to wait when there is none yet (at most 60).
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, default_value_t = 0, conflicts_with = "follow")]
         timeout: u64,
+        /// Stream the events (one line each; with `--json` the API's JSON
+        /// line) until the VMM ends or this command is interrupted.
+        #[arg(long)]
+        follow: bool,
     },
 }
 
 /// `vsplice remote patch …`.
 #[derive(Debug, Subcommand)]
 pub enum RemotePatch {
-    /// Apply a `.vsp` file (its bytes are sent).
+    /// Apply a `.vsp` file: its bytes are sent, or with `--path` its absolute
+    /// path, for the VMM to read on its host.
     Apply {
         /// The patch file.
         file: PathBuf,
+        /// Send the file's path (made absolute here) instead of its bytes.
+        #[arg(long)]
+        path: bool,
+        /// The safety check: `orc` (unwind the stacks by ORC, falling back
+        /// to a conservative scan) or `conservative` (scan every stack word).
+        /// Default: the VMM's.
+        #[arg(long, value_name = "MODE", value_parser = ["orc", "conservative"])]
+        check: Option<String>,
+        /// Pauses tried before giving up with `code_busy`. Default: the VMM's.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        attempts: Option<u32>,
     },
     /// Revert a patch by id or name.
     Revert {
@@ -118,15 +138,16 @@ fn text_txn(v: &Value) -> String {
     }
 }
 
+fn text_event(e: &Value) -> String {
+    match str_of(e, "kind") {
+        "txn" => format!("{} txn {}", e["seq"], text_txn(&e["txn"])),
+        _ => format!("{} guest {} ({})", e["seq"], str_of(e, "state"), str_of(e, "detail")),
+    }
+}
+
 fn text_events(v: &Value) -> String {
     let events = v["events"].as_array().cloned().unwrap_or_default();
-    let mut lines: Vec<String> = events
-        .iter()
-        .map(|e| match str_of(e, "kind") {
-            "txn" => format!("{} txn {}", e["seq"], text_txn(&e["txn"])),
-            _ => format!("{} guest {} ({})", e["seq"], str_of(e, "state"), str_of(e, "detail")),
-        })
-        .collect();
+    let mut lines: Vec<String> = events.iter().map(text_event).collect();
     lines.push(format!("next: {}", v["next"]));
     lines.join("\n")
 }
@@ -145,30 +166,93 @@ fn show(r: &ClientResponse, json: bool, text: fn(&Value) -> String) -> ExitCode 
     }
     if ok {
         ExitCode::SUCCESS
+    } else if v.get("cause").and_then(Value::as_str) == Some("patch_file_unreadable") {
+        ExitCode::from(EXIT_BAD_INPUT)
     } else {
         ExitCode::from(EXIT_REFUSED)
     }
 }
 
+/// `PUT /patches`: the bytes with the options as query parameters, or JSON
+/// `{"path", "check", "attempts"}`; `None` (reported) when the file cannot be read.
+fn apply_call(file: &std::path::Path, by_path: bool, check: Option<&str>, attempts: Option<u32>) -> Option<Call> {
+    if by_path {
+        let path = match std::path::absolute(file) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("vsplice: error [patch_file_unreadable]: {}: {e}", file.display());
+                return None;
+            }
+        };
+        let mut body = serde_json::json!({ "path": path });
+        if let Some(c) = check {
+            body["check"] = c.into();
+        }
+        if let Some(n) = attempts {
+            body["attempts"] = n.into();
+        }
+        return Some(("PUT", "/patches".into(), body.to_string().into_bytes(), Some("application/json"), text_txn));
+    }
+    let bytes = match std::fs::read(file) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("vsplice: error [patch_file_unreadable]: {}: {e}", file.display());
+            return None;
+        }
+    };
+    let query: Vec<String> = check.map(|c| format!("check={c}")).into_iter().chain(attempts.map(|n| format!("attempts={n}"))).collect();
+    let path = if query.is_empty() { "/patches".to_owned() } else { format!("/patches?{}", query.join("&")) };
+    Some(("PUT", path, bytes, Some("application/octet-stream"), text_txn))
+}
+
 /// One request: method, path, body, its type, and how its answer reads as text.
 type Call = (&'static str, String, Vec<u8>, Option<&'static str>, fn(&Value) -> String);
+
+/// `events --follow`: each event printed as it comes; 0 when the stream ends.
+fn follow(sock: &std::path::Path, since: u64, json: bool) -> ExitCode {
+    let mut lines = match client::follow(sock, &format!("/events?follow=true&since={since}"), None) {
+        Ok(client::Followed::Stream(lines)) => lines,
+        Ok(client::Followed::Refused(r)) => return show(&r, json, text_events),
+        Err(e) => {
+            super::report(&e, e.cause());
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    loop {
+        let printed = match lines.next_line() {
+            Ok(None) => return ExitCode::SUCCESS,
+            Ok(Some(line)) if line.trim().is_empty() => Ok(()),
+            Ok(Some(line)) if json => writeln!(out, "{line}").and_then(|_| out.flush()),
+            Ok(Some(line)) => writeln!(out, "{}", text_event(&serde_json::from_str(&line).unwrap_or(Value::Null))).and_then(|_| out.flush()),
+            Err(e) => {
+                super::report(&e, e.cause());
+                return ExitCode::from(EXIT_BAD_INPUT);
+            }
+        };
+        // Whoever read the output is gone: so is the reason to follow.
+        if printed.is_err() {
+            return ExitCode::SUCCESS;
+        }
+    }
+}
 
 /// Runs `vsplice remote`.
 pub fn run(args: RemoteArgs) -> ExitCode {
     let sock = &args.api_sock;
+    if let RemoteCommand::Events { since, follow: true, .. } = args.command {
+        return follow(sock, since, args.json);
+    }
     let (method, path, body, content_type, text): Call = match &args.command {
         RemoteCommand::Vm => ("GET", "/vm".into(), Vec::new(), None, text_vm),
         RemoteCommand::Metrics => ("GET", "/metrics".into(), Vec::new(), None, |_| String::new()),
-        RemoteCommand::Events { since, timeout } => ("GET", format!("/events?since={since}&timeout={timeout}"), Vec::new(), None, text_events),
+        RemoteCommand::Events { since, timeout, .. } => ("GET", format!("/events?since={since}&timeout={timeout}"), Vec::new(), None, text_events),
         RemoteCommand::Patch(RemotePatch::List) => ("GET", "/patches".into(), Vec::new(), None, text_list),
         RemoteCommand::Patch(RemotePatch::Recover) => ("POST", "/patches/recover".into(), Vec::new(), None, text_txn),
         RemoteCommand::Patch(RemotePatch::Revert { id }) => ("DELETE", format!("/patches/{id}"), Vec::new(), None, text_txn),
-        RemoteCommand::Patch(RemotePatch::Apply { file }) => match std::fs::read(file) {
-            Ok(b) => ("PUT", "/patches".into(), b, Some("application/octet-stream"), text_txn),
-            Err(e) => {
-                eprintln!("vsplice: error [patch_file_unreadable]: {}: {e}", file.display());
-                return ExitCode::from(EXIT_BAD_INPUT);
-            }
+        RemoteCommand::Patch(RemotePatch::Apply { file, path, check, attempts }) => match apply_call(file, *path, check.as_deref(), *attempts) {
+            Some(call) => call,
+            None => return ExitCode::from(EXIT_BAD_INPUT),
         },
     };
     let timeout = Some(Duration::from_secs(120));

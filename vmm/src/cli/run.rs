@@ -29,10 +29,21 @@ The guest's power-off (ACPI S5) ends the VMM with exit code 0; so does a reboot 
 reset, `reboot=k`) unless `--on-reboot restart` boots the guest again (with its live patches \
 applied again once its kernel is up). A triple fault or KVM internal error ends it with exit code 2 and a message giving \
 the exit reason, RIP and the instruction bytes KVM reported. Bad input exits with code 1 and a \
-one-line error naming the problem.")]
+one-line error naming the problem.
+
+--config FILE takes any of the flags from a JSON object whose keys are the flags' names with `_` \
+for `-`: kernel, initrd, cmdline, vcpus, memory, serial, arena, pause_timeout_ms, live_patch (a \
+list), on_reboot, api_sock; e.g. {\"kernel\": \"vmlinux\", \"vcpus\": 2, \"live_patch\": [\"a.vsp\"]}. \
+Flags given on the command line win (--live-patch replaces the whole list). Relative paths in the \
+file are relative to its directory. An unknown key, a wrong type or bad JSON is refused \
+([bad_config], exit code 1).")]
 pub struct RunArgs {
-    /// Kernel to boot: an ELF vmlinux (entered at its 64-bit entry point) or a bzImage.
-    #[arg(long, value_name = "PATH")]
+    /// JSON file giving any of these flags (see below); flags given here override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Kernel to boot: an ELF vmlinux (entered at its 64-bit entry point) or a bzImage. Required,
+    /// here or as `kernel` in the --config file.
+    #[arg(long, value_name = "PATH", default_value = "", hide_default_value = true, value_parser = super::run_config::kernel_parser())]
     pub kernel: PathBuf,
     /// Initial ramdisk, loaded at the top of usable RAM below the patch arena.
     #[arg(long, value_name = "PATH")]
@@ -102,7 +113,7 @@ pub enum SerialArg {
     Null,
 }
 
-fn parse_serial(s: &str) -> Result<SerialArg, String> {
+pub(super) fn parse_serial(s: &str) -> Result<SerialArg, String> {
     match s {
         "stdio" => Ok(SerialArg::Stdio),
         "null" => Ok(SerialArg::Null),

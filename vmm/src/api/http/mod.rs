@@ -1,10 +1,13 @@
 //! The HTTP/1.1 layer of the API: tiny_http serving the Unix socket
 //! ([`socket`]), one thread per request (at most [`MAX_IN_FLIGHT`]), routes
 //! to one file per resource ([`vm`], [`patches`], [`metrics`], [`events`]).
+//! An event stream ([`follow`]) gives its request slot back and takes one
+//! of its own (at most [`follow::MAX_STREAMS`]).
 //! Requests that need the guest go to the request handler on the VMM thread
 //! as typed values; nothing here touches the VMM.
 
 pub mod events;
+pub mod follow;
 pub mod metrics;
 pub mod patches;
 pub mod socket;
@@ -15,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tiny_http::{Header, Method, Request, Response, Server};
@@ -64,12 +67,22 @@ impl Reply {
     }
 }
 
+/// What a route answers: a reply, or the event stream from a sequence number.
+#[derive(Debug)]
+pub enum Answer {
+    /// An ordinary reply.
+    Reply(Reply),
+    /// `GET /events?follow=true`: stream the events after this `seq`.
+    Follow(u64),
+}
+
 /// What every request thread shares.
 #[derive(Debug)]
 pub struct Ctx {
     /// The shared state.
     pub shared: Arc<ApiShared>,
     requests: Sender<Envelope>,
+    streams: AtomicUsize,
 }
 
 impl Ctx {
@@ -108,6 +121,10 @@ fn header(name: &str, value: &str) -> Option<Header> {
     Header::from_bytes(name.as_bytes(), value.as_bytes()).ok()
 }
 
+fn accepts_ndjson(rq: &Request) -> bool {
+    rq.headers().iter().any(|h| h.field.equiv("Accept") && h.value.as_str().to_ascii_lowercase().contains(follow::NDJSON))
+}
+
 fn content_type(rq: &Request) -> String {
     rq.headers()
         .iter()
@@ -123,23 +140,35 @@ fn method_not_allowed(allow: &'static str) -> Reply {
 }
 
 /// Routes one request to its resource.
-pub fn route(ctx: &Ctx, rq: &mut Request) -> Reply {
+pub fn route(ctx: &Ctx, rq: &mut Request) -> Answer {
+    if let (["events"], Method::Get) = (segments(rq.url()).as_slice(), rq.method()) {
+        let query = rq.url().split_once('?').map_or("", |(_, q)| q).to_owned();
+        return events::get(&ctx.shared, &query, accepts_ndjson(rq));
+    }
+    Answer::Reply(route_reply(ctx, rq))
+}
+
+fn segments(url: &str) -> Vec<&str> {
+    let path = url.split_once('?').map_or(url, |(p, _)| p);
+    path.trim_end_matches('/').split('/').skip(1).collect()
+}
+
+fn route_reply(ctx: &Ctx, rq: &mut Request) -> Reply {
     let url = rq.url().to_owned();
     let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
     let method = rq.method().clone();
-    let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    let segments = segments(path);
     match (segments.as_slice(), &method) {
         (["vm"], Method::Get) => vm::get(&ctx.shared),
         (["vm"], _) => method_not_allowed("GET"),
         (["metrics"], Method::Get) => metrics::get(&ctx.shared),
         (["metrics"], _) => method_not_allowed("GET"),
-        (["events"], Method::Get) => events::get(&ctx.shared, query),
         (["events"], _) => method_not_allowed("GET"),
         (["patches"], Method::Get) => patches::list(ctx),
         (["patches"], Method::Put) => {
             let ct = content_type(rq);
             let declared = rq.body_length();
-            patches::apply(ctx, &ct, declared, rq.as_reader())
+            patches::apply(ctx, &ct, query, declared, rq.as_reader())
         }
         (["patches"], _) => method_not_allowed("GET, PUT"),
         (["patches", "recover"], Method::Post) => patches::recover(ctx),
@@ -164,12 +193,37 @@ fn respond(rq: Request, reply: Reply) {
     }
 }
 
-/// The API server; dropping it stops it and removes the socket.
+/// Streams one request's events until the client or the server goes.
+fn stream(ctx: &Ctx, rq: Request, since: u64) {
+    let Some(_slot) = follow::StreamSlot::claim(&ctx.streams) else {
+        let e = ApiError::new(ApiCause::TooManyRequests, format!("{} event streams are open already", follow::MAX_STREAMS));
+        return respond(rq, Reply::error(&e));
+    };
+    tracing::debug!(since, "API event stream opened");
+    let mut w = rq.into_writer();
+    let ended = follow::pump(&mut follow::EventReader::new(&ctx.shared.events, since, follow::KEEPALIVE), &mut w);
+    tracing::debug!(ended = ?ended.err(), "API event stream closed");
+}
+
+/// The request slot a request thread holds, freed on drop.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Longest the server's end waits for its event streams to end cleanly.
+const STREAMS_END_WAIT: Duration = Duration::from_secs(2);
+
+/// The API server; dropping it stops it, ends the event streams and removes the socket.
 #[derive(Debug)]
 pub struct ApiServer {
     stop: Arc<AtomicBool>,
     accept: Option<JoinHandle<()>>,
     path: PathBuf,
+    ctx: Arc<Ctx>,
 }
 
 impl ApiServer {
@@ -180,14 +234,14 @@ impl ApiServer {
         let server = Server::from_listener(listener, None)
             .map_err(|e| SocketError::Io { path: path.to_owned(), source: std::io::Error::other(e.to_string()) })?;
         let stop = Arc::new(AtomicBool::new(false));
-        let ctx = Arc::new(Ctx { shared, requests });
-        let stopping = stop.clone();
+        let ctx = Arc::new(Ctx { shared, requests, streams: AtomicUsize::new(0) });
+        let (stopping, serving) = (stop.clone(), ctx.clone());
         let accept = std::thread::Builder::new()
             .name("vsplice-api".into())
-            .spawn(move || serve(server, ctx, stopping))
+            .spawn(move || serve(server, serving, stopping))
             .map_err(|source| SocketError::Io { path: path.to_owned(), source })?;
         tracing::info!(path = %path.display(), "API listening");
-        Ok(Self { stop, accept: Some(accept), path: path.to_owned() })
+        Ok(Self { stop, accept: Some(accept), path: path.to_owned(), ctx })
     }
 }
 
@@ -207,15 +261,19 @@ fn serve(server: Server, ctx: Arc<Ctx>, stop: Arc<AtomicBool>) {
             respond(rq, Reply::error(&ApiError::new(ApiCause::TooManyRequests, "too many requests at once")));
             continue;
         }
-        let (ctx, count) = (ctx.clone(), in_flight.clone());
-        let spawned = std::thread::Builder::new().name("vsplice-api-rq".into()).spawn(move || {
-            let reply = route(&ctx, &mut rq);
-            tracing::debug!(method = %rq.method(), url = rq.url(), status = reply.status, "API request");
-            respond(rq, reply);
-            count.fetch_sub(1, Ordering::AcqRel);
+        let (ctx, slot) = (ctx.clone(), Slot(in_flight.clone()));
+        let spawned = std::thread::Builder::new().name("vsplice-api-rq".into()).spawn(move || match route(&ctx, &mut rq) {
+            Answer::Reply(reply) => {
+                tracing::debug!(method = %rq.method(), url = rq.url(), status = reply.status, "API request");
+                respond(rq, reply);
+                drop(slot);
+            }
+            Answer::Follow(since) => {
+                drop(slot);
+                stream(&ctx, rq, since);
+            }
         });
         if let Err(e) = spawned {
-            in_flight.fetch_sub(1, Ordering::AcqRel);
             tracing::warn!(error = %e, "cannot start an API request thread");
         }
     }
@@ -226,6 +284,12 @@ impl Drop for ApiServer {
         self.stop.store(true, Ordering::Release);
         if let Some(t) = self.accept.take() {
             let _ = t.join();
+        }
+        // The streams send what is left of the log and their last chunk.
+        self.ctx.shared.events.close();
+        let end = Instant::now() + STREAMS_END_WAIT;
+        while self.ctx.streams.load(Ordering::Acquire) > 0 && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(10));
         }
         // tiny_http removes it too when the server drops; make sure.
         let _ = std::fs::remove_file(&self.path);

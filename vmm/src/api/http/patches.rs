@@ -1,6 +1,7 @@
 //! `/patches`: list (`GET`), one patch (`GET /patches/{id}`), apply (`PUT`,
 //! the `.vsp` bytes as `application/octet-stream` or JSON
-//! `{"path", "check", "attempts"}`), revert (`DELETE /patches/{id}`),
+//! `{"path", "check", "attempts"}`; `check` and `attempts` may also be query
+//! parameters, with either body), revert (`DELETE /patches/{id}`),
 //! recover (`POST /patches/recover`). Transactions are one at a time per VM:
 //! another one in flight is `409 busy`. While one is in flight the list is
 //! the registry as last read.
@@ -65,17 +66,39 @@ pub fn read_body(declared: Option<usize>, body: &mut dyn Read) -> Result<Vec<u8>
     Ok(buf)
 }
 
-/// The apply request a body describes.
-pub fn parse_apply(content_type: &str, body: Vec<u8>) -> Result<ApplyRequest, ApiError> {
+/// The options of `PUT /patches?check=orc|conservative&attempts=N`.
+fn parse_options(query: &str) -> Result<(Option<CheckMode>, Option<u32>), ApiError> {
+    let (mut check, mut attempts) = (None, None);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "check" => check = Some(v.parse::<CheckMode>().map_err(|e| ApiError::new(ApiCause::BadQuery, e))?),
+            "attempts" => match v.parse::<u32>() {
+                Ok(n) if n >= 1 => attempts = Some(n),
+                _ => return Err(ApiError::new(ApiCause::BadQuery, format!("`attempts` wants a number from 1, got `{v}`"))),
+            },
+            _ => return Err(ApiError::new(ApiCause::BadQuery, format!("unknown parameter `{k}` (check, attempts)"))),
+        }
+    }
+    Ok((check, attempts))
+}
+
+/// The apply request a body and the query's options describe; an option
+/// given both in the query and in a JSON body is `bad_query`.
+pub fn parse_apply(content_type: &str, query: &str, body: Vec<u8>) -> Result<ApplyRequest, ApiError> {
+    let (q_check, q_attempts) = parse_options(query)?;
     match content_type {
-        "application/octet-stream" => Ok(ApplyRequest { source: PatchSource::Bytes(body), check: None, attempts: None }),
+        "application/octet-stream" => Ok(ApplyRequest { source: PatchSource::Bytes(body), check: q_check, attempts: q_attempts }),
         "application/json" => {
             let j: ApplyJson = serde_json::from_slice(&body).map_err(|e| ApiError::new(ApiCause::MalformedJson, e.to_string()))?;
             let check = match j.check {
                 Some(c) => Some(c.parse::<CheckMode>().map_err(|e| ApiError::new(ApiCause::MalformedJson, e))?),
                 None => None,
             };
-            Ok(ApplyRequest { source: PatchSource::Path(j.path), check, attempts: j.attempts })
+            if (check.is_some() && q_check.is_some()) || (j.attempts.is_some() && q_attempts.is_some()) {
+                return Err(ApiError::new(ApiCause::BadQuery, "an option is both in the query and in the JSON body"));
+            }
+            Ok(ApplyRequest { source: PatchSource::Path(j.path), check: check.or(q_check), attempts: j.attempts.or(q_attempts) })
         }
         other => Err(ApiError::new(
             ApiCause::UnsupportedMediaType,
@@ -85,8 +108,8 @@ pub fn parse_apply(content_type: &str, body: Vec<u8>) -> Result<ApplyRequest, Ap
 }
 
 /// `PUT /patches`.
-pub fn apply(ctx: &Ctx, content_type: &str, declared: Option<usize>, body: &mut dyn Read) -> Reply {
-    let req = read_body(declared, body).and_then(|b| parse_apply(content_type, b));
+pub fn apply(ctx: &Ctx, content_type: &str, query: &str, declared: Option<usize>, body: &mut dyn Read) -> Reply {
+    let req = parse_options(query).and_then(|_| read_body(declared, body)).and_then(|b| parse_apply(content_type, query, b));
     match req {
         Ok(req) => ctx.transaction(ApiRequest::Apply(req)),
         Err(e) => Reply::error(&e),
@@ -110,15 +133,28 @@ mod tests {
 
     #[test]
     fn bodies() {
-        let r = parse_apply("application/json", br#"{"path":"/x.vsp","check":"conservative","attempts":3}"#.to_vec()).unwrap();
+        let r = parse_apply("application/json", "", br#"{"path":"/x.vsp","check":"conservative","attempts":3}"#.to_vec()).unwrap();
         assert!(matches!(r.source, PatchSource::Path(ref p) if p == std::path::Path::new("/x.vsp")));
         assert_eq!(r.check, Some(CheckMode::Conservative));
         assert_eq!(r.attempts, Some(3));
         for bad in [&b"{"[..], br#"{"path":1}"#, br#"{"path":"/x","extra":1}"#, br#"{"path":"/x","check":"fast"}"#] {
-            assert_eq!(parse_apply("application/json", bad.to_vec()).unwrap_err().cause, ApiCause::MalformedJson);
+            assert_eq!(parse_apply("application/json", "", bad.to_vec()).unwrap_err().cause, ApiCause::MalformedJson);
         }
-        assert_eq!(parse_apply("text/plain", Vec::new()).unwrap_err().cause, ApiCause::UnsupportedMediaType);
-        assert!(matches!(parse_apply("application/octet-stream", vec![1]).unwrap().source, PatchSource::Bytes(_)));
+        assert_eq!(parse_apply("text/plain", "", Vec::new()).unwrap_err().cause, ApiCause::UnsupportedMediaType);
+        assert!(matches!(parse_apply("application/octet-stream", "", vec![1]).unwrap().source, PatchSource::Bytes(_)));
+    }
+
+    #[test]
+    fn options_in_the_query() {
+        let r = parse_apply("application/octet-stream", "check=orc&attempts=7", vec![1]).unwrap();
+        assert_eq!((r.check, r.attempts), (Some(CheckMode::Orc), Some(7)));
+        let r = parse_apply("application/json", "attempts=2", br#"{"path":"/x.vsp","check":"conservative"}"#.to_vec()).unwrap();
+        assert_eq!((r.check, r.attempts), (Some(CheckMode::Conservative), Some(2)));
+        for bad in ["check=fast", "attempts=0", "attempts=x", "retries=1"] {
+            assert_eq!(parse_apply("application/octet-stream", bad, vec![1]).unwrap_err().cause, ApiCause::BadQuery, "{bad}");
+        }
+        let both = parse_apply("application/json", "check=orc", br#"{"path":"/x.vsp","check":"orc"}"#.to_vec());
+        assert_eq!(both.unwrap_err().cause, ApiCause::BadQuery);
     }
 
     #[test]
