@@ -10,7 +10,7 @@
 //! ```json
 //! {"kernel": "vmlinux", "cmdline": "quiet", "vcpus": 2, "memory": 1024,
 //!  "serial": "file:serial.log", "arena": 8, "pause_timeout_ms": 500,
-//!  "live_patch": ["a.vsp"], "on_reboot": "restart", "api_sock": "vm.sock"}
+//!  "live_patch": ["a.vsp"], "on_reboot": "restart", "tasks": "auto", "api_sock": "vm.sock"}
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -20,6 +20,8 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, ValueEnum};
 use serde::Deserialize;
 use thiserror::Error;
+
+use vsplice_patcher::os::linux::view::TaskSource;
 
 use super::run::{parse_serial, OnReboot, RunArgs, SerialArg};
 
@@ -37,6 +39,7 @@ struct RunFile {
     pause_timeout_ms: Option<u64>,
     live_patch: Option<Vec<PathBuf>>,
     on_reboot: Option<String>,
+    tasks: Option<String>,
     api_sock: Option<PathBuf>,
 }
 
@@ -136,6 +139,9 @@ fn merge(args: &mut RunArgs, path: &Path, text: &str, given: impl Fn(&str) -> bo
     if let (Some(v), true) = (file.on_reboot, set("on_reboot")) {
         args.on_reboot = OnReboot::from_str(&v, false).map_err(|_| bad(format!("on_reboot: `{v}` is not one of exit, restart")))?;
     }
+    if let (Some(v), true) = (file.tasks, set("tasks")) {
+        args.tasks = TaskSource::from_str(&v, false).map_err(|_| bad(format!("tasks: `{v}` is not one of auto, agent, agentless")))?;
+    }
     if let (Some(v), true) = (file.api_sock, set("api_sock")) {
         args.api_sock = Some(here(v));
     }
@@ -173,8 +179,9 @@ mod tests {
     fn the_file_alone_gives_every_flag() {
         let config = r#"{"kernel": "/k/vmlinux", "initrd": "/k/initrd", "cmdline": "quiet", "vcpus": 3, "memory": 256,
             "serial": "null", "arena": 8, "pause_timeout_ms": 77, "live_patch": ["/p/a.vsp", "/p/b.vsp"],
-            "on_reboot": "restart", "api_sock": "/run/vm.sock"}"#;
+            "on_reboot": "restart", "tasks": "agentless", "api_sock": "/run/vm.sock"}"#;
         let a = run_with("file", config, &[]).unwrap();
+        assert_eq!(a.tasks, TaskSource::Agentless);
         assert_eq!(a.kernel, Path::new("/k/vmlinux"));
         assert_eq!(a.initrd.as_deref(), Some(Path::new("/k/initrd")));
         assert_eq!((a.cmdline.as_str(), a.vcpus, a.memory, a.arena, a.pause_timeout_ms), ("quiet", 3, 256, 8, 77));
@@ -225,6 +232,20 @@ mod tests {
             let e = run_with(name, config, &[]).unwrap_err();
             assert_eq!(e.cause(), "bad_config", "{name}: {e}");
             assert!(e.to_string().contains(mention) && e.to_string().contains("vm.json"), "{name}: {e}");
+        }
+    }
+
+    #[test]
+    fn every_run_flag_has_a_key() {
+        let cmd = Cli::command();
+        let run = cmd.find_subcommand("run").unwrap();
+        for arg in run.get_arguments() {
+            let id = arg.get_id().as_str();
+            if matches!(id, "config" | "help") {
+                continue;
+            }
+            let json = format!("{{\"{id}\": null}}");
+            assert!(serde_json::from_str::<RunFile>(&json).is_ok(), "--{} has no key `{id}` in the --config file", arg.get_long().unwrap_or(id));
         }
     }
 
