@@ -75,6 +75,12 @@ impl EventLog {
         self.push("guest_state", None, Some(state), Some(detail.into()));
     }
 
+    /// Records what became of the booted kernel: `identified` (up and
+    /// patchable; `detail` names it) or `unsupported` (`detail` says why).
+    pub fn kernel(&self, state: &'static str, detail: impl Into<String>) {
+        self.push("kernel", None, Some(state), Some(detail.into()));
+    }
+
     /// The last sequence number given out.
     pub fn last_seq(&self) -> u64 {
         self.log.lock().map_or(0, |l| l.next)

@@ -103,6 +103,7 @@ impl ApiService {
         let started = Instant::now();
         self.shared.events.guest_state("running", format!("boot {boot}"));
         let mut target = patches.as_deref().map(|p| BootTarget::new(p.source()));
+        let mut announced = false;
         loop {
             let kernel = kernel_info(config, target.as_ref());
             self.publish(vmm, config, &kernel, boot, started);
@@ -125,6 +126,9 @@ impl ApiService {
                         self.handler.refresh_status(vmm, arena, k);
                     }
                 }
+                if !announced {
+                    announced = self.announce(t);
+                }
             }
             let arena = vmm.arena();
             match (patches.as_deref_mut(), target.as_ref()) {
@@ -137,6 +141,29 @@ impl ApiService {
                     self.handler.serve_waiting(vmm, arena, Err(&why), &mut Vec::new(), POLL);
                 }
             }
+        }
+    }
+
+    /// Puts the kernel's fate in the events once it is known (up and
+    /// identified, or unsupported); true once it is.
+    fn announce(&self, t: &BootTarget) -> bool {
+        match t.kernel() {
+            Ok(k) if t.is_up() => {
+                let name = format!(
+                    "{} {} (build-id {}, KASLR slide {})",
+                    k.kind(),
+                    k.release().unwrap_or("-"),
+                    k.build_id().unwrap_or("-"),
+                    k.kaslr_slide().map_or("-".to_owned(), |s| format!("{s:#x}"))
+                );
+                self.shared.events.kernel("identified", name);
+                true
+            }
+            Err(u @ Unavailable::Unsupported { .. }) => {
+                self.shared.events.kernel("unsupported", u.message());
+                true
+            }
+            _ => false,
         }
     }
 

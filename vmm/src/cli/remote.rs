@@ -141,6 +141,7 @@ fn text_txn(v: &Value) -> String {
 fn text_event(e: &Value) -> String {
     match str_of(e, "kind") {
         "txn" => format!("{} txn {}", e["seq"], text_txn(&e["txn"])),
+        "kernel" => format!("{} kernel {} ({})", e["seq"], str_of(e, "state"), str_of(e, "detail")),
         _ => format!("{} guest {} ({})", e["seq"], str_of(e, "state"), str_of(e, "detail")),
     }
 }
