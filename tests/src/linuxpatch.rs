@@ -18,9 +18,40 @@ use vsplice_patcher::kernels::TargetKernel;
 use vsplice_patcher::model::ArenaRange;
 use vsplice_patcher::txn::{Patcher, TxnConfig};
 
-use crate::debian::DebianImages;
-use crate::qemu::Guest;
+use crate::debian::{debian_images, DebianImages, Flavour};
+use crate::harness_error::HarnessError;
+use crate::qemu::{Guest, QemuConfig};
+use crate::skip::skip;
 use crate::testguest::workspace_root;
+
+/// Boots a Debian guest without the vsplice agent: for tests of the
+/// agentless path (nothing of vsplice inside the guest). `None` after a loud
+/// skip when the images, the Kbuild headers or QEMU are missing.
+pub fn boot_agentless(flavour: Flavour, label: &str) -> Option<Guest> {
+    let mut cfg = match QemuConfig::debian(flavour, label) {
+        Ok(c) => c,
+        Err(e) => {
+            skip(label, &e.to_string());
+            return None;
+        }
+    };
+    match debian_images(flavour) {
+        Ok(img) if img.headers.join("Makefile").is_file() => {}
+        _ => {
+            skip(label, "no Kbuild headers for the Debian kernel (run images/debian-kernels.sh)");
+            return None;
+        }
+    }
+    cfg.extra_append.push("vsplice.agent=0".into());
+    match Guest::boot(cfg) {
+        Ok(g) => Some(g),
+        Err(e @ HarnessError::Spawn { .. }) => {
+            skip(label, &e.to_string());
+            None
+        }
+        Err(e) => panic!("{label}: the guest does not boot: {e}"),
+    }
+}
 
 /// `examples/patches/linux/<name>`.
 pub fn example(name: &str) -> PathBuf {

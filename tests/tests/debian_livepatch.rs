@@ -36,33 +36,9 @@ use vsplice_tests::scratch::{tmp, tmp_dir};
 use vsplice_tests::skip::skip;
 use vsplice_tests::testguest::vm_lock;
 
-/// Boots a Debian guest without the vsplice agent: these tests exercise the
-/// agentless path (nothing of vsplice inside the guest). `None` after a loud
-/// skip when the images, the Kbuild headers or QEMU are missing.
+/// Boots a Debian guest without the vsplice agent (the agentless path).
 fn boot(flavour: Flavour, label: &str) -> Option<Guest> {
-    let mut cfg = match QemuConfig::debian(flavour, label) {
-        Ok(c) => c,
-        Err(e) => {
-            skip(label, &e.to_string());
-            return None;
-        }
-    };
-    match debian_images(flavour) {
-        Ok(img) if img.headers.join("Makefile").is_file() => {}
-        _ => {
-            skip(label, "no Kbuild headers for the Debian kernel (run images/debian-kernels.sh)");
-            return None;
-        }
-    }
-    cfg.extra_append.push("vsplice.agent=0".into());
-    match Guest::boot(cfg) {
-        Ok(g) => Some(g),
-        Err(e @ vsplice_tests::harness_error::HarnessError::Spawn { .. }) => {
-            skip(label, &e.to_string());
-            None
-        }
-        Err(e) => panic!("{label}: the guest does not boot: {e}"),
-    }
+    linuxpatch::boot_agentless(flavour, label)
 }
 
 /// Every byte of the live kernel text equals the image's, except where the

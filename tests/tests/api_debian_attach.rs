@@ -1,0 +1,125 @@
+//! `vsplice attach` on stock Debian kernels under QEMU (TCG, KASLR on,
+//! agentless, the harness's `memmap=` arena): the real binary attaches
+//! once to QEMU's gdbstub and serves the API; through `vsplice remote` the
+//! example patch `cmdline_marker.c` (built with Kbuild) is applied, listed
+//! and reverted while `/proc/cmdline` inside the guest shows each step; `GET
+//! /vm` names the kernel (release, build-id, KASLR slide) and the gdbstub;
+//! the metrics and events count the transactions; every JSON reply conforms
+//! to docs/openapi.yaml. Then the daemon ends: on SIGTERM it detaches (the
+//! guest runs on) and removes its socket; when QEMU dies under it, it ends
+//! with `gdbstub_gone` and exit status 2.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use vsplice_patcher::patch::linux_image::LinuxImage;
+use vsplice_tests::attach::AttachDaemon;
+use vsplice_tests::cli::text;
+use vsplice_tests::debian::{debian_images, Flavour};
+use vsplice_tests::linuxpatch;
+use vsplice_tests::qemu::Guest;
+use vsplice_tests::scratch::tmp_dir;
+use vsplice_tests::testguest::vm_lock;
+
+/// Attaching and identifying a kernel under TCG takes seconds; be generous.
+const READY_WITHIN: Duration = Duration::from_secs(600);
+
+/// Boots the flavour, builds the example patch, starts the daemon and runs
+/// the patch's round trip through `vsplice remote`; returns the guest, the
+/// daemon and `/proc/cmdline` as booted. `None` after a loud skip.
+fn round_trip(flavour: Flavour, label: &str) -> Option<(Guest, AttachDaemon, String)> {
+    let mut g = linuxpatch::boot_agentless(flavour, label)?;
+    let img = debian_images(flavour).unwrap();
+    let image = LinuxImage::open(&img.vmlinuz).unwrap();
+    let patch = linuxpatch::build(&img, &image, &linuxpatch::example("cmdline_marker.c")).unwrap();
+    let dir = tmp_dir(label);
+    let vsp = dir.join("cmdline_marker.vsp");
+    std::fs::write(&vsp, patch.to_bytes().unwrap()).unwrap();
+    let vsp = vsp.to_str().unwrap();
+    let before = g.run_ok("cat /proc/cmdline").unwrap();
+    let marked = format!("{} vsplice.marker=cmdline\n", before.trim_end());
+
+    let d = AttachDaemon::start(&dir, g.gdb_addr().unwrap(), &linuxpatch::arena_arg(&g), &[], READY_WITHIN).unwrap();
+    let build_id = image.build_id().unwrap().to_owned();
+    let ready = d.stderr_text();
+    assert!(ready.contains(&img.release) && ready.contains(&build_id), "the ready line names the kernel:\n{ready}");
+    assert_eq!(std::fs::metadata(&d.sock).unwrap().permissions().mode() & 0o777, 0o600);
+    // Attached, the guest runs between requests.
+    assert_eq!(g.run_ok("cat /proc/cmdline").unwrap(), before);
+
+    // The VM: the gdbstub, the kernel identified once.
+    let (o, vm) = d.remote_json(&["vm"], "VmInfo");
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!((vm["hypervisor"].as_str(), vm["state"].as_str(), vm["boot"].as_u64()), (Some("gdbstub"), Some("running"), Some(1)), "{vm}");
+    assert_eq!(vm["memory_mib"], serde_json::Value::Null);
+    assert_eq!(vm["vcpus"].as_u64(), Some(u64::from(g.config().smp)), "{vm}");
+    assert_eq!(vm["arena"], "0x3f000000:4M");
+    let kernel = &vm["kernel"];
+    assert_eq!((kernel["kind"].as_str(), kernel["release"].as_str(), kernel["build_id"].as_str()), (Some("linux"), Some(img.release.as_str()), Some(build_id.as_str())), "{vm}");
+    assert!(kernel["kaslr_slide"].as_str().is_some_and(|s| s != "0x0"), "KASLR is on: {vm}");
+    let o = d.remote(&["vm"]);
+    assert!(text(&o.stdout).contains("state: running (gdbstub)"), "{}", text(&o.stdout));
+
+    // Apply through `vsplice remote`; the guest's /proc/cmdline changes.
+    let (_, list) = d.remote_json(&["patch", "list"], "Status");
+    assert_eq!(list["patches"], serde_json::json!([]), "{list}");
+    let (o, r) = d.remote_json(&["patch", "apply", vsp], "TxnReport");
+    assert!(o.status.success() && r["cause"] == "ok", "{r}\n{}", text(&o.stderr));
+    assert_eq!(g.run_ok("cat /proc/cmdline").unwrap(), marked);
+    let (_, list) = d.remote_json(&["patch", "list"], "Status");
+    assert_eq!((list["patches"][0]["name"].as_str(), list["patches"][0]["state"].as_str()), (Some("cmdline_marker"), Some("applied")), "{list}");
+    let one = d.req("GET", "/patches/cmdline_marker", None, b"");
+    assert_eq!(one.status, 200, "{}", one.text());
+    // The same again: refused, exit 3, nothing changes.
+    let (o, r) = d.remote_json(&["patch", "apply", vsp], "TxnReport");
+    assert_eq!((o.status.code(), r["cause"].as_str()), (Some(3), Some("already_applied")), "{r}");
+
+    // Metrics and events.
+    let m = d.req("GET", "/metrics", None, b"");
+    assert_eq!(m.status, 200);
+    let metrics = m.text();
+    assert!(metrics.contains(r#"vsplice_transactions_total{op="apply",cause="ok"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"vsplice_transactions_total{op="apply",cause="already_applied"} 1"#), "{metrics}");
+    let o = d.remote(&["metrics"]);
+    assert!(o.status.success() && text(&o.stdout).contains("vsplice_transactions_total"), "{}", text(&o.stdout));
+    let (_, ev) = d.remote_json(&["events", "--since", "0"], "Events");
+    let kinds: Vec<&str> = ev["events"].as_array().unwrap().iter().filter_map(|e| e["kind"].as_str()).collect();
+    assert!(kinds.contains(&"txn"), "{ev}");
+
+    // Revert; /proc/cmdline is back.
+    let (o, r) = d.remote_json(&["patch", "revert", "cmdline_marker"], "TxnReport");
+    assert!(o.status.success() && r["cause"] == "ok", "{r}\n{}", text(&o.stderr));
+    assert_eq!(g.run_ok("cat /proc/cmdline").unwrap(), before);
+    let (_, list) = d.remote_json(&["patch", "list"], "Status");
+    assert_eq!(list["patches"], serde_json::json!([]), "{list}");
+    Some((g, d, before))
+}
+
+#[test]
+fn attach_daemon_patches_debian_amd64_through_the_api_and_ends_on_sigterm() {
+    let _l = vm_lock();
+    let Some((mut g, mut d, before)) = round_trip(Flavour::Amd64, "api_attach_amd64") else { return };
+    d.signal(libc::SIGTERM);
+    let st = d.wait_exit(Duration::from_secs(60)).expect("the daemon ends on SIGTERM");
+    assert!(st.success(), "{st}: {}", d.stderr_text());
+    assert!(!d.sock.exists(), "the socket is removed");
+    assert!(d.stderr_text().contains("detached; the guest runs on"), "{}", d.stderr_text());
+    // Detached: the guest runs on and answers.
+    assert_eq!(g.run_ok("cat /proc/cmdline").unwrap(), before);
+    g.check_console().unwrap();
+}
+
+#[test]
+fn attach_daemon_on_debian_cloud_ends_with_gdbstub_gone_when_qemu_dies() {
+    let _l = vm_lock();
+    let Some((g, mut d, _)) = round_trip(Flavour::CloudAmd64, "api_attach_cloud") else { return };
+    g.check_console().unwrap();
+    // QEMU goes away under the daemon.
+    drop(g);
+    let st = d.wait_exit(Duration::from_secs(60)).expect("the daemon ends when QEMU dies");
+    assert_eq!(st.code(), Some(2), "{}", d.stderr_text());
+    assert!(d.stderr_text().contains("[gdbstub_gone]"), "{}", d.stderr_text());
+    assert!(!d.sock.exists(), "the socket is removed");
+}
