@@ -63,6 +63,33 @@ pub fn build(img: &DebianImages, image: &LinuxImage, src: &std::path::Path) -> R
     build_patch_with(&BuildOptions::linux(&img.vmlinuz, &img.headers, src), image)
 }
 
+/// A patch of two functions (`cmdline_proc_show`: ` two` after the command
+/// line; `execdomains_proc_show`: `two`), so that a death between its two
+/// jump writes leaves a half-written text.
+pub const TWO_SITES: &str = r#"
+#include <linux/init.h>
+#include <linux/kernel.h>
+#include <linux/printk.h>
+#include <linux/seq_file.h>
+#include <linux/utsname.h>
+#include "vsplice.h"
+
+static int cmdline_two(struct seq_file *m, void *v)
+{
+	seq_puts(m, saved_command_line);
+	seq_puts(m, " two\n");
+	return 0;
+}
+VSPLICE_REPLACE(cmdline_proc_show, cmdline_two);
+
+static int execdomains_two(struct seq_file *m, void *v)
+{
+	seq_puts(m, "two\n");
+	return 0;
+}
+VSPLICE_REPLACE(execdomains_proc_show, execdomains_two);
+"#;
+
 /// Builds a patch from C text (written to a temporary file).
 pub fn build_text(img: &DebianImages, image: &LinuxImage, name: &str, c: &str, link_check: bool) -> Result<PatchFile, BuildError> {
     let dir = crate::scratch::tmp("linux-patch-src");

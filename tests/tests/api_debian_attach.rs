@@ -7,7 +7,9 @@
 //! the metrics and events count the transactions; every JSON reply conforms
 //! to docs/openapi.yaml. Then the daemon ends: on SIGTERM it detaches (the
 //! guest runs on) and removes its socket; when QEMU dies under it, it ends
-//! with `gdbstub_gone` and exit status 2.
+//! with `gdbstub_gone` and exit status 2. A half-written transaction (a
+//! `vsplice patch apply` killed between its two jump writes) found at attach
+//! keeps the guest stopped (`paused`) until `remote patch recover`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -16,10 +18,10 @@ use std::time::Duration;
 
 use vsplice_patcher::patch::linux_image::LinuxImage;
 use vsplice_tests::attach::AttachDaemon;
-use vsplice_tests::cli::text;
+use vsplice_tests::cli::{text, vsplice_killed_after};
 use vsplice_tests::debian::{debian_images, Flavour};
 use vsplice_tests::linuxpatch;
-use vsplice_tests::qemu::Guest;
+use vsplice_tests::qemu::{Guest, RunOptions};
 use vsplice_tests::scratch::tmp_dir;
 use vsplice_tests::testguest::vm_lock;
 
@@ -122,4 +124,81 @@ fn attach_daemon_on_debian_cloud_ends_with_gdbstub_gone_when_qemu_dies() {
     assert_eq!(st.code(), Some(2), "{}", d.stderr_text());
     assert!(d.stderr_text().contains("[gdbstub_gone]"), "{}", d.stderr_text());
     assert!(!d.sock.exists(), "the socket is removed");
+}
+
+/// Kills `vsplice patch apply` of a two-function patch at each write in turn
+/// until the guest's registry says the text is half-written (the CLI then
+/// leaves the guest stopped). `false` when no kill left it so.
+fn leave_half_written(g: &mut Guest, vsp: &str) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    let (gdb, arena) = (g.gdb_addr().unwrap().to_owned(), linuxpatch::arena_arg(g));
+    let run = |args: &[&str], kill: Option<usize>| {
+        let a = [&["patch"], args, &["--gdb", &gdb, "--target", "linux", "--arena", &arena]].concat();
+        vsplice_killed_after(&a, kill)
+    };
+    for kill_at in 0..40 {
+        let o = run(&["apply", vsp], Some(kill_at));
+        if o.status.signal() != Some(9) {
+            return false;
+        }
+        if text(&run(&["status"], None).stdout).contains("\"text\": \"partial\"") {
+            return true;
+        }
+        let o = run(&["status", "--recover"], None);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        if text(&run(&["list"], None).stdout).contains("two_sites") {
+            assert!(run(&["revert", "two_sites"], None).status.success());
+        }
+    }
+    false
+}
+
+#[test]
+fn attach_daemon_keeps_a_half_written_guest_stopped_until_recovered() {
+    let _l = vm_lock();
+    let label = "api_attach_half_written";
+    let Some(mut g) = linuxpatch::boot_agentless(Flavour::Amd64, label) else { return };
+    let img = debian_images(Flavour::Amd64).unwrap();
+    let image = LinuxImage::open(&img.vmlinuz).unwrap();
+    let patch = linuxpatch::build_text(&img, &image, "two_sites", linuxpatch::TWO_SITES, true).unwrap();
+    let dir = tmp_dir(label);
+    let vsp = dir.join("two.vsp");
+    std::fs::write(&vsp, patch.to_bytes().unwrap()).unwrap();
+    let (c0, e0) = (g.run_ok("cat /proc/cmdline").unwrap(), g.run_ok("cat /proc/execdomains").unwrap());
+    assert!(leave_half_written(&mut g, vsp.to_str().unwrap()), "no kill left the text half-written");
+
+    let mut d = AttachDaemon::start(&dir, g.gdb_addr().unwrap(), &linuxpatch::arena_arg(&g), &[], READY_WITHIN).unwrap();
+    let said = d.stderr_text();
+    assert!(said.contains("the guest stays stopped") && said.contains("kept stopped"), "{said}");
+    assert_eq!(d.req("GET", "/vm", None, b"").json()["state"], "paused");
+    let r = g.run_with("echo running", RunOptions::new(Duration::from_secs(3)));
+    assert!(r.is_err(), "the guest runs half-patched under the daemon");
+    let (_, st) = d.remote_json(&["patch", "list"], "Status");
+    assert_eq!(st["intent"]["text"], "partial", "{st}");
+
+    let (o, r) = d.remote_json(&["patch", "recover"], "TxnReport");
+    assert!(o.status.success() && r["cause"] == "ok", "{r}\n{}", text(&o.stderr));
+    // The recovery resumed the guest; the daemon publishes it at its next turn.
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    while d.req("GET", "/vm", None, b"").json()["state"] != "running" {
+        assert!(std::time::Instant::now() < end, "GET /vm never says running after the recovery");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Both functions patched, or neither.
+    let (_, st) = d.remote_json(&["patch", "list"], "Status");
+    assert_eq!(st["intent"], serde_json::Value::Null, "{st}");
+    let applied = st["patches"].as_array().unwrap().iter().any(|p| p["name"] == "two_sites");
+    let (c, e) = (g.run_ok("cat /proc/cmdline").unwrap(), g.run_ok("cat /proc/execdomains").unwrap());
+    if applied {
+        assert_eq!((c, e), (format!("{} two\n", c0.trim_end()), "two\n".to_owned()));
+        let (o, r) = d.remote_json(&["patch", "revert", "two_sites"], "TxnReport");
+        assert!(o.status.success(), "{r}");
+    } else {
+        assert_eq!((c, e), (c0.clone(), e0.clone()));
+    }
+    d.signal(libc::SIGTERM);
+    let st = d.wait_exit(Duration::from_secs(60)).expect("the daemon ends on SIGTERM");
+    assert!(st.success(), "{st}: {}", d.stderr_text());
+    assert_eq!(g.run_ok("cat /proc/cmdline").unwrap(), c0);
+    g.check_console().unwrap();
 }
