@@ -1,7 +1,8 @@
 //! The `vsplice attach` loop on the patcher's fakes (no gdbstub, no KVM):
 //! it serves the API over the attached guest until told to stop, says
 //! `gdbstub` and the kernel it identified in `GET /vm`, ends with
-//! `gdbstub_gone` when the connection dies, and removes its socket.
+//! `gdbstub_gone` when the connection dies, answers a request still waiting
+//! at the end `guest_gone`, and removes its socket.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -117,5 +118,26 @@ fn a_dead_gdbstub_ends_the_loop_as_gdbstub_gone_and_the_vm_exited() {
     let states: Vec<&str> = events["events"].as_array().unwrap().iter().filter_map(|e| e["state"].as_str()).collect();
     assert_eq!(states, ["paused", "exited"], "{events}");
     service.finish();
+    assert!(!path.exists());
+}
+
+#[test]
+fn a_request_waiting_when_the_daemon_ends_is_answered_guest_gone() {
+    let k = FakeKernel::new();
+    let path = sock("pending");
+    let service = AttachedService::start(&path, AttachedVm::new(&k, 1, arena(), CheckMode::Orc)).unwrap();
+    let patch = FakePatch::new("p1").replace("fake_a").build(&k).unwrap().to_bytes().unwrap();
+    std::thread::scope(|s| {
+        let client = s.spawn(|| ask(&path, "PUT", "/patches", &patch));
+        // The transaction slot is claimed before the request goes to the (idle) loop.
+        let end = std::time::Instant::now() + Duration::from_secs(30);
+        while !service.shared().busy() {
+            assert!(std::time::Instant::now() < end, "the request never arrived");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        service.finish();
+        let r = client.join().unwrap();
+        assert_eq!((r.status, r.json()["cause"].as_str()), (503, Some("guest_gone")), "{}", r.text());
+    });
     assert!(!path.exists());
 }
