@@ -7,7 +7,9 @@
 //! or kept stopped while a transaction is half-written); 1 when it cannot
 //! attach or create the socket; 2 when the gdbstub connection dies
 //! (`gdbstub_gone`: QEMU exited). A second SIGTERM/SIGINT while it ends
-//! kills it at once (exit 130).
+//! kills it at once (exit 130), as SIGKILL would: a guest stopped for a
+//! request at that moment stays stopped (QEMU keeps it so) until a vsplice
+//! attaches again.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,8 +33,10 @@ pub const EXIT_GUEST_GONE: u8 = 2;
 /// Exit code of a second signal while the daemon ends (128 + SIGINT).
 const EXIT_FORCED: i32 = 130;
 
-/// How a half-written transaction is finished through this daemon.
-const RECOVER_HINT: &str = "`vsplice remote --api-sock PATH patch recover` (or the next apply/revert), or `vsplice patch status --recover` once this daemon is gone,";
+/// How a half-written transaction is finished through the daemon on `sock`.
+fn recover_hint(sock: &std::path::Path) -> String {
+    format!("`vsplice remote --api-sock {} patch recover` (or the next apply/revert), or `vsplice patch status --recover` once this daemon is gone,", sock.display())
+}
 
 /// `vsplice attach`.
 #[derive(Debug, Args)]
@@ -99,25 +103,26 @@ pub fn run(args: AttachDaemonArgs) -> ExitCode {
         Err(code) => return code,
     };
     let arena = args.guest.arena;
+    let hint = recover_hint(&args.api_sock);
     let vcpus = gdb_mut(&mut backend).threads().len();
     let vm = AttachedVm::new(&*target, vcpus, arena, args.guest.check);
     let mut service = match AttachedService::start(&args.api_sock, vm.clone()) {
         Ok(s) => s,
         Err(e) => {
             super::report(&e, e.cause());
-            session::end(&*target, backend, arena, RECOVER_HINT);
+            session::end(&*target, backend, arena, &hint);
             return ExitCode::from(EXIT_BAD_INPUT);
         }
     };
     if kept_stopped {
-        eprintln!("vsplice: the guest stays stopped: an interrupted transaction is half-written; {RECOVER_HINT} completes or rolls it back");
+        eprintln!("vsplice: the guest stays stopped: an interrupted transaction is half-written; {hint} completes or rolls it back");
     }
     eprintln!("{}", ready_line(&args, &vm, kept_stopped));
     let ended = service.run(&mut backend, &*target, &stop);
     service.finish();
     match ended {
         Ok(()) => {
-            let stopped = session::end(&*target, backend, arena, RECOVER_HINT);
+            let stopped = session::end(&*target, backend, arena, &hint);
             eprintln!("vsplice: detached; the guest {}", if stopped { "stays stopped" } else { "runs on" });
             ExitCode::SUCCESS
         }
