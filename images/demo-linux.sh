@@ -67,7 +67,7 @@ cleanup() {
         kill "$qemu_pid" 2>/dev/null || true
         wait "$qemu_pid" 2>/dev/null || true
     fi
-    exec 3<&- 2>/dev/null || true
+    { exec 3<&-; } 2>/dev/null || true
     if ((rc != 0)); then
         say "failed (status $rc); the guest's console ends with:"
         tail -n 15 "$work/console.log" >&2 2>/dev/null || true
