@@ -134,3 +134,49 @@ pub fn run(args: AttachDaemonArgs) -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use clap::Parser;
+    use vsplice_patcher::model::{CheckMode, TargetKind};
+    use vsplice_patcher::os::linux::view::TaskSource;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn parse(args: &[&str]) -> Result<AttachDaemonArgs, clap::Error> {
+        let argv = [&["vsplice", "attach", "--gdb", "127.0.0.1:1234", "--arena", "0x3f000000:4M"][..], args].concat();
+        match Cli::try_parse_from(argv)?.command {
+            Command::Attach(a) => Ok(a),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_flags_of_vsplice_patch_plus_the_socket() {
+        let a = parse(&["--target", "linux", "--api-sock", "/run/v.sock", "--check", "conservative", "--tasks", "agentless", "--timeout-ms", "500"]).unwrap();
+        assert_eq!((a.guest.target, a.guest.check, a.guest.tasks, a.guest.timeout_ms), (TargetKind::Linux, CheckMode::Conservative, TaskSource::Agentless, 500));
+        assert_eq!(a.api_sock, PathBuf::from("/run/v.sock"));
+        assert_eq!(a.guest.arena.range(), 0x3f00_0000..0x3f40_0000);
+        let no_sock = parse(&["--target", "linux"]).unwrap_err();
+        assert_eq!(no_sock.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        let no_image = parse(&["--target", "testguest", "--api-sock", "s"]).unwrap_err();
+        assert_eq!(no_image.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+    }
+
+    #[test]
+    fn help_explains_every_flag() {
+        use clap::CommandFactory;
+        let mut cmd = Cli::command();
+        let attach = cmd.find_subcommand_mut("attach").unwrap();
+        for arg in attach.get_arguments() {
+            let id = arg.get_id().as_str();
+            assert!(arg.get_help().is_some() || arg.get_long_help().is_some(), "--{id} has no help");
+        }
+        let help = attach.render_long_help().to_string();
+        for flag in ["--gdb", "--arena", "--api-sock", "--target", "--kernel", "--check", "--tasks", "--timeout-ms"] {
+            assert!(help.contains(flag), "{flag} missing from --help:\n{help}");
+        }
+    }
+}
