@@ -184,6 +184,9 @@ fn attach_daemon_keeps_a_half_written_guest_stopped_until_recovered() {
         assert!(std::time::Instant::now() < end, "GET /vm never says running after the recovery");
         std::thread::sleep(Duration::from_millis(50));
     }
+    let (_, ev) = d.remote_json(&["events", "--since", "0"], "Events");
+    let states: Vec<&str> = ev["events"].as_array().unwrap().iter().filter_map(|e| e["state"].as_str()).collect();
+    assert_eq!(states, ["paused", "running"], "{ev}");
     // Both functions patched, or neither.
     let (_, st) = d.remote_json(&["patch", "list"], "Status");
     assert_eq!(st["intent"], serde_json::Value::Null, "{st}");

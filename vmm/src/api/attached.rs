@@ -126,7 +126,8 @@ impl AttachedService {
     pub fn run<G: Attachment>(&mut self, guest: &mut G, target: &dyn TargetKernel, stop: &AtomicBool) -> Result<(), AttachedError> {
         let arena = self.vm.arena;
         let state = |g: &G| if g.running() { VmState::Running } else { VmState::Paused };
-        self.shared.events.guest_state(state(guest).name(), "attached through the gdbstub");
+        let mut last = state(guest);
+        self.shared.events.guest_state(last.name(), "attached through the gdbstub");
         self.handler.refresh_status(guest, arena, target);
         // Nothing re-applies patches here (no reboot under this VMM's control).
         let mut desired = DesiredPatches::new();
@@ -136,7 +137,15 @@ impl AttachedService {
                 self.shared.events.guest_state("exited", format!("the gdbstub is gone: {e}"));
                 return Err(AttachedError::GdbstubGone(e));
             }
-            self.publish(state(guest));
+            // Seen between requests: a recovery let a kept guest run, or
+            // someone stopped it (QEMU's monitor).
+            let now = state(guest);
+            if now != last {
+                let why = if now == VmState::Running { "the guest runs again" } else { "the guest was stopped outside vsplice" };
+                self.shared.events.guest_state(now.name(), why);
+                last = now;
+            }
+            self.publish(now);
             self.handler.serve_waiting(guest, arena, Ok(target), &mut desired, TURN);
         }
         Ok(())

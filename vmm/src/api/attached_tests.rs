@@ -32,6 +32,7 @@ impl Backend for Fake {
         self.guest.stop()
     }
     fn resume(&mut self) -> Result<(), BackendError> {
+        self.running = true;
         self.guest.resume()
     }
     fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), BackendError> {
@@ -140,4 +141,32 @@ fn a_request_waiting_when_the_daemon_ends_is_answered_guest_gone() {
         assert_eq!((r.status, r.json()["cause"].as_str()), (503, Some("guest_gone")), "{}", r.text());
     });
     assert!(!path.exists());
+}
+
+#[test]
+fn a_guest_kept_stopped_is_paused_until_a_transaction_lets_it_run() {
+    let k = FakeKernel::new();
+    let path = sock("kept");
+    let mut service = AttachedService::start(&path, AttachedVm::new(&k, 1, arena(), CheckMode::Orc)).unwrap();
+    let mut fake = Fake { guest: k.guest(), running: false, turns: None };
+    let stop = AtomicBool::new(false);
+    let patch = FakePatch::new("p1").replace("fake_a").build(&k).unwrap().to_bytes().unwrap();
+    let state = |path: &Path| ask(path, "GET", "/vm", b"").json()["state"].as_str().unwrap().to_owned();
+    std::thread::scope(|s| {
+        let server = s.spawn(|| service.run(&mut fake, &k, &stop));
+        assert_eq!(state(&path), "paused");
+        assert_eq!(ask(&path, "PUT", "/patches", &patch).status, 200);
+        // The transaction resumed the guest; the loop publishes it at its next turn.
+        let end = std::time::Instant::now() + Duration::from_secs(30);
+        while state(&path) != "running" {
+            assert!(std::time::Instant::now() < end, "never running");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let events = ask(&path, "GET", "/events?since=0", b"").json();
+        let states: Vec<&str> = events["events"].as_array().unwrap().iter().filter_map(|e| e["state"].as_str()).collect();
+        assert_eq!(states, ["paused", "running"], "{events}");
+        stop.store(true, Ordering::Release);
+        server.join().unwrap().unwrap();
+    });
+    service.finish();
 }
