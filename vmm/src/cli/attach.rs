@@ -3,7 +3,7 @@
 //! serves the same HTTP API as `vsplice run --api-sock` on a Unix socket
 //! (`vsplice remote` talks to either).
 //!
-//! Exit codes: 0 after SIGTERM/SIGINT (the guest detached and running on,
+//! Exit codes: 0 after SIGTERM/SIGINT (detached, the guest running on,
 //! or kept stopped while a transaction is half-written); 1 when it cannot
 //! attach or create the socket; 2 when the gdbstub connection dies
 //! (`gdbstub_gone`: QEMU exited). A second SIGTERM/SIGINT while it ends
@@ -104,7 +104,7 @@ pub fn run(args: AttachDaemonArgs) -> ExitCode {
     };
     let arena = args.guest.arena;
     let hint = recover_hint(&args.api_sock);
-    let vcpus = gdb_mut(&mut backend).threads().len();
+    let vcpus = gdb(&backend).threads().len();
     let vm = AttachedVm::new(&*target, vcpus, arena, args.guest.check);
     let mut service = match AttachedService::start(&args.api_sock, vm.clone()) {
         Ok(s) => s,
