@@ -12,4 +12,5 @@ pub mod debian;
 pub mod qemu;
 pub mod linuxpatch;
 pub mod api;
+pub mod attach;
 pub mod openapi;

@@ -18,9 +18,26 @@ use vsplice_patcher::kernels::TargetKernel;
 use vsplice_patcher::model::ArenaRange;
 use vsplice_patcher::txn::{Patcher, TxnConfig};
 
-use crate::debian::DebianImages;
-use crate::qemu::Guest;
+use crate::debian::{debian_images, DebianImages, Flavour};
+use crate::qemu::{Guest, QemuConfig};
+use crate::skip::skip;
 use crate::testguest::workspace_root;
+
+/// Boots a Debian guest without the vsplice agent: for tests of the
+/// agentless path (nothing of vsplice inside the guest). `None` after a loud
+/// skip when the images, the Kbuild headers or QEMU are missing.
+pub fn boot_agentless(flavour: Flavour, label: &str) -> Option<Guest> {
+    let mut cfg = QemuConfig::debian_or_skip(flavour, label)?;
+    match debian_images(flavour) {
+        Ok(img) if img.headers.join("Makefile").is_file() => {}
+        _ => {
+            skip(label, "no Kbuild headers for the Debian kernel (run images/debian-kernels.sh)");
+            return None;
+        }
+    }
+    cfg.extra_append.push("vsplice.agent=0".into());
+    Guest::boot_or_skip(cfg)
+}
 
 /// `examples/patches/linux/<name>`.
 pub fn example(name: &str) -> PathBuf {
@@ -31,6 +48,33 @@ pub fn example(name: &str) -> PathBuf {
 pub fn build(img: &DebianImages, image: &LinuxImage, src: &std::path::Path) -> Result<PatchFile, BuildError> {
     build_patch_with(&BuildOptions::linux(&img.vmlinuz, &img.headers, src), image)
 }
+
+/// A patch of two functions (`cmdline_proc_show`: ` two` after the command
+/// line; `execdomains_proc_show`: `two`), so that a death between its two
+/// jump writes leaves a half-written text.
+pub const TWO_SITES: &str = r#"
+#include <linux/init.h>
+#include <linux/kernel.h>
+#include <linux/printk.h>
+#include <linux/seq_file.h>
+#include <linux/utsname.h>
+#include "vsplice.h"
+
+static int cmdline_two(struct seq_file *m, void *v)
+{
+	seq_puts(m, saved_command_line);
+	seq_puts(m, " two\n");
+	return 0;
+}
+VSPLICE_REPLACE(cmdline_proc_show, cmdline_two);
+
+static int execdomains_two(struct seq_file *m, void *v)
+{
+	seq_puts(m, "two\n");
+	return 0;
+}
+VSPLICE_REPLACE(execdomains_proc_show, execdomains_two);
+"#;
 
 /// Builds a patch from C text (written to a temporary file).
 pub fn build_text(img: &DebianImages, image: &LinuxImage, name: &str, c: &str, link_check: bool) -> Result<PatchFile, BuildError> {

@@ -83,6 +83,16 @@ impl OpenApi {
         lookup(&self.doc, &op["responses"][status.to_string()])["content"][content_type]["schema"].clone()
     }
 
+    /// Checks a reply of the API: a documented route's reply by its
+    /// operation, any other reply (unknown route, wrong method) as an `Error`.
+    pub fn conforms(&self, method: &str, path: &str, r: &vsplice_vmm::api::client::ClientResponse) -> Result<(), String> {
+        if self.documents(method, path) {
+            self.validate_reply(method, path, r.status, &r.content_type, &r.body)
+        } else {
+            self.validate_component("Error", &r.json())
+        }
+    }
+
     /// Validates one reply: the document must list `status` for `method
     /// path`, with this content type, and the body must match its schema.
     pub fn validate_reply(&self, method: &str, path: &str, status: u16, content_type: &str, body: &[u8]) -> Result<(), String> {

@@ -31,25 +31,14 @@ use vsplice_patcher::kernels::TargetKernel;
 use vsplice_tests::cli::{text, vsplice, vsplice_killed_after};
 use vsplice_tests::debian::{debian_images, Flavour};
 use vsplice_tests::linuxpatch;
-use vsplice_tests::qemu::{Guest, QemuConfig};
+use vsplice_tests::qemu::Guest;
 use vsplice_tests::scratch::{tmp, tmp_dir};
 use vsplice_tests::skip::skip;
 use vsplice_tests::testguest::vm_lock;
 
-/// Boots a Debian guest without the vsplice agent: these tests exercise the
-/// agentless path (nothing of vsplice inside the guest). `None` after a loud
-/// skip when the images, the Kbuild headers or QEMU are missing.
+/// Boots a Debian guest without the vsplice agent (the agentless path).
 fn boot(flavour: Flavour, label: &str) -> Option<Guest> {
-    let mut cfg = QemuConfig::debian_or_skip(flavour, label)?;
-    match debian_images(flavour) {
-        Ok(img) if img.headers.join("Makefile").is_file() => {}
-        _ => {
-            skip(label, "no Kbuild headers for the Debian kernel (run images/debian-kernels.sh)");
-            return None;
-        }
-    }
-    cfg.extra_append.push("vsplice.agent=0".into());
-    Guest::boot_or_skip(cfg)
+    linuxpatch::boot_agentless(flavour, label)
 }
 
 /// Every byte of the live kernel text equals the image's, except where the
@@ -560,30 +549,6 @@ fn refusals_leave_the_guest_untouched() {
     g.check_console().unwrap();
 }
 
-const TWO_SITES: &str = r#"
-#include <linux/init.h>
-#include <linux/kernel.h>
-#include <linux/printk.h>
-#include <linux/seq_file.h>
-#include <linux/utsname.h>
-#include "vsplice.h"
-
-static int cmdline_two(struct seq_file *m, void *v)
-{
-	seq_puts(m, saved_command_line);
-	seq_puts(m, " two\n");
-	return 0;
-}
-VSPLICE_REPLACE(cmdline_proc_show, cmdline_two);
-
-static int execdomains_two(struct seq_file *m, void *v)
-{
-	seq_puts(m, "two\n");
-	return 0;
-}
-VSPLICE_REPLACE(execdomains_proc_show, execdomains_two);
-"#;
-
 /// Crash safety in attached mode on Linux: `vsplice patch apply` of a
 /// two-function patch SIGKILLed at each of its guest-memory writes in turn.
 /// After each kill, `vsplice patch status` reports what the guest's registry
@@ -598,7 +563,7 @@ fn killed_cli_apply_is_recovered_from_the_guests_registry() {
     let Some(mut g) = boot(flavour, "linux_crash") else { return };
     let img = debian_images(flavour).unwrap();
     let image = LinuxImage::open(&img.vmlinuz).unwrap();
-    let patch = linuxpatch::build_text(&img, &image, "two_sites", TWO_SITES, true).unwrap();
+    let patch = linuxpatch::build_text(&img, &image, "two_sites", linuxpatch::TWO_SITES, true).unwrap();
     let dir = tmp_dir("linux-crash");
     let vsp = dir.join("two.vsp");
     std::fs::write(&vsp, patch.to_bytes().unwrap()).unwrap();

@@ -92,6 +92,27 @@ impl GdbBackend {
         self.running
     }
 
+    /// Checks, without blocking, that the stub is still there (a daemon
+    /// calls it between requests while the guest runs). A stop the stub
+    /// reports on its own (the VM stopped from QEMU's monitor) marks the
+    /// guest stopped; an exit packet ([`GdbError::Exited`]: QEMU quits) or
+    /// a closed connection ([`GdbError::Closed`]) is an error.
+    pub fn check_alive(&mut self) -> Result<(), GdbError> {
+        while let Some(p) = self.client.poll_notification()? {
+            match p.first() {
+                Some(b'W') | Some(b'X') => return Err(GdbError::Exited { reply: super::error::short(&p) }),
+                _ if super::client::is_stop_reply(&p) => {
+                    if self.running {
+                        warn!(stop = %String::from_utf8_lossy(&p), "the guest was stopped by someone else (QEMU's monitor?)");
+                    }
+                    self.running = false;
+                }
+                _ => debug!(packet = %String::from_utf8_lossy(&p), "ignoring an unsolicited gdbstub packet"),
+            }
+        }
+        Ok(())
+    }
+
     /// Detach: the stub lets the guest run and forgets this client.
     pub fn detach(mut self) -> Result<(), GdbError> {
         if self.running {

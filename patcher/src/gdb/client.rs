@@ -74,7 +74,7 @@ pub struct GdbClient {
 }
 
 /// `T`/`S` + two hex digits: a stop reply.
-fn is_stop_reply(r: &[u8]) -> bool {
+pub(crate) fn is_stop_reply(r: &[u8]) -> bool {
     r.len() >= 3 && (r[0] == b'T' || r[0] == b'S') && r[1].is_ascii_hexdigit() && r[2].is_ascii_hexdigit()
 }
 
@@ -454,6 +454,24 @@ impl GdbClient {
     /// The stub's current stop reason (`?`).
     pub fn stop_reason(&mut self) -> Result<Vec<u8>, GdbError> {
         self.request(b"?")
+    }
+
+    /// While the guest runs: what the stub sent on its own, without waiting
+    /// for it — `None` when nothing came; a stop reply (`T05…`: the VM was
+    /// stopped, e.g. from QEMU's monitor) or an exit (`W00`, `X09`: QEMU is
+    /// quitting) otherwise. [`GdbError::Closed`] when the stub is gone.
+    pub fn poll_notification(&mut self) -> Result<Option<Vec<u8>>, GdbError> {
+        if !self.link.pending()? {
+            return Ok(None);
+        }
+        // The rest of a packet that has begun to arrive follows at once.
+        let rest = self.opts.timeout.min(Duration::from_secs(1));
+        match self.link.recv(rest, b"(a notification)") {
+            Ok(p) => Ok(Some(p)),
+            // Only acks or noise were waiting.
+            Err(GdbError::Timeout { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Let every vCPU run (`vCont;c`, else `c`). No reply until the next stop.

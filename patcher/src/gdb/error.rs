@@ -30,6 +30,12 @@ pub enum GdbError {
     /// The stub closed the connection.
     #[error("gdbstub closed the connection")]
     Closed,
+    /// The stub said the guest is gone (`W`/`X`: QEMU quits).
+    #[error("the gdbstub reported that the guest exited ({reply})")]
+    Exited {
+        /// The exit packet.
+        reply: String,
+    },
     /// A packet arrived with a wrong checksum (and could not be retransmitted).
     #[error("bad packet checksum (got {got:#04x}, computed {computed:#04x})")]
     Checksum {
@@ -73,6 +79,7 @@ impl GdbError {
             Self::Io(_) => "io",
             Self::Timeout { .. } => "timeout",
             Self::Closed => "closed",
+            Self::Exited { .. } => "exited",
             Self::Checksum { .. } => "checksum",
             Self::Protocol { .. } => "protocol",
             Self::Remote { .. } => "remote_error",

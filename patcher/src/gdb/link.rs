@@ -52,6 +52,13 @@ impl Stream {
         }
     }
 
+    fn set_nonblocking(&self, on: bool) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_nonblocking(on),
+            Stream::Unix(s) => s.set_nonblocking(on),
+        }
+    }
+
     fn set_write_timeout(&self, t: Duration) -> std::io::Result<()> {
         match self {
             Stream::Tcp(s) => s.set_write_timeout(Some(t)),
@@ -196,6 +203,33 @@ impl Link {
                     _ => Err(GdbError::Io(e)),
                 }
             }
+        }
+    }
+
+    /// True when bytes from the stub wait to be read (already buffered, or
+    /// on the socket right now), without blocking; [`GdbError::Closed`] when
+    /// the stub closed the connection. What is read stays buffered for
+    /// [`Link::recv`].
+    pub fn pending(&mut self) -> Result<bool, GdbError> {
+        if self.rpos < self.rbuf.len() {
+            return Ok(true);
+        }
+        self.rbuf.clear();
+        self.rpos = 0;
+        self.stream.set_nonblocking(true).map_err(GdbError::Io)?;
+        self.rbuf.resize(64 * 1024, 0);
+        let r = self.stream.read(&mut self.rbuf);
+        let restored = self.stream.set_nonblocking(false);
+        self.rbuf.truncate(*r.as_ref().unwrap_or(&0));
+        restored.map_err(GdbError::Io)?;
+        match r {
+            Ok(0) => Err(GdbError::Closed),
+            Ok(_) => Ok(true),
+            Err(e) => match e.kind() {
+                ErrorKind::WouldBlock | ErrorKind::Interrupted => Ok(false),
+                ErrorKind::ConnectionReset | ErrorKind::BrokenPipe => Err(GdbError::Closed),
+                _ => Err(GdbError::Io(e)),
+            },
         }
     }
 

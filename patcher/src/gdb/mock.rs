@@ -29,6 +29,9 @@ pub struct MockConfig {
     pub binary_read: bool,
     /// Answer reads with at most this many bytes (short replies).
     pub short_reads: Option<usize>,
+    /// On continue: send this packet (empty: nothing) and close the
+    /// connection, as QEMU does when it quits under a running guest.
+    pub exit_on_cont: Option<Vec<u8>>,
 }
 
 /// Shared guest state of the mock.
@@ -281,6 +284,12 @@ impl Server {
             }
         } else if text == "vCont;c" || text == "c" {
             self.st.lock().unwrap().running = true;
+            if let Some(last) = self.cfg.exit_on_cont.clone() {
+                if !last.is_empty() {
+                    self.send(&last, "exit");
+                }
+                let _ = self.s.shutdown(std::net::Shutdown::Both);
+            }
             return None;
         } else if text == "D" {
             b"OK".to_vec()

@@ -188,3 +188,45 @@ fn binary_x_reads_and_short_replies() {
         assert_eq!(log.iter().any(|l| l.starts_with('x')), binary_read);
     }
 }
+
+#[test]
+fn check_alive_while_running_then_the_stub_quits_or_closes() {
+    // A stub that stays: nothing to read, the guest runs on.
+    let (s, st, h) = mock::start(MockConfig { no_ack: true, phys: true, ..Default::default() }, 0, vec![0; 64]);
+    let mut be = GdbBackend::with_client(GdbClient::over(Stream::Unix(s), opts()).unwrap()).unwrap();
+    be.resume().unwrap();
+    for _ in 0..3 {
+        be.check_alive().unwrap();
+    }
+    assert!(be.is_running());
+    drop(be);
+    h.join().unwrap();
+    assert!(st.lock().unwrap().log.iter().any(|l| l == "vCont;c" || l == "c"), "the stub was told to continue");
+    // QEMU quitting: `W00`, then the connection closes.
+    let cfg = MockConfig { no_ack: true, phys: true, exit_on_cont: Some(b"W00".to_vec()), ..Default::default() };
+    let (s, _st, h) = mock::start(cfg, 0, vec![0; 64]);
+    let mut be = GdbBackend::with_client(GdbClient::over(Stream::Unix(s), opts()).unwrap()).unwrap();
+    be.resume().unwrap();
+    h.join().unwrap();
+    let e = be.check_alive().unwrap_err();
+    assert_eq!(e.cause(), "exited", "{e}");
+    // Killed: the connection just closes.
+    let cfg = MockConfig { no_ack: true, phys: true, exit_on_cont: Some(Vec::new()), ..Default::default() };
+    let (s, _st, h) = mock::start(cfg, 0, vec![0; 64]);
+    let mut be = GdbBackend::with_client(GdbClient::over(Stream::Unix(s), opts()).unwrap()).unwrap();
+    be.resume().unwrap();
+    h.join().unwrap();
+    assert_eq!(be.check_alive().unwrap_err().cause(), "closed");
+}
+
+#[test]
+fn a_stop_the_stub_reports_on_its_own_marks_the_guest_stopped() {
+    let cfg = MockConfig { no_ack: true, phys: true, exit_on_cont: Some(b"T02thread:01;".to_vec()), ..Default::default() };
+    let (s, _st, h) = mock::start(cfg, 0, vec![0; 64]);
+    let mut be = GdbBackend::with_client(GdbClient::over(Stream::Unix(s), opts()).unwrap()).unwrap();
+    be.resume().unwrap();
+    h.join().unwrap();
+    // The stop is read first (the guest is stopped), then the close.
+    assert_eq!(be.check_alive().unwrap_err().cause(), "closed");
+    assert!(!be.is_running());
+}

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use vsplice_patcher::model::backend::Backend;
-use vsplice_patcher::model::ArenaRange;
+use vsplice_patcher::model::{ArenaRange, CheckMode};
 use vsplice_patcher::patch::PatchFile;
 use vsplice_patcher::txn::recover::Status;
 use vsplice_patcher::txn::{Patcher, TxnConfig, TxnReport};
@@ -137,12 +137,20 @@ pub fn serve<B: Backend>(patcher: &mut Patcher<'_, B>, desired: &mut DesiredPatc
 pub struct RequestHandler {
     shared: Arc<ApiShared>,
     requests: Receiver<Envelope>,
+    check: Option<CheckMode>,
 }
 
 impl RequestHandler {
     /// A handler for the requests arriving on `requests`.
     pub fn new(shared: Arc<ApiShared>, requests: Receiver<Envelope>) -> Self {
-        Self { shared, requests }
+        Self { shared, requests, check: None }
+    }
+
+    /// The safety check of every transaction unless its request names one
+    /// (`vsplice attach --check`; default: the transaction's default).
+    pub fn with_check(mut self, check: CheckMode) -> Self {
+        self.check = Some(check);
+        self
     }
 
     /// Records a transaction's result (the API's or `--live-patch`'s).
@@ -171,7 +179,11 @@ impl RequestHandler {
             let is_txn = env.request.is_transaction();
             let served = match target {
                 Ok(target) => {
-                    let mut patcher = Patcher::new(&mut *guest, target, TxnConfig::new(arena));
+                    let mut config = TxnConfig::new(arena);
+                    if let Some(check) = self.check {
+                        config.check = check;
+                    }
+                    let mut patcher = Patcher::new(&mut *guest, target, config);
                     serve(&mut patcher, desired, env.request)
                 }
                 Err(why) => failed(why.clone()),

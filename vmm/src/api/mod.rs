@@ -1,5 +1,6 @@
-//! The VMM's HTTP API on a Unix socket (`vsplice run --api-sock PATH`),
-//! split as Cloud Hypervisor splits it: HTTP stays out of the VMM.
+//! The VMM's HTTP API on a Unix socket (`vsplice run --api-sock PATH`, and
+//! `vsplice attach --api-sock PATH` for a guest behind a gdbstub), split as
+//! Cloud Hypervisor splits it: HTTP stays out of the VMM.
 //!
 //! - [`http`]: the HTTP/1.1 layer (tiny_http on a Unix listener, one file
 //!   per resource). It turns requests into typed [`request::ApiRequest`]s,
@@ -12,8 +13,12 @@
 //!   end whatever happens to the connection that asked for it.
 //! - [`state`], [`events`], [`metrics`]: what both sides share.
 //! - [`service`]: how `vsplice run` drives it, boot after boot.
+//! - [`attached`]: how `vsplice attach` drives it over a gdbstub.
 //! - [`client`]: the client `vsplice remote` and the tests use.
 
+pub mod attached;
+#[cfg(test)]
+mod attached_tests;
 pub mod client;
 pub mod events;
 pub mod handler;

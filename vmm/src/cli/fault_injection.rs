@@ -37,6 +37,20 @@ pub fn into_gdb(attached: Attached) -> ResumeGuard<GdbBackend> {
     attached.0
 }
 
+/// The gdbstub connection under the wrappers, still attached (its state).
+pub fn gdb(attached: &Attached) -> &GdbBackend {
+    #[cfg(feature = "fault-injection")]
+    let attached = &attached.inner;
+    &attached.0
+}
+
+/// The gdbstub connection under the wrappers, still attached (its liveness).
+pub fn gdb_mut(attached: &mut Attached) -> &mut GdbBackend {
+    #[cfg(feature = "fault-injection")]
+    let attached = &mut attached.inner;
+    &mut attached.0
+}
+
 #[cfg(feature = "fault-injection")]
 pub use self::kill_after::KillAfter;
 

@@ -1,11 +1,13 @@
 //! The `vsplice` command line: one subcommand per file.
 
+pub mod attach;
 mod fault_injection;
 pub mod inspect;
 pub mod patch;
 pub mod remote;
 pub mod run;
 pub mod run_config;
+mod session;
 
 use std::process::ExitCode;
 
@@ -42,8 +44,13 @@ pub enum Command {
     /// Look at a live guest kernel over a gdbstub, or at a kernel image file:
     /// version, build-id, KASLR slide, symbols, tasks, BTF structures.
     Inspect(vsplice_patcher::inspect::InspectArgs),
-    /// Talk to a `vsplice run --api-sock` VMM: the VM, its patches, metrics, events.
+    /// Talk to a `vsplice run --api-sock` VMM or a `vsplice attach` daemon: the VM, its patches, metrics, events.
     Remote(remote::RemoteArgs),
+    /// Attach once to a guest behind a gdbstub (QEMU `-gdb`), identify its
+    /// kernel once, let it run, and serve the HTTP API of `vsplice run
+    /// --api-sock` on a Unix socket until SIGTERM/SIGINT or until the
+    /// gdbstub goes.
+    Attach(attach::AttachDaemonArgs),
 }
 
 fn init_logging(filter: Option<&str>) {
@@ -82,5 +89,6 @@ pub fn main() -> ExitCode {
         Command::Patch(cmd) => patch::run(cmd),
         Command::Inspect(args) => inspect::run(args),
         Command::Remote(args) => remote::run(args),
+        Command::Attach(args) => attach::run(args),
     }
 }

@@ -21,22 +21,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use vsplice_patcher::attach::{self, AttachSpec, ResumeGuard};
-use vsplice_patcher::model::backend::Backend;
 use vsplice_patcher::model::{ArenaRange, CheckMode, TargetKind};
 use vsplice_patcher::os::linux::view::TaskSource;
-use vsplice_patcher::gdb::backend::GdbBackend;
-use vsplice_patcher::gdb::client::GdbOptions;
 use vsplice_patcher::patch::build::{build_patch, BuildOptions};
 use vsplice_patcher::patch::PatchFile;
-use vsplice_patcher::arch::x86::guest::AutoStop;
-use vsplice_patcher::kernels::TargetKernel;
-use vsplice_patcher::txn::recover::TextState;
 use vsplice_patcher::model::chain;
 use vsplice_patcher::txn::{Patcher, TxnConfig, TxnReport};
 
-use super::fault_injection::{attached, into_gdb, Attached};
+use super::fault_injection::Attached;
 use super::run::EXIT_BAD_INPUT;
+use super::session::{self, Session};
 
 /// Exit code when a transaction was refused (the JSON result says why).
 pub const EXIT_REFUSED: u8 = 3;
@@ -173,49 +167,13 @@ fn print_report(r: &TxnReport) -> ExitCode {
     }
 }
 
-fn bad_input(e: &dyn std::error::Error, cause: &str) -> ExitCode {
-    super::report(e, cause);
-    ExitCode::from(EXIT_BAD_INPUT)
-}
-
-/// Connects, stops the guest and identifies its kernel (one way for every
-/// kind). The backend comes in a [`ResumeGuard`]: every way out of a
-/// command from here on (a refusal, an error, a panic) lets the guest run
-/// on, except [`with_patcher`]'s explicit `keep_stopped` for a half-written
-/// transaction.
-fn connect(g: &AttachArgs) -> Result<(Box<dyn TargetKernel>, ResumeGuard<GdbBackend>), ExitCode> {
-    let opts = GdbOptions { timeout: std::time::Duration::from_millis(g.timeout_ms), ..GdbOptions::default() };
-    let spec = AttachSpec { gdb: &g.gdb, kind: g.target, image: g.kernel.as_deref(), tasks: g.tasks, opts };
-    let a = attach::attach(&spec).map_err(|e| bad_input(&e, e.cause()))?;
-    Ok((a.kernel, a.backend))
-}
-
-fn attach(g: &AttachArgs) -> Result<(Box<dyn TargetKernel>, Attached), ExitCode> {
-    let (target, backend) = connect(g)?;
-    let mut backend = AutoStop(backend);
-    // QEMU stops the guest when a debugger connects. Let it run: preparation
-    // happens with the guest running, memory accesses take short stops.
-    // Except when a dead vsplice left a half-written transaction: then the
-    // guest stays stopped until a recovery completes or rolls it back.
-    if !half_written(&*target, &mut backend, g.arena) {
-        if let Err(e) = backend.resume() {
-            super::report(&e, e.cause());
-            return Err(ExitCode::from(EXIT_BAD_INPUT));
-        }
-    }
-    Ok((target, attached(backend)))
-}
-
-/// True when the guest's registry holds an intent whose writes are partly done.
-fn half_written<B: Backend>(target: &dyn TargetKernel, backend: &mut B, arena: ArenaRange) -> bool {
-    let mut p = Patcher::new(backend, target, TxnConfig::new(arena));
-    matches!(p.status(), Ok(s) if s.intent.as_ref().is_some_and(|i| i.text == TextState::Partial))
-}
+/// How a half-written transaction is finished from this command line.
+const RECOVER_HINT: &str = "`vsplice patch status --recover` (or the next apply/revert)";
 
 /// Runs the patch through `f` on the attached guest, then detaches (the guest runs on).
 fn with_patcher(g: &AttachArgs, attempts: u32, f: impl FnOnce(&mut Patcher<'_, &mut Attached>) -> ExitCode) -> ExitCode {
-    let (target, mut backend) = match attach(g) {
-        Ok(x) => x,
+    let Session { target, mut backend, .. } = match session::open(g) {
+        Ok(s) => s,
         Err(code) => return code,
     };
     let mut cfg = TxnConfig::new(g.arena);
@@ -225,16 +183,8 @@ fn with_patcher(g: &AttachArgs, attempts: u32, f: impl FnOnce(&mut Patcher<'_, &
         let mut p = Patcher::new(&mut backend, &*target, cfg);
         f(&mut p)
     };
-    if half_written(&*target, &mut backend, g.arena) {
-        // Never let the guest run half-patched: close the connection without
-        // detaching, which leaves it stopped (QEMU keeps it so).
-        eprintln!("vsplice: the guest stays stopped: an interrupted transaction is half-written; `vsplice patch status --recover` (or the next apply/revert) completes or rolls it back");
-        drop(into_gdb(backend).keep_stopped());
-        return code;
-    }
-    if let Err(e) = into_gdb(backend).detach() {
-        tracing::warn!(error = %e, "detaching from the gdbstub failed");
-    }
+    // Never let the guest run half-patched: then it stays stopped.
+    session::end(&*target, backend, g.arena, RECOVER_HINT);
     code
 }
 

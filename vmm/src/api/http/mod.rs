@@ -224,6 +224,7 @@ pub struct ApiServer {
     accept: Option<JoinHandle<()>>,
     path: PathBuf,
     ctx: Arc<Ctx>,
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl ApiServer {
@@ -236,17 +237,36 @@ impl ApiServer {
         let stop = Arc::new(AtomicBool::new(false));
         let ctx = Arc::new(Ctx { shared, requests, streams: AtomicUsize::new(0) });
         let (stopping, serving) = (stop.clone(), ctx.clone());
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let counting = in_flight.clone();
         let accept = std::thread::Builder::new()
             .name("vsplice-api".into())
-            .spawn(move || serve(server, serving, stopping))
+            .spawn(move || serve(server, serving, stopping, counting))
             .map_err(|source| SocketError::Io { path: path.to_owned(), source })?;
         tracing::info!(path = %path.display(), "API listening");
-        Ok(Self { stop, accept: Some(accept), path: path.to_owned(), ctx })
+        Ok(Self { stop, accept: Some(accept), path: path.to_owned(), ctx, in_flight })
+    }
+
+    /// Stops accepting, gives the requests being answered up to `grace` to
+    /// write their answers (the handler should have answered or refused
+    /// them first), then removes the socket (and ends the event streams).
+    pub fn shutdown(mut self, grace: Duration) {
+        self.stop_accepting();
+        let deadline = std::time::Instant::now() + grace;
+        while self.in_flight.load(Ordering::Acquire) > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn stop_accepting(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
     }
 }
 
-fn serve(server: Server, ctx: Arc<Ctx>, stop: Arc<AtomicBool>) {
-    let in_flight = Arc::new(AtomicUsize::new(0));
+fn serve(server: Server, ctx: Arc<Ctx>, stop: Arc<AtomicBool>, in_flight: Arc<AtomicUsize>) {
     while !stop.load(Ordering::Acquire) {
         let mut rq = match server.recv_timeout(Duration::from_millis(100)) {
             Ok(Some(rq)) => rq,
@@ -281,10 +301,7 @@ fn serve(server: Server, ctx: Arc<Ctx>, stop: Arc<AtomicBool>) {
 
 impl Drop for ApiServer {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.accept.take() {
-            let _ = t.join();
-        }
+        self.stop_accepting();
         // The streams send what is left of the log and their last chunk.
         self.ctx.shared.events.close();
         let end = Instant::now() + STREAMS_END_WAIT;

@@ -1,0 +1,163 @@
+//! The API as `vsplice attach` drives it (the analogue of [`super::service`]
+//! for `vsplice run`): a guest that another VMM runs, reached through its
+//! gdbstub, attached and identified once. Between requests the guest runs
+//! freely; each turn of the loop checks, without stopping it, that the
+//! gdbstub is still there, publishes the VM's state and serves the requests
+//! waiting (memory accesses take short stops; a transaction pauses as
+//! always). The loop ends when asked to (a signal) or when the gdbstub
+//! goes (QEMU exited): a stable cause, `gdbstub_gone`.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use vsplice_patcher::gdb::GdbError;
+use vsplice_patcher::kernels::TargetKernel;
+use vsplice_patcher::model::backend::Backend;
+use vsplice_patcher::model::{ArenaRange, CheckMode};
+
+use super::handler::RequestHandler;
+use super::http::{ApiServer, SocketError};
+use super::state::{AgentInfo, ApiShared, Hypervisor, KernelInfo, VmInfo, VmState};
+use crate::livepatch::DesiredPatches;
+
+/// Longest wait for a request before the next turn (the signal flag and the
+/// gdbstub are looked at every turn).
+pub const TURN: Duration = Duration::from_millis(50);
+
+/// How long the requests being answered at shutdown get to write their answers.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// What the loop needs of an attached guest besides memory and the pause.
+pub trait Attachment: Backend {
+    /// True while the guest runs (false: stopped, e.g. kept so at attach).
+    fn running(&self) -> bool;
+    /// Checks without blocking that the connection to the guest still
+    /// stands (an error: the gdbstub is gone).
+    fn check_alive(&mut self) -> Result<(), GdbError>;
+}
+
+/// Why the daemon's loop ended badly.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachedError {
+    /// The gdbstub connection closed or reported the guest's exit.
+    #[error("the gdbstub connection is gone (QEMU exited?)")]
+    GdbstubGone(#[source] GdbError),
+}
+
+impl AttachedError {
+    /// Stable cause.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            Self::GdbstubGone(_) => "gdbstub_gone",
+        }
+    }
+}
+
+/// What `GET /vm` says of an attached guest that never changes.
+#[derive(Debug, Clone)]
+pub struct AttachedVm {
+    /// vCPUs (the gdbstub's threads at attach).
+    pub vcpus: usize,
+    /// The arena the guest was booted with reserved.
+    pub arena: ArenaRange,
+    /// The safety check of every transaction unless its request names one.
+    pub check: CheckMode,
+    /// The identified kernel.
+    pub kernel: KernelInfo,
+}
+
+impl AttachedVm {
+    /// The description of an attached guest running `target`.
+    pub fn new(target: &dyn TargetKernel, vcpus: usize, arena: ArenaRange, check: CheckMode) -> Self {
+        Self { vcpus, arena, check, kernel: KernelInfo::of(target, None) }
+    }
+
+    fn info(&self, state: VmState) -> VmInfo {
+        VmInfo {
+            state,
+            hypervisor: Hypervisor::Gdbstub,
+            vcpus: self.vcpus,
+            memory_mib: None,
+            arena: self.arena.to_string(),
+            kernel: self.kernel.clone(),
+            // The doorbell is this VMM's device; through a gdbstub there is none.
+            agent: AgentInfo { announced: false, descriptor_gpa: None, rings: 0 },
+            boot: 1,
+            uptime_ms: 0,
+            transaction_in_flight: false,
+        }
+    }
+}
+
+/// The running API of one `vsplice attach`.
+#[derive(Debug)]
+pub struct AttachedService {
+    server: ApiServer,
+    handler: RequestHandler,
+    shared: Arc<ApiShared>,
+    vm: AttachedVm,
+    started: Instant,
+}
+
+impl AttachedService {
+    /// Creates the socket at `path` (mode 0600; a live socket refused) and
+    /// starts serving it for the guest `vm`.
+    pub fn start(path: &Path, vm: AttachedVm) -> Result<Self, SocketError> {
+        let shared = Arc::new(ApiShared::default());
+        let (tx, rx) = mpsc::channel();
+        let server = ApiServer::start(path, shared.clone(), tx)?;
+        let me = Self { server, handler: RequestHandler::new(shared.clone(), rx).with_check(vm.check), shared, vm, started: Instant::now() };
+        me.publish(VmState::Running);
+        Ok(me)
+    }
+
+    /// The shared state (events, metrics).
+    pub fn shared(&self) -> &Arc<ApiShared> {
+        &self.shared
+    }
+
+    fn publish(&self, state: VmState) {
+        self.shared.set_vm(self.vm.info(state), self.started);
+    }
+
+    /// Serves the guest until `stop` is set (`Ok`) or the gdbstub goes.
+    pub fn run<G: Attachment>(&mut self, guest: &mut G, target: &dyn TargetKernel, stop: &AtomicBool) -> Result<(), AttachedError> {
+        let arena = self.vm.arena;
+        let state = |g: &G| if g.running() { VmState::Running } else { VmState::Paused };
+        let mut last = state(guest);
+        self.shared.events.guest_state(last.name(), "attached through the gdbstub");
+        self.handler.refresh_status(guest, arena, target);
+        // Nothing re-applies patches here (no reboot under this VMM's control).
+        let mut desired = DesiredPatches::new();
+        while !stop.load(Ordering::Acquire) {
+            if let Err(e) = guest.check_alive() {
+                self.publish(VmState::Exited);
+                self.shared.events.guest_state("exited", format!("the gdbstub is gone: {e}"));
+                return Err(AttachedError::GdbstubGone(e));
+            }
+            // Seen between requests: a recovery let a kept guest run, or
+            // someone stopped it (QEMU's monitor).
+            let now = state(guest);
+            if now != last {
+                let why = if now == VmState::Running { "the guest runs again" } else { "the guest was stopped outside vsplice" };
+                self.shared.events.guest_state(now.name(), why);
+                last = now;
+            }
+            self.publish(now);
+            self.handler.serve_waiting(guest, arena, Ok(target), &mut desired, TURN);
+        }
+        Ok(())
+    }
+
+    /// Answers what is still waiting with `guest_gone`, gives the answers
+    /// being written a moment, and removes the socket.
+    pub fn finish(self) {
+        let Self { server, mut handler, .. } = self;
+        handler.refuse_all();
+        // From here a request finds nobody to answer it: `guest_gone` at once.
+        drop(handler);
+        server.shutdown(SHUTDOWN_GRACE);
+    }
+}
