@@ -1,5 +1,5 @@
-//! `vsplice remote --api-sock PATH …`: the client of a `vsplice run
-//! --api-sock` VMM's HTTP API. Readable text by default, the API's JSON with
+//! `vsplice remote --api-sock PATH …`: the client of the HTTP API of a
+//! `vsplice run --api-sock` VMM or a `vsplice attach` daemon. Readable text by default, the API's JSON with
 //! `--json`. Exit codes as `vsplice patch`: 0 ok, 3 refused (a transaction's
 //! cause, or an API error such as `busy`), 1 bad input (unreadable file,
 //! here or, with `patch apply --path`, on the VMM's host; nothing answering
@@ -21,7 +21,7 @@ use super::run::EXIT_BAD_INPUT;
 /// `vsplice remote`.
 #[derive(Debug, Args)]
 pub struct RemoteArgs {
-    /// The API socket of a `vsplice run --api-sock PATH`.
+    /// The API socket of a `vsplice run --api-sock PATH` VMM or a `vsplice attach --api-sock PATH` daemon.
     #[arg(long, value_name = "PATH")]
     pub api_sock: PathBuf,
     /// Print the API's JSON instead of text.
