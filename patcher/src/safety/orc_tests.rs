@@ -117,10 +117,20 @@ fn a_vcpu_in_an_interrupt_is_checked_through_its_irq_stack() {
     }
     // A vCPU in user mode: its task's kernel stack is not live.
     let user = VcpuState { index: 0, rip: 0x40_1000, cs: 0x33, ..VcpuState::default() };
-    let vcpus = [user];
+    let vcpus = [user.clone()];
     let input = CheckInput { vcpus: &vcpus, vcpu_cpus: &[Some(0)], tasks: &tasks };
     let (c, sum) = check(CheckMode::Orc, Some(&u), &mut g, &syms(), input, &range(TARGET, 0x40, "target")).unwrap();
     assert!(c.is_empty() && sum.scanned == 0 && sum.unwound == 0, "{c:?} {sum:?}");
+    // In kernel mode on the user stack (syscall entry before the stack
+    // switch): nothing live on kernel stacks, no fallback; its RIP counts.
+    let entry = VcpuState { index: 0, rip: H, cs: 0x10, gprs: { let mut r = [0; 16]; r[VcpuState::RSP] = 0x7ffe_0000; r }, ..VcpuState::default() };
+    let vcpus = [entry];
+    let input = CheckInput { vcpus: &vcpus, vcpu_cpus: &[Some(0)], tasks: &tasks };
+    let (c, sum) = check(CheckMode::Orc, Some(&u), &mut g, &syms(), input, &range(TARGET, 0x40, "target")).unwrap();
+    assert!(c.is_empty() && sum.scanned == 0 && sum.fallbacks.is_empty(), "{c:?} {sum:?}");
+    let (c, _) = check(CheckMode::Orc, Some(&u), &mut g, &syms(), input, &range(H, 0x80, "handler")).unwrap();
+    assert!(c.iter().any(|c| c.kind == "rip" && c.vcpu == Some(0)), "{c:?}");
+    let vcpus = [user];
     // The same task described as "in user mode, only its pt_regs on the stack".
     let mut t2 = tasks.clone();
     t2.tasks[0].on_cpu = false;

@@ -4,7 +4,9 @@
 //!
 //! A vCPU runs the task whose stack holds its RSP; on a CPU stack, the one
 //! task on a CPU of its CPU (else any task on a CPU: the unwind tells which
-//! stack it reaches). A vCPU in user mode has nothing live on kernel stacks.
+//! stack it reaches). A vCPU in user mode has nothing live on kernel stacks,
+//! and neither has one in kernel mode whose RSP is still a user address
+//! (the syscall entry before its stack switch, the exit after it).
 //! When an unwind from the registers cannot be trusted, every stack of that
 //! vCPU's CPU and its task's stack from the RSP are scanned instead.
 
@@ -52,6 +54,12 @@ pub(super) fn rip(f: &mut Findings<'_>, tasks: &[TaskInfo], v: &VcpuState, known
     f.code(Owner::task(known.map(|i| &tasks[i])), Some(v.index), "rip", v.rip, v.rip);
 }
 
+/// True for an address in the kernel's half of the address space (4- and
+/// 5-level paging alike: the top bit set).
+fn kernel_half(addr: u64) -> bool {
+    addr >> 63 == 1
+}
+
 /// What the vCPUs' unwinds covered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Covered {
@@ -71,8 +79,12 @@ pub(super) fn unwind_all(u: &OrcUnwinder, mem: &mut dyn KernelMemory, input: &Ch
         let cpu = cpu_stacks::cpu_of(v, input.vcpu_cpus.get(vi).copied().flatten(), cpu_stacks);
         let Running { known, candidates } = running(tasks, v, cpu);
         rip(f, tasks, v, known);
-        if v.cpl() != 0 {
-            // User mode: its kernel stack holds nothing live.
+        if v.cpl() != 0 || !kernel_half(v.rsp()) {
+            // User mode: its kernel stack holds nothing live. The same for
+            // kernel code still (or again) on the user stack: the first
+            // instructions of the syscall entry before the switch to the
+            // task's stack, the last ones of the exit after it; no kernel
+            // frame is live on any kernel stack then (its RIP is checked).
             if let (Some(i), Some(_)) = (known, cpu) {
                 cov.tasks[i] = true;
             }
