@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use vsplice_vmm::api::client::{self, ClientResponse, EventLines, Followed};
 
-use crate::cli::vsplice_bin;
+use crate::cli::{remote_command, vsplice_bin};
 use crate::openapi::OpenApi;
 use crate::scratch::tmp_dir;
 use crate::testguest;
@@ -153,28 +153,12 @@ impl ApiVm {
 
     /// Starts `vsplice remote --api-sock SOCK args…` with its stdout piped.
     pub fn remote_spawn(&self, args: &[&str]) -> Child {
-        Command::new(vsplice_bin())
-            .arg("remote")
-            .arg("--api-sock")
-            .arg(&self.sock)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("vsplice remote: {e}"))
+        remote_command(&self.sock, args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("vsplice remote: {e}"))
     }
 
     /// Runs `vsplice remote --api-sock SOCK args…`.
     pub fn remote(&self, args: &[&str]) -> std::process::Output {
-        Command::new(vsplice_bin())
-            .arg("remote")
-            .arg("--api-sock")
-            .arg(&self.sock)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("vsplice remote: {e}"))
+        remote_command(&self.sock, args).output().unwrap_or_else(|e| panic!("vsplice remote: {e}"))
     }
 
     /// Waits for the VMM to end (the guest powers off) and returns its status.

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use vsplice_vmm::api::client::{self, ClientResponse};
 
-use crate::cli::vsplice_bin;
+use crate::cli::{remote_command, vsplice_bin};
 use crate::openapi::OpenApi;
 
 /// What the daemon prints on stderr once it serves.
@@ -91,14 +91,7 @@ impl AttachDaemon {
 
     /// Runs `vsplice remote --api-sock SOCK args…`.
     pub fn remote(&self, args: &[&str]) -> Output {
-        Command::new(vsplice_bin())
-            .arg("remote")
-            .arg("--api-sock")
-            .arg(&self.sock)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("vsplice remote: {e}"))
+        remote_command(&self.sock, args).output().unwrap_or_else(|e| panic!("vsplice remote: {e}"))
     }
 
     /// Sends `signal` to the daemon.

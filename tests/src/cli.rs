@@ -20,6 +20,13 @@ pub fn vsplice_bin() -> PathBuf {
         .join("vsplice")
 }
 
+/// `vsplice remote --api-sock SOCK args…` with an empty stdin, to run or spawn.
+pub fn remote_command(sock: &std::path::Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(vsplice_bin());
+    cmd.arg("remote").arg("--api-sock").arg(sock).args(args).stdin(Stdio::null());
+    cmd
+}
+
 /// The `vsplice` binary, checked to be built with the `fault-injection`
 /// feature (its `--version` says so), which the tests that kill it midway
 /// through `VSPLICE_FAULT_KILL_AFTER_WRITES` need; panics otherwise, since

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use vsplice_patcher::arch::x86::guest::AutoStop;
 use vsplice_patcher::gdb::{GdbBackend, GdbOptions};
-use vsplice_patcher::model::backend::{Backend, BackendError, VcpuState};
+use vsplice_patcher::model::backend::Backend;
 use vsplice_patcher::model::ArenaRange;
 use vsplice_patcher::os::linux::view::TaskSource;
 use vsplice_patcher::patch::linux_image::LinuxImage;
@@ -35,40 +35,13 @@ use vsplice_tests::linuxpatch;
 use vsplice_tests::qemu::{Guest, QemuConfig};
 use vsplice_tests::scratch::tmp_dir;
 use vsplice_tests::testguest::vm_lock;
-use vsplice_vmm::livepatch::{BootTarget, LiveGuest, LivePatches, Unavailable};
+use vsplice_vmm::livepatch::{ArenaGuest, BootTarget, LivePatches, Unavailable};
 
 /// Longest a TCG boot may take until the driver has applied (or refused).
 const BOOT_BUDGET: Duration = Duration::from_secs(400);
 
 /// QEMU's gdbstub as the driver's guest.
-struct GdbLive {
-    be: AutoStop<GdbBackend>,
-    arena: ArenaRange,
-}
-
-impl Backend for GdbLive {
-    fn stop(&mut self) -> Result<Vec<VcpuState>, BackendError> {
-        self.be.stop()
-    }
-    fn resume(&mut self) -> Result<(), BackendError> {
-        self.be.resume()
-    }
-    fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), BackendError> {
-        self.be.read_phys(gpa, buf)
-    }
-    fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), BackendError> {
-        self.be.write_phys(gpa, data)
-    }
-}
-
-impl LiveGuest for GdbLive {
-    fn live_arena(&self) -> ArenaRange {
-        self.arena
-    }
-    fn agent_doorbell(&self) -> Option<u64> {
-        None
-    }
-}
+type GdbLive = ArenaGuest<AutoStop<GdbBackend>>;
 
 /// Spawns a Debian guest and attaches to its gdbstub at once, so the driver
 /// sees the whole boot; `None` after a loud skip when QEMU or the images are
@@ -83,7 +56,7 @@ fn spawn(label: &str, cpu: Option<&str>) -> Option<(Guest, GdbLive)> {
     let mut be = GdbBackend::connect(g.gdb_addr().unwrap(), opts).unwrap();
     assert!(be.has_phys_access(), "QEMU's gdbstub offers no physical memory mode");
     be.resume().unwrap();
-    Some((g, GdbLive { be: AutoStop(be), arena }))
+    Some((g, ArenaGuest { backend: AutoStop(be), arena, doorbell: None }))
 }
 
 /// The desired list: the cmdline_marker example for the flavour's kernel.
@@ -135,7 +108,7 @@ fn a_booting_debian_kernel_is_identified_and_patched_once_up_then_reverted() {
     assert!(r.is_ok(), "{}", r.to_json());
     let back = g.run_ok("cat /proc/cmdline").unwrap();
     assert!(!back.contains("vsplice.marker"), "{back}");
-    live.be.0.detach().unwrap();
+    live.backend.0.detach().unwrap();
     g.check_console().unwrap();
 }
 
@@ -161,5 +134,5 @@ fn a_five_level_paging_kernel_is_refused_for_good_and_runs_on() {
     assert_eq!(boot.attempts(), attempts, "never tried again");
     g.wait_ready().unwrap();
     assert!(g.run_ok("echo alive").unwrap().contains("alive"), "the guest runs on");
-    live.be.0.detach().unwrap();
+    live.backend.0.detach().unwrap();
 }

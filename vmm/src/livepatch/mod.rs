@@ -23,7 +23,7 @@ pub mod target;
 #[cfg(test)]
 mod tests;
 
-pub use target::{BootTarget, LiveGuest, TargetSource, Unavailable};
+pub use target::{ArenaGuest, BootTarget, LiveGuest, TargetSource, Unavailable};
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -55,6 +55,43 @@ impl LiveGuest for crate::vmm::Vmm {
     }
 }
 
+/// A guest reached through any backend, with the arena it was booted with
+/// reserved: how the driver runs over QEMU's gdbstub (tests on hosts
+/// without VMX/SVM) and over the patcher's fakes.
+#[derive(Debug)]
+pub struct ArenaGuest<B: Backend> {
+    /// The backend.
+    pub backend: B,
+    /// The arena.
+    pub arena: ArenaRange,
+    /// The agent's descriptor, when something announced it.
+    pub doorbell: Option<u64>,
+}
+
+impl<B: Backend> Backend for ArenaGuest<B> {
+    fn stop(&mut self) -> Result<Vec<VcpuState>, BackendError> {
+        self.backend.stop()
+    }
+    fn resume(&mut self) -> Result<(), BackendError> {
+        self.backend.resume()
+    }
+    fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), BackendError> {
+        self.backend.read_phys(gpa, buf)
+    }
+    fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), BackendError> {
+        self.backend.write_phys(gpa, data)
+    }
+}
+
+impl<B: Backend> LiveGuest for ArenaGuest<B> {
+    fn live_arena(&self) -> ArenaRange {
+        self.arena
+    }
+    fn agent_doorbell(&self) -> Option<u64> {
+        self.doorbell
+    }
+}
+
 /// What kind of kernel the VM boots, known before it boots.
 #[derive(Debug, Clone)]
 pub enum TargetSource {

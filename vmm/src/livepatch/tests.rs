@@ -15,16 +15,16 @@ use std::time::Instant;
 
 use vsplice_patcher::kernels::stock_linux::LinuxTargetError;
 use vsplice_patcher::kernels::TargetKernel;
-use vsplice_patcher::model::backend::{Backend, BackendError, VcpuState};
+use vsplice_patcher::model::backend::VcpuState;
 use vsplice_patcher::model::mem::MemError;
-use vsplice_patcher::model::{ArenaRange, GuestTasks, KernelMemory, SymbolTable, TargetError, TargetKind};
+use vsplice_patcher::model::{GuestTasks, KernelMemory, SymbolTable, TargetError, TargetKind};
 use vsplice_patcher::os::linux::unwind::OrcUnwinder;
 use vsplice_patcher::os::linux::view::TaskSource;
 use vsplice_patcher::testing::kernel::arena;
 use vsplice_patcher::testing::{FakeKernel, FakePatch, RamGuest};
 use vsplice_patcher::txn::{Cause, TxnReport};
 
-use super::target::{BootTarget, Identifiable, LiveGuest, TargetSource, Unavailable, IDENTIFY_FIRST, IDENTIFY_MAX};
+use super::target::{ArenaGuest, BootTarget, Identifiable, TargetSource, Unavailable, IDENTIFY_FIRST, IDENTIFY_MAX};
 use super::{DesiredPatches, LivePatchError, LivePatches};
 
 /// The fake kernel, shared so a test can bring it up after handing it over.
@@ -62,39 +62,12 @@ impl TargetKernel for Shared {
 }
 
 /// The fake guest as the driver sees a VMM.
-struct Live {
-    ram: RamGuest,
-    doorbell: Option<u64>,
-}
-
-impl Backend for Live {
-    fn stop(&mut self) -> Result<Vec<VcpuState>, BackendError> {
-        self.ram.stop()
-    }
-    fn resume(&mut self) -> Result<(), BackendError> {
-        self.ram.resume()
-    }
-    fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), BackendError> {
-        self.ram.read_phys(gpa, buf)
-    }
-    fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), BackendError> {
-        self.ram.write_phys(gpa, data)
-    }
-}
-
-impl LiveGuest for Live {
-    fn live_arena(&self) -> ArenaRange {
-        arena()
-    }
-    fn agent_doorbell(&self) -> Option<u64> {
-        self.doorbell
-    }
-}
+type Live = ArenaGuest<RamGuest>;
 
 fn setup() -> (Arc<FakeKernel>, Live) {
     let k = Arc::new(FakeKernel::new());
     let ram = k.guest();
-    (k, Live { ram, doorbell: None })
+    (k, ArenaGuest { backend: ram, arena: arena(), doorbell: None })
 }
 
 fn desired(k: &FakeKernel) -> DesiredPatches {
@@ -127,7 +100,7 @@ fn a_booting_linux_kernel_is_retried_with_back_off_then_identified_again_once_up
     let t0 = Instant::now();
     b.poll(&mut g, t0, &mut identify).unwrap();
     assert_eq!(calls.get(), 1);
-    assert!(!g.ram.is_stopped(), "the guest runs on after an attempt");
+    assert!(!g.backend.is_stopped(), "the guest runs on after an attempt");
     match b.kernel() {
         Err(Unavailable::NotYet(m)) => assert!(m.contains("attempt 1") && m.contains("not mapped"), "{m}"),
         other => panic!("{other:?}"),
@@ -153,7 +126,7 @@ fn a_booting_linux_kernel_is_retried_with_back_off_then_identified_again_once_up
     b.poll(&mut g, t2, &mut identify).unwrap();
     assert_eq!(calls.get(), 4, "identified once more when up");
     assert!(b.is_up());
-    assert!(!g.ram.is_stopped());
+    assert!(!g.backend.is_stopped());
     b.poll(&mut g, t2, &mut identify).unwrap();
     assert_eq!(calls.get(), 4, "never again once up");
 }
@@ -172,7 +145,7 @@ fn the_desired_patches_are_applied_once_the_kernel_is_up_and_once_only() {
     assert_eq!(reports[0].cause, Cause::Ok, "{}", reports[0].message);
     assert!(b.applied());
     b.apply_when_up(&mut g, &want, &mut |_: &TxnReport| panic!("applied twice"));
-    assert!(!g.ram.is_stopped());
+    assert!(!g.backend.is_stopped());
 }
 
 #[test]
@@ -188,7 +161,7 @@ fn a_kernel_vsplice_cannot_patch_is_refused_for_good_and_each_patch_reported() {
     b.poll(&mut g, t0, &mut identify).unwrap();
     b.poll(&mut g, t0 + IDENTIFY_MAX * 10, &mut identify).unwrap();
     assert_eq!(calls.get(), 1, "never tried again");
-    assert!(!g.ram.is_stopped());
+    assert!(!g.backend.is_stopped());
     match b.kernel() {
         Err(Unavailable::Unsupported { cause, message }) => {
             assert_eq!(cause, "five_level_paging");
@@ -211,13 +184,13 @@ fn a_kernel_vsplice_cannot_patch_is_refused_for_good_and_each_patch_reported() {
 #[test]
 fn nothing_is_read_before_the_vcpus_page_in_long_mode() {
     let (_, mut g) = setup();
-    g.ram.vcpus = vec![VcpuState { cr0: 0x11, efer: 0, ..VcpuState::default() }];
+    g.backend.vcpus = vec![VcpuState { cr0: 0x11, efer: 0, ..VcpuState::default() }];
     let mut identify = |_: &mut Live, _: Vec<VcpuState>| -> Result<Identifiable, LinuxTargetError> { panic!("identified in real mode") };
     let mut b = BootTarget::new(&linux());
     b.poll(&mut g, Instant::now(), &mut identify).unwrap();
     assert!(matches!(b.kernel(), Err(Unavailable::NotYet(_))));
     assert_eq!(b.attempts(), 0);
-    assert!(!g.ram.is_stopped());
+    assert!(!g.backend.is_stopped());
 }
 
 #[test]
