@@ -10,7 +10,10 @@
 //!   of its vCPUs;
 //! - `vsplice inspect summary` names the paging mode (text and JSON);
 //! - `examples/patches/linux/cmdline_marker.c` applied and reverted through
-//!   the CLI: /proc/cmdline before, after apply, after revert.
+//!   the CLI: /proc/cmdline before, after apply, after revert;
+//! - with LA57 on, once more with the guest agent loaded and insisted on
+//!   (`--tasks agent`): its descriptor is found through the 5-level direct
+//!   map and its task table is used.
 //!
 //! With LA57 on and QEMU offering no LA57 the test skips loudly (nothing
 //! about 5-level paging would be tested).
@@ -36,9 +39,9 @@ use vsplice_tests::scratch::tmp_dir;
 use vsplice_tests::skip::skip;
 use vsplice_tests::testguest::vm_lock;
 
-/// Boots the Debian guest agentless with `cpu`; `None` after a loud skip
-/// when the images, the Kbuild headers or QEMU are missing.
-fn boot(label: &str, cpu: Option<&str>) -> Option<Guest> {
+/// Boots the Debian guest with `cpu`, agentless unless `agent`; `None`
+/// after a loud skip when the images, the Kbuild headers or QEMU are missing.
+fn boot(label: &str, cpu: Option<&str>, agent: bool) -> Option<Guest> {
     let mut cfg = QemuConfig::debian_or_skip(Flavour::Amd64, label)?;
     match debian_images(Flavour::Amd64) {
         Ok(img) if img.headers.join("Makefile").is_file() => {}
@@ -48,7 +51,9 @@ fn boot(label: &str, cpu: Option<&str>) -> Option<Guest> {
         }
     }
     cfg.cpu = cpu.map(str::to_owned);
-    cfg.extra_append.push("vsplice.agent=0".into());
+    if !agent {
+        cfg.extra_append.push("vsplice.agent=0".into());
+    }
     Guest::boot_or_skip(cfg)
 }
 
@@ -116,8 +121,9 @@ fn check_inspect(g: &Guest, mode: PagingMode) {
     eprintln!("  inspect: {}", line.unwrap_or_default());
 }
 
-/// cmdline_marker through the CLI: apply, /proc/cmdline, revert.
-fn apply_and_revert(g: &mut Guest, label: &str) {
+/// cmdline_marker through the CLI with `--tasks tasks`: apply (its check
+/// read the tasks from `source`), /proc/cmdline, revert.
+fn apply_and_revert(g: &mut Guest, label: &str, tasks: &str, source: &str) {
     let img = debian_images(Flavour::Amd64).unwrap();
     let dir = tmp_dir(label);
     let vsp = dir.join("cmdline.vsp");
@@ -132,6 +138,7 @@ fn apply_and_revert(g: &mut Guest, label: &str) {
         let mut args = vec!["patch"];
         args.extend_from_slice(cmd);
         args.extend_from_slice(&["--gdb", gdb.as_str(), "--target", "linux", "--arena", arena.as_str()]);
+        args.extend_from_slice(&["--tasks", tasks]);
         vsplice(&args)
     };
     let before = g.run_ok("cat /proc/cmdline").unwrap();
@@ -139,6 +146,8 @@ fn apply_and_revert(g: &mut Guest, label: &str) {
     let o = cli(&["apply", path(&vsp)]);
     assert!(o.status.success(), "{}\n{}", text(&o.stdout), text(&o.stderr));
     assert!(text(&o.stdout).contains("\"cause\":\"ok\""), "{}", text(&o.stdout));
+    let source = format!("\"task_source\":\"{source}\"");
+    assert!(text(&o.stdout).replace(": ", ":").contains(&source), "{source}: {}", text(&o.stdout));
     assert_eq!(g.run_ok("cat /proc/cmdline").unwrap(), format!("{} vsplice.marker=cmdline\n", before.trim_end()));
     let o = cli(&["status"]);
     assert!(o.status.success() && text(&o.stdout).contains("\"active\": true"), "{}", text(&o.stdout));
@@ -148,19 +157,27 @@ fn apply_and_revert(g: &mut Guest, label: &str) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// True when the guest runs with LA57; a loud skip otherwise.
+fn has_la57(g: &mut Guest, label: &str) -> bool {
+    let la57 = g.run_ok("grep -o -w la57 /proc/cpuinfo | head -n 1").unwrap();
+    if la57.trim() != "la57" {
+        skip(label, "QEMU's `-cpu max` has no LA57 here: the guest does not run with 5-level paging");
+        return false;
+    }
+    true
+}
+
 #[test]
 fn five_level_paging_on_the_kernel_is_identified_inspected_and_patched() {
     let _l = vm_lock();
     let label = "la57_on";
-    let Some(mut g) = boot(label, Some("max")) else { return };
-    let la57 = g.run_ok("grep -o -w la57 /proc/cpuinfo | head -n 1").unwrap();
-    if la57.trim() != "la57" {
-        skip(label, "QEMU's `-cpu max` has no LA57 here: the guest does not run with 5-level paging");
+    let Some(mut g) = boot(label, Some("max"), false) else { return };
+    if !has_la57(&mut g, label) {
         return;
     }
     check_the_kernel_view(&g, PagingMode::FiveLevel);
     check_inspect(&g, PagingMode::FiveLevel);
-    apply_and_revert(&mut g, "la57-on");
+    apply_and_revert(&mut g, "la57-on", "agentless", "agentless");
     g.check_console().unwrap();
 }
 
@@ -168,11 +185,25 @@ fn five_level_paging_on_the_kernel_is_identified_inspected_and_patched() {
 fn four_level_paging_on_the_default_cpu_is_identified_inspected_and_patched() {
     let _l = vm_lock();
     let label = "la57_off";
-    let Some(mut g) = boot(label, None) else { return };
+    let Some(mut g) = boot(label, None, false) else { return };
     let la57 = g.run_ok("grep -c -w la57 /proc/cpuinfo || true").unwrap();
     assert_eq!(la57.trim(), "0", "the default CPU has LA57");
     check_the_kernel_view(&g, PagingMode::FourLevel);
     check_inspect(&g, PagingMode::FourLevel);
-    apply_and_revert(&mut g, "la57-off");
+    apply_and_revert(&mut g, "la57-off", "agentless", "agentless");
+    g.check_console().unwrap();
+}
+
+#[test]
+fn the_agent_is_found_and_used_with_five_level_paging() {
+    let _l = vm_lock();
+    let label = "la57_agent";
+    let Some(mut g) = boot(label, Some("max"), true) else { return };
+    if !has_la57(&mut g, label) {
+        return;
+    }
+    g.run_ok("grep -q '^vsplice_agent ' /proc/modules").expect("/init did not load the agent");
+    // The agent's table, checked against the BTF walk.
+    apply_and_revert(&mut g, "la57-agent", "agent", "agent+agentless");
     g.check_console().unwrap();
 }
