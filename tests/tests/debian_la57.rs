@@ -7,7 +7,9 @@
 //!   vCPUs, and the kernel's own `__pgtable_l5_enabled` / `pgdir_shift`
 //!   (48 with 5 levels, 39 with 4) read through vsplice's page walk;
 //! - the kernel is identified ([`LinuxTarget::open`]) with the paging mode
-//!   of its vCPUs;
+//!   of its vCPUs; with LA57 also without QEMU's physical memory mode, through
+//!   the KASLR'd 5-level direct map (`page_offset_base` above the 4-level
+//!   half), which reads the same physical bytes;
 //! - `vsplice inspect summary` names the paging mode (text and JSON);
 //! - `examples/patches/linux/cmdline_marker.c` applied and reverted through
 //!   the CLI: /proc/cmdline before, after apply, after revert;
@@ -102,6 +104,40 @@ fn check_the_kernel_view(g: &Guest, mode: PagingMode) {
     be.detach().unwrap();
 }
 
+/// Without the stub's physical mode: attach finds the direct map (in the
+/// 5-level range), identifies the kernel, and reads through the direct map
+/// the same bytes as the physical mode does.
+fn check_the_direct_map(g: &Guest) {
+    let addr = g.gdb_addr().unwrap();
+    let read_root = |phys_mode: bool| {
+        let opts = GdbOptions { timeout: Duration::from_secs(20), phys_mode, ..GdbOptions::default() };
+        let (mut be, vcpus) = attach_gdb(addr, opts).unwrap();
+        assert!(be.has_phys_access());
+        // Without it, physical reads really go through the direct map.
+        assert_eq!(be.client().phys_mode(), phys_mode);
+        let target = LinuxTarget::open(&mut be, vcpus).unwrap_or_else(|e| panic!("identify (phys mode {phys_mode}): {e} ({})", e.cause()));
+        assert_eq!(target.paging_mode(), PagingMode::FiveLevel);
+        let root = target.page_table_root();
+        let mut mem = GuestMem::new(&mut be, root, target.paging_mode().cr4_bits());
+        let pob = target.kallsyms().first_addr("page_offset_base").unwrap();
+        let base = mem.read_u64(pob).unwrap();
+        drop(mem);
+        // The PML5 page, read physically (through the direct map without phys mode).
+        let mut pml5 = vec![0u8; 4096];
+        be.read_phys(root, &mut pml5).unwrap();
+        be.resume().unwrap();
+        be.detach().unwrap();
+        (base, root, pml5)
+    };
+    let (base, root, phys) = read_root(true);
+    let (base2, root2, via_dm) = read_root(false);
+    eprintln!("  page_offset_base {base:#x}; init_top_pgt at {root:#x}");
+    assert_eq!((base2, root2), (base, root));
+    assert!(!PagingMode::FourLevel.is_canonical(base) && PagingMode::FiveLevel.is_canonical(base), "{base:#x}: not in the 5-level direct map range");
+    assert!(phys.iter().any(|&b| b != 0), "the PML5 is empty");
+    assert!(phys == via_dm, "the direct map reads other bytes than the physical mode");
+}
+
 /// `vsplice inspect summary` names the paging mode.
 fn check_inspect(g: &Guest, mode: PagingMode) {
     let gdb = g.gdb_addr().unwrap().to_owned();
@@ -176,6 +212,7 @@ fn five_level_paging_on_the_kernel_is_identified_inspected_and_patched() {
         return;
     }
     check_the_kernel_view(&g, PagingMode::FiveLevel);
+    check_the_direct_map(&g);
     check_inspect(&g, PagingMode::FiveLevel);
     apply_and_revert(&mut g, "la57-on", "agentless", "agentless");
     g.check_console().unwrap();
