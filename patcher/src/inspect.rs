@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use thiserror::Error;
 
+use crate::arch::x86::paging::PagingMode;
 use crate::attach::{attach_gdb, AttachError, ResumeGuard};
 use crate::model::backend::{Backend, BackendError, VcpuState};
 use crate::gdb::{GdbError, GdbOptions};
@@ -263,12 +264,15 @@ fn summary(info: &KernelInfo, live: Option<&LiveExtra>, open: Option<Duration>, 
         .map(|l| {
             l.vcpus
                 .iter()
-                .map(|v| json!({"index": v.index, "rip": hex(v.rip), "at": sym_at(k, v.rip), "cpl": v.cpl(), "cr3": hex(v.cr3)}))
+                .map(|v| json!({"index": v.index, "rip": hex(v.rip), "at": sym_at(k, v.rip), "cpl": v.cpl(), "cr3": hex(v.cr3), "cr4": hex(v.cr4)}))
                 .collect()
         })
         .unwrap_or_default();
+    // The paging mode of the vCPUs in long mode (live guests only).
+    let paging = live.and_then(|l| l.vcpus.iter().find(|v| v.long_mode()).map(|v| PagingMode::from_cr4(v.cr4)));
     let tm = &info.timings;
     let v = json!({
+        "paging": paging.map(|m| json!({"levels": m.levels(), "la57": m == PagingMode::FiveLevel})),
         "source": if live.is_some() { "gdb" } else { "image" },
         "banner": info.banner, "build_id": build_id, "slide": slide,
         "symbols": k.len(),
@@ -305,6 +309,12 @@ fn summary(info: &KernelInfo, live: Option<&LiveExtra>, open: Option<Duration>, 
     if let Some(a) = syscall {
         let how = if live.is_some() { "entry_SYSCALL_64 from kallsyms; LSTAR is not readable over gdbstub" } else { "entry_SYSCALL_64, link address" };
         line(&mut t, "syscall entry", format!("{a:#x} ({how})"));
+    }
+    if let Some(m) = paging {
+        line(&mut t, "paging", match m {
+            PagingMode::FiveLevel => "5-level (CR4.LA57)".to_owned(),
+            PagingMode::FourLevel => "4-level".to_owned(),
+        });
     }
     if let Some(l) = live {
         for v in &l.vcpus {

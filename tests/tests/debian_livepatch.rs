@@ -51,7 +51,7 @@ fn check_masks(g: &Guest, img: &vsplice_tests::debian::DebianImages, image: &Lin
     let k = image.kallsyms();
     let (t0, t1) = (k.first_addr("_text").ok_or("_text")?, k.first_addr("_etext").ok_or("_etext")?);
     let want = image.bytes_at(t0, t1 - t0).ok_or("text not in the image")?.to_vec();
-    let live = GuestMem::new(&mut be, target.page_table_root(), 0).read_vec(t0.wrapping_add(slide), (t1 - t0) as usize).map_err(|e| e.to_string())?;
+    let live = GuestMem::new(&mut be, target.page_table_root(), target.paging_mode().cr4_bits()).read_vec(t0.wrapping_add(slide), (t1 - t0) as usize).map_err(|e| e.to_string())?;
     linuxpatch::detach(be)?;
     let mut masked = vec![false; want.len()];
     for m in image.masks(t0, t1 - t0) {
@@ -474,7 +474,7 @@ fn refusals_leave_the_guest_untouched() {
     let (mut be, target) = linuxpatch::attach(&g).unwrap();
     let text_of = |be: &mut linuxpatch::Attached, name: &str| {
         let s = target.symbols().resolve(name, None).unwrap().clone();
-        GuestMem::new(be, target.page_table_root(), 0).read_vec(s.addr, s.size as usize).unwrap()
+        GuestMem::new(be, target.page_table_root(), target.paging_mode().cr4_bits()).read_vec(s.addr, s.size as usize).unwrap()
     };
     let watched = ["common_nsleep", "cmdline_proc_show", "abort"];
     let before: Vec<Vec<u8>> = watched.iter().map(|n| text_of(&mut be, n)).collect();

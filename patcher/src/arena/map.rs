@@ -1,6 +1,8 @@
 //! Mapping the arena into the guest kernel's address space by writing 2 MiB
 //! page-directory entries in free slots of the kernel image's page directory
-//! (the slots after `_end`): data slots RW + NX (NX only when the guest set
+//! (the slots after `_end`), found by walking down from the page-table root
+//! in the guest's paging mode (PML4 → PDPT → PD, or PML5 → PML4 → PDPT →
+//! PD with 5-level paging): data slots RW + NX (NX only when the guest set
 //! EFER.NXE), code slots read-only + executable. Nothing is ever unmapped: a
 //! slot that was never present cannot be in any TLB, and a mapping that stays
 //! needs no shootdown.
@@ -10,6 +12,7 @@ use std::ops::Range;
 use thiserror::Error;
 
 use super::{ArenaInfo, SLOT};
+use crate::arch::x86::paging::PagingMode;
 use crate::model::backend::{Backend, BackendError};
 
 const P: u64 = 1;
@@ -53,20 +56,29 @@ fn read_u64<B: Backend + ?Sized>(b: &mut B, pa: u64) -> Result<u64, BackendError
     Ok(u64::from_le_bytes(w))
 }
 
-/// Physical address of the page directory that maps `va` (4-level paging).
-pub fn page_directory<B: Backend + ?Sized>(b: &mut B, root: u64, va: u64) -> Result<u64, MapError> {
-    let pml4e = read_u64(b, (root & ADDR) + ((va >> 39) & 511) * 8)?;
-    if pml4e & P == 0 {
-        return Err(MapError::NoDirectory { va, why: "PML4 entry not present" });
+/// Physical address of the page directory that maps `va`, walking from
+/// `root` through the upper levels of `mode` (PML5 only with 5-level paging).
+pub fn page_directory<B: Backend + ?Sized>(b: &mut B, root: u64, mode: PagingMode, va: u64) -> Result<u64, MapError> {
+    if !mode.is_canonical(va) {
+        return Err(MapError::NoDirectory { va, why: "address not canonical in the guest's paging mode" });
     }
-    let pdpte = read_u64(b, (pml4e & ADDR) + ((va >> 30) & 511) * 8)?;
-    if pdpte & P == 0 {
-        return Err(MapError::NoDirectory { va, why: "PDPT entry not present" });
+    let mut table = root & ADDR;
+    for level in (3..=mode.levels()).rev() {
+        let e = read_u64(b, table + PagingMode::index(va, level) * 8)?;
+        if e & P == 0 {
+            let why = match level {
+                5 => "PML5 entry not present",
+                4 => "PML4 entry not present",
+                _ => "PDPT entry not present",
+            };
+            return Err(MapError::NoDirectory { va, why });
+        }
+        if level == 3 && e & PS != 0 {
+            return Err(MapError::NoDirectory { va, why: "mapped by a 1 GiB page" });
+        }
+        table = e & ADDR;
     }
-    if pdpte & PS != 0 {
-        return Err(MapError::NoDirectory { va, why: "mapped by a 1 GiB page" });
-    }
-    Ok(pdpte & ADDR)
+    Ok(table)
 }
 
 fn pde_addr(pd: u64, va: u64) -> u64 {
@@ -75,9 +87,9 @@ fn pde_addr(pd: u64, va: u64) -> u64 {
 
 /// First virtual address in `window` (2 MiB aligned, inside one page
 /// directory) where `slots` consecutive PDEs are not present.
-pub fn find_free<B: Backend + ?Sized>(b: &mut B, root: u64, window: Range<u64>, slots: u64) -> Result<u64, MapError> {
+pub fn find_free<B: Backend + ?Sized>(b: &mut B, root: u64, mode: PagingMode, window: Range<u64>, slots: u64) -> Result<u64, MapError> {
     let start = window.start.div_ceil(SLOT) * SLOT;
-    let pd = page_directory(b, root, start)?;
+    let pd = page_directory(b, root, mode, start)?;
     let mut run = 0u64;
     let mut va = start;
     while va.checked_add(SLOT).is_some_and(|e| e <= window.end) && (va >> 30) == (start >> 30) {
@@ -102,8 +114,8 @@ pub fn pde_value(info: &ArenaInfo, i: u64, nxe: bool) -> u64 {
 }
 
 /// True when every slot of the arena is mapped as [`map`] would map it.
-pub fn is_mapped<B: Backend + ?Sized>(b: &mut B, root: u64, info: &ArenaInfo) -> Result<bool, MapError> {
-    let pd = match page_directory(b, root, info.virt) {
+pub fn is_mapped<B: Backend + ?Sized>(b: &mut B, root: u64, mode: PagingMode, info: &ArenaInfo) -> Result<bool, MapError> {
+    let pd = match page_directory(b, root, mode, info.virt) {
         Ok(pd) => pd,
         Err(MapError::NoDirectory { .. }) => return Ok(false),
         Err(e) => return Err(e),
@@ -119,8 +131,8 @@ pub fn is_mapped<B: Backend + ?Sized>(b: &mut B, root: u64, info: &ArenaInfo) ->
 
 /// Writes the arena's PDEs (call with the guest stopped, or while no one
 /// can use the slots yet). Returns the number of entries written.
-pub fn map<B: Backend + ?Sized>(b: &mut B, root: u64, info: &ArenaInfo, nxe: bool) -> Result<usize, MapError> {
-    let pd = page_directory(b, root, info.virt)?;
+pub fn map<B: Backend + ?Sized>(b: &mut B, root: u64, mode: PagingMode, info: &ArenaInfo, nxe: bool) -> Result<usize, MapError> {
+    let pd = page_directory(b, root, mode, info.virt)?;
     let mut written = 0;
     for i in 0..info.slots() {
         let at = pde_addr(pd, info.virt + i * SLOT);

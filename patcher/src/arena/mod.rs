@@ -19,6 +19,8 @@ pub mod codec;
 pub mod map;
 pub mod patch_orc;
 pub mod registry;
+#[cfg(test)]
+mod map_tests;
 
 use serde::{Deserialize, Serialize};
 

@@ -20,6 +20,7 @@ pub mod testguest;
 
 use std::ops::Range;
 
+use crate::arch::x86::paging::PagingMode;
 use crate::model::{GuestTasks, KernelMemory, SymbolTable, TargetError, TargetKind, VcpuState};
 use crate::os::linux::unwind::OrcUnwinder;
 use crate::patch::link::{LinkEnv, UnknownEnv};
@@ -41,6 +42,11 @@ pub trait TargetKernel: std::fmt::Debug {
     /// other root that must see the arena, e.g. per-process copies of the
     /// kernel half share the same lower tables, so one root suffices on x86-64).
     fn page_table_root(&self) -> u64;
+    /// The paging mode [`TargetKernel::page_table_root`] is walked in
+    /// (5 levels when the kernel runs with CR4.LA57). Default: 4 levels.
+    fn paging_mode(&self) -> PagingMode {
+        PagingMode::FourLevel
+    }
     /// True when the kernel is up far enough to be patched.
     fn is_up(&self, mem: &mut dyn KernelMemory) -> Result<bool, TargetError>;
     /// All tasks and CPU stacks, and the CPU each vCPU is; call with every

@@ -8,7 +8,10 @@
 //!   of the kernel image's page directory (`level2_kernel_pgt`, whose slots
 //!   beyond the image `cleanup_highmap` cleared at boot);
 //! - the page-table root: the physical address of `init_top_pgt` (every
-//!   process's kernel half shares its lower tables);
+//!   process's kernel half shares its lower tables), and the paging mode
+//!   from the stopped vCPUs' CR4: with LA57 (5-level paging, which Debian's
+//!   kernels turn on when the CPU has it) `init_top_pgt` is the PML5 and
+//!   the arena's page directory is found one level further down;
 //! - `is_up`: `system_state == SYSTEM_RUNNING`;
 //! - tasks: the guest agent's table when it is loaded and the agentless
 //!   BTF walk (every thread, the idle task of each CPU), checked against
@@ -32,6 +35,7 @@ use thiserror::Error;
 use tracing::{debug, info};
 
 use super::TargetKernel;
+use crate::arch::x86::paging::PagingMode;
 use crate::model::{GuestTasks, TargetError};
 use crate::os::linux::symbols;
 use crate::model::backend::{Backend, VcpuState};
@@ -47,11 +51,11 @@ use crate::patch::link::{CpuCaps, LinkEnv};
 use crate::model::mem::{KernelMemory, MemError};
 use crate::model::SymbolTable;
 
-/// `MODULES_VADDR` on x86-64: `__START_KERNEL_map` + `KERNEL_IMAGE_SIZE` (1 GiB with KASLR).
+/// `MODULES_VADDR` on x86-64: `__START_KERNEL_map` + `KERNEL_IMAGE_SIZE` (1 GiB with KASLR);
+/// the same with 5-level paging (the kernel image keeps the top 2 GiB).
 pub const MODULES_VADDR: u64 = 0xffff_ffff_c000_0000;
 /// `SYSTEM_RUNNING` in 6.1's `enum system_states` (BOOTING, SCHEDULING, FREEING_INITMEM, RUNNING, …).
 pub const SYSTEM_RUNNING: u32 = 3;
-const CR4_LA57: u64 = 1 << 12;
 const SLOT: u64 = 2 << 20;
 
 /// Why a live Linux kernel cannot be used as a patch target.
@@ -69,9 +73,10 @@ pub enum LinuxTargetError {
     /// A symbol vsplice needs is missing.
     #[error("the guest kernel has no symbol `{0}`")]
     MissingSymbol(&'static str),
-    /// 5-level paging (the arena mapping walks 4 levels).
-    #[error("the guest runs with 5-level paging (LA57), which the arena mapping does not support")]
-    FiveLevel,
+    /// The vCPUs in long mode disagree on CR4.LA57 (4- and 5-level paging
+    /// at once): no single walk of the kernel's page tables is right.
+    #[error("the guest's vCPUs disagree on 5-level paging (CR4.LA57 set on some, clear on others)")]
+    MixedPaging,
     /// Reading guest memory failed.
     #[error("reading guest memory failed")]
     Memory(#[from] #[source] MemError),
@@ -85,21 +90,22 @@ impl LinuxTargetError {
             Self::NoBtf => "no_btf",
             Self::Btf(e) => e.cause(),
             Self::MissingSymbol(_) => "symbol_missing",
-            Self::FiveLevel => "five_level_paging",
+            Self::MixedPaging => "paging_mode_mixed",
             Self::Memory(e) => e.cause(),
         }
     }
 
     /// True when trying again later cannot help: the kernel was found but
-    /// is one vsplice cannot patch (5-level paging, no BTF or not the BTF
-    /// the task walk needs, a symbol missing). Not finding or not reading
-    /// the kernel may just mean it is still booting.
+    /// is one vsplice cannot patch (no BTF or not the BTF the task walk
+    /// needs, a symbol missing). Not finding or not reading the kernel may
+    /// just mean it is still booting, and vCPUs that disagree on the paging
+    /// mode may be secondaries still coming up.
     pub fn is_permanent(&self) -> bool {
         match self {
-            Self::NoBtf | Self::MissingSymbol(_) | Self::FiveLevel => true,
+            Self::NoBtf | Self::MissingSymbol(_) => true,
             Self::Btf(e) => matches!(e, TaskError::MissingType(_) | TaskError::MissingSymbol(_)),
             // The CPU stacks are not set up early in boot.
-            Self::Kernel(_) | Self::Memory(_) => false,
+            Self::Kernel(_) | Self::Memory(_) | Self::MixedPaging => false,
         }
     }
 }
@@ -114,6 +120,7 @@ pub struct LinuxTarget {
     slide: Option<Slide>,
     end: u64,
     root: u64,
+    paging: PagingMode,
     system_state: u64,
     offsets: TaskOffsets,
     btf: Btf,
@@ -122,6 +129,18 @@ pub struct LinuxTarget {
     unwinder: Option<OrcUnwinder>,
     source: TaskSource,
     doorbell: Option<u64>,
+}
+
+/// The paging mode of the vCPUs in long mode (CR4.LA57); 4 levels when none
+/// is in long mode (identification then fails on its own).
+fn paging_mode(vcpus: &[VcpuState]) -> Result<PagingMode, LinuxTargetError> {
+    let mut modes = vcpus.iter().filter(|v| v.long_mode()).map(|v| PagingMode::from_cr4(v.cr4));
+    let first = modes.next().unwrap_or_default();
+    if modes.any(|m| m != first) {
+        return Err(LinuxTargetError::MixedPaging);
+    }
+    debug!(levels = first.levels(), "paging mode from the stopped vCPUs");
+    Ok(first)
 }
 
 /// The boot CPU's capability words: `boot_cpu_data.x86_capability[]`.
@@ -139,9 +158,7 @@ fn read_caps(mem: &mut dyn KernelMemory, k: &Kallsyms, btf: &Btf) -> Result<Opti
 impl LinuxTarget {
     /// Identifies the kernel of a stopped guest (`vcpus` from the stop).
     pub fn open<B: Backend>(backend: &mut B, vcpus: Vec<VcpuState>) -> Result<Self, LinuxTargetError> {
-        if vcpus.iter().any(|v| v.long_mode() && v.cr4 & CR4_LA57 != 0) {
-            return Err(LinuxTargetError::FiveLevel);
-        }
+        let paging = paging_mode(&vcpus)?;
         let mut lk = LiveKernel::open(backend, vcpus, None)?;
         let k = lk.info.kallsyms.clone();
         let need = |name: &'static str| k.first_addr(name).ok_or(LinuxTargetError::MissingSymbol(name));
@@ -172,6 +189,7 @@ impl LinuxTarget {
             kallsyms: k,
             end,
             root,
+            paging,
             system_state,
             offsets,
             btf: btf.clone(),
@@ -185,6 +203,7 @@ impl LinuxTarget {
             build_id = t.build_id.as_deref().unwrap_or("?"),
             end = format_args!("{:#x}", t.end),
             root = format_args!("{:#x}", t.root),
+            levels = t.paging.levels(),
             features = t.caps.as_ref().map_or(0, |c| c.0.len()),
             "Linux target"
         );
@@ -268,6 +287,10 @@ impl TargetKernel for LinuxTarget {
         self.root
     }
 
+    fn paging_mode(&self) -> PagingMode {
+        self.paging
+    }
+
     fn is_up(&self, mem: &mut dyn KernelMemory) -> Result<bool, TargetError> {
         match mem.read_u32(self.system_state) {
             Ok(s) => Ok(s == SYSTEM_RUNNING),
@@ -322,5 +345,36 @@ impl LinkEnv for GuestEnv<'_> {
 
     fn return_thunk(&self) -> Option<u64> {
         self.target.return_thunk
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::{paging_mode, LinuxTargetError};
+    use crate::arch::x86::paging::{PagingMode, CR4_LA57};
+    use crate::model::backend::VcpuState;
+
+    fn vcpu(long: bool, cr4: u64) -> VcpuState {
+        let (cr0, efer) = if long { (0x8005_0033, 0xd01) } else { (0x11, 0) };
+        VcpuState { cr0, cr4, efer, ..VcpuState::default() }
+    }
+
+    #[test]
+    fn the_paging_mode_comes_from_the_long_mode_vcpus() {
+        assert_eq!(paging_mode(&[vcpu(true, 0x20)]).unwrap(), PagingMode::FourLevel);
+        assert_eq!(paging_mode(&[vcpu(true, 0x20 | CR4_LA57), vcpu(true, CR4_LA57)]).unwrap(), PagingMode::FiveLevel);
+        // A secondary still in real mode does not count.
+        assert_eq!(paging_mode(&[vcpu(true, CR4_LA57), vcpu(false, 0)]).unwrap(), PagingMode::FiveLevel);
+        assert_eq!(paging_mode(&[]).unwrap(), PagingMode::FourLevel);
+    }
+
+    #[test]
+    fn vcpus_that_disagree_are_refused_for_now() {
+        let e = paging_mode(&[vcpu(true, CR4_LA57), vcpu(true, 0)]).unwrap_err();
+        assert!(matches!(e, LinuxTargetError::MixedPaging));
+        assert_eq!(e.cause(), "paging_mode_mixed");
+        assert!(!e.is_permanent());
     }
 }

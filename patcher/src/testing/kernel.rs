@@ -5,7 +5,8 @@
 //! arena's page walks and mapping work, the functions' code, stacks for its
 //! tasks), has an ORC table for its text, and hands out whatever task list a
 //! test sets (or scripts, one list per pause), so a test can put a task
-//! inside a function and take it out again.
+//! inside a function and take it out again. [`FakeKernel::with_paging`]
+//! makes it a kernel on 5-level page tables (its guest's vCPUs with LA57).
 //!
 //! ```text
 //! virtual                 physical   what
@@ -21,6 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use super::ram::RamGuest;
+use crate::arch::x86::paging::PagingMode;
 use crate::kernels::TargetKernel;
 use crate::model::backend::VcpuState;
 use crate::model::mem::KernelMemory;
@@ -100,6 +102,7 @@ pub struct FakeKernel {
     up: AtomicBool,
     task_reads: AtomicUsize,
     root: u64,
+    paging: PagingMode,
 }
 
 impl Default for FakeKernel {
@@ -133,7 +136,14 @@ impl FakeKernel {
             up: AtomicBool::new(true),
             task_reads: AtomicUsize::new(0),
             root: RamGuest::new(RAM).root(),
+            paging: PagingMode::FourLevel,
         }
+    }
+
+    /// The same kernel on page tables of `mode` (5 levels: LA57).
+    pub fn with_paging(mut self, mode: PagingMode) -> Self {
+        self.paging = mode;
+        self
     }
 
     /// The same kernel without an ORC unwinder (the check is the conservative scan).
@@ -145,7 +155,7 @@ impl FakeKernel {
     /// Guest memory holding this kernel: page tables, text, zeroed stacks,
     /// one vCPU running in user mode.
     pub fn guest(&self) -> RamGuest {
-        let mut g = RamGuest::new(RAM);
+        let mut g = RamGuest::new(RAM).with_paging(self.paging);
         g.map_2m(TEXT, phys(TEXT), END - TEXT);
         for i in 0..FUNCS.len() {
             g.put(phys(TEXT + 0x100 * i as u64), &code(i));
@@ -156,7 +166,7 @@ impl FakeKernel {
 
     /// A vCPU in user mode (nothing of it is on a kernel stack).
     pub fn user_vcpu(&self, g: &RamGuest) -> VcpuState {
-        VcpuState { cs: 0x33, rip: 0x40_1000, cr0: 0x8005_0033, cr3: g.root(), cr4: 0x20, efer: 0xd01, ..VcpuState::default() }
+        VcpuState { cs: 0x33, rip: 0x40_1000, cr0: 0x8005_0033, cr3: g.root(), cr4: 0x20 | g.cr4(), efer: 0xd01, ..VcpuState::default() }
     }
 
     /// A vCPU running kernel code at `rip` (on no known stack).
@@ -248,6 +258,10 @@ impl TargetKernel for FakeKernel {
 
     fn page_table_root(&self) -> u64 {
         self.root
+    }
+
+    fn paging_mode(&self) -> PagingMode {
+        self.paging
     }
 
     fn is_up(&self, _mem: &mut dyn KernelMemory) -> Result<bool, TargetError> {

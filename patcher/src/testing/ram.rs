@@ -6,12 +6,13 @@
 //! A read that touches a page that does not exist is
 //! [`BackendError::BadAddress`] (a hole, as in a real guest's physical map).
 //!
-//! It keeps its own x86-64 page tables (4 levels, allocated from a region
-//! set aside for them) and reads kernel-virtual memory through them with
-//! [`crate::arch::x86::paging::PageWalker`], so what a test maps is what
-//! [`crate::arch::x86::guest::Guest`] and the arena code see. Tests that build
-//! unusual tables (1 GiB pages, 5 levels) write entries themselves with
-//! [`RamGuest::set_entry`].
+//! It keeps its own x86-64 page tables (4 levels, or 5 after
+//! [`RamGuest::with_paging`]`(`[`PagingMode::FiveLevel`]`)`, allocated from a
+//! region set aside for them) and reads kernel-virtual memory through them
+//! with [`crate::arch::x86::paging::PageWalker`], so what a test maps is what
+//! [`crate::arch::x86::guest::Guest`] and the arena code see; vCPUs of a
+//! 5-level guest should carry [`RamGuest::cr4`]. Tests that build unusual
+//! tables (1 GiB pages) write entries themselves with [`RamGuest::set_entry`].
 //!
 //! `stop` returns [`RamGuest::vcpus`], or the next entry of
 //! [`RamGuest::stop_script`] while there is one, and everything is counted
@@ -20,7 +21,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::arch::x86::paging::PageWalker;
+use crate::arch::x86::paging::{PageWalker, PagingMode};
 use crate::model::backend::{Backend, BackendError, VcpuState};
 use crate::model::mem::{KernelMemory, MemError};
 
@@ -52,6 +53,7 @@ pub struct RamGuest {
     ram_size: u64,
     next_table: u64,
     root: u64,
+    mode: PagingMode,
     /// What `stop` returns once the script is used up.
     pub vcpus: Vec<VcpuState>,
     /// What the next stops return, one entry per stop, before [`RamGuest::vcpus`].
@@ -93,6 +95,7 @@ impl RamGuest {
             ram_size,
             next_table: tables,
             root: 0,
+            mode: PagingMode::FourLevel,
             vcpus: vec![VcpuState::default()],
             stop_script: VecDeque::new(),
             stops: 0,
@@ -113,6 +116,23 @@ impl RamGuest {
     /// Physical address of the top-level table of the guest's own page tables (its CR3).
     pub fn root(&self) -> u64 {
         self.root
+    }
+
+    /// The same guest with its own page tables in `mode` (the root table
+    /// becomes the PML5 with 5 levels); call before mapping anything.
+    pub fn with_paging(mut self, mode: PagingMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// The paging mode of the guest's own page tables.
+    pub fn paging_mode(&self) -> PagingMode {
+        self.mode
+    }
+
+    /// The CR4 paging bits a vCPU on these tables has (LA57 with 5 levels).
+    pub fn cr4(&self) -> u64 {
+        self.mode.cr4_bits()
     }
 
     /// True between `stop` and `resume`.
@@ -202,7 +222,7 @@ impl RamGuest {
     /// page in the way is replaced by a table).
     fn table_for(&mut self, va: u64, leaf_level: u32) -> u64 {
         let mut table = self.root;
-        for level in ((leaf_level + 1)..=4).rev() {
+        for level in ((leaf_level + 1)..=self.mode.levels()).rev() {
             let idx = (va >> (12 + 9 * (level - 1))) & 511;
             let e = self.u64_at(table + idx * 8);
             table = if e & P != 0 && e & PS == 0 {
@@ -247,7 +267,7 @@ impl RamGuest {
     /// Physical address of `va` through the guest's own page tables.
     pub fn virt_to_phys(&self, va: u64) -> Result<u64, MemError> {
         let mut raw = Raw(self);
-        PageWalker::new(self.root, 0).translate(&mut raw, va).map(|m| m.phys(va))
+        PageWalker::new(self.root, self.mode.cr4_bits()).translate(&mut raw, va).map(|m| m.phys(va))
     }
 
     /// Writes kernel-virtual memory through the guest's own page tables.
@@ -306,7 +326,7 @@ impl Backend for RamGuest {
 
 impl KernelMemory for RamGuest {
     fn read(&mut self, vaddr: u64, buf: &mut [u8]) -> Result<(), MemError> {
-        let mut walker = PageWalker::new(self.root, 0);
+        let mut walker = PageWalker::new(self.root, self.mode.cr4_bits());
         let mut done = 0usize;
         while done < buf.len() {
             let a = vaddr.wrapping_add(done as u64);

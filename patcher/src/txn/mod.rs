@@ -31,6 +31,8 @@ mod crash_tests;
 #[cfg(test)]
 mod orc_tests;
 #[cfg(test)]
+mod paging_tests;
+#[cfg(test)]
 mod stack_tests;
 
 use std::time::Duration;
@@ -84,7 +86,7 @@ pub struct Patcher<'t, B: Backend> {
 impl<'t, B: Backend> Patcher<'t, B> {
     /// A patcher for `target` through `backend`.
     pub fn new(backend: B, target: &'t dyn TargetKernel, cfg: TxnConfig) -> Self {
-        let guest = Guest::new(backend, target.page_table_root(), 0);
+        let guest = Guest::new(backend, target.page_table_root(), target.paging_mode().cr4_bits());
         Self { target, guest, cfg, generation: 0, notes: Vec::new(), last_check: None, task_hint: None }
     }
 
@@ -128,7 +130,7 @@ impl<'t, B: Backend> Patcher<'t, B> {
         let same_arena = reg.arena.phys == phys && reg.arena.size == self.cfg.arena.size();
         let same_kernel = reg.build_id.as_deref() == self.target.build_id();
         let root = self.target.page_table_root();
-        let mapped = same_arena && map::is_mapped(self.guest.backend(), root, &reg.arena).map_err(|e| unexpected(&e))?;
+        let mapped = same_arena && map::is_mapped(self.guest.backend(), root, self.target.paging_mode(), &reg.arena).map_err(|e| unexpected(&e))?;
         // Applied patches but no arena mapping: the guest rebooted since.
         if !same_arena || !same_kernel || (!mapped && reg.applied().next().is_some()) {
             tracing::info!(same_arena, same_kernel, mapped, "registry is from another boot or kernel: starting afresh");
@@ -144,7 +146,7 @@ impl<'t, B: Backend> Patcher<'t, B> {
         }
         let root = self.target.page_table_root();
         let window = self.target.arena_window();
-        let virt = map::find_free(self.guest.backend(), root, window, self.cfg.arena.slots())
+        let virt = map::find_free(self.guest.backend(), root, self.target.paging_mode(), window, self.cfg.arena.slots())
             .map_err(|e| Failure::from_err(stage, Cause::ArenaFull, "no_free_slots", &e))?;
         let info = ArenaInfo::new(self.cfg.arena, virt);
         Ok(Registry::new(info, self.target.build_id().map(str::to_owned)))

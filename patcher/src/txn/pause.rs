@@ -152,7 +152,7 @@ impl<B: Backend> Patcher<'_, B> {
             let t2 = Instant::now();
             let root = self.target.page_table_root();
             let nxe = vcpus.first().is_some_and(|v| v.efer & map::EFER_NXE != 0);
-            if let Err(e) = map::map(self.guest.backend(), root, &reg.arena, nxe) {
+            if let Err(e) = map::map(self.guest.backend(), root, self.target.paging_mode(), &reg.arena, nxe) {
                 let f = Failure::from_err(Stage::Write, Cause::Unexpected, "arena_map", &e);
                 return Err(fail(self.resume_after(t0, timings, f)));
             }

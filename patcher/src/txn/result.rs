@@ -37,9 +37,8 @@ pub enum Cause {
     ArenaFull,
     /// The guest kernel is not up (or the arena is missing).
     NotUp,
-    /// The running kernel is one vsplice cannot patch at all (5-level
-    /// paging, no BTF, a symbol vsplice needs missing, or a patch for
-    /// another kind of kernel).
+    /// The running kernel is one vsplice cannot patch at all (no BTF, a
+    /// symbol vsplice needs missing, or a patch for another kind of kernel).
     UnsupportedTarget,
     /// Anything else (I/O, backend, a registry that disagrees with the text).
     Unexpected,

@@ -12,7 +12,7 @@
 //!   `system_state` reaches RUNNING the kernel is identified once more, so
 //!   what was read early in boot (CPU features, the ORC tables, the return
 //!   thunk) is what the running kernel has. A kernel that cannot be patched
-//!   at all (5-level paging, no BTF) is recorded as unsupported with its
+//!   at all (no BTF, a symbol missing) is recorded as unsupported with its
 //!   cause and never stopped for again.
 //!
 //! The guest is reached through [`LiveGuest`]: a [`Backend`] with an arena
@@ -130,7 +130,7 @@ pub enum Unavailable {
     NotYet(String),
     /// The kernel cannot be patched by vsplice (its stable cause and why).
     Unsupported {
-        /// The identification's stable cause (`five_level_paging`, `no_btf`, …).
+        /// The identification's stable cause (`no_btf`, `symbol_missing`, …).
         cause: &'static str,
         /// Why.
         message: String,

@@ -154,7 +154,7 @@ fn a_kernel_vsplice_cannot_patch_is_refused_for_good_and_each_patch_reported() {
     let calls = Cell::new(0u32);
     let mut identify = |_: &mut Live, _: Vec<VcpuState>| {
         calls.set(calls.get() + 1);
-        Err(LinuxTargetError::FiveLevel)
+        Err(LinuxTargetError::NoBtf)
     };
     let mut b = BootTarget::new(&linux());
     let t0 = Instant::now();
@@ -164,8 +164,8 @@ fn a_kernel_vsplice_cannot_patch_is_refused_for_good_and_each_patch_reported() {
     assert!(!g.backend.is_stopped());
     match b.kernel() {
         Err(Unavailable::Unsupported { cause, message }) => {
-            assert_eq!(cause, "five_level_paging");
-            assert!(message.contains("5-level"), "{message}");
+            assert_eq!(cause, "no_btf");
+            assert!(message.contains("BTF"), "{message}");
         }
         other => panic!("{other:?}"),
     }
@@ -175,7 +175,7 @@ fn a_kernel_vsplice_cannot_patch_is_refused_for_good_and_each_patch_reported() {
     b.apply_when_up(&mut g, &want, &mut |r: &TxnReport| reports.push(r.clone()));
     assert_eq!(reports.len(), 2);
     for (r, name) in reports.iter().zip(["a", "b"]) {
-        assert_eq!((r.cause, r.reason.as_deref(), r.patch_name.as_deref()), (Cause::UnsupportedTarget, Some("five_level_paging"), Some(name)));
+        assert_eq!((r.cause, r.reason.as_deref(), r.patch_name.as_deref()), (Cause::UnsupportedTarget, Some("no_btf"), Some(name)));
         assert!(r.to_json().contains("\"cause\":\"unsupported_target\""));
     }
     b.apply_when_up(&mut g, &want, &mut |_: &TxnReport| panic!("reported twice"));

@@ -16,6 +16,65 @@ const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
 /// CR4.LA57: 5-level paging.
 pub const CR4_LA57: u64 = 1 << 12;
 
+/// The paging mode of an address space: 4 levels (PML4 root, 48-bit
+/// virtual addresses) or 5 levels (PML5 root, 57-bit; CR4.LA57 set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PagingMode {
+    /// 4-level paging (CR4.LA57 clear).
+    #[default]
+    FourLevel,
+    /// 5-level paging (CR4.LA57 set).
+    FiveLevel,
+}
+
+impl PagingMode {
+    /// The mode a vCPU with this CR4 translates with.
+    pub fn from_cr4(cr4: u64) -> Self {
+        if cr4 & CR4_LA57 != 0 {
+            Self::FiveLevel
+        } else {
+            Self::FourLevel
+        }
+    }
+
+    /// The CR4 bits that select this mode (for [`PageWalker::new`]).
+    pub fn cr4_bits(self) -> u64 {
+        match self {
+            Self::FourLevel => 0,
+            Self::FiveLevel => CR4_LA57,
+        }
+    }
+
+    /// Number of table levels above the page.
+    pub fn levels(self) -> u32 {
+        match self {
+            Self::FourLevel => 4,
+            Self::FiveLevel => 5,
+        }
+    }
+
+    /// Significant bits of a virtual address (48 or 57).
+    pub fn va_bits(self) -> u32 {
+        match self {
+            Self::FourLevel => 48,
+            Self::FiveLevel => 57,
+        }
+    }
+
+    /// True when `vaddr` is canonical in this mode (bits above
+    /// [`Self::va_bits`] copy the highest significant bit).
+    pub fn is_canonical(self, vaddr: u64) -> bool {
+        let top = (vaddr as i64) >> (self.va_bits() - 1);
+        top == 0 || top == -1
+    }
+
+    /// Index of `vaddr`'s entry in the table at `level` (1: page table,
+    /// 2: page directory, 3: PDPT, 4: PML4, 5: PML5).
+    pub fn index(vaddr: u64, level: u32) -> u64 {
+        (vaddr >> (12 + 9 * (level.clamp(1, 5) - 1))) & 511
+    }
+}
+
 /// One present translation (a whole page of `size` bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Mapping {
@@ -82,10 +141,17 @@ impl PageWalker {
         self.tables.clear();
     }
 
+    /// The paging mode (4 or 5 levels).
+    pub fn mode(&self) -> PagingMode {
+        if self.levels == 5 {
+            PagingMode::FiveLevel
+        } else {
+            PagingMode::FourLevel
+        }
+    }
+
     fn canonical(&self, vaddr: u64) -> bool {
-        let bits = if self.levels == 5 { 57 } else { 48 };
-        let top = (vaddr as i64) >> (bits - 1);
-        top == 0 || top == -1
+        self.mode().is_canonical(vaddr)
     }
 
     fn table<B: Backend + ?Sized>(&mut self, b: &mut B, pa: u64) -> Result<&[u64; 512], MemError> {

@@ -127,3 +127,52 @@ fn virtual_reads_cross_pages_and_page_sizes() {
     assert_eq!(vm.read(0xffff_ffff_8100_0000, &mut big).unwrap_err().cause(), "not_mapped");
     assert_eq!(vm.read_u64(0xffff_8880_0020_0008).unwrap(), u64::from_le_bytes([8, 9, 10, 11, 12, 13, 14, 15]));
 }
+
+#[test]
+fn paging_mode_from_cr4_and_canonical_addresses() {
+    use super::paging::PagingMode;
+    assert_eq!(PagingMode::from_cr4(0x6f0), PagingMode::FourLevel);
+    assert_eq!(PagingMode::from_cr4(0x6f0 | CR4_LA57), PagingMode::FiveLevel);
+    assert_eq!((PagingMode::FourLevel.levels(), PagingMode::FiveLevel.levels()), (4, 5));
+    assert_eq!(PagingMode::FiveLevel.cr4_bits(), CR4_LA57);
+    assert_eq!(PagingMode::FourLevel.cr4_bits(), 0);
+    let (four, five) = (PagingMode::FourLevel, PagingMode::FiveLevel);
+    // Each mode's direct-map base (before KASLR) and the kernel image.
+    for va in [0xffff_8880_0000_0000u64, 0xffff_ffff_8100_0000, 0x0000_7fff_ffff_f000, 0] {
+        assert!(four.is_canonical(va) && five.is_canonical(va), "{va:#x}");
+    }
+    for va in [0xff11_0000_0000_0000u64, 0xffa0_0000_0000_0000, 0x00ff_ffff_ffff_f000] {
+        assert!(!four.is_canonical(va) && five.is_canonical(va), "{va:#x}");
+    }
+    for va in [0x0100_0000_0000_0000u64, 0xfe00_0000_0000_0000, 0x8000_0000_0000_0000] {
+        assert!(!four.is_canonical(va) && !five.is_canonical(va), "{va:#x}");
+    }
+    assert_eq!(PagingMode::index(0xff11_0000_0000_0000, 5), 0x111);
+    assert_eq!(PagingMode::index(0xffff_ffff_8100_0000, 4), 511);
+    assert_eq!(PagingMode::index(0xffff_ffff_8100_0000, 2), 8);
+}
+
+#[test]
+fn a_ram_guest_with_five_levels_maps_and_reads_through_them() {
+    use super::paging::PagingMode;
+    let mut g = RamGuest::new(0x80_0000).with_paging(PagingMode::FiveLevel);
+    assert_eq!(g.cr4(), CR4_LA57);
+    // A direct-map address that only 5-level paging has, and the kernel image.
+    let dm = 0xff11_0000_0010_0000u64;
+    g.map_4k(dm, 0x1_0000, 0x2000);
+    g.map_2m(0xffff_ffff_8100_0000, 0x20_0000, 0x20_0000);
+    g.put(0x1_0ff8, b"lowhigh!");
+    g.put(0x20_0010, b"text");
+    let mut b = [0u8; 8];
+    g.read(dm + 0xff8, &mut b).unwrap();
+    assert_eq!(&b, b"lowhigh!");
+    let mut t = [0u8; 4];
+    g.read(0xffff_ffff_8100_0010, &mut t).unwrap();
+    assert_eq!(&t, b"text");
+    let mut w = PageWalker::new(g.root(), g.cr4());
+    assert_eq!(w.translate(&mut g, dm + 0x1000).unwrap().paddr, 0x1_1000);
+    // Walked as 4 levels, the same tables do not give the same answer.
+    let mut w4 = PageWalker::new(g.root(), 0);
+    assert_eq!(w4.translate(&mut g, dm).unwrap_err().cause(), "non_canonical");
+    assert_ne!(w4.translate(&mut g, 0xffff_ffff_8100_0010).map(|m| m.phys(0xffff_ffff_8100_0010)).ok(), Some(0x20_0010));
+}
