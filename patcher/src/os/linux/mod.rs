@@ -36,6 +36,8 @@ pub mod orc_object;
 pub mod symbols;
 pub mod task_list;
 #[cfg(test)]
+mod hostile_tests;
+#[cfg(test)]
 mod task_list_tests;
 pub mod tasks;
 pub mod unwind;
