@@ -95,8 +95,8 @@ impl<'a> Object<'a> {
     pub fn section_addr(&self, index: SectionIndex, code_addr: u64, data_addr: u64) -> Option<u64> {
         let p = self.layout.placed(index)?;
         Some(match p.class {
-            SectionClass::Code | SectionClass::ReadOnly => code_addr + p.offset,
-            _ => data_addr + p.offset,
+            SectionClass::Code | SectionClass::ReadOnly => code_addr.wrapping_add(p.offset),
+            _ => data_addr.wrapping_add(p.offset),
         })
     }
 
@@ -192,7 +192,7 @@ impl<'a> Object<'a> {
                     RelocationTarget::Symbol(si) => {
                         let sym = self.file.symbol_by_index(si).map_err(|e| LoadError::Elf(e.to_string()))?;
                         match sym.section() {
-                            SymbolSection::Section(ts) => self.section_addr(ts, code_addr, data_addr).map(|b| b + sym.address()).ok_or_else(|| {
+                            SymbolSection::Section(ts) => self.section_addr(ts, code_addr, data_addr).map(|b| b.wrapping_add(sym.address())).ok_or_else(|| {
                                 let n = self.file.section_by_index(ts).ok().and_then(|x| x.name().ok().map(str::to_owned)).unwrap_or_default();
                                 LoadError::Malformed(format!("{}+{off:#x} refers to section {n}, which is not loaded", p.name))
                             })?,
@@ -216,9 +216,11 @@ impl<'a> Object<'a> {
                     SectionClass::Code | SectionClass::ReadOnly => &mut code,
                     _ => &mut data,
                 };
-                let at = (p.offset + off) as usize;
-                let field_end = buf.len().min(p.offset as usize + p.size as usize);
-                reloc::apply(&mut buf[..field_end], at, r_type, value, r.addend(), base + off, &p.name)?;
+                // `off` comes from the object: past its section it is refused
+                // by `reloc::apply` (the field does not fit), never wrapped.
+                let at = usize::try_from(p.offset.saturating_add(off)).unwrap_or(usize::MAX);
+                let field_end = buf.len().min(p.offset.saturating_add(p.size) as usize);
+                reloc::apply(&mut buf[..field_end], at, r_type, value, r.addend(), base.wrapping_add(off), &p.name)?;
             }
         }
         let mut parts = special::Parts { code: &mut code, data: &mut data, code_addr, data_addr };
@@ -230,7 +232,7 @@ impl<'a> Object<'a> {
             if let (Ok(name), SymbolSection::Section(sec)) = (sym.name(), sym.section()) {
                 if matches!(sym.kind(), object::SymbolKind::Text | object::SymbolKind::Data) && !name.is_empty() {
                     if let Some(b) = self.section_addr(sec, code_addr, data_addr) {
-                        symbols.insert(name.to_owned(), b + sym.address());
+                        symbols.insert(name.to_owned(), b.wrapping_add(sym.address()));
                     }
                 }
             }
