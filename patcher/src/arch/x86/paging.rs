@@ -31,7 +31,7 @@ impl WalkBudget {
         if self.steps > MAX_WALK_STEPS {
             return Err(MemError::WalkTooLong { steps: self.steps, why: "step bound" });
         }
-        if self.steps % 4096 == 0 && Instant::now() >= self.deadline {
+        if self.steps.is_multiple_of(4096) && Instant::now() >= self.deadline {
             return Err(MemError::WalkTooLong { steps: self.steps, why: "time bound" });
         }
         Ok(())

@@ -268,7 +268,7 @@ pub fn locate_bounded(region: &[u8], base: u64, max_steps: u64) -> Result<Kallsy
             let n = u32_at(region, q + 8).unwrap_or(0);
             if (MIN_SYMS..=MAX_SYMS).contains(&n) && u32_at(region, q + 12) == Some(0) {
                 candidates += 1;
-                if candidates % 64 == 0 && started.elapsed() > MAX_SCAN_TIME {
+                if candidates.is_multiple_of(64) && started.elapsed() > MAX_SCAN_TIME {
                     return Err(KallsymsError::ScanBound { steps, why: "time bound" });
                 }
                 if let Some(t) = try_candidate(region, base, q, &mut steps, max_steps) {
