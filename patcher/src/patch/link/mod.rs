@@ -154,7 +154,12 @@ impl<'a> Object<'a> {
                 SectionClass::Code | SectionClass::ReadOnly => &mut code,
                 _ => &mut data,
             };
-            dst[p.offset as usize..p.offset as usize + bytes.len()].copy_from_slice(bytes);
+            let start = p.offset as usize;
+            let dst = start
+                .checked_add(bytes.len())
+                .and_then(|end| dst.get_mut(start..end))
+                .ok_or_else(|| LoadError::Malformed(format!("section {} has more bytes than its size", p.name)))?;
+            dst.copy_from_slice(bytes);
         }
         // Fentry calls -> NOPs; their relocations are skipped.
         let mcount = self.mcount_sites()?;
@@ -164,11 +169,12 @@ impl<'a> Object<'a> {
             let p = self.layout.placed(sec).filter(|p| p.class == SectionClass::Code).ok_or_else(|| {
                 LoadError::Malformed(format!("__mcount_loc entry points into a non-code section at {off:#x}"))
             })?;
-            let at = (p.offset + off) as usize;
-            let site = code.get_mut(at..at + 5).ok_or_else(|| LoadError::Malformed("__mcount_loc entry past its section".into()))?;
+            let past = || LoadError::Malformed("__mcount_loc entry past its section".into());
+            let at = usize::try_from(p.offset.checked_add(off).ok_or_else(past)?).map_err(|_| past())?;
+            let site = at.checked_add(5).and_then(|end| code.get_mut(at..end)).ok_or_else(past)?;
             if site[0] == 0xe8 {
                 site.copy_from_slice(&NOP5);
-                skip.insert((sec, off + 1));
+                skip.insert((sec, off.wrapping_add(1)));
                 fentry_nops += 1;
             } else if site != NOP5 {
                 return Err(LoadError::Malformed(format!("__mcount_loc site {}+{off:#x} is neither a call nor a 5-byte NOP", p.name)));
