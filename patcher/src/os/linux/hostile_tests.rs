@@ -149,3 +149,24 @@ fn kallsyms_scan_of_anchor_look_alikes_stops_at_its_bound() {
     // Within the real bound the same region is simply not kallsyms.
     assert_eq!(kallsyms_locate::locate(&region, base).unwrap_err().cause(), "kallsyms_not_found");
 }
+
+#[test]
+fn orc_tables_with_absurd_counts_or_unmapped_pointers_are_refused() {
+    use super::orc::OrcTable;
+    let base = 0xffff_ffff_8100_0000u64;
+    let mut mem = BufferMemory { base, data: vec![0u8; 0x1000] };
+    for entries in [0u64, (8 << 20) + 1, u64::MAX] {
+        let e = OrcTable::read(&mut mem, "m", (base, base + 0x1000), base, base + 0x800, entries).unwrap_err();
+        assert_eq!(e.cause(), "orc_counts", "{entries}: {e}");
+    }
+    // A plausible count whose tables are not there.
+    let e = OrcTable::read(&mut mem, "m", (base, base + 0x1000), 0xdead_0000, base, 16).unwrap_err();
+    assert_ne!(e.cause(), "orc_counts", "{e}");
+    // Unsorted addresses in the raw tables.
+    let mut ips = Vec::new();
+    for rel in [0x100i32, 0x10] {
+        ips.extend_from_slice(&rel.to_le_bytes());
+    }
+    let e = OrcTable::from_raw("m", base, base + 0x1000, base, &ips, &[0u8; 12]).unwrap_err();
+    assert_eq!(e.cause(), "orc_unsorted", "{e}");
+}
