@@ -114,6 +114,33 @@ fn a_stub_that_is_silent_talks_garbage_or_hangs_up_fails_cleanly() {
     }
 }
 
+/// Issue 11: a stub that opens a packet and never ends it, or floods bytes
+/// outside any packet, is refused by the link's bounds (`packet_too_large`,
+/// `garbage`) — with a time-out far longer than the run, so the refusal is
+/// the bound's, not the clock's — and host memory stays bounded.
+#[test]
+fn a_stub_that_never_ends_a_packet_or_floods_noise_is_refused_by_the_bounds() {
+    fn endless(mut s: std::net::TcpStream, first: &[u8], fill: u8) {
+        let mut b = [0u8; 4096];
+        if !matches!(s.read(&mut b), Ok(n) if n > 0) {
+            return;
+        }
+        let chunk = [fill; 64 * 1024];
+        if s.write_all(first).is_err() {
+            return;
+        }
+        while s.write_all(&chunk).is_ok() {}
+    }
+    let unended = fake_stub(|s| endless(s, b"+$", b'a'));
+    let noise = fake_stub(|s| endless(s, b"", b'x'));
+    for (name, addr, cause) in [("unended packet", unended, "packet_too_large"), ("noise", noise, "garbage")] {
+        let a = addr.clone();
+        let (got, msg) = bounded(Duration::from_secs(300), move || identify(&a, Duration::from_secs(240)))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(got, cause, "{name}: {msg}");
+    }
+}
+
 #[test]
 fn a_frozen_gdbstub_times_out_before_attach_and_mid_transfer() {
     let _l = vm_lock();

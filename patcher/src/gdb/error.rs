@@ -44,6 +44,19 @@ pub enum GdbError {
         /// Checksum computed over the body.
         computed: u8,
     },
+    /// A packet from the stub is larger than the link accepts (a broken or
+    /// hostile peer: `$` then endless bytes without `#`).
+    #[error("gdbstub sent a packet larger than {limit} bytes")]
+    PacketTooLarge {
+        /// The bound.
+        limit: usize,
+    },
+    /// The stub sent more bytes outside any packet than the link tolerates.
+    #[error("gdbstub sent more than {limit} bytes of garbage between packets")]
+    Garbage {
+        /// The bound.
+        limit: usize,
+    },
     /// The stub answered with something this client does not understand.
     #[error("unexpected gdbstub reply to {request}: {reply}")]
     Protocol {
@@ -81,6 +94,8 @@ impl GdbError {
             Self::Closed => "closed",
             Self::Exited { .. } => "exited",
             Self::Checksum { .. } => "checksum",
+            Self::PacketTooLarge { .. } => "packet_too_large",
+            Self::Garbage { .. } => "garbage",
             Self::Protocol { .. } => "protocol",
             Self::Remote { .. } => "remote_error",
             Self::Unsupported(_) => "unsupported",

@@ -108,6 +108,22 @@ pub struct Link {
 /// One received packet: the payload after RLE expansion (escapes kept).
 pub type Payload = Vec<u8>;
 
+/// Largest packet body accepted on the wire (between `$` and `#`). QEMU's
+/// largest replies (a `g` with every register, a `qXfer` chunk of the target
+/// description, an `m`/`x` read of its `PacketSize`) are far below this; a
+/// peer that sends more is broken or hostile and the link refuses it
+/// (`packet_too_large`) instead of growing the buffer without bound.
+pub const MAX_PACKET_BODY: usize = 1 << 20;
+
+/// Largest payload after run-length expansion (each `c*n` pair expands to at
+/// most 227 bytes, so a bounded body can still claim ~113x its size).
+pub const MAX_PACKET_PAYLOAD: usize = 4 << 20;
+
+/// Bytes outside any packet (not `$`/`%`, not an ack) tolerated before the
+/// link gives up on the peer (`garbage`): a stub sends at most a few acks
+/// between packets, never megabytes of noise.
+pub const MAX_NOISE_BYTES: usize = 64 * 1024;
+
 impl Link {
     /// Wrap a connected stream.
     pub fn new(stream: Stream) -> Self {
@@ -143,6 +159,7 @@ impl Link {
             if !self.acks {
                 return Ok(());
             }
+            let mut noise = 0usize;
             loop {
                 let b = self.next_byte(deadline, payload).map_err(|e| match e {
                     GdbError::Timeout { what, .. } => GdbError::Timeout { what, timeout_ms: timeout.as_millis() as u64 },
@@ -156,7 +173,12 @@ impl Link {
                         self.rpos -= 1;
                         return Ok(());
                     }
-                    _ => continue,
+                    _ => {
+                        noise += 1;
+                        if noise > MAX_NOISE_BYTES {
+                            return Err(GdbError::Garbage { limit: MAX_NOISE_BYTES });
+                        }
+                    }
                 }
             }
         }
@@ -257,23 +279,39 @@ impl Link {
     fn recv_until(&mut self, deadline: Instant, what: &[u8]) -> Result<Payload, GdbError> {
         loop {
             // Find the start of a packet.
+            let mut noise = 0usize;
             let start = loop {
                 match self.next_byte(deadline, what)? {
                     b'$' => break b'$',
                     b'%' => break b'%',
-                    _ => continue, // acks, noise
+                    b'+' | b'-' => continue, // acks
+                    _ => {
+                        noise += 1;
+                        if noise > MAX_NOISE_BYTES {
+                            return Err(GdbError::Garbage { limit: MAX_NOISE_BYTES });
+                        }
+                    }
                 }
             };
             let mut body = Vec::new();
             loop {
                 // Fast path: copy up to '#' from the buffer in one go.
                 let avail = &self.rbuf[self.rpos..];
-                if let Some(i) = avail.iter().position(|&b| b == b'#') {
-                    body.extend_from_slice(&avail[..i]);
-                    self.rpos += i + 1;
+                let (take, end) = match avail.iter().position(|&b| b == b'#') {
+                    Some(i) => (i, true),
+                    None => (avail.len(), false),
+                };
+                if body.len().saturating_add(take) > MAX_PACKET_BODY {
+                    // Drop what is buffered: the stream is no longer in sync.
+                    self.rbuf.clear();
+                    self.rpos = 0;
+                    return Err(GdbError::PacketTooLarge { limit: MAX_PACKET_BODY });
+                }
+                body.extend_from_slice(&avail[..take]);
+                if end {
+                    self.rpos += take + 1;
                     break;
                 }
-                body.extend_from_slice(avail);
                 self.rpos = self.rbuf.len();
                 self.fill(deadline, what)?;
             }
@@ -293,7 +331,7 @@ impl Link {
             if self.acks {
                 self.write_raw(b"+", Duration::from_secs(1))?;
             }
-            let payload = packet::rle_decode(&body).ok_or_else(|| GdbError::protocol(what, &body))?;
+            let payload = packet::rle_decode(&body, MAX_PACKET_PAYLOAD).ok_or_else(|| GdbError::protocol(what, &body))?;
             trace!(reply = %super::error::short(&payload), "gdb recv");
             return Ok(payload);
         }
@@ -304,3 +342,7 @@ impl Link {
 fn timeout_err(what: &[u8]) -> GdbError {
     GdbError::Timeout { what: super::error::short(what), timeout_ms: 0 }
 }
+
+#[cfg(test)]
+#[path = "link_tests.rs"]
+mod tests;

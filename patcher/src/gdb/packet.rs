@@ -41,8 +41,9 @@ pub fn unescape(body: &[u8]) -> Option<Vec<u8>> {
 
 /// Expand run-length encoding: `c*n` means `c` followed by `n - 29` more
 /// copies of `c`. Escapes (`}x`) are left in place for [`unescape`].
-pub fn rle_decode(body: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(body.len());
+/// `None` when the encoding is malformed or the expansion exceeds `max` bytes.
+pub fn rle_decode(body: &[u8], max: usize) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(body.len().min(max));
     let mut i = 0;
     while i < body.len() {
         let b = body[i];
@@ -50,9 +51,15 @@ pub fn rle_decode(body: &[u8]) -> Option<Vec<u8>> {
             let n = *body.get(i + 1)?;
             let count = (n as usize).checked_sub(29)?;
             let prev = *out.last()?;
+            if out.len().saturating_add(count) > max {
+                return None;
+            }
             out.extend(std::iter::repeat_n(prev, count));
             i += 2;
         } else {
+            if out.len() >= max {
+                return None;
+            }
             out.push(b);
             i += 1;
         }
@@ -153,11 +160,15 @@ mod tests {
     #[test]
     fn rle() {
         // "0* " is '0' plus (32 - 29) = 3 more copies.
-        assert_eq!(rle_decode(b"0* ").unwrap(), b"0000".to_vec());
+        assert_eq!(rle_decode(b"0* ", 64).unwrap(), b"0000".to_vec());
         // '"' is 34: five more copies of 'b'.
-        assert_eq!(rle_decode(b"ab*\"c").unwrap(), b"abbbbbbc".to_vec());
-        assert!(rle_decode(b"*a").is_none());
-        assert!(rle_decode(b"a*").is_none());
+        assert_eq!(rle_decode(b"ab*\"c", 64).unwrap(), b"abbbbbbc".to_vec());
+        assert!(rle_decode(b"*a", 64).is_none());
+        assert!(rle_decode(b"a*", 64).is_none());
+        // An expansion over the bound is refused, one at the bound is not.
+        assert_eq!(rle_decode(b"0* ", 4).unwrap(), b"0000".to_vec());
+        assert!(rle_decode(b"0* ", 3).is_none());
+        assert!(rle_decode(b"abcd", 3).is_none());
     }
 
     #[test]

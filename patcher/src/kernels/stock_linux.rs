@@ -258,6 +258,7 @@ fn task_error(e: TaskError) -> TargetError {
     match e {
         TaskError::Inconsistent { .. } => TargetError::Inconsistent(e.to_string()),
         TaskError::Memory(m) => TargetError::Memory(m),
+        TaskError::TooLong { .. } | TaskError::TimeBound { .. } => TargetError::Untrusted { cause: e.cause(), message: e.to_string() },
         other => TargetError::Malformed(other.to_string()),
     }
 }

@@ -31,6 +31,26 @@ pub enum MemError {
         /// Length.
         len: u64,
     },
+    /// A read larger than any kernel structure (a guest-controlled length):
+    /// refused before allocating.
+    #[error("refusing to read {len:#x} bytes at {vaddr:#x} (limit {limit:#x})")]
+    TooLarge {
+        /// Start.
+        vaddr: u64,
+        /// Length asked for.
+        len: u64,
+        /// [`MAX_READ_VEC`].
+        limit: u64,
+    },
+    /// A page-table walk visited more entries than any real address space
+    /// has in the range, or ran over its time bound (page-table loops).
+    #[error("page-table walk stopped after {steps} entries: {why}")]
+    WalkTooLong {
+        /// Entries visited.
+        steps: u64,
+        /// Which bound.
+        why: &'static str,
+    },
     /// The backend failed.
     #[error("backend read failed")]
     Backend(#[from] #[source] BackendError),
@@ -43,10 +63,18 @@ impl MemError {
             Self::NotMapped { .. } => "not_mapped",
             Self::NonCanonical { .. } => "non_canonical",
             Self::NotInImage { .. } => "not_in_image",
+            Self::TooLarge { .. } => "read_too_large",
+            Self::WalkTooLong { .. } => "page_walk_too_long",
             Self::Backend(_) => "backend",
         }
     }
 }
+
+/// The largest single read of kernel memory into a new vector (a backstop
+/// under the per-structure caps: the largest real reads are the kernel's
+/// read-only data, tens of MiB). A length computed from guest data above it
+/// is refused ([`MemError::TooLarge`]) before anything is allocated.
+pub const MAX_READ_VEC: usize = 256 << 20;
 
 /// Read access to the kernel's virtual address space.
 pub trait KernelMemory {
@@ -55,6 +83,9 @@ pub trait KernelMemory {
 
     /// Read a new vector.
     fn read_vec(&mut self, vaddr: u64, len: usize) -> Result<Vec<u8>, MemError> {
+        if len > MAX_READ_VEC {
+            return Err(MemError::TooLarge { vaddr, len: len as u64, limit: MAX_READ_VEC as u64 });
+        }
         let mut v = vec![0u8; len];
         self.read(vaddr, &mut v)?;
         Ok(v)

@@ -3,9 +3,40 @@
 //! in a virtual range.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use crate::model::backend::Backend;
 use crate::model::mem::MemError;
+
+/// Most page-table entries one [`PageWalker::walk_range`] looks at: 2^24
+/// (the 2 GiB kernel image area in 4 KiB pages is 2^19). Tables pointing
+/// back at themselves (a page-table loop) make a range look endlessly
+/// mapped; the walk stops with [`MemError::WalkTooLong`] instead.
+pub const MAX_WALK_STEPS: u64 = 1 << 24;
+
+/// Time bound on one [`PageWalker::walk_range`] (every table read goes to
+/// the backend, a gdbstub for attached guests).
+pub const MAX_WALK_TIME: Duration = Duration::from_secs(60);
+
+/// Steps taken and the deadline of one range walk.
+#[derive(Debug)]
+struct WalkBudget {
+    steps: u64,
+    deadline: Instant,
+}
+
+impl WalkBudget {
+    fn step(&mut self) -> Result<(), MemError> {
+        self.steps += 1;
+        if self.steps > MAX_WALK_STEPS {
+            return Err(MemError::WalkTooLong { steps: self.steps, why: "step bound" });
+        }
+        if self.steps.is_multiple_of(4096) && Instant::now() >= self.deadline {
+            return Err(MemError::WalkTooLong { steps: self.steps, why: "time bound" });
+        }
+        Ok(())
+    }
+}
 
 const P: u64 = 1;
 const RW: u64 = 1 << 1;
@@ -214,7 +245,8 @@ impl PageWalker {
     ) -> Result<(), MemError> {
         let top_shift = 12 + 9 * (self.levels - 1);
         let sign_bits = if self.levels == 5 { 57 } else { 48 };
-        self.walk_level(b, self.root, self.levels, 0, top_shift, sign_bits, start, end, (true, true, false), f)
+        let mut budget = WalkBudget { steps: 0, deadline: Instant::now() + MAX_WALK_TIME };
+        self.walk_level(b, self.root, self.levels, 0, top_shift, sign_bits, start, end, (true, true, false), f, &mut budget)
             .map(|_| ())
     }
 
@@ -231,10 +263,12 @@ impl PageWalker {
         end: u64,
         perms: (bool, bool, bool),
         f: &mut dyn FnMut(Mapping) -> bool,
+        budget: &mut WalkBudget,
     ) -> Result<bool, MemError> {
         let entries = *self.table(b, table)?;
         let span = 1u64 << shift;
         for (idx, &e) in entries.iter().enumerate() {
+            budget.step()?;
             let mut va = base | ((idx as u64) << shift);
             if level == self.levels && va >> (sign_bits - 1) & 1 == 1 {
                 va |= !0u64 << sign_bits; // sign-extend the top level
@@ -252,7 +286,7 @@ impl PageWalker {
                 if !f(Mapping { vaddr: va, paddr, size: span, writable: w, user: u, nx }) {
                     return Ok(false);
                 }
-            } else if !self.walk_level(b, e & ADDR_MASK, level - 1, va, shift - 9, sign_bits, start, end, (w, u, nx), f)? {
+            } else if !self.walk_level(b, e & ADDR_MASK, level - 1, va, shift - 9, sign_bits, start, end, (w, u, nx), f, budget)? {
                 return Ok(false);
             }
         }

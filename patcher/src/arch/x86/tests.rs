@@ -176,3 +176,38 @@ fn a_ram_guest_with_five_levels_maps_and_reads_through_them() {
     assert_eq!(w4.translate(&mut g, dm).unwrap_err().cause(), "non_canonical");
     assert_ne!(w4.translate(&mut g, 0xffff_ffff_8100_0010).map(|m| m.phys(0xffff_ffff_8100_0010)).ok(), Some(0x20_0010));
 }
+
+#[test]
+fn a_page_table_loop_is_a_named_refusal_not_a_hang() {
+    // Every PML4 entry points back at the PML4 itself: the walk sees the
+    // same table at every level, and the range looks endlessly mapped.
+    let mut g = RamGuest::new(0x40_0000);
+    let pml4 = 0x1000u64;
+    for i in 0..512 {
+        g.set_entry(pml4, i, pml4 | 3);
+    }
+    let writes = g.writes;
+    let mut w = PageWalker::new(pml4, 0);
+    let mut n = 0u64;
+    let e = w
+        .walk_range(&mut g, 0, u64::MAX, &mut |_| {
+            n += 1;
+            true
+        })
+        .unwrap_err();
+    assert_eq!(e.cause(), "page_walk_too_long", "{e}");
+    assert!(n > 0 && n <= super::paging::MAX_WALK_STEPS, "{n}");
+    // Translation stays a fixed number of steps: the loop's last level is a leaf.
+    assert!(w.translate(&mut g, 0xffff_ffff_8100_0000).is_ok());
+    assert_eq!(g.writes, writes, "a walk never writes");
+}
+
+#[test]
+fn a_read_larger_than_any_kernel_structure_is_refused_before_allocating() {
+    let mut vm = VirtMem::new(build4(), 0x1000, 0);
+    let e = vm.read_vec(0xffff_ffff_8100_0000, usize::MAX / 2).unwrap_err();
+    assert_eq!(e.cause(), "read_too_large", "{e}");
+    // At the bound's edge the read is attempted (and fails on the mapping).
+    let e = vm.read_vec(0xffff_ffff_8100_0000, crate::model::mem::MAX_READ_VEC).unwrap_err();
+    assert_ne!(e.cause(), "read_too_large", "{e}");
+}

@@ -6,6 +6,18 @@ use std::collections::HashMap;
 
 use thiserror::Error;
 
+/// Deepest chain of arrays, pointers and qualifiers followed (a real
+/// kernel's deepest is a handful; a hostile blob may make a type its own
+/// element).
+pub const MAX_TYPE_DEPTH: u32 = 32;
+/// Most struct/union records one member lookup visits through anonymous
+/// members (anonymous members pointing at each other could otherwise fan
+/// out exponentially within the depth bound).
+pub const MAX_SEARCH_STEPS: u32 = 4096;
+/// Most members [`Btf::layout`] lists (the largest kernel structs have a
+/// few hundred, flattened).
+pub const MAX_LAYOUT_MEMBERS: usize = 16384;
+
 /// Why a BTF blob could not be parsed.
 #[derive(Debug, Error)]
 pub enum BtfError {
@@ -264,8 +276,17 @@ impl Btf {
         id
     }
 
-    /// Size in bytes of a type.
+    /// Size in bytes of a type (`None` for unsized types, for arrays whose
+    /// size overflows, and for chains deeper than [`MAX_TYPE_DEPTH`]: an
+    /// array of itself in a hostile blob).
     pub fn size_of(&self, id: u32) -> Option<u64> {
+        self.size_of_at(id, 0)
+    }
+
+    fn size_of_at(&self, id: u32, depth: u32) -> Option<u64> {
+        if depth > MAX_TYPE_DEPTH {
+            return None;
+        }
         let id = self.resolve(id);
         let t = self.get(id)?;
         match t.kind {
@@ -273,7 +294,7 @@ impl Btf {
             Kind::Ptr => Some(8),
             Kind::Array => {
                 let (e, n) = t.array?;
-                Some(self.size_of(e)? * u64::from(n))
+                self.size_of_at(e, depth + 1)?.checked_mul(u64::from(n))
             }
             _ => None,
         }
@@ -281,24 +302,32 @@ impl Btf {
 
     /// A C-like name for a type: `struct list_head`, `char[16]`, `void *`.
     pub fn type_name(&self, id: u32) -> String {
+        self.type_name_at(id, 0)
+    }
+
+    fn type_name_at(&self, id: u32, depth: u32) -> String {
         if id == 0 {
             return "void".into();
+        }
+        if depth > MAX_TYPE_DEPTH {
+            return "<type chain too deep>".into();
         }
         let Some(t) = self.get(id) else { return format!("<bad type {id}>") };
         let n = self.str_at(t.name_off);
         let anon = |what: &str| if n.is_empty() { format!("{what} <anon>") } else { format!("{what} {n}") };
+        let inner = |id: u32| self.type_name_at(id, depth + 1);
         match t.kind {
             Kind::Struct => anon("struct"),
             Kind::Union => anon("union"),
             Kind::Enum | Kind::Enum64 => anon("enum"),
             Kind::Fwd => format!("struct {n}"),
-            Kind::Ptr => format!("{} *", self.type_name(t.size_or_type)),
+            Kind::Ptr => format!("{} *", inner(t.size_or_type)),
             Kind::Array => match t.array {
-                Some((e, c)) => format!("{}[{c}]", self.type_name(e)),
+                Some((e, c)) => format!("{}[{c}]", inner(e)),
                 None => "?[]".into(),
             },
-            Kind::Const => format!("const {}", self.type_name(t.size_or_type)),
-            Kind::Volatile => format!("volatile {}", self.type_name(t.size_or_type)),
+            Kind::Const => format!("const {}", inner(t.size_or_type)),
+            Kind::Volatile => format!("volatile {}", inner(t.size_or_type)),
             Kind::FuncProto => "fn(...)".into(),
             _ => n.to_string(),
         }
@@ -311,8 +340,9 @@ impl Btf {
         let mut bits = 0u64;
         let mut last = None;
         for part in path.split('.') {
-            let (b, ty) = self.find_direct(cur, part, 0)?;
-            bits += b;
+            let mut steps = 0u32;
+            let (b, ty) = self.find_direct(cur, part, 0, &mut steps)?;
+            bits = bits.checked_add(b)?;
             last = Some(ty);
             cur = self.resolve(ty);
         }
@@ -320,8 +350,9 @@ impl Btf {
         Some(MemberInfo { offset: bits / 8, bit_offset: bits, type_id: ty, size: self.size_of(ty) })
     }
 
-    fn find_direct(&self, id: u32, name: &str, depth: u32) -> Option<(u64, u32)> {
-        if depth > 16 {
+    fn find_direct(&self, id: u32, name: &str, depth: u32, steps: &mut u32) -> Option<(u64, u32)> {
+        *steps += 1;
+        if depth > 16 || *steps > MAX_SEARCH_STEPS {
             return None;
         }
         let t = self.get(self.resolve(id))?;
@@ -331,7 +362,7 @@ impl Btf {
             }
         }
         for m in t.members.iter().filter(|m| m.name_off == 0) {
-            if let Some((b, ty)) = self.find_direct(m.type_id, name, depth + 1) {
+            if let Some((b, ty)) = self.find_direct(m.type_id, name, depth + 1, steps) {
                 return Some((u64::from(m.bit_offset) + b, ty));
             }
         }
@@ -342,19 +373,29 @@ impl Btf {
     /// `(name, byte offset, size, type name)`.
     pub fn layout(&self, struct_id: u32) -> Vec<(String, u64, Option<u64>, String)> {
         let mut out = Vec::new();
-        self.layout_into(self.resolve(struct_id), 0, &mut out, 0);
+        let mut steps = 0u32;
+        self.layout_into(self.resolve(struct_id), 0, &mut out, 0, &mut steps);
         out
     }
 
-    fn layout_into(&self, id: u32, base_bits: u64, out: &mut Vec<(String, u64, Option<u64>, String)>, depth: u32) {
+    /// True when a layout listing is cut at its bound.
+    fn layout_full(out: &[(String, u64, Option<u64>, String)]) -> bool {
+        out.len() >= MAX_LAYOUT_MEMBERS
+    }
+
+    fn layout_into(&self, id: u32, base_bits: u64, out: &mut Vec<(String, u64, Option<u64>, String)>, depth: u32, steps: &mut u32) {
         let Some(t) = self.get(id) else { return };
-        if depth > 16 {
+        *steps += 1;
+        if depth > 16 || *steps > MAX_SEARCH_STEPS {
             return;
         }
         for m in &t.members {
+            if Self::layout_full(out) {
+                return;
+            }
             let bits = base_bits + u64::from(m.bit_offset);
             if m.name_off == 0 {
-                self.layout_into(self.resolve(m.type_id), bits, out, depth + 1);
+                self.layout_into(self.resolve(m.type_id), bits, out, depth + 1, steps);
             } else {
                 let mut ty = self.type_name(m.type_id);
                 if m.bitfield_size != 0 {

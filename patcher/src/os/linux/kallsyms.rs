@@ -77,9 +77,10 @@ impl Kallsyms {
     }
 
     fn decode_slice(region: &[u8], base: u64, tables: KallsymsTables) -> Result<Self, KallsymsError> {
+        tables.check()?;
         let at = |va: u64, len: usize| -> Result<&[u8], KallsymsError> {
             let o = va.checked_sub(base).map(|o| o as usize);
-            o.and_then(|o| region.get(o..o + len))
+            o.and_then(|o| region.get(o..o.checked_add(len)?))
                 .ok_or_else(|| KallsymsError::Corrupt(format!("{va:#x}+{len:#x} outside the region")))
         };
         let n = tables.num_syms as usize;
@@ -91,6 +92,7 @@ impl Kallsyms {
 
     /// Decode tables at known addresses from any kernel memory.
     pub fn read<M: KernelMemory + ?Sized>(mem: &mut M, tables: KallsymsTables) -> Result<Self, KallsymsError> {
+        tables.check()?;
         let n = tables.num_syms as usize;
         let offsets = mem.read_vec(tables.offsets, 4 * n)?;
         let names = mem.read_vec(tables.names, tables.names_len as usize)?;

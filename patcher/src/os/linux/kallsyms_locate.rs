@@ -27,6 +27,16 @@ pub enum KallsymsError {
     /// The tables were found but do not decode consistently.
     #[error("kallsyms tables are inconsistent: {0}")]
     Corrupt(String),
+    /// The scan for the tables looked at more candidate entries than any
+    /// real kernel needs, or ran over its time bound (a region full of
+    /// anchor look-alikes).
+    #[error("kallsyms scan stopped at its bound after {steps} steps: {why}")]
+    ScanBound {
+        /// Name entries and offsets checked over all candidates.
+        steps: u64,
+        /// Which bound.
+        why: &'static str,
+    },
     /// Reading kernel memory failed.
     #[error("reading kallsyms tables failed")]
     Memory(#[from] #[source] MemError),
@@ -38,6 +48,7 @@ impl KallsymsError {
         match self {
             Self::NotFound(_) => "kallsyms_not_found",
             Self::Corrupt(_) => "kallsyms_corrupt",
+            Self::ScanBound { .. } => "kallsyms_scan_bound",
             Self::Memory(_) => "memory",
         }
     }
@@ -69,7 +80,38 @@ pub struct KallsymsTables {
 }
 
 const MIN_SYMS: u32 = 1000;
-const MAX_SYMS: u32 = 4_000_000;
+/// Most symbols a table may claim (a Debian kernel has ~150k; allyesconfig
+/// under 1M).
+pub const MAX_SYMS: u32 = 4_000_000;
+/// Longest `kallsyms_names` accepted (each entry at most 2 + 0x7fff bytes,
+/// in practice ~10 bytes a symbol).
+pub const MAX_NAMES_LEN: u64 = 64 << 20;
+/// Longest token table (256 tokens of at most 256 bytes each).
+pub const MAX_TOKEN_TABLE: u64 = 256 * 257;
+/// Steps (name entries and offsets checked) over all candidates of one scan.
+/// The real table costs about 2 * num_syms; a region of look-alike anchors
+/// could otherwise make the scan quadratic in the region size.
+pub const MAX_SCAN_STEPS: u64 = 64 << 20;
+/// Time bound on one scan.
+pub const MAX_SCAN_TIME: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl KallsymsTables {
+    /// Check the scalars before anything is sized by them (tables that do
+    /// not come from [`locate`] are as untrusted as the guest).
+    pub fn check(&self) -> Result<(), KallsymsError> {
+        let bad = |why: String| Err(KallsymsError::Corrupt(why));
+        if self.num_syms > MAX_SYMS {
+            return bad(format!("{} symbols (limit {MAX_SYMS})", self.num_syms));
+        }
+        if self.names_len > MAX_NAMES_LEN {
+            return bad(format!("names table of {:#x} bytes (limit {MAX_NAMES_LEN:#x})", self.names_len));
+        }
+        match self.token_index.checked_sub(self.token_table) {
+            Some(l) if l <= MAX_TOKEN_TABLE => Ok(()),
+            _ => bad(format!("token table {:#x}..{:#x}", self.token_table, self.token_index)),
+        }
+    }
+}
 
 fn u16_at(b: &[u8], o: usize) -> Option<u16> {
     Some(u16::from_le_bytes(b.get(o..o + 2)?.try_into().ok()?))
@@ -132,7 +174,7 @@ pub fn sym_address(offset: i32, relative_base: u64) -> u64 {
 }
 
 /// Check one anchor candidate at region offset `q`.
-fn try_candidate(b: &[u8], base: u64, q: usize) -> Option<KallsymsTables> {
+fn try_candidate(b: &[u8], base: u64, q: usize, steps: &mut u64, max_steps: u64) -> Option<KallsymsTables> {
     let relative_base = u64_at(b, q)?;
     let n = u32_at(b, q + 8)?;
     let nn = n as usize;
@@ -145,6 +187,10 @@ fn try_candidate(b: &[u8], base: u64, q: usize) -> Option<KallsymsTables> {
     for i in 0..nn {
         if i % 256 == 0 {
             marks.push((o - names) as u32);
+        }
+        *steps += 1;
+        if *steps > max_steps {
+            return None;
         }
         let (h, l) = entry_len(b, o)?;
         if l == 0 {
@@ -201,18 +247,31 @@ fn try_candidate(b: &[u8], base: u64, q: usize) -> Option<KallsymsTables> {
 
 /// Scan `region` (mapped at `base`, 8-byte aligned) for the tables.
 pub fn locate(region: &[u8], base: u64) -> Result<KallsymsTables, KallsymsError> {
+    locate_bounded(region, base, MAX_SCAN_STEPS)
+}
+
+/// [`locate`] with a step bound of `max_steps`.
+pub fn locate_bounded(region: &[u8], base: u64, max_steps: u64) -> Result<KallsymsTables, KallsymsError> {
     if !base.is_multiple_of(8) {
         return Err(KallsymsError::NotFound("region base is not 8-byte aligned".into()));
     }
     let mut candidates = 0usize;
+    let mut steps = 0u64;
+    let started = std::time::Instant::now();
     let mut q = 0usize;
     while q + 16 <= region.len() {
+        if steps > max_steps {
+            return Err(KallsymsError::ScanBound { steps, why: "step bound" });
+        }
         let rb = u64_at(region, q).unwrap_or(0);
         if rb >= 0xffff_ffff_8000_0000 {
             let n = u32_at(region, q + 8).unwrap_or(0);
             if (MIN_SYMS..=MAX_SYMS).contains(&n) && u32_at(region, q + 12) == Some(0) {
                 candidates += 1;
-                if let Some(t) = try_candidate(region, base, q) {
+                if candidates.is_multiple_of(64) && started.elapsed() > MAX_SCAN_TIME {
+                    return Err(KallsymsError::ScanBound { steps, why: "time bound" });
+                }
+                if let Some(t) = try_candidate(region, base, q, &mut steps, max_steps) {
                     tracing::debug!(candidates, tables = ?t, "kallsyms tables located");
                     return Ok(t);
                 }

@@ -36,12 +36,16 @@ pub mod orc_object;
 pub mod symbols;
 pub mod task_list;
 #[cfg(test)]
+mod hostile_tests;
+#[cfg(test)]
 mod task_list_tests;
 pub mod tasks;
 pub mod unwind;
 pub mod view;
-#[cfg(test)]
-mod testutil;
+/// Fixtures (kallsyms tables, BTF blobs) for tests and the fuzz seeds.
+#[cfg(any(test, feature = "testing"))]
+#[doc(hidden)]
+pub mod testutil;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

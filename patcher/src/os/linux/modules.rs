@@ -94,17 +94,17 @@ pub fn list_modules<M: KernelMemory + ?Sized>(mem: &mut M, k: &Kallsyms, off: &M
     let mut out = Vec::new();
     for node in walk_list(mem, head, "modules")? {
         let addr = node.wrapping_sub(off.list);
-        let state = mem.read_u32(addr + off.state)?;
+        let state = mem.read_u32(addr.wrapping_add(off.state))?;
         if state == STATE_UNFORMED {
             continue;
         }
         let mut name = [0u8; 56];
-        mem.read(addr + off.name, &mut name)?;
+        mem.read(addr.wrapping_add(off.name), &mut name)?;
         let len = name.iter().position(|&b| b == 0).unwrap_or(name.len());
         let orc = match (off.num_orcs, off.orc_ip, off.orc) {
             (Some(n), Some(ip), Some(u)) => {
-                let entries = u64::from(mem.read_u32(addr + n)?);
-                let (ip_table, unwind_table) = (mem.read_u64(addr + ip)?, mem.read_u64(addr + u)?);
+                let entries = u64::from(mem.read_u32(addr.wrapping_add(n))?);
+                let (ip_table, unwind_table) = (mem.read_u64(addr.wrapping_add(ip))?, mem.read_u64(addr.wrapping_add(u))?);
                 (entries > 0 && ip_table != 0 && unwind_table != 0).then_some(ModuleOrc { ip_table, unwind_table, entries })
             }
             _ => None,
@@ -113,10 +113,10 @@ pub fn list_modules<M: KernelMemory + ?Sized>(mem: &mut M, k: &Kallsyms, off: &M
             addr,
             name: String::from_utf8_lossy(&name[..len]).into_owned(),
             state,
-            base: mem.read_u64(addr + off.base)?,
-            size: u64::from(mem.read_u32(addr + off.size)?),
-            text_size: u64::from(mem.read_u32(addr + off.text_size)?),
-            kallsyms: mem.read_u64(addr + off.kallsyms)?,
+            base: mem.read_u64(addr.wrapping_add(off.base))?,
+            size: u64::from(mem.read_u32(addr.wrapping_add(off.size))?),
+            text_size: u64::from(mem.read_u32(addr.wrapping_add(off.text_size))?),
+            kallsyms: mem.read_u64(addr.wrapping_add(off.kallsyms))?,
             orc,
         });
     }
@@ -132,9 +132,9 @@ pub fn module_symbols<M: KernelMemory + ?Sized>(mem: &mut M, m: &Module, max: us
         return Ok(Vec::new());
     }
     let symtab = mem.read_u64(m.kallsyms)?;
-    let num = (mem.read_u32(m.kallsyms + 8)? as usize).min(max);
-    let strtab = mem.read_u64(m.kallsyms + 16)?;
-    let typetab = mem.read_u64(m.kallsyms + 24)?;
+    let num = (mem.read_u32(m.kallsyms.wrapping_add(8))? as usize).min(max);
+    let strtab = mem.read_u64(m.kallsyms.wrapping_add(16))?;
+    let typetab = mem.read_u64(m.kallsyms.wrapping_add(24))?;
     if symtab == 0 || strtab == 0 || num == 0 {
         return Ok(Vec::new());
     }

@@ -43,7 +43,7 @@ pub fn orc_rows(data: &[u8], place: impl Fn(SectionIndex) -> Option<u64>) -> Res
     };
     let udata = units.data().map_err(|e| OrcObjectError::Elf(e.to_string()))?;
     let n = (ips.size() / 4) as usize;
-    if udata.len() != n * 6 {
+    if n.checked_mul(6) != Some(udata.len()) {
         return Err(OrcObjectError::Malformed(format!("{n} ip slots but {} bytes of entries", udata.len())));
     }
     let mut rows = Vec::with_capacity(n);

@@ -5,6 +5,7 @@
 //! caller to retry after letting the guest run, never a partial list.
 
 use std::collections::HashSet;
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
@@ -15,7 +16,50 @@ use crate::model::mem::{KernelMemory, MemError};
 
 /// THREAD_SIZE on x86-64 without KASAN (Debian): 16 KiB kernel stacks.
 pub const THREAD_SIZE: u64 = 16 * 1024;
-const MAX_TASKS: usize = 1 << 20;
+/// Most nodes one list may have (`PID_MAX_LIMIT` is 4M; a guest with a
+/// million tasks is far beyond anything vsplice parks).
+pub const MAX_TASKS: usize = 1 << 20;
+/// Most nodes one whole walk visits over all its lists (the process list
+/// plus every thread list): thread lists that share nodes cannot multiply
+/// the work.
+pub const MAX_WALK_NODES: usize = 2 * MAX_TASKS;
+/// Time bound on one walk of guest lists (every node is a read of guest
+/// memory, over a gdbstub for attached guests).
+pub const MAX_WALK_TIME: Duration = Duration::from_secs(30);
+
+/// What one walk may still spend: nodes and time. Shared by every list of
+/// one walk ([`walk_tasks`]).
+#[derive(Debug, Clone)]
+pub struct WalkBudget {
+    nodes_left: usize,
+    limit: usize,
+    started: Instant,
+    time: Duration,
+}
+
+impl WalkBudget {
+    /// A budget of `nodes` nodes and `time`.
+    pub fn new(nodes: usize, time: Duration) -> Self {
+        Self { nodes_left: nodes, limit: nodes, started: Instant::now(), time }
+    }
+
+    /// The default bounds: [`MAX_WALK_NODES`], [`MAX_WALK_TIME`].
+    pub fn standard() -> Self {
+        Self::new(MAX_WALK_NODES, MAX_WALK_TIME)
+    }
+
+    /// Spend one node of `list`.
+    pub fn spend(&mut self, list: &'static str) -> Result<(), TaskError> {
+        if self.nodes_left == 0 {
+            return Err(TaskError::TooLong { list, limit: self.limit });
+        }
+        self.nodes_left -= 1;
+        if (self.limit - self.nodes_left) % 256 == 1 && self.started.elapsed() > self.time {
+            return Err(TaskError::TimeBound { list, limit_ms: self.time.as_millis() as u64 });
+        }
+        Ok(())
+    }
+}
 
 /// Why the task list could not be read.
 #[derive(Debug, Error)]
@@ -36,6 +80,23 @@ pub enum TaskError {
         /// What was wrong.
         why: String,
     },
+    /// A list longer than any real one (or lists that together are): a
+    /// corrupted or hostile guest.
+    #[error("{list} list has more than {limit} nodes")]
+    TooLong {
+        /// Which list.
+        list: &'static str,
+        /// The bound.
+        limit: usize,
+    },
+    /// A walk ran over its time bound.
+    #[error("walking the {list} list took longer than {limit_ms} ms")]
+    TimeBound {
+        /// The list being walked when time ran out.
+        list: &'static str,
+        /// The bound.
+        limit_ms: u64,
+    },
     /// A stack that cannot be one (it does not fit the address space, or
     /// is far bigger than any stack of its kind).
     #[error("implausible stack: {0}")]
@@ -52,6 +113,8 @@ impl TaskError {
             Self::MissingType(_) => "btf_missing",
             Self::MissingSymbol(_) => "symbol_missing",
             Self::Inconsistent { .. } => "list_inconsistent",
+            Self::TooLong { .. } => "list_too_long",
+            Self::TimeBound { .. } => "walk_time_bound",
             Self::BadStack(_) => "stack_implausible",
             Self::Memory(_) => "memory",
         }
@@ -163,12 +226,20 @@ impl Task {
 }
 
 /// Walk a circular `list_head` starting at `head`; return the node addresses
-/// (head excluded), checking every `next->prev` link.
+/// (head excluded), checking every `next->prev` link. Bounded by
+/// [`WalkBudget::standard`].
 pub fn walk_list<M: KernelMemory + ?Sized>(mem: &mut M, head: u64, list: &'static str) -> Result<Vec<u64>, TaskError> {
+    walk_list_in(mem, head, list, &mut WalkBudget::standard())
+}
+
+/// [`walk_list`] spending from `budget`: a list that never returns to its
+/// head is `list_inconsistent` (a node seen twice) or `list_too_long`.
+pub fn walk_list_in<M: KernelMemory + ?Sized>(mem: &mut M, head: u64, list: &'static str, budget: &mut WalkBudget) -> Result<Vec<u64>, TaskError> {
     let mut out = Vec::new();
     let mut seen = HashSet::new();
     let mut node = head;
     loop {
+        budget.spend(list)?;
         let next = mem.read_u64(node)?;
         let back = mem.read_u64(next.wrapping_add(8))?;
         if back != node {
@@ -177,7 +248,10 @@ pub fn walk_list<M: KernelMemory + ?Sized>(mem: &mut M, head: u64, list: &'stati
         if next == head {
             return Ok(out);
         }
-        if !seen.insert(next) || out.len() >= MAX_TASKS {
+        if out.len() >= MAX_TASKS {
+            return Err(TaskError::TooLong { list, limit: MAX_TASKS });
+        }
+        if !seen.insert(next) {
             return Err(TaskError::Inconsistent { list, node: next, why: "list does not return to its head".into() });
         }
         out.push(next);
@@ -188,28 +262,35 @@ pub fn walk_list<M: KernelMemory + ?Sized>(mem: &mut M, head: u64, list: &'stati
 /// Read one task's fields.
 pub fn read_task<M: KernelMemory + ?Sized>(mem: &mut M, off: &TaskOffsets, addr: u64) -> Result<Task, TaskError> {
     let mut comm = [0u8; 16];
-    mem.read(addr + off.comm, &mut comm)?;
+    mem.read(addr.wrapping_add(off.comm), &mut comm)?;
     let end = comm.iter().position(|&b| b == 0).unwrap_or(16);
     Ok(Task {
         addr,
-        pid: mem.read_i32(addr + off.pid)?,
-        tgid: mem.read_i32(addr + off.tgid)?,
+        pid: mem.read_i32(addr.wrapping_add(off.pid))?,
+        tgid: mem.read_i32(addr.wrapping_add(off.tgid))?,
         comm: String::from_utf8_lossy(&comm[..end]).into_owned(),
-        state: mem.read_u32(addr + off.state)?,
-        on_cpu: mem.read_u32(addr + off.on_cpu)? != 0,
-        cpu: mem.read_u32(addr + off.cpu)?,
-        stack: mem.read_u64(addr + off.stack)?,
-        sp: mem.read_u64(addr + off.thread_sp)?,
+        state: mem.read_u32(addr.wrapping_add(off.state))?,
+        on_cpu: mem.read_u32(addr.wrapping_add(off.on_cpu))? != 0,
+        cpu: mem.read_u32(addr.wrapping_add(off.cpu))?,
+        stack: mem.read_u64(addr.wrapping_add(off.stack))?,
+        sp: mem.read_u64(addr.wrapping_add(off.thread_sp))?,
     })
 }
 
 /// Every task (every thread of every process, idle task of CPU 0 first).
 pub fn walk_tasks<M: KernelMemory + ?Sized>(mem: &mut M, off: &TaskOffsets, init_task: u64) -> Result<Vec<Task>, TaskError> {
-    let procs = walk_list(mem, init_task + off.tasks, "tasks")?;
+    let mut budget = WalkBudget::standard();
+    walk_tasks_in(mem, off, init_task, &mut budget)
+}
+
+/// [`walk_tasks`] spending from `budget` (the process list and every
+/// thread list together).
+pub fn walk_tasks_in<M: KernelMemory + ?Sized>(mem: &mut M, off: &TaskOffsets, init_task: u64, budget: &mut WalkBudget) -> Result<Vec<Task>, TaskError> {
+    let procs = walk_list_in(mem, init_task.wrapping_add(off.tasks), "tasks", budget)?;
     let mut out = Vec::with_capacity(procs.len() * 2);
     let mut seen = HashSet::new();
-    for leader in std::iter::once(init_task).chain(procs.into_iter().map(|n| n - off.tasks)) {
-        let signal = mem.read_u64(leader + off.signal)?;
+    for leader in std::iter::once(init_task).chain(procs.into_iter().map(|n| n.wrapping_sub(off.tasks))) {
+        let signal = mem.read_u64(leader.wrapping_add(off.signal))?;
         if signal == 0 {
             // A leader that is being reaped: count it alone.
             if seen.insert(leader) {
@@ -217,8 +298,8 @@ pub fn walk_tasks<M: KernelMemory + ?Sized>(mem: &mut M, off: &TaskOffsets, init
             }
             continue;
         }
-        for node in walk_list(mem, signal + off.signal_thread_head, "thread")? {
-            let t = node - off.thread_node;
+        for node in walk_list_in(mem, signal.wrapping_add(off.signal_thread_head), "thread", budget)? {
+            let t = node.wrapping_sub(off.thread_node);
             if seen.insert(t) {
                 out.push(read_task(mem, off, t)?);
             }

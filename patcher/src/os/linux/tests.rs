@@ -211,6 +211,51 @@ mod btf_and_tasks {
         let e = tasks::walk_tasks(&mut w.mem, &off, init).unwrap_err();
         assert_eq!(e.cause(), "list_inconsistent");
     }
+
+    #[test]
+    fn task_walk_is_bounded_in_nodes_and_time_over_all_its_lists() {
+        use std::time::Duration;
+        use tasks::WalkBudget;
+        let btf = Btf::parse(&task_btf()).unwrap();
+        let off = TaskOffsets::from_btf(&btf).unwrap();
+        let mut w = world();
+        let init = w.task(0);
+        // 3 steps on the process list, 2 + 4 + 2 on the thread lists.
+        let long = Duration::from_secs(3600);
+        assert_eq!(tasks::walk_tasks_in(&mut w.mem, &off, init, &mut WalkBudget::new(11, long)).unwrap().len(), 5);
+        let e = tasks::walk_tasks_in(&mut w.mem, &off, init, &mut WalkBudget::new(10, long)).unwrap_err();
+        assert_eq!(e.cause(), "list_too_long", "{e}");
+        // The budget is shared: the process list alone fits in 3.
+        let e = tasks::walk_tasks_in(&mut w.mem, &off, init, &mut WalkBudget::new(4, long)).unwrap_err();
+        assert!(matches!(e, tasks::TaskError::TooLong { list: "thread", .. }), "{e}");
+        let e = tasks::walk_tasks_in(&mut w.mem, &off, init, &mut WalkBudget::new(11, Duration::ZERO)).unwrap_err();
+        assert_eq!(e.cause(), "walk_time_bound", "{e}");
+    }
+
+    #[test]
+    fn hostile_task_pointers_are_memory_errors_never_panics() {
+        let btf = Btf::parse(&task_btf()).unwrap();
+        let off = TaskOffsets::from_btf(&btf).unwrap();
+        for bad in [0xdead_beef_0000u64, u64::MAX - 3, 0] {
+            // A signal pointer into unmapped space (or where adding the
+            // member offset wraps).
+            let mut w = world();
+            let a = w.task(1) + t::SIGNAL;
+            w.w64(a, bad);
+            let init = w.task(0);
+            match tasks::walk_tasks(&mut w.mem, &off, init) {
+                Err(e) => assert!(["memory", "list_inconsistent"].contains(&e.cause()), "{bad:#x}: {e}"),
+                // NULL: a leader being reaped, counted alone.
+                Ok(l) => assert!(bad == 0 && l.len() == 3, "{bad:#x}: {l:?}"),
+            }
+            // A next pointer that wraps the address space.
+            let mut w = world();
+            let a = w.task(4) + t::TASKS;
+            w.w64(a, bad);
+            let e = tasks::walk_tasks(&mut w.mem, &off, init).unwrap_err();
+            assert!(["memory", "list_inconsistent"].contains(&e.cause()), "{bad:#x}: {e}");
+        }
+    }
 }
 
 mod live_synthetic {

@@ -56,6 +56,10 @@ fn align_up(v: u64, a: u64) -> u64 {
     v.div_ceil(a) * a
 }
 
+/// Largest code part and largest data part of a patch (the arena they go
+/// into is a few MiB): a section size over it is refused (`malformed_object`).
+pub const MAX_PART_SIZE: u64 = 64 << 20;
+
 /// Classifies every section and lays out the loaded ones.
 pub fn plan(file: &ElfFile64<'_, Endianness>) -> Result<Layout, LoadError> {
     let e = file.endian();
@@ -80,8 +84,13 @@ pub fn plan(file: &ElfFile64<'_, Endianness>) -> Result<Layout, LoadError> {
             if *align > 4096 {
                 return Err(LoadError::Malformed(format!("section {name} wants alignment {align} (> 4096)")));
             }
+            // Sizes come from section headers (NOBITS sizes from nothing in
+            // the file): bounded before anything is allocated by them.
             let offset = align_up(*cursor, *align);
-            *cursor = offset + size;
+            let end = offset.checked_add(*size).filter(|&e| e <= MAX_PART_SIZE).ok_or_else(|| {
+                LoadError::Malformed(format!("section {name} of {size:#x} bytes makes the patch larger than {MAX_PART_SIZE:#x} bytes"))
+            })?;
+            *cursor = end;
             *max_align = (*max_align).max(*align);
             l.sections.push(Placed { index: *index, name: name.clone(), class: *class, offset, size: *size });
         }

@@ -95,8 +95,8 @@ impl<'a> Object<'a> {
     pub fn section_addr(&self, index: SectionIndex, code_addr: u64, data_addr: u64) -> Option<u64> {
         let p = self.layout.placed(index)?;
         Some(match p.class {
-            SectionClass::Code | SectionClass::ReadOnly => code_addr + p.offset,
-            _ => data_addr + p.offset,
+            SectionClass::Code | SectionClass::ReadOnly => code_addr.wrapping_add(p.offset),
+            _ => data_addr.wrapping_add(p.offset),
         })
     }
 
@@ -154,7 +154,12 @@ impl<'a> Object<'a> {
                 SectionClass::Code | SectionClass::ReadOnly => &mut code,
                 _ => &mut data,
             };
-            dst[p.offset as usize..p.offset as usize + bytes.len()].copy_from_slice(bytes);
+            let start = p.offset as usize;
+            let dst = start
+                .checked_add(bytes.len())
+                .and_then(|end| dst.get_mut(start..end))
+                .ok_or_else(|| LoadError::Malformed(format!("section {} has more bytes than its size", p.name)))?;
+            dst.copy_from_slice(bytes);
         }
         // Fentry calls -> NOPs; their relocations are skipped.
         let mcount = self.mcount_sites()?;
@@ -164,11 +169,12 @@ impl<'a> Object<'a> {
             let p = self.layout.placed(sec).filter(|p| p.class == SectionClass::Code).ok_or_else(|| {
                 LoadError::Malformed(format!("__mcount_loc entry points into a non-code section at {off:#x}"))
             })?;
-            let at = (p.offset + off) as usize;
-            let site = code.get_mut(at..at + 5).ok_or_else(|| LoadError::Malformed("__mcount_loc entry past its section".into()))?;
+            let past = || LoadError::Malformed("__mcount_loc entry past its section".into());
+            let at = usize::try_from(p.offset.checked_add(off).ok_or_else(past)?).map_err(|_| past())?;
+            let site = at.checked_add(5).and_then(|end| code.get_mut(at..end)).ok_or_else(past)?;
             if site[0] == 0xe8 {
                 site.copy_from_slice(&NOP5);
-                skip.insert((sec, off + 1));
+                skip.insert((sec, off.wrapping_add(1)));
                 fentry_nops += 1;
             } else if site != NOP5 {
                 return Err(LoadError::Malformed(format!("__mcount_loc site {}+{off:#x} is neither a call nor a 5-byte NOP", p.name)));
@@ -192,7 +198,7 @@ impl<'a> Object<'a> {
                     RelocationTarget::Symbol(si) => {
                         let sym = self.file.symbol_by_index(si).map_err(|e| LoadError::Elf(e.to_string()))?;
                         match sym.section() {
-                            SymbolSection::Section(ts) => self.section_addr(ts, code_addr, data_addr).map(|b| b + sym.address()).ok_or_else(|| {
+                            SymbolSection::Section(ts) => self.section_addr(ts, code_addr, data_addr).map(|b| b.wrapping_add(sym.address())).ok_or_else(|| {
                                 let n = self.file.section_by_index(ts).ok().and_then(|x| x.name().ok().map(str::to_owned)).unwrap_or_default();
                                 LoadError::Malformed(format!("{}+{off:#x} refers to section {n}, which is not loaded", p.name))
                             })?,
@@ -216,9 +222,11 @@ impl<'a> Object<'a> {
                     SectionClass::Code | SectionClass::ReadOnly => &mut code,
                     _ => &mut data,
                 };
-                let at = (p.offset + off) as usize;
-                let field_end = buf.len().min(p.offset as usize + p.size as usize);
-                reloc::apply(&mut buf[..field_end], at, r_type, value, r.addend(), base + off, &p.name)?;
+                // `off` comes from the object: past its section it is refused
+                // by `reloc::apply` (the field does not fit), never wrapped.
+                let at = usize::try_from(p.offset.saturating_add(off)).unwrap_or(usize::MAX);
+                let field_end = buf.len().min(p.offset.saturating_add(p.size) as usize);
+                reloc::apply(&mut buf[..field_end], at, r_type, value, r.addend(), base.wrapping_add(off), &p.name)?;
             }
         }
         let mut parts = special::Parts { code: &mut code, data: &mut data, code_addr, data_addr };
@@ -230,7 +238,7 @@ impl<'a> Object<'a> {
             if let (Ok(name), SymbolSection::Section(sec)) = (sym.name(), sym.section()) {
                 if matches!(sym.kind(), object::SymbolKind::Text | object::SymbolKind::Data) && !name.is_empty() {
                     if let Some(b) = self.section_addr(sec, code_addr, data_addr) {
-                        symbols.insert(name.to_owned(), b + sym.address());
+                        symbols.insert(name.to_owned(), b.wrapping_add(sym.address()));
                     }
                 }
             }

@@ -46,8 +46,9 @@ pub fn apply(buf: &mut [u8], off: usize, r_type: u32, s: u64, a: i64, p: u64, se
         }
         _ => return Err(LoadError::UnsupportedRelocation { section: section.to_owned(), offset: off as u64, r_type, got: false }),
     };
-    let field = buf
-        .get_mut(off..off + len)
+    let field = off
+        .checked_add(len)
+        .and_then(|end| buf.get_mut(off..end))
         .ok_or_else(|| LoadError::Malformed(format!("relocation at {section}+{off:#x} is outside the section")))?;
     field.copy_from_slice(&bytes[..len]);
     Ok(())

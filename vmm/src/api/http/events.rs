@@ -32,6 +32,12 @@ struct Query {
     follow: bool,
 }
 
+/// Checks a `GET /events` query as the handler would (the fuzz target's
+/// entry: the parsed form stays private).
+pub fn check_query(query: &str, accept_ndjson: bool) -> Result<(), ApiError> {
+    parse_query(query, accept_ndjson).map(|_| ())
+}
+
 fn parse_query(query: &str, accept_ndjson: bool) -> Result<Query, ApiError> {
     let mut q = Query { since: 0, wait: DEFAULT_WAIT_S, follow: accept_ndjson };
     let mut timeout_given = false;

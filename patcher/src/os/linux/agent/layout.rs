@@ -24,6 +24,10 @@ pub const CPU_STACKS: usize = 8;
 pub const CPU_SIZE: usize = 16 + 24 * CPU_STACKS;
 /// Offset of `header_sum`.
 const HEADER_SUM_OFF: usize = 0xf8;
+/// Most live entries a descriptor may claim (the task walk's bound): the
+/// table is read into host memory, `task_count * 64` bytes (64 MiB here),
+/// whatever the guest-written header says about its capacity.
+pub const MAX_AGENT_TASKS: usize = crate::os::linux::tasks::MAX_TASKS;
 
 /// `flags`: a task could not be recorded; the table is unusable.
 pub const F_OVERFLOW: u32 = 1 << 0;
@@ -221,6 +225,7 @@ pub fn parse_header(b: &[u8], at_phys: Option<u64>) -> Result<Header, AgentError
         && h.block_size <= 16 << 20
         && h.cpu_count <= 8192
         && h.task_count <= h.task_cap
+        && h.task_count as usize <= MAX_AGENT_TASKS
         && u64::from(h.task_cap) * TASK_SIZE as u64 <= table_bytes
         && h.thread_size.is_power_of_two()
         && h.thread_size >= 4096;

@@ -16,8 +16,10 @@ pub mod read;
 pub mod source;
 #[cfg(test)]
 mod tests;
-#[cfg(test)]
-pub(crate) mod testutil;
+/// Fixtures (descriptors as the C agent writes them) for tests and the fuzz seeds.
+#[cfg(any(test, feature = "testing"))]
+#[doc(hidden)]
+pub mod testutil;
 
 use thiserror::Error;
 

@@ -58,11 +58,11 @@ impl Descriptor {
         while done < len {
             let first = done / PAGE as usize;
             let mut n = 1;
-            while (first + n) * (PAGE as usize) < len && pages.get(first + n).copied() == pages[first].checked_add(n as u64 * PAGE) {
+            let gpa = *pages.get(first).ok_or_else(|| AgentError::Corrupt("page list shorter than the table".into()))?;
+            while (first + n) * (PAGE as usize) < len && pages.get(first + n).copied() == gpa.checked_add(n as u64 * PAGE) {
                 n += 1;
             }
             let end = ((first + n) * PAGE as usize).min(len);
-            let gpa = *pages.get(first).ok_or_else(|| AgentError::Corrupt("page list shorter than the table".into()))?;
             be.read_phys(gpa, &mut table[done..end])?;
             done = end;
         }

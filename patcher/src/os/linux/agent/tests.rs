@@ -199,3 +199,34 @@ fn header_parser_rejects_short_and_inconsistent_headers() {
     block[0xf8..0x100].copy_from_slice(&sum.to_le_bytes());
     assert!(layout::parse_header(&block, Some(a.phys)).unwrap_err().to_string().contains("inconsistent"));
 }
+
+#[test]
+fn a_header_claiming_a_huge_table_is_refused_before_reading_it() {
+    // Self-consistent and checksummed, as a hostile guest can write it: a
+    // 16 MiB block listing 1M table pages (4 GiB) and 64M live entries.
+    let a = agent3();
+    let (mut block, _) = a.bytes();
+    let w32 = |b: &mut Vec<u8>, o: usize, v: u32| b[o..o + 4].copy_from_slice(&v.to_le_bytes());
+    w32(&mut block, 0x38, 16 << 20);
+    w32(&mut block, 0x50, 1 << 20);
+    w32(&mut block, 0x58, 64 << 20);
+    w32(&mut block, 0x5c, 64 << 20);
+    let sum = vsa_sum(&block[..0xf8]);
+    block[0xf8..0x100].copy_from_slice(&sum.to_le_bytes());
+    let e = layout::parse_header(&block, Some(a.phys)).unwrap_err();
+    assert_eq!(e.cause(), "agent_corrupt", "{e}");
+    let huge = block.clone();
+    // At the bound it parses (the rest is checked against the block).
+    w32(&mut block, 0x5c, layout::MAX_AGENT_TASKS as u32);
+    let sum = vsa_sum(&block[..0xf8]);
+    block[0xf8..0x100].copy_from_slice(&sum.to_le_bytes());
+    assert!(layout::parse_header(&block, Some(a.phys)).is_ok());
+    // Through the reader, nothing is allocated for the table: the guest
+    // holds the header only.
+    let mut g = guest_with(&a);
+    g.put(a.phys, &huge[..256]);
+    let writes = g.writes;
+    let e = Descriptor::read_phys(&mut g, a.phys).unwrap_err();
+    assert_eq!(e.cause(), "agent_corrupt", "{e}");
+    assert_eq!(g.writes, writes, "reading never writes");
+}
