@@ -15,14 +15,14 @@ use std::time::Duration;
 
 use vsplice_patcher::model::backend::Backend;
 use vsplice_patcher::model::{ArenaRange, CheckMode};
-use vsplice_patcher::patch::PatchFile;
+use vsplice_patcher::model::chain;
+use vsplice_patcher::patch::{FormatError, PatchFile};
 use vsplice_patcher::txn::recover::Status;
 use vsplice_patcher::txn::{Patcher, TxnConfig, TxnReport};
 use vsplice_patcher::kernels::TargetKernel;
 
 use super::request::{ApiCause, ApiError, ApiRequest, ApiResponse, ApplyRequest, Envelope, PatchSource};
 use super::state::ApiShared;
-use super::MAX_BODY;
 use crate::livepatch::{desire, undesire, DesiredPatches};
 
 /// What serving one request produced.
@@ -54,12 +54,11 @@ fn txn<B: Backend>(patcher: &mut Patcher<'_, B>, report: TxnReport) -> Served {
 }
 
 fn read_patch_file(path: &std::path::Path) -> Result<Vec<u8>, ApiError> {
-    let unreadable = |e: std::io::Error| ApiError::new(ApiCause::PatchFileUnreadable, format!("{}: {e}", path.display()));
-    let len = std::fs::metadata(path).map_err(unreadable)?.len();
-    if len > MAX_BODY {
-        return Err(ApiError::new(ApiCause::BodyTooLarge, format!("{} is {len} bytes; at most {MAX_BODY}", path.display())));
-    }
-    std::fs::read(path).map_err(unreadable)
+    // Regular files only, bounded before and while reading (a FIFO or /dev/zero never hangs the VMM).
+    vsplice_patcher::patch::format::read_bounded(path).map_err(|e| {
+        let cause = if matches!(e, FormatError::TooLarge { .. }) { ApiCause::BodyTooLarge } else { ApiCause::PatchFileUnreadable };
+        ApiError::new(cause, format!("{}: {}", path.display(), chain(&e)))
+    })
 }
 
 fn apply<B: Backend>(patcher: &mut Patcher<'_, B>, desired: &mut DesiredPatches, req: ApplyRequest) -> Served {
