@@ -21,7 +21,8 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+pub use ed25519_dalek::{SigningKey, VerifyingKey};
+use ed25519_dalek::{Signature, Signer};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
