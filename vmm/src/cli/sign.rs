@@ -51,8 +51,8 @@ impl TrustArgs {
 
 /// Lets `bytes` through `policy` (printing the `--allow-unsigned` warning)
 /// or returns the refusal report.
-pub fn admit(policy: &TrustPolicy, bytes: &[u8], what: &Path) -> Result<Admission, TxnReport> {
-    let a = policy.admit(bytes).map_err(|e| trust_refusal(&e))?;
+pub fn admit(policy: &TrustPolicy, bytes: &[u8], what: &Path) -> Result<Admission, Box<TxnReport>> {
+    let a = policy.admit(bytes).map_err(|e| Box::new(trust_refusal(&e)))?;
     if a.warns() {
         eprintln!("vsplice: warning: {}: {ALLOW_UNSIGNED_NOTE}", what.display());
     }
