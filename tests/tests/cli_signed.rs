@@ -1,7 +1,8 @@
 //! Signed patches as an operator uses them: `vsplice patch keygen`, `sign`,
 //! `verify` and `info` on a test-guest patch; `vsplice run --trusted-keys`
 //! with a signed and an unsigned `--live-patch` (the signed one applies,
-//! the unsigned one is refused `unsigned`, the guest runs on); and through
+//! the unsigned one is refused `unsigned`, the guest runs on; with
+//! `--allow-unsigned` it applies, with a warning and a note); and through
 //! the API, a tampered signature refused `bad_signature` (422) and an
 //! unsigned patch `unsigned` (403), both before the guest is touched.
 
@@ -136,6 +137,17 @@ fn run_with_trusted_keys_applies_the_signed_patch_and_refuses_the_unsigned_one()
     }
     assert_eq!(last.len(), 4, "{stdout}");
     assert!(last.values().all(|&patched| patched), "a task ended unpatched:\n{stdout}");
+
+    // --allow-unsigned: the unsigned patch applies, and says so on stderr and in its report.
+    let out = vsplice(&[
+        "run", "--kernel", s(&testguest::image()), "--vcpus", "1", "--memory", "64", "--serial", "null",
+        "--cmdline", "tg.tasks=1 tg.iters=4 tg.wait=5", "--trusted-keys", s(&keys), "--allow-unsigned", "--live-patch", s(&vsp),
+    ]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "status {:?}\n{stderr}", out.status);
+    assert!(stderr.lines().any(|l| l.starts_with("vsplice: warning:") && l.contains("--allow-unsigned")), "{stderr}");
+    let result = stderr.lines().find(|l| l.starts_with("vsplice: live-patch ")).unwrap_or_else(|| panic!("no result:\n{stderr}"));
+    assert!(result.contains("\"cause\":\"ok\"") && result.contains("UNSIGNED patch applied"), "{result}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
