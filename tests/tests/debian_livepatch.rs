@@ -525,6 +525,8 @@ fn refusals_leave_the_guest_untouched() {
     refusals.push(("truncated".into(), good[..good.len() - 100].to_vec(), "bad_patch", "truncated"));
     let mut not_elf = cmdline.clone();
     not_elf.object = b"#!/bin/sh\necho this is not an ELF object, though long enough to look like one\n".to_vec();
+    // The id is the name's and the object's (the writer checks it as the reader does).
+    not_elf.manifest.id = vsplice_patcher::patch::manifest::patch_id(&not_elf.manifest.name, &not_elf.object);
     refusals.push(("not ELF".into(), not_elf.to_bytes().unwrap(), "bad_patch", "not_elf"));
     refusals.push(("unknown symbol".into(), build_text("unknown", UNKNOWN_SYMBOL).to_bytes().unwrap(), "failed_to_find", "unknown_symbol"));
     refusals.push(("ambiguous local".into(), build_text("ambiguous", AMBIGUOUS).to_bytes().unwrap(), "bad_patch", "ambiguous_symbol"));

@@ -251,7 +251,9 @@ fn bad_patches_each_have_their_own_cause_and_leave_the_guest_untouched() {
     }
     let good = livepatch::build_example("step_b_v2.c");
     let good_bytes = good.to_bytes().unwrap();
-    let not_elf = PatchFile { manifest: good.manifest.clone(), object: b"this is not an ELF object at all, just some text bytes......".to_vec() };
+    let mut not_elf = PatchFile { manifest: good.manifest.clone(), object: b"this is not an ELF object at all, just some text bytes......".to_vec() };
+    // The id is the name's and the object's (the writer checks it as the reader does).
+    not_elf.manifest.id = vsplice_patcher::patch::manifest::patch_id(&not_elf.manifest.name, &not_elf.object);
     let unknown = livepatch::build_text(
         "unknown",
         "#include <vsplice.h>\ntypedef unsigned long u64;\nu64 tg_no_such_function(u64);\nu64 f(u64 x) { return tg_no_such_function(x); }\nVSPLICE_REPLACE(tg_step_b, f);\n",

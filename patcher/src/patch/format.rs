@@ -10,14 +10,21 @@
 //! 0x18  8    object length (bytes of ELF)
 //! 0x20  32   SHA-256 of manifest || object
 //! 0x40       manifest JSON, then the object
+//!            then nothing, or one signature block ([`super::sign`])
 //! ```
+//!
+//! Everything in a patch file is untrusted: the whole file is at most
+//! [`MAX_FILE_SIZE`] (the API's body bound too), [`read_bounded`] reads
+//! only regular files and never more than that, the writer refuses what the
+//! reader would, and the manifest is validated against the object
+//! ([`super::manifest::Manifest::validate`]).
 
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use super::manifest::{Manifest, MANIFEST_VERSION};
+use super::manifest::{Manifest, ManifestError, MANIFEST_VERSION};
 
 /// File magic.
 pub const MAGIC: &[u8; 8] = b"VSPLICE\0";
@@ -25,8 +32,17 @@ pub const MAGIC: &[u8; 8] = b"VSPLICE\0";
 pub const FORMAT_VERSION: u32 = 1;
 /// Header size.
 pub const HEADER_SIZE: usize = 64;
-/// Largest patch file accepted.
+/// Largest patch file accepted, signature block included (the API's
+/// request body bound is this constant too).
 pub const MAX_FILE_SIZE: u64 = 64 << 20;
+/// Largest unsigned patch file: room is always left for a signature.
+pub const MAX_UNSIGNED_SIZE: u64 = MAX_FILE_SIZE - SIG_BLOCK_LEN as u64;
+/// Magic of the signature block ([`super::sign`] writes and checks it).
+pub const SIG_MAGIC: &[u8; 8] = b"VSPSIG01";
+/// Bytes of a key fingerprint in the block.
+pub const FINGERPRINT_LEN: usize = 8;
+/// Bytes of the signature block: magic, fingerprint, ed25519 signature.
+pub const SIG_BLOCK_LEN: usize = 8 + FINGERPRINT_LEN + 64;
 
 /// Why bytes are not a usable patch file. Every variant is a `bad_patch`.
 #[derive(Debug, Error)]
@@ -66,6 +82,31 @@ pub enum FormatError {
     /// The object is not an ELF relocatable for x86-64.
     #[error("patch object is not an x86-64 ELF relocatable object: {0}")]
     NotElf(String),
+    /// The header size field is not the format's.
+    #[error("patch header size field is {0}; format {FORMAT_VERSION} has {HEADER_SIZE}")]
+    HeaderSize(u32),
+    /// Over the size bound (reading, or writing what the reader would refuse).
+    #[error("patch file is {size} bytes; at most {max}")]
+    TooLarge {
+        /// Its size.
+        size: u64,
+        /// The bound.
+        max: u64,
+    },
+    /// Bytes after the object that are not one signature block.
+    #[error("patch file has {0} bytes after its object that are not a signature block")]
+    TrailingBytes(u64),
+    /// Not a regular file (a FIFO, a device, a directory).
+    #[error("{path} is not a regular file ({kind})")]
+    NotRegular {
+        /// The path.
+        path: String,
+        /// What it is.
+        kind: &'static str,
+    },
+    /// The manifest says something the file or the format forbids.
+    #[error("patch manifest is invalid")]
+    Invalid(#[source] ManifestError),
 }
 
 impl FormatError {
@@ -80,6 +121,11 @@ impl FormatError {
             Self::Manifest(_) => "bad_manifest",
             Self::ManifestVersion(_) => "manifest_version",
             Self::NotElf(_) => "not_elf",
+            Self::HeaderSize(_) => "header_size",
+            Self::TooLarge { .. } => "too_large",
+            Self::TrailingBytes(_) => "trailing_bytes",
+            Self::NotRegular { .. } => "not_a_file",
+            Self::Invalid(e) => e.reason,
         }
     }
 }
@@ -94,9 +140,15 @@ pub struct PatchFile {
 }
 
 impl PatchFile {
-    /// Serializes to the file format.
-    pub fn to_bytes(&self) -> Result<Vec<u8>, serde_json::Error> {
-        let manifest = serde_json::to_vec_pretty(&self.manifest)?;
+    /// Serializes to the file format; refuses (`too_large`, or the
+    /// manifest's own reason) what [`Self::parse`] would refuse.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, FormatError> {
+        self.manifest.validate(&self.object).map_err(FormatError::Invalid)?;
+        let manifest = serde_json::to_vec_pretty(&self.manifest).map_err(FormatError::Manifest)?;
+        let size = (HEADER_SIZE + manifest.len() + self.object.len()) as u64;
+        if size > MAX_UNSIGNED_SIZE {
+            return Err(FormatError::TooLarge { size, max: MAX_UNSIGNED_SIZE });
+        }
         let mut h = Sha256::new();
         h.update(&manifest);
         h.update(&self.object);
@@ -112,37 +164,19 @@ impl PatchFile {
         Ok(out)
     }
 
-    /// Parses and checks a patch file (header, checksum, manifest, ELF class).
+    /// Parses and checks a patch file (header, checksum, manifest, ELF
+    /// class, the manifest against the object). A trailing signature block
+    /// is allowed (not checked here: [`super::trust`]); any other trailing
+    /// byte is refused.
     pub fn parse(b: &[u8]) -> Result<Self, FormatError> {
-        if b.len() < 8 || &b[..8] != MAGIC {
-            return Err(FormatError::NotAPatch);
-        }
-        if b.len() < HEADER_SIZE {
-            return Err(FormatError::Truncated { have: b.len() as u64, want: HEADER_SIZE as u64 });
-        }
-        let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
-        let u64_at = |o: usize| {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(&b[o..o + 8]);
-            u64::from_le_bytes(w)
-        };
-        let version = u32_at(8);
-        if version != FORMAT_VERSION {
-            return Err(FormatError::Version(version));
-        }
-        let hsize = u64::from(u32_at(12));
-        let (mlen, olen) = (u64_at(16), u64_at(24));
-        let want = hsize.saturating_add(mlen).saturating_add(olen);
-        if hsize < HEADER_SIZE as u64 || want > MAX_FILE_SIZE || (b.len() as u64) < want {
-            return Err(FormatError::Truncated { have: b.len() as u64, want });
-        }
-        let (hsize, mlen, olen) = (hsize as usize, mlen as usize, olen as usize);
-        let manifest_bytes = &b[hsize..hsize + mlen];
-        let object = &b[hsize + mlen..hsize + mlen + olen];
+        let (body, _) = split_signature(b)?;
+        let (hsize, mlen) = (HEADER_SIZE, read_u64(body, 16) as usize);
+        let manifest_bytes = &body[hsize..hsize + mlen];
+        let object = &body[hsize + mlen..];
         let mut h = Sha256::new();
         h.update(manifest_bytes);
         h.update(object);
-        if h.finalize().as_slice() != &b[32..64] {
+        if h.finalize().as_slice() != &body[32..64] {
             return Err(FormatError::Corrupt);
         }
         let manifest: Manifest = serde_json::from_slice(manifest_bytes).map_err(FormatError::Manifest)?;
@@ -150,14 +184,101 @@ impl PatchFile {
             return Err(FormatError::ManifestVersion(manifest.format));
         }
         check_elf_rel(object)?;
+        manifest.validate(object).map_err(FormatError::Invalid)?;
         Ok(Self { manifest, object: object.to_vec() })
     }
 
-    /// Reads and parses a patch file.
+    /// Reads ([`read_bounded`]) and parses a patch file.
     pub fn read(path: &Path) -> Result<Self, FormatError> {
-        let b = std::fs::read(path).map_err(|source| FormatError::Read { path: path.display().to_string(), source })?;
-        Self::parse(&b)
+        Self::parse(&read_bounded(path)?)
     }
+}
+
+fn read_u64(b: &[u8], o: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[o..o + 8]);
+    u64::from_le_bytes(w)
+}
+
+/// The length of the unsigned patch file from its header (magic, version,
+/// header size and lengths checked; the bytes may hold more: a signature).
+pub fn body_len(b: &[u8]) -> Result<usize, FormatError> {
+    if b.len() < 8 || &b[..8] != MAGIC {
+        return Err(FormatError::NotAPatch);
+    }
+    if b.len() < HEADER_SIZE {
+        return Err(FormatError::Truncated { have: b.len() as u64, want: HEADER_SIZE as u64 });
+    }
+    let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+    let version = u32_at(8);
+    if version != FORMAT_VERSION {
+        return Err(FormatError::Version(version));
+    }
+    let hsize = u32_at(12);
+    if hsize as usize != HEADER_SIZE {
+        return Err(FormatError::HeaderSize(hsize));
+    }
+    let want = (HEADER_SIZE as u64).saturating_add(read_u64(b, 16)).saturating_add(read_u64(b, 24));
+    if want > MAX_UNSIGNED_SIZE {
+        return Err(FormatError::TooLarge { size: want, max: MAX_UNSIGNED_SIZE });
+    }
+    if (b.len() as u64) < want {
+        return Err(FormatError::Truncated { have: b.len() as u64, want });
+    }
+    Ok(want as usize)
+}
+
+/// Splits a patch file into the unsigned file and its signature block (if
+/// any), by the header's lengths. Anything after the object that is not
+/// exactly one block is `trailing_bytes`.
+pub fn split_signature(b: &[u8]) -> Result<(&[u8], Option<&[u8]>), FormatError> {
+    let (body, rest) = b.split_at(body_len(b)?);
+    if rest.is_empty() {
+        return Ok((body, None));
+    }
+    if rest.len() != SIG_BLOCK_LEN || &rest[..8] != SIG_MAGIC {
+        return Err(FormatError::TrailingBytes(rest.len() as u64));
+    }
+    Ok((body, Some(rest)))
+}
+
+/// Reads a patch file: a regular file only (a FIFO would block, a device
+/// never end) of at most [`MAX_FILE_SIZE`] bytes, checked before reading
+/// and while reading. Opened non-blocking so that even opening a FIFO
+/// cannot hang.
+pub fn read_bounded(path: &Path) -> Result<Vec<u8>, FormatError> {
+    use std::io::Read;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let shown = || path.display().to_string();
+    let rerr = |source| FormatError::Read { path: shown(), source };
+    let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).map_err(rerr)?;
+    let meta = f.metadata().map_err(rerr)?;
+    let t = meta.file_type();
+    if !t.is_file() {
+        let kind = if t.is_dir() {
+            "a directory"
+        } else if t.is_fifo() {
+            "a FIFO"
+        } else if t.is_char_device() {
+            "a character device"
+        } else if t.is_block_device() {
+            "a block device"
+        } else if t.is_socket() {
+            "a socket"
+        } else {
+            "not a regular file"
+        };
+        return Err(FormatError::NotRegular { path: shown(), kind });
+    }
+    if meta.len() > MAX_FILE_SIZE {
+        return Err(FormatError::TooLarge { size: meta.len(), max: MAX_FILE_SIZE });
+    }
+    let mut b = Vec::with_capacity(meta.len() as usize);
+    f.take(MAX_FILE_SIZE + 1).read_to_end(&mut b).map_err(rerr)?;
+    if b.len() as u64 > MAX_FILE_SIZE {
+        return Err(FormatError::TooLarge { size: b.len() as u64, max: MAX_FILE_SIZE });
+    }
+    Ok(b)
 }
 
 /// Checks the ELF identification: 64-bit, little-endian, ET_REL, x86-64.
@@ -194,12 +315,13 @@ mod tests {
             manifest: Manifest {
                 format: MANIFEST_VERSION,
                 name: "t".into(),
-                id: "0123456789abcdef".into(),
+                id: crate::patch::manifest::patch_id("t", &object),
                 target: TargetSpec { kind: crate::model::TargetKind::TestGuest, build_id: None },
                 cumulative: false,
                 replacements: vec![],
                 symbols: vec![],
                 build: BuildInfo::default(),
+                info: Default::default(),
             },
             object,
         }
@@ -222,5 +344,66 @@ mod tests {
         assert_eq!(PatchFile::parse(&v).unwrap_err().reason(), "format_version");
         let not_elf = file(b"#!/bin/sh\necho definitely not an object file, but long enough......".to_vec());
         assert_eq!(PatchFile::parse(&not_elf.to_bytes().unwrap()).unwrap_err().reason(), "not_elf");
+    }
+
+    #[test]
+    fn header_size_fields_and_trailing_bytes_are_named() {
+        let b = file(elf_rel()).to_bytes().unwrap();
+        for (hsize, shown) in [(0u32, "header size field is 0"), (63, "header size field is 63"), (65, "header size field is 65")] {
+            let mut h = b.clone();
+            h[12..16].copy_from_slice(&hsize.to_le_bytes());
+            let e = PatchFile::parse(&h).unwrap_err();
+            assert_eq!(e.reason(), "header_size");
+            assert!(e.to_string().contains(shown), "{e}");
+        }
+        let mut t = b.clone();
+        t.push(0);
+        assert_eq!(PatchFile::parse(&t).unwrap_err().reason(), "trailing_bytes");
+        let mut t = b.clone();
+        t.extend_from_slice(&[0u8; SIG_BLOCK_LEN]);
+        assert_eq!(PatchFile::parse(&t).unwrap_err().reason(), "trailing_bytes");
+        // Lengths whose sum wraps or passes the bound.
+        let mut big = b.clone();
+        big[24..32].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert_eq!(PatchFile::parse(&big).unwrap_err().reason(), "too_large");
+    }
+
+    #[test]
+    fn the_writer_refuses_what_the_reader_would() {
+        let mut f = file(vec![0u8; MAX_UNSIGNED_SIZE as usize]);
+        f.object[..64].copy_from_slice(&elf_rel());
+        f.manifest.id = crate::patch::manifest::patch_id("t", &f.object);
+        assert_eq!(f.to_bytes().unwrap_err().reason(), "too_large");
+        let mut f = file(elf_rel());
+        f.manifest.id = "0123456789abcdef".into();
+        assert_eq!(f.to_bytes().unwrap_err().reason(), "id_mismatch");
+    }
+
+    #[test]
+    fn only_bounded_regular_files_are_read() {
+        let dir = std::env::temp_dir().join(format!("vsplice-format-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // A FIFO with no writer: opening it must not block, nor reading.
+        let fifo = dir.join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path; mkfifo touches nothing else.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert_eq!(PatchFile::read(&fifo).unwrap_err().reason(), "not_a_file");
+        assert_eq!(PatchFile::read(Path::new("/dev/zero")).unwrap_err().reason(), "not_a_file");
+        assert_eq!(PatchFile::read(&dir).unwrap_err().reason(), "not_a_file");
+        // A 2 GiB sparse file is refused by its size, before a byte is read.
+        let sparse = dir.join("sparse.vsp");
+        let f = std::fs::File::create(&sparse).unwrap();
+        f.set_len(2 << 30).unwrap();
+        let e = PatchFile::read(&sparse).unwrap_err();
+        assert_eq!(e.reason(), "too_large");
+        assert!(e.to_string().contains(&(2u64 << 30).to_string()), "{e}");
+        // A good file reads.
+        let good = dir.join("good.vsp");
+        std::fs::write(&good, file(elf_rel()).to_bytes().unwrap()).unwrap();
+        assert_eq!(PatchFile::read(&good).unwrap(), file(elf_rel()));
+        assert_eq!(PatchFile::read(&dir.join("none")).unwrap_err().reason(), "unreadable");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -6,7 +6,8 @@
 //!   against the image with its run-pre masks: [`linux_image`]);
 //! - [`link`]: linking a patch object against a kernel's symbols
 //!   (sections, relocations, the kernel's special sections);
-//! - [`jump`]: the jump written at each replaced function's entry.
+//! - [`jump`]: the jump written at each replaced function's entry;
+//! - [`sign`]: ed25519 signatures over the file; [`trust`]: which patches are let through.
 
 pub mod build;
 pub mod format;
@@ -15,6 +16,9 @@ pub mod link;
 pub mod linux_image;
 pub mod manifest;
 pub mod records;
+pub mod sign;
+pub mod trust;
 
 pub use format::{FormatError, PatchFile};
 pub use manifest::Manifest;
+pub use trust::TrustPolicy;

@@ -127,6 +127,7 @@ impl FakePatch {
             replacements,
             symbols: Vec::new(),
             build: BuildInfo::default(),
+            info: Default::default(),
         };
         Ok(PatchFile { manifest, object })
     }

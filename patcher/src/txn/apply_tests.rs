@@ -48,7 +48,10 @@ fn refusals_touch_nothing() {
     unknown.manifest.replacements[0].old = "fake_z".into();
     let mut changed = p.clone();
     changed.manifest.replacements[0].sha256 = "00".repeat(32);
+    let mut moved = p.clone();
+    moved.manifest.replacements[0].old_addr += 16;
     for (what, p, cause, reason) in [
+        ("an address that is not the symbol's", moved, Cause::NoMatch, "old_addr"),
         ("another build", other_build, Cause::NoMatch, "build_id"),
         ("another kind", other_kind, Cause::NoMatch, "target_kind"),
         ("an unknown function", unknown, Cause::FailedToFind, "unknown_symbol"),

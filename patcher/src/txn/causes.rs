@@ -3,9 +3,10 @@
 //! here rather than a silent `unexpected` at run time. The finer reason
 //! stays the error's own (`reason()` or `cause()` name).
 
-use super::result::Cause;
+use super::result::{chain, Cause, TxnReport};
 use crate::model::{BackendError, TargetError};
 use crate::patch::link::LoadError;
+use crate::patch::sign::SignError;
 use crate::patch::FormatError;
 
 impl From<&LoadError> for Cause {
@@ -55,9 +56,32 @@ impl From<&FormatError> for Cause {
             | FormatError::Corrupt
             | FormatError::Manifest(_)
             | FormatError::ManifestVersion(_)
-            | FormatError::NotElf(_) => Self::BadPatch,
+            | FormatError::NotElf(_)
+            | FormatError::HeaderSize(_)
+            | FormatError::TooLarge { .. }
+            | FormatError::TrailingBytes(_)
+            | FormatError::NotRegular { .. }
+            | FormatError::Invalid { .. } => Self::BadPatch,
         }
     }
+}
+
+impl From<&SignError> for Cause {
+    fn from(e: &SignError) -> Self {
+        match e {
+            SignError::Unsigned => Self::Unsigned,
+            SignError::BadSignature(_) => Self::BadSignature,
+            SignError::UntrustedKey(_) => Self::UntrustedKey,
+            SignError::Format(_) => Self::BadPatch,
+            SignError::Read { .. } | SignError::Write { .. } | SignError::BadKeyFile { .. } | SignError::Rng(_) | SignError::NoKeys(_) => Self::Unexpected,
+        }
+    }
+}
+
+/// The `apply` report of a patch the trust policy refused (nothing read or
+/// written in the guest).
+pub fn trust_refusal(e: &SignError) -> TxnReport {
+    TxnReport::refused("apply", None, None, Cause::from(e), Some(e.cause()), chain(e))
 }
 
 #[cfg(test)]
@@ -93,5 +117,16 @@ mod tests {
         assert_eq!(Cause::from(&TargetError::Inconsistent("x".into())), Cause::CodeBusy);
         assert_eq!(Cause::from(&TargetError::Memory(MemError::NotMapped { vaddr: 0 })), Cause::Unexpected);
         assert_eq!(Cause::from(&FormatError::Corrupt), Cause::BadPatch);
+    }
+
+    #[test]
+    fn trust_refusals_report_their_own_causes_before_the_guest_is_touched() {
+        let fp = crate::patch::sign::Fingerprint([7; 8]);
+        for (e, name) in [(SignError::Unsigned, "unsigned"), (SignError::BadSignature(fp), "bad_signature"), (SignError::UntrustedKey(fp), "untrusted_key")] {
+            let r = trust_refusal(&e);
+            assert_eq!((r.cause.name(), r.reason.as_deref(), r.stage), (name, Some(name), crate::txn::result::Stage::Prepare));
+            assert_eq!(r.timings.downtime_us, 0);
+        }
+        assert!(trust_refusal(&SignError::UntrustedKey(fp)).message.contains("0707070707070707"));
     }
 }

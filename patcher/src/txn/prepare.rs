@@ -21,7 +21,7 @@ use crate::arena::patch_orc::PatchOrc;
 use crate::arena::registry::{CheckRange, FuncRecord, Intent, IntentOp, PatchRecord, PatchState, Registry, SiteRecord, SiteWrite, Span};
 use crate::model::backend::Backend;
 use crate::model::mem::KernelMemory;
-use crate::model::{LookupError, Symbol};
+use crate::model::{LookupError, Symbol, TargetKind};
 use crate::os::linux::orc_object;
 use crate::patch::jump::{self, JumpSite};
 use crate::patch::link::{LoadError, Linked, Object};
@@ -192,6 +192,14 @@ impl<B: Backend> Patcher<'_, B> {
             let sym = target.symbols().resolve(&r.old, r.qualifier.as_ref()).map_err(|e| lookup_failure(&e))?.clone();
             if sym.size != r.size {
                 return Err(prep(Cause::NoMatch, "run_pre", format!("`{}` is {} bytes in the guest, the patch expects {}", r.old, sym.size, r.size)));
+            }
+            // The manifest's address must be the kernel's own (link-time) one for
+            // that symbol, where the slide is known (test guest: none).
+            let slide = target.kaslr_slide().or((target.kind() == TargetKind::TestGuest).then_some(0));
+            if let Some(link) = slide.map(|s| sym.addr.wrapping_sub(s)) {
+                if r.old_addr != link {
+                    return Err(prep(Cause::NoMatch, "old_addr", format!("`{}` is at {link:#x} in the kernel's image, the patch says {:#x}", r.old, r.old_addr)));
+                }
             }
             let pristine = self.pristine(reg, sym.addr, sym.size)?;
             if run_pre_digest(&pristine, &r.tolerate) != r.sha256 {

@@ -40,6 +40,12 @@ pub enum Cause {
     /// The running kernel is one vsplice cannot patch at all (no BTF, a
     /// symbol vsplice needs missing, or a patch for another kind of kernel).
     UnsupportedTarget,
+    /// Trusted keys are configured and the patch file is not signed.
+    Unsigned,
+    /// The patch file's signature does not verify (changed after signing).
+    BadSignature,
+    /// The patch file is signed by a key that is not trusted.
+    UntrustedKey,
     /// Anything else (I/O, backend, a registry that disagrees with the text).
     Unexpected,
 }
@@ -62,6 +68,9 @@ impl Cause {
             Self::ArenaFull => "arena_full",
             Self::NotUp => "not_up",
             Self::UnsupportedTarget => "unsupported_target",
+            Self::Unsigned => "unsigned",
+            Self::BadSignature => "bad_signature",
+            Self::UntrustedKey => "untrusted_key",
             Self::Unexpected => "unexpected",
         }
     }

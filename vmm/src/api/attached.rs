@@ -118,6 +118,11 @@ impl AttachedService {
         &self.shared
     }
 
+    /// Which patches `PUT /patches` lets through (`--trusted-keys`, `--allow-unsigned`).
+    pub fn set_trust(&mut self, trust: vsplice_patcher::patch::TrustPolicy) {
+        self.handler.set_trust(trust);
+    }
+
     fn publish(&self, state: VmState) {
         self.shared.set_vm(self.vm.info(state), self.started);
     }

@@ -15,14 +15,16 @@ use std::time::Duration;
 
 use vsplice_patcher::model::backend::Backend;
 use vsplice_patcher::model::{ArenaRange, CheckMode};
-use vsplice_patcher::patch::PatchFile;
+use vsplice_patcher::model::chain;
+use vsplice_patcher::patch::{FormatError, PatchFile};
+use vsplice_patcher::patch::trust::{TrustPolicy, ALLOW_UNSIGNED_NOTE};
+use vsplice_patcher::txn::causes::trust_refusal;
 use vsplice_patcher::txn::recover::Status;
 use vsplice_patcher::txn::{Patcher, TxnConfig, TxnReport};
 use vsplice_patcher::kernels::TargetKernel;
 
 use super::request::{ApiCause, ApiError, ApiRequest, ApiResponse, ApplyRequest, Envelope, PatchSource};
 use super::state::ApiShared;
-use super::MAX_BODY;
 use crate::livepatch::{desire, undesire, DesiredPatches};
 
 /// What serving one request produced.
@@ -54,15 +56,14 @@ fn txn<B: Backend>(patcher: &mut Patcher<'_, B>, report: TxnReport) -> Served {
 }
 
 fn read_patch_file(path: &std::path::Path) -> Result<Vec<u8>, ApiError> {
-    let unreadable = |e: std::io::Error| ApiError::new(ApiCause::PatchFileUnreadable, format!("{}: {e}", path.display()));
-    let len = std::fs::metadata(path).map_err(unreadable)?.len();
-    if len > MAX_BODY {
-        return Err(ApiError::new(ApiCause::BodyTooLarge, format!("{} is {len} bytes; at most {MAX_BODY}", path.display())));
-    }
-    std::fs::read(path).map_err(unreadable)
+    // Regular files only, bounded before and while reading (a FIFO or /dev/zero never hangs the VMM).
+    vsplice_patcher::patch::format::read_bounded(path).map_err(|e| {
+        let cause = if matches!(e, FormatError::TooLarge { .. }) { ApiCause::BodyTooLarge } else { ApiCause::PatchFileUnreadable };
+        ApiError::new(cause, format!("{}: {}", path.display(), chain(&e)))
+    })
 }
 
-fn apply<B: Backend>(patcher: &mut Patcher<'_, B>, desired: &mut DesiredPatches, req: ApplyRequest) -> Served {
+fn apply<B: Backend>(patcher: &mut Patcher<'_, B>, desired: &mut DesiredPatches, req: ApplyRequest, trust: &TrustPolicy) -> Served {
     let (bytes, origin) = match req.source {
         PatchSource::Bytes(b) => (b, PathBuf::from("<api>")),
         PatchSource::Path(p) => match read_patch_file(&p) {
@@ -70,6 +71,17 @@ fn apply<B: Backend>(patcher: &mut Patcher<'_, B>, desired: &mut DesiredPatches,
             Err(e) => return failed(e),
         },
     };
+    // Who may patch, before anything reads or writes the guest.
+    let admitted = match trust.admit(&bytes) {
+        Ok(a) => a,
+        Err(e) => {
+            let report = trust_refusal(&e);
+            return Served { response: ApiResponse::Txn(Box::new(report.clone())), report: Some(report), status: None };
+        }
+    };
+    if admitted.warns() {
+        eprintln!("vsplice: warning: {ALLOW_UNSIGNED_NOTE}");
+    }
     if let Some(check) = req.check {
         patcher.config_mut().check = check;
     }
@@ -87,6 +99,8 @@ fn apply<B: Backend>(patcher: &mut Patcher<'_, B>, desired: &mut DesiredPatches,
         // The same `bad_patch` report (with the format's reason) as the CLI's.
         Err(_) => patcher.apply_bytes(&bytes),
     };
+    let mut report = report;
+    report.notes.extend(admitted.notes);
     txn(patcher, report)
 }
 
@@ -95,8 +109,14 @@ fn known(status: &Status, id_or_name: &str) -> bool {
 }
 
 /// Serves one request with `patcher` over the guest; `desired` is the VM's
-/// desired patch list.
+/// desired patch list. No trusted keys: every patch is let through.
 pub fn serve<B: Backend>(patcher: &mut Patcher<'_, B>, desired: &mut DesiredPatches, request: ApiRequest) -> Served {
+    serve_with(patcher, desired, request, &TrustPolicy::none())
+}
+
+/// [`serve`] with a trust policy: an apply's patch is checked before the
+/// guest is touched (`unsigned`, `bad_signature`, `untrusted_key`).
+pub fn serve_with<B: Backend>(patcher: &mut Patcher<'_, B>, desired: &mut DesiredPatches, request: ApiRequest, trust: &TrustPolicy) -> Served {
     match request {
         ApiRequest::ListPatches => match read_status(patcher) {
             Ok(s) => Served { response: ApiResponse::Status(Box::new(s.clone())), report: None, status: Some(s) },
@@ -109,7 +129,7 @@ pub fn serve<B: Backend>(patcher: &mut Patcher<'_, B>, desired: &mut DesiredPatc
             },
             Err(e) => failed(e),
         },
-        ApiRequest::Apply(req) => apply(patcher, desired, req),
+        ApiRequest::Apply(req) => apply(patcher, desired, req, trust),
         ApiRequest::Revert(id) => {
             match read_status(patcher) {
                 Ok(s) if known(&s, &id) => {}
@@ -138,12 +158,18 @@ pub struct RequestHandler {
     shared: Arc<ApiShared>,
     requests: Receiver<Envelope>,
     check: Option<CheckMode>,
+    trust: TrustPolicy,
 }
 
 impl RequestHandler {
     /// A handler for the requests arriving on `requests`.
     pub fn new(shared: Arc<ApiShared>, requests: Receiver<Envelope>) -> Self {
-        Self { shared, requests, check: None }
+        Self { shared, requests, check: None, trust: TrustPolicy::none() }
+    }
+
+    /// Which patches an apply lets through (`--trusted-keys`, `--allow-unsigned`).
+    pub fn set_trust(&mut self, trust: TrustPolicy) {
+        self.trust = trust;
     }
 
     /// The safety check of every transaction unless its request names one
@@ -184,7 +210,7 @@ impl RequestHandler {
                         config.check = check;
                     }
                     let mut patcher = Patcher::new(&mut *guest, target, config);
-                    serve(&mut patcher, desired, env.request)
+                    serve_with(&mut patcher, desired, env.request, &self.trust)
                 }
                 Err(why) => failed(why.clone()),
             };

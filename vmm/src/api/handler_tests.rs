@@ -11,7 +11,10 @@ use vsplice_patcher::testing::kernel::arena;
 use vsplice_patcher::testing::{FakeKernel, FakePatch};
 use vsplice_patcher::txn::{Cause, Patcher, TxnConfig, TxnReport};
 
-use super::handler::{serve, Served};
+use super::handler::{serve, serve_with, Served};
+use super::request::txn_http_status;
+use vsplice_patcher::patch::sign;
+use vsplice_patcher::patch::trust::{TrustPolicy, ALLOW_UNSIGNED_NOTE};
 use super::request::{ApiCause, ApiRequest, ApiResponse, ApplyRequest, PatchSource};
 use crate::livepatch::DesiredPatches;
 
@@ -118,4 +121,42 @@ fn a_busy_function_is_refused_and_not_desired() {
     assert_eq!((txn(&s).cause, txn(&s).timings.attempts), (Cause::CodeBusy, 3));
     assert!(desired.is_empty());
     assert!(s.status.unwrap().patches.is_empty());
+}
+
+#[test]
+fn trusted_keys_refuse_unsigned_forged_and_foreign_patches_before_the_guest() {
+    let k = FakeKernel::new();
+    let mut g = k.guest();
+    let mut desired = DesiredPatches::new();
+    let mut p = Patcher::new(&mut g, &k, config());
+    let ours = sign::SigningKey::from_bytes(&[9; 32]);
+    let theirs = sign::SigningKey::from_bytes(&[10; 32]);
+    let trust = TrustPolicy::with_keys(vec![ours.verifying_key()], false);
+    let unsigned = bytes("p1", "fake_a");
+    let mut forged = sign::sign(&unsigned, &ours).unwrap();
+    forged[100] ^= 1;
+    for (b, cause, http) in [
+        (unsigned.clone(), Cause::Unsigned, 403),
+        (forged, Cause::BadSignature, 422),
+        (sign::sign(&unsigned, &theirs).unwrap(), Cause::UntrustedKey, 403),
+    ] {
+        let s = serve_with(&mut p, &mut desired, apply(PatchSource::Bytes(b)), &trust);
+        assert_eq!((txn(&s).cause, txn_http_status(txn(&s))), (cause, http), "{}", txn(&s).to_json());
+        // Refused before the guest: no registry read, nothing desired.
+        assert!(s.status.is_none());
+        assert!(desired.is_empty());
+    }
+    match serve(&mut p, &mut desired, ApiRequest::ListPatches).response {
+        ApiResponse::Status(st) => assert!(st.patches.is_empty()),
+        other => panic!("{other:?}"),
+    }
+    // Signed by our key: applied, with a note naming the key.
+    let s = serve_with(&mut p, &mut desired, apply(PatchSource::Bytes(sign::sign(&unsigned, &ours).unwrap())), &trust);
+    assert!(txn(&s).is_ok(), "{}", txn(&s).to_json());
+    assert!(txn(&s).notes.iter().any(|n| n.contains("signature verified")), "{:?}", txn(&s).notes);
+    // --allow-unsigned: applied, and the report says so.
+    let loose = TrustPolicy::with_keys(vec![ours.verifying_key()], true);
+    let s = serve_with(&mut p, &mut desired, apply(PatchSource::Bytes(bytes("p2", "fake_b"))), &loose);
+    assert!(txn(&s).is_ok(), "{}", txn(&s).to_json());
+    assert!(txn(&s).notes.iter().any(|n| n == ALLOW_UNSIGNED_NOTE));
 }

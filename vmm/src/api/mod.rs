@@ -30,5 +30,6 @@ pub mod request;
 pub mod service;
 pub mod state;
 
-/// Largest request body the API reads (a `.vsp` file or a JSON request).
-pub const MAX_BODY: u64 = 64 << 20;
+/// Largest request body the API reads (a `.vsp` file or a JSON request):
+/// the patch file bound, one constant for the API, the CLI and the reader.
+pub const MAX_BODY: u64 = vsplice_patcher::patch::format::MAX_FILE_SIZE;

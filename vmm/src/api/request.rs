@@ -167,14 +167,18 @@ impl ApiError {
 }
 
 /// The HTTP status a transaction report is answered with: 200 when it is
-/// `ok`; 422 when the patch itself is unusable for this kernel; 409 when the
+/// `ok`; 422 when the patch itself is unusable for this kernel (or its
+/// signature does not verify); 403 when it is unsigned or signed by a key
+/// that is not trusted (`--trusted-keys`); 409 when the
 /// guest's state refused it (busy code, order, already done, not up, …);
 /// 500 for `unexpected`.
 pub fn txn_http_status(report: &TxnReport) -> u16 {
     use vsplice_patcher::txn::Cause;
     match report.cause {
         Cause::Ok => 200,
-        Cause::NoMatch | Cause::FailedToFind | Cause::BadPatch | Cause::UnsupportedSection | Cause::UnsupportedTarget => 422,
+        Cause::NoMatch | Cause::FailedToFind | Cause::BadPatch | Cause::UnsupportedSection | Cause::UnsupportedTarget | Cause::BadSignature => 422,
+        // The patch is well-formed but its author is not one this VMM trusts.
+        Cause::Unsigned | Cause::UntrustedKey => 403,
         Cause::Unexpected => 500,
         _ => 409,
     }

@@ -63,6 +63,11 @@ impl ApiService {
         &self.shared
     }
 
+    /// Which patches `PUT /patches` lets through (`--trusted-keys`, `--allow-unsigned`).
+    pub fn set_trust(&mut self, trust: vsplice_patcher::patch::TrustPolicy) {
+        self.handler.set_trust(trust);
+    }
+
     fn publish(&self, vmm: &mut Vmm, config: &VmConfig, kernel: &KernelInfo, boot: u64, started: Instant) {
         let state = if vmm.exit_status().is_some() {
             VmState::Exited

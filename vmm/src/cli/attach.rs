@@ -51,6 +51,9 @@ pub struct AttachDaemonArgs {
     /// a stale one replaced; removed when the daemon ends).
     #[arg(long, value_name = "PATH")]
     pub api_sock: PathBuf,
+    /// Who may patch through the API.
+    #[command(flatten)]
+    pub trust: super::sign::TrustArgs,
 }
 
 impl Attachment for Attached {
@@ -98,6 +101,11 @@ pub fn run(args: AttachDaemonArgs) -> ExitCode {
             return ExitCode::from(EXIT_BAD_INPUT);
         }
     };
+    // Bad keys are refused before attaching.
+    let trust = match args.trust.policy() {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
     let Session { target, mut backend, kept_stopped } = match session::open(&args.guest) {
         Ok(s) => s,
         Err(code) => return code,
@@ -107,7 +115,10 @@ pub fn run(args: AttachDaemonArgs) -> ExitCode {
     let vcpus = gdb(&backend).threads().len();
     let vm = AttachedVm::new(&*target, vcpus, arena, args.guest.check);
     let mut service = match AttachedService::start(&args.api_sock, vm.clone()) {
-        Ok(s) => s,
+        Ok(mut s) => {
+            s.set_trust(trust);
+            s
+        }
         Err(e) => {
             super::report(&e, e.cause());
             session::end(&*target, backend, arena, &hint);
@@ -175,7 +186,7 @@ mod tests {
             assert!(arg.get_help().is_some() || arg.get_long_help().is_some(), "--{id} has no help");
         }
         let help = attach.render_long_help().to_string();
-        for flag in ["--gdb", "--arena", "--api-sock", "--target", "--kernel", "--check", "--tasks", "--timeout-ms"] {
+        for flag in ["--gdb", "--arena", "--api-sock", "--target", "--kernel", "--check", "--tasks", "--timeout-ms", "--trusted-keys", "--allow-unsigned"] {
             assert!(help.contains(flag), "{flag} missing from --help:\n{help}");
         }
     }

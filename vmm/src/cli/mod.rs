@@ -8,6 +8,7 @@ pub mod remote;
 pub mod run;
 pub mod run_config;
 mod session;
+pub mod sign;
 
 use std::process::ExitCode;
 

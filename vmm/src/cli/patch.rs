@@ -24,6 +24,8 @@ use clap::{Args, Subcommand};
 use vsplice_patcher::model::{ArenaRange, CheckMode, TargetKind};
 use vsplice_patcher::os::linux::view::TaskSource;
 use vsplice_patcher::patch::build::{build_patch, BuildOptions};
+use vsplice_patcher::patch::format::read_bounded;
+use vsplice_patcher::patch::manifest::PatchInfo;
 use vsplice_patcher::patch::PatchFile;
 use vsplice_patcher::model::chain;
 use vsplice_patcher::txn::{Patcher, TxnConfig, TxnReport};
@@ -31,6 +33,7 @@ use vsplice_patcher::txn::{Patcher, TxnConfig, TxnReport};
 use super::fault_injection::Attached;
 use super::run::EXIT_BAD_INPUT;
 use super::session::{self, Session};
+use super::sign::{self, TrustArgs};
 
 /// Exit code when a transaction was refused (the JSON result says why).
 pub const EXIT_REFUSED: u8 = 3;
@@ -40,8 +43,39 @@ pub const EXIT_REFUSED: u8 = 3;
 pub enum PatchCommand {
     /// Compile a patch (C with vsplice.h) with the target kernel's flags into one .vsp file.
     Build(BuildArgs),
-    /// Print a patch file's manifest (JSON).
+    /// Print a patch file's manifest (JSON: name, id, description, CVE ids, version, target,
+    /// replaced functions) on stdout, and whether it is signed (and by which key) on stderr.
     Info {
+        /// The patch file.
+        file: PathBuf,
+    },
+    /// Make an ed25519 signing key: KEY (the secret, mode 0600, never over an existing
+    /// file) and KEY.pub (put it in the --trusted-keys directory of the VMMs that may take
+    /// your patches). Prints the key's fingerprint.
+    Keygen {
+        /// The secret key file to create.
+        #[arg(short = 'o', long = "output", value_name = "KEY")]
+        output: PathBuf,
+    },
+    /// Sign a patch file with a secret key: a signature block is appended that covers every
+    /// other byte and names the key by its fingerprint (an existing signature is replaced).
+    Sign {
+        /// The secret key (from `vsplice patch keygen`).
+        #[arg(long, value_name = "KEY")]
+        key: PathBuf,
+        /// Where to write the signed file (default: the file itself).
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// The patch file.
+        file: PathBuf,
+    },
+    /// Check a patch file's signature against a directory of trusted public keys: exit 0
+    /// and the signer's fingerprint, or exit 3 with `unsigned`, `bad_signature` or
+    /// `untrusted_key`.
+    Verify {
+        /// Directory of trusted public keys (`*.pub`).
+        #[arg(long, value_name = "DIR")]
+        trusted_keys: PathBuf,
         /// The patch file.
         file: PathBuf,
     },
@@ -50,6 +84,9 @@ pub enum PatchCommand {
         /// Where the guest is.
         #[command(flatten)]
         guest: AttachArgs,
+        /// Who may patch.
+        #[command(flatten)]
+        trust: TrustArgs,
         /// Pauses tried before giving up with `code_busy`.
         #[arg(long, default_value_t = 20)]
         attempts: u32,
@@ -115,6 +152,15 @@ pub struct BuildArgs {
     /// Skip the build-time link check against the image (symbols, sections, relocations).
     #[arg(long)]
     pub no_link_check: bool,
+    /// One-paragraph description for operators (`vsplice patch info` shows it).
+    #[arg(long, value_name = "TEXT")]
+    pub description: Option<String>,
+    /// A CVE id the patch fixes (`CVE-YYYY-NNNN`; repeatable).
+    #[arg(long = "cve", value_name = "CVE-ID")]
+    pub cves: Vec<String>,
+    /// The patch's own version (e.g. `1`, `2024.06-2`).
+    #[arg(long = "version", id = "patch_version", value_name = "VERSION")]
+    pub version: Option<String>,
     /// Output patch file.
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: PathBuf,
@@ -197,6 +243,11 @@ fn build(a: BuildArgs) -> ExitCode {
     opts.cumulative = a.cumulative;
     opts.cc = a.cc;
     opts.link_check = !a.no_link_check;
+    opts.info = PatchInfo { description: a.description, cves: a.cves, version: a.version };
+    if let Err(e) = opts.info.validate() {
+        super::report(&e, e.reason);
+        return ExitCode::from(EXIT_BAD_INPUT);
+    }
     let p = match build_patch(&opts) {
         Ok(p) => p,
         Err(e) => {
@@ -204,9 +255,15 @@ fn build(a: BuildArgs) -> ExitCode {
             return ExitCode::from(EXIT_BAD_INPUT);
         }
     };
-    let written = p.to_bytes().map_err(|e| chain(&e)).and_then(|b| std::fs::write(&a.output, b).map_err(|e| chain(&e)));
-    if let Err(e) = written {
-        eprintln!("vsplice: error [unexpected]: writing {}: {e}", a.output.display());
+    let bytes = match p.to_bytes() {
+        Ok(b) => b,
+        Err(e) => {
+            super::report(&e, e.reason());
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
+    if let Err(e) = std::fs::write(&a.output, bytes) {
+        eprintln!("vsplice: error [unexpected]: writing {}: {}", a.output.display(), chain(&e));
         return ExitCode::from(EXIT_BAD_INPUT);
     }
     println!("{}", p.manifest.to_json());
@@ -217,9 +274,10 @@ fn build(a: BuildArgs) -> ExitCode {
 pub fn run(cmd: PatchCommand) -> ExitCode {
     match cmd {
         PatchCommand::Build(a) => build(a),
-        PatchCommand::Info { file } => match PatchFile::read(&file) {
-            Ok(p) => {
+        PatchCommand::Info { file } => match read_bounded(&file).and_then(|b| PatchFile::parse(&b).map(|p| (p, b))) {
+            Ok((p, bytes)) => {
                 println!("{}", p.manifest.to_json());
+                eprintln!("vsplice: {}: {}", file.display(), sign::describe_signature(&bytes));
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -227,15 +285,32 @@ pub fn run(cmd: PatchCommand) -> ExitCode {
                 ExitCode::from(EXIT_BAD_INPUT)
             }
         },
-        PatchCommand::Apply { guest, attempts, file } => {
-            let bytes = match std::fs::read(&file) {
+        PatchCommand::Keygen { output } => sign::keygen(&output),
+        PatchCommand::Sign { key, output, file } => sign::sign_file(&key, &file, output.as_deref()),
+        PatchCommand::Verify { trusted_keys, file } => sign::verify_file(&trusted_keys, &file),
+        PatchCommand::Apply { guest, trust, attempts, file } => {
+            let policy = match trust.policy() {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            // A FIFO, a device or an oversized file is refused before reading it.
+            let bytes = match read_bounded(&file) {
                 Ok(b) => b,
                 Err(e) => {
-                    eprintln!("vsplice: error [unreadable]: {}: {e}", file.display());
+                    super::report(&e, e.reason());
                     return ExitCode::from(EXIT_BAD_INPUT);
                 }
             };
-            with_patcher(&guest, attempts, |p| print_report(&p.apply_bytes(&bytes)))
+            // Who may patch, before even attaching to the guest.
+            let admitted = match sign::admit(&policy, &bytes, &file) {
+                Ok(a) => a,
+                Err(refused) => return print_report(&refused),
+            };
+            with_patcher(&guest, attempts, |p| {
+                let mut r = p.apply_bytes(&bytes);
+                r.notes.extend(admitted.notes);
+                print_report(&r)
+            })
         }
         PatchCommand::Revert { guest, attempts, patch } => with_patcher(&guest, attempts, |p| print_report(&p.revert(&patch))),
         PatchCommand::List { guest } => with_patcher(&guest, 1, |p| match p.status() {

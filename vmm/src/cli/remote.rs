@@ -194,10 +194,11 @@ fn apply_call(file: &std::path::Path, by_path: bool, check: Option<&str>, attemp
         }
         return Some(("PUT", "/patches".into(), body.to_string().into_bytes(), Some("application/json"), text_txn));
     }
-    let bytes = match std::fs::read(file) {
+    // Regular files only, bounded (a FIFO or /dev/zero never hangs the client).
+    let bytes = match vsplice_patcher::patch::format::read_bounded(file) {
         Ok(b) => b,
         Err(e) => {
-            eprintln!("vsplice: error [patch_file_unreadable]: {}: {e}", file.display());
+            eprintln!("vsplice: error [patch_file_unreadable]: {}: {}", file.display(), vsplice_patcher::model::chain(&e));
             return None;
         }
     };

@@ -8,6 +8,8 @@ use clap::Args;
 
 use vsplice_patcher::model::chain;
 use vsplice_patcher::os::linux::view::TaskSource;
+use vsplice_patcher::patch::TrustPolicy;
+use vsplice_patcher::txn::TxnReport;
 
 use crate::api::service::ApiService;
 use crate::arch::x86_64::layout::ARENA_DEFAULT_SIZE;
@@ -33,7 +35,7 @@ one-line error naming the problem.
 
 --config FILE takes any of the flags from a JSON object whose keys are the flags' names with `_` \
 for `-`: kernel, initrd, cmdline, vcpus, memory, serial, arena, pause_timeout_ms, live_patch (a \
-list), on_reboot, api_sock; e.g. {\"kernel\": \"vmlinux\", \"vcpus\": 2, \"live_patch\": [\"a.vsp\"]}. \
+list), on_reboot, api_sock, trusted_keys, allow_unsigned; e.g. {\"kernel\": \"vmlinux\", \"vcpus\": 2, \"live_patch\": [\"a.vsp\"]}. \
 Flags given on the command line win (--live-patch replaces the whole list). Relative paths in the \
 file are relative to its directory. An unknown key, a wrong type or bad JSON is refused \
 ([bad_config], exit code 1).")]
@@ -91,6 +93,9 @@ pub struct RunArgs {
     /// describes it. Patches applied through it are re-applied after a reboot like `--live-patch`.
     #[arg(long, value_name = "PATH")]
     pub api_sock: Option<PathBuf>,
+    /// Who may patch this guest (`--live-patch` and the API).
+    #[command(flatten)]
+    pub trust: super::sign::TrustArgs,
 }
 
 /// What a guest reboot request does.
@@ -166,11 +171,16 @@ impl SerialSink {
 
 /// The live patches (the desired list and its target): `Ok(None)` with the
 /// reason when there are none and the kernel cannot be a target.
-fn open_patches(args: &RunArgs) -> Result<(Option<LivePatches>, String), crate::livepatch::LivePatchError> {
+fn open_patches(args: &RunArgs, trust: &TrustPolicy) -> Result<(Option<LivePatches>, String), crate::livepatch::LivePatchError> {
     if args.live_patch.is_empty() && args.api_sock.is_none() {
         return Ok((None, String::new()));
     }
-    match LivePatches::open(&args.kernel, &args.live_patch, args.tasks) {
+    // A refused patch is reported like any other result; the guest boots without it.
+    let mut refused = |path: &std::path::Path, r: TxnReport| {
+        eprintln!("vsplice: live-patch {}", r.to_json());
+        eprintln!("vsplice: live patch {} refused [{}]: {}", path.display(), r.cause.name(), r.message);
+    };
+    match LivePatches::open_trusted(&args.kernel, &args.live_patch, args.tasks, trust, &mut refused) {
         Ok(p) => Ok((Some(p), String::new())),
         Err(e) if args.live_patch.is_empty() => {
             let why = format!("the booted kernel cannot be a live-patch target: {}", chain(&e));
@@ -182,7 +192,11 @@ fn open_patches(args: &RunArgs) -> Result<(Option<LivePatches>, String), crate::
 
 /// Runs `vsplice run`.
 pub fn run(args: RunArgs) -> ExitCode {
-    let (mut patches, why_not) = match open_patches(&args) {
+    let trust = match args.trust.policy() {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    let (mut patches, why_not) = match open_patches(&args, &trust) {
         Ok(p) => p,
         Err(e) => {
             super::report(&e, e.cause());
@@ -198,7 +212,10 @@ pub fn run(args: RunArgs) -> ExitCode {
     };
     let mut api = match &args.api_sock {
         Some(path) => match ApiService::start(path) {
-            Ok(a) => Some(a),
+            Ok(mut a) => {
+                a.set_trust(trust);
+                Some(a)
+            }
             Err(e) => {
                 super::report(&e, e.cause());
                 return ExitCode::from(EXIT_BAD_INPUT);
@@ -276,7 +293,7 @@ mod tests {
         let mut cmd = super::super::Cli::command();
         let run = cmd.find_subcommand_mut("run").unwrap();
         let help = run.render_long_help().to_string();
-        for flag in ["--kernel", "--initrd", "--cmdline", "--vcpus", "--memory", "--serial", "--arena", "--pause-timeout-ms", "--live-patch", "--tasks", "--on-reboot", "--api-sock"] {
+        for flag in ["--kernel", "--initrd", "--cmdline", "--vcpus", "--memory", "--serial", "--arena", "--pause-timeout-ms", "--live-patch", "--tasks", "--on-reboot", "--api-sock", "--trusted-keys", "--allow-unsigned"] {
             assert!(help.contains(flag), "{flag} missing from help");
         }
         assert!(help.contains("console=ttyS0"));

@@ -2,7 +2,7 @@
 //! Firecracker's `--config-file`. A flag given on the command line overrides
 //! the file's key (`--live-patch` replaces the file's whole list); relative
 //! paths in the file (`kernel`, `initrd`, `serial` `file:PATH`,
-//! `live_patch`, `api_sock`) are relative to the file's directory; an
+//! `live_patch`, `api_sock`, `trusted_keys`) are relative to the file's directory; an
 //! unknown key, a value of the wrong type or a bad JSON text is refused
 //! (`bad_config`). The kernel must come from one or the other
 //! (`kernel_not_given`).
@@ -10,7 +10,8 @@
 //! ```json
 //! {"kernel": "vmlinux", "cmdline": "quiet", "vcpus": 2, "memory": 1024,
 //!  "serial": "file:serial.log", "arena": 8, "pause_timeout_ms": 500,
-//!  "live_patch": ["a.vsp"], "on_reboot": "restart", "tasks": "auto", "api_sock": "vm.sock"}
+//!  "live_patch": ["a.vsp"], "on_reboot": "restart", "tasks": "auto", "api_sock": "vm.sock",
+//!  "trusted_keys": "keys", "allow_unsigned": false}
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -41,6 +42,8 @@ struct RunFile {
     on_reboot: Option<String>,
     tasks: Option<String>,
     api_sock: Option<PathBuf>,
+    trusted_keys: Option<PathBuf>,
+    allow_unsigned: Option<bool>,
 }
 
 /// Why the configuration cannot be used.
@@ -145,6 +148,12 @@ fn merge(args: &mut RunArgs, path: &Path, text: &str, given: impl Fn(&str) -> bo
     if let (Some(v), true) = (file.api_sock, set("api_sock")) {
         args.api_sock = Some(here(v));
     }
+    if let (Some(v), true) = (file.trusted_keys, set("trusted_keys")) {
+        args.trust.trusted_keys = Some(here(v));
+    }
+    if let (Some(v), true) = (file.allow_unsigned, set("allow_unsigned")) {
+        args.trust.allow_unsigned = v;
+    }
     Ok(())
 }
 
@@ -247,6 +256,16 @@ mod tests {
             let json = format!("{{\"{id}\": null}}");
             assert!(serde_json::from_str::<RunFile>(&json).is_ok(), "--{} has no key `{id}` in the --config file", arg.get_long().unwrap_or(id));
         }
+    }
+
+    #[test]
+    fn trust_keys_come_from_the_file_relative_to_it() {
+        let a = run_with("trust", r#"{"kernel": "/k", "trusted_keys": "keys", "allow_unsigned": true}"#, &[]).unwrap();
+        assert_eq!(a.trust.trusted_keys.unwrap(), dir_of("trust").join("keys"));
+        assert!(a.trust.allow_unsigned);
+        let a = run_with("trustflag", r#"{"kernel": "/k", "trusted_keys": "keys"}"#, &["--trusted-keys", "/etc/k"]).unwrap();
+        assert_eq!(a.trust.trusted_keys.unwrap(), Path::new("/etc/k"));
+        assert!(!a.trust.allow_unsigned);
     }
 
     #[test]

@@ -30,7 +30,10 @@ use std::time::Duration;
 
 use thiserror::Error;
 use vsplice_patcher::model::TargetKind;
+use vsplice_patcher::patch::format::read_bounded;
+use vsplice_patcher::patch::trust::{TrustPolicy, ALLOW_UNSIGNED_NOTE};
 use vsplice_patcher::patch::{FormatError, PatchFile};
+use vsplice_patcher::txn::causes::trust_refusal;
 use vsplice_patcher::os::elf::ElfImageError;
 use vsplice_patcher::kernels::testguest::TestGuest;
 use vsplice_patcher::os::linux::view::TaskSource;
@@ -122,6 +125,8 @@ pub fn undesire(list: &mut DesiredPatches, id_or_name: &str) {
 pub struct LivePatches {
     patches: DesiredPatches,
     source: TargetSource,
+    /// Notes the trust policy gave a patch (by id), added to each of its reports.
+    notes: Vec<(String, Vec<String>)>,
 }
 
 impl LivePatches {
@@ -130,9 +135,34 @@ impl LivePatches {
     /// (a bzImage, a vmlinux) boots Linux, identified after each boot.
     /// Every patch must be for that kind of kernel.
     pub fn open(kernel: &Path, paths: &[PathBuf], tasks: TaskSource) -> Result<Self, LivePatchError> {
+        Self::open_trusted(kernel, paths, tasks, &TrustPolicy::none(), &mut |_, _| {})
+    }
+
+    /// [`Self::open`] through a trust policy: each file is read once
+    /// (bounded, regular files only), checked, then parsed; a patch the
+    /// policy refuses (`unsigned`, `bad_signature`, `untrusted_key`) goes to
+    /// `refused` with its report and is left out — the guest boots without it.
+    pub fn open_trusted(
+        kernel: &Path,
+        paths: &[PathBuf],
+        tasks: TaskSource,
+        trust: &TrustPolicy,
+        refused: &mut dyn FnMut(&Path, TxnReport),
+    ) -> Result<Self, LivePatchError> {
         let mut patches: DesiredPatches = Vec::new();
+        let mut notes = Vec::new();
         for path in paths {
-            let p = PatchFile::read(path).map_err(|source| LivePatchError::Patch { path: path.clone(), source })?;
+            let bad = |source| LivePatchError::Patch { path: path.clone(), source };
+            let bytes = read_bounded(path).map_err(bad)?;
+            let admitted = match trust.admit(&bytes) {
+                Ok(a) => a,
+                Err(e) => {
+                    refused(path, trust_refusal(&e));
+                    continue;
+                }
+            };
+            let p = PatchFile::parse(&bytes).map_err(bad)?;
+            notes.push((p.manifest.id.clone(), admitted.notes));
             if let Some((first, f)) = patches.first() {
                 if f.manifest.target.kind != p.manifest.target.kind {
                     return Err(LivePatchError::Mixed {
@@ -161,7 +191,7 @@ impl LivePatches {
                 TargetSource::Linux { tasks }
             }
         };
-        Ok(Self { patches, source })
+        Ok(Self { patches, source, notes })
     }
 
     /// The kind of kernel booted.
@@ -200,7 +230,19 @@ impl LivePatches {
         if let Err(e) = boot.poll(guest, std::time::Instant::now(), &mut identify) {
             tracing::warn!(error = %e, "looking at the guest's kernel failed");
         }
-        boot.apply_when_up(guest, &self.patches, report);
+        let notes = &self.notes;
+        let mut with_notes = |r: &TxnReport| match notes.iter().find(|(id, n)| r.patch_id.as_ref() == Some(id) && !n.is_empty()) {
+            Some((_, n)) => {
+                if n.iter().any(|x| x == ALLOW_UNSIGNED_NOTE) {
+                    eprintln!("vsplice: warning: live patch {}: {ALLOW_UNSIGNED_NOTE}", r.patch_name.as_deref().unwrap_or("?"));
+                }
+                let mut r = r.clone();
+                r.notes.extend(n.iter().cloned());
+                report(&r);
+            }
+            None => report(r),
+        };
+        boot.apply_when_up(guest, &self.patches, &mut with_notes);
     }
 
     /// Runs the guest until it ends, applying the patches once its kernel is

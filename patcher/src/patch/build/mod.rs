@@ -22,7 +22,7 @@ use kbuild::KbuildJob;
 
 use super::format::PatchFile;
 use super::linux_image::{LinuxImage, LinuxImageError};
-use super::manifest::{patch_id, run_pre_digest, BuildInfo, ByteMask, Manifest, Replacement, SymbolAlias, TargetSpec, MANIFEST_VERSION};
+use super::manifest::{patch_id, run_pre_digest, BuildInfo, ByteMask, Manifest, PatchInfo, Replacement, SymbolAlias, TargetSpec, MANIFEST_VERSION};
 use super::records::{object_records, Record};
 use crate::patch::link::{CheckEnv, LinkEnv, LoadError, Object, UnknownEnv};
 use crate::os::elf::{ElfImage, ElfImageError};
@@ -45,6 +45,9 @@ pub const TESTGUEST_CFLAGS: &[&str] = &[
 /// Why a patch could not be built.
 #[derive(Debug, Error)]
 pub enum BuildError {
+    /// The patch would be one the reader refuses (too large, a bad manifest).
+    #[error("the patch cannot be written: {0}")]
+    Format(#[source] crate::patch::FormatError),
     /// The kernel image is unusable.
     #[error(transparent)]
     Image(#[from] ElfImageError),
@@ -93,6 +96,7 @@ impl BuildError {
     pub fn cause(&self) -> &'static str {
         match self {
             Self::Link(e) => e.cause(),
+            Self::Format(e) => e.reason(),
             Self::Target(LookupError::NotFound { .. }) => "failed_to_find",
             Self::Image(_) | Self::LinuxImage(_) | Self::NoHeaders | Self::Io { .. } | Self::Compile { .. } => "build_failed",
             _ => "bad_patch",
@@ -121,6 +125,8 @@ pub struct BuildOptions {
     pub cc: String,
     /// Check at build time that every symbol resolves and every section loads.
     pub link_check: bool,
+    /// Description, CVE ids, version for the manifest.
+    pub info: PatchInfo,
 }
 
 impl BuildOptions {
@@ -136,6 +142,7 @@ impl BuildOptions {
             cumulative: false,
             cc: "gcc".into(),
             link_check: true,
+            info: PatchInfo::default(),
         }
     }
 
@@ -295,6 +302,7 @@ pub fn make_patch(
         replacements,
         symbols,
         build,
+        info: PatchInfo::default(),
     };
     Ok(PatchFile { manifest, object })
 }
@@ -318,7 +326,11 @@ pub fn build_patch(opts: &BuildOptions) -> Result<PatchFile, BuildError> {
 pub fn build_patch_with(opts: &BuildOptions, image: &dyn PatchImage) -> Result<PatchFile, BuildError> {
     let (object, info) = compile(opts)?;
     let name = opts.name.clone().unwrap_or_else(|| stem(&opts.source));
-    make_patch(object, image, opts.target, &name, opts.cumulative, info, opts.link_check)
+    let mut p = make_patch(object, image, opts.target, &name, opts.cumulative, info, opts.link_check)?;
+    p.manifest.info = opts.info.clone();
+    // The writer refuses what the reader would (bounds, the manifest's own checks).
+    p.to_bytes().map_err(BuildError::Format)?;
+    Ok(p)
 }
 
 fn stem(p: &Path) -> String {
