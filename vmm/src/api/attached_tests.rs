@@ -59,6 +59,29 @@ impl Attachment for Fake {
     }
 }
 
+/// Sets the loop's stop flag when dropped, so that a failed assertion in a
+/// scope ends the loop thread instead of leaving the scope waiting for it.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// Waits (bounded) until `GET /vm` says `want`.
+fn wait_state(path: &Path, want: &str) {
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = ask(path, "GET", "/vm", b"").json()["state"].as_str().map(str::to_owned);
+        if now.as_deref() == Some(want) {
+            return;
+        }
+        assert!(std::time::Instant::now() < end, "never {want} (last {now:?})");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn sock(name: &str) -> PathBuf {
     let p = std::env::temp_dir().join(format!("vsplice-attached-{}-{name}.sock", std::process::id()));
     let _ = std::fs::remove_file(&p);
@@ -80,6 +103,7 @@ fn serves_the_api_over_the_attached_guest_until_stopped_then_removes_its_socket(
     let patch = FakePatch::new("p1").replace("fake_a").build(&k).unwrap().to_bytes().unwrap();
     std::thread::scope(|s| {
         let server = s.spawn(|| service.run(&mut fake, &k, &stop));
+        let _stop = StopOnDrop(&stop);
         let vm = ask(&path, "GET", "/vm", b"").json();
         assert_eq!(vm["hypervisor"], "gdbstub");
         assert_eq!(vm["memory_mib"], serde_json::Value::Null);
@@ -151,17 +175,14 @@ fn a_guest_kept_stopped_is_paused_until_a_transaction_lets_it_run() {
     let mut fake = Fake { guest: k.guest(), running: false, turns: None };
     let stop = AtomicBool::new(false);
     let patch = FakePatch::new("p1").replace("fake_a").build(&k).unwrap().to_bytes().unwrap();
-    let state = |path: &Path| ask(path, "GET", "/vm", b"").json()["state"].as_str().unwrap().to_owned();
     std::thread::scope(|s| {
         let server = s.spawn(|| service.run(&mut fake, &k, &stop));
-        assert_eq!(state(&path), "paused");
+        let _stop = StopOnDrop(&stop);
+        // The loop publishes `paused` at its first turn (the service starts out `running`).
+        wait_state(&path, "paused");
         assert_eq!(ask(&path, "PUT", "/patches", &patch).status, 200);
         // The transaction resumed the guest; the loop publishes it at its next turn.
-        let end = std::time::Instant::now() + Duration::from_secs(30);
-        while state(&path) != "running" {
-            assert!(std::time::Instant::now() < end, "never running");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_state(&path, "running");
         let events = ask(&path, "GET", "/events?since=0", b"").json();
         let states: Vec<&str> = events["events"].as_array().unwrap().iter().filter_map(|e| e["state"].as_str()).collect();
         assert_eq!(states, ["paused", "running"], "{events}");
