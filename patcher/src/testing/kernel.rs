@@ -24,7 +24,7 @@ use super::ram::RamGuest;
 use crate::kernels::TargetKernel;
 use crate::model::backend::VcpuState;
 use crate::model::mem::KernelMemory;
-use crate::model::{ArenaRange, GuestTasks, Symbol, SymbolKind, SymbolTable, TargetError, TargetKind, TaskInfo, TaskList};
+use crate::model::{ArenaRange, GuestTasks, RamMap, Symbol, SymbolKind, SymbolTable, TargetError, TargetKind, TaskInfo, TaskList};
 use crate::os::linux::orc::{reg, OrcEntry, OrcTable, OrcType};
 use crate::os::linux::unwind::{OrcUnwinder, PT_REGS_SIZE};
 
@@ -100,6 +100,8 @@ pub struct FakeKernel {
     up: AtomicBool,
     task_reads: AtomicUsize,
     root: u64,
+    /// The memory map it reports (none: the arena is not checked).
+    ram: Option<RamMap>,
 }
 
 impl Default for FakeKernel {
@@ -133,7 +135,14 @@ impl FakeKernel {
             up: AtomicBool::new(true),
             task_reads: AtomicUsize::new(0),
             root: RamGuest::new(RAM).root(),
+            ram: None,
         }
+    }
+
+    /// The same kernel reporting `map` as its memory map (the arena check).
+    pub fn with_ram_map(mut self, map: RamMap) -> Self {
+        self.ram = Some(map);
+        self
     }
 
     /// The same kernel without an ORC unwinder (the check is the conservative scan).
@@ -267,5 +276,9 @@ impl TargetKernel for FakeKernel {
 
     fn unwinder(&self) -> Option<&OrcUnwinder> {
         self.unwinder.as_ref()
+    }
+
+    fn ram_map(&self, _mem: &mut dyn KernelMemory) -> Option<RamMap> {
+        self.ram.clone()
     }
 }

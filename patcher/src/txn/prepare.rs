@@ -218,7 +218,7 @@ impl<B: Backend> Patcher<'_, B> {
         for n in &linked.notes {
             tracing::info!(patch = %m.name, "{n}");
         }
-        self.notes = linked.notes.clone();
+        self.notes.extend(linked.notes.iter().cloned());
         Ok(linked)
     }
 

@@ -167,7 +167,7 @@ impl<B: Backend> Patcher<'_, B> {
     pub fn recover(&mut self) -> TxnReport {
         let t0 = Instant::now();
         let mut timings = Timings::default();
-        let r = match self.load_registry(Stage::Recover) {
+        let r = match self.check_arena(Stage::Recover).and_then(|()| self.load_registry(Stage::Recover)) {
             Ok(Some(mut reg)) => self.recover_registry(&mut reg, &mut timings).map(|_| Vec::new()),
             Ok(None) => Ok(Vec::new()),
             Err(f) => Err(f),
