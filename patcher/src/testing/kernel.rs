@@ -102,6 +102,8 @@ pub struct FakeKernel {
     root: u64,
     /// The memory map it reports (none: the arena is not checked).
     ram: Option<RamMap>,
+    kind: TargetKind,
+    build_id: bool,
 }
 
 impl Default for FakeKernel {
@@ -136,7 +138,21 @@ impl FakeKernel {
             task_reads: AtomicUsize::new(0),
             root: RamGuest::new(RAM).root(),
             ram: None,
+            kind: TargetKind::TestGuest,
+            build_id: true,
         }
+    }
+
+    /// The same kernel presenting itself as `kind` (patches must say so too).
+    pub fn with_kind(mut self, kind: TargetKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// The same kernel with no build-id.
+    pub fn without_build_id(mut self) -> Self {
+        self.build_id = false;
+        self
     }
 
     /// The same kernel reporting `map` as its memory map (the arena check).
@@ -234,13 +250,13 @@ impl FakeKernel {
 }
 
 impl TargetKernel for FakeKernel {
-    /// The fake presents itself as a test-guest kind of kernel.
+    /// The fake presents itself as a test-guest kind of kernel (or the kind set).
     fn kind(&self) -> TargetKind {
-        TargetKind::TestGuest
+        self.kind
     }
 
     fn build_id(&self) -> Option<&str> {
-        Some(BUILD_ID)
+        self.build_id.then_some(BUILD_ID)
     }
 
     fn symbols(&self) -> &SymbolTable {
