@@ -216,7 +216,8 @@ mod tests {
     fn truncated_elf_is_a_load_error_not_a_panic() {
         let mem = crate::vstate::memory::create_guest_memory(&[(GuestAddress(0), 64 << 20)]).unwrap();
         let elf = temp_file("trunc", b"\x7fELF\x02\x01\x01\x00garbage");
-        assert_eq!(load_kernel(&mem, &elf, &[0..64 << 20]).unwrap_err().cause(), "elf_bad_header");
+        let ram: Vec<Range<u64>> = std::iter::once(0..64 << 20).collect();
+        assert_eq!(load_kernel(&mem, &elf, &ram).unwrap_err().cause(), "elf_bad_header");
         let _ = std::fs::remove_file(elf);
     }
 

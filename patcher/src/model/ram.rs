@@ -151,6 +151,7 @@ pub fn check_arena(map: &RamMap, arena: Range<u64>) -> Result<(), ArenaUse> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     const M: u64 = 1 << 20;

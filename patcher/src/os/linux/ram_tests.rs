@@ -2,6 +2,8 @@
 //! `struct e820_table`, `struct e820_entry` (packed, 20 bytes) and
 //! `struct resource`, and guest memory as one buffer.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_arguments)]
+
 use super::btf::Btf;
 use super::ram::{read_e820, read_iomem, RamError, MAX_RESOURCES};
 use super::testutil::BtfBuilder;
