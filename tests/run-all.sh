@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: set up the host (apt packages, guest images), then run every
 # test in the workspace and print one summary line with how many ran, failed,
-# and were skipped (with why) because this machine lacks something.
+# and were skipped (with why) because this machine lacks something, and how
+# many test binaries ran and crashed (tests/count-results.sh).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -31,21 +32,24 @@ set +e
 # `cargo test` does not build that binary again (vsplice-vmm has no integration
 # tests); it gets the same feature all the same, so that nothing it builds of
 # vsplice-vmm lacks it (and the fault injection's own unit tests run).
-cargo test --workspace --release --no-fail-fast --features vsplice-vmm/fault-injection 2>&1 | tee "$log"
+# --show-output keeps the output of passing tests, where skips say so.
+cargo test --workspace --release --no-fail-fast --features vsplice-vmm/fault-injection -- --show-output 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 
-passed=0; failed=0; ignored=0
-while read -r p f i; do
-    passed=$((passed + p)); failed=$((failed + f)); ignored=$((ignored + i))
-done < <(sed -n 's/^test result: [a-zA-Z]*\. \([0-9]*\) passed; \([0-9]*\) failed; \([0-9]*\) ignored.*/\1 \2 \3/p' "$log")
-skipped=$(sort -u "$skips" | grep -c . || true)
-if [[ $skipped -gt 0 ]]; then
+if [[ -s "$skips" ]]; then
     echo
     echo "=================== SKIPPED (this machine lacks something) ==================="
     sort -u "$skips"
     echo "==============================================================================="
 fi
-echo
-echo "vsplice tests: $((passed - skipped)) passed, $failed failed, $skipped skipped"
+# Per test binary: one that crashed (no "test result:") counts as failed; a
+# skip counts as a skip, never a pass, and one not in the skip log as failed.
+set +e
+bash "$root/tests/count-results.sh" "$log" "$skips"
+counted=$?
+set -e
+if [[ $status -eq 0 ]]; then
+    status=$counted
+fi
 exit "$status"

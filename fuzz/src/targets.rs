@@ -242,7 +242,8 @@ fn vmm_loader(data: &[u8]) -> String {
     }
     MEM.with(|m| match m {
         None => "no_memory".into(),
-        Some(mem) => match vsplice_vmm::loader::load_kernel(mem, &path) {
+        // RAM as the VMM's e820 would give it: below the 1 MiB hole and above, up to 60 MiB (a 4 MiB arena above).
+        Some(mem) => match vsplice_vmm::loader::load_kernel(mem, &path, &[0..0x9_fc00, 0x10_0000..60 << 20]) {
             Ok(_) => "ok".into(),
             Err(e) => e.cause().into(),
         },

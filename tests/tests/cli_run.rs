@@ -91,6 +91,71 @@ fn bad_input_is_a_one_line_error_naming_the_problem() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// An ELF64 image of `segs` program headers `(p_type, p_paddr, p_filesz, p_memsz)`.
+fn elf_image(segs: &[(u32, u64, u64, u64)]) -> Vec<u8> {
+    let mut b = vec![0u8; 64];
+    b[..4].copy_from_slice(b"\x7fELF");
+    (b[4], b[5], b[6]) = (2, 1, 1);
+    b[0x10] = 2;
+    b[0x12] = 0x3e;
+    b[0x18..0x20].copy_from_slice(&0x100_0000u64.to_le_bytes());
+    b[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
+    b[0x34] = 64;
+    b[0x36] = 56;
+    b[0x38..0x3a].copy_from_slice(&(segs.len() as u16).to_le_bytes());
+    for &(t, paddr, filesz, memsz) in segs {
+        let mut ph = vec![0u8; 56];
+        ph[..4].copy_from_slice(&t.to_le_bytes());
+        ph[8..16].copy_from_slice(&0x1000u64.to_le_bytes());
+        ph[0x18..0x20].copy_from_slice(&paddr.to_le_bytes());
+        ph[0x20..0x28].copy_from_slice(&filesz.to_le_bytes());
+        ph[0x28..0x30].copy_from_slice(&memsz.to_le_bytes());
+        b.extend_from_slice(&ph);
+    }
+    b.resize(0x2000, 0xf4);
+    b
+}
+
+/// Issue 11: kernel images linux-loader took without a word (no program
+/// headers; a segment over the arena; `p_memsz` 2^40) and `--memory` above
+/// the host's RAM are refused at load with their cause; a usage error exits
+/// 1, never 2 (a crashed guest), and `--help` 0.
+#[test]
+fn bad_kernel_images_memory_and_usage_errors_are_refused() {
+    let dir = tmp_dir("cli-bad-elf");
+    let write = |name: &str, segs: &[(u32, u64, u64, u64)]| {
+        let p = dir.join(name);
+        std::fs::write(&p, elf_image(segs)).unwrap();
+        p.to_str().unwrap().to_owned()
+    };
+    const MIB: u64 = 1 << 20;
+    let none = write("no-phdrs.elf", &[]);
+    // 64 MiB of memory: the 4 MiB arena is 60..64 MiB.
+    let over_arena = write("over-arena.elf", &[(1, 16 * MIB, 0x100, 0x100), (1, 61 * MIB, 0x100, 0x100)]);
+    let huge = write("huge.elf", &[(1, 16 * MIB, 0x100, 1 << 40)]);
+    if skip::has_kvm() {
+        expect_one_line_error(&["run", "--kernel", &none, "--memory", "64"], "elf_no_segments", "no loadable segment");
+        expect_one_line_error(&["run", "--kernel", &over_arena, "--memory", "64"], "elf_segment_outside_ram", "0x3d00000");
+        expect_one_line_error(&["run", "--kernel", &huge, "--memory", "64"], "elf_segment_outside_ram", "0x10001000000");
+    } else {
+        skip::skip("cli_bad_elf", "/dev/kvm cannot be opened; the image is loaded only after KVM is");
+    }
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let host_kib: u64 = meminfo.lines().find_map(|l| l.strip_prefix("MemTotal:")).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap();
+    let twice = (2 * host_kib / 1024).to_string();
+    let kernel = testguest::image();
+    expect_one_line_error(&["run", "--kernel", kernel.to_str().unwrap(), "--memory", &twice], "memory_above_host", "host's");
+    for args in [&["run", "--bogus"][..], &["patch", "status", "--gdb", "127.0.0.1:1", "--arena", "2"], &[], &["run"]] {
+        let out = vsplice(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", text(&out.stderr));
+    }
+    for args in [&["--help"][..], &["--version"], &["run", "--help"]] {
+        let out = vsplice(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", text(&out.stderr));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A one-slot arena used to boot and then refuse every `--live-patch`
 /// (`not_up`): the arena rule is the patcher's, checked before anything is
 /// built, so nothing boots and the one line names the rule.

@@ -109,7 +109,8 @@ fn load_images(
     mem: &GuestMemory,
     e820: &[boot_params::E820Entry],
 ) -> Result<(LoadedKernel, Option<(u64, u64)>), BuildError> {
-    let kernel = loader::load_kernel(mem, &config.kernel)?;
+    let ram: Vec<std::ops::Range<u64>> = e820.iter().filter(|e| e.kind == boot_params::E820Kind::Ram).map(|e| e.addr..e.end()).collect();
+    let kernel = loader::load_kernel(mem, &config.kernel, &ram)?;
     loader::load_cmdline(mem, &config.effective_cmdline())?;
     let initrd = match &config.initrd {
         None => None,

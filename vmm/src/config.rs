@@ -116,6 +116,7 @@ impl VmConfig {
         if self.memory_mib > MAX_MEMORY_MIB {
             return Err(ConfigError::MemoryTooLarge { mib: self.memory_mib, max_mib: MAX_MEMORY_MIB });
         }
+        check_host_memory(self.memory_mib, host_ram_bytes())?;
         let arena = ArenaRange::size_from_mib(self.arena_mib).map_err(|source| ConfigError::ArenaSize { mib: self.arena_mib, source })?;
         let min = (MIN_MEMORY_SIZE + arena) >> 20;
         if self.memory_mib < min {
@@ -162,6 +163,14 @@ pub enum ConfigError {
         /// Arena size in MiB.
         arena_mib: u64,
     },
+    /// Guest memory larger than the host's RAM.
+    #[error("{mib} MiB of guest memory is more than the host's {host_mib} MiB of RAM")]
+    MemoryAboveHost {
+        /// Requested MiB.
+        mib: u64,
+        /// The host's RAM in MiB.
+        host_mib: u64,
+    },
     /// Guest memory implausibly large.
     #[error("{mib} MiB of memory is more than the {max_mib} MiB vsplice accepts")]
     MemoryTooLarge {
@@ -198,9 +207,31 @@ impl ConfigError {
             Self::VcpuCount { .. } => "bad_vcpu_count",
             Self::MemoryTooSmall { .. } => "memory_too_small",
             Self::MemoryTooLarge { .. } => "memory_too_large",
+            Self::MemoryAboveHost { .. } => "memory_above_host",
             Self::ArenaSize { .. } => "bad_arena_size",
             Self::CmdlineTooLong { .. } => "cmdline_too_long",
         }
+    }
+}
+
+/// The host's RAM in bytes (`sysinfo`), when it can be read.
+pub fn host_ram_bytes() -> Option<u64> {
+    // SAFETY: sysinfo only writes the struct it is given.
+    let mut si: libc::sysinfo = unsafe { std::mem::zeroed() };
+    // SAFETY: `si` is a valid, writable sysinfo.
+    if unsafe { libc::sysinfo(&mut si) } != 0 {
+        return None;
+    }
+    (si.totalram as u64).checked_mul(u64::from(si.mem_unit.max(1)))
+}
+
+/// Guest memory above the host's RAM is refused (`memory_above_host`):
+/// the guest would be killed by the host's OOM killer once it touched it.
+/// Unknown host RAM passes.
+pub fn check_host_memory(mib: u64, host_bytes: Option<u64>) -> Result<(), ConfigError> {
+    match host_bytes {
+        Some(h) if mib > h >> 20 => Err(ConfigError::MemoryAboveHost { mib, host_mib: h >> 20 }),
+        _ => Ok(()),
     }
 }
 
@@ -225,6 +256,17 @@ mod tests {
         assert_eq!(c.effective_cmdline(), "console=ttyS0 reboot=k panic=1");
         c.cmdline = "console=hvc0 panic=0 quiet".into();
         assert_eq!(c.effective_cmdline(), "reboot=k console=hvc0 panic=0 quiet");
+    }
+
+    #[test]
+    fn memory_above_the_hosts_ram_is_refused() {
+        let gib = 1u64 << 30;
+        assert!(check_host_memory(1024, Some(4 * gib)).is_ok());
+        assert!(check_host_memory(4096, Some(4 * gib)).is_ok());
+        let e = check_host_memory(4097, Some(4 * gib)).unwrap_err();
+        assert_eq!((e.cause(), e.to_string().contains("4096 MiB")), ("memory_above_host", true), "{e}");
+        assert!(check_host_memory(u64::MAX, None).is_ok(), "unknown host RAM passes");
+        assert!(host_ram_bytes().is_some_and(|b| b > 0));
     }
 
     #[test]

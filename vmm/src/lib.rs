@@ -6,7 +6,8 @@
 //! Layout: [`config`] (what the user asked for), [`builder`] (the fixed boot
 //! order), [`vstate`] (KVM VM, memory, vCPU threads and the pause),
 //! [`arch`] (x86-64 boot structures), [`devices`] (legacy port-I/O devices),
-//! [`loader`] (kernel and initrd), [`vmm`] (the running VM), [`livepatch`]
+//! [`loader`] (kernel and initrd; [`elf_check`]: an ELF image's segments
+//! inside guest RAM), [`vmm`] (the running VM), [`livepatch`]
 //! (the desired patches), [`api`] (the HTTP API on a Unix socket), [`cli`].
 
 pub mod api;
@@ -15,6 +16,7 @@ pub mod builder;
 pub mod cli;
 pub mod config;
 pub mod devices;
+pub mod elf_check;
 pub mod livepatch;
 pub mod loader;
 pub mod vmm;

@@ -4,6 +4,7 @@
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use linux_loader::bootparam::setup_header;
@@ -13,6 +14,7 @@ use thiserror::Error;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::arch::x86_64::layout::{CMDLINE_MAX_SIZE, CMDLINE_START, HIMEM_START};
+use crate::elf_check::{check_elf, ElfCheckError};
 use crate::vstate::memory::GuestMemory as Mem;
 
 /// Offset of the 64-bit entry point from a bzImage's protected-mode start.
@@ -68,6 +70,16 @@ pub enum LoadError {
         #[source]
         source: linux_loader::loader::Error,
     },
+    /// An ELF image refused before loading (no segments, a segment outside
+    /// guest RAM or over the arena, a bad header); `cause` is the check's.
+    #[error("kernel {path} refused")]
+    Elf {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: ElfCheckError,
+    },
     /// The kernel command line is not one linux-loader accepts (non-ASCII, too long, …).
     #[error("invalid kernel command line")]
     Cmdline(#[source] linux_loader::cmdline::Error),
@@ -93,6 +105,7 @@ impl LoadError {
             Self::Read { .. } => "image_unreadable",
             Self::UnknownFormat(_) => "not_a_kernel",
             Self::Kernel { .. } => "kernel_load_failed",
+            Self::Elf { source, .. } => source.cause(),
             Self::Cmdline(_) => "bad_cmdline",
             Self::CmdlineWrite(_) => "cmdline_write_failed",
             Self::InitrdFit { .. } => "initrd_too_large",
@@ -123,14 +136,16 @@ pub fn detect_format(path: &Path) -> Result<KernelFormat, LoadError> {
     Err(LoadError::UnknownFormat(path.to_owned()))
 }
 
-/// Loads the kernel at `path` into `mem`.
-pub fn load_kernel(mem: &Mem, path: &Path) -> Result<LoadedKernel, LoadError> {
+/// Loads the kernel at `path` into `mem`; an ELF image's segments must lie
+/// inside `ram` (the e820 RAM ranges: not the arena, not past the end).
+pub fn load_kernel(mem: &Mem, path: &Path, ram: &[Range<u64>]) -> Result<LoadedKernel, LoadError> {
     let format = detect_format(path)?;
     let mut file = open(path)?;
     let kernel_err = |source| LoadError::Kernel { path: path.to_owned(), source };
     let himem = Some(GuestAddress(HIMEM_START));
     let (entry, result) = match format {
         KernelFormat::Elf => {
+            check_elf(&mut file, ram).map_err(|source| LoadError::Elf { path: path.to_owned(), source })?;
             let r = Elf::load(mem, None, &mut file, himem).map_err(kernel_err)?;
             (r.kernel_load, r)
         }
@@ -201,7 +216,8 @@ mod tests {
     fn truncated_elf_is_a_load_error_not_a_panic() {
         let mem = crate::vstate::memory::create_guest_memory(&[(GuestAddress(0), 64 << 20)]).unwrap();
         let elf = temp_file("trunc", b"\x7fELF\x02\x01\x01\x00garbage");
-        assert_eq!(load_kernel(&mem, &elf).unwrap_err().cause(), "kernel_load_failed");
+        let ram: Vec<Range<u64>> = std::iter::once(0..64 << 20).collect();
+        assert_eq!(load_kernel(&mem, &elf, &ram).unwrap_err().cause(), "elf_bad_header");
         let _ = std::fs::remove_file(elf);
     }
 

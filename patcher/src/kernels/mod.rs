@@ -21,7 +21,7 @@ pub mod testguest;
 use std::ops::Range;
 
 use crate::arch::x86::paging::PagingMode;
-use crate::model::{GuestTasks, KernelMemory, SymbolTable, TargetError, TargetKind, VcpuState};
+use crate::model::{GuestTasks, KernelMemory, RamMap, SymbolTable, TargetError, TargetKind, VcpuState};
 use crate::os::linux::unwind::OrcUnwinder;
 use crate::patch::link::{LinkEnv, UnknownEnv};
 
@@ -74,6 +74,14 @@ pub trait TargetKernel: std::fmt::Debug {
     /// The ORC unwinder of the precise safety check (`--check orc`), when
     /// this kernel has one; without it the check is the conservative scan.
     fn unwinder(&self) -> Option<&OrcUnwinder> {
+        None
+    }
+    /// The kernel's own view of guest-physical memory (which ranges are its
+    /// RAM, which are reserved), read through `mem`, for the arena check
+    /// before any write ([`crate::model::ram::check_arena`]). `None`: this
+    /// kind of kernel has no memory map to read, and the arena is not checked.
+    fn ram_map(&self, mem: &mut dyn KernelMemory) -> Option<RamMap> {
+        let _ = mem;
         None
     }
 }

@@ -27,7 +27,9 @@
 //!   tables, [`crate::os::linux::view::build_unwinder`]);
 //! - for the loader ([`LinkEnv`]): the boot CPU's feature and bug words
 //!   (`boot_cpu_data.x86_capability`), static keys' state read from guest
-//!   memory, and the guest's `x86_return_thunk`.
+//!   memory, and the guest's `x86_return_thunk`;
+//! - its memory map for the arena check: `e820_table` and the
+//!   `iomem_resource` tree ([`crate::os::linux::ram`]).
 
 use std::ops::Range;
 
@@ -49,7 +51,8 @@ use crate::os::linux::unwind::OrcUnwinder;
 use crate::os::linux::view::{self, AgentHint, TaskSource, ViewError};
 use crate::patch::link::{CpuCaps, LinkEnv};
 use crate::model::mem::{KernelMemory, MemError};
-use crate::model::SymbolTable;
+use crate::model::{RamMap, SymbolTable};
+use crate::os::linux::ram;
 
 /// `MODULES_VADDR` on x86-64: `__START_KERNEL_map` + `KERNEL_IMAGE_SIZE` (1 GiB with KASLR);
 /// the same with 5-level paging (the kernel image keeps the top 2 GiB).
@@ -325,6 +328,10 @@ impl TargetKernel for LinuxTarget {
 
     fn kaslr_slide(&self) -> Option<u64> {
         self.slide.as_ref().map(|s| s.virt)
+    }
+
+    fn ram_map(&self, mem: &mut dyn KernelMemory) -> Option<RamMap> {
+        Some(ram::read_map(mem, &self.kallsyms, &self.btf))
     }
 }
 

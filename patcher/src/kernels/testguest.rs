@@ -2,13 +2,14 @@
 //! from `testguest.elf` (not relocated: runtime = link addresses), the task
 //! table `tg_task_table` (layout in `images/testguest/task_table.h`), and its
 //! Linux-like kernel mapping (`PML4[511] -> PDPT[510] -> PD` of 2 MiB pages,
-//! `__START_KERNEL_map` = `0xffffffff80000000`).
+//! `__START_KERNEL_map` = `0xffffffff80000000`). Its RAM is its image:
+//! an arena anywhere above the image's end is free.
 
 use std::ops::Range;
 use std::path::Path;
 
 use super::TargetKernel;
-use crate::model::{GuestTasks, TargetError, TargetKind, TaskInfo, TaskList};
+use crate::model::{GuestTasks, RamKind, RamMap, RamSource, TargetError, TargetKind, TaskInfo, TaskList};
 use crate::os::elf::{ElfImage, ElfImageError};
 use crate::model::backend::VcpuState;
 use crate::model::mem::KernelMemory;
@@ -151,5 +152,13 @@ impl TargetKernel for TestGuest {
         }
         // Which CPU a vCPU is, the test guest does not say.
         Ok(GuestTasks { list: TaskList { tasks, cpu_stacks: Vec::new() }, vcpu_cpus: vec![None; vcpus.len()], source: "testguest", source_at: None })
+    }
+
+    fn ram_map(&self, _mem: &mut dyn KernelMemory) -> Option<RamMap> {
+        // The test guest's rule: it uses no RAM above its image (page
+        // tables, stacks and task table are all inside it).
+        let end = self.image.phys_of(self.end).unwrap_or(self.end.wrapping_sub(START_KERNEL_MAP));
+        let ranges = vec![(0..end, RamKind::Usable)];
+        Some(RamMap { sources: vec![RamSource { name: "testguest_image", complete: false, ranges }], unread: Vec::new() })
     }
 }

@@ -27,7 +27,8 @@ pub struct Conflict {
     pub task_id: Option<u64>,
     /// vCPU whose RIP hit, for a RIP conflict.
     pub vcpu: Option<usize>,
-    /// `rip` or `stack`.
+    /// `rip`, `stack`, or `unchecked_stack` (a kernel-mode vCPU on no known
+    /// stack whose stack could not be read: the pause is retried).
     pub kind: &'static str,
     /// The address found.
     pub addr: u64,

@@ -7,6 +7,8 @@
 //!   memory, resume) and a stopped vCPU's state;
 //! - [`mem`]: kernel-virtual memory, the seam between architecture and OS
 //!   knowledge;
+//! - [`ram`]: the kernel's view of guest-physical memory and the arena's
+//!   rule against it (never guest RAM);
 //! - [`symbols`]: a kernel's symbol table (duplicates kept, qualifiers);
 //! - [`tasks`]: tasks and CPU stacks of a stopped guest, the CPU each vCPU is;
 //! - [`check`]: what the safety check is asked (ranges, mode) and what it
@@ -19,6 +21,7 @@ pub mod backend;
 pub mod check;
 pub mod error;
 pub mod mem;
+pub mod ram;
 pub mod symbols;
 pub mod target_kind;
 pub mod tasks;
@@ -28,6 +31,7 @@ pub use backend::{Backend, BackendError, VcpuState};
 pub use check::{CheckMode, CheckRange, CheckSummary, Conflict, Fallback};
 pub use error::chain;
 pub use mem::{BufferMemory, KernelMemory, MemError};
+pub use ram::{check_arena, ArenaUse, RamKind, RamMap, RamSource};
 pub use symbols::{LookupError, Qualifier, Symbol, SymbolKind, SymbolTable};
 pub use target_kind::TargetKind;
 pub use tasks::{CpuStack, GuestTasks, TargetError, TaskInfo, TaskList};

@@ -80,6 +80,13 @@ impl<'a> Findings<'a> {
         }
     }
 
+    /// A kernel-mode vCPU whose stack is on no listed stack and cannot be
+    /// read: unchecked, so it counts as a conflict (the pause is retried).
+    pub(super) fn unchecked_stack(&mut self, vcpu: usize, rsp: u64, why: String) {
+        let function = format!("stack at RSP {rsp:#x} (on no known stack) unreadable: {why}");
+        self.conflicts.push(Conflict { task: None, task_id: None, vcpu: Some(vcpu), kind: "unchecked_stack", addr: rsp, function });
+    }
+
     /// Every frame of a reliable unwind of `owner`'s stack.
     pub(super) fn frames(&mut self, owner: Owner<'_>, w: &Unwind) {
         self.sum.unwound += 1;

@@ -6,7 +6,8 @@
 //! Live stack: a task switched out, from its saved SP; a task on a CPU,
 //! from the RSP of the vCPU on its stack, or whole when no vCPU's RSP is on
 //! it (caught mid-switch); a CPU's own stacks as
-//! [`super::cpu_stacks::live_cpu_stacks`] says. The ORC check scans with
+//! [`super::cpu_stacks::live_cpu_stacks`] says; a kernel-mode vCPU on no
+//! listed stack, from its RSP ([`super::vcpus::scan_orphan`]). The ORC check scans with
 //! the same [`scan`] wherever it cannot trust an unwind.
 
 use std::ops::Range;
@@ -62,6 +63,7 @@ pub(super) fn conservative(mem: &mut dyn KernelMemory, input: &CheckInput<'_>, f
         let cpu = cpu_stacks::cpu_of(v, input.vcpu_cpus.get(i).copied().flatten(), &input.tasks.cpu_stacks);
         let runs = vcpus::running(tasks, v, cpu);
         vcpus::rip(f, tasks, v, runs.known);
+        vcpus::scan_orphan(mem, f, v, input.tasks);
     }
     for t in tasks {
         scan(mem, f, Owner::Task(t), live_from(t, input.vcpus)..t.stack.end)?;
@@ -156,10 +158,11 @@ mod tests {
         tasks.tasks.clear();
         let mut v0 = vcpu(0x1234, STACK + 0x100);
         v0.cs = 0x10;
-        let v1 = vcpu(0x1234, 0x9999);
+        let mut v1 = vcpu(0x1234, 0x9999);
+        v1.cs = 0x33;
         let vcpus = [v0, v1];
         // CPU 0 on its IRQ stack (from its RSP: the word at +0x180, not the one
-        // at +0x80), CPU 1 on a task stack: its NMI stack is idle.
+        // at +0x80), CPU 1 in user mode: its NMI stack is idle.
         let input = CheckInput { vcpus: &vcpus, vcpu_cpus: &[Some(0), Some(1)], tasks: &tasks };
         let (c, sum) = check(CheckMode::Conservative, None, &mut mem, &syms, input, &ranges).unwrap();
         assert_eq!(c.iter().map(|c| (c.task.as_deref(), c.function.as_str())).collect::<Vec<_>>(), vec![(Some("cpu0:irq"), "f+0x10")]);
@@ -181,5 +184,42 @@ mod tests {
         let input = CheckInput { vcpus: &[], vcpu_cpus: &[], tasks: &t };
         let (c, sum) = check(CheckMode::Conservative, None, &mut mem, &syms, input, &ranges).unwrap();
         assert_eq!((c.len(), c[0].function.as_str(), sum.bytes), (1, "f+0x20", big));
+    }
+
+    /// A kernel-mode vCPU on no listed stack (an exiting task already off
+    /// the list): its stack is scanned from the RSP to the 16 KiB boundary
+    /// in both checks; unreadable, it is a conflict, never unchecked.
+    #[test]
+    fn a_kernel_vcpu_on_no_known_stack_is_scanned_from_its_rsp() {
+        let (_, syms, mut tasks, ranges) = setup();
+        tasks.tasks.clear();
+        // An unlisted 16 KiB stack: RSP at +0x3000, a return into f at
+        // +0x3f00 (live) and at +0x100 (below the RSP: dead).
+        let base = STACK + 0x4000;
+        let mut data = vec![0u8; 0x8000];
+        data[0x3f00..0x3f08].copy_from_slice(&(F + 0x10).to_le_bytes());
+        data[0x100..0x108].copy_from_slice(&(F + 0x18).to_le_bytes());
+        // Past the boundary: another stack, not this vCPU's.
+        data[0x4100..0x4108].copy_from_slice(&(F + 0x20).to_le_bytes());
+        let mut mem = BufferMemory { base, data };
+        let mut v = vcpu(0x1234, base + 0x3000);
+        v.cs = 0x10;
+        for mode in [CheckMode::Conservative, CheckMode::Orc] {
+            let u = crate::os::linux::unwind::OrcUnwinder::new(crate::os::linux::orc::OrcTable::new("vmlinux", F, F + 0x40, vec![]), None);
+            let vs = [v.clone()];
+            let input = CheckInput { vcpus: &vs, vcpu_cpus: &[], tasks: &tasks };
+            let (c, sum) = check(mode, Some(&u), &mut mem, &syms, input, &ranges).unwrap();
+            let found: Vec<&str> = c.iter().map(|c| c.function.as_str()).collect();
+            assert_eq!(found, vec!["f+0x10"], "{mode:?}: {c:?}");
+            assert_eq!(sum.bytes, 0x1000, "{mode:?}");
+            assert!(sum.fallbacks.iter().any(|f| f.stack == "vcpu 0" && f.reason.contains("no known stack")), "{mode:?}: {sum:?}");
+        }
+        // Unreadable: a conflict that makes the pause retry.
+        let mut v = vcpu(0x1234, 0xdead_0000);
+        v.cs = 0x10;
+        let vs = [v];
+        let input = CheckInput { vcpus: &vs, vcpu_cpus: &[], tasks: &tasks };
+        let (c, _) = check(CheckMode::Conservative, None, &mut mem, &syms, input, &ranges).unwrap();
+        assert_eq!((c.len(), c[0].kind, c[0].vcpu), (1, "unchecked_stack", Some(0)), "{c:?}");
     }
 }

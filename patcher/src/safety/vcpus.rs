@@ -9,6 +9,13 @@
 //! (the syscall entry before its stack switch, the exit after it).
 //! When an unwind from the registers cannot be trusted, every stack of that
 //! vCPU's CPU and its task's stack from the RSP are scanned instead.
+//!
+//! A vCPU in kernel mode whose RSP is on no listed stack (an exiting task
+//! already off the task list, a boot stack, agentless mode) is never left
+//! unchecked: its stack is scanned from the RSP to the next
+//! [`ORPHAN_STACK_ALIGN`] boundary ([`scan_orphan`], both checks); when that
+//! cannot be read it is an `unchecked_stack` conflict, and the pause is
+//! retried like any busy one.
 
 use std::ops::Range;
 
@@ -18,8 +25,39 @@ use super::scan::scan;
 use super::CheckInput;
 use crate::model::backend::VcpuState;
 use crate::model::mem::KernelMemory;
-use crate::model::{TargetError, TaskInfo};
+use crate::model::{TargetError, TaskInfo, TaskList};
 use crate::os::linux::unwind::{OrcUnwinder, Start};
+
+/// Kernel stacks on x86-64 end on a multiple of this (Linux's THREAD_SIZE
+/// stacks are THREAD_SIZE aligned, 16 KiB without KASAN; the test guest's
+/// task stacks likewise): a stack no list names is scanned from the RSP up
+/// to the next one.
+pub(super) const ORPHAN_STACK_ALIGN: u64 = 16 << 10;
+
+/// The live part of the stack `v` is on when it is in kernel mode on none
+/// of the listed stacks: its RSP up to the next [`ORPHAN_STACK_ALIGN`] boundary.
+pub(super) fn orphan_stack(v: &VcpuState, list: &TaskList) -> Option<Range<u64>> {
+    if v.cpl() != 0 {
+        return None;
+    }
+    let rsp = v.rsp();
+    let listed = list.tasks.iter().any(|t| t.stack.contains(&rsp)) || list.cpu_stacks.iter().any(|s| s.range.contains(&rsp));
+    if listed {
+        return None;
+    }
+    let end = (rsp | (ORPHAN_STACK_ALIGN - 1)).checked_add(1)?;
+    Some(rsp..end)
+}
+
+/// Scans the stack of `v` when it is on no listed stack (see [`orphan_stack`]);
+/// unreadable, it is an `unchecked_stack` conflict.
+pub(super) fn scan_orphan(mem: &mut dyn KernelMemory, f: &mut Findings<'_>, v: &VcpuState, list: &TaskList) {
+    let Some(range) = orphan_stack(v, list) else { return };
+    f.fallback(format!("vcpu {}", v.index), format!("RSP {:#x} is on no known stack: scanned to {:#x}", range.start, range.end));
+    if let Err(e) = scan(mem, f, Owner::Unknown, range.clone()) {
+        f.unchecked_stack(v.index, range.start, e.to_string());
+    }
+}
 
 /// The task a vCPU runs, as far as the list tells.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,6 +157,7 @@ pub(super) fn unwind_all(u: &OrcUnwinder, mem: &mut dyn KernelMemory, input: &Ch
                     scan(mem, f, Owner::Task(t), from..t.stack.end)?;
                     cov.tasks[i] = true;
                 }
+                scan_orphan(mem, f, v, input.tasks);
             }
         }
     }

@@ -26,7 +26,7 @@ use crate::arch::x86::paging::PagingMode;
 use crate::kernels::TargetKernel;
 use crate::model::backend::VcpuState;
 use crate::model::mem::KernelMemory;
-use crate::model::{ArenaRange, GuestTasks, Symbol, SymbolKind, SymbolTable, TargetError, TargetKind, TaskInfo, TaskList};
+use crate::model::{ArenaRange, GuestTasks, RamMap, Symbol, SymbolKind, SymbolTable, TargetError, TargetKind, TaskInfo, TaskList};
 use crate::os::linux::orc::{reg, OrcEntry, OrcTable, OrcType};
 use crate::os::linux::unwind::{OrcUnwinder, PT_REGS_SIZE};
 
@@ -103,6 +103,10 @@ pub struct FakeKernel {
     task_reads: AtomicUsize,
     root: u64,
     paging: PagingMode,
+    /// The memory map it reports (none: the arena is not checked).
+    ram: Option<RamMap>,
+    kind: TargetKind,
+    build_id: bool,
 }
 
 impl Default for FakeKernel {
@@ -137,12 +141,33 @@ impl FakeKernel {
             task_reads: AtomicUsize::new(0),
             root: RamGuest::new(RAM).root(),
             paging: PagingMode::FourLevel,
+            ram: None,
+            kind: TargetKind::TestGuest,
+            build_id: true,
         }
     }
 
     /// The same kernel on page tables of `mode` (5 levels: LA57).
     pub fn with_paging(mut self, mode: PagingMode) -> Self {
         self.paging = mode;
+        self
+    }
+
+    /// The same kernel presenting itself as `kind` (patches must say so too).
+    pub fn with_kind(mut self, kind: TargetKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// The same kernel with no build-id.
+    pub fn without_build_id(mut self) -> Self {
+        self.build_id = false;
+        self
+    }
+
+    /// The same kernel reporting `map` as its memory map (the arena check).
+    pub fn with_ram_map(mut self, map: RamMap) -> Self {
+        self.ram = Some(map);
         self
     }
 
@@ -235,13 +260,13 @@ impl FakeKernel {
 }
 
 impl TargetKernel for FakeKernel {
-    /// The fake presents itself as a test-guest kind of kernel.
+    /// The fake presents itself as a test-guest kind of kernel (or the kind set).
     fn kind(&self) -> TargetKind {
-        TargetKind::TestGuest
+        self.kind
     }
 
     fn build_id(&self) -> Option<&str> {
-        Some(BUILD_ID)
+        self.build_id.then_some(BUILD_ID)
     }
 
     fn symbols(&self) -> &SymbolTable {
@@ -281,5 +306,9 @@ impl TargetKernel for FakeKernel {
 
     fn unwinder(&self) -> Option<&OrcUnwinder> {
         self.unwinder.as_ref()
+    }
+
+    fn ram_map(&self, _mem: &mut dyn KernelMemory) -> Option<RamMap> {
+        self.ram.clone()
     }
 }

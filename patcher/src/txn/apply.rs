@@ -54,6 +54,7 @@ impl<B: Backend> Patcher<'_, B> {
         if !self.target.is_up(&mut self.guest).unwrap_or(false) {
             return Err(Failure::new(Stage::Prepare, Cause::NotUp, "not_up", "the guest kernel is not up"));
         }
+        self.check_arena(Stage::Prepare)?;
         self.recover_quietly(Stage::Prepare)?;
         let mut reg = self.registry(Stage::Prepare)?;
         if reg.intent.is_some() {

@@ -77,3 +77,36 @@ fn refusals_touch_nothing() {
     assert!(patcher(&mut g, &k).apply(&q).is_ok());
     assert_eq!(first - (g.writes - first), 2, "{first} writes, then {}", g.writes - first);
 }
+
+/// A build-id missing on either side is never a silent pass: a Linux patch
+/// without one is refused, otherwise the report says it was not checked.
+#[test]
+fn a_missing_build_id_is_refused_for_linux_and_noted_otherwise() {
+    let unnamed = |k: &FakeKernel| {
+        let mut p = FakePatch::new("p1").replace("fake_a").build(k).unwrap();
+        p.manifest.target.build_id = None;
+        p
+    };
+    let linux = FakeKernel::new().with_kind(TargetKind::Linux);
+    let mut g = linux.guest();
+    let r = patcher(&mut g, &linux).apply(&unnamed(&linux));
+    assert_eq!((r.cause, r.reason.as_deref()), (Cause::NoMatch, Some("build_id_missing")), "{}", r.to_json());
+    assert_eq!(text(&g, &linux, "fake_a", 0x40), linux.pristine("fake_a"));
+    // The test-guest kind: applied, with a note.
+    let k = FakeKernel::new();
+    let mut g = k.guest();
+    let r = patcher(&mut g, &k).apply(&unnamed(&k));
+    assert!(r.is_ok(), "{}", r.to_json());
+    assert!(r.notes.iter().any(|n| n.contains("the patch names no build-id") && n.contains("not checked")), "{:?}", r.notes);
+    // A kernel without a build-id: applied, with a note.
+    let k = FakeKernel::new().without_build_id();
+    let mut g = k.guest();
+    let r = patcher(&mut g, &k).apply(&patch("p2", &["fake_b"]));
+    assert!(r.is_ok(), "{}", r.to_json());
+    assert!(r.notes.iter().any(|n| n.contains("the guest kernel has no build-id")), "{:?}", r.notes);
+    // Both named: no note.
+    let mut g = FakeKernel::new().guest();
+    let k = FakeKernel::new();
+    let r = patcher(&mut g, &k).apply(&patch("p3", &["fake_c"]));
+    assert!(r.is_ok() && r.notes.iter().all(|n| !n.contains("build-id")), "{:?}", r.notes);
+}

@@ -146,3 +146,61 @@ fn sites_holding_bytes_no_transaction_wrote_are_left_alone() {
     let r = patcher(&mut g, &k).apply(&patch("other", &["fake_c"]));
     assert_eq!(r.cause, Cause::Unexpected, "{}", r.to_json());
 }
+
+#[test]
+fn torn_bytes_are_told_apart_from_foreign_ones() {
+    use super::recover::torn_at;
+    let (a, b) = ([1u8, 2, 3, 4, 5], [9u8, 8, 7, 6, 5]);
+    assert_eq!(torn_at(&[1, 2, 7, 6, 5], &a, &b), Some(2));
+    assert_eq!(torn_at(&[1, 8, 7, 6, 5], &a, &b), Some(1));
+    assert_eq!(torn_at(&a, &a, &b), None, "whole is not torn");
+    assert_eq!(torn_at(&b, &a, &b), None);
+    assert_eq!(torn_at(&[9, 2, 7, 6, 5], &a, &b), None, "b first is the other direction");
+    assert_eq!(torn_at(&[1, 2, 0, 6, 5], &a, &b), None, "a foreign byte");
+    assert_eq!(torn_at(&[1, 2, 3], &a, &b), None, "wrong length");
+}
+
+/// A death between the two writes of a jump site that crosses a 4 KiB page
+/// leaves the site torn: its first bytes new, the rest old (or, for a
+/// revert, the other way round). The fake kernel's sites lie inside one
+/// page, so the tear is put there by hand, at every split, at the point
+/// where the intent is saved and no site is written yet; the status is
+/// `partial` (the guest is kept stopped), and recovery puts the site back.
+#[test]
+fn a_torn_site_is_recovered_not_treated_as_foreign() {
+    let k = FakeKernel::new();
+    let p = patch("two_sites", &FUNCS);
+    let fresh = k.guest();
+    let mut applied = fresh.clone();
+    assert!(patcher(&mut applied, &k).apply(&p).is_ok());
+    let apply = |f: &mut Faulty<&mut RamGuest>, k: &FakeKernel| patcher(f, k).apply(&p).is_ok();
+    let revert = |f: &mut Faulty<&mut RamGuest>, k: &FakeKernel| patcher(f, k).revert("two_sites").is_ok();
+    let mut tears = 0;
+    for (start, op) in [(&fresh, &apply as &dyn Fn(&mut Faulty<&mut RamGuest>, &FakeKernel) -> bool), (&applied, &revert)] {
+        // The last death with the intent saved and no site written.
+        let n = (0..writes_of(start, &k, op))
+            .filter(|&n| {
+                let mut g = start.clone();
+                op(&mut Faulty::new(&mut g).die_after_writes(n), &k);
+                patcher(&mut g, &k).status().unwrap().intent.is_some_and(|i| i.text == TextState::NotStarted)
+            })
+            .last()
+            .expect("a death after the intent is saved");
+        let mut dead = start.clone();
+        op(&mut Faulty::new(&mut dead).die_after_writes(n), &k);
+        let w = registry(&mut dead).unwrap().intent.unwrap().writes[0].clone();
+        for split in 1..w.after.len() {
+            let mut g = dead.clone();
+            let torn: Vec<u8> = w.after[..split].iter().chain(&w.before[split..]).copied().collect();
+            g.put(w.addr - crate::testing::kernel::START_KERNEL_MAP, &torn);
+            let st = patcher(&mut g, &k).status().unwrap();
+            assert_eq!(st.intent.map(|i| i.text), Some(TextState::Partial), "split {split}");
+            let mut seen = BTreeSet::new();
+            recover_and_check(&mut g, &p, &mut seen, &format!("site torn after {split} bytes"));
+            let now = g.bytes(w.addr - crate::testing::kernel::START_KERNEL_MAP, w.before.len());
+            assert_eq!(now, w.before, "the torn site is back to its before bytes");
+            tears += 1;
+        }
+    }
+    assert!(tears >= 8, "{tears}");
+}

@@ -9,9 +9,12 @@
 //! registry is the only state: a new `Patcher` on the same guest sees what
 //! every earlier one did, the patches' ORC included ([`orc`]: each
 //! transaction's unwinder is the target's plus the registry's patch rows).
+//! [`arena_check`] refuses `arena_in_use` before the first write of any
+//! transaction when the arena is not outside the guest's RAM.
 //! [`causes`] maps each lower layer's error to the [`Cause`] it reports.
 
 pub mod apply;
+pub mod arena_check;
 pub mod causes;
 pub mod orc;
 pub mod pause;
@@ -24,6 +27,8 @@ pub mod revert;
 mod testutil;
 #[cfg(test)]
 mod apply_tests;
+#[cfg(test)]
+mod arena_check_tests;
 #[cfg(test)]
 mod busy_tests;
 #[cfg(test)]

@@ -167,8 +167,11 @@ impl<B: Backend> Patcher<'_, B> {
                 done += 1;
             }
             if let Some(e) = err {
-                // Put back what was written, so the guest never runs half-patched.
-                let restored = writes[..done].iter().all(|w| self.guest.write_virt(w.addr, &w.before).is_ok());
+                // Put back what was written, so the guest never runs
+                // half-patched: the failed site too, whose first page may
+                // have been written (a site across two pages is two writes).
+                let upto = (done + 1).min(writes.len());
+                let restored = writes[..upto].iter().all(|w| self.guest.write_virt(w.addr, &w.before).is_ok());
                 let f = Failure::from_err(Stage::Write, Cause::Unexpected, "write_failed", &e);
                 let f = self.resume_after(t0, timings, f);
                 return Err(PauseFailure { failure: f, text_dirty: !restored });

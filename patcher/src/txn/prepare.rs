@@ -163,15 +163,29 @@ impl<B: Backend> Patcher<'_, B> {
         Ok(prepared)
     }
 
-    /// The patch is for this kernel (kind, build-id), not applied yet, and replaces something.
-    fn check_applicable(&self, m: &Manifest, reg: &Registry) -> Result<(), Failure> {
+    /// The patch is for this kernel (kind, build-id), not applied yet, and
+    /// replaces something. A build-id missing on either side is never a
+    /// silent pass: a Linux patch without one is refused
+    /// (`build_id_missing`); otherwise the report's notes say the match rests
+    /// on the run-pre digests alone.
+    fn check_applicable(&mut self, m: &Manifest, reg: &Registry) -> Result<(), Failure> {
         let target = self.target;
         if m.target.kind != target.kind() {
             return Err(prep(Cause::NoMatch, "target_kind", format!("patch is for a `{}` kernel, the guest runs `{}`", m.target.kind, target.kind())));
         }
-        if let (Some(want), Some(have)) = (m.target.build_id.as_deref(), target.build_id()) {
-            if want != have {
+        match (m.target.build_id.as_deref(), target.build_id()) {
+            (Some(want), Some(have)) if want != have => {
                 return Err(prep(Cause::NoMatch, "build_id", format!("patch is for build-id {want}, the guest kernel is {have}")));
+            }
+            (Some(_), Some(_)) => {}
+            (None, _) if target.kind() == crate::model::TargetKind::Linux => {
+                return Err(prep(Cause::NoMatch, "build_id_missing", "the patch names no build-id: a Linux patch must say which kernel build it is for".into()));
+            }
+            (want, _) => {
+                let side = if want.is_none() { "the patch names no build-id" } else { "the guest kernel has no build-id" };
+                let note = format!("{side}: the build-id was not checked; the patch matched by its run-pre digests alone");
+                tracing::warn!(patch = %m.name, "{note}");
+                self.notes.push(note);
             }
         }
         if reg.patch(&m.id).is_some() {
@@ -226,7 +240,7 @@ impl<B: Backend> Patcher<'_, B> {
         for n in &linked.notes {
             tracing::info!(patch = %m.name, "{n}");
         }
-        self.notes = linked.notes.clone();
+        self.notes.extend(linked.notes.iter().cloned());
         Ok(linked)
     }
 

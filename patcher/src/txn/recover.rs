@@ -5,6 +5,12 @@
 //! text decides: all "after" → the writes were done, commit; all "before" →
 //! nothing was done, roll back; a mix → put the written sites back (inside a
 //! pause, with the safety check over the intent's ranges), then roll back.
+//! A site that crosses a 4 KiB page is written in two writes (one per
+//! page), so a death between them leaves it torn: the first bytes of one
+//! side and the rest of the other ([`torn_at`]). The intent's before and
+//! after bytes are both halves, so a torn site is recognised, counted as
+//! partly written (`status` shows `partial`, the guest is kept stopped) and
+//! put back to its before bytes with the rest.
 //! Anything else in the text means someone else changed it: `unexpected`,
 //! and nothing is written.
 
@@ -98,29 +104,60 @@ impl Status {
     }
 }
 
+/// Where a site's bytes `now` are torn between `a` and `b`: `Some(k)` when
+/// `now` is `a[..k] ++ b[k..]` for some `0 < k < len` (a write of one side
+/// over the other that stopped after its first `k` bytes).
+pub(crate) fn torn_at(now: &[u8], a: &[u8], b: &[u8]) -> Option<usize> {
+    if now.len() != a.len() || now.len() != b.len() || now == a || now == b {
+        return None;
+    }
+    let k = now.iter().zip(a).take_while(|(n, x)| n == x).count();
+    (k > 0 && now[k..] == b[k..]).then_some(k)
+}
+
+/// What one site of an intent holds now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum SiteNow {
+    /// Its before bytes.
+    Before,
+    /// Its after bytes.
+    After,
+    /// Torn between the two (these bytes).
+    Torn(Vec<u8>),
+    /// Neither.
+    Foreign,
+}
+
 impl<B: Backend> Patcher<'_, B> {
-    fn text_state(&mut self, writes: &[SiteWrite]) -> Result<(TextState, Vec<bool>), Failure> {
-        let mut done = Vec::new();
-        let mut foreign = false;
-        for w in writes {
-            let now = self.guest.read_vec(w.addr, w.after.len()).map_err(|e| Failure::from_err(Stage::Recover, Cause::Unexpected, Some(e.cause()), &e))?;
-            if now == w.after {
-                done.push(true);
-            } else {
-                foreign |= now != w.before;
-                done.push(false);
-            }
-        }
-        let state = if foreign {
-            TextState::Foreign
-        } else if done.iter().all(|&d| d) {
-            TextState::Complete
-        } else if done.iter().any(|&d| d) {
-            TextState::Partial
+    fn site_now(&mut self, w: &SiteWrite) -> Result<SiteNow, Failure> {
+        let now = self.guest.read_vec(w.addr, w.after.len()).map_err(|e| Failure::from_err(Stage::Recover, Cause::Unexpected, Some(e.cause()), &e))?;
+        Ok(if now == w.after {
+            SiteNow::After
+        } else if now == w.before {
+            SiteNow::Before
+        } else if torn_at(&now, &w.after, &w.before).is_some() || torn_at(&now, &w.before, &w.after).is_some() {
+            tracing::warn!(site = format_args!("{:#x}", w.addr), "a jump site is torn between its before and after bytes");
+            SiteNow::Torn(now)
         } else {
+            SiteNow::Foreign
+        })
+    }
+
+    fn text_state(&mut self, writes: &[SiteWrite]) -> Result<(TextState, Vec<SiteNow>), Failure> {
+        let mut sites = Vec::with_capacity(writes.len());
+        for w in writes {
+            sites.push(self.site_now(w)?);
+        }
+        let state = if sites.contains(&SiteNow::Foreign) {
+            TextState::Foreign
+        } else if sites.iter().all(|s| *s == SiteNow::After) {
+            TextState::Complete
+        } else if sites.iter().all(|s| *s == SiteNow::Before) {
             TextState::NotStarted
+        } else {
+            TextState::Partial
         };
-        Ok((state, done))
+        Ok((state, sites))
     }
 
     /// Completes or rolls back an interrupted transaction; `Ok(false)` when there was none.
@@ -132,12 +169,16 @@ impl<B: Backend> Patcher<'_, B> {
             TextState::Complete => reg.commit_intent(),
             TextState::NotStarted => reg.rollback_intent(),
             TextState::Partial => {
+                // Written and torn sites go back to their before bytes.
                 let undo: Vec<SiteWrite> = intent
                     .writes
                     .iter()
                     .zip(&done)
-                    .filter(|(_, d)| **d)
-                    .map(|(w, _)| SiteWrite { addr: w.addr, before: w.after.clone(), after: w.before.clone() })
+                    .filter_map(|(w, now)| match now {
+                        SiteNow::After => Some(SiteWrite { addr: w.addr, before: w.after.clone(), after: w.before.clone() }),
+                        SiteNow::Torn(bytes) => Some(SiteWrite { addr: w.addr, before: bytes.clone(), after: w.before.clone() }),
+                        SiteNow::Before | SiteNow::Foreign => None,
+                    })
                     .collect();
                 self.run_pauses(reg, &intent.ranges, &undo, timings).map_err(|pf| {
                     let mut f = pf.failure;
@@ -167,7 +208,7 @@ impl<B: Backend> Patcher<'_, B> {
     pub fn recover(&mut self) -> TxnReport {
         let t0 = Instant::now();
         let mut timings = Timings::default();
-        let r = match self.load_registry(Stage::Recover) {
+        let r = match self.check_arena(Stage::Recover).and_then(|()| self.load_registry(Stage::Recover)) {
             Ok(Some(mut reg)) => self.recover_registry(&mut reg, &mut timings).map(|_| Vec::new()),
             Ok(None) => Ok(Vec::new()),
             Err(f) => Err(f),

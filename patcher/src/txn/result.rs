@@ -37,6 +37,9 @@ pub enum Cause {
     ArenaFull,
     /// The guest kernel is not up (or the arena is missing).
     NotUp,
+    /// The arena is (partly) guest RAM, or not marked reserved, in the
+    /// kernel's own memory map: nothing was written.
+    ArenaInUse,
     /// The running kernel is one vsplice cannot patch at all (no BTF, a
     /// symbol vsplice needs missing, or a patch for another kind of kernel).
     UnsupportedTarget,
@@ -67,6 +70,7 @@ impl Cause {
             Self::UnsupportedSection => "unsupported_section",
             Self::ArenaFull => "arena_full",
             Self::NotUp => "not_up",
+            Self::ArenaInUse => "arena_in_use",
             Self::UnsupportedTarget => "unsupported_target",
             Self::Unsigned => "unsigned",
             Self::BadSignature => "bad_signature",

@@ -13,6 +13,7 @@ use crate::model::backend::Backend;
 impl<B: Backend> Patcher<'_, B> {
     fn try_revert(&mut self, id: &str, timings: &mut Timings, t0: Instant) -> Result<Option<String>, Failure> {
         let prep = |cause, reason: &'static str, msg: String| Failure::new(Stage::Prepare, cause, reason, msg);
+        self.check_arena(Stage::Prepare)?;
         self.recover_quietly(Stage::Prepare)?;
         let Some(mut reg) = self.load_registry(Stage::Prepare)? else {
             return Err(prep(Cause::NotApplied, "not_applied", format!("no patch is applied (no registry in the arena); {id} is not applied")));

@@ -112,6 +112,11 @@ pub fn run(args: AttachDaemonArgs) -> ExitCode {
     };
     let arena = args.guest.arena;
     let hint = recover_hint(&args.api_sock);
+    if let Err(why) = session::arena_free(&*target, &mut backend, arena) {
+        eprintln!("vsplice: refusing to attach [arena_in_use]: {why}");
+        session::end(&*target, backend, arena, &hint);
+        return ExitCode::from(EXIT_BAD_INPUT);
+    }
     let vcpus = gdb(&backend).threads().len();
     let vm = AttachedVm::new(&*target, vcpus, arena, args.guest.check);
     let mut service = match AttachedService::start(&args.api_sock, vm.clone()) {

@@ -70,10 +70,36 @@ pub fn report(err: &dyn std::error::Error, cause: &str) {
     eprintln!("vsplice: error [{cause}]: {}", chain(err));
 }
 
+/// What a command-line error exits with: `--help` and `--version` 0, a
+/// usage error (unknown flag, bad value, missing argument) 1 like every
+/// other bad input — never clap's own 2, which `vsplice run` keeps for a
+/// guest that crashed and `vsplice attach` for a guest that went away.
+pub fn usage_exit_code(e: &clap::Error) -> u8 {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => 0,
+        _ => run::EXIT_BAD_INPUT,
+    }
+}
+
+fn usage_error(e: &clap::Error) -> ExitCode {
+    // clap prints help and version on stdout, errors on stderr.
+    if let Err(io) = e.print() {
+        eprintln!("vsplice: error [usage]: {e} ({io})");
+    }
+    ExitCode::from(usage_exit_code(e))
+}
+
 /// Entry point of the `vsplice` binary.
 pub fn main() -> ExitCode {
-    let matches = Cli::command().get_matches();
-    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut Cli::command()).exit());
+    let matches = match Cli::command().try_get_matches() {
+        Ok(m) => m,
+        Err(e) => return usage_error(&e),
+    };
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => return usage_error(&e.format(&mut Cli::command())),
+    };
     init_logging(cli.log.as_deref());
     match cli.command {
         Command::Run(args) => match matches.subcommand_matches("run").map(|m| run_config::resolve(args, m)) {
@@ -91,5 +117,28 @@ pub fn main() -> ExitCode {
         Command::Inspect(args) => inspect::run(args),
         Command::Remote(args) => remote::run(args),
         Command::Attach(args) => attach::run(args),
+    }
+}
+
+#[cfg(test)]
+mod exit_code_tests {
+    #![allow(clippy::unwrap_used)]
+    use clap::CommandFactory;
+
+    use super::{usage_exit_code, Cli};
+
+    fn code(args: &[&str]) -> u8 {
+        usage_exit_code(&Cli::command().try_get_matches_from(args).unwrap_err())
+    }
+
+    /// Usage errors exit 1 (2 is a crashed guest); help and version 0.
+    #[test]
+    fn usage_errors_exit_1_help_and_version_0() {
+        assert_eq!(code(&["vsplice", "run", "--bogus"]), 1);
+        assert_eq!(code(&["vsplice", "patch", "status", "--gdb", "x:1", "--arena", "2"]), 1);
+        assert_eq!(code(&["vsplice"]), 1);
+        assert_eq!(code(&["vsplice", "--help"]), 0);
+        assert_eq!(code(&["vsplice", "run", "--help"]), 0);
+        assert_eq!(code(&["vsplice", "--version"]), 0);
     }
 }

@@ -31,7 +31,10 @@ The guest's power-off (ACPI S5) ends the VMM with exit code 0; so does a reboot 
 reset, `reboot=k`) unless `--on-reboot restart` boots the guest again (with its live patches \
 applied again once its kernel is up). A triple fault or KVM internal error ends it with exit code 2 and a message giving \
 the exit reason, RIP and the instruction bytes KVM reported. Bad input exits with code 1 and a \
-one-line error naming the problem.
+one-line error naming the problem; so does a usage error (unknown flag, bad value): exit code 2 \
+only ever means a crashed guest. An ELF kernel without a loadable segment or with one outside \
+guest RAM (over the arena, past the end) is refused at load, and so is --memory above the \
+host's RAM.
 
 --config FILE takes any of the flags from a JSON object whose keys are the flags' names with `_` \
 for `-`: kernel, initrd, cmdline, vcpus, memory, serial, arena, pause_timeout_ms, live_patch (a \

@@ -17,7 +17,7 @@ use vsplice_patcher::kernels::TargetKernel;
 use vsplice_patcher::model::backend::Backend;
 use vsplice_patcher::model::ArenaRange;
 use vsplice_patcher::txn::recover::TextState;
-use vsplice_patcher::txn::{Patcher, TxnConfig};
+use vsplice_patcher::txn::{Patcher, Stage, TxnConfig};
 
 use super::fault_injection::{attached, into_gdb, Attached};
 use super::patch::AttachArgs;
@@ -67,6 +67,14 @@ pub fn open(g: &AttachArgs) -> Result<Session, ExitCode> {
         }
     }
     Ok(Session { target, backend: attached(backend), kept_stopped })
+}
+
+/// The arena check every transaction makes before its first write, made
+/// once more at `vsplice attach` start: `Err` with the refusal's
+/// `reason: message` when the arena is not outside the guest's RAM.
+pub fn arena_free<B: Backend>(target: &dyn TargetKernel, backend: &mut B, arena: ArenaRange) -> Result<(), String> {
+    let mut p = Patcher::new(backend, target, TxnConfig::new(arena));
+    p.check_arena(Stage::Prepare).map_err(|f| format!("{}: {}", f.reason.as_deref().unwrap_or("arena_in_use"), f.message))
 }
 
 /// True when the guest's registry holds an intent whose writes are partly done.

@@ -17,6 +17,8 @@
 //! - `view`: a stopped guest's tasks from agent and/or walk, and the
 //!   unwinder for its kernel and modules; `task_list`: the one list of
 //!   stacks (and vCPU to CPU map) the safety check gets from them.
+//! - `ram`: the kernel's memory map (`e820_table`, the `iomem_resource`
+//!   tree) for the arena check.
 //! - `image`: the bzImage / vmlinux file offline.
 //! - `kernel`: all of the above tied together.
 
@@ -33,6 +35,9 @@ pub mod modules;
 pub mod notes;
 pub mod orc;
 pub mod orc_object;
+pub mod ram;
+#[cfg(test)]
+mod ram_tests;
 pub mod symbols;
 pub mod task_list;
 #[cfg(test)]
