@@ -23,18 +23,25 @@ use crate::qemu::{Guest, QemuConfig};
 use crate::skip::skip;
 use crate::testguest::workspace_root;
 
+/// The flavour's QEMU configuration for a test that builds Linux patches:
+/// `None` after a loud skip when the images, the Kbuild headers or QEMU are
+/// missing.
+pub fn config_with_headers(flavour: Flavour, label: &str) -> Option<QemuConfig> {
+    let cfg = QemuConfig::debian_or_skip(flavour, label)?;
+    match debian_images(flavour) {
+        Ok(img) if img.headers.join("Makefile").is_file() => Some(cfg),
+        _ => {
+            skip(label, "no Kbuild headers for the Debian kernel (run images/debian-kernels.sh)");
+            None
+        }
+    }
+}
+
 /// Boots a Debian guest without the vsplice agent: for tests of the
 /// agentless path (nothing of vsplice inside the guest). `None` after a loud
 /// skip when the images, the Kbuild headers or QEMU are missing.
 pub fn boot_agentless(flavour: Flavour, label: &str) -> Option<Guest> {
-    let mut cfg = QemuConfig::debian_or_skip(flavour, label)?;
-    match debian_images(flavour) {
-        Ok(img) if img.headers.join("Makefile").is_file() => {}
-        _ => {
-            skip(label, "no Kbuild headers for the Debian kernel (run images/debian-kernels.sh)");
-            return None;
-        }
-    }
+    let mut cfg = config_with_headers(flavour, label)?;
     cfg.extra_append.push("vsplice.agent=0".into());
     Guest::boot_or_skip(cfg)
 }

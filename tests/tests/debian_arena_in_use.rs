@@ -17,22 +17,14 @@ use vsplice_patcher::patch::linux_image::LinuxImage;
 use vsplice_tests::cli::{text, vsplice};
 use vsplice_tests::debian::{debian_images, Flavour};
 use vsplice_tests::linuxpatch;
-use vsplice_tests::qemu::{Arena, Guest, QemuConfig};
+use vsplice_tests::qemu::{Arena, Guest};
 use vsplice_tests::scratch::tmp_dir;
-use vsplice_tests::skip::skip;
 use vsplice_tests::testguest::vm_lock;
 
 const RESERVED: Arena = Arena { base: 0x1c00_0000, size: 4 << 20 };
 
 fn boot(label: &str) -> Option<Guest> {
-    let mut cfg = QemuConfig::debian_or_skip(Flavour::Amd64, label)?;
-    match debian_images(Flavour::Amd64) {
-        Ok(img) if img.headers.join("Makefile").is_file() => {}
-        _ => {
-            skip(label, "no Kbuild headers for the Debian kernel (run images/debian-kernels.sh)");
-            return None;
-        }
-    }
+    let mut cfg = linuxpatch::config_with_headers(Flavour::Amd64, label)?;
     cfg.mem_mib = 512;
     cfg.arena = Some(RESERVED);
     cfg.extra_append.push("vsplice.agent=0".into());

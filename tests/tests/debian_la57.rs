@@ -36,7 +36,7 @@ use vsplice_patcher::model::mem::KernelMemory;
 use vsplice_tests::cli::{text, vsplice};
 use vsplice_tests::debian::{debian_images, Flavour};
 use vsplice_tests::linuxpatch;
-use vsplice_tests::qemu::{Guest, QemuConfig};
+use vsplice_tests::qemu::Guest;
 use vsplice_tests::scratch::tmp_dir;
 use vsplice_tests::skip::skip;
 use vsplice_tests::testguest::vm_lock;
@@ -44,14 +44,7 @@ use vsplice_tests::testguest::vm_lock;
 /// Boots the Debian guest with `cpu`, agentless unless `agent`; `None`
 /// after a loud skip when the images, the Kbuild headers or QEMU are missing.
 fn boot(label: &str, cpu: Option<&str>, agent: bool) -> Option<Guest> {
-    let mut cfg = QemuConfig::debian_or_skip(Flavour::Amd64, label)?;
-    match debian_images(Flavour::Amd64) {
-        Ok(img) if img.headers.join("Makefile").is_file() => {}
-        _ => {
-            skip(label, "no Kbuild headers for the Debian kernel (run images/debian-kernels.sh)");
-            return None;
-        }
-    }
+    let mut cfg = linuxpatch::config_with_headers(Flavour::Amd64, label)?;
     cfg.cpu = cpu.map(str::to_owned);
     if !agent {
         cfg.extra_append.push("vsplice.agent=0".into());

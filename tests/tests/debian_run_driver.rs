@@ -85,6 +85,20 @@ fn drive(lp: &LivePatches, boot: &mut BootTarget, live: &mut GdbLive, g: &Guest)
     reports
 }
 
+/// The guest's /proc/cmdline shows the patch; a revert through the boot's
+/// target takes it back; then detach.
+fn patched_then_reverted(mut g: Guest, mut live: GdbLive, boot: &BootTarget, id: &str) {
+    let cmdline = g.run_ok("cat /proc/cmdline").unwrap();
+    assert!(cmdline.trim_end().ends_with(" vsplice.marker=cmdline"), "{cmdline}");
+    let arena = live.arena;
+    let r = Patcher::new(&mut live, boot.kernel().unwrap(), TxnConfig::new(arena)).revert(id);
+    assert!(r.is_ok(), "{}", r.to_json());
+    let back = g.run_ok("cat /proc/cmdline").unwrap();
+    assert!(!back.contains("vsplice.marker"), "{back}");
+    live.backend.0.detach().unwrap();
+    g.check_console().unwrap();
+}
+
 #[test]
 fn a_booting_debian_kernel_is_identified_and_patched_once_up_then_reverted() {
     let _l = vm_lock();
@@ -103,15 +117,7 @@ fn a_booting_debian_kernel_is_identified_and_patched_once_up_then_reverted() {
     let release = boot.kernel().unwrap().release().map(str::to_owned).unwrap();
     g.wait_ready().unwrap();
     assert_eq!(g.run_ok("uname -r").unwrap().trim(), release);
-    let cmdline = g.run_ok("cat /proc/cmdline").unwrap();
-    assert!(cmdline.trim_end().ends_with(" vsplice.marker=cmdline"), "{cmdline}");
-    let arena = live.arena;
-    let r = Patcher::new(&mut live, boot.kernel().unwrap(), TxnConfig::new(arena)).revert(&id);
-    assert!(r.is_ok(), "{}", r.to_json());
-    let back = g.run_ok("cat /proc/cmdline").unwrap();
-    assert!(!back.contains("vsplice.marker"), "{back}");
-    live.backend.0.detach().unwrap();
-    g.check_console().unwrap();
+    patched_then_reverted(g, live, &boot, &id);
 }
 
 #[test]
@@ -133,13 +139,5 @@ fn a_five_level_paging_kernel_is_identified_and_patched() {
     assert_eq!(reports[0].cause, Cause::Ok, "{}", reports[0].to_json());
     let kernel = boot.kernel().unwrap();
     assert_eq!(kernel.paging_mode(), PagingMode::FiveLevel);
-    let cmdline = g.run_ok("cat /proc/cmdline").unwrap();
-    assert!(cmdline.trim_end().ends_with(" vsplice.marker=cmdline"), "{cmdline}");
-    let arena = live.arena;
-    let r = Patcher::new(&mut live, boot.kernel().unwrap(), TxnConfig::new(arena)).revert(&id);
-    assert!(r.is_ok(), "{}", r.to_json());
-    let back = g.run_ok("cat /proc/cmdline").unwrap();
-    assert!(!back.contains("vsplice.marker"), "{back}");
-    live.backend.0.detach().unwrap();
-    g.check_console().unwrap();
+    patched_then_reverted(g, live, &boot, &id);
 }
