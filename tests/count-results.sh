@@ -3,7 +3,8 @@
 #
 # usage: count-results.sh LOG SKIP_LOG
 #
-# - per test binary (each `Running ...` / `Doc-tests ...` header): a binary
+# - per test binary (each of cargo's `     Running ...` / `   Doc-tests ...`
+#   headers, in its 12-column layout): a binary
 #   with no `test result:` line before the next header crashed (a signal, an
 #   abort, a harness panic) and counts as one failure, named in the summary;
 # - a passing test whose captured output says `*** SKIPPED ...` (the skip
@@ -26,7 +27,9 @@ BEGIN {
 function end_binary() {
     if (bin != "" && !have_result) { crashed++; crashed_list = crashed_list "\n  " bin }
 }
-/^[ \t]*(Running|Doc-tests) / {
+# cargo right-aligns its status word in 12 columns: only those headers
+# start a binary, never a line of captured test output that quotes one.
+/^     Running [^ ]|^   Doc-tests [^ ]/ {
     end_binary()
     bin = $0; sub(/^[ \t]*/, "", bin); have_result = 0; binaries++; section = ""; test = ""
     next

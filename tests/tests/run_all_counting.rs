@@ -10,8 +10,7 @@ use std::process::Command;
 use vsplice_tests::scratch::tmp_dir;
 use vsplice_tests::testguest::workspace_root;
 
-const LOG: &str = "\
-     Running unittests src/lib.rs (target/release/deps/a-1)
+const LOG: &str = "     Running unittests src/lib.rs (target/release/deps/a-1)
 
 running 4 tests
 test a::one ... ok
@@ -61,6 +60,8 @@ successes:
 
 ---- c2 stdout ----
 *** SKIPPED c2: printed, never logged ***
+A test's own output that quotes a header is no binary:
+  Running tests/quoted.rs (target/release/deps/quoted-9)
 
 successes:
     c1
@@ -98,6 +99,7 @@ fn crashed_binaries_and_unlogged_skips_count_as_failed() {
     assert!(out.contains("tests/crashes.rs"), "{out}");
     assert!(out.contains("c2 (Running tests/c.rs"), "{out}");
     assert!(!out.contains("a::two (Running"), "a logged skip is no failure: {out}");
+    assert!(!out.contains("quoted"), "a header quoted in a test's output is no binary: {out}");
 }
 
 #[test]
