@@ -22,7 +22,10 @@
 //!   too); where the agent was found goes back to the caller
 //!   ([`GuestTasks::source_at`]) to be handed in again; a list caught
 //!   mid-update is [`TargetError::Inconsistent`], never partial; a
-//!   disagreement is [`TargetError::Untrusted`] (`agent_mismatch`);
+//!   disagreement a fork or exit in flight explains is
+//!   [`TargetError::Disputed`] (retried, `agent_mismatch` when the same
+//!   tasks stay disputed), any other is [`TargetError::Untrusted`]
+//!   (`agent_mismatch`);
 //! - the ORC unwinder of the precise safety check (vmlinux and module
 //!   tables, [`crate::os::linux::view::build_unwinder`]);
 //! - for the loader ([`LinkEnv`]): the boot CPU's feature and bug words
@@ -48,6 +51,7 @@ use crate::os::linux::kernel::{KernelError, LiveKernel, Slide};
 use crate::os::linux::notes;
 use crate::os::linux::tasks::{TaskError, TaskOffsets};
 use crate::os::linux::unwind::OrcUnwinder;
+use crate::os::linux::agent::AgentError;
 use crate::os::linux::view::{self, AgentHint, TaskSource, ViewError};
 use crate::patch::link::{CpuCaps, LinkEnv};
 use crate::model::mem::{KernelMemory, MemError};
@@ -252,6 +256,13 @@ impl LinuxTarget {
 fn view_error(e: ViewError) -> TargetError {
     match e {
         ViewError::Walk(t) | ViewError::List(t) => task_error(t),
+        // A fork, exit, exec or rename caught half-way: retried, unless the
+        // same tasks stay disputed (the pause loop counts).
+        ViewError::Agent(AgentError::Mismatch(d)) if d.is_in_flight() => {
+            let tasks = d.in_flight_tasks();
+            let e = AgentError::Mismatch(d);
+            TargetError::Disputed { cause: e.cause(), tasks, message: e.to_string() }
+        }
         e if e.is_retry() => TargetError::Inconsistent(e.to_string()),
         e => TargetError::Untrusted { cause: e.cause(), message: e.to_string() },
     }
