@@ -371,7 +371,10 @@ impl LinkEnv for GuestEnv<'_> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-    use super::{paging_mode, LinuxTargetError};
+    use super::{paging_mode, view_error, LinuxTargetError};
+    use crate::model::TargetError;
+    use crate::os::linux::agent::{AgentError, Disagreement, InFlight};
+    use crate::os::linux::view::ViewError;
     use crate::arch::x86::paging::{PagingMode, CR4_LA57};
     use crate::model::backend::VcpuState;
 
@@ -395,5 +398,20 @@ mod tests {
         assert!(matches!(e, LinuxTargetError::MixedPaging));
         assert_eq!(e.cause(), "paging_mode_mixed");
         assert!(!e.is_permanent());
+    }
+
+    /// Agent and walk disagreeing only in flight is a dispute naming its
+    /// tasks (the pause loop retries, then refuses); anything real beside
+    /// it refuses `agent_mismatch` at once.
+    #[test]
+    fn a_disagreement_in_flight_is_disputed_a_real_one_untrusted() {
+        let in_flight = Disagreement { in_flight: vec![InFlight { task: 0x30, what: "x".into() }, InFlight { task: 0x10, what: "y".into() }], ..Disagreement::default() };
+        match view_error(ViewError::Agent(AgentError::Mismatch(in_flight.clone()))) {
+            TargetError::Disputed { cause, tasks, .. } => assert_eq!((cause, tasks), ("agent_mismatch", vec![0x10, 0x30])),
+            e => panic!("{e:?}"),
+        }
+        let real = Disagreement { only_agent: vec!["1/1 \"init\"".into()], ..in_flight };
+        let e = view_error(ViewError::Agent(AgentError::Mismatch(real)));
+        assert!(matches!(e, TargetError::Untrusted { cause: "agent_mismatch", .. }), "{e:?}");
     }
 }
