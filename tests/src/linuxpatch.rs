@@ -46,6 +46,19 @@ pub fn boot_agentless(flavour: Flavour, label: &str) -> Option<Guest> {
     Guest::boot_or_skip(cfg)
 }
 
+/// Boots a Debian guest with the vsplice agent loaded (the initramfs loads
+/// it) and checks that it is: `None` after a loud skip when the images, the
+/// Kbuild headers or QEMU are missing; an error when the agent is not there.
+pub fn boot_with_agent(flavour: Flavour, label: &str) -> Option<Result<Guest, String>> {
+    let cfg = config_with_headers(flavour, label)?;
+    let mut g = Guest::boot_or_skip(cfg)?;
+    Some(match g.run_ok("grep -q '^vsplice_agent ' /proc/modules && echo loaded") {
+        Ok(out) if out.trim_end() == "loaded" => Ok(g),
+        Ok(out) => Err(format!("the vsplice agent is not loaded: {out:?}")),
+        Err(e) => Err(format!("asking for the vsplice agent: {e}")),
+    })
+}
+
 /// `examples/patches/linux/<name>`.
 pub fn example(name: &str) -> PathBuf {
     workspace_root().join("examples/patches/linux").join(name)

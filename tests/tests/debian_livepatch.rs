@@ -16,8 +16,9 @@
 //! - refusals with the text untouched: code_busy naming a task asleep in the
 //!   target (then the apply once it left), no_match (previous Debian ABI;
 //!   modified image), bad patch files each with its cause;
-//! - crash safety: the CLI killed at each write of an apply, recovered from
-//!   the guest's registry.
+//! - crash safety: the CLI killed at each write of an apply, and at each
+//!   write of a revert, recovered from the guest's registry (all old or all
+//!   new text, as the registry says); the run no kill reaches ends `ok`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -325,14 +326,18 @@ touch "/tmp/reader.$1.done"
 /// Several guest processes read /proc/version in a loop while the host
 /// applies and reverts example 2 (version_proc_show, a hot path) 200
 /// times: every line read is the old text or the new one, the console
-/// stays clean, and the guest still answers.
+/// stays clean, and the guest still answers. With the agent loaded: the
+/// readers fork a `cat` per line, so pauses catch forks and exits half-way
+/// (a disagreement retried, never `agent_mismatch`), and every
+/// transaction's task list comes from the agent and the walk, agreeing.
 #[test]
 fn stress_readers_see_old_or_new_text_through_200_cycles() {
     const CYCLES: usize = 200;
     const READERS: usize = 3;
     let _l = vm_lock();
     let flavour = Flavour::Amd64;
-    let Some(mut g) = boot(flavour, "linux_stress") else { return };
+    let Some(g) = linuxpatch::boot_with_agent(flavour, "linux_stress") else { return };
+    let mut g = g.unwrap();
     let img = debian_images(flavour).unwrap();
     let image = LinuxImage::open(&img.vmlinuz).unwrap();
     let patch = linuxpatch::build(&img, &image, &linuxpatch::example("version_marker.c")).unwrap();
@@ -353,6 +358,10 @@ fn stress_readers_see_old_or_new_text_through_200_cycles() {
             assert!(r.is_ok(), "apply {i}: {}", r.to_json());
             let v = p.revert(&patch.manifest.id);
             assert!(v.is_ok(), "revert {i}: {}", v.to_json());
+            for x in [&r, &v] {
+                let source = x.check.as_ref().map(|c| c.task_source.as_str());
+                assert_eq!(source, Some("agent+agentless"), "{} {i}: the agent must be used: {}", x.op, x.to_json());
+            }
             for t in [r.timings, v.timings] {
                 attempts += t.attempts;
                 max_down = max_down.max(t.downtime_us);
@@ -551,12 +560,63 @@ fn refusals_leave_the_guest_untouched() {
     g.check_console().unwrap();
 }
 
+/// `vsplice patch …` against the attached guest (its gdbstub and arena),
+/// optionally SIGKILLed instead of its `n+1`-th guest-memory write.
+struct Cli {
+    gdb: String,
+    arena: String,
+}
+
+impl Cli {
+    fn new(g: &Guest) -> Self {
+        Self { gdb: g.gdb_addr().unwrap().to_owned(), arena: linuxpatch::arena_arg(g) }
+    }
+
+    fn run(&self, args: &[&str], kill: Option<usize>) -> std::process::Output {
+        let mut a = vec!["patch"];
+        a.extend_from_slice(args);
+        a.extend_from_slice(&["--gdb", &self.gdb, "--target", "linux", "--arena", &self.arena]);
+        vsplice_killed_after(&a, kill)
+    }
+
+    /// True when the registry lists `id` as applied.
+    fn listed(&self, id: &str) -> bool {
+        text(&self.run(&["list"], None).stdout).contains(id)
+    }
+
+    /// After a kill at write `kill_at` of `op`: `status` names the text's
+    /// state (recorded in `seen`), the guest does not run while the text
+    /// is half-written, and `status --recover` leaves no intent.
+    fn recover_after_kill(&self, g: &mut Guest, op: &str, kill_at: usize, seen: &mut std::collections::BTreeSet<&'static str>) {
+        let st = text(&self.run(&["status"], None).stdout);
+        for state in ["not_started", "partial", "complete"] {
+            if st.contains(&format!("\"text\": \"{state}\"")) {
+                seen.insert(state);
+                if state == "partial" {
+                    let r = g.run_with("echo running", vsplice_tests::qemu::RunOptions::new(std::time::Duration::from_secs(3)));
+                    assert!(r.is_err(), "the guest runs half-patched after a kill at write {kill_at} of {op}");
+                }
+            }
+        }
+        let o = self.run(&["status", "--recover"], None);
+        let st = text(&o.stdout);
+        assert!(o.status.success() && st.contains("\"intent\": null"), "recovery after a kill at write {kill_at} of {op}: {st}\n{}", text(&o.stderr));
+    }
+}
+
+/// The guest's two patched files: (/proc/cmdline, /proc/execdomains).
+fn two_texts(g: &mut Guest) -> (String, String) {
+    (g.run_ok("cat /proc/cmdline").unwrap(), g.run_ok("cat /proc/execdomains").unwrap())
+}
+
 /// Crash safety in attached mode on Linux: `vsplice patch apply` of a
 /// two-function patch SIGKILLed at each of its guest-memory writes in turn.
 /// After each kill, `vsplice patch status` reports what the guest's registry
 /// and text say (intent not started / partial / complete), the guest stays
 /// stopped while the text is half-written, `status --recover` completes or
-/// rolls back, and then both functions are patched or neither is.
+/// rolls back, and then both functions are patched or neither is, as the
+/// registry says. The first run the kill does not reach ends `ok` with the
+/// patch working in the guest.
 #[test]
 fn killed_cli_apply_is_recovered_from_the_guests_registry() {
     use std::os::unix::process::ExitStatusExt;
@@ -569,52 +629,100 @@ fn killed_cli_apply_is_recovered_from_the_guests_registry() {
     let dir = tmp_dir("linux-crash");
     let vsp = dir.join("two.vsp");
     std::fs::write(&vsp, patch.to_bytes().unwrap()).unwrap();
-    let (c0, e0) = (g.run_ok("cat /proc/cmdline").unwrap(), g.run_ok("cat /proc/execdomains").unwrap());
+    let (c0, e0) = two_texts(&mut g);
     let c1 = format!("{} two\n", c0.trim_end());
-    let gdb = g.gdb_addr().unwrap().to_owned();
-    let arena = linuxpatch::arena_arg(&g);
-    let run = |args: &[&str], kill: Option<usize>| {
-        let mut a = vec!["patch"];
-        a.extend_from_slice(args);
-        a.extend_from_slice(&["--gdb", &gdb, "--target", "linux", "--arena", &arena]);
-        vsplice_killed_after(&a, kill)
-    };
+    let cli = Cli::new(&g);
     let mut seen = std::collections::BTreeSet::new();
+    let mut completed = None;
     for kill_at in 0..40 {
-        let o = run(&["apply", path(&vsp)], Some(kill_at));
+        let o = cli.run(&["apply", path(&vsp)], Some(kill_at));
         let killed = o.status.signal() == Some(9);
         assert!(killed || o.status.success(), "apply at {kill_at}: {}\n{}", text(&o.stdout), text(&o.stderr));
         if killed {
-            let st = text(&run(&["status"], None).stdout);
-            for state in ["not_started", "partial", "complete"] {
-                if st.contains(&format!("\"text\": \"{state}\"")) {
-                    seen.insert(state);
-                    if state == "partial" {
-                        let r = g.run_with("echo running", vsplice_tests::qemu::RunOptions::new(std::time::Duration::from_secs(3)));
-                        assert!(r.is_err(), "the guest runs half-patched after a kill at write {kill_at}");
-                    }
-                }
-            }
-            let o = run(&["status", "--recover"], None);
-            let st = text(&o.stdout);
-            assert!(o.status.success() && st.contains("\"intent\": null"), "recovery after a kill at {kill_at}: {st}\n{}", text(&o.stderr));
+            cli.recover_after_kill(&mut g, "apply", kill_at, &mut seen);
         }
-        let applied = text(&run(&["list"], None).stdout).contains("two_sites");
-        let (c, e) = (g.run_ok("cat /proc/cmdline").unwrap(), g.run_ok("cat /proc/execdomains").unwrap());
+        let applied = cli.listed("two_sites");
+        let (c, e) = two_texts(&mut g);
+        if !killed {
+            // Nothing stopped it: the apply itself must have gone through.
+            assert!(text(&o.stdout).contains("\"cause\":\"ok\""), "the un-killed apply (kill at {kill_at} not reached): {}\n{}", text(&o.stdout), text(&o.stderr));
+            assert!(applied, "the un-killed apply is not in the registry");
+        }
         if applied {
             assert_eq!((c, e), (c1.clone(), "two\n".to_owned()), "registry says applied (kill at {kill_at})");
-            let o = run(&["revert", "two_sites"], None);
+            let o = cli.run(&["revert", "two_sites"], None);
             assert!(o.status.success(), "{}", text(&o.stderr));
         } else {
             assert_eq!((c, e), (c0.clone(), e0.clone()), "registry says not applied (kill at {kill_at})");
         }
         if !killed {
             eprintln!("apply completes without a kill after {kill_at} writes; intent states seen: {seen:?}");
+            completed = Some(kill_at);
             break;
         }
     }
+    assert!(completed.is_some(), "every apply up to 40 writes was killed: the un-killed apply never ran");
     assert!(seen.contains("not_started") && seen.contains("partial") && seen.contains("complete"), "{seen:?}");
     assert_eq!(g.run_ok("cat /proc/cmdline").unwrap(), c0);
+    let _ = std::fs::remove_dir_all(&dir);
+    g.check_console().unwrap();
+}
+
+/// The same for `vsplice patch revert`: the two-function patch applied,
+/// then its revert SIGKILLed at each of its guest-memory writes in turn.
+/// After each kill and `status --recover`, the guest's text is all old (and
+/// the registry no longer lists the patch) or all new (and it still does);
+/// the first revert the kill does not reach ends `ok`, the text old.
+#[test]
+fn killed_cli_revert_is_recovered_from_the_guests_registry() {
+    use std::os::unix::process::ExitStatusExt;
+    let _l = vm_lock();
+    let flavour = Flavour::Amd64;
+    let Some(mut g) = boot(flavour, "linux_crash_revert") else { return };
+    let img = debian_images(flavour).unwrap();
+    let image = LinuxImage::open(&img.vmlinuz).unwrap();
+    let patch = linuxpatch::build_text(&img, &image, "two_sites", linuxpatch::TWO_SITES, true).unwrap();
+    let dir = tmp_dir("linux-crash-revert");
+    let vsp = dir.join("two.vsp");
+    std::fs::write(&vsp, patch.to_bytes().unwrap()).unwrap();
+    let (c0, e0) = two_texts(&mut g);
+    let c1 = format!("{} two\n", c0.trim_end());
+    let cli = Cli::new(&g);
+    let mut seen = std::collections::BTreeSet::new();
+    let mut completed = None;
+    for kill_at in 0..40 {
+        if !cli.listed("two_sites") {
+            let o = cli.run(&["apply", path(&vsp)], None);
+            assert!(o.status.success() && text(&o.stdout).contains("\"cause\":\"ok\""), "apply before revert {kill_at}: {}\n{}", text(&o.stdout), text(&o.stderr));
+        }
+        assert_eq!(two_texts(&mut g), (c1.clone(), "two\n".to_owned()), "applied before the revert killed at {kill_at}");
+        let o = cli.run(&["revert", "two_sites"], Some(kill_at));
+        let killed = o.status.signal() == Some(9);
+        assert!(killed || o.status.success(), "revert at {kill_at}: {}\n{}", text(&o.stdout), text(&o.stderr));
+        if killed {
+            cli.recover_after_kill(&mut g, "revert", kill_at, &mut seen);
+        } else {
+            assert!(text(&o.stdout).contains("\"cause\":\"ok\""), "the un-killed revert (kill at {kill_at} not reached): {}\n{}", text(&o.stdout), text(&o.stderr));
+        }
+        let applied = cli.listed("two_sites");
+        let now = two_texts(&mut g);
+        if applied {
+            assert!(killed, "the un-killed revert left the patch in the registry");
+            assert_eq!(now, (c1.clone(), "two\n".to_owned()), "registry says still applied (revert killed at {kill_at}): all new");
+        } else {
+            assert_eq!(now, (c0.clone(), e0.clone()), "registry says reverted (revert killed at {kill_at}): all old");
+        }
+        let st = text(&cli.run(&["status"], None).stdout);
+        assert!(st.contains("\"intent\": null"), "status after the revert killed at {kill_at}: {st}");
+        if !killed {
+            eprintln!("revert completes without a kill after {kill_at} writes; intent states seen: {seen:?}");
+            completed = Some(kill_at);
+            break;
+        }
+    }
+    assert!(completed.is_some(), "every revert up to 40 writes was killed: the un-killed revert never ran");
+    assert!(seen.contains("not_started") && seen.contains("partial") && seen.contains("complete"), "{seen:?}");
+    assert_eq!(two_texts(&mut g), (c0, e0));
     let _ = std::fs::remove_dir_all(&dir);
     g.check_console().unwrap();
 }

@@ -22,7 +22,10 @@
 //!   too); where the agent was found goes back to the caller
 //!   ([`GuestTasks::source_at`]) to be handed in again; a list caught
 //!   mid-update is [`TargetError::Inconsistent`], never partial; a
-//!   disagreement is [`TargetError::Untrusted`] (`agent_mismatch`);
+//!   disagreement a fork or exit in flight explains is
+//!   [`TargetError::Disputed`] (retried, `agent_mismatch` when the same
+//!   tasks stay disputed), any other is [`TargetError::Untrusted`]
+//!   (`agent_mismatch`);
 //! - the ORC unwinder of the precise safety check (vmlinux and module
 //!   tables, [`crate::os::linux::view::build_unwinder`]);
 //! - for the loader ([`LinkEnv`]): the boot CPU's feature and bug words
@@ -48,6 +51,7 @@ use crate::os::linux::kernel::{KernelError, LiveKernel, Slide};
 use crate::os::linux::notes;
 use crate::os::linux::tasks::{TaskError, TaskOffsets};
 use crate::os::linux::unwind::OrcUnwinder;
+use crate::os::linux::agent::AgentError;
 use crate::os::linux::view::{self, AgentHint, TaskSource, ViewError};
 use crate::patch::link::{CpuCaps, LinkEnv};
 use crate::model::mem::{KernelMemory, MemError};
@@ -252,6 +256,13 @@ impl LinuxTarget {
 fn view_error(e: ViewError) -> TargetError {
     match e {
         ViewError::Walk(t) | ViewError::List(t) => task_error(t),
+        // A fork, exit, exec or rename caught half-way: retried, unless the
+        // same tasks stay disputed (the pause loop counts).
+        ViewError::Agent(AgentError::Mismatch(d)) if d.is_in_flight() => {
+            let tasks = d.in_flight_tasks();
+            let e = AgentError::Mismatch(d);
+            TargetError::Disputed { cause: e.cause(), tasks, message: e.to_string() }
+        }
         e if e.is_retry() => TargetError::Inconsistent(e.to_string()),
         e => TargetError::Untrusted { cause: e.cause(), message: e.to_string() },
     }
@@ -360,7 +371,10 @@ impl LinkEnv for GuestEnv<'_> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-    use super::{paging_mode, LinuxTargetError};
+    use super::{paging_mode, view_error, LinuxTargetError};
+    use crate::model::TargetError;
+    use crate::os::linux::agent::{AgentError, Disagreement, InFlight};
+    use crate::os::linux::view::ViewError;
     use crate::arch::x86::paging::{PagingMode, CR4_LA57};
     use crate::model::backend::VcpuState;
 
@@ -384,5 +398,20 @@ mod tests {
         assert!(matches!(e, LinuxTargetError::MixedPaging));
         assert_eq!(e.cause(), "paging_mode_mixed");
         assert!(!e.is_permanent());
+    }
+
+    /// Agent and walk disagreeing only in flight is a dispute naming its
+    /// tasks (the pause loop retries, then refuses); anything real beside
+    /// it refuses `agent_mismatch` at once.
+    #[test]
+    fn a_disagreement_in_flight_is_disputed_a_real_one_untrusted() {
+        let in_flight = Disagreement { in_flight: vec![InFlight { task: 0x30, what: "x".into() }, InFlight { task: 0x10, what: "y".into() }], ..Disagreement::default() };
+        match view_error(ViewError::Agent(AgentError::Mismatch(in_flight.clone()))) {
+            TargetError::Disputed { cause, tasks, .. } => assert_eq!((cause, tasks), ("agent_mismatch", vec![0x10, 0x30])),
+            e => panic!("{e:?}"),
+        }
+        let real = Disagreement { only_agent: vec!["1/1 \"init\"".into()], ..in_flight };
+        let e = view_error(ViewError::Agent(AgentError::Mismatch(real)));
+        assert!(matches!(e, TargetError::Untrusted { cause: "agent_mismatch", .. }), "{e:?}");
     }
 }

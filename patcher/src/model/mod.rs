@@ -34,4 +34,4 @@ pub use mem::{BufferMemory, KernelMemory, MemError};
 pub use ram::{check_arena, ArenaUse, RamKind, RamMap, RamSource};
 pub use symbols::{LookupError, Qualifier, Symbol, SymbolKind, SymbolTable};
 pub use target_kind::TargetKind;
-pub use tasks::{CpuStack, GuestTasks, TargetError, TaskInfo, TaskList};
+pub use tasks::{CpuStack, GuestTasks, TargetError, TaskInfo, TaskList, DISPUTE_PAUSES};

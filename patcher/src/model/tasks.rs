@@ -9,6 +9,15 @@ use thiserror::Error;
 
 use super::mem::MemError;
 
+/// How many pauses in a row the same task may be disputed
+/// ([`TargetError::Disputed`]) before the transaction refuses: a fork or
+/// exit caught half-way is over within a few instructions of the guest;
+/// the longest window, exec's (`de_thread` swaps pids; the agent hears of
+/// it at `sched_process_exec`, after the binary is loaded), within a few
+/// milliseconds. With the pause loop's backoff (5 ms doubling) the guest
+/// has run for about 150 ms between the first and the sixth pause.
+pub const DISPUTE_PAUSES: u32 = 6;
+
 /// Why live target state could not be read.
 #[derive(Debug, Error)]
 pub enum TargetError {
@@ -18,6 +27,19 @@ pub enum TargetError {
     /// The task list was caught mid-update (lock held, odd sequence): resume and retry.
     #[error("the task list is being updated ({0}); retry after the guest ran")]
     Inconsistent(String),
+    /// The task list's sources disagree in a way a fork, exit, exec or
+    /// rename caught half-way explains: resume and retry, but the same
+    /// `tasks` disputed over [`DISPUTE_PAUSES`] pauses in a row is refused
+    /// with `cause` (e.g. `agent_mismatch`).
+    #[error("{message}")]
+    Disputed {
+        /// Stable cause when it persists.
+        cause: &'static str,
+        /// The tasks (`task_struct` addresses) disputed at this pause.
+        tasks: Vec<u64>,
+        /// What differs.
+        message: String,
+    },
     /// The task list is malformed.
     #[error("the task list is unusable: {0}")]
     Malformed(String),
@@ -41,6 +63,7 @@ impl TargetError {
         match self {
             Self::NotUp(_) => "not_up",
             Self::Inconsistent(_) => "tasks_inconsistent",
+            Self::Disputed { cause, .. } => cause,
             Self::Malformed(_) => "tasks_malformed",
             Self::Memory(_) => "memory",
             Self::Untrusted { cause, .. } => cause,

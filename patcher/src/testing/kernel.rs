@@ -99,6 +99,9 @@ pub struct FakeKernel {
     /// The task lists still to hand out: the front one, dropped after use
     /// while another follows.
     tasks: Mutex<VecDeque<Vec<TaskInfo>>>,
+    /// Per pause, in order: the tasks the sources dispute at it (`None`:
+    /// they agree); agreement once they are spent.
+    disputes: Mutex<VecDeque<Option<Vec<u64>>>>,
     up: AtomicBool,
     task_reads: AtomicUsize,
     root: u64,
@@ -137,6 +140,7 @@ impl FakeKernel {
             symbols: SymbolTable::new(symbols),
             unwinder: Some(OrcUnwinder::new(orc_table(), None)),
             tasks: Mutex::new(VecDeque::from([Vec::new()])),
+            disputes: Mutex::new(VecDeque::new()),
             up: AtomicBool::new(true),
             task_reads: AtomicUsize::new(0),
             root: RamGuest::new(RAM).root(),
@@ -248,6 +252,14 @@ impl FakeKernel {
         }
     }
 
+    /// Per pause, in order, the tasks whose sources disagree the way a
+    /// fork or exit in flight does ([`TargetError::Disputed`],
+    /// `agent_mismatch`); `None`: that pause's read agrees. Every read
+    /// after the last agrees.
+    pub fn script_disputes(&self, pauses: Vec<Option<Vec<u64>>>) {
+        *self.disputes.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = pauses.into();
+    }
+
     /// Says whether the kernel is up.
     pub fn set_up(&self, up: bool) {
         self.up.store(up, Ordering::SeqCst);
@@ -298,6 +310,11 @@ impl TargetKernel for FakeKernel {
             return Err(TargetError::NotUp("the fake kernel is down".into()));
         }
         self.task_reads.fetch_add(1, Ordering::SeqCst);
+        let disputed = self.disputes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop_front().flatten();
+        if let Some(tasks) = disputed {
+            let message = format!("agent and agentless views disagree: in flight: {tasks:x?}");
+            return Err(TargetError::Disputed { cause: "agent_mismatch", tasks, message });
+        }
         let mut q = self.tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let tasks = if q.len() > 1 { q.pop_front().unwrap_or_default() } else { q.front().cloned().unwrap_or_default() };
         let list = TaskList { tasks, cpu_stacks: Vec::new() };

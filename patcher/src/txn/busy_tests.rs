@@ -72,3 +72,53 @@ fn a_task_that_leaves_the_function_lets_a_later_pause_through() {
     let reg = registry(&mut g).unwrap();
     assert_eq!(jump_target(&g, &k, "fake_a"), Some(reg.patches[0].funcs[0].new_addr));
 }
+
+/// A task list whose sources disagree the way a fork or exit in flight
+/// does (the agent's table vs the walk) is retried: once a later pause
+/// agrees, the patch goes in; nothing is written while they disagree.
+#[test]
+fn a_dispute_that_clears_is_retried_then_applied() {
+    use crate::model::DISPUTE_PAUSES;
+    let k = FakeKernel::new();
+    let mut g = k.guest();
+    let forking = vec![0xffff_8880_0100_0000];
+    let mut script = vec![Some(forking); DISPUTE_PAUSES as usize - 1];
+    script.push(None);
+    k.script_disputes(script);
+    let r = Patcher::new(&mut g, &k, config(20)).apply(&patch("p1", &["fake_a"]));
+    assert!(r.is_ok(), "{}", r.to_json());
+    assert_eq!((r.timings.attempts, g.stops, g.resumes), (DISPUTE_PAUSES, DISPUTE_PAUSES as usize, DISPUTE_PAUSES as usize));
+    let reg = registry(&mut g).unwrap();
+    assert_eq!(jump_target(&g, &k, "fake_a"), Some(reg.patches[0].funcs[0].new_addr));
+}
+
+/// The same task disputed at every pause is no fork in flight: refused
+/// with the target's cause (`agent_mismatch`) after DISPUTE_PAUSES
+/// pauses, however many attempts are left; the text untouched.
+#[test]
+fn the_same_task_disputed_at_every_pause_is_refused_agent_mismatch() {
+    use crate::model::DISPUTE_PAUSES;
+    let k = FakeKernel::new();
+    let mut g = k.guest();
+    k.script_disputes(vec![Some(vec![0x1000, 0x2000]); 40]);
+    let r = Patcher::new(&mut g, &k, config(20)).apply(&patch("p1", &["fake_a"]));
+    assert_eq!((r.cause, r.reason.as_deref(), r.stage), (Cause::Unexpected, Some("agent_mismatch"), Stage::Check), "{}", r.to_json());
+    assert_eq!((r.timings.attempts, g.stops, g.resumes), (DISPUTE_PAUSES, DISPUTE_PAUSES as usize, DISPUTE_PAUSES as usize));
+    assert!(r.message.contains("disputed at"), "{}", r.message);
+    assert_eq!(text(&g, &k, "fake_a", 0x40), k.pristine("fake_a"));
+    let reg = registry(&mut g).unwrap();
+    assert!(reg.patches.is_empty() && reg.intent.is_none(), "{reg:?}");
+}
+
+/// A different task in flight at every pause (a fork storm) never makes a
+/// persistent dispute: the attempts run out as `code_busy`
+/// (`tasks_inconsistent`), not `agent_mismatch`.
+#[test]
+fn a_fork_storm_runs_out_of_attempts_as_code_busy() {
+    let k = FakeKernel::new();
+    let mut g = k.guest();
+    k.script_disputes((0..30u64).map(|i| Some(vec![0x1000 + i])).collect());
+    let r = Patcher::new(&mut g, &k, config(8)).apply(&patch("p1", &["fake_a"]));
+    assert_eq!((r.cause, r.reason.as_deref(), r.timings.attempts), (Cause::CodeBusy, Some("tasks_inconsistent"), 8), "{}", r.to_json());
+    assert_eq!(text(&g, &k, "fake_a", 0x40), k.pristine("fake_a"));
+}

@@ -41,6 +41,8 @@ impl From<&TargetError> for Cause {
             TargetError::NotUp(_) => Self::NotUp,
             // Caught mid-update: the pause loop retries, then gives up busy.
             TargetError::Inconsistent(_) => Self::CodeBusy,
+            // Sources disagreeing for good (the pause loop decides when).
+            TargetError::Disputed { .. } => Self::Unexpected,
             TargetError::Malformed(_) | TargetError::Memory(_) | TargetError::Untrusted { .. } => Self::Unexpected,
         }
     }

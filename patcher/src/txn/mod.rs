@@ -16,6 +16,7 @@
 pub mod apply;
 pub mod arena_check;
 pub mod causes;
+mod dispute;
 pub mod orc;
 pub mod pause;
 pub mod prepare;

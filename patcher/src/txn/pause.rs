@@ -2,10 +2,13 @@
 //! vCPU, map the arena the first time, read the task list, run the safety
 //! check, check that each jump site still holds its expected bytes, write
 //! the new bytes, resume. A conflict or a task list caught mid-update means
-//! resume, back off and try again, up to the configured number of pauses.
+//! resume, back off and try again, up to the configured number of pauses;
+//! so does a task list whose sources disagree the way a fork or exit in
+//! flight does, until the same tasks stay disputed ([`super::dispute`]).
 
 use std::time::Instant;
 
+use super::dispute::Disputes;
 use super::result::{Cause, Conflict, Failure, Stage, Timings};
 use super::Patcher;
 use crate::arena::map;
@@ -79,6 +82,7 @@ impl<B: Backend> Patcher<'_, B> {
         let fail = |failure: Failure| PauseFailure { failure, text_dirty: false };
         let mut backoff = self.cfg.backoff;
         let mut last: Option<Failure> = None;
+        let mut disputes = Disputes::default();
         let target = self.target;
         let symbols = target.symbols();
         // The kernel's ORC and the patches' from the registry (crate::txn::orc).
@@ -102,11 +106,24 @@ impl<B: Backend> Patcher<'_, B> {
                     last = Some(self.resume_after(t0, timings, f));
                     continue;
                 }
+                Err(TargetError::Disputed { cause, tasks, message }) => {
+                    timings.check_us = us(t1);
+                    if let Some((task, n)) = disputes.record(&tasks) {
+                        let why = format!("{message}; task {task:#x} disputed at {n} pauses in a row: not a fork or exit in flight");
+                        let f = Failure::new(Stage::Check, Cause::Unexpected, cause, why);
+                        return Err(fail(self.resume_after(t0, timings, f)));
+                    }
+                    tracing::debug!(attempt, %message, "task sources disagree (in flight?): backing off");
+                    let f = Failure::new(Stage::Check, Cause::CodeBusy, "tasks_inconsistent", format!("task list kept changing: {message}"));
+                    last = Some(self.resume_after(t0, timings, f));
+                    continue;
+                }
                 Err(e) => {
                     let f = Failure::from_err(Stage::Check, Cause::from(&e), Some(e.cause()), &e);
                     return Err(fail(self.resume_after(t0, timings, f)));
                 }
             };
+            disputes.clear();
             self.task_hint = tasks.source_at;
             let input = CheckInput { vcpus: &vcpus, vcpu_cpus: &tasks.vcpu_cpus, tasks: &tasks.list };
             let conflicts: Vec<Conflict> = match safety::check(self.cfg.check, unwinder.as_ref(), &mut self.guest, symbols, input, ranges) {

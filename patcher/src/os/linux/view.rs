@@ -21,7 +21,8 @@ use thiserror::Error;
 use tracing::info;
 
 use super::agent::find::{self, ModuleAgent};
-use super::agent::{AgentError, AgentView, Descriptor};
+use super::agent::source::PF_EXITING;
+use super::agent::{AgentError, AgentView, Descriptor, OneSided};
 use super::btf::Btf;
 use super::kallsyms::Kallsyms;
 use super::kernel::KernelInfo;
@@ -99,7 +100,7 @@ impl ViewError {
     /// True when letting the guest run and reading again may succeed.
     pub fn is_retry(&self) -> bool {
         match self {
-            Self::Agent(AgentError::Mismatch(d)) => d.is_transient(),
+            Self::Agent(AgentError::Mismatch(d)) => d.is_in_flight(),
             Self::Agent(e) => e.is_retry(),
             Self::Walk(TaskError::Inconsistent { .. }) | Self::List(TaskError::Inconsistent { .. }) => true,
             _ => false,
@@ -200,6 +201,24 @@ fn never_ran(mem: &mut dyn KernelMemory, k: &Kallsyms, tasks: &[&Task]) -> HashS
         .collect()
 }
 
+/// What the agreement rules need of the tasks only one side has: which
+/// never ran, and which are exiting (`flags`, `exit_state` read with the
+/// agent's published offsets; an unreadable task counts as neither).
+fn one_sided(mem: &mut dyn KernelMemory, k: &Kallsyms, a: &AgentView, walk: &[Task]) -> OneSided {
+    let tasks = a.one_sided(walk);
+    let off = a.descriptor.header.offsets;
+    let exiting = tasks
+        .iter()
+        .filter(|t| {
+            let flags = mem.read_u32(t.addr.wrapping_add(u64::from(off.flags)));
+            let exit_state = mem.read_u32(t.addr.wrapping_add(u64::from(off.exit_state)));
+            matches!((flags, exit_state), (Ok(f), Ok(x)) if f & PF_EXITING != 0 || x != 0)
+        })
+        .map(|t| t.addr)
+        .collect();
+    OneSided { never_ran: never_ran(mem, k, &tasks), exiting }
+}
+
 /// Reads the task list with every vCPU stopped: the agent's (found through
 /// `hint`, else the module list) per `source`, the walk whenever there is
 /// BTF (with `offsets` when already known), and their agreement.
@@ -241,8 +260,8 @@ pub fn read_tasks(
         (None, None) => return Err(ViewError::NoSource("no agent and no BTF".into())),
     };
     if let (Some(a), Some(w)) = (&agent, &walked) {
-        let never_ran = never_ran(mem, k, &a.missing(w));
-        a.compare(w, &never_ran).map_err(|d| ViewError::Agent(AgentError::Mismatch(d)))?;
+        let facts = one_sided(mem, k, a, w);
+        a.compare(w, &facts).map_err(|d| ViewError::Agent(AgentError::Mismatch(d)))?;
     }
     let tasks = match (&agent, &walked) {
         (Some(a), Some(w)) => a.merged(w),

@@ -27,7 +27,7 @@ use crate::model::backend::BackendError;
 use crate::model::mem::MemError;
 
 pub use read::Descriptor;
-pub use source::{AgentView, Disagreement};
+pub use source::{AgentView, Disagreement, InFlight, OneSided};
 
 /// Why the agent's descriptor cannot be used.
 #[derive(Debug, Error)]

@@ -9,7 +9,7 @@ use super::layout::{self, vsa_sum, F_LIVE, F_OVERFLOW};
 use super::read::Descriptor;
 use super::testutil::{task, FakeAgent, OFF};
 use crate::testing::RamGuest;
-use super::{AgentError, AgentView};
+use super::{AgentError, AgentView, OneSided};
 use crate::os::linux::tasks::Task;
 
 fn guest_with(agent: &FakeAgent) -> RamGuest {
@@ -144,13 +144,17 @@ fn refresh_reads_the_dynamic_fields_from_each_task() {
     assert!(v.exiting.contains(&z.task), "exit_state set");
 }
 
+fn facts(never_ran: &[u64], exiting: &[u64]) -> OneSided {
+    OneSided { never_ran: never_ran.iter().copied().collect(), exiting: exiting.iter().copied().collect() }
+}
+
 #[test]
 fn agreement_rules() {
     let a = agent3();
     let mut g = guest_with(&a);
     let v = view_of(&a, &mut g);
     let walk = walk_from(&v);
-    let none = std::collections::HashSet::new();
+    let none = OneSided::default();
     assert_eq!(v.compare(&walk, &none), Ok(()));
     // The walk has a brand-new task (never woken): fine; a running one: not.
     let mut w = walk.clone();
@@ -164,28 +168,80 @@ fn agreement_rules() {
     w.push(woken.clone());
     let d = v.compare(&w, &none).unwrap_err();
     assert_eq!(d.only_walk.len(), 1, "{d}");
-    assert!(!d.is_transient());
+    assert!(!d.is_in_flight(), "a walk-only task that ran and is not exiting: the agent missed it");
     // ... unless it is being woken for the first time (its frame returns to ret_from_fork).
-    assert_eq!(v.compare(&w, &[woken.addr].into_iter().collect()), Ok(()));
-    assert_eq!(v.missing(&w).len(), 2);
+    assert_eq!(v.compare(&w, &facts(&[woken.addr], &[])), Ok(()));
+    assert_eq!(v.one_sided(&w).len(), 2);
     // The agent has a task the walk lost: only fine while it is exiting.
     let short: Vec<Task> = walk[..2].to_vec();
     let d = v.compare(&short, &none).unwrap_err();
     assert_eq!(d.only_agent.len(), 1, "{d}");
+    assert!(!d.is_in_flight());
     let mut exiting = v.clone();
     exiting.exiting.insert(walk[2].addr);
     assert_eq!(exiting.compare(&short, &none), Ok(()));
     assert_eq!(exiting.merged(&short).len(), 3, "the exiting task is still checked");
-    // A different stack is a real disagreement; a comm caught mid-rename is transient.
+    // A different stack is a real disagreement; a comm caught mid-rename is in flight.
     let mut w = walk.clone();
     w[1].stack += 0x4000;
-    assert!(!v.compare(&w, &none).unwrap_err().is_transient());
+    assert!(!v.compare(&w, &none).unwrap_err().is_in_flight());
     let mut w = walk.clone();
     w[2].comm = "sh".into();
     let d = v.compare(&w, &none).unwrap_err();
-    assert!(d.is_transient(), "{d}");
-    assert!(d.to_string().contains("different pid/comm"), "{d}");
+    assert!(d.is_in_flight(), "{d}");
+    assert_eq!(d.in_flight_tasks(), vec![walk[2].addr]);
+    assert!(d.to_string().contains("in flight"), "{d}");
     assert_eq!(AgentError::Mismatch(d).cause(), "agent_mismatch");
+}
+
+/// Which one-sided tasks a fork or exit in flight explains (retry), which
+/// it cannot (refuse at once), on the agent fixture.
+#[test]
+fn in_flight_differences_are_told_from_real_ones() {
+    let a = agent3();
+    let mut g = guest_with(&a);
+    let v = view_of(&a, &mut g);
+    let walk = walk_from(&v);
+    let mut ghost = walk[0].clone();
+    ghost.addr += 0x200_0000;
+    ghost.state = 0;
+    // Walk-only and exiting (PF_EXITING or an exit state): in flight, retried.
+    let mut w = walk.clone();
+    w.push(ghost.clone());
+    let d = v.compare(&w, &facts(&[], &[ghost.addr])).unwrap_err();
+    assert!(d.is_in_flight() && d.only_walk.is_empty(), "{d}");
+    assert_eq!(d.in_flight_tasks(), vec![ghost.addr]);
+    assert!(d.to_string().contains("exiting, only in the walk"), "{d}");
+    // Walk-only, ran, not exiting: real, however it is disputed alongside.
+    let mut other = ghost.clone();
+    other.addr += 0x1000;
+    w.push(other.clone());
+    let d = v.compare(&w, &facts(&[], &[ghost.addr])).unwrap_err();
+    assert!(!d.is_in_flight(), "{d}");
+    assert_eq!(d.only_walk.len(), 1, "{d}");
+    // Agent-only and brand new (never ran): in flight; with TASK_NEW too.
+    let short: Vec<Task> = walk[..2].to_vec();
+    let d = v.compare(&short, &facts(&[walk[2].addr], &[])).unwrap_err();
+    assert!(d.is_in_flight(), "{d}");
+    assert_eq!(d.in_flight_tasks(), vec![walk[2].addr]);
+    let mut new = v.clone();
+    new.tasks[2].state = super::source::TASK_NEW;
+    assert!(new.compare(&short, &none_facts()).unwrap_err().is_in_flight());
+    // Agent-only, ran, not exiting, not idle: the walk missed it: real.
+    let d = v.compare(&short, &none_facts()).unwrap_err();
+    assert!(!d.is_in_flight(), "{d}");
+    assert_eq!(d.only_agent.len(), 1, "{d}");
+    // A stack differing next to an in-flight difference: real.
+    let mut w = walk.clone();
+    w[1].stack += 0x4000;
+    w[2].comm = "sh".into();
+    let d = v.compare(&w, &none_facts()).unwrap_err();
+    assert!(!d.is_in_flight(), "{d}");
+    assert_eq!((d.different.len(), d.in_flight.len()), (1, 1));
+}
+
+fn none_facts() -> OneSided {
+    OneSided::default()
 }
 
 #[test]
