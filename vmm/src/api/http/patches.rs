@@ -95,6 +95,9 @@ pub fn parse_apply(content_type: &str, query: &str, body: Vec<u8>) -> Result<App
                 Some(c) => Some(c.parse::<CheckMode>().map_err(|e| ApiError::new(ApiCause::MalformedJson, e))?),
                 None => None,
             };
+            if j.attempts == Some(0) {
+                return Err(ApiError::new(ApiCause::MalformedJson, "`attempts` wants a number from 1, got 0"));
+            }
             if (check.is_some() && q_check.is_some()) || (j.attempts.is_some() && q_attempts.is_some()) {
                 return Err(ApiError::new(ApiCause::BadQuery, "an option is both in the query and in the JSON body"));
             }
@@ -153,6 +156,9 @@ mod tests {
         for bad in ["check=fast", "attempts=0", "attempts=x", "retries=1"] {
             assert_eq!(parse_apply("application/octet-stream", bad, vec![1]).unwrap_err().cause, ApiCause::BadQuery, "{bad}");
         }
+        // The same bound in the JSON body as in the query (the document says minimum 1).
+        let zero = parse_apply("application/json", "", br#"{"path":"/x.vsp","attempts":0}"#.to_vec());
+        assert_eq!(zero.unwrap_err().cause, ApiCause::MalformedJson);
         let both = parse_apply("application/json", "check=orc", br#"{"path":"/x.vsp","check":"orc"}"#.to_vec());
         assert_eq!(both.unwrap_err().cause, ApiCause::BadQuery);
     }
