@@ -96,6 +96,22 @@ static int execdomains_two(struct seq_file *m, void *v)
 VSPLICE_REPLACE(execdomains_proc_show, execdomains_two);
 "#;
 
+/// Builds the example `name` with `vsplice patch build --target linux`, as
+/// a user would, into `dir/<stem>.vsp`; `Err` with its stderr when it fails.
+pub fn cli_build_example(img: &DebianImages, name: &str, dir: &std::path::Path) -> Result<PathBuf, String> {
+    let src = example(name);
+    let stem = src.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| name.to_owned());
+    let vsp = dir.join(format!("{stem}.vsp"));
+    let (kernel, headers) = (img.vmlinuz.to_string_lossy(), img.headers.to_string_lossy());
+    let (out, source) = (vsp.to_string_lossy(), src.to_string_lossy());
+    let o = crate::cli::vsplice(&["patch", "build", "--target", "linux", "--kernel", &kernel, "--headers", &headers, "-o", &out, &source]);
+    if o.status.success() {
+        Ok(vsp)
+    } else {
+        Err(crate::cli::text(&o.stderr))
+    }
+}
+
 /// Builds a patch from C text (written to a temporary file).
 pub fn build_text(img: &DebianImages, image: &LinuxImage, name: &str, c: &str, link_check: bool) -> Result<PatchFile, BuildError> {
     let dir = crate::scratch::tmp("linux-patch-src");

@@ -155,12 +155,7 @@ fn check_inspect(g: &Guest, mode: PagingMode) {
 fn apply_and_revert(g: &mut Guest, label: &str, tasks: &str, source: &str) {
     let img = debian_images(Flavour::Amd64).unwrap();
     let dir = tmp_dir(label);
-    let vsp = dir.join("cmdline.vsp");
-    let src = linuxpatch::example("cmdline_marker.c");
-    let o = vsplice(&[
-        "patch", "build", "--target", "linux", "--kernel", path(&img.vmlinuz), "--headers", path(&img.headers), "-o", path(&vsp), path(&src),
-    ]);
-    assert!(o.status.success(), "{}", text(&o.stderr));
+    let vsp = linuxpatch::cli_build_example(&img, "cmdline_marker.c", &dir).unwrap();
     let gdb = g.gdb_addr().unwrap().to_owned();
     let arena = linuxpatch::arena_arg(g);
     let cli = |cmd: &[&str]| {

@@ -23,7 +23,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use vsplice_patcher::model::mem::KernelMemory;
 use vsplice_patcher::patch::linux_image::LinuxImage;
@@ -278,12 +278,7 @@ fn example_patches_apply_and_revert() {
     // The same through the CLI (which identifies the kernel itself).
     linuxpatch::detach(be).unwrap();
     let dir = tmp_dir("linux-cli");
-    let vsp = dir.join("cmdline.vsp");
-    let src = linuxpatch::example("cmdline_marker.c");
-    let o = vsplice(&[
-        "patch", "build", "--target", "linux", "--kernel", path(&img.vmlinuz), "--headers", path(&img.headers), "-o", path(&vsp), path(&src),
-    ]);
-    assert!(o.status.success(), "{}", text(&o.stderr));
+    let vsp = linuxpatch::cli_build_example(&img, "cmdline_marker.c", &dir).unwrap();
     let gdb = g.gdb_addr().unwrap().to_owned();
     let arena = linuxpatch::arena_arg(&g);
     let attach = ["--gdb", gdb.as_str(), "--target", "linux", "--arena", arena.as_str()];
@@ -609,6 +604,33 @@ fn two_texts(g: &mut Guest) -> (String, String) {
     (g.run_ok("cat /proc/cmdline").unwrap(), g.run_ok("cat /proc/execdomains").unwrap())
 }
 
+/// A crash test's guest: Debian amd64 booted agentless, the two-function
+/// patch written to `dir/two.vsp`, and /proc/cmdline and /proc/execdomains
+/// before it (`c0`, `e0`) and /proc/cmdline with it (`c1`).
+struct Crash {
+    g: Guest,
+    dir: PathBuf,
+    vsp: PathBuf,
+    c0: String,
+    e0: String,
+    c1: String,
+}
+
+/// Boots and builds a [`Crash`]; `None` after a loud skip.
+fn crash_guest(label: &str, dir_name: &str) -> Option<Crash> {
+    let flavour = Flavour::Amd64;
+    let mut g = boot(flavour, label)?;
+    let img = debian_images(flavour).unwrap();
+    let image = LinuxImage::open(&img.vmlinuz).unwrap();
+    let patch = linuxpatch::build_text(&img, &image, "two_sites", linuxpatch::TWO_SITES, true).unwrap();
+    let dir = tmp_dir(dir_name);
+    let vsp = dir.join("two.vsp");
+    std::fs::write(&vsp, patch.to_bytes().unwrap()).unwrap();
+    let (c0, e0) = two_texts(&mut g);
+    let c1 = format!("{} two\n", c0.trim_end());
+    Some(Crash { g, dir, vsp, c0, e0, c1 })
+}
+
 /// Crash safety in attached mode on Linux: `vsplice patch apply` of a
 /// two-function patch SIGKILLed at each of its guest-memory writes in turn.
 /// After each kill, `vsplice patch status` reports what the guest's registry
@@ -621,16 +643,7 @@ fn two_texts(g: &mut Guest) -> (String, String) {
 fn killed_cli_apply_is_recovered_from_the_guests_registry() {
     use std::os::unix::process::ExitStatusExt;
     let _l = vm_lock();
-    let flavour = Flavour::Amd64;
-    let Some(mut g) = boot(flavour, "linux_crash") else { return };
-    let img = debian_images(flavour).unwrap();
-    let image = LinuxImage::open(&img.vmlinuz).unwrap();
-    let patch = linuxpatch::build_text(&img, &image, "two_sites", linuxpatch::TWO_SITES, true).unwrap();
-    let dir = tmp_dir("linux-crash");
-    let vsp = dir.join("two.vsp");
-    std::fs::write(&vsp, patch.to_bytes().unwrap()).unwrap();
-    let (c0, e0) = two_texts(&mut g);
-    let c1 = format!("{} two\n", c0.trim_end());
+    let Some(Crash { mut g, dir, vsp, c0, e0, c1 }) = crash_guest("linux_crash", "linux-crash") else { return };
     let cli = Cli::new(&g);
     let mut seen = std::collections::BTreeSet::new();
     let mut completed = None;
@@ -677,16 +690,7 @@ fn killed_cli_apply_is_recovered_from_the_guests_registry() {
 fn killed_cli_revert_is_recovered_from_the_guests_registry() {
     use std::os::unix::process::ExitStatusExt;
     let _l = vm_lock();
-    let flavour = Flavour::Amd64;
-    let Some(mut g) = boot(flavour, "linux_crash_revert") else { return };
-    let img = debian_images(flavour).unwrap();
-    let image = LinuxImage::open(&img.vmlinuz).unwrap();
-    let patch = linuxpatch::build_text(&img, &image, "two_sites", linuxpatch::TWO_SITES, true).unwrap();
-    let dir = tmp_dir("linux-crash-revert");
-    let vsp = dir.join("two.vsp");
-    std::fs::write(&vsp, patch.to_bytes().unwrap()).unwrap();
-    let (c0, e0) = two_texts(&mut g);
-    let c1 = format!("{} two\n", c0.trim_end());
+    let Some(Crash { mut g, dir, vsp, c0, e0, c1 }) = crash_guest("linux_crash_revert", "linux-crash-revert") else { return };
     let cli = Cli::new(&g);
     let mut seen = std::collections::BTreeSet::new();
     let mut completed = None;
