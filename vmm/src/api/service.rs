@@ -109,8 +109,11 @@ impl ApiService {
         self.shared.events.guest_state("running", format!("boot {boot}"));
         let mut target = patches.as_deref().map(|p| BootTarget::new(p.source()));
         let mut announced = false;
+        // What GET /vm says of the kernel: worked out once, and once more
+        // when it is identified (not every turn: the image is a file).
+        let mut kernel = kernel_info(config, target.as_ref());
+        let mut identified = target.as_ref().is_some_and(|t| t.kernel().is_ok());
         loop {
-            let kernel = kernel_info(config, target.as_ref());
             self.publish(vmm, config, &kernel, boot, started);
             // Device events without waiting: the wait is on the API's requests.
             if let Some(exit) = vmm.poll_events()? {
@@ -130,6 +133,10 @@ impl ApiService {
                         let arena = vmm.arena();
                         self.handler.refresh_status(vmm, arena, k);
                     }
+                }
+                if !identified && t.kernel().is_ok() {
+                    kernel = kernel_info(config, Some(t));
+                    identified = true;
                 }
                 if !announced {
                     announced = self.announce(t);
