@@ -109,6 +109,9 @@ enum Request {
 struct Control {
     request: Request,
     parked: bool,
+    /// When the vCPU last parked: a park after the pause's deadline is a
+    /// time-out even when the waiting thread only looks after both happened.
+    parked_at: Option<Instant>,
     exited: bool,
     snapshot: Option<Result<VcpuState, String>>,
 }
@@ -229,6 +232,7 @@ impl VcpuThread {
         let mut ctl = self.shared.lock();
         ctl.snapshot = Some(snapshot);
         ctl.parked = true;
+        ctl.parked_at = Some(Instant::now());
         self.shared.changed.notify_all();
         while ctl.request == Request::Pause {
             ctl = self.shared.changed.wait(ctl).unwrap_or_else(|p| p.into_inner());
@@ -294,7 +298,7 @@ impl VcpuThreads {
         for vcpu in vcpus {
             let index = vcpu.index;
             let shared = Arc::new(Shared {
-                control: Mutex::new(Control { request: Request::Run, parked: false, exited: false, snapshot: None }),
+                control: Mutex::new(Control { request: Request::Run, parked: false, parked_at: None, exited: false, snapshot: None }),
                 changed: Condvar::new(),
             });
             let worker =
@@ -368,17 +372,20 @@ impl VcpuThreads {
                 if ctl.exited {
                     return Err(PauseError::GuestGone);
                 }
-                if ctl.parked {
+                let now = Instant::now();
+                if ctl.parked && ctl.parked_at.is_none_or(|at| at <= deadline) {
                     break;
                 }
-                let now = Instant::now();
                 if now >= deadline {
                     drop(ctl);
                     let stuck = self
                         .handles
                         .iter()
                         .enumerate()
-                        .filter(|(_, h)| !h.shared.lock().parked)
+                        .filter(|(_, h)| {
+                            let c = h.shared.lock();
+                            !c.parked || c.parked_at.is_some_and(|at| at > deadline)
+                        })
                         .map(|(i, _)| i)
                         .collect();
                     return Err(PauseError::Timeout { stuck, timeout: self.timeout });
