@@ -27,6 +27,7 @@ use crate::devices::acpi_pm::{self, AcpiPm};
 use crate::devices::agent_doorbell::{self, AgentAnnouncement, AgentDoorbell};
 use crate::devices::bus::PioBus;
 use crate::devices::i8042::I8042;
+use crate::devices::console_watch::{ConsoleCounters, ConsoleWatch};
 use crate::devices::serial::{SerialDevice, SerialOut};
 use crate::loader::{self, LoadError, LoadedKernel};
 use crate::vmm::{Vmm, VmmParts};
@@ -217,6 +218,8 @@ pub fn build(config: VmConfig) -> Result<Vmm, BuildError> {
     write_firmware(&config, &mem, &kernel, initrd, &e820)?;
     // 6. Devices.
     let (out, stdin_input) = serial_out(config.serial)?;
+    let console = Arc::new(ConsoleCounters::default());
+    let out: SerialOut = Box::new(ConsoleWatch::new(out, console.clone()));
     let (bus, serial, agent) = create_devices(&vm, out)?;
     // 7. vCPUs.
     let vcpus = create_vcpus(&vm, &mem, config.vcpus, kernel.entry)?;
@@ -225,7 +228,7 @@ pub fn build(config: VmConfig) -> Result<Vmm, BuildError> {
     let (notifier, exits) = ExitNotifier::new(exit_evt.clone());
     let mut threads = VcpuThreads::spawn(vcpus, &bus, &mem, &notifier)?;
     threads.set_pause_timeout(config.pause_timeout);
-    Ok(Vmm::new(VmmParts { vm, mem, vcpus: threads, exits, exit_evt, serial, stdin_input, arena, agent }))
+    Ok(Vmm::new(VmmParts { vm, mem, vcpus: threads, exits, exit_evt, serial, stdin_input, arena, agent, console }))
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use vsplice_patcher::model::ArenaRange;
 use vsplice_patcher::model::chain;
 
 use crate::devices::agent_doorbell::AgentAnnouncement;
+use crate::devices::console_watch::{ConsoleCounters, ConsoleCounts};
 use crate::devices::serial::{SerialDevice, SerialInput};
 use crate::vstate::memory::GuestMemory;
 use crate::vstate::pause::{PauseError, VcpuThreads};
@@ -53,6 +54,7 @@ pub struct Vmm {
     stdin_input: bool,
     arena: ArenaRange,
     agent: AgentAnnouncement,
+    console: Arc<ConsoleCounters>,
     mem: GuestMemory,
     _vm: Vm,
 }
@@ -83,12 +85,20 @@ pub(crate) struct VmmParts {
     pub arena: ArenaRange,
     /// What the guest agent announces through the doorbell.
     pub agent: AgentAnnouncement,
+    /// The counts of the serial output's watcher.
+    pub console: Arc<ConsoleCounters>,
 }
 
 impl Vmm {
     pub(crate) fn new(parts: VmmParts) -> Self {
-        let VmmParts { vm, mem, vcpus, exits, exit_evt, serial, stdin_input, arena, agent } = parts;
-        Self { vcpus, exits, exit: None, events: None, exit_evt, serial, stdin_input, arena, agent, mem, _vm: vm }
+        let VmmParts { vm, mem, vcpus, exits, exit_evt, serial, stdin_input, arena, agent, console } = parts;
+        Self { vcpus, exits, exit: None, events: None, exit_evt, serial, stdin_input, arena, agent, console, mem, _vm: vm }
+    }
+
+    /// What the guest's console said so far this boot: lines, and those with
+    /// `Oops`, `BUG:`, `WARNING:`, `Kernel panic` (the VMM watches its serial output).
+    pub fn console(&self) -> ConsoleCounts {
+        self.console.snapshot()
     }
 
     /// What the guest agent announced through the doorbell: the guest-physical

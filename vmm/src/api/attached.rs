@@ -87,6 +87,7 @@ impl AttachedVm {
             boot: 1,
             uptime_ms: 0,
             transaction_in_flight: false,
+            console: None,
         }
     }
 }

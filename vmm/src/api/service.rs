@@ -88,6 +88,7 @@ impl ApiService {
             boot,
             uptime_ms: started.elapsed().as_millis() as u64,
             transaction_in_flight: false,
+            console: Some(vmm.console()),
         };
         self.shared.set_vm(info, started);
     }

@@ -12,6 +12,7 @@ use vsplice_patcher::kernels::TargetKernel;
 use vsplice_patcher::txn::recover::Status;
 
 use super::events::EventLog;
+use crate::devices::console_watch::ConsoleCounts;
 use super::metrics::Metrics;
 
 /// The guest's state as the API names it.
@@ -116,6 +117,9 @@ pub struct VmInfo {
     pub uptime_ms: u64,
     /// True while a transaction is in flight.
     pub transaction_in_flight: bool,
+    /// What the guest's console said this boot (`vsplice run` watches its
+    /// serial output); `None` when attached (the console is QEMU's).
+    pub console: Option<ConsoleCounts>,
 }
 
 /// Shared between the HTTP threads and the VMM thread.

@@ -96,7 +96,7 @@ fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
 fn text_vm(v: &Value) -> String {
     let kernel = &v["kernel"];
     format!(
-        "state: {} ({})\nvcpus: {}\nmemory: {}\narena: {}\nkernel: {} {} (build-id {}, KASLR slide {})\nagent: {}\nboot: {}\nuptime: {} ms\ntransaction in flight: {}",
+        "state: {} ({})\nvcpus: {}\nmemory: {}\narena: {}\nkernel: {} {} (build-id {}, KASLR slide {})\nagent: {}\nboot: {}\nuptime: {} ms\ntransaction in flight: {}\nconsole: {}",
         str_of(v, "state"),
         str_of(v, "hypervisor"),
         v["vcpus"],
@@ -110,7 +110,15 @@ fn text_vm(v: &Value) -> String {
         v["boot"],
         v["uptime_ms"],
         v["transaction_in_flight"],
+        text_console(&v["console"]),
     )
+}
+
+fn text_console(c: &Value) -> String {
+    if c.is_null() {
+        return "not watched (attached)".into();
+    }
+    format!("{} lines, {} oops, {} BUG, {} WARNING, {} panic", c["lines"], c["oops"], c["bug"], c["warning"], c["panic"])
 }
 
 fn text_list(v: &Value) -> String {

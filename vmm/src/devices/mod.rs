@@ -3,6 +3,7 @@
 pub mod acpi_pm;
 pub mod agent_doorbell;
 pub mod bus;
+pub mod console_watch;
 pub mod i8042;
 pub mod serial;
 
