@@ -17,6 +17,7 @@ pub mod cli;
 pub mod config;
 pub mod devices;
 pub mod elf_check;
+pub mod fleet;
 pub mod livepatch;
 pub mod loader;
 pub mod vmm;

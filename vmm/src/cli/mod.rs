@@ -2,6 +2,7 @@
 
 pub mod attach;
 mod fault_injection;
+pub mod fleet;
 pub mod inspect;
 pub mod patch;
 pub mod remote;
@@ -52,6 +53,9 @@ pub enum Command {
     /// --api-sock` on a Unix socket until SIGTERM/SIGINT or until the
     /// gdbstub goes.
     Attach(attach::AttachDaemonArgs),
+    /// Roll a live patch out across many guests through their API sockets:
+    /// canary, waves, health gates, automatic revert, a durable journal.
+    Fleet(fleet::FleetArgs),
 }
 
 fn init_logging(filter: Option<&str>) {
@@ -117,6 +121,7 @@ pub fn main() -> ExitCode {
         Command::Inspect(args) => inspect::run(args),
         Command::Remote(args) => remote::run(args),
         Command::Attach(args) => attach::run(args),
+        Command::Fleet(args) => fleet::run(args),
     }
 }
 

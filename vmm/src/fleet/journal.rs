@@ -1,0 +1,260 @@
+//! The durable journal: one redb file on the controller's host. Every step
+//! is recorded before it is taken (`intent`) and after it completes
+//! (`done`, with its result), each record its own committed (fsync'd) write
+//! transaction, so a controller killed at any moment leaves a journal that
+//! says what it was doing. `meta` holds the rollout (the plan, the patches,
+//! every target's patch and wave) and the rollout's state.
+//!
+//! redb rather than SQLite: pure Rust (no C library to build), one file,
+//! ACID with a copy-on-write B-tree and a file lock that keeps a second
+//! process out while a controller holds the journal.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use redb::{Database, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use super::plan::Rollout;
+use super::{now_ms, FleetError};
+
+const STEPS: TableDefinition<u64, &str> = TableDefinition::new("steps");
+const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+
+/// What a step does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    /// `PUT /patches` on a target.
+    Apply,
+    /// `DELETE /patches/{name}` on a target.
+    Revert,
+    /// The health gates of a target.
+    Gate,
+    /// A target's end: `patched`, `reverted`, `failed`, `rolled_back`.
+    Outcome,
+    /// The rollout's state changed (`running`, `paused`, `halting`, `halted`, …).
+    State,
+    /// A wave began (`target` is empty, `patch` the wave number).
+    Wave,
+    /// `resume` read a target's registry for a step left without its end.
+    Reconcile,
+}
+
+/// One record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Step {
+    /// Sequence number (the key).
+    pub seq: u64,
+    /// Milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    /// The target's name (empty for the rollout's own steps).
+    pub target: String,
+    /// The patch's name (or the wave, the state).
+    pub patch: String,
+    /// What.
+    pub op: Op,
+    /// `intent` (about to be taken) or `done`.
+    pub phase: String,
+    /// The intent this completes (done records).
+    pub intent: Option<u64>,
+    /// `ok`, or the cause (done records), or the outcome / state.
+    pub result: Option<String>,
+    /// More: a refusal's message, a gate's baseline.
+    pub detail: String,
+}
+
+/// Test-only: `VSPLICE_FLEET_KILL_AT_STEP=N` SIGKILLs the controller right
+/// after its N-th journal record is committed (the crash tests).
+#[cfg(feature = "fault-injection")]
+fn fault_point(written: u64) {
+    static AT: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    let at = AT.get_or_init(|| std::env::var("VSPLICE_FLEET_KILL_AT_STEP").ok().and_then(|v| v.parse().ok()));
+    if *at == Some(written) {
+        // SAFETY: kill(2) on our own pid with SIGKILL; no memory is involved.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+    }
+}
+
+#[cfg(not(feature = "fault-injection"))]
+fn fault_point(_written: u64) {}
+
+/// The journal file, open.
+#[derive(Debug)]
+pub struct Journal {
+    db: Database,
+    path: PathBuf,
+    written: AtomicU64,
+    write_ns: AtomicU64,
+}
+
+fn jerr(path: &Path) -> impl Fn(String) -> FleetError + '_ {
+    move |why| FleetError::Journal { path: path.to_owned(), why }
+}
+
+impl Journal {
+    /// Opens (or creates) the journal; `Busy` when another controller holds it.
+    pub fn open(path: &Path) -> Result<Self, FleetError> {
+        let db = match Database::create(path) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(FleetError::Busy(path.to_owned())),
+            Err(e) => return Err(jerr(path)(e.to_string())),
+        };
+        let j = Self { db, path: path.to_owned(), written: AtomicU64::new(0), write_ns: AtomicU64::new(0) };
+        // The tables exist from the first open on.
+        let tx = j.db.begin_write().map_err(|e| jerr(path)(e.to_string()))?;
+        tx.open_table(STEPS).map_err(|e| jerr(path)(e.to_string()))?;
+        tx.open_table(META).map_err(|e| jerr(path)(e.to_string()))?;
+        tx.commit().map_err(|e| jerr(path)(e.to_string()))?;
+        Ok(j)
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn put_meta(&self, key: &str, value: &str) -> Result<(), FleetError> {
+        let e = jerr(&self.path);
+        let tx = self.db.begin_write().map_err(|x| e(x.to_string()))?;
+        tx.open_table(META).map_err(|x| e(x.to_string()))?.insert(key, value).map_err(|x| e(x.to_string()))?;
+        tx.commit().map_err(|x| e(x.to_string()))
+    }
+
+    fn get_meta(&self, key: &str) -> Result<Option<String>, FleetError> {
+        let e = jerr(&self.path);
+        let tx = self.db.begin_read().map_err(|x| e(x.to_string()))?;
+        let t = tx.open_table(META).map_err(|x| e(x.to_string()))?;
+        Ok(t.get(key).map_err(|x| e(x.to_string()))?.map(|v| v.value().to_owned()))
+    }
+
+    /// Stores the rollout (once, at `start`).
+    pub fn set_rollout(&self, rollout: &Rollout) -> Result<(), FleetError> {
+        let json = serde_json::to_string(rollout).map_err(|x| jerr(&self.path)(x.to_string()))?;
+        self.put_meta("rollout", &json)
+    }
+
+    /// The rollout, if `start` stored one.
+    pub fn rollout(&self) -> Result<Option<Rollout>, FleetError> {
+        match self.get_meta("rollout")? {
+            None => Ok(None),
+            Some(s) => serde_json::from_str(&s).map(Some).map_err(|x| jerr(&self.path)(format!("the stored rollout: {x}"))),
+        }
+    }
+
+    /// Appends one record (its own committed transaction); returns its sequence number.
+    pub fn record(&self, target: &str, patch: &str, op: Op, phase: &str, intent: Option<u64>, result: Option<&str>, detail: &str) -> Result<u64, FleetError> {
+        let e = jerr(&self.path);
+        let started = Instant::now();
+        let tx = self.db.begin_write().map_err(|x| e(x.to_string()))?;
+        let seq = {
+            let mut t = tx.open_table(STEPS).map_err(|x| e(x.to_string()))?;
+            let seq = t.last().map_err(|x| e(x.to_string()))?.map_or(1, |(k, _)| k.value() + 1);
+            let step = Step {
+                seq,
+                time_ms: now_ms(),
+                target: target.to_owned(),
+                patch: patch.to_owned(),
+                op,
+                phase: phase.to_owned(),
+                intent,
+                result: result.map(str::to_owned),
+                detail: detail.to_owned(),
+            };
+            let json = serde_json::to_string(&step).map_err(|x| e(x.to_string()))?;
+            t.insert(seq, json.as_str()).map_err(|x| e(x.to_string()))?;
+            seq
+        };
+        tx.commit().map_err(|x| e(x.to_string()))?;
+        self.write_ns.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        let n = self.written.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::debug!(seq, target, ?op, phase, ?result, "journal");
+        fault_point(n);
+        Ok(seq)
+    }
+
+    /// Records an intent; returns its sequence number for [`Self::done`].
+    pub fn intent(&self, target: &str, patch: &str, op: Op, detail: &str) -> Result<u64, FleetError> {
+        self.record(target, patch, op, "intent", None, None, detail)
+    }
+
+    /// Records the end of intent `seq`.
+    pub fn done(&self, seq: u64, target: &str, patch: &str, op: Op, result: &str, detail: &str) -> Result<u64, FleetError> {
+        self.record(target, patch, op, "done", Some(seq), Some(result), detail)
+    }
+
+    /// Records a fact with no intent (an outcome, a state, a wave).
+    pub fn fact(&self, target: &str, patch: &str, op: Op, result: &str, detail: &str) -> Result<u64, FleetError> {
+        self.record(target, patch, op, "done", None, Some(result), detail)
+    }
+
+    /// Every record, in order.
+    pub fn steps(&self) -> Result<Vec<Step>, FleetError> {
+        let e = jerr(&self.path);
+        let tx = self.db.begin_read().map_err(|x| e(x.to_string()))?;
+        let t = tx.open_table(STEPS).map_err(|x| e(x.to_string()))?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(|x| e(x.to_string()))? {
+            let (_, v) = row.map_err(|x| e(x.to_string()))?;
+            out.push(serde_json::from_str(v.value()).map_err(|x| e(format!("a record: {x}")))?);
+        }
+        Ok(out)
+    }
+
+    /// Records written by this process and the time they took (ns).
+    pub fn write_stats(&self) -> (u64, u64) {
+        (self.written.load(Ordering::Relaxed), self.write_ns.load(Ordering::Relaxed))
+    }
+}
+
+/// Intents with no `done` yet (what a killed controller was doing).
+pub fn open_intents(steps: &[Step]) -> Vec<&Step> {
+    let done: std::collections::BTreeSet<u64> = steps.iter().filter_map(|s| s.intent).collect();
+    steps.iter().filter(|s| s.phase == "intent" && !done.contains(&s.seq)).collect()
+}
+
+/// The rollout's last recorded state (`None` before any).
+pub fn state(steps: &[Step]) -> Option<&str> {
+    steps.iter().rev().find(|s| s.op == Op::State).and_then(|s| s.result.as_deref())
+}
+
+/// Each target's recorded outcome (the last one).
+pub fn outcomes(steps: &[Step]) -> std::collections::BTreeMap<&str, &str> {
+    steps.iter().filter(|s| s.op == Op::Outcome).filter_map(|s| Some((s.target.as_str(), s.result.as_deref()?))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn records_survive_reopening_and_open_intents_are_found() {
+        let dir = std::env::temp_dir().join(format!("vsplice-journal-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("j.redb");
+        let _ = std::fs::remove_file(&path);
+        {
+            let j = Journal::open(&path).unwrap();
+            assert!(matches!(Journal::open(&path), Err(FleetError::Busy(_))), "a second opener is kept out");
+            j.fact("", "", Op::State, "running", "").unwrap();
+            let a = j.intent("vm0", "fix", Op::Apply, "").unwrap();
+            j.done(a, "vm0", "fix", Op::Apply, "ok", "").unwrap();
+            j.intent("vm1", "fix", Op::Apply, "").unwrap();
+            j.fact("vm0", "fix", Op::Outcome, "patched", "").unwrap();
+            assert_eq!(j.write_stats().0, 5);
+        }
+        let j = Journal::open(&path).unwrap();
+        let steps = j.steps().unwrap();
+        assert_eq!(steps.iter().map(|s| s.seq).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+        let open = open_intents(&steps);
+        assert_eq!((open.len(), open[0].target.as_str()), (1, "vm1"));
+        assert_eq!(state(&steps), Some("running"));
+        assert_eq!(outcomes(&steps).get("vm0"), Some(&"patched"));
+        assert!(j.rollout().unwrap().is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
