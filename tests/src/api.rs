@@ -35,12 +35,17 @@ impl ApiVm {
     /// Boots the test guest (2 vCPUs, 64 MiB) with `cmdline`; returns once
     /// the socket answers and the guest printed `TG ready`.
     pub fn start(name: &str, cmdline: &str, extra: &[&str]) -> Self {
+        Self::start_with(name, 2, cmdline, extra)
+    }
+
+    /// [`Self::start`] with `vcpus` vCPUs.
+    pub fn start_with(name: &str, vcpus: u32, cmdline: &str, extra: &[&str]) -> Self {
         let dir = tmp_dir(&format!("api-{name}"));
         let (sock, serial, stderr) = (dir.join("api.sock"), dir.join("serial.txt"), dir.join("stderr.txt"));
         let _ = std::fs::remove_file(&sock);
         let err = std::fs::File::create(&stderr).unwrap_or_else(|e| panic!("{}: {e}", stderr.display()));
         let child = Command::new(vsplice_bin())
-            .args(["run", "--vcpus", "2", "--memory", "64", "--kernel"])
+            .args(["run", "--vcpus", &vcpus.to_string(), "--memory", "64", "--kernel"])
             .arg(testguest::image())
             .args(["--cmdline", cmdline])
             .arg("--serial")

@@ -12,5 +12,6 @@ pub mod debian;
 pub mod qemu;
 pub mod linuxpatch;
 pub mod api;
+pub mod fleet;
 pub mod attach;
 pub mod openapi;

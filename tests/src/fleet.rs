@@ -1,0 +1,104 @@
+//! A fleet of test-guest VMs under `vsplice run --api-sock` for the
+//! `vsplice fleet` tests: booted in parallel, labelled with a host
+//! (`a`/`b` alternately), an inventory and a plan written beside them, the
+//! controller run as a user runs it, and the journal and every target's
+//! registry read back to check what happened.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use vsplice_vmm::fleet::journal::{Journal, Op, Step};
+
+use crate::api::ApiVm;
+use crate::scratch::tmp_dir;
+
+/// The guests' command line: one task, quiet, the timer slow (modest load for 2 cores).
+pub const QUIET: &str = "tg.tasks=1 tg.quiet tg.hz=50 tg.wait=5";
+
+/// The VMs of one test.
+#[derive(Debug)]
+pub struct Fleet {
+    /// The VMs, `vm0`, `vm1`, … (host `a` for even, `b` for odd).
+    pub vms: Vec<ApiVm>,
+    /// Scratch directory: inventory, plan, journals.
+    pub dir: PathBuf,
+}
+
+impl Fleet {
+    /// Boots `n` VMs (1 vCPU each) named `{test}-vmI`; `cmdline(i)` is VM i's command line.
+    pub fn boot(test: &str, n: usize, cmdline: impl Fn(usize) -> String + Sync) -> Self {
+        let dir = tmp_dir(&format!("fleet-{test}"));
+        let vms = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..n).map(|i| {
+                let cmdline = &cmdline;
+                s.spawn(move || ApiVm::start_with(&format!("{test}-vm{i}"), 1, &cmdline(i), &[]))
+            }).collect();
+            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| panic!("a VM did not boot"))).collect()
+        });
+        Self { vms, dir }
+    }
+
+    /// The name of VM `i` in the inventory.
+    pub fn name(i: usize) -> String {
+        format!("vm{i}")
+    }
+
+    /// Writes the inventory (every VM, plus `extra` JSON targets) and returns its path.
+    pub fn inventory(&self, extra: &[serde_json::Value]) -> PathBuf {
+        let mut targets: Vec<serde_json::Value> = self
+            .vms
+            .iter()
+            .enumerate()
+            .map(|(i, vm)| serde_json::json!({"name": Self::name(i), "api_sock": vm.sock, "labels": {"host": if i % 2 == 0 { "a" } else { "b" }, "zone": "z1"}}))
+            .collect();
+        targets.extend(extra.iter().cloned());
+        let p = self.dir.join("inventory.json");
+        std::fs::write(&p, serde_json::json!({ "targets": targets }).to_string()).unwrap_or_else(|e| panic!("{e}"));
+        p
+    }
+
+    /// Writes a plan and returns its path.
+    pub fn plan(&self, name: &str, plan: &serde_json::Value) -> PathBuf {
+        let p = self.dir.join(format!("{name}.json"));
+        std::fs::write(&p, plan.to_string()).unwrap_or_else(|e| panic!("{e}"));
+        p
+    }
+
+    /// The names in VM `i`'s registry (`GET /patches`, checked against the OpenAPI document).
+    pub fn registry(&self, i: usize) -> Vec<String> {
+        let v = self.vms[i].get_json("/patches");
+        v["patches"].as_array().unwrap_or_else(|| panic!("no patch list: {v}")).iter().map(|p| p["name"].as_str().unwrap_or_default().to_owned()).collect()
+    }
+}
+
+/// Runs `vsplice fleet --journal J args…`; with `kill_at`, the controller
+/// SIGKILLs itself after that many journal records.
+pub fn fleet(journal: &Path, args: &[&str], kill_at: Option<u64>) -> Output {
+    let bin = if kill_at.is_some() { crate::cli::vsplice_bin_with_fault_injection() } else { crate::cli::vsplice_bin() };
+    let mut cmd = std::process::Command::new(bin);
+    cmd.arg("fleet").arg("--journal").arg(journal).args(args).stdin(std::process::Stdio::null());
+    if let Some(k) = kill_at {
+        cmd.env("VSPLICE_FLEET_KILL_AT_STEP", k.to_string());
+    }
+    cmd.output().unwrap_or_else(|e| panic!("vsplice fleet: {e}"))
+}
+
+/// Every record of a journal no controller holds.
+pub fn steps(journal: &Path) -> Vec<Step> {
+    Journal::open(journal).and_then(|j| j.steps()).unwrap_or_else(|e| panic!("{}: {e}", journal.display()))
+}
+
+/// Done records of `target` for `op` with `result`.
+pub fn count(steps: &[Step], target: &str, op: Op, result: &str) -> usize {
+    steps.iter().filter(|s| s.target == target && s.op == op && s.phase == "done" && s.result.as_deref() == Some(result)).count()
+}
+
+/// The last outcome recorded for `target`.
+pub fn outcome<'a>(steps: &'a [Step], target: &str) -> Option<&'a str> {
+    steps.iter().rev().find(|s| s.target == target && s.op == Op::Outcome).and_then(|s| s.result.as_deref())
+}
+
+/// Output as text for assertion messages.
+pub fn said(o: &Output) -> String {
+    format!("exit {:?}\nstdout:\n{}\nstderr:\n{}", o.status.code(), crate::cli::text(&o.stdout), crate::cli::text(&o.stderr))
+}
