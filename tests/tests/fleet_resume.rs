@@ -1,0 +1,71 @@
+//! `vsplice fleet` killed (SIGKILL) right after each of its journal records
+//! in turn, then `resume`: every time, each target ends exactly once
+//! patched, or (the one whose probe gate fails) applied once and reverted
+//! once; the journal has no open step and agrees with every registry.
+//! The controller kills itself through the test-only
+//! `VSPLICE_FLEET_KILL_AT_STEP` (built with `fault-injection`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::os::unix::process::ExitStatusExt;
+
+use vsplice_tests::api::build_example;
+use vsplice_tests::fleet::{count, fleet, outcome, said, steps, Fleet, QUIET};
+use vsplice_tests::testguest;
+use vsplice_vmm::fleet::journal::{open_intents, Op};
+
+#[test]
+fn killed_at_every_journal_step_then_resumed_each_target_ends_once() {
+    let _g = testguest::vm_lock();
+    if !testguest::ready("fleet_resume") {
+        return;
+    }
+    let f = Fleet::boot("resume", 3, |_| QUIET.to_owned());
+    let patch = build_example(&f.dir, "step_b_v2.c");
+    let inv = f.inventory(&[]);
+    let probe = ["sh", "-c", r#"test "$VSPLICE_TARGET" != vm2"#];
+    let plan = f.plan("p", &serde_json::json!({"patches": [patch], "allow_unsigned": true, "canary": {"count": 1}, "parallelism": 2, "failure_budget": 1, "gates": {"probe": probe}}));
+    let (inv, plan) = (inv.to_str().unwrap().to_owned(), plan.to_str().unwrap().to_owned());
+    let mut kills = 0;
+    for k in 1.. {
+        assert!(k < 200, "the rollout never ran to its end");
+        let journal = f.dir.join(format!("j{k}.redb"));
+        let o = fleet(&journal, &["start", "--inventory", &inv, "--plan", &plan], Some(k));
+        let killed = o.status.signal() == Some(libc::SIGKILL);
+        if killed {
+            kills += 1;
+            let r = fleet(&journal, &["resume"], None);
+            assert!(r.status.success(), "resume after a kill at step {k}: {}", said(&r));
+        } else {
+            assert!(o.status.success(), "{}", said(&o));
+        }
+        let steps = steps(&journal);
+        assert!(open_intents(&steps).is_empty(), "k={k}: open steps {:?}", open_intents(&steps));
+        for (i, end) in [(0, "patched"), (1, "patched"), (2, "reverted")] {
+            let n = Fleet::name(i);
+            assert_eq!(outcome(&steps, &n), Some(end), "k={k}: {n}");
+            let applies = count(&steps, &n, Op::Apply, "ok");
+            assert_eq!(applies, 1, "k={k}: {n} applied exactly once: {steps:#?}");
+            // An apply intent cut before its request is closed `not_applied` by resume; nothing was refused (already_applied).
+            let other: Vec<_> = steps.iter().filter(|s| s.target == n && s.op == Op::Apply && s.phase == "done" && !matches!(s.result.as_deref(), Some("ok" | "not_applied"))).collect();
+            assert!(other.is_empty(), "k={k}: {n}: {other:?}");
+            let registry = f.registry(i);
+            if end == "patched" {
+                assert_eq!(registry, ["step_b_v2"], "k={k}: {n}");
+            } else {
+                assert!(registry.is_empty(), "k={k}: {n} reverted");
+                assert_eq!(count(&steps, &n, Op::Revert, "ok"), 1, "k={k}: {n} reverted once");
+            }
+        }
+        assert_eq!(steps.iter().rev().find(|s| s.op == Op::State).and_then(|s| s.result.as_deref()), Some("done"));
+        // Clean slate for the next kill point.
+        let r = fleet(&journal, &["rollback"], None);
+        assert!(r.status.success(), "{}", said(&r));
+        assert!((0..3).all(|i| f.registry(i).is_empty()));
+        if !killed {
+            break;
+        }
+    }
+    eprintln!("fleet_resume: killed at each of {kills} journal steps, resumed each time");
+    assert!(kills >= 15, "a kill at every step: {kills}");
+}
