@@ -230,7 +230,7 @@ impl Controller {
             _ => {}
         }
         let _ = std::fs::remove_file(control_path(self.journal.path()));
-        let done = journal::outcomes(&steps).into_iter().map(|(k, _)| k.to_owned()).collect::<std::collections::BTreeSet<_>>();
+        let done = journal::outcomes(&steps).into_keys().map(str::to_owned).collect::<std::collections::BTreeSet<_>>();
         let mut failures = journal::outcomes(&steps).values().filter(|o| matches!(**o, "failed" | "reverted" | "revert_failed")).count();
         let plan = &self.rollout.plan;
         for wave in 0..self.rollout.waves {

@@ -145,8 +145,14 @@ impl Journal {
         }
     }
 
-    /// Appends one record (its own committed transaction); returns its sequence number.
-    pub fn record(&self, target: &str, patch: &str, op: Op, phase: &str, intent: Option<u64>, result: Option<&str>, detail: &str) -> Result<u64, FleetError> {
+    /// Appends one record (its own committed transaction): an intent
+    /// (`done: None`) or a done record completing `done: Some(intent)`
+    /// (`Some(None)` for a fact); returns its sequence number.
+    fn record(&self, target: &str, patch: &str, op: Op, done: Option<Option<u64>>, result: Option<&str>, detail: &str) -> Result<u64, FleetError> {
+        let (phase, intent) = match done {
+            None => ("intent", None),
+            Some(i) => ("done", i),
+        };
         let e = jerr(&self.path);
         let started = Instant::now();
         let tx = self.db.begin_write().map_err(|x| e(x.to_string()))?;
@@ -178,17 +184,17 @@ impl Journal {
 
     /// Records an intent; returns its sequence number for [`Self::done`].
     pub fn intent(&self, target: &str, patch: &str, op: Op, detail: &str) -> Result<u64, FleetError> {
-        self.record(target, patch, op, "intent", None, None, detail)
+        self.record(target, patch, op, None, None, detail)
     }
 
     /// Records the end of intent `seq`.
     pub fn done(&self, seq: u64, target: &str, patch: &str, op: Op, result: &str, detail: &str) -> Result<u64, FleetError> {
-        self.record(target, patch, op, "done", Some(seq), Some(result), detail)
+        self.record(target, patch, op, Some(Some(seq)), Some(result), detail)
     }
 
     /// Records a fact with no intent (an outcome, a state, a wave).
     pub fn fact(&self, target: &str, patch: &str, op: Op, result: &str, detail: &str) -> Result<u64, FleetError> {
-        self.record(target, patch, op, "done", None, Some(result), detail)
+        self.record(target, patch, op, Some(None), Some(result), detail)
     }
 
     /// Every record, in order.
