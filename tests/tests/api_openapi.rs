@@ -70,6 +70,14 @@ fn the_validator_catches_bad_replies() {
     let mut bad = vm.clone();
     bad["state"] = json!("sleeping");
     assert!(api.validate_reply("GET", "/vm", 200, "application/json", bad.to_string().as_bytes()).is_err());
+    // The console counts: optional, null when attached, counts when watched, nothing else.
+    let mut with_console = vm.clone();
+    with_console["console"] = json!({"lines": 3, "oops": 0, "bug": 1, "warning": 0, "panic": 0});
+    api.validate_reply("GET", "/vm", 200, "application/json", with_console.to_string().as_bytes()).unwrap();
+    with_console["console"] = json!(null);
+    api.validate_reply("GET", "/vm", 200, "application/json", with_console.to_string().as_bytes()).unwrap();
+    with_console["console"] = json!({"lines": 3, "bug": "1"});
+    assert!(api.validate_reply("GET", "/vm", 200, "application/json", with_console.to_string().as_bytes()).is_err());
     // A transaction report with a cause the document does not know, or a string for a number.
     let mut r = serde_json::to_value(report()).unwrap();
     r["cause"] = json!("maybe");
