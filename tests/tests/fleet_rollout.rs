@@ -97,6 +97,8 @@ fn a_canary_then_waves_patch_every_target_exactly_once() {
     assert!(max_total > 1, "targets were patched in parallel");
 
     // status: every target patched; the metrics say so.
+    let table = fleet(&journal, &["status"], None);
+    eprintln!("{}", String::from_utf8_lossy(&table.stdout));
     let o = fleet(&journal, &["status", "--json"], None);
     assert!(o.status.success(), "{}", said(&o));
     let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();

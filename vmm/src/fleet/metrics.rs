@@ -102,10 +102,10 @@ pub fn table(st: &Status) -> String {
     let done = st.counts.iter().filter(|(k, _)| !matches!(k.as_str(), "pending" | "in_progress")).map(|(_, v)| v).sum::<usize>();
     let _ = writeln!(
         out,
-        "rollout: {}  wave {}/{}  {done}/{} targets settled  ({})",
+        "rollout: {}  wave {} of 0..{} (0 = canary)  {done}/{} targets settled  ({})",
         st.state,
         st.current_wave.map_or("-".into(), |w| w.to_string()),
-        st.waves,
+        st.waves.saturating_sub(1),
         st.targets.len(),
         st.counts.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
     );
@@ -178,6 +178,6 @@ mod tests {
         let prom = prometheus(&st, Some((4, 2_000_000)));
         assert!(prom.contains("vsplice_fleet_targets{status=\"patched\"} 1"), "{prom}");
         assert!(prom.contains("vsplice_fleet_journal_write_seconds_count 4"), "{prom}");
-        assert!(table(&st).contains("rollout: running  wave 1/2  2/4 targets settled"), "{}", table(&st));
+        assert!(table(&st).contains("rollout: running  wave 1 of 0..1 (0 = canary)  2/4 targets settled"), "{}", table(&st));
     }
 }
