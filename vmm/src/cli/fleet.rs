@@ -115,7 +115,8 @@ fn finished(f: Finish, json: bool, c: &Controller) -> ExitCode {
 }
 
 fn status(journal: &Path, json: bool, prom: bool) -> Result<ExitCode, FleetError> {
-    let st = match Journal::open(journal) {
+    // Never creates a journal; waits out another reader, not a controller.
+    let st = match Journal::open_existing(journal, std::time::Duration::from_millis(200)) {
         Ok(j) => {
             let rollout = j.rollout()?.ok_or_else(|| FleetError::NoRollout(journal.to_owned()))?;
             metrics::status(&rollout, &j.steps()?)

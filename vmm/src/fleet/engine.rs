@@ -29,6 +29,10 @@ use super::plan::{make_rollout, OnHalt, Plan, Planned, Rollout};
 use super::target;
 use super::FleetError;
 
+/// How long a command waits for a journal another process holds: long
+/// enough for a `status` to finish reading it, short of a running controller.
+pub const HOLD_WAIT: Duration = Duration::from_millis(1500);
+
 /// How a run of the engine ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Finish {
@@ -72,6 +76,11 @@ pub fn request(journal: &Path, what: &str) -> Result<(), FleetError> {
 
 fn read_control(journal: &Path) -> Option<String> {
     std::fs::read_to_string(control_path(journal)).ok().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty())
+}
+
+/// True for the outcomes that count against the failure budget.
+fn is_failure(outcome: &str) -> bool {
+    matches!(outcome, "failed" | "reverted" | "revert_failed")
 }
 
 /// What a target's history in the journal says.
@@ -132,7 +141,7 @@ impl Controller {
     /// `start`: a new rollout in a new journal.
     pub fn start(journal: &Path, inventory: &Inventory, plan: &Plan) -> Result<Self, FleetError> {
         let read = plan.read_patches()?;
-        let j = Journal::open(journal)?;
+        let j = Journal::open_waiting(journal, HOLD_WAIT)?;
         if j.rollout()?.is_some() {
             return Err(FleetError::JournalExists(journal.to_owned()));
         }
@@ -146,9 +155,10 @@ impl Controller {
         Ok(Self { journal: j, rollout, bytes })
     }
 
-    /// Opens the rollout of a journal (`resume`, `rollback`), the patches read again and checked.
+    /// Opens the rollout of a journal (`resume`, `rollback`, `pause`, `abort`),
+    /// the patches read again and checked; `Busy` when a controller holds it.
     pub fn open(journal: &Path) -> Result<Self, FleetError> {
-        let j = Journal::open(journal)?;
+        let j = Journal::open_existing(journal, HOLD_WAIT)?;
         let rollout = j.rollout()?.ok_or_else(|| FleetError::NoRollout(journal.to_owned()))?;
         let read = rollout.plan.read_patches()?;
         for p in &rollout.patches {
@@ -231,8 +241,17 @@ impl Controller {
         }
         let _ = std::fs::remove_file(control_path(self.journal.path()));
         let done = journal::outcomes(&steps).into_keys().map(str::to_owned).collect::<std::collections::BTreeSet<_>>();
-        let mut failures = journal::outcomes(&steps).values().filter(|o| matches!(**o, "failed" | "reverted" | "revert_failed")).count();
+        let outcomes = journal::outcomes(&steps);
+        let failed: Vec<&Planned> = self.rollout.targets.iter().filter(|p| outcomes.get(p.target.name.as_str()).is_some_and(|o| is_failure(o))).collect();
+        let mut failures = failed.len();
         let plan = &self.rollout.plan;
+        // A controller killed between a failure and the halt it calls for: halt now, in the failed target's wave.
+        let last_failed = steps.iter().rev().filter(|s| s.op == Op::Outcome && s.result.as_deref().is_some_and(is_failure)).find_map(|s| failed.iter().find(|p| p.target.name == s.target));
+        if let Some(p) = last_failed {
+            if failures > plan.failure_budget || failed.iter().any(|p| p.wave == Some(0)) {
+                return self.halt(p.wave.unwrap_or(0));
+            }
+        }
         for wave in 0..self.rollout.waves {
             let todo: Vec<&Planned> = self.rollout.targets.iter().filter(|p| p.wave == Some(wave) && !done.contains(&p.target.name)).collect();
             if todo.is_empty() {
@@ -347,7 +366,8 @@ impl Controller {
         };
         let baseline = if present {
             if history.gate_failed {
-                return self.revert_target(p, "reverted");
+                // A gate failed before a restart: the target failed, whatever the revert does.
+                return self.revert_target(p, "reverted").map(|_| false);
             }
             history.baseline.clone().unwrap_or_default()
         } else if history.applied {

@@ -96,7 +96,28 @@ fn jerr(path: &Path) -> impl Fn(String) -> FleetError + '_ {
 }
 
 impl Journal {
-    /// Opens (or creates) the journal; `Busy` when another controller holds it.
+    /// Opens an existing journal (`NoRollout` when there is none), waiting
+    /// up to `wait` while another process holds it (a `status` reads it
+    /// briefly); `Busy` when it is still held then (a running controller).
+    pub fn open_existing(path: &Path, wait: std::time::Duration) -> Result<Self, FleetError> {
+        if !path.is_file() {
+            return Err(FleetError::NoRollout(path.to_owned()));
+        }
+        Self::open_waiting(path, wait)
+    }
+
+    /// [`Self::open`], waiting up to `wait` while another process holds the journal.
+    pub fn open_waiting(path: &Path, wait: std::time::Duration) -> Result<Self, FleetError> {
+        let end = Instant::now() + wait;
+        loop {
+            match Self::open(path) {
+                Err(FleetError::Busy(_)) if Instant::now() < end => std::thread::sleep(std::time::Duration::from_millis(20)),
+                r => return r,
+            }
+        }
+    }
+
+    /// Opens (or creates) the journal; `Busy` when another process holds it.
     pub fn open(path: &Path) -> Result<Self, FleetError> {
         let db = match Database::create(path) {
             Ok(db) => db,
