@@ -117,3 +117,60 @@ fn a_canary_then_waves_patch_every_target_exactly_once() {
         assert_eq!(count(&steps, &Fleet::name(i), Op::Revert, "ok"), 1);
     }
 }
+
+fn keygen(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let keys = dir.join(format!("{name}-trusted"));
+    std::fs::create_dir_all(&keys).unwrap();
+    let secret = dir.join(name);
+    let o = vsplice_tests::cli::vsplice(&["patch", "keygen", "-o", secret.to_str().unwrap()]);
+    assert!(o.status.success(), "keygen: {}", said(&o));
+    std::fs::rename(dir.join(format!("{name}.pub")), keys.join(format!("{name}.pub"))).unwrap();
+    (secret, keys)
+}
+
+#[test]
+fn signed_patches_roll_out_and_another_key_is_refused_before_any_target() {
+    let _g = testguest::vm_lock();
+    if !testguest::ready("fleet_signed") {
+        return;
+    }
+    let dir = vsplice_tests::scratch::tmp_dir("fleet-signed-keys");
+    let (ours, keys) = keygen(&dir, "ours");
+    let (theirs, _) = keygen(&dir, "theirs");
+    // The VMMs check signatures too (--trusted-keys): the controller's check is not the only one.
+    let f = {
+        let keys = keys.to_str().unwrap().to_owned();
+        let vms = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..2).map(|i| {
+                let keys = keys.clone();
+                s.spawn(move || vsplice_tests::api::ApiVm::start_with(&format!("signed-vm{i}"), 1, QUIET, &["--trusted-keys", &keys]))
+            }).collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        Fleet { vms, dir: dir.clone() }
+    };
+    let vsp = build_example(&f.dir, "step_b_v2.c");
+    let sign = |key: &std::path::Path, out: &str| {
+        let out = f.dir.join(out);
+        let o = vsplice_tests::cli::vsplice(&["patch", "sign", "--key", key.to_str().unwrap(), "-o", out.to_str().unwrap(), vsp.to_str().unwrap()]);
+        assert!(o.status.success(), "sign: {}", said(&o));
+        out
+    };
+    let (good, bad) = (sign(&ours, "ours.vsp"), sign(&theirs, "theirs.vsp"));
+    let inv = f.inventory(&[]);
+    let refused = f.plan("theirs", &serde_json::json!({"patches": [bad], "trusted_keys": keys}));
+    let o = fleet(&f.dir.join("theirs.redb"), &["start", "--inventory", inv.to_str().unwrap(), "--plan", refused.to_str().unwrap()], None);
+    assert_eq!(o.status.code(), Some(1), "{}", said(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("[untrusted_key]"), "{}", said(&o));
+    assert!(!f.dir.join("theirs.redb").exists(), "refused before a journal was made");
+    let plan = f.plan("ours", &serde_json::json!({"patches": [good], "trusted_keys": keys, "canary": {"count": 1}}));
+    let journal = f.dir.join("ours.redb");
+    let o = fleet(&journal, &["start", "--inventory", inv.to_str().unwrap(), "--plan", plan.to_str().unwrap()], None);
+    assert!(o.status.success(), "{}", said(&o));
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("UNSIGNED"), "{}", said(&o));
+    let s = steps(&journal);
+    for i in 0..2 {
+        assert_eq!(f.registry(i), ["step_b_v2"]);
+        assert_eq!(count(&s, &Fleet::name(i), Op::Apply, "ok"), 1);
+    }
+}

@@ -55,6 +55,8 @@ pub enum FleetError {
     Untrusted {
         /// The patch file.
         path: PathBuf,
+        /// The signing check's cause: `unsigned`, `bad_signature`, `untrusted_key`.
+        cause: &'static str,
         /// Why.
         why: String,
     },
@@ -83,7 +85,7 @@ impl FleetError {
         match self {
             Self::Read { .. } => "fleet_file_unreadable",
             Self::Invalid { .. } => "fleet_invalid",
-            Self::Untrusted { .. } => "unsigned",
+            Self::Untrusted { cause, .. } => cause,
             Self::Journal { .. } => "journal_failed",
             Self::JournalExists(_) => "journal_exists",
             Self::NoRollout(_) => "no_rollout",

@@ -232,12 +232,12 @@ impl Plan {
             let parsed = PatchFile::parse(&bytes).map_err(|e| FleetError::invalid(file.display().to_string(), vsplice_patcher::model::chain(&e)))?;
             let unsigned = matches!(vsplice_patcher::patch::sign::split(&bytes), Ok((_, None)));
             if unsigned && !self.allow_unsigned {
-                return Err(FleetError::Untrusted { path: file, why: "unsigned (the plan does not say `allow_unsigned: true`)".into() });
+                return Err(FleetError::Untrusted { path: file, cause: "unsigned", why: "unsigned (the plan does not say `allow_unsigned: true`)".into() });
             }
             if !unsigned && !trust.enforcing() {
-                return Err(FleetError::Untrusted { path: file, why: "signed, but the plan names no `trusted_keys` to verify it with".into() });
+                return Err(FleetError::Untrusted { path: file, cause: "untrusted_key", why: "signed, but the plan names no `trusted_keys` to verify it with".into() });
             }
-            trust.admit(&bytes).map_err(|e| FleetError::Untrusted { path: file.clone(), why: vsplice_patcher::model::chain(&e) })?;
+            trust.admit(&bytes).map_err(|e| FleetError::Untrusted { path: file.clone(), cause: e.cause(), why: vsplice_patcher::model::chain(&e) })?;
             let m = parsed.manifest;
             let build_id = m.target.build_id.clone().ok_or_else(|| FleetError::invalid(file.display().to_string(), "the patch names no kernel build-id"))?;
             if let Some((other, _)) = out.iter().find(|(p, _)| p.build_id == build_id) {
