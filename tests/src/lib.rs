@@ -12,6 +12,7 @@ pub mod debian;
 pub mod qemu;
 pub mod linuxpatch;
 pub mod api;
+pub mod etcd;
 pub mod fleet;
 pub mod attach;
 pub mod openapi;

@@ -25,9 +25,11 @@ use crate::fleet::FleetError;
 /// `vsplice fleet`.
 #[derive(Debug, Args)]
 pub struct FleetArgs {
-    /// The rollout's journal (one redb file; created by `start`). Beside it:
-    /// `PATH.control` (operator requests), `PATH.status.json` and `PATH.prom`
-    /// (written by the running controller).
+    /// The rollout's journal: one redb file (created by `start`; beside it
+    /// `PATH.control` for operator requests, `PATH.status.json` and
+    /// `PATH.prom` written by the running controller), or etcd:
+    /// `etcd://HOST:PORT[,HOST:PORT…]/PREFIX` (one controller at a time, by
+    /// a lease; operator requests in `PREFIX/control`).
     #[arg(long, value_name = "PATH", global = true)]
     pub journal: Option<PathBuf>,
     /// Print JSON instead of text.
@@ -70,7 +72,13 @@ pub enum FleetCommand {
     /// Go on with a paused or interrupted rollout: every step a killed
     /// controller left open is closed with what the target's registry says,
     /// then the rollout runs on (no target is applied twice).
-    Resume,
+    Resume {
+        /// Wait up to this many seconds for the controller holding the
+        /// journal to end, or (etcd) for its lease to expire: a standby
+        /// controller that takes over.
+        #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+        wait: u64,
+    },
     /// Stop after the targets in flight; nothing is reverted.
     Abort,
     /// Revert every target of the rollout whose registry has the patch.
@@ -107,7 +115,8 @@ fn finished(f: Finish, json: bool, c: &Controller) -> ExitCode {
             print!("{}", metrics::table(&st));
         }
     }
-    eprintln!("vsplice: fleet: rollout {}", f.name());
+    let (n, ns) = c.journal().write_stats();
+    eprintln!("vsplice: fleet: rollout {}; journal: {n} records written, {:.3} ms each", f.name(), if n == 0 { 0.0 } else { ns as f64 / n as f64 / 1e6 });
     match f {
         Finish::Done | Finish::Paused | Finish::RolledBack => ExitCode::SUCCESS,
         Finish::Halted | Finish::Aborted => ExitCode::from(EXIT_REFUSED),
@@ -115,8 +124,9 @@ fn finished(f: Finish, json: bool, c: &Controller) -> ExitCode {
 }
 
 fn status(journal: &Path, json: bool, prom: bool) -> Result<ExitCode, FleetError> {
-    // Never creates a journal; waits out another reader, not a controller.
-    let st = match Journal::open_existing(journal, std::time::Duration::from_millis(200)) {
+    // Never creates a journal; waits out another reader, not a controller
+    // (an etcd journal is read without its lock).
+    let st = match Journal::open_reader(journal, std::time::Duration::from_millis(200)) {
         Ok(j) => {
             let rollout = j.rollout()?.ok_or_else(|| FleetError::NoRollout(journal.to_owned()))?;
             metrics::status(&rollout, &j.steps()?)
@@ -181,8 +191,9 @@ fn run_inner(args: &FleetArgs) -> Result<ExitCode, FleetError> {
             let f = c.run()?;
             Ok(finished(f, json, &c))
         }
-        FleetCommand::Resume => {
-            let c = Controller::open(journal_arg(args)?)?;
+        FleetCommand::Resume { wait } => {
+            let wait = std::time::Duration::from_secs(*wait).max(engine::HOLD_WAIT);
+            let c = Controller::open_waiting(journal_arg(args)?, wait)?;
             let n = c.reconcile()?;
             if n > 0 {
                 eprintln!("vsplice: fleet: {n} step(s) left open by the last controller reconciled with the targets' registries");

@@ -61,22 +61,7 @@ impl Finish {
     }
 }
 
-/// The control file of a journal.
-pub fn control_path(journal: &Path) -> PathBuf {
-    let mut p = journal.as_os_str().to_owned();
-    p.push(".control");
-    PathBuf::from(p)
-}
-
-/// Asks the running controller (or the next `resume`) to `pause`, `abort` or `rollback`.
-pub fn request(journal: &Path, what: &str) -> Result<(), FleetError> {
-    let p = control_path(journal);
-    std::fs::write(&p, what).map_err(|source| FleetError::Read { path: p, source })
-}
-
-fn read_control(journal: &Path) -> Option<String> {
-    std::fs::read_to_string(control_path(journal)).ok().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty())
-}
+pub use super::journal::request;
 
 /// True for the outcomes that count against the failure budget.
 fn is_failure(outcome: &str) -> bool {
@@ -145,7 +130,7 @@ impl Controller {
         if j.rollout()?.is_some() {
             return Err(FleetError::JournalExists(journal.to_owned()));
         }
-        let _ = std::fs::remove_file(control_path(journal));
+        j.clear_control();
         let patches = read.iter().map(|(p, _)| p.clone()).collect();
         let rollout = make_rollout(plan, patches, inventory, |t| target::probe(&t.api_sock).map_err(|u| u.cause));
         loud_unsigned(&rollout);
@@ -158,7 +143,13 @@ impl Controller {
     /// Opens the rollout of a journal (`resume`, `rollback`, `pause`, `abort`),
     /// the patches read again and checked; `Busy` when a controller holds it.
     pub fn open(journal: &Path) -> Result<Self, FleetError> {
-        let j = Journal::open_existing(journal, HOLD_WAIT)?;
+        Self::open_waiting(journal, HOLD_WAIT)
+    }
+
+    /// [`Self::open`], waiting up to `wait` for the controller holding the
+    /// journal to end (or, in etcd, for its lease to expire: a takeover).
+    pub fn open_waiting(journal: &Path, wait: Duration) -> Result<Self, FleetError> {
+        let j = Journal::open_existing(journal, wait)?;
         let rollout = j.rollout()?.ok_or_else(|| FleetError::NoRollout(journal.to_owned()))?;
         let read = rollout.plan.read_patches()?;
         for p in &rollout.patches {
@@ -183,6 +174,9 @@ impl Controller {
 
     /// Writes the status snapshot and the metrics beside the journal.
     fn publish(&self) {
+        if Journal::is_etcd(self.journal.path()) {
+            return; // `status` reads etcd itself, while the controller runs.
+        }
         if let Ok(steps) = self.journal.steps() {
             let st = metrics::status(&self.rollout, &steps);
             let base = self.journal.path().as_os_str().to_owned();
@@ -239,7 +233,7 @@ impl Controller {
             }
             _ => {}
         }
-        let _ = std::fs::remove_file(control_path(self.journal.path()));
+        self.journal.clear_control();
         let done = journal::outcomes(&steps).into_keys().map(str::to_owned).collect::<std::collections::BTreeSet<_>>();
         let outcomes = journal::outcomes(&steps);
         let failed: Vec<&Planned> = self.rollout.targets.iter().filter(|p| outcomes.get(p.target.name.as_str()).is_some_and(|o| is_failure(o))).collect();
@@ -277,7 +271,7 @@ impl Controller {
 
     fn finish(&self, f: Finish) -> Result<Finish, FleetError> {
         self.journal.fact("", "", Op::State, f.name(), "")?;
-        let _ = std::fs::remove_file(control_path(self.journal.path()));
+        self.journal.clear_control();
         self.publish();
         Ok(f)
     }
@@ -289,7 +283,6 @@ impl Controller {
         let queue = Mutex::new(Queue { pending: todo.into(), failures, ..Queue::default() });
         let cv = Condvar::new();
         let error: Mutex<Option<FleetError>> = Mutex::new(None);
-        let path = self.journal.path().to_owned();
         std::thread::scope(|s| {
             for _ in 0..workers {
                 s.spawn(|| loop {
@@ -297,7 +290,7 @@ impl Controller {
                         let Ok(mut q) = queue.lock() else { return };
                         loop {
                             if q.stop.is_none() {
-                                q.stop = match read_control(&path).as_deref() {
+                                q.stop = match self.journal.control().as_deref() {
                                     Some("pause") => Some("pause"),
                                     Some("abort") => Some("abort"),
                                     Some("rollback") => Some("rollback"),

@@ -16,6 +16,7 @@ use std::time::Instant;
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use super::etcd::{Etcd, Held};
 use super::plan::Rollout;
 use super::{now_ms, FleetError};
 
@@ -82,13 +83,27 @@ fn fault_point(written: u64) {
 #[cfg(not(feature = "fault-injection"))]
 fn fault_point(_written: u64) {}
 
-/// The journal file, open.
+/// Where the journal is kept.
+#[derive(Debug)]
+enum Store {
+    /// One redb file (the default).
+    Redb(Database),
+    /// etcd (`etcd://HOST:PORT,…/PREFIX`): the lock when this process holds it
+    /// (`None`: a reader, which never writes), and the next sequence number.
+    Etcd { etcd: Etcd, held: Option<Held>, next: AtomicU64 },
+}
+
+/// The journal, open.
 #[derive(Debug)]
 pub struct Journal {
-    db: Database,
+    store: Store,
     path: PathBuf,
     written: AtomicU64,
     write_ns: AtomicU64,
+}
+
+fn step_key(seq: u64) -> String {
+    format!("steps/{seq:020}")
 }
 
 fn jerr(path: &Path) -> impl Fn(String) -> FleetError + '_ {
@@ -100,7 +115,7 @@ impl Journal {
     /// up to `wait` while another process holds it (a `status` reads it
     /// briefly); `Busy` when it is still held then (a running controller).
     pub fn open_existing(path: &Path, wait: std::time::Duration) -> Result<Self, FleetError> {
-        if !path.is_file() {
+        if Self::etcd_url(path).is_none() && !path.is_file() {
             return Err(FleetError::NoRollout(path.to_owned()));
         }
         Self::open_waiting(path, wait)
@@ -117,20 +132,59 @@ impl Journal {
         }
     }
 
-    /// Opens (or creates) the journal; `Busy` when another process holds it.
+    fn etcd_url(path: &Path) -> Option<Etcd> {
+        path.to_str().and_then(Etcd::parse)
+    }
+
+    /// True when the journal is kept in etcd.
+    pub fn is_etcd(path: &Path) -> bool {
+        Self::etcd_url(path).is_some()
+    }
+
+    fn with_store(store: Store, path: &Path) -> Self {
+        Self { store, path: path.to_owned(), written: AtomicU64::new(0), write_ns: AtomicU64::new(0) }
+    }
+
+    fn open_etcd(etcd: Etcd, path: &Path, lock: bool) -> Result<Self, FleetError> {
+        let e = jerr(path);
+        let held = if lock {
+            match Held::take(&etcd).map_err(&e)? {
+                Some(h) => Some(h),
+                None => return Err(FleetError::Busy(path.to_owned())),
+            }
+        } else {
+            None
+        };
+        let last = etcd.values(&etcd.key("steps/")).map_err(&e)?.last().and_then(|v| serde_json::from_str::<Step>(v).ok()).map_or(0, |s| s.seq);
+        Ok(Self::with_store(Store::Etcd { etcd, held, next: AtomicU64::new(last + 1) }, path))
+    }
+
+    /// Opens the journal to read it only: an etcd journal without taking its
+    /// lock (a controller may be running); a file as [`Self::open_existing`].
+    pub fn open_reader(path: &Path, wait: std::time::Duration) -> Result<Self, FleetError> {
+        match Self::etcd_url(path) {
+            Some(etcd) => Self::open_etcd(etcd, path, false),
+            None => Self::open_existing(path, wait),
+        }
+    }
+
+    /// Opens (or creates) the journal; `Busy` when another process holds it
+    /// (the file's lock, or etcd's lock under another controller's lease).
     pub fn open(path: &Path) -> Result<Self, FleetError> {
+        if let Some(etcd) = Self::etcd_url(path) {
+            return Self::open_etcd(etcd, path, true);
+        }
         let db = match Database::create(path) {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(FleetError::Busy(path.to_owned())),
             Err(e) => return Err(jerr(path)(e.to_string())),
         };
-        let j = Self { db, path: path.to_owned(), written: AtomicU64::new(0), write_ns: AtomicU64::new(0) };
         // The tables exist from the first open on.
-        let tx = j.db.begin_write().map_err(|e| jerr(path)(e.to_string()))?;
+        let tx = db.begin_write().map_err(|e| jerr(path)(e.to_string()))?;
         tx.open_table(STEPS).map_err(|e| jerr(path)(e.to_string()))?;
         tx.open_table(META).map_err(|e| jerr(path)(e.to_string()))?;
         tx.commit().map_err(|e| jerr(path)(e.to_string()))?;
-        Ok(j)
+        Ok(Self::with_store(Store::Redb(db), path))
     }
 
     /// The file.
@@ -138,16 +192,56 @@ impl Journal {
         &self.path
     }
 
+    /// An etcd write, fenced by this controller's lease.
+    fn etcd_put(&self, etcd: &Etcd, held: Option<&Held>, key: &str, value: &str) -> Result<(), FleetError> {
+        let e = jerr(&self.path);
+        let held = held.ok_or_else(|| e("opened to read only".into()))?;
+        if !held.alive.load(Ordering::Acquire) || !etcd.put_fenced(&etcd.key(key), value, &etcd.key("lock"), held.lease).map_err(&e)? {
+            return Err(e("this controller's etcd lease is lost: another controller may act; stopping".into()));
+        }
+        Ok(())
+    }
+
+    /// The operator's request waiting for the controller (`pause`, `abort`, `rollback`).
+    pub fn control(&self) -> Option<String> {
+        match &self.store {
+            Store::Etcd { etcd, .. } => etcd.get(&etcd.key("control")).ok().flatten(),
+            Store::Redb(_) => std::fs::read_to_string(control_file(&self.path)).ok(),
+        }
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+    }
+
+    /// Forgets the operator's request (it was acted on, or a new run begins).
+    pub fn clear_control(&self) {
+        match &self.store {
+            Store::Etcd { etcd, .. } => {
+                let _ = etcd.delete(&etcd.key("control"));
+            }
+            Store::Redb(_) => {
+                let _ = std::fs::remove_file(control_file(&self.path));
+            }
+        }
+    }
+
     fn put_meta(&self, key: &str, value: &str) -> Result<(), FleetError> {
         let e = jerr(&self.path);
-        let tx = self.db.begin_write().map_err(|x| e(x.to_string()))?;
+        let db = match &self.store {
+            Store::Redb(db) => db,
+            Store::Etcd { etcd, held, .. } => return self.etcd_put(etcd, held.as_ref(), &format!("meta/{key}"), value),
+        };
+        let tx = db.begin_write().map_err(|x| e(x.to_string()))?;
         tx.open_table(META).map_err(|x| e(x.to_string()))?.insert(key, value).map_err(|x| e(x.to_string()))?;
         tx.commit().map_err(|x| e(x.to_string()))
     }
 
     fn get_meta(&self, key: &str) -> Result<Option<String>, FleetError> {
         let e = jerr(&self.path);
-        let tx = self.db.begin_read().map_err(|x| e(x.to_string()))?;
+        let db = match &self.store {
+            Store::Redb(db) => db,
+            Store::Etcd { etcd, .. } => return etcd.get(&etcd.key(&format!("meta/{key}"))).map_err(e),
+        };
+        let tx = db.begin_read().map_err(|x| e(x.to_string()))?;
         let t = tx.open_table(META).map_err(|x| e(x.to_string()))?;
         Ok(t.get(key).map_err(|x| e(x.to_string()))?.map(|v| v.value().to_owned()))
     }
@@ -176,30 +270,45 @@ impl Journal {
         };
         let e = jerr(&self.path);
         let started = Instant::now();
-        let tx = self.db.begin_write().map_err(|x| e(x.to_string()))?;
-        let seq = {
-            let mut t = tx.open_table(STEPS).map_err(|x| e(x.to_string()))?;
-            let seq = t.last().map_err(|x| e(x.to_string()))?.map_or(1, |(k, _)| k.value() + 1);
-            let step = Step {
-                seq,
-                time_ms: now_ms(),
-                target: target.to_owned(),
-                patch: patch.to_owned(),
-                op,
-                phase: phase.to_owned(),
-                intent,
-                result: result.map(str::to_owned),
-                detail: detail.to_owned(),
-            };
-            let json = serde_json::to_string(&step).map_err(|x| e(x.to_string()))?;
-            t.insert(seq, json.as_str()).map_err(|x| e(x.to_string()))?;
-            seq
+        let make = |seq| Step {
+            seq,
+            time_ms: now_ms(),
+            target: target.to_owned(),
+            patch: patch.to_owned(),
+            op,
+            phase: phase.to_owned(),
+            intent,
+            result: result.map(str::to_owned),
+            detail: detail.to_owned(),
         };
-        tx.commit().map_err(|x| e(x.to_string()))?;
+        let seq = match &self.store {
+            Store::Etcd { etcd, held, next } => {
+                // One controller writes (the lock); its records are numbered here.
+                let seq = next.fetch_add(1, Ordering::AcqRel);
+                let json = serde_json::to_string(&make(seq)).map_err(|x| e(x.to_string()))?;
+                self.etcd_put(etcd, held.as_ref(), &step_key(seq), &json)?;
+                seq
+            }
+            Store::Redb(db) => self.record_redb(db, make)?,
+        };
         self.write_ns.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         let n = self.written.fetch_add(1, Ordering::Relaxed) + 1;
         tracing::debug!(seq, target, ?op, phase, ?result, "journal");
         fault_point(n);
+        Ok(seq)
+    }
+
+    fn record_redb(&self, db: &Database, make: impl Fn(u64) -> Step) -> Result<u64, FleetError> {
+        let e = jerr(&self.path);
+        let tx = db.begin_write().map_err(|x| e(x.to_string()))?;
+        let seq = {
+            let mut t = tx.open_table(STEPS).map_err(|x| e(x.to_string()))?;
+            let seq = t.last().map_err(|x| e(x.to_string()))?.map_or(1, |(k, _)| k.value() + 1);
+            let json = serde_json::to_string(&make(seq)).map_err(|x| e(x.to_string()))?;
+            t.insert(seq, json.as_str()).map_err(|x| e(x.to_string()))?;
+            seq
+        };
+        tx.commit().map_err(|x| e(x.to_string()))?;
         Ok(seq)
     }
 
@@ -221,7 +330,14 @@ impl Journal {
     /// Every record, in order.
     pub fn steps(&self) -> Result<Vec<Step>, FleetError> {
         let e = jerr(&self.path);
-        let tx = self.db.begin_read().map_err(|x| e(x.to_string()))?;
+        let db = match &self.store {
+            Store::Redb(db) => db,
+            Store::Etcd { etcd, .. } => {
+                let values = etcd.values(&etcd.key("steps/")).map_err(&e)?;
+                return values.iter().map(|v| serde_json::from_str(v).map_err(|x| e(format!("a record: {x}")))).collect();
+            }
+        };
+        let tx = db.begin_read().map_err(|x| e(x.to_string()))?;
         let t = tx.open_table(STEPS).map_err(|x| e(x.to_string()))?;
         let mut out = Vec::new();
         for row in t.iter().map_err(|x| e(x.to_string()))? {
@@ -234,6 +350,25 @@ impl Journal {
     /// Records written by this process and the time they took (ns).
     pub fn write_stats(&self) -> (u64, u64) {
         (self.written.load(Ordering::Relaxed), self.write_ns.load(Ordering::Relaxed))
+    }
+}
+
+/// The control file beside a journal file (`JOURNAL.control`).
+pub fn control_file(journal: &Path) -> PathBuf {
+    let mut p = journal.as_os_str().to_owned();
+    p.push(".control");
+    PathBuf::from(p)
+}
+
+/// Leaves an operator's request (`pause`, `abort`, `rollback`) for the
+/// controller holding the journal: in etcd, or in the control file.
+pub fn request(journal: &Path, what: &str) -> Result<(), FleetError> {
+    match Journal::etcd_url(journal) {
+        Some(etcd) => etcd.put_fenced(&etcd.key("control"), what, "", 0).map(|_| ()).map_err(jerr(journal)),
+        None => {
+            let p = control_file(journal);
+            std::fs::write(&p, what).map_err(|source| FleetError::Read { path: p, source })
+        }
     }
 }
 

@@ -12,11 +12,13 @@
 //!   which target, the canary, the waves);
 //! - [`target`]: the API calls the controller makes to one target;
 //! - [`gates`]: the health gates after a target is patched;
-//! - [`journal`]: the durable journal (one redb file);
+//! - [`journal`]: the durable journal (one redb file, or etcd);
+//! - [`etcd`]: etcd's v3 JSON gateway, the lock and its lease;
 //! - [`engine`]: the rollout engine (start, resume, halt, rollback);
 //! - [`metrics`]: Prometheus text and the status table of a rollout.
 
 pub mod engine;
+pub mod etcd;
 pub mod gates;
 pub mod inventory;
 pub mod journal;
