@@ -45,7 +45,8 @@ fn etcd_member_killed_mid_rollout_and_controller_takeover_after_the_lease() {
     let f = Fleet::boot("etcd", 4, |_| QUIET.to_owned());
     let patch = build_example(&f.dir, "step_b_v2.c");
     let inv = f.inventory(&[]);
-    let plan = f.plan("p", &serde_json::json!({"patches": [&patch], "allow_unsigned": true, "soak_ms": 700, "parallelism": 1}));
+    // Four targets one at a time, 1.5 s each: the rollout outlives the lease's TTL (3 s) twice, kept alive.
+    let plan = f.plan("p", &serde_json::json!({"patches": [&patch], "allow_unsigned": true, "soak_ms": 1500, "parallelism": 1}));
 
     // 1. A member dies mid-rollout.
     let url = cluster.url("vsplice/rollout1");
@@ -72,6 +73,9 @@ fn etcd_member_killed_mid_rollout_and_controller_takeover_after_the_lease() {
     assert!(String::from_utf8_lossy(&second.stderr).contains("[journal_busy]"), "{}", said(&second));
     let o = child.wait_with_output().unwrap();
     assert!(o.status.success(), "{}\n{}", said(&o), cluster.logs());
+    let s = etcd_steps(&url);
+    let took = s.last().unwrap().time_ms - s.first().unwrap().time_ms;
+    assert!(took > 2 * vsplice_vmm::fleet::etcd::LEASE_TTL_S * 1000, "the rollout ran longer than the lease ({took} ms): the keep-alive is what kept it");
     let stderr = String::from_utf8_lossy(&o.stderr);
     eprintln!("fleet_etcd: {}", stderr.lines().find(|l| l.contains("journal:")).unwrap_or("-"));
     check_all_patched_once(&f, &etcd_steps(&url), 4);
@@ -86,7 +90,8 @@ fn etcd_member_killed_mid_rollout_and_controller_takeover_after_the_lease() {
     let r = fleet(Path::new(&url), &["resume", "--wait", "30"], None);
     assert!(r.status.success(), "the standby took over: {}", said(&r));
     let steps = etcd_steps(&url);
-    let resumed = steps.iter().filter(|s| s.detail.contains("reconciled")).count();
-    eprintln!("fleet_etcd: takeover and the rest of the rollout in {:.2} s ({resumed} step(s) reconciled)", t.elapsed().as_secs_f64());
+    let first_new = steps.iter().position(|s| s.detail.contains("reconciled")).expect("the standby reconciled the step left open");
+    let gap = steps[first_new].time_ms - steps[first_new - 1].time_ms;
+    eprintln!("fleet_etcd: the standby's first record {gap} ms after the killed controller's last (lease TTL {} s); the rest of the rollout done {:.2} s after the kill", vsplice_vmm::fleet::etcd::LEASE_TTL_S, t.elapsed().as_secs_f64());
     check_all_patched_once(&f, &steps, 4);
 }

@@ -57,6 +57,21 @@ fn measure_throughput_journal_and_halt() {
         );
         assert!(fleet(&journal, &["rollback"], None).status.success());
     }
+    // The same at parallelism 1 and 4 with the journal in a 3-member etcd cluster on loopback.
+    if let Some(bin) = vsplice_tests::etcd::etcd_or_skip("fleet_measure_etcd") {
+        let cluster = vsplice_tests::etcd::Cluster::start(&bin, "measure", 3);
+        for p in [1usize, 4] {
+            let plan = f.plan(&format!("e{p}"), &serde_json::json!({"patches": [&patch], "allow_unsigned": true, "parallelism": p}));
+            let url = cluster.url(&format!("measure/p{p}"));
+            let t = Instant::now();
+            let o = fleet(std::path::Path::new(&url), &["start", "--inventory", inv.to_str().unwrap(), "--plan", plan.to_str().unwrap()], None);
+            let wall = t.elapsed().as_secs_f64();
+            assert!(o.status.success(), "{}", said(&o));
+            let journal = String::from_utf8_lossy(&o.stderr).lines().find(|l| l.contains("journal:")).unwrap_or("-").to_owned();
+            eprintln!("MEASURE etcd parallelism {p:>2}: {N} targets, whole command {wall:.3} s = {:.1} targets/s; {journal}", N as f64 / wall);
+            assert!(fleet(std::path::Path::new(&url), &["rollback"], None).status.success());
+        }
+    }
     // A canary whose console gate fails: from the gate's result to the halt.
     let bug = build_example(&f.dir, "compute_bug.c");
     for run in 0..3 {

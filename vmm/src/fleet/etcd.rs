@@ -191,8 +191,17 @@ impl Held {
             let (alive, stop, etcd) = (alive.clone(), stop.clone(), etcd.clone());
             std::thread::spawn(move || {
                 let period = Duration::from_millis(LEASE_TTL_S * 1000 / 3);
+                let mut due = std::time::Instant::now() + period;
                 while !stop.load(Ordering::Acquire) {
-                    std::thread::sleep(period);
+                    // Woken early by the drop (unpark) so a controller's exit is not held up.
+                    std::thread::park_timeout(due.saturating_duration_since(std::time::Instant::now()));
+                    if stop.load(Ordering::Acquire) {
+                        return;
+                    }
+                    if std::time::Instant::now() < due {
+                        continue;
+                    }
+                    due += period;
                     match etcd.keepalive(lease) {
                         Ok(true) => {}
                         Ok(false) => {
@@ -213,6 +222,7 @@ impl Drop for Held {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
         if let Some(t) = self.thread.take() {
+            t.thread().unpark();
             let _ = t.join();
         }
         let _ = self.etcd.revoke(self.lease);

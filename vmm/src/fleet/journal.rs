@@ -126,7 +126,8 @@ impl Journal {
         let end = Instant::now() + wait;
         loop {
             match Self::open(path) {
-                Err(FleetError::Busy(_)) if Instant::now() < end => std::thread::sleep(std::time::Duration::from_millis(20)),
+                // etcd: each try grants a lease; no need to try more often than a few times a second.
+                Err(FleetError::Busy(_)) if Instant::now() < end => std::thread::sleep(std::time::Duration::from_millis(if Self::is_etcd(path) { 200 } else { 20 })),
                 r => return r,
             }
         }
