@@ -16,11 +16,11 @@
 //! through a control file beside the journal (`JOURNAL.control`), checked
 //! before each target is taken.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
+use super::dispatch::{self, Limits};
 use super::gates::{self, Baseline};
 use super::inventory::Inventory;
 use super::journal::{self, Journal, Op, Step};
@@ -90,14 +90,6 @@ fn history(steps: &[Step], name: &str) -> History {
         }
     }
     h
-}
-
-#[derive(Debug, Default)]
-struct Queue<'a> {
-    pending: VecDeque<&'a Planned>,
-    on_host: BTreeMap<String, usize>,
-    failures: usize,
-    stop: Option<&'static str>,
 }
 
 /// A controller with its journal open.
@@ -276,72 +268,18 @@ impl Controller {
         Ok(f)
     }
 
-    /// One wave: its targets handed to workers; returns why it stopped early and the failures so far.
+    /// One wave: its targets handed to the workers ([`super::dispatch`]);
+    /// returns why it stopped early and the failures so far.
     fn run_wave(&self, wave: usize, todo: Vec<&Planned>, failures: usize) -> Result<(Option<&'static str>, usize), FleetError> {
         let plan = &self.rollout.plan;
-        let workers = if wave == 0 { 1 } else { plan.parallelism.min(todo.len()).max(1) };
-        let queue = Mutex::new(Queue { pending: todo.into(), failures, ..Queue::default() });
-        let cv = Condvar::new();
-        let error: Mutex<Option<FleetError>> = Mutex::new(None);
-        std::thread::scope(|s| {
-            for _ in 0..workers {
-                s.spawn(|| loop {
-                    let next = {
-                        let Ok(mut q) = queue.lock() else { return };
-                        loop {
-                            if q.stop.is_none() {
-                                q.stop = match self.journal.control().as_deref() {
-                                    Some("pause") => Some("pause"),
-                                    Some("abort") => Some("abort"),
-                                    Some("rollback") => Some("rollback"),
-                                    _ => None,
-                                };
-                            }
-                            if q.stop.is_some() || q.pending.is_empty() {
-                                return;
-                            }
-                            let host_of = |p: &Planned| p.target.labels.get(&plan.host_label).cloned().unwrap_or_default();
-                            let free = q.pending.iter().position(|p| plan.per_host == 0 || q.on_host.get(&host_of(p)).copied().unwrap_or(0) < plan.per_host);
-                            if let Some(i) = free {
-                                let Some(p) = q.pending.remove(i) else { return };
-                                *q.on_host.entry(host_of(p)).or_default() += 1;
-                                break p;
-                            }
-                            q = match cv.wait(q) {
-                                Ok(q) => q,
-                                Err(_) => return,
-                            };
-                        }
-                    };
-                    let result = self.process(next);
-                    let Ok(mut q) = queue.lock() else { return };
-                    if let Some(n) = q.on_host.get_mut(next.target.labels.get(&plan.host_label).map_or("", String::as_str)) {
-                        *n = n.saturating_sub(1);
-                    }
-                    match result {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            q.failures += 1;
-                            if wave == 0 || q.failures > plan.failure_budget {
-                                q.stop = Some("halt");
-                            }
-                        }
-                        Err(e) => {
-                            q.stop = Some("error");
-                            if let Ok(mut slot) = error.lock() {
-                                slot.get_or_insert(e);
-                            }
-                        }
-                    }
-                    cv.notify_all();
-                });
-            }
-        });
-        if let Some(e) = error.into_inner().ok().flatten() {
-            return Err(e);
-        }
-        let q = queue.into_inner().map_err(|_| FleetError::invalid("engine", "a worker panicked"))?;
-        Ok((q.stop, q.failures))
+        let limits = Limits {
+            workers: if wave == 0 { 1 } else { plan.parallelism },
+            per_host: plan.per_host,
+            host_label: &plan.host_label,
+            // A failed canary halts; beyond the canary, failures past the budget do.
+            halt_after: if wave == 0 { 0 } else { plan.failure_budget },
+        };
+        dispatch::run(todo, failures, &limits, || self.journal.control(), |p| self.process(p))
     }
 
     /// One target: apply (unless the registry or the journal says it was),

@@ -15,8 +15,10 @@
 //! - [`journal`]: the durable journal (one redb file, or etcd);
 //! - [`etcd`]: etcd's v3 JSON gateway, the lock and its lease;
 //! - [`engine`]: the rollout engine (start, resume, halt, rollback);
+//! - [`dispatch`]: the worker pool of a wave (parallelism, per host);
 //! - [`metrics`]: Prometheus text and the status table of a rollout.
 
+pub mod dispatch;
 pub mod engine;
 pub mod etcd;
 pub mod gates;
