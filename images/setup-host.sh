@@ -25,6 +25,7 @@ fi
 if ! command -v etcd >/dev/null; then
     SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO="sudo"
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq etcd-server >/dev/null 2>&1 \
+        || { $SUDO apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq etcd-server >/dev/null 2>&1; } \
         || echo "setup-host: etcd-server could not be installed (the fleet's etcd tests will skip)" >&2
 fi
 command -v cargo >/dev/null || { echo "setup-host: cargo (Rust) is required" >&2; exit 1; }
