@@ -27,6 +27,7 @@ fn a_debian_guest_is_no_patch_for_kernel_and_never_touched() {
     let Some(g) = linuxpatch::boot_agentless(Flavour::CloudAmd64, "fleet-debian") else { return };
     let img = debian_images(Flavour::CloudAmd64).unwrap();
     let build_id = LinuxImage::open(&img.vmlinuz).unwrap().build_id().unwrap().to_owned();
+    eprintln!("fleet_debian: Debian {} booted under QEMU (build-id {build_id})", img.release);
     let f = Fleet::boot("debian", 2, |_| QUIET.to_owned());
     let d = AttachDaemon::start(&f.dir, g.gdb_addr().unwrap(), &linuxpatch::arena_arg(&g), &[], Duration::from_secs(600)).unwrap();
     let patch = build_example(&f.dir, "step_b_v2.c");
@@ -54,6 +55,7 @@ fn a_debian_guest_is_no_patch_for_kernel_and_never_touched() {
     assert!(deb_patches.json()["patches"].as_array().unwrap().is_empty(), "{}", deb_patches.text());
     let vm = d.req("GET", "/vm", None, b"").json();
     assert_eq!((vm["hypervisor"].as_str(), vm["console"].clone()), (Some("gdbstub"), serde_json::Value::Null), "attached: the console is QEMU's, not watched");
+    eprintln!("fleet_debian: the daemon says {} {}", vm["kernel"]["release"], vm["kernel"]["build_id"]);
     let st: serde_json::Value = serde_json::from_slice(&fleet(&journal, &["--json", "status"], None).stdout).unwrap();
     assert_eq!((st["counts"]["patched"].as_u64(), st["counts"]["no_patch_for_kernel"].as_u64()), (Some(2), Some(1)), "{st}");
 }
