@@ -23,6 +23,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use vsplice_patcher::model::{ArenaRange, CheckMode, TargetKind};
 use vsplice_patcher::os::linux::view::TaskSource;
+use vsplice_patcher::shm::{ShmSpec, StopVia};
 use vsplice_patcher::patch::build::{build_patch, BuildOptions};
 use vsplice_patcher::patch::format::read_bounded;
 use vsplice_patcher::patch::manifest::PatchInfo;
@@ -201,6 +202,36 @@ pub struct AttachArgs {
     /// `agent` (refuse without a sound agent), `agentless` (the walk only).
     #[arg(long, value_enum, default_value_t = TaskSource::Auto)]
     pub tasks: TaskSource,
+    /// QEMU's RAM file: the `mem-path` of `-object
+    /// memory-backend-file,id=mem,size=…,mem-path=FILE,share=on` with
+    /// `-machine memory-backend=mem` (libvirt: `<memoryBacking><source
+    /// type='file'/><access mode='shared'/>`). Guest memory is then read
+    /// through the file instead of the gdbstub (writes still go through
+    /// the stub under TCG, which keeps translated code coherent; into the
+    /// file under KVM). The file is checked against the gdbstub's view
+    /// first and refused (`shm_not_this_guest`, `shm_size_mismatch`, …)
+    /// when it is not this guest's RAM. Needs `--qmp`.
+    #[arg(long, value_name = "FILE", requires = "qmp")]
+    pub mem_path: Option<PathBuf>,
+    /// QEMU's QMP Unix socket (`-qmp unix:SOCK,server=on,wait=off`): the
+    /// guest-physical layout of the RAM file (below and above the PCI hole)
+    /// comes from QEMU's memory map over it. Needs `--mem-path`.
+    #[arg(long, value_name = "SOCK", requires = "mem_path")]
+    pub qmp: Option<PathBuf>,
+    /// With `--mem-path`: stop and resume the guest through the gdbstub
+    /// (`gdb`: interrupt, continue) or through QMP (`qmp`: `stop`, `cont`);
+    /// registers come from the gdbstub either way.
+    #[arg(long, value_enum, default_value_t = StopVia::Gdb)]
+    pub stop_via: StopVia,
+}
+
+impl AttachArgs {
+    /// The shared-memory request of `--mem-path`/`--qmp`, if any.
+    pub fn shm(&self) -> Option<ShmSpec> {
+        let (mem_path, qmp) = (self.mem_path.clone()?, self.qmp.as_ref()?);
+        let timeout = std::time::Duration::from_millis(self.timeout_ms);
+        Some(ShmSpec { mem_path, qmp: qmp.to_string_lossy().into_owned(), stop_via: self.stop_via, timeout })
+    }
 }
 
 fn print_report(r: &TxnReport) -> ExitCode {
@@ -361,6 +392,18 @@ mod tests {
             Command::Patch(PatchCommand::List { guest }) => Ok(guest),
             other => panic!("parsed as {other:?}"),
         }
+    }
+
+    #[test]
+    fn mem_path_and_qmp_come_together() {
+        let base = ["--kernel", "tg.elf", "--arena", "0x8000000:4M"];
+        let a = attach(&base).unwrap();
+        assert!(a.shm().is_none(), "without them the gdbstub path stays");
+        let a = attach(&[&base[..], &["--mem-path", "/dev/shm/ram", "--qmp", "/run/q.sock", "--stop-via", "qmp"]].concat()).unwrap();
+        let s = a.shm().unwrap();
+        assert_eq!((s.mem_path.to_str(), s.qmp.as_str(), s.stop_via), (Some("/dev/shm/ram"), "/run/q.sock", StopVia::Qmp));
+        assert!(attach(&[&base[..], &["--mem-path", "/dev/shm/ram"]].concat()).is_err(), "--mem-path needs --qmp");
+        assert!(attach(&[&base[..], &["--qmp", "/run/q.sock"]].concat()).is_err(), "--qmp needs --mem-path");
     }
 
     #[test]
