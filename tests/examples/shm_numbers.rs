@@ -1,0 +1,164 @@
+//! Numbers for issue 12, item 1: the same 2-vCPU Debian guest under QEMU
+//! (TCG), booted once with its RAM as a shared file and a QMP socket,
+//! patched through three backends in the same run:
+//!
+//! - `gdbstub`: everything through the gdbstub (the RAM file unused);
+//! - `shm+gdb-stop`: memory through the RAM file, stop/resume/registers
+//!   through the gdbstub;
+//! - `shm+qmp-stop`: memory through the RAM file, QMP `stop`/`cont`, the
+//!   gdbstub for registers.
+//!
+//! For each: attach + identify (connect, stop, [map and check the file],
+//! identify the kernel, detach), the bare stop (with every vCPU's
+//! registers) + resume round trip, and the downtime of apply and of revert
+//! of example 1 (`cmdline_marker.c`) with the pause's parts, p50 and max
+//! over the rounds. The rounds of the three backends are interleaved so
+//! that the host's load falls on all of them alike.
+//!
+//! `cargo run --release -p vsplice-tests --example shm_numbers -- [ROUNDS]`
+//! (default 20; needs the Debian images, see images/debian-kernels.sh).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use vsplice_patcher::attach::attach_gdb_shm;
+use vsplice_patcher::gdb::{GdbBackend, GdbOptions};
+use vsplice_patcher::kernels::stock_linux::LinuxTarget;
+use vsplice_patcher::model::backend::Backend;
+use vsplice_patcher::patch::linux_image::LinuxImage;
+use vsplice_patcher::shm::{ShmSpec, StopVia};
+use vsplice_patcher::txn::{Timings, TxnReport};
+use vsplice_tests::debian::{debian_images, Flavour};
+use vsplice_tests::linuxpatch;
+use vsplice_tests::qemu::{Guest, QemuConfig};
+
+#[derive(Clone, Copy)]
+enum Way {
+    Gdb,
+    ShmGdbStop,
+    ShmQmpStop,
+}
+
+impl Way {
+    const ALL: [Way; 3] = [Way::Gdb, Way::ShmGdbStop, Way::ShmQmpStop];
+    fn name(self) -> &'static str {
+        match self {
+            Way::Gdb => "gdbstub",
+            Way::ShmGdbStop => "shm+gdb-stop",
+            Way::ShmQmpStop => "shm+qmp-stop",
+        }
+    }
+    fn spec(self, g: &Guest) -> Option<ShmSpec> {
+        let r = g.shared_ram()?;
+        match self {
+            Way::Gdb => None,
+            Way::ShmGdbStop => Some(r.spec(StopVia::Gdb)),
+            Way::ShmQmpStop => Some(r.spec(StopVia::Qmp)),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Samples {
+    attach_us: Vec<u64>,
+    roundtrip_us: Vec<u64>,
+    apply: Vec<Timings>,
+    revert: Vec<Timings>,
+}
+
+fn p50(v: &[u64]) -> u64 {
+    let mut s = v.to_vec();
+    s.sort_unstable();
+    s.get(s.len() / 2).copied().unwrap_or(0)
+}
+
+fn max(v: &[u64]) -> u64 {
+    v.iter().copied().max().unwrap_or(0)
+}
+
+fn attach(g: &Guest, way: Way) -> (GdbBackend, LinuxTarget) {
+    let opts = GdbOptions { timeout: Duration::from_secs(20), ..GdbOptions::default() };
+    let (mut be, vcpus) = attach_gdb_shm(g.gdb_addr().unwrap(), opts, way.spec(g).as_ref()).unwrap();
+    let t = LinuxTarget::open(&mut be, vcpus).unwrap();
+    (be, t)
+}
+
+fn ok(r: TxnReport) -> Timings {
+    assert!(r.is_ok(), "{}", r.to_json());
+    r.timings
+}
+
+fn main() {
+    let rounds: usize = std::env::args().nth(1).map(|s| s.parse().expect("ROUNDS")).unwrap_or(20);
+    let flavour = Flavour::Amd64;
+    let img = debian_images(flavour).unwrap();
+    let mut cfg = QemuConfig::debian(flavour, "shm-numbers").unwrap();
+    cfg.shared_ram = true;
+    let mut g = Guest::boot(cfg).unwrap();
+    let agent = g.run_ok("grep -c '^vsplice_agent ' /proc/modules || true").unwrap().trim() == "1";
+    eprintln!("{} ready in {:.1} s, 2 vCPUs, TCG, agent loaded: {agent}", img.release, g.boot_time().as_secs_f64());
+    let image = LinuxImage::open(&img.vmlinuz).unwrap();
+    let patch = linuxpatch::build(&img, &image, &linuxpatch::example("cmdline_marker.c")).unwrap();
+    let marked = format!("{} vsplice.marker=cmdline\n", g.run_ok("cat /proc/cmdline").unwrap().trim_end());
+
+    let mut s: Vec<Samples> = Way::ALL.iter().map(|_| Samples::default()).collect();
+    for round in 0..rounds {
+        for (i, way) in Way::ALL.into_iter().enumerate() {
+            // Attach + identify, then detach (what each `vsplice patch` command pays).
+            let t0 = Instant::now();
+            let (be, _t) = attach(&g, way);
+            be.detach().unwrap();
+            s[i].attach_us.push(t0.elapsed().as_micros() as u64);
+
+            let (be, target) = attach(&g, way);
+            let mut be = vsplice_patcher::arch::x86::guest::AutoStop(be);
+            be.resume().unwrap();
+            // The bare pause: stop with every vCPU's registers, resume.
+            for _ in 0..3 {
+                let t = Instant::now();
+                be.stop().unwrap();
+                be.resume().unwrap();
+                s[i].roundtrip_us.push(t.elapsed().as_micros() as u64);
+            }
+            {
+                let mut p = linuxpatch::patcher(&g, &mut be, &target);
+                s[i].apply.push(ok(p.apply(&patch)));
+            }
+            // The patched code runs (checked every few rounds to keep the run short).
+            if round % 5 == 0 {
+                assert_eq!(g.run_ok("cat /proc/cmdline").unwrap(), marked, "{} round {round}", way.name());
+            }
+            {
+                let mut p = linuxpatch::patcher(&g, &mut be, &target);
+                s[i].revert.push(ok(p.revert(&patch.manifest.id)));
+            }
+            be.0.detach().unwrap();
+        }
+        eprint!(".");
+    }
+    eprintln!();
+    g.check_console().unwrap();
+
+    println!("{rounds} rounds, Debian {} under QEMU TCG, 2 vCPUs, same guest, same run (us):", img.release);
+    println!("{:<14} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}", "backend", "attach p50", "stop+res", "apply p50", "apply max", "pause", "check", "write", "resume", "revert p50");
+    for (i, way) in Way::ALL.into_iter().enumerate() {
+        let x = &s[i];
+        let col = |f: fn(&Timings) -> u64| p50(&x.apply.iter().map(f).collect::<Vec<_>>());
+        let down: Vec<u64> = x.apply.iter().map(|t| t.downtime_us).collect();
+        let rdown: Vec<u64> = x.revert.iter().map(|t| t.downtime_us).collect();
+        println!(
+            "{:<14} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            way.name(),
+            p50(&x.attach_us),
+            p50(&x.roundtrip_us),
+            p50(&down),
+            max(&down),
+            col(|t| t.pause_us),
+            col(|t| t.check_us),
+            col(|t| t.write_us),
+            col(|t| t.resume_us),
+            p50(&rdown)
+        );
+    }
+}
