@@ -12,6 +12,9 @@
 //! identify the kernel, detach), the bare stop (with every vCPU's
 //! registers) + resume round trip, and the downtime of apply and of revert
 //! of example 1 (`cmdline_marker.c`) with the pause's parts, p50 and max
+//! (and `tasks cold`: the task list read alone with the guest stopped and
+//! no hint where the agent is, as the first pause after an attach reads it;
+//! later pauses reuse the agent's address)
 //! over the rounds. The rounds of the three backends are interleaved so
 //! that the host's load falls on all of them alike.
 //!
@@ -25,6 +28,7 @@ use std::time::{Duration, Instant};
 use vsplice_patcher::attach::attach_gdb_shm;
 use vsplice_patcher::gdb::{GdbBackend, GdbOptions};
 use vsplice_patcher::kernels::stock_linux::LinuxTarget;
+use vsplice_patcher::kernels::TargetKernel;
 use vsplice_patcher::model::backend::Backend;
 use vsplice_patcher::patch::linux_image::LinuxImage;
 use vsplice_patcher::shm::{ShmSpec, StopVia};
@@ -63,6 +67,8 @@ impl Way {
 struct Samples {
     attach_us: Vec<u64>,
     roundtrip_us: Vec<u64>,
+    /// The task list alone, read with the guest stopped and no agent hint.
+    tasks_us: Vec<u64>,
     apply: Vec<Timings>,
     revert: Vec<Timings>,
 }
@@ -121,6 +127,17 @@ fn main() {
                 be.resume().unwrap();
                 s[i].roundtrip_us.push(t.elapsed().as_micros() as u64);
             }
+            // The task list alone, as the pause reads it (part of `check`).
+            {
+                let vcpus = be.stop().unwrap();
+                let mut mem = vsplice_patcher::arch::x86::guest::Guest::new(&mut be, target.page_table_root(), target.paging_mode().cr4_bits());
+                let t = Instant::now();
+                let tasks = target.tasks(&mut mem, &vcpus, None).unwrap();
+                s[i].tasks_us.push(t.elapsed().as_micros() as u64);
+                assert!(!tasks.list.tasks.is_empty());
+                drop(mem);
+                be.resume().unwrap();
+            }
             {
                 let mut p = linuxpatch::patcher(&g, &mut be, &target);
                 s[i].apply.push(ok(p.apply(&patch)));
@@ -141,14 +158,14 @@ fn main() {
     g.check_console().unwrap();
 
     println!("{rounds} rounds, Debian {} under QEMU TCG, 2 vCPUs, same guest, same run (us):", img.release);
-    println!("{:<14} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}", "backend", "attach p50", "stop+res", "apply p50", "apply max", "pause", "check", "write", "resume", "revert p50");
+    println!("{:<14} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}", "backend", "attach p50", "stop+res", "apply p50", "apply max", "pause", "check", "write", "resume", "revert p50", "tasks cold");
     for (i, way) in Way::ALL.into_iter().enumerate() {
         let x = &s[i];
         let col = |f: fn(&Timings) -> u64| p50(&x.apply.iter().map(f).collect::<Vec<_>>());
         let down: Vec<u64> = x.apply.iter().map(|t| t.downtime_us).collect();
         let rdown: Vec<u64> = x.revert.iter().map(|t| t.downtime_us).collect();
         println!(
-            "{:<14} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            "{:<14} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
             way.name(),
             p50(&x.attach_us),
             p50(&x.roundtrip_us),
@@ -158,7 +175,8 @@ fn main() {
             col(|t| t.check_us),
             col(|t| t.write_us),
             col(|t| t.resume_us),
-            p50(&rdown)
+            p50(&rdown),
+            p50(&x.tasks_us)
         );
     }
 }
