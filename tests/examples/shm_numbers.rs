@@ -8,6 +8,10 @@
 //! - `shm+qmp-stop`: memory through the RAM file, QMP `stop`/`cont`, the
 //!   gdbstub for registers.
 //!
+//! - `shm,stop-reads`: `shm+gdb-stop` with every read taking a stop while
+//!   the guest runs, as through the gdbstub (reads from the file while the
+//!   guest runs turned off).
+//!
 //! For each: attach + identify (connect, stop, [map and check the file],
 //! identify the kernel, detach), the bare stop (with every vCPU's
 //! registers) + resume round trip, and the downtime of apply and of revert
@@ -15,7 +19,9 @@
 //! (and `tasks cold`: the task list read alone with the guest stopped and
 //! no hint where the agent is, as the first pause after an attach reads it;
 //! later pauses reuse the agent's address)
-//! over the rounds. The rounds of the three backends are interleaved so
+//! over the rounds, with the preparation's time and the number of stops of
+//! the running guest per apply (its pause and the short stops for memory
+//! accesses). The rounds of the three backends are interleaved so
 //! that the host's load falls on all of them alike.
 //!
 //! `cargo run --release -p vsplice-tests --example shm_numbers -- [ROUNDS]`
@@ -37,18 +43,20 @@ use vsplice_tests::debian::{debian_images, Flavour};
 use vsplice_tests::linuxpatch;
 use vsplice_tests::qemu::{Guest, QemuConfig};
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq)]
 enum Way {
     Gdb,
+    ShmStoppedReads,
     ShmGdbStop,
     ShmQmpStop,
 }
 
 impl Way {
-    const ALL: [Way; 3] = [Way::Gdb, Way::ShmGdbStop, Way::ShmQmpStop];
+    const ALL: [Way; 4] = [Way::Gdb, Way::ShmStoppedReads, Way::ShmGdbStop, Way::ShmQmpStop];
     fn name(self) -> &'static str {
         match self {
             Way::Gdb => "gdbstub",
+            Way::ShmStoppedReads => "shm,stop-reads",
             Way::ShmGdbStop => "shm+gdb-stop",
             Way::ShmQmpStop => "shm+qmp-stop",
         }
@@ -57,7 +65,7 @@ impl Way {
         let r = g.shared_ram()?;
         match self {
             Way::Gdb => None,
-            Way::ShmGdbStop => Some(r.spec(StopVia::Gdb)),
+            Way::ShmStoppedReads | Way::ShmGdbStop => Some(r.spec(StopVia::Gdb)),
             Way::ShmQmpStop => Some(r.spec(StopVia::Qmp)),
         }
     }
@@ -70,6 +78,9 @@ struct Samples {
     /// The task list alone, read with the guest stopped and no agent hint.
     tasks_us: Vec<u64>,
     apply: Vec<Timings>,
+    /// Stops of the running guest per apply (its pauses and the short
+    /// stops for memory accesses while preparing).
+    apply_stops: Vec<u64>,
     revert: Vec<Timings>,
 }
 
@@ -87,6 +98,9 @@ fn attach(g: &Guest, way: Way) -> (GdbBackend, LinuxTarget) {
     let opts = GdbOptions { timeout: Duration::from_secs(20), ..GdbOptions::default() };
     let (mut be, vcpus) = attach_gdb_shm(g.gdb_addr().unwrap(), opts, way.spec(g).as_ref()).unwrap();
     let t = LinuxTarget::open(&mut be, vcpus).unwrap();
+    if let Some(p) = be.shared_mut() {
+        p.set_reads_while_running(way != Way::ShmStoppedReads);
+    }
     (be, t)
 }
 
@@ -138,10 +152,12 @@ fn main() {
                 drop(mem);
                 be.resume().unwrap();
             }
+            let before = be.0.stops();
             {
                 let mut p = linuxpatch::patcher(&g, &mut be, &target);
                 s[i].apply.push(ok(p.apply(&patch)));
             }
+            s[i].apply_stops.push(be.0.stops() - before);
             // The patched code runs (checked every few rounds to keep the run short).
             if round % 5 == 0 {
                 assert_eq!(g.run_ok("cat /proc/cmdline").unwrap(), marked, "{} round {round}", way.name());
@@ -158,14 +174,14 @@ fn main() {
     g.check_console().unwrap();
 
     println!("{rounds} rounds, Debian {} under QEMU TCG, 2 vCPUs, same guest, same run (us):", img.release);
-    println!("{:<14} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}", "backend", "attach p50", "stop+res", "apply p50", "apply max", "pause", "check", "write", "resume", "revert p50", "tasks cold");
+    println!("{:<14} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}", "backend", "attach p50", "stop+res", "apply p50", "apply max", "pause", "check", "write", "resume", "revert p50", "tasks cold", "prepare", "stops");
     for (i, way) in Way::ALL.into_iter().enumerate() {
         let x = &s[i];
         let col = |f: fn(&Timings) -> u64| p50(&x.apply.iter().map(f).collect::<Vec<_>>());
         let down: Vec<u64> = x.apply.iter().map(|t| t.downtime_us).collect();
         let rdown: Vec<u64> = x.revert.iter().map(|t| t.downtime_us).collect();
         println!(
-            "{:<14} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            "{:<14} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
             way.name(),
             p50(&x.attach_us),
             p50(&x.roundtrip_us),
@@ -176,7 +192,9 @@ fn main() {
             col(|t| t.write_us),
             col(|t| t.resume_us),
             p50(&rdown),
-            p50(&x.tasks_us)
+            p50(&x.tasks_us),
+            col(|t| t.prepare_us),
+            p50(&x.apply_stops)
         );
     }
 }

@@ -155,6 +155,8 @@ fn stress(g: &mut Guest, patch: &vsplice_patcher::patch::PatchFile) -> Result<()
         for i in 0..CYCLES {
             let r = p.apply(patch);
             ensure(r.is_ok(), || format!("apply {i}: {}", r.to_json()))?;
+            // Transactions take a few ms here: leave the readers time to see the new text.
+            std::thread::sleep(Duration::from_millis(30));
             let v = p.revert(&patch.manifest.id);
             ensure(v.is_ok(), || format!("revert {i}: {}", v.to_json()))?;
         }

@@ -25,6 +25,8 @@ pub struct GdbBackend {
     direct_map: Option<u64>,
     /// The guest's RAM file, when attached in shared-memory mode.
     shared: Option<SharedPlane>,
+    /// Times the running guest was stopped.
+    stops: u64,
 }
 
 impl GdbBackend {
@@ -51,7 +53,7 @@ impl GdbBackend {
         } else {
             warn!("gdbstub has no physical memory mode; physical access needs set_direct_map()");
         }
-        Ok(Self { client, regs, threads, running: false, direct_map: None, shared: None })
+        Ok(Self { client, regs, threads, running: false, direct_map: None, shared: None, stops: 0 })
     }
 
     /// For stubs without a physical mode: physical address P is read at
@@ -144,6 +146,12 @@ impl GdbBackend {
         &mut self.client
     }
 
+    /// How many times the running guest was stopped since the connection
+    /// (every pause, and every short stop for a memory access).
+    pub fn stops(&self) -> u64 {
+        self.stops
+    }
+
     /// True while the guest runs.
     pub fn is_running(&self) -> bool {
         self.running
@@ -212,6 +220,7 @@ impl GdbBackend {
 impl Backend for GdbBackend {
     fn stop(&mut self) -> Result<Vec<VcpuState>, BackendError> {
         if self.running {
+            self.stops += 1;
             match self.interrupt() {
                 Ok(()) => self.running = false,
                 Err(GdbError::Timeout { .. }) => {
@@ -241,12 +250,14 @@ impl Backend for GdbBackend {
         Ok(())
     }
 
+    /// Through the RAM file also while the guest runs (unless turned off):
+    /// see [`SharedPlane::reads_while_running`].
     fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), BackendError> {
+        if let Some(p) = self.shared.as_ref().filter(|p| !self.running || p.reads_while_running()) {
+            return p.read(gpa, buf);
+        }
         if self.running {
             return Err(BackendError::WrongState("memory reads need the guest stopped"));
-        }
-        if let Some(p) = &self.shared {
-            return p.read(gpa, buf);
         }
         self.read_phys_stub(gpa, buf)
     }

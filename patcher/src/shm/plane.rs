@@ -67,6 +67,7 @@ pub struct SharedPlane {
     qmp: Qmp,
     writes: WriteRoute,
     stop_via: StopVia,
+    running_reads: bool,
 }
 
 impl SharedPlane {
@@ -84,7 +85,7 @@ impl SharedPlane {
             file = %ram.path(), backend = %id, size, ranges = layout.ranges.len(), kvm, writes = ?writes,
             "guest RAM mapped from its file"
         );
-        Ok(Self { ram, layout, qmp, writes, stop_via: spec.stop_via })
+        Ok(Self { ram, layout, qmp, writes, stop_via: spec.stop_via, running_reads: true })
     }
 
     fn check_size(ram: &RamFile, layout: &RamLayout) -> Result<(), ShmError> {
@@ -107,6 +108,21 @@ impl SharedPlane {
     /// Routes writes (tests force [`WriteRoute::File`] to show the hazard it is under TCG).
     pub fn set_write_route(&mut self, w: WriteRoute) {
         self.writes = w;
+    }
+
+    /// True when reads are served from the file while the guest runs (the
+    /// default): preparation then takes no stop per read. Everything read
+    /// so is untrusted and may be torn by the running guest; what the
+    /// transaction depends on is read again, or checked, under the pause
+    /// (task list, stacks, the target bytes).
+    pub fn reads_while_running(&self) -> bool {
+        self.running_reads
+    }
+
+    /// Turns reads while running on or off (off: every read takes a stop,
+    /// as through the gdbstub; for measurements).
+    pub fn set_reads_while_running(&mut self, on: bool) {
+        self.running_reads = on;
     }
 
     /// How stops are made.
