@@ -24,6 +24,10 @@
 //! accesses). The rounds of the three backends are interleaved so
 //! that the host's load falls on all of them alike.
 //!
+//! At the end, once: the patch written into the RAM file behind QEMU's back
+//! (the route kept for KVM) right after the guest ran the old code, and
+//! what the guest prints then — why writes go through the gdbstub under TCG.
+//!
 //! `cargo run --release -p vsplice-tests --example shm_numbers -- [ROUNDS]`
 //! (default 20; needs the Debian images, see images/debian-kernels.sh).
 
@@ -37,7 +41,7 @@ use vsplice_patcher::kernels::stock_linux::LinuxTarget;
 use vsplice_patcher::kernels::TargetKernel;
 use vsplice_patcher::model::backend::Backend;
 use vsplice_patcher::patch::linux_image::LinuxImage;
-use vsplice_patcher::shm::{ShmSpec, StopVia};
+use vsplice_patcher::shm::{ShmSpec, StopVia, WriteRoute};
 use vsplice_patcher::txn::{Timings, TxnReport};
 use vsplice_tests::debian::{debian_images, Flavour};
 use vsplice_tests::linuxpatch;
@@ -109,6 +113,28 @@ fn ok(r: TxnReport) -> Timings {
     r.timings
 }
 
+/// The hazard the gdbstub write route avoids: the patch written into the
+/// RAM file behind QEMU's back (as under KVM) right after the guest ran the
+/// old code. Returns what the guest printed right after that apply (the
+/// marker: QEMU happened to retranslate; the old line: it ran its stale
+/// translation of the patched function). The revert goes through the
+/// gdbstub, which invalidates.
+fn file_writes_under_tcg(g: &mut Guest, patch: &vsplice_patcher::patch::PatchFile) -> String {
+    let (be, target) = attach(g, Way::ShmGdbStop);
+    let mut be = vsplice_patcher::arch::x86::guest::AutoStop(be);
+    be.resume().unwrap();
+    for _ in 0..3 {
+        g.run_ok("cat /proc/cmdline").unwrap();
+    }
+    be.0.shared_mut().unwrap().set_write_route(WriteRoute::File);
+    ok(linuxpatch::patcher(g, &mut be, &target).apply(patch));
+    let seen = g.run_ok("cat /proc/cmdline").unwrap();
+    be.0.shared_mut().unwrap().set_write_route(WriteRoute::Stub);
+    ok(linuxpatch::patcher(g, &mut be, &target).revert(&patch.manifest.id));
+    be.0.detach().unwrap();
+    seen
+}
+
 fn main() {
     let rounds: usize = std::env::args().nth(1).map(|s| s.parse().expect("ROUNDS")).unwrap_or(20);
     let flavour = Flavour::Amd64;
@@ -171,6 +197,8 @@ fn main() {
         eprint!(".");
     }
     eprintln!();
+    let seen = file_writes_under_tcg(&mut g, &patch);
+    let back = g.run_ok("cat /proc/cmdline").unwrap();
     g.check_console().unwrap();
 
     println!("{rounds} rounds, Debian {} under QEMU TCG, 2 vCPUs, same guest, same run (us):", img.release);
@@ -197,4 +225,9 @@ fn main() {
             p50(&x.apply_stops)
         );
     }
+    println!(
+        "patch written into the RAM file under TCG (no invalidation): the guest then printed {} ({seen:?}); after the revert through the gdbstub: {}",
+        if seen == marked { "the new text" } else { "the OLD text: stale translation" },
+        if back == marked { "still patched (!)" } else { "the original" }
+    );
 }
