@@ -18,6 +18,8 @@
 mod resume_guard;
 pub mod shared;
 #[cfg(test)]
+mod shared_tests;
+#[cfg(test)]
 mod tests;
 
 pub use resume_guard::ResumeGuard;
