@@ -9,8 +9,10 @@
 //!    tasks, check ranges and conflicts, the arena's range, kernel kinds);
 //!    imports nothing of the crate.
 //! 2. [`arch`]: x86-64 paging and guest access through page tables;
-//!    [`gdb`]: a backend over QEMU's gdbstub.
-//! 3. [`os`]: read-only OS knowledge (Linux structures; ELF kernels).
+//!    [`shm`]: a QEMU guest's RAM through its shared RAM file (and QMP).
+//! 3. [`gdb`]: a backend over QEMU's gdbstub (memory through [`shm`] when
+//!    given the RAM file); [`os`]: read-only OS knowledge (Linux
+//!    structures; ELF kernels).
 //! 4. [`safety`]: the stop-the-world safety check; [`patch`]: format,
 //!    manifest, build, link, jumps.
 //! 5. [`kernels`]: [`kernels::TargetKernel`], what the transaction needs of
@@ -26,6 +28,7 @@
 
 pub mod model;
 pub mod arch;
+pub mod shm;
 pub mod gdb;
 pub mod os;
 pub mod safety;

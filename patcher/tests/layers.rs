@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, u32)] = &[
     ("model", 0),
     ("arch", 1),
-    ("gdb", 1),
+    ("shm", 1),
+    ("gdb", 2),
     ("os", 2),
     ("safety", 3),
     ("patch", 3),

@@ -10,6 +10,7 @@ pub mod harness_error;
 pub mod guestcmd;
 pub mod debian;
 pub mod qemu;
+pub mod shared_ram;
 pub mod linuxpatch;
 pub mod api;
 pub mod etcd;

@@ -6,7 +6,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use vsplice_patcher::attach::attach_gdb;
+use vsplice_patcher::attach::attach_gdb_shm;
+use vsplice_patcher::shm::StopVia;
 use vsplice_patcher::model::backend::Backend;
 use vsplice_patcher::gdb::{GdbBackend, GdbOptions};
 use vsplice_patcher::patch::build::{build_patch_with, BuildError, BuildOptions};
@@ -126,11 +127,19 @@ pub fn build_text(img: &DebianImages, image: &LinuxImage, name: &str, c: &str, l
 /// The backend the patcher uses in attached mode.
 pub type Attached = AutoStop<GdbBackend>;
 
-/// Attaches to the guest's gdbstub, identifies its kernel, and lets it run.
+/// Attaches to the guest's gdbstub (and its RAM file when it was started
+/// with shared RAM: the shared-memory backend), identifies its kernel, and
+/// lets it run.
 pub fn attach(g: &Guest) -> Result<(Attached, LinuxTarget), String> {
+    attach_via(g, StopVia::Gdb)
+}
+
+/// [`attach`] with stops made as `stop_via` says (shared RAM only).
+pub fn attach_via(g: &Guest, stop_via: StopVia) -> Result<(Attached, LinuxTarget), String> {
     let addr = g.gdb_addr().ok_or("the guest has no gdbstub")?;
     let opts = GdbOptions { timeout: Duration::from_secs(20), ..GdbOptions::default() };
-    let (mut be, vcpus) = attach_gdb(addr, opts).map_err(|e| format!("attach: {e} ({})", e.cause()))?;
+    let shm = g.shared_ram().map(|r| r.spec(stop_via));
+    let (mut be, vcpus) = attach_gdb_shm(addr, opts, shm.as_ref()).map_err(|e| format!("attach: {e} ({})", e.cause()))?;
     let target = LinuxTarget::open(&mut be, vcpus).map_err(|e| format!("identify: {e} ({})", e.cause()))?;
     let mut be = AutoStop(be);
     be.resume().map_err(|e| format!("resume: {e}"))?;
@@ -140,6 +149,16 @@ pub fn attach(g: &Guest) -> Result<(Attached, LinuxTarget), String> {
 /// Detaches from the gdbstub (the guest runs on; another client may attach).
 pub fn detach(be: Attached) -> Result<(), String> {
     be.0.detach().map_err(|e| format!("detach: {e}"))
+}
+
+/// `--gdb ADDR`, plus `--mem-path FILE --qmp SOCK` when the guest has
+/// shared RAM: how the CLI attaches to it.
+pub fn gdb_args(g: &Guest) -> Vec<String> {
+    let mut a = vec!["--gdb".to_string(), g.gdb_addr().unwrap_or_default().to_string()];
+    if let Some(r) = g.shared_ram() {
+        a.extend(r.cli_args());
+    }
+    a
 }
 
 /// The harness's arena as the CLI's `--arena START:SIZE`.

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use crate::debian::{debian_images, Flavour};
 use crate::guestcmd::{decode_gz, encode_command, Event, Mode, Parser};
 use crate::harness_error::HarnessError;
+use crate::shared_ram::SharedRam;
 use crate::testguest::workspace_root;
 
 /// A guest-physical range kept out of the guest's RAM with `memmap=`.
@@ -87,6 +88,9 @@ pub struct QemuConfig {
     pub boot_timeout: Duration,
     /// Time allowed per command unless a call says otherwise.
     pub command_timeout: Duration,
+    /// RAM as a shared file plus a QMP socket (vsplice's shared-memory
+    /// backend): [`crate::shared_ram`]. Default: `VSPLICE_TEST_SHM=1`.
+    pub shared_ram: bool,
 }
 
 impl QemuConfig {
@@ -126,6 +130,7 @@ impl QemuConfig {
             channel: Channel::Virtio,
             boot_timeout: Duration::from_secs(240),
             command_timeout: Duration::from_secs(120),
+            shared_ram: crate::shared_ram::default_from_env(),
         }
     }
 
@@ -203,6 +208,7 @@ pub struct Guest {
     stderr: Shared,
     readers: Vec<JoinHandle<()>>,
     gdb_addr: Option<String>,
+    shared_ram: Option<SharedRam>,
     cmd: Option<UnixStream>,
     parser: Parser,
     next_id: u64,
@@ -328,6 +334,11 @@ impl Guest {
             }
             GdbListen::None => None,
         };
+        let shared_ram = config.shared_ram.then(|| {
+            let (ram, args) = SharedRam::new(&dir, &n.to_string(), config.mem_mib);
+            cmd.args(args);
+            ram
+        });
         let cmd_sock = dir.join("cmd.sock");
         if config.channel != Channel::None {
             cmd.args(["-chardev", &format!("socket,id=cmd,path={},server=on,wait=on", cmd_sock.display())]);
@@ -373,6 +384,7 @@ impl Guest {
             stderr,
             readers,
             gdb_addr,
+            shared_ram,
             cmd: None,
             parser: Parser::new(),
             next_id: 0,
@@ -542,6 +554,11 @@ impl Guest {
     /// The gdbstub address for the patcher (`HOST:PORT` or a socket path).
     pub fn gdb_addr(&self) -> Option<&str> {
         self.gdb_addr.as_deref()
+    }
+
+    /// The RAM file and QMP socket, when started with shared RAM.
+    pub fn shared_ram(&self) -> Option<&SharedRam> {
+        self.shared_ram.as_ref()
     }
 
     /// The reserved arena.

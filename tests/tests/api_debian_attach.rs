@@ -43,7 +43,7 @@ fn round_trip(flavour: Flavour, label: &str) -> Option<(Guest, AttachDaemon, Str
     let before = g.run_ok("cat /proc/cmdline").unwrap();
     let marked = format!("{} vsplice.marker=cmdline\n", before.trim_end());
 
-    let d = AttachDaemon::start(&dir, g.gdb_addr().unwrap(), &linuxpatch::arena_arg(&g), &[], READY_WITHIN).unwrap();
+    let d = AttachDaemon::start(&dir, g.gdb_addr().unwrap(), &linuxpatch::arena_arg(&g), &shm_args(&g), READY_WITHIN).unwrap();
     let build_id = image.build_id().unwrap().to_owned();
     let ready = d.stderr_text();
     assert!(ready.contains(&img.release) && ready.contains(&build_id), "the ready line names the kernel:\n{ready}");
@@ -167,7 +167,7 @@ fn attach_daemon_keeps_a_half_written_guest_stopped_until_recovered() {
     let (c0, e0) = (g.run_ok("cat /proc/cmdline").unwrap(), g.run_ok("cat /proc/execdomains").unwrap());
     assert!(leave_half_written(&mut g, vsp.to_str().unwrap()), "no kill left the text half-written");
 
-    let mut d = AttachDaemon::start(&dir, g.gdb_addr().unwrap(), &linuxpatch::arena_arg(&g), &[], READY_WITHIN).unwrap();
+    let mut d = AttachDaemon::start(&dir, g.gdb_addr().unwrap(), &linuxpatch::arena_arg(&g), &shm_args(&g), READY_WITHIN).unwrap();
     let said = d.stderr_text();
     assert!(said.contains("the guest stays stopped") && said.contains("kept stopped"), "{said}");
     assert_eq!(d.req("GET", "/vm", None, b"").json()["state"], "paused");
@@ -204,4 +204,10 @@ fn attach_daemon_keeps_a_half_written_guest_stopped_until_recovered() {
     assert!(st.success(), "{st}: {}", d.stderr_text());
     assert_eq!(g.run_ok("cat /proc/cmdline").unwrap(), c0);
     g.check_console().unwrap();
+}
+
+/// `--mem-path FILE --qmp SOCK` when the harness gave the guest shared RAM
+/// (`VSPLICE_TEST_SHM=1`): the daemon then reads memory through the file.
+fn shm_args(g: &vsplice_tests::qemu::Guest) -> Vec<&str> {
+    g.shared_ram().map(|r| vec!["--mem-path", r.mem_path.to_str().unwrap_or(""), "--qmp", r.qmp.to_str().unwrap_or("")]).unwrap_or_default()
 }

@@ -21,15 +21,14 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
-use common::{bounded, comm_matches, guest_tasks, parse_proc_kallsyms, ProcSym, TaskKey};
-use vsplice_patcher::gdb::GdbOptions;
+use common::view::{keys, live_view, symbols_equal, tasks_match};
+use common::{bounded, guest_tasks, parse_proc_kallsyms, TaskKey};
 use vsplice_patcher::inspect::{run_inspect, InspectArgs, InspectWhat};
 use vsplice_patcher::os::linux::image::ImageMemory;
 use vsplice_patcher::os::linux::kallsyms::Symbol;
-use vsplice_patcher::os::linux::kernel::{self, Slide};
-use vsplice_patcher::os::linux::tasks::{self, Task, TaskOffsets};
+use vsplice_patcher::os::linux::kernel;
 use vsplice_tests::checks::{check, ensure};
 use vsplice_tests::debian::{debian_images, Flavour};
 use vsplice_tests::qemu::{Guest, QemuConfig};
@@ -38,55 +37,11 @@ use vsplice_tests::testguest::vm_lock;
 const THREADS: usize = 64;
 const THREAD_COMM: &str = "vsplmt";
 
-/// What vsplice read from the stopped guest.
-struct LiveView {
-    symbols: Vec<Symbol>,
-    banner: Option<String>,
-    slide: Slide,
-    init_task: Task,
-    tasks: Vec<Task>,
-}
-
-fn live_view(addr: String, text_link: Option<u64>) -> Result<LiveView, String> {
-    let opts = GdbOptions { timeout: std::time::Duration::from_secs(20), ..GdbOptions::default() };
-    let (mut be, vcpus) = vsplice_patcher::attach::attach_gdb(&addr, opts).map_err(|e| format!("attach: {e} ({})", e.cause()))?;
-    let r = (|| {
-        let mut lk = kernel::LiveKernel::open(&mut be, vcpus, text_link).map_err(|e| format!("identify: {e} ({})", e.cause()))?;
-        let (btf, _, _) = lk.info.btf.as_ref().ok_or("no BTF")?;
-        let off = TaskOffsets::from_btf(btf).map_err(|e| format!("task offsets: {e}"))?;
-        let init = lk.info.kallsyms.first_addr("init_task").ok_or("no init_task symbol")?;
-        let init_task = tasks::read_task(&mut lk.vm, &off, init).map_err(|e| format!("init_task: {e}"))?;
-        let tasks = tasks::all_tasks(&mut lk.vm, &lk.info.kallsyms, &off).map_err(|e| format!("task walk: {e}"))?;
-        Ok(LiveView {
-            symbols: lk.info.kallsyms.symbols().to_vec(),
-            banner: lk.info.banner.clone(),
-            slide: lk.info.slide.clone().ok_or("no slide")?,
-            init_task,
-            tasks,
-        })
-    })();
-    be.detach().map_err(|e| format!("detach: {e}"))?;
-    r
-}
-
 fn inspect_json(addr: &str, image: &std::path::Path, what: InspectWhat) -> Result<serde_json::Value, String> {
     let args = InspectArgs { gdb: Some(addr.into()), image: Some(image.into()), json: true, timeout_ms: 20_000, what };
     let mut out = Vec::new();
     run_inspect(&args, &mut out).map_err(|e| format!("inspect: {e} ({})", e.cause()))?;
     serde_json::from_slice(&out).map_err(|e| format!("inspect output is not JSON: {e}"))
-}
-
-fn symbols_equal(live: &[Symbol], proc_syms: &[ProcSym]) -> Result<(), String> {
-    ensure(live.len() == proc_syms.len(), || format!("count: vsplice {} vs /proc/kallsyms {}", live.len(), proc_syms.len()))?;
-    let bad: Vec<String> = live
-        .iter()
-        .zip(proc_syms)
-        .enumerate()
-        .filter(|(_, (l, p))| l.name != p.name || l.addr != p.addr || l.kind != p.kind)
-        .take(5)
-        .map(|(i, (l, p))| format!("#{i}: vsplice {:#x} {} {} vs guest {:#x} {} {}", l.addr, l.kind, l.name, p.addr, p.kind, p.name))
-        .collect();
-    ensure(bad.is_empty(), || format!("symbols differ, first ones: {bad:?}"))
 }
 
 fn offline_equals_live_minus_slide(offline: &[Symbol], live: &[Symbol], slide: u64) -> Result<(), String> {
@@ -106,38 +61,6 @@ fn offline_equals_live_minus_slide(offline: &[Symbol], live: &[Symbol], slide: u
     ensure(moved > 10_000 && fixed > 10, || format!("implausible split: {moved} moved, {fixed} fixed"))
 }
 
-/// The walk equals the guest's /proc: every thread seen before and after is
-/// in the walk, the walk has nothing seen neither before nor after, and
-/// every comm agrees.
-fn tasks_match(walk: &[TaskKey], before: &BTreeSet<TaskKey>, after: &BTreeSet<TaskKey>) -> Result<(), String> {
-    let ids = |s: &BTreeSet<TaskKey>| -> BTreeMap<(i32, i32), String> { s.iter().map(|k| ((k.tgid, k.pid), k.comm.clone())).collect() };
-    let (b, a) = (ids(before), ids(after));
-    let walked: BTreeMap<(i32, i32), String> = walk.iter().filter(|t| t.pid != 0).map(|k| ((k.tgid, k.pid), k.comm.clone())).collect();
-    ensure(walk.iter().filter(|t| t.pid != 0).count() == walked.len(), || "a task appears twice in the walk".into())?;
-    let missing: Vec<_> = b.iter().filter(|(id, _)| a.contains_key(id) && !walked.contains_key(id)).collect();
-    let extra: Vec<_> = walked.iter().filter(|(id, _)| !b.contains_key(id) && !a.contains_key(id)).collect();
-    let renamed: Vec<_> = walked
-        .iter()
-        .filter(|(id, comm)| {
-            let seen: Vec<&String> = [b.get(id), a.get(id)].into_iter().flatten().collect();
-            !seen.is_empty() && !seen.iter().any(|p| comm_matches(comm, p))
-        })
-        .map(|(id, comm)| (id, comm, b.get(id), a.get(id)))
-        .collect();
-    ensure(missing.is_empty() && extra.is_empty() && renamed.is_empty(), || {
-        format!(
-            "walk has {} tasks, guest {}/{}; missing from the walk: {missing:?}; not in the guest: {extra:?}; comm differs: {renamed:?}",
-            walked.len(),
-            b.len(),
-            a.len()
-        )
-    })
-}
-
-fn keys(walk: &[Task]) -> Vec<TaskKey> {
-    walk.iter().map(|t| TaskKey { tgid: t.tgid, pid: t.pid, comm: t.comm.clone() }).collect()
-}
-
 fn thread_group(walk: &[TaskKey], expect: usize) -> Result<(), String> {
     let group: Vec<&TaskKey> = walk.iter().filter(|t| t.comm == THREAD_COMM).collect();
     let tgid = group.first().map(|t| t.tgid).ok_or("no mthreads task in the walk")?;
@@ -155,6 +78,8 @@ fn view_of(flavour: Flavour) {
     let mut g = Guest::boot(cfg).unwrap_or_else(|e| panic!("{e}"));
     eprintln!("{flavour}: {} ready in {:.1} s", img.release, g.boot_time().as_secs_f64());
     let addr = g.gdb_addr().unwrap().to_string();
+    // Shared RAM when the harness was asked for it (VSPLICE_TEST_SHM=1): the same checks on that backend.
+    let shm = g.shared_ram().map(|r| r.spec(vsplice_patcher::shm::StopVia::Gdb));
 
     // The guest's own view, while it runs.
     g.run_ok(&format!("mthreads {THREADS} {THREAD_COMM} >/tmp/mt.log 2>&1 & while ! grep -q ready /tmp/mt.log; do sleep 0.1; done")).unwrap();
@@ -175,8 +100,8 @@ fn view_of(flavour: Flavour) {
     let (live, before, after) = loop {
         attempt += 1;
         let before = guest_tasks(&mut g).unwrap();
-        let a = addr.clone();
-        let live = bounded(std::time::Duration::from_secs(300), move || live_view(a, text_link)).and_then(|r| r).unwrap();
+        let (a, s) = (addr.clone(), shm.clone());
+        let live = bounded(std::time::Duration::from_secs(300), move || live_view(a, s, text_link)).and_then(|r| r).unwrap();
         let after = guest_tasks(&mut g).unwrap();
         if attempt == 3 || tasks_match(&keys(&live.tasks), &before, &after).is_ok() {
             break (live, before, after);

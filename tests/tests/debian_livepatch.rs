@@ -279,9 +279,10 @@ fn example_patches_apply_and_revert() {
     linuxpatch::detach(be).unwrap();
     let dir = tmp_dir("linux-cli");
     let vsp = linuxpatch::cli_build_example(&img, "cmdline_marker.c", &dir).unwrap();
-    let gdb = g.gdb_addr().unwrap().to_owned();
+    // `--gdb` (and `--mem-path --qmp` when the harness gave the guest shared RAM).
+    let gdb = linuxpatch::gdb_args(&g);
     let arena = linuxpatch::arena_arg(&g);
-    let attach = ["--gdb", gdb.as_str(), "--target", "linux", "--arena", arena.as_str()];
+    let attach: Vec<&str> = gdb.iter().map(String::as_str).chain(["--target", "linux", "--arena", arena.as_str()]).collect();
     let cli = |cmd: &[&str]| {
         let mut args = vec!["patch"];
         args.extend_from_slice(cmd);
@@ -558,19 +559,21 @@ fn refusals_leave_the_guest_untouched() {
 /// `vsplice patch …` against the attached guest (its gdbstub and arena),
 /// optionally SIGKILLed instead of its `n+1`-th guest-memory write.
 struct Cli {
-    gdb: String,
+    /// `--gdb ADDR` (and `--mem-path --qmp` with shared RAM).
+    gdb: Vec<String>,
     arena: String,
 }
 
 impl Cli {
     fn new(g: &Guest) -> Self {
-        Self { gdb: g.gdb_addr().unwrap().to_owned(), arena: linuxpatch::arena_arg(g) }
+        Self { gdb: linuxpatch::gdb_args(g), arena: linuxpatch::arena_arg(g) }
     }
 
     fn run(&self, args: &[&str], kill: Option<usize>) -> std::process::Output {
         let mut a = vec!["patch"];
         a.extend_from_slice(args);
-        a.extend_from_slice(&["--gdb", &self.gdb, "--target", "linux", "--arena", &self.arena]);
+        a.extend(self.gdb.iter().map(String::as_str));
+        a.extend_from_slice(&["--target", "linux", "--arena", &self.arena]);
         vsplice_killed_after(&a, kill)
     }
 

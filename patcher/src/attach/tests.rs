@@ -13,7 +13,7 @@ use crate::os::linux::view::TaskSource;
 
 fn spec(path: &str) -> AttachSpec<'_> {
     let opts = GdbOptions { timeout: Duration::from_secs(5), stop_timeout: Duration::from_secs(5), ..GdbOptions::default() };
-    AttachSpec { gdb: path, kind: TargetKind::Linux, image: None, tasks: TaskSource::Auto, opts }
+    AttachSpec { gdb: path, kind: TargetKind::Linux, image: None, tasks: TaskSource::Auto, opts, shm: None }
 }
 
 /// Attaches as Linux to a mock guest whose memory holds no kernel; the cause and whether it runs after.

@@ -1,6 +1,9 @@
 //! [`Backend`] over a gdbstub: all-stop interrupt, per-vCPU registers through
 //! thread selection, guest-physical memory through QEMU's physical memory
 //! mode, writes through the stub (which keeps translated code coherent).
+//! With a [`SharedPlane`] (QEMU's RAM file), memory goes through the file
+//! instead (writes under TCG still through the stub: see [`crate::shm::plane`]),
+//! and stop/continue may go through QMP.
 
 use tracing::{debug, warn};
 
@@ -8,6 +11,7 @@ use super::client::{GdbClient, GdbOptions};
 use super::error::GdbError;
 use super::registers::RegMap;
 use crate::model::backend::{Backend, BackendError, VcpuState};
+use crate::shm::{SharedPlane, StopVia, WriteRoute};
 
 /// A guest reached through a gdbstub.
 #[derive(Debug)]
@@ -19,6 +23,10 @@ pub struct GdbBackend {
     /// When the stub has no physical mode: the virtual address at which the
     /// guest maps all physical memory linearly (set by the OS layer).
     direct_map: Option<u64>,
+    /// The guest's RAM file, when attached in shared-memory mode.
+    shared: Option<SharedPlane>,
+    /// Times the running guest was stopped.
+    stops: u64,
 }
 
 impl GdbBackend {
@@ -45,13 +53,64 @@ impl GdbBackend {
         } else {
             warn!("gdbstub has no physical memory mode; physical access needs set_direct_map()");
         }
-        Ok(Self { client, regs, threads, running: false, direct_map: None })
+        Ok(Self { client, regs, threads, running: false, direct_map: None, shared: None, stops: 0 })
     }
 
     /// For stubs without a physical mode: physical address P is read at
     /// virtual address `base + P` (the guest's direct map).
     pub fn set_direct_map(&mut self, base: u64) {
         self.direct_map = Some(base);
+    }
+
+    /// Memory through `plane` from now on (checked against the stub by the
+    /// caller first: see [`crate::attach::shared`]).
+    pub fn set_shared(&mut self, plane: SharedPlane) {
+        self.shared = Some(plane);
+    }
+
+    /// The shared-memory plane, when in use.
+    pub fn shared(&self) -> Option<&SharedPlane> {
+        self.shared.as_ref()
+    }
+
+    /// The shared-memory plane, mutably (tests change its write route).
+    pub fn shared_mut(&mut self) -> Option<&mut SharedPlane> {
+        self.shared.as_mut()
+    }
+
+    /// Back to memory through the stub; the plane is handed back.
+    pub fn take_shared(&mut self) -> Option<SharedPlane> {
+        self.shared.take()
+    }
+
+    /// Reads guest-physical memory through the stub even when a shared
+    /// plane is in use (the cross-check of the plane against the stub).
+    pub fn read_phys_stub(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), BackendError> {
+        if self.running {
+            return Err(BackendError::WrongState("memory reads need the guest stopped"));
+        }
+        let a = self.phys_addr(gpa, buf.len())?;
+        let len = buf.len();
+        self.client.read_memory(a, buf).map_err(|e| Self::map_mem_err(e, gpa, len))
+    }
+
+    fn interrupt(&mut self) -> Result<(), GdbError> {
+        match self.shared.as_mut() {
+            Some(p) if p.stop_via() == StopVia::Qmp => {
+                p.qmp_stop().map_err(|e| GdbError::Io(std::io::Error::other(format!("QMP stop: {e} ({})", e.cause()))))?;
+                self.client.wait_stop_reply().map(drop)
+            }
+            _ => self.client.interrupt().map(drop),
+        }
+    }
+
+    fn cont(&mut self) -> Result<(), GdbError> {
+        match self.shared.as_mut() {
+            Some(p) if p.stop_via() == StopVia::Qmp => {
+                p.qmp_cont().map_err(|e| GdbError::Io(std::io::Error::other(format!("QMP cont: {e} ({})", e.cause()))))
+            }
+            _ => self.client.cont(),
+        }
     }
 
     /// True when `read_phys`/`write_phys` can work: the stub's physical
@@ -87,6 +146,12 @@ impl GdbBackend {
         &mut self.client
     }
 
+    /// How many times the running guest was stopped since the connection
+    /// (every pause, and every short stop for a memory access).
+    pub fn stops(&self) -> u64 {
+        self.stops
+    }
+
     /// True while the guest runs.
     pub fn is_running(&self) -> bool {
         self.running
@@ -116,7 +181,7 @@ impl GdbBackend {
     /// Detach: the stub lets the guest run and forgets this client.
     pub fn detach(mut self) -> Result<(), GdbError> {
         if self.running {
-            self.client.interrupt()?;
+            self.interrupt()?;
         }
         self.client.detach()
     }
@@ -155,8 +220,9 @@ impl GdbBackend {
 impl Backend for GdbBackend {
     fn stop(&mut self) -> Result<Vec<VcpuState>, BackendError> {
         if self.running {
-            match self.client.interrupt() {
-                Ok(_) => self.running = false,
+            self.stops += 1;
+            match self.interrupt() {
+                Ok(()) => self.running = false,
                 Err(GdbError::Timeout { .. }) => {
                     return Err(BackendError::PauseTimeout { timeout_ms: self.client.options().stop_timeout.as_millis() as u64 })
                 }
@@ -167,7 +233,7 @@ impl Backend for GdbBackend {
             Ok(v) => Ok(v),
             Err(e) => {
                 // All or nothing: do not leave the guest stopped on failure.
-                if self.client.cont().is_ok() {
+                if self.cont().is_ok() {
                     self.running = true;
                 }
                 Err(e.into())
@@ -179,23 +245,29 @@ impl Backend for GdbBackend {
         if self.running {
             return Ok(());
         }
-        self.client.cont()?;
+        self.cont()?;
         self.running = true;
         Ok(())
     }
 
+    /// Through the RAM file also while the guest runs (unless turned off):
+    /// see [`SharedPlane::reads_while_running`].
     fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), BackendError> {
+        if let Some(p) = self.shared.as_ref().filter(|p| !self.running || p.reads_while_running()) {
+            return p.read(gpa, buf);
+        }
         if self.running {
             return Err(BackendError::WrongState("memory reads need the guest stopped"));
         }
-        let a = self.phys_addr(gpa, buf.len())?;
-        let len = buf.len();
-        self.client.read_memory(a, buf).map_err(|e| Self::map_mem_err(e, gpa, len))
+        self.read_phys_stub(gpa, buf)
     }
 
     fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), BackendError> {
         if self.running {
             return Err(BackendError::WrongState("memory writes need the guest stopped"));
+        }
+        if let Some(p) = self.shared.as_ref().filter(|p| p.write_route() == WriteRoute::File) {
+            return p.write(gpa, data);
         }
         let a = self.phys_addr(gpa, data.len())?;
         self.client.write_memory(a, data).map_err(|e| Self::map_mem_err(e, gpa, data.len()))

@@ -451,6 +451,18 @@ impl GdbClient {
         }
     }
 
+    /// Waits for the stop reply the stub sends on its own when someone
+    /// else stopped the VM (QMP `stop`: QEMU reports it to an attached
+    /// debugger before QMP answers).
+    pub fn wait_stop_reply(&mut self) -> Result<Vec<u8>, GdbError> {
+        let r = self.link.recv(self.opts.stop_timeout, b"(stop notification)")?;
+        if is_stop_reply(&r) {
+            Ok(r)
+        } else {
+            Err(GdbError::protocol(b"(stop notification)", &r))
+        }
+    }
+
     /// The stub's current stop reason (`?`).
     pub fn stop_reason(&mut self) -> Result<Vec<u8>, GdbError> {
         self.request(b"?")

@@ -55,6 +55,15 @@ pub trait TargetKernel: std::fmt::Debug {
     /// the target keeps no state between reads.
     /// [`TargetError::Inconsistent`] means: resume, then try again.
     fn tasks(&self, mem: &mut dyn KernelMemory, vcpus: &[VcpuState], source_at: Option<u64>) -> Result<GuestTasks, TargetError>;
+    /// Where [`TargetKernel::tasks`] should look for its task source first
+    /// (its `source_at`), found with the guest running so that the pause
+    /// does not search for it (Linux: the agent's descriptor, through the
+    /// module list). Only a hint: `tasks` checks what it finds there under
+    /// the pause and searches as before when it is wrong. Default: none.
+    fn locate_task_source(&self, mem: &mut dyn KernelMemory) -> Option<u64> {
+        let _ = mem;
+        None
+    }
     /// What the loader needs of the running kernel beyond its symbols (CPU
     /// features for alternatives, static keys for jump labels, the return
     /// thunk), read through `mem`. By default nothing is known, and objects

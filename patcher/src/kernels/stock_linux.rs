@@ -51,6 +51,7 @@ use crate::os::linux::kernel::{KernelError, LiveKernel, Slide};
 use crate::os::linux::notes;
 use crate::os::linux::tasks::{TaskError, TaskOffsets};
 use crate::os::linux::unwind::OrcUnwinder;
+use crate::os::linux::agent::find::{self, ModuleAgent};
 use crate::os::linux::agent::AgentError;
 use crate::os::linux::view::{self, AgentHint, TaskSource, ViewError};
 use crate::patch::link::{CpuCaps, LinkEnv};
@@ -322,6 +323,17 @@ impl TargetKernel for LinuxTarget {
             debug!(%note, "task list without the agent");
         }
         Ok(out)
+    }
+
+    fn locate_task_source(&self, mem: &mut dyn KernelMemory) -> Option<u64> {
+        // A doorbell is looked up directly; the walk alone needs no agent.
+        if self.doorbell.is_some() || self.source == TaskSource::Agentless {
+            return None;
+        }
+        match find::by_module(mem, &self.kallsyms, &self.btf) {
+            Ok(ModuleAgent::Header(v)) => Some(v),
+            _ => None,
+        }
     }
 
     fn link_env<'a>(&'a self, mem: &'a mut dyn KernelMemory) -> Box<dyn LinkEnv + 'a> {

@@ -1,4 +1,6 @@
-//! The part of a transaction that runs with the guest stopped: stop every
+//! The part of a transaction that runs with the guest stopped (what does
+//! not depend on it is read before: the ORC view, where the task source
+//! is): stop every
 //! vCPU, map the arena the first time, read the task list, run the safety
 //! check, check that each jump site still holds its expected bytes, write
 //! the new bytes, resume. A conflict or a task list caught mid-update means
@@ -87,6 +89,11 @@ impl<B: Backend> Patcher<'_, B> {
         let symbols = target.symbols();
         // The kernel's ORC and the patches' from the registry (crate::txn::orc).
         let unwinder = self.unwinder_view(reg);
+        // Where the task source is, found while the guest runs: the pause
+        // then reads it there (and still checks it) instead of searching.
+        if self.task_hint.is_none() {
+            self.task_hint = target.locate_task_source(&mut self.guest);
+        }
         for attempt in 1..=self.cfg.max_attempts.max(1) {
             timings.attempts = attempt;
             if attempt > 1 {

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use vsplice_tests::qemu::Guest;
 
+pub mod view;
+
 /// One core-kernel line of /proc/kallsyms.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcSym {

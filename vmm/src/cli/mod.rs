@@ -1,6 +1,7 @@
 //! The `vsplice` command line: one subcommand per file.
 
 pub mod attach;
+mod attach_args;
 mod fault_injection;
 pub mod fleet;
 pub mod inspect;

@@ -21,8 +21,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use vsplice_patcher::model::{ArenaRange, CheckMode, TargetKind};
-use vsplice_patcher::os::linux::view::TaskSource;
+use vsplice_patcher::model::TargetKind;
 use vsplice_patcher::patch::build::{build_patch, BuildOptions};
 use vsplice_patcher::patch::format::read_bounded;
 use vsplice_patcher::patch::manifest::PatchInfo;
@@ -30,6 +29,7 @@ use vsplice_patcher::patch::PatchFile;
 use vsplice_patcher::model::chain;
 use vsplice_patcher::txn::{Patcher, TxnConfig, TxnReport};
 
+pub use super::attach_args::AttachArgs;
 use super::fault_injection::Attached;
 use super::run::EXIT_BAD_INPUT;
 use super::session::{self, Session};
@@ -166,41 +166,6 @@ pub struct BuildArgs {
     pub output: PathBuf,
     /// The patch source.
     pub source: PathBuf,
-}
-
-/// Where an attached guest is.
-#[derive(Debug, Args)]
-pub struct AttachArgs {
-    /// gdbstub address (`host:port`, e.g. QEMU's `-gdb tcp:127.0.0.1:1234`, or a Unix socket path).
-    #[arg(long, value_name = "ADDR")]
-    pub gdb: String,
-    /// Kind of kernel: `testguest`, or `linux` (identified from guest memory:
-    /// kallsyms, KASLR slide, build-id, BTF; no image needed).
-    #[arg(long, value_enum, default_value_t = TargetKind::TestGuest)]
-    pub target: TargetKind,
-    /// The running kernel's image (test guest: its ELF; ignored for Linux).
-    #[arg(long, value_name = "IMAGE", required_if_eq("target", TargetKind::TestGuest.name()))]
-    pub kernel: Option<PathBuf>,
-    /// The patch arena: guest-physical `START:SIZE` (e.g. `0x3f000000:4M`), 2 MiB aligned,
-    /// at least 4 MiB, that the guest was booted with reserved from its RAM
-    /// (Linux: `memmap=4M$0x3f000000` on its command line). vsplice cannot
-    /// discover it; a range the guest uses as RAM would be overwritten.
-    #[arg(long, value_name = "START:SIZE")]
-    pub arena: ArenaRange,
-    /// Time-out of each gdbstub request, in milliseconds.
-    #[arg(long, default_value_t = 20_000, value_name = "MS")]
-    pub timeout_ms: u64,
-    /// The safety check: `orc` unwinds every stack with the kernel's ORC
-    /// data (a stack it cannot unwind is scanned word by word instead, and
-    /// the result's `check` says which and why); `conservative` scans every
-    /// word of every stack (Ksplice's check: stale code addresses count).
-    #[arg(long, value_enum, default_value_t = CheckMode::Orc)]
-    pub check: CheckMode,
-    /// Where a Linux guest's task list comes from: `auto` (the vsplice guest
-    /// agent when loaded, checked against the BTF walk; else the walk),
-    /// `agent` (refuse without a sound agent), `agentless` (the walk only).
-    #[arg(long, value_enum, default_value_t = TaskSource::Auto)]
-    pub tasks: TaskSource,
 }
 
 fn print_report(r: &TxnReport) -> ExitCode {
@@ -351,6 +316,9 @@ pub fn run(cmd: PatchCommand) -> ExitCode {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use clap::{Parser, ValueEnum};
+    use vsplice_patcher::model::CheckMode;
+    use vsplice_patcher::os::linux::view::TaskSource;
+    use vsplice_patcher::shm::StopVia;
 
     use super::*;
     use crate::cli::{Cli, Command};
@@ -361,6 +329,18 @@ mod tests {
             Command::Patch(PatchCommand::List { guest }) => Ok(guest),
             other => panic!("parsed as {other:?}"),
         }
+    }
+
+    #[test]
+    fn mem_path_and_qmp_come_together() {
+        let base = ["--kernel", "tg.elf", "--arena", "0x8000000:4M"];
+        let a = attach(&base).unwrap();
+        assert!(a.shm().is_none(), "without them the gdbstub path stays");
+        let a = attach(&[&base[..], &["--mem-path", "/dev/shm/ram", "--qmp", "/run/q.sock", "--stop-via", "qmp"]].concat()).unwrap();
+        let s = a.shm().unwrap();
+        assert_eq!((s.mem_path.to_str(), s.qmp.as_str(), s.stop_via), (Some("/dev/shm/ram"), "/run/q.sock", StopVia::Qmp));
+        assert!(attach(&[&base[..], &["--mem-path", "/dev/shm/ram"]].concat()).is_err(), "--mem-path needs --qmp");
+        assert!(attach(&[&base[..], &["--qmp", "/run/q.sock"]].concat()).is_err(), "--qmp needs --mem-path");
     }
 
     #[test]

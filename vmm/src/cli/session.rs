@@ -42,7 +42,7 @@ pub struct Session {
 /// transaction.
 fn connect(g: &AttachArgs) -> Result<(Box<dyn TargetKernel>, ResumeGuard<GdbBackend>), ExitCode> {
     let opts = GdbOptions { timeout: Duration::from_millis(g.timeout_ms), ..GdbOptions::default() };
-    let spec = AttachSpec { gdb: &g.gdb, kind: g.target, image: g.kernel.as_deref(), tasks: g.tasks, opts };
+    let spec = AttachSpec { gdb: &g.gdb, kind: g.target, image: g.kernel.as_deref(), tasks: g.tasks, opts, shm: g.shm() };
     let a = attach::attach(&spec).map_err(|e| {
         super::report(&e, e.cause());
         ExitCode::from(EXIT_BAD_INPUT)
