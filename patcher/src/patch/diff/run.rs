@@ -1,0 +1,237 @@
+//! The `--diff` pipeline from end to end (progress on stderr): check the
+//! inputs, build before and after, compare, refuse what cannot be carried,
+//! bind, check run-pre, write and package the patch.
+
+use std::collections::{BTreeSet, HashSet};
+use std::path::Path;
+use std::time::Instant;
+
+use object::{Object as _, ObjectSection, ObjectSymbol, RelocationTarget, SymbolSection};
+
+use super::compare::{compare, Why};
+use super::view::View;
+use super::{bind, emit, tree, DiffError, DiffOptions};
+use crate::model::TargetKind;
+use crate::patch::build::{package, BuildError, Packaging};
+use crate::patch::format::PatchFile;
+use crate::patch::linux_image::LinuxImage;
+use crate::patch::manifest::{run_pre_digest, BuildInfo, Replacement, SymbolAlias};
+
+fn refused(cause: &'static str, symbol: &str, why: impl Into<String>) -> DiffError {
+    DiffError::Refused { cause, symbol: symbol.to_owned(), why: why.into() }
+}
+
+/// `6.1.192` out of `Linux version 6.1.0-55-cloud-amd64 (…) … Debian 6.1.192-1 (…)`:
+/// Debian's banner names the upstream version after "Debian "; others after "Linux version ".
+fn banner_version(banner: &str) -> Option<String> {
+    // The last "Debian " (the first one may be the compiler's).
+    let after = banner.rsplit_once("Debian ").map(|(_, a)| a).or_else(|| banner.strip_prefix("Linux version "))?;
+    let v: String = after.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+    (!v.is_empty()).then_some(v)
+}
+
+/// Sorts the diff's files: C files to rebuild, or a refusal.
+fn c_files(files: &[String]) -> Result<Vec<String>, DiffError> {
+    let (c, rest): (Vec<&String>, Vec<&String>) = files.iter().partition(|f| f.ends_with(".c"));
+    let headers: Vec<&String> = rest.iter().copied().filter(|f| f.ends_with(".h")).collect();
+    if let Some(asm) = rest.iter().find(|f| f.ends_with(".S")) {
+        return Err(refused("assembly", asm, "assembly source: its functions cannot be compared or replaced"));
+    }
+    if let Some(other) = rest.iter().find(|f| !f.ends_with(".h")) {
+        return Err(DiffError::UnsupportedFile(other.to_string()));
+    }
+    if c.is_empty() {
+        let list: Vec<&str> = headers.iter().map(|s| s.as_str()).collect();
+        return Err(DiffError::HeadersOnly(list.join(", ")));
+    }
+    if let Some(h) = headers.first() {
+        return Err(refused("header_changed", h, "a changed header can change code or structure layouts in files the diff does not touch; only C files are rebuilt"));
+    }
+    Ok(c.into_iter().cloned().collect())
+}
+
+/// Functions with an fentry call at their start (`__mcount_loc`).
+fn traced(v: &View<'_>) -> HashSet<(object::SectionIndex, u64)> {
+    let mut out = HashSet::new();
+    if let Some(s) = v.file.section_by_name("__mcount_loc") {
+        for (_, r) in s.relocations() {
+            let RelocationTarget::Symbol(si) = r.target() else { continue };
+            if let Ok(sym) = v.file.symbol_by_index(si) {
+                if let SymbolSection::Section(sec) = sym.section() {
+                    out.insert((sec, (sym.address() as i64).wrapping_add(r.addend()) as u64));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// BUG and WARN sites (`__bug_table` flags) in the emitted object.
+fn bug_sites(object: &[u8]) -> (usize, usize) {
+    let Ok(f) = object::read::elf::ElfFile64::<object::Endianness>::parse(object) else { return (0, 0) };
+    let Some(d) = f.section_by_name("__bug_table").and_then(|s| s.data().ok().map(<[u8]>::to_vec)) else { return (0, 0) };
+    let (mut bugs, mut warns) = (0, 0);
+    for e in d.chunks_exact(12) {
+        if u16::from_le_bytes([e[10], e[11]]) & 1 != 0 {
+            warns += 1;
+        } else {
+            bugs += 1;
+        }
+    }
+    (bugs, warns)
+}
+
+/// Builds a live patch from `opts.diff` alone.
+pub fn build_from_diff(opts: &DiffOptions) -> Result<PatchFile, DiffError> {
+    let t0 = Instant::now();
+    eprintln!("vsplice: reading the kernel image {}", opts.kernel.display());
+    let image = LinuxImage::open(&opts.kernel).map_err(BuildError::from)?;
+    let ver = tree::tree_version(&opts.source)?;
+    if let Some(kv) = image.banner().and_then(banner_version) {
+        if kv != ver {
+            return Err(DiffError::NotSource(format!("{} is Linux {ver}, the kernel image is {kv}: not the running kernel's source", opts.source.display())));
+        }
+    }
+    let cfg_path = opts.headers.join(".config");
+    let config = std::fs::read_to_string(&cfg_path).map_err(|_| DiffError::NotSource(format!("{} has no .config: not a kernel headers tree", opts.headers.display())))?;
+    let cc = tree::compiler(&config)?;
+    let text = std::fs::read_to_string(&opts.diff).map_err(|e| DiffError::Io { what: format!("reading {}", opts.diff.display()), source: e })?;
+    let files = tree::touched_files(&text);
+    if files.is_empty() {
+        return Err(DiffError::DoesNotApply(format!("{} is not a unified diff (no +++ lines)", opts.diff.display())));
+    }
+    let cs = c_files(&files)?;
+    if cs.len() > 1 {
+        return Err(refused("multiple_objects", &cs.join(" "), "the diff changes more than one C file; one object per patch for now"));
+    }
+    tree::apply(&opts.source, &opts.diff, true)?;
+    tree::prepare(&opts.source, &config, &cc)?;
+    let objects: Vec<String> = cs.iter().map(|c| format!("{}.o", c.trim_end_matches(".c"))).collect();
+    let pre_o = tree::build(&opts.source, &cc, &objects, "before")?;
+    let post_dir = tree::post_apply(&opts.source, &opts.diff, &cs, &objects)?;
+    let post_o = tree::build(&post_dir, &cc, &objects, "after")?;
+    let (pre_bytes, post_bytes) = (&pre_o[0], &post_o[0]);
+    let pre = View::parse(pre_bytes).map_err(DiffError::Object)?;
+    let post = View::parse(post_bytes).map_err(DiffError::Object)?;
+    let cmp = compare(&pre, &post);
+    eprintln!(
+        "vsplice: {}: {} function(s) changed, {} new, {} removed; data: {} changed, {} new",
+        cs[0],
+        cmp.changed.len(),
+        cmp.new_functions.len(),
+        cmp.removed.len(),
+        cmp.data_changed.len() + cmp.rodata_changed.len(),
+        cmp.new_data.len()
+    );
+    if let Some(d) = cmp.data_changed.iter().next() {
+        return Err(refused("data_changed", d, "the initial value of existing writable data changed; the running kernel's copy has lived since boot and is not re-initialized"));
+    }
+    if cmp.changed.is_empty() && cmp.new_functions.is_empty() {
+        return Err(DiffError::NoChange);
+    }
+    // What to carry: changed and new functions, each with its `.cold` part.
+    let mut carry: BTreeSet<String> = cmp.changed.keys().chain(&cmp.new_functions).cloned().collect();
+    for n in carry.clone() {
+        let base = n.strip_suffix(".cold").unwrap_or(&n).to_owned();
+        for part in [base.clone(), format!("{base}.cold")] {
+            if post.items.get(&part).is_some_and(|i| i.func) {
+                carry.insert(part);
+            }
+        }
+    }
+    let fentry = traced(&post);
+    for n in &carry {
+        let it = &post.items[n];
+        if it.section_name.starts_with(".init") || it.section_name.starts_with(".exit") {
+            return Err(refused("init_code", n, format!("it is in {} (runs once at boot or unload; a live patch cannot re-run it)", it.section_name)));
+        }
+        if !it.section_name.starts_with(".text") {
+            return Err(refused("notrace", n, format!("it is in {} (entry/noinstr code, not patchable safely)", it.section_name)));
+        }
+        if !n.ends_with(".cold") && !fentry.contains(&(it.section, it.addr)) {
+            return Err(refused("notrace", n, "it has no fentry call (notrace): the kernel does not expect it to be traced or patched"));
+        }
+    }
+    let syms = image.symbols();
+    let mut replacements = Vec::new();
+    for n in carry.iter().filter(|n| pre.items.get(*n).is_some_and(|i| i.func)) {
+        let (pi, qi) = (&pre.items[n], &post.items[n]);
+        let qualifier = bind::qualifier(n, !pi.global, &pre, syms)?;
+        let sym = syms.resolve(n, qualifier.as_ref()).map_err(|e| refused("failed_to_find", n, format!("{e} (is it in a module? module targets are not supported yet)")))?;
+        bind::run_pre(pi, sym, &image)?;
+        let bytes = image.bytes_at(sym.addr, sym.size).ok_or_else(|| refused("source_mismatch", n, "its bytes are not in the kernel image"))?;
+        let tolerate = image.masks(sym.addr, sym.size);
+        let why = cmp.changed.get(n).map_or_else(|| "carried with its changed hot or cold part".to_owned(), Why::to_string);
+        eprintln!("vsplice:   replace {n}{}: {why}", qualifier.as_ref().map(|q| format!(" ({q})")).unwrap_or_default());
+        let _ = qi;
+        replacements.push(Replacement {
+            old: n.clone(),
+            qualifier,
+            new: n.clone(),
+            old_addr: sym.addr,
+            size: sym.size,
+            sha256: run_pre_digest(bytes, &tolerate),
+            tolerate,
+            why: Some(why),
+        });
+    }
+    for n in &cmp.new_functions {
+        eprintln!("vsplice:   new {n}");
+    }
+    let keep: BTreeSet<String> = cmp.new_data.iter().chain(&cmp.rodata_changed).cloned().collect();
+    let policy = if opts.drop_warnings { "keep_bug drop_warn" } else { "keep_bug" };
+    let em = emit::emit(&post, &carry, &keep, policy)?;
+    let (bugs, warns) = bug_sites(&em.object);
+    if warns > 0 && !opts.drop_warnings {
+        let names: Vec<&str> = carry.iter().map(String::as_str).collect();
+        return Err(refused(
+            "warn_site",
+            &names.join(" "),
+            format!("the replaced code has {warns} WARN site(s), which the guest cannot report (its bug table does not list the patch); --drop-warnings accepts losing them"),
+        ));
+    }
+    let mut symbols = Vec::new();
+    for (name, ext) in &em.externals {
+        if let Some(q) = bind::qualifier(name, ext.local && pre.items.contains_key(name), &pre, syms)? {
+            symbols.push(SymbolAlias { name: name.clone(), target: name.clone(), qualifier: Some(q) });
+        }
+    }
+    let name = opts.name.clone().unwrap_or_else(|| stem(&opts.diff));
+    let build = BuildInfo {
+        source: format!("{} + {}", opts.source.display(), opts.diff.display()),
+        compiler: format!("kbuild: make CC={cc} KCFLAGS=\"{}\" {}", tree::KCFLAGS, objects.join(" ")),
+        flags: em.notes.iter().cloned().chain([format!("{bugs} BUG site(s) kept as ud2, {warns} WARN site(s)")]).collect(),
+    };
+    let mut p = package(Packaging { object: em.object, replacements, symbols, kind: TargetKind::Linux, name: &name, cumulative: opts.cumulative, build, link_check: true }, &image)?;
+    p.manifest.info = opts.info.clone();
+    p.to_bytes().map_err(|e| DiffError::Build(BuildError::Format(e)))?;
+    eprintln!("vsplice: patch {name} built in {:.1} s", t0.elapsed().as_secs_f64());
+    Ok(p)
+}
+
+fn stem(p: &Path) -> String {
+    p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "fix".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debian_banners_name_the_upstream_version() {
+        let b = "Linux version 6.1.0-55-cloud-amd64 (debian-kernel@lists.debian.org) (gcc-12 (Debian 12.2.0-14+deb12u1) 12.2.0, GNU ld (GNU Binutils for Debian) 2.40) #1 SMP PREEMPT_DYNAMIC Debian 6.1.192-1 (2026-11-06)";
+        assert_eq!(banner_version(b).as_deref(), Some("6.1.192"));
+        assert_eq!(banner_version("Linux version 6.9.1 (x@y) #1").as_deref(), Some("6.9.1"));
+    }
+
+    #[test]
+    fn diffs_are_sorted_into_c_files_or_refused() {
+        let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(c_files(&v(&["fs/a.c"])).unwrap_or_default(), ["fs/a.c"]);
+        let cause = |s: &[&str]| c_files(&v(s)).err().map(|e| e.cause());
+        assert_eq!(cause(&["include/x.h"]), Some("headers_only"));
+        assert_eq!(cause(&["fs/a.c", "fs/a.h"]), Some("header_changed"));
+        assert_eq!(cause(&["arch/x86/entry/entry_64.S"]), Some("assembly"));
+        assert_eq!(cause(&["fs/Kconfig"]), Some("unsupported_file"));
+    }
+}

@@ -1,0 +1,215 @@
+//! The kernel source tree and its Kbuild: checking it is configured like the
+//! running kernel, preparing it once (`olddefconfig` + `modules_prepare`
+//! with the headers' `.config`), and building objects before and after the
+//! fix with per-function and per-data sections.
+//!
+//! The fixed build happens in a sibling tree `SRC.vsplice-post` made once
+//! of hard links to SRC (`cp -al`): `patch` and the compiler write new
+//! files, so SRC is never modified. Before each fix, the files an earlier
+//! fix touched are linked back to SRC's and their objects removed; each
+//! object built is copied out before it is read.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::DiffError;
+
+/// Flags added to the kernel's own (`KCFLAGS`).
+pub const KCFLAGS: &str = "-ffunction-sections -fdata-sections";
+
+/// Where the fixed build happens.
+pub fn post_tree(src: &Path) -> PathBuf {
+    let mut s = src.as_os_str().to_owned();
+    s.push(".vsplice-post");
+    PathBuf::from(s)
+}
+
+fn io(what: String) -> impl FnOnce(std::io::Error) -> DiffError {
+    move |source| DiffError::Io { what, source }
+}
+
+/// The C compiler the kernel was built with (`CONFIG_CC_VERSION_TEXT`'s
+/// first word, `gcc-12` for Debian 12), checked to be here and the same.
+pub fn compiler(config: &str) -> Result<String, DiffError> {
+    let text = config
+        .lines()
+        .find_map(|l| l.strip_prefix("CONFIG_CC_VERSION_TEXT="))
+        .map(|v| v.trim_matches('"').to_owned())
+        .ok_or_else(|| DiffError::NoCompiler("the kernel's .config has no CONFIG_CC_VERSION_TEXT".into()))?;
+    let cc = text.split_whitespace().next().unwrap_or("gcc").to_owned();
+    let out = Command::new(&cc).arg("--version").output().map_err(|e| DiffError::NoCompiler(format!("{cc} (the kernel's compiler: {text}) cannot be run: {e}")))?;
+    let have = String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or("").to_owned();
+    if have != text {
+        return Err(DiffError::NoCompiler(format!("the kernel was built by `{text}`, {cc} here is `{have}`")));
+    }
+    Ok(cc)
+}
+
+/// `VERSION.PATCHLEVEL.SUBLEVEL` of the tree's Makefile.
+pub fn tree_version(src: &Path) -> Result<String, DiffError> {
+    let mk = std::fs::read_to_string(src.join("Makefile")).map_err(|_| DiffError::NotSource(format!("{} has no Makefile: not a kernel source tree", src.display())))?;
+    let get = |k: &str| mk.lines().find_map(|l| l.strip_prefix(k).map(|v| v.trim_start_matches([' ', '=']).trim().to_owned()));
+    match (get("VERSION"), get("PATCHLEVEL"), get("SUBLEVEL")) {
+        (Some(v), Some(p), Some(s)) => Ok(format!("{v}.{p}.{s}")),
+        _ => Err(DiffError::NotSource(format!("{}/Makefile names no kernel version", src.display()))),
+    }
+}
+
+/// Runs make in `dir`; stderr (and stdout) on failure.
+fn make(dir: &Path, cc: &str, args: &[&str]) -> Result<(), DiffError> {
+    let out = Command::new("make")
+        .arg("-C")
+        .arg(dir)
+        .arg("-s")
+        .arg("-j2")
+        .arg(format!("CC={cc}"))
+        .arg(format!("KCFLAGS={KCFLAGS}"))
+        .args(args)
+        .output()
+        .map_err(|e| DiffError::NoCompiler(format!("make cannot be run: {e}")))?;
+    if !out.status.success() {
+        let mut s = String::from_utf8_lossy(&out.stderr).into_owned();
+        s.push_str(&String::from_utf8_lossy(&out.stdout));
+        let tail: Vec<&str> = s.lines().rev().take(12).collect();
+        return Err(DiffError::Kbuild(format!("make {} in {}: {}", args.join(" "), dir.display(), tail.into_iter().rev().collect::<Vec<_>>().join("\n"))));
+    }
+    Ok(())
+}
+
+/// Configures SRC with `config` (the headers' `.config`) and prepares it
+/// for building single objects, unless it already is; an existing
+/// different `.config` is refused (`source_mismatch`).
+pub fn prepare(src: &Path, config: &str, cc: &str) -> Result<(), DiffError> {
+    let dot = src.join(".config");
+    match std::fs::read_to_string(&dot) {
+        Ok(have) if same_config(&have, config) => {}
+        Ok(_) => return Err(DiffError::NotSource(format!("{} is configured differently from the running kernel (its .config differs from the headers')", src.display()))),
+        Err(_) => {
+            eprintln!("vsplice: configuring {} with the kernel's .config", src.display());
+            std::fs::write(&dot, config).map_err(io(format!("writing {}", dot.display())))?;
+        }
+    }
+    if !src.join("include/generated/autoconf.h").is_file() || !src.join("tools/objtool/objtool").is_file() {
+        let t = std::time::Instant::now();
+        eprintln!("vsplice: preparing {} (make olddefconfig modules_prepare, -j2; once)", src.display());
+        make(src, cc, &["olddefconfig"])?;
+        make(src, cc, &["modules_prepare"])?;
+        eprintln!("vsplice: prepared in {:.0} s", t.elapsed().as_secs_f64());
+    }
+    Ok(())
+}
+
+/// Options that differ between the kernel's build host and this one
+/// without changing any object's code: the build-id salt, the module
+/// signing key's path, what pahole can do (BTF is made after compiling).
+const HOST_ONLY: &[&str] = &["CONFIG_BUILD_SALT=", "CONFIG_MODULE_SIG_KEY=", "CONFIG_PAHOLE_", "CONFIG_DEBUG_INFO_BTF_MODULES", "CONFIG_MODULE_ALLOW_BTF_MISMATCH"];
+
+/// Two configs are the same when their `CONFIG_` lines are (but [`HOST_ONLY`]).
+fn same_config(a: &str, b: &str) -> bool {
+    fn norm(s: &str) -> Vec<&str> {
+        let mut v: Vec<&str> = s
+            .lines()
+            .filter(|l| l.starts_with("CONFIG_") || l.starts_with("# CONFIG_"))
+            .filter(|l| !HOST_ONLY.iter().any(|h| l.trim_start_matches("# ").starts_with(h)))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+    norm(a) == norm(b)
+}
+
+/// Builds `objects` (paths relative to the tree) in `tree`; returns their bytes.
+pub fn build(tree: &Path, cc: &str, objects: &[String], what: &str) -> Result<Vec<Vec<u8>>, DiffError> {
+    let t = std::time::Instant::now();
+    eprintln!("vsplice: building {} {what} the fix ({})", objects.join(" "), tree.display());
+    let args: Vec<&str> = objects.iter().map(String::as_str).collect();
+    make(tree, cc, &args)?;
+    eprintln!("vsplice: built {what} the fix in {:.1} s", t.elapsed().as_secs_f64());
+    objects.iter().map(|o| std::fs::read(tree.join(o)).map_err(io(format!("reading {}", tree.join(o).display())))).collect()
+}
+
+/// Makes (once) and resets the fixed tree, then applies `diff` to it.
+pub fn post_apply(src: &Path, diff: &Path, files: &[String], objects: &[String]) -> Result<PathBuf, DiffError> {
+    let post = post_tree(src);
+    if !post.is_dir() {
+        eprintln!("vsplice: linking {} to {} (once)", post.display(), src.display());
+        let tmp = post.with_extension("tmp");
+        let _ = std::fs::remove_dir_all(&tmp);
+        let st = Command::new("cp").arg("-al").arg(src).arg(&tmp).status().map_err(io("running cp -al".into()))?;
+        if !st.success() {
+            return Err(DiffError::Io { what: format!("cp -al {} {}", src.display(), tmp.display()), source: std::io::Error::other("cp failed") });
+        }
+        std::fs::rename(&tmp, &post).map_err(io(format!("renaming {}", tmp.display())))?;
+    }
+    let touched = post.join(".vsplice-touched");
+    let mut reset: Vec<String> = std::fs::read_to_string(&touched).unwrap_or_default().lines().map(str::to_owned).collect();
+    reset.extend(files.iter().cloned());
+    reset.extend(objects.iter().cloned());
+    for f in &reset {
+        let (s, p) = (src.join(f), post.join(f));
+        let _ = std::fs::remove_file(&p);
+        if s.is_file() && !f.ends_with(".o") {
+            std::fs::hard_link(&s, &p).map_err(io(format!("linking {} back", p.display())))?;
+        }
+    }
+    std::fs::write(&touched, reset.join("\n")).map_err(io(format!("writing {}", touched.display())))?;
+    apply(&post, diff, false)?;
+    Ok(post)
+}
+
+/// `patch -p1` of `diff` in `dir` (only checked with `dry_run`).
+pub fn apply(dir: &Path, diff: &Path, dry_run: bool) -> Result<(), DiffError> {
+    let input = std::fs::File::open(diff).map_err(io(format!("opening {}", diff.display())))?;
+    let mut cmd = Command::new("patch");
+    cmd.arg("-p1").arg("-s").arg("-f").arg("--no-backup-if-mismatch").arg("-d").arg(dir).stdin(input);
+    if dry_run {
+        cmd.arg("--dry-run");
+    }
+    let out = cmd.output().map_err(|e| DiffError::NoCompiler(format!("patch cannot be run: {e}")))?;
+    if !out.status.success() {
+        let s = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        let first = s.lines().find(|l| !l.trim().is_empty()).unwrap_or("patch failed").to_owned();
+        return Err(DiffError::DoesNotApply(format!("{} does not apply to {}: {first}", diff.display(), dir.display())));
+    }
+    Ok(())
+}
+
+/// The files a unified diff changes (`+++ b/path`, `-p1`).
+pub fn touched_files(diff: &str) -> Vec<String> {
+    let mut v: Vec<String> = diff
+        .lines()
+        .filter_map(|l| l.strip_prefix("+++ "))
+        .filter_map(|p| {
+            let p = p.split('\t').next().unwrap_or(p).trim();
+            p.split_once('/').map(|(_, rest)| rest.to_owned())
+        })
+        .filter(|p| !p.is_empty() && p != "dev/null")
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn touched_files_come_from_the_new_side_without_prefix() {
+        let d = "diff -urN a/x.c b/x.c\n--- a/fs/ext4/mballoc.c\t2026\n+++ b/fs/ext4/mballoc.c\t2026\n@@ -1 +1 @@\n--- a/include/x.h\n+++ b/include/x.h\n";
+        assert_eq!(touched_files(d), ["fs/ext4/mballoc.c", "include/x.h"]);
+    }
+
+    #[test]
+    fn configs_compare_by_their_options() {
+        assert!(same_config("# c\nCONFIG_A=y\nCONFIG_B=m\n", "CONFIG_B=m\nCONFIG_A=y\n# other comment\n"));
+        assert!(!same_config("CONFIG_A=y\n", "CONFIG_A=m\n"));
+        assert!(same_config("CONFIG_A=y\nCONFIG_BUILD_SALT=\"\"\nCONFIG_PAHOLE_VERSION=0\n", "CONFIG_A=y\nCONFIG_BUILD_SALT=\"6.1.0-55\"\nCONFIG_PAHOLE_VERSION=124\nCONFIG_PAHOLE_HAS_SPLIT_BTF=y\n"));
+    }
+
+    #[test]
+    fn the_compiler_comes_from_the_config() {
+        assert!(matches!(compiler("CONFIG_X=y\n"), Err(DiffError::NoCompiler(_))));
+        assert!(matches!(compiler("CONFIG_CC_VERSION_TEXT=\"no-such-cc-vsplice 1.0\"\n"), Err(DiffError::NoCompiler(_))));
+    }
+}
