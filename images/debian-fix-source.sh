@@ -13,6 +13,9 @@
 #     src/                    linux-source-6.1 at `version`, configured and
 #                             `make modules_prepare`d
 #     fix.patch               diff -urN src(version) src(to-version), -p1
+#     initramfs.cpio.gz       the current kernel's test initramfs with this
+#                             kernel's virtio-serial modules and loop.ko
+#     src.vsplice-post/       made by `vsplice patch build --diff` (hard links)
 #
 # Default: 6.1.0-55 -> 6.1.0-56 of cloud-amd64 (the ext4 fix; ext4 is built
 # into that flavour). Versions come from apt, never hard-coded. Idempotent:
@@ -76,8 +79,6 @@ fetch() { # package=version
 fetch "linux-image-$release=$version"
 fetch "linux-headers-$release=$version"
 fetch "linux-headers-$abi-common=$version"
-fetch "linux-source-6.1=$version"
-fetch "linux-source-6.1=$to_version"
 
 if [ ! -f "$out/.image" ]; then
     rm -rf x && dpkg-deb -x linux-image-"$release"_*.deb x
@@ -99,11 +100,13 @@ untar() { # deb dir
     log "unpacked $(basename "$1") in $((SECONDS - t0)) s"
 }
 if [ ! -f "$out/.src" ]; then
+    fetch "linux-source-6.1=$version"
     untar "$(ls linux-source-6.1_"$version"_*.deb)" "$out/src.tmp"
     rm -rf "$out/src" && mv "$out/src.tmp" "$out/src"
     touch "$out/.src"
 fi
 if [ ! -f "$out/.patch" ]; then
+    fetch "linux-source-6.1=$to_version"
     untar "$(ls linux-source-6.1_"$to_version"_*.deb)" "$out/src-to"
     log "diffing $version -> $to_version"
     (cd "$out" && { diff -urN -x .config src src-to || [ $? -eq 1 ]; }) \
@@ -125,6 +128,29 @@ if [ ! -f "$out/.prepared" ]; then
     make -s -j2 CC=gcc-12 modules_prepare >&2
     log "prepared in $((SECONDS - t0)) s"
     touch "$out/.prepared"
+fi
+# The test initramfs of the current kernel (images/debian-kernels.sh) with
+# this kernel's modules laid over it (a second cpio archive: later entries
+# win): the virtio-serial command channel's modules and loop.ko (every
+# block driver is a module in the cloud flavour; the e2e test mounts an
+# ext4 image through a loop device).
+if [ ! -f "$out/.initramfs" ]; then
+    base="$root/target/images/debian-$flavour/initramfs.cpio.gz"
+    [ -s "$base" ] || { echo "debian-fix-source: no $base (run images/debian-kernels.sh first)" >&2; exit 1; }
+    cd "$out/dl"
+    rm -rf x ov && dpkg-deb -x linux-image-"$release"_*.deb x
+    mkdir -p ov/modules/base ov/modules/extra
+    : >ov/modules/base/order
+    for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_console; do
+        ko="$(find x/lib/modules -name "$m.ko" -print -quit)"
+        [ -n "$ko" ] || continue
+        cp "$ko" ov/modules/base/ && echo "$m.ko" >>ov/modules/base/order
+    done
+    cp "$(find x/lib/modules -name loop.ko -print -quit)" ov/modules/extra/
+    (cd ov && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc --quiet | gzip -9n) >ov.cpio.gz
+    cat "$base" ov.cpio.gz >"$out/initramfs.cpio.gz.tmp" && mv "$out/initramfs.cpio.gz.tmp" "$out/initramfs.cpio.gz"
+    rm -rf x ov ov.cpio.gz
+    touch "$out/.initramfs"
 fi
 rm -f "$out"/dl/linux-source-6.1_*.deb
 touch "$out/.done"
