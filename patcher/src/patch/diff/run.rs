@@ -104,13 +104,38 @@ pub fn build_from_diff(opts: &DiffOptions) -> Result<PatchFile, DiffError> {
     if cs.len() > 1 {
         return Err(refused("multiple_objects", &cs.join(" "), "the diff changes more than one C file; one object per patch for now"));
     }
-    tree::apply(&opts.source, &opts.diff, true)?;
-    tree::prepare(&opts.source, &config, &cc)?;
+    // One spelling of SRC: Kbuild rebuilds an object when the path differs.
+    let src = opts.source.canonicalize().map_err(|e| DiffError::NotSource(format!("{}: {e}", opts.source.display())))?;
+    tree::apply(&src, &opts.diff, true)?;
+    tree::prepare(&src, &config, &cc)?;
     let objects: Vec<String> = cs.iter().map(|c| format!("{}.o", c.trim_end_matches(".c"))).collect();
-    let pre_o = tree::build(&opts.source, &cc, &objects, "before")?;
-    let post_dir = tree::post_apply(&opts.source, &opts.diff, &cs, &objects)?;
-    let post_o = tree::build(&post_dir, &cc, &objects, "after")?;
-    let (pre_bytes, post_bytes) = (&pre_o[0], &post_o[0]);
+    let c_text = std::fs::read(src.join(&cs[0])).map_err(|e| DiffError::Io { what: format!("reading {}", cs[0]), source: e })?;
+    let pre_key = tree::cache_key("before", &objects[0], &c_text, &config, &cc);
+    let post_key = tree::cache_key("after", &objects[0], &[c_text.as_slice(), text.as_bytes()].concat(), &config, &cc);
+    let pre_bytes = match tree::cached(&src, &pre_key) {
+        Some(b) => {
+            eprintln!("vsplice: {} before the fix: cached", objects[0]);
+            b
+        }
+        None => {
+            let b = tree::build(&src, &cc, &objects, "before")?.swap_remove(0);
+            tree::keep(&src, &pre_key, &b);
+            b
+        }
+    };
+    let post_bytes = match tree::cached(&src, &post_key) {
+        Some(b) => {
+            eprintln!("vsplice: {} after the fix: cached", objects[0]);
+            b
+        }
+        None => {
+            let post_dir = tree::post_apply(&src, &opts.diff, &cs, &objects)?;
+            let b = tree::build(&post_dir, &cc, &objects, "after")?.swap_remove(0);
+            tree::keep(&src, &post_key, &b);
+            b
+        }
+    };
+    let (pre_bytes, post_bytes) = (&pre_bytes, &post_bytes);
     let pre = View::parse(pre_bytes).map_err(DiffError::Object)?;
     let post = View::parse(post_bytes).map_err(DiffError::Object)?;
     let cmp = compare(&pre, &post);
@@ -198,7 +223,7 @@ pub fn build_from_diff(opts: &DiffOptions) -> Result<PatchFile, DiffError> {
     }
     let name = opts.name.clone().unwrap_or_else(|| stem(&opts.diff));
     let build = BuildInfo {
-        source: format!("{} + {}", opts.source.display(), opts.diff.display()),
+        source: format!("{} + {}", src.display(), opts.diff.display()),
         compiler: format!("kbuild: make CC={cc} KCFLAGS=\"{}\" {}", tree::KCFLAGS, objects.join(" ")),
         flags: em.notes.iter().cloned().chain([format!("{bugs} BUG site(s) kept as ud2, {warns} WARN site(s)")]).collect(),
     };

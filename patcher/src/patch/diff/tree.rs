@@ -7,7 +7,8 @@
 //! of hard links to SRC (`cp -al`): `patch` and the compiler write new
 //! files, so SRC is never modified. Before each fix, the files an earlier
 //! fix touched are linked back to SRC's and their objects removed; each
-//! object built is copied out before it is read.
+//! object built is copied out before it is read, and kept in
+//! `SRC.vsplice-objs/` by what it was built from.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,8 +20,13 @@ pub const KCFLAGS: &str = "-ffunction-sections -fdata-sections";
 
 /// Where the fixed build happens.
 pub fn post_tree(src: &Path) -> PathBuf {
+    sibling(src, ".vsplice-post")
+}
+
+/// `SRC<suffix>`, next to SRC.
+fn sibling(src: &Path, suffix: &str) -> PathBuf {
     let mut s = src.as_os_str().to_owned();
-    s.push(".vsplice-post");
+    s.push(suffix);
     PathBuf::from(s)
 }
 
@@ -126,6 +132,36 @@ pub fn build(tree: &Path, cc: &str, objects: &[String], what: &str) -> Result<Ve
     make(tree, cc, &args)?;
     eprintln!("vsplice: built {what} the fix in {:.1} s", t.elapsed().as_secs_f64());
     objects.iter().map(|o| std::fs::read(tree.join(o)).map_err(io(format!("reading {}", tree.join(o).display())))).collect()
+}
+
+/// Built objects kept by what they were built from (`SRC.vsplice-objs/<key>.o`):
+/// a fix built again reads them instead of running Kbuild. The key covers
+/// the C file (before: its text in SRC; after: the diff), the config, the
+/// compiler and the flags; SRC's headers are taken to stay as unpacked.
+pub fn cache_key(what: &str, object: &str, input: &[u8], config: &str, cc: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for part in [what.as_bytes(), object.as_bytes(), input, config.as_bytes(), cc.as_bytes(), KCFLAGS.as_bytes()] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    h.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+/// The cached object of `key`, if any.
+pub fn cached(src: &Path, key: &str) -> Option<Vec<u8>> {
+    std::fs::read(sibling(src, ".vsplice-objs").join(format!("{key}.o"))).ok()
+}
+
+/// Keeps `bytes` as the object of `key` (written whole: temp file, rename).
+pub fn keep(src: &Path, key: &str, bytes: &[u8]) {
+    let dir = sibling(src, ".vsplice-objs");
+    let tmp = dir.join(format!("{key}.o.tmp-{}", std::process::id()));
+    let ok = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&tmp, bytes)).and_then(|()| std::fs::rename(&tmp, dir.join(format!("{key}.o"))));
+    if let Err(e) = ok {
+        let _ = std::fs::remove_file(&tmp);
+        tracing::warn!("object cache {}: {e}", dir.display());
+    }
 }
 
 /// Makes (once) and resets the fixed tree, then applies `diff` to it.
