@@ -146,4 +146,4 @@ pub fn compare(pre: &View<'_>, post: &View<'_>) -> Comparison {
 
 #[cfg(test)]
 #[path = "compare_tests.rs"]
-mod tests;
+pub(crate) mod tests;

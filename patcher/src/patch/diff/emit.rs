@@ -284,3 +284,7 @@ pub fn emit(post: &View<'_>, carry: &BTreeSet<String>, keep_data: &BTreeSet<Stri
     let object = e.out.write().map_err(|x| err(x.to_string()))?;
     Ok(Emitted { object, externals: e.externals, notes })
 }
+
+#[cfg(test)]
+#[path = "emit_tests.rs"]
+mod tests;
