@@ -96,20 +96,15 @@ pub fn compare(pre: &View<'_>, post: &View<'_>) -> Comparison {
     let mut c = Comparison::default();
     for (name, b) in &post.items {
         match pre.items.get(name) {
-            None if b.func => {
-                c.new_functions.insert(name.clone());
-            }
-            None => {
-                c.new_data.insert(name.clone());
-            }
-            Some(a) if a.func != b.func => {
-                // A name that changed kind: the old one is gone, the new one is new.
+            // Absent before, or a name that changed kind: the new one is new.
+            a if a.is_none_or(|a| a.func != b.func) => {
                 if b.func {
                     c.new_functions.insert(name.clone());
                 } else {
                     c.new_data.insert(name.clone());
                 }
             }
+            None => {}
             Some(a) => {
                 if let Some(why) = differs(a, b) {
                     if b.func {
