@@ -311,6 +311,10 @@ fn build(a: BuildArgs) -> ExitCode {
     if let Some(diff) = a.diff.clone() {
         return build_diff(a, diff, info);
     }
+    if a.src_tree.is_some() || a.drop_warnings {
+        eprintln!("vsplice: error [bad_input]: --source and --drop-warnings go with --diff");
+        return ExitCode::from(EXIT_BAD_INPUT);
+    }
     let Some(source) = a.source.clone() else {
         eprintln!("vsplice: error [bad_input]: a patch source (C file) or --diff is needed");
         return ExitCode::from(EXIT_BAD_INPUT);
@@ -476,5 +480,22 @@ mod tests {
         assert_eq!(build(&[]).unwrap(), TargetKind::TestGuest);
         assert_eq!(build(&["--target", "linux"]).unwrap_err().kind(), clap::error::ErrorKind::MissingRequiredArgument);
         assert_eq!(build(&["--target", "linux", "--headers", "/h"]).unwrap(), TargetKind::Linux);
+    }
+
+    #[test]
+    fn a_diff_build_needs_its_source_tree_and_no_patch_source() {
+        use clap::error::ErrorKind;
+        let parse = |args: &[&str]| {
+            let argv = [&["vsplice", "patch", "build", "--target", "linux", "--kernel", "k", "--headers", "/h", "-o", "p.vsp"][..], args].concat();
+            Cli::try_parse_from(argv).map(|c| match c.command {
+                Command::Patch(PatchCommand::Build(b)) => (b.diff, b.src_tree, b.drop_warnings),
+                other => panic!("parsed as {other:?}"),
+            })
+        };
+        let (diff, src, drop) = parse(&["--diff", "fix.patch", "--source", "/src", "--drop-warnings"]).unwrap();
+        assert_eq!((diff.unwrap(), src.unwrap(), drop), ("fix.patch".into(), "/src".into(), true));
+        assert_eq!(parse(&["--diff", "fix.patch"]).unwrap_err().kind(), ErrorKind::MissingRequiredArgument);
+        assert_eq!(parse(&["--diff", "fix.patch", "--source", "/src", "p.c"]).unwrap_err().kind(), ErrorKind::ArgumentConflict);
+        assert_eq!(parse(&[]).unwrap_err().kind(), ErrorKind::MissingRequiredArgument, "no patch source and no --diff");
     }
 }
