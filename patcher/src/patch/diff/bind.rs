@@ -76,3 +76,40 @@ pub fn run_pre(item: &Item, sym: &Symbol, image: &dyn PatchImage) -> Result<(), 
         Some(at) => Err(mismatch(format!("the unfixed source compiles to different code at +{at:#x}: SRC (or its configuration or compiler) is not the running kernel's"))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::model::SymbolKind;
+    use crate::patch::diff::compare::tests::cc;
+
+    fn sym(name: &str, addr: u64, local: bool) -> Symbol {
+        Symbol { name: name.into(), addr, size: 0x10, kind: SymbolKind::Func, local, file: None, position: 0 }
+    }
+
+    #[test]
+    fn a_duplicated_local_is_bound_to_the_copy_among_this_files_symbols() {
+        let Some(obj) = cc("static int helper(int x) { return x + 1; }\nint only_here(int x) { return helper(x) * 3; }\nint also_here(int x) { return x - 2; }\n") else { return };
+        let pre = View::parse(&obj).unwrap();
+        let k = 0xffff_ffff_8100_0000u64;
+        // Another file's `helper` first, ours between this file's functions.
+        let table = SymbolTable::new(vec![
+            sym("other_file_fn", k, false),
+            sym("helper", k + 0x10, true),
+            sym("zzz_unrelated", k + 0x20, false),
+            sym("a", k + 0x30, false),
+            sym("b", k + 0x40, false),
+            sym("c", k + 0x50, false),
+            sym("only_here", k + 0x100, false),
+            sym("helper", k + 0x110, true),
+            sym("also_here", k + 0x120, false),
+        ]);
+        assert_eq!(qualifier("helper", true, &pre, &table).unwrap(), Some(Qualifier::Position(2)));
+        // A unique name needs no qualifier.
+        assert_eq!(qualifier("only_here", false, &pre, &table).unwrap(), None);
+        // Both copies among this file's symbols: refused, never guessed.
+        let both = SymbolTable::new(vec![sym("only_here", k, false), sym("helper", k + 0x10, true), sym("helper", k + 0x20, true), sym("also_here", k + 0x30, false)]);
+        assert_eq!(qualifier("helper", true, &pre, &both).unwrap_err().cause(), "ambiguous_local");
+    }
+}
