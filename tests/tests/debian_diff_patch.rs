@@ -11,11 +11,13 @@
 //!
 //! - Bad input first (no guest): the diff reversed (does not apply), a diff
 //!   of a header only, the source against another kernel (run-pre:
-//!   `source_mismatch`), the fix without `--drop-warnings` (`warn_site`);
-//!   each a one-line error with its cause and no output file.
+//!   `source_mismatch`); each a one-line error with its cause and no
+//!   output file.
 //! - Then the patch is built from the diff (timed, on stderr), the -55
 //!   cloud kernel boots under QEMU, an ext4 file system on a loop device
-//!   gets written, the patch is applied through the CLI, the replaced
+//!   gets written, the patch is applied through the CLI (its BUG sites
+//!   kept as `ud2`, its WARN sites compiled as calls of `__warn()`, none
+//!   dropped), the replaced
 //!   functions' entries are read back (a jump out of the kernel's text),
 //!   the fixed path runs (fresh mount: every group's buddy loaded and
 //!   initialised through the replaced functions, `mb_groups` read, files
@@ -112,13 +114,11 @@ fn bad_input_is_refused_with_its_cause_and_nothing_written() {
     let hdr = dir.join("header.patch");
     std::fs::write(&hdr, "--- a/fs/ext4/ext4.h\n+++ b/fs/ext4/ext4.h\n@@ -1,1 +1,1 @@\n-// SPDX-License-Identifier: GPL-2.0\n+// SPDX-License-Identifier: GPL-2.0 \n").unwrap();
     refused(&build(&fix, hdr.to_str().unwrap(), &vmlinuz, &out, &[]), "headers_only", &out);
-    // The fix's WARN sites, not accepted.
     let fixp = fix.p("fix.patch");
-    refused(&build(&fix, &fixp, &vmlinuz, &out, &[]), "warn_site", &out);
     // This source against the current kernel, which already has the fix.
     let current = workspace_root().join("target/images/debian-cloud-amd64/vmlinuz");
     if current.is_file() {
-        refused(&build(&fix, &fixp, current.to_str().unwrap(), &out, &["--drop-warnings"]), "source_mismatch", &out);
+        refused(&build(&fix, &fixp, current.to_str().unwrap(), &out, &[]), "source_mismatch", &out);
     } else {
         skip(label, "no current cloud kernel image: the source_mismatch case is not run");
     }
@@ -167,8 +167,10 @@ fn the_debian_ext4_fix_is_built_from_its_diff_and_applied_live() {
     let dir = tmp_dir(label);
     let vsp = dir.join("ext4-fix.vsp");
     let t = Instant::now();
-    let o = build(&fix, &fix.p("fix.patch"), &fix.p("vmlinuz"), &vsp, &["--drop-warnings"]);
+    let o = build(&fix, &fix.p("fix.patch"), &fix.p("vmlinuz"), &vsp, &[]);
     assert!(o.status.success(), "{}", text(&o.stderr));
+    // Its WARN sites are kept as calls of the kernel's __warn(), none dropped.
+    assert!(text(&o.stderr).contains("WARN site(s) compiled as calls to the kernel's __warn()"), "{}", text(&o.stderr));
     eprintln!("  built from the diff in {:.1} s:\n{}", t.elapsed().as_secs_f64(), text(&o.stderr));
     let manifest: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let reps = manifest["replacements"].as_array().unwrap();
@@ -199,6 +201,8 @@ fn the_debian_ext4_fix_is_built_from_its_diff_and_applied_live() {
     let o = cli(&["apply", vsp.to_str().unwrap()]);
     assert!(o.status.success() && text(&o.stdout).contains("\"cause\":\"ok\""), "{}\n{}", text(&o.stdout), text(&o.stderr));
     eprintln!("  applied: {}", text(&o.stdout).lines().next().unwrap_or_default());
+    assert!(!text(&o.stdout).contains("dropped"), "no WARN site may be dropped: {}", text(&o.stdout));
+    assert!(text(&o.stdout).contains("BUG site(s) kept as ud2"), "{}", text(&o.stdout));
     let new = entries(&g);
     for ((n, a, was), (_, _, now)) in old.iter().zip(&new) {
         // The jump goes right after the ftrace NOP (ftrace keeps the old entry).

@@ -172,8 +172,8 @@ pub struct BuildArgs {
     pub diff: Option<PathBuf>,
     /// With --diff: the running kernel's source tree (Debian: the
     /// `linux-source-6.1` tarball at the kernel's version, unpacked). It is
-    /// configured and prepared once; the fixed build happens in a hard-linked
-    /// sibling tree `SRC.vsplice-post`, SRC itself is never modified.
+    /// configured and prepared once; the fixed build happens in a sibling copy
+    /// `SRC.vsplice-post`, SRC itself is never modified.
     #[arg(long = "source", value_name = "SRC", requires = "diff")]
     pub src_tree: Option<PathBuf>,
     /// With --diff: accept losing the WARN sites of replaced code (each

@@ -81,6 +81,45 @@ fn bug_sites(object: &[u8]) -> (usize, usize) {
     (bugs, warns)
 }
 
+/// The WARN-as-call build must be the fixed build but for its WARN sites:
+/// the carried functions there, calling only functions that the fixed build
+/// has out of line too (nothing inlined differently), and every data object
+/// the carried functions use either new (carried) or, when named as in the
+/// fixed build, the same object (same section and size, used by the same
+/// function there): `__COUNTER__`-numbered names shift in this build.
+fn same_shape(post: &View<'_>, warn: &View<'_>, carry: &BTreeSet<String>) -> Result<(), String> {
+    for f in carry {
+        if !warn.items.get(f).is_some_and(|i| i.func) {
+            return Err(format!("with WARN as calls `{f}` is inlined differently"));
+        }
+        let calls = warn.items[f].relocs.iter().filter_map(|r| match &r.target {
+            super::view::Target::Sym { name, .. } if warn.items.get(name).is_some_and(|i| i.func) => Some(name.clone()),
+            _ => None,
+        });
+        for c in calls.collect::<BTreeSet<String>>() {
+            if !post.items.get(&c).is_some_and(|i| i.func) {
+                return Err(format!("with WARN as calls `{f}` calls `{c}`, which the fixed build inlines"));
+            }
+        }
+    }
+    let uses = |v: &View<'_>, f: &str| -> BTreeSet<String> {
+        v.items.get(f).map(|i| i.relocs.iter().filter_map(|r| match &r.target {
+            super::view::Target::Sym { name, .. } if v.items.get(name).is_some_and(|d| !d.func) => Some(name.clone()),
+            _ => None,
+        }).collect()).unwrap_or_default()
+    };
+    for f in carry {
+        let before = uses(post, f);
+        for d in uses(warn, f) {
+            let (Some(w), Some(p)) = (warn.items.get(&d), post.items.get(&d)) else { continue };
+            if w.size != p.size || w.section_name != p.section_name || !before.contains(&d) {
+                return Err(format!("with WARN as calls `{f}` uses `{d}`, another object than the fixed build's of that name"));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Builds a live patch from `opts.diff` alone.
 pub fn build_from_diff(opts: &DiffOptions) -> Result<PatchFile, DiffError> {
     let t0 = Instant::now();
@@ -205,15 +244,39 @@ pub fn build_from_diff(opts: &DiffOptions) -> Result<PatchFile, DiffError> {
     }
     let keep: BTreeSet<String> = cmp.new_data.iter().chain(&cmp.rodata_changed).cloned().collect();
     let policy = if opts.drop_warnings { "keep_bug drop_warn" } else { "keep_bug" };
-    let em = emit::emit(&post, &carry, &keep, policy)?;
-    let (bugs, warns) = bug_sites(&em.object);
+    let mut em = emit::emit(&post, &carry, &keep, policy)?;
+    let (bugs, mut warns) = bug_sites(&em.object);
+    let mut warn_note = None;
     if warns > 0 && !opts.drop_warnings {
+        // WARN as a call: the fixed file once more, WARN() compiled to a call
+        // of the kernel's __warn(), which needs nothing registered.
         let names: Vec<&str> = carry.iter().map(String::as_str).collect();
-        return Err(refused(
-            "warn_site",
-            &names.join(" "),
-            format!("the replaced code has {warns} WARN site(s), which the guest cannot report (its bug table does not list the patch); --drop-warnings accepts losing them"),
-        ));
+        let no = |why: String| refused("warn_site", &names.join(" "), format!("{why}; --drop-warnings accepts losing its {warns} WARN site(s)"));
+        let header = tree::warn_as_call_header(&src)?.ok_or_else(|| no("SRC's asm/bug.h has no __WARN_FLAGS to turn into a call".into()))?;
+        let extra = format!("-include {}", header.display());
+        let key = tree::cache_key("after-warn-call", &objects[0], &[c_text.as_slice(), text.as_bytes()].concat(), &config, &cc);
+        let warn_bytes = match tree::cached(&src, &key) {
+            Some(b) => b,
+            None => {
+                let post_dir = tree::post_apply(&src, &opts.diff, &cs, &objects)?;
+                let b = tree::build_with(&post_dir, &cc, &extra, &objects, "after (WARN as calls)")?.swap_remove(0);
+                tree::keep(&src, &key, &b);
+                b
+            }
+        };
+        let wv = View::parse(&warn_bytes).map_err(DiffError::Object)?;
+        same_shape(&post, &wv, &carry).map_err(no)?;
+        let extra_data: BTreeSet<String> = wv.items.values().filter(|i| !i.func && !post.items.contains_key(&i.name)).map(|i| i.name.clone()).collect();
+        let own_flags = carry.iter().filter_map(|f| wv.items.get(f)).flat_map(|i| &i.relocs).filter(|r| matches!(&r.target, super::view::Target::Sym { name, .. } if extra_data.contains(name))).count();
+        let keep3: BTreeSet<String> = keep.iter().chain(&extra_data).cloned().collect();
+        em = emit::emit(&wv, &carry, &keep3, policy)?;
+        let (_, w3) = bug_sites(&em.object);
+        if w3 != 0 {
+            return Err(no(format!("{w3} WARN site(s) remain as ud2 with WARN compiled as calls")));
+        }
+        warn_note = Some(format!("{warns} WARN site(s) compiled as calls to the kernel's __warn() (reported as the bug table's WARN would be; once-only state is the patch's own: {own_flags} reference(s) to new once-flags)"));
+        eprintln!("vsplice: {}", warn_note.as_deref().unwrap_or_default());
+        warns = 0;
     }
     let mut symbols = Vec::new();
     for (name, ext) in &em.externals {
@@ -224,8 +287,8 @@ pub fn build_from_diff(opts: &DiffOptions) -> Result<PatchFile, DiffError> {
     let name = opts.name.clone().unwrap_or_else(|| stem(&opts.diff));
     let build = BuildInfo {
         source: format!("{} + {}", src.display(), opts.diff.display()),
-        compiler: format!("kbuild: make CC={cc} KCFLAGS=\"{}\" {}", tree::KCFLAGS, objects.join(" ")),
-        flags: em.notes.iter().cloned().chain([format!("{bugs} BUG site(s) kept as ud2, {warns} WARN site(s)")]).collect(),
+        compiler: format!("kbuild: make CC={cc} CFLAGS_<object>=\"{}\" {}", tree::KCFLAGS, objects.join(" ")),
+        flags: em.notes.iter().cloned().chain([format!("{bugs} BUG site(s) kept as ud2, {warns} WARN site(s) as ud2")]).chain(warn_note).collect(),
     };
     let mut p = package(Packaging { object: em.object, replacements, symbols, kind: TargetKind::Linux, name: &name, cumulative: opts.cumulative, build, link_check: true }, &image)?;
     p.manifest.info = opts.info.clone();

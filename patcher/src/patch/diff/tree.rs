@@ -3,10 +3,11 @@
 //! with the headers' `.config`), and building objects before and after the
 //! fix with per-function and per-data sections.
 //!
-//! The fixed build happens in a sibling tree `SRC.vsplice-post` made once
-//! of hard links to SRC (`cp -al`): `patch` and the compiler write new
-//! files, so SRC is never modified. Before each fix, the files an earlier
-//! fix touched are linked back to SRC's and their objects removed; each
+//! The fixed build happens in a sibling tree `SRC.vsplice-post`, a copy of
+//! SRC made once (`cp -a`; not hard links: Kbuild rewrites some generated
+//! files in place, which would have written SRC's). Before each fix, the
+//! files an earlier fix touched are copied back from SRC and their objects
+//! removed; each
 //! object built is copied out before it is read, and kept in
 //! `SRC.vsplice-objs/` by what it was built from.
 
@@ -15,7 +16,7 @@ use std::process::Command;
 
 use super::DiffError;
 
-/// Flags added to the kernel's own (`KCFLAGS`).
+/// Flags added to the kernel's own for the objects compared (`CFLAGS_<stem>.o`).
 pub const KCFLAGS: &str = "-ffunction-sections -fdata-sections";
 
 /// Where the fixed build happens.
@@ -63,13 +64,26 @@ pub fn tree_version(src: &Path) -> Result<String, DiffError> {
 
 /// Runs make in `dir`; stderr (and stdout) on failure.
 fn make(dir: &Path, cc: &str, args: &[&str]) -> Result<(), DiffError> {
+    make_with(dir, cc, "", args)
+}
+
+/// Runs make in `dir` with `extra` appended to [`KCFLAGS`].
+fn make_with(dir: &Path, cc: &str, extra: &str, args: &[&str]) -> Result<(), DiffError> {
+    let flags = if extra.is_empty() { KCFLAGS.to_owned() } else { format!("{KCFLAGS} {extra}") };
+    // Per object (`CFLAGS_<stem>.o`), not KCFLAGS: the tree's prepared
+    // files (scripts/mod, …) must not be rebuilt with other flags.
+    let per_object: Vec<String> = args
+        .iter()
+        .filter(|a| a.ends_with(".o"))
+        .map(|a| format!("CFLAGS_{}={flags}", Path::new(a).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default()))
+        .collect();
     let out = Command::new("make")
         .arg("-C")
         .arg(dir)
         .arg("-s")
         .arg("-j2")
         .arg(format!("CC={cc}"))
-        .arg(format!("KCFLAGS={KCFLAGS}"))
+        .args(&per_object)
         .args(args)
         .output()
         .map_err(|e| DiffError::NoCompiler(format!("make cannot be run: {e}")))?;
@@ -126,10 +140,15 @@ fn same_config(a: &str, b: &str) -> bool {
 
 /// Builds `objects` (paths relative to the tree) in `tree`; returns their bytes.
 pub fn build(tree: &Path, cc: &str, objects: &[String], what: &str) -> Result<Vec<Vec<u8>>, DiffError> {
+    build_with(tree, cc, "", objects, what)
+}
+
+/// [`build`] with `extra` compiler flags.
+pub fn build_with(tree: &Path, cc: &str, extra: &str, objects: &[String], what: &str) -> Result<Vec<Vec<u8>>, DiffError> {
     let t = std::time::Instant::now();
     eprintln!("vsplice: building {} {what} the fix ({})", objects.join(" "), tree.display());
     let args: Vec<&str> = objects.iter().map(String::as_str).collect();
-    make(tree, cc, &args)?;
+    make_with(tree, cc, extra, &args)?;
     eprintln!("vsplice: built {what} the fix in {:.1} s", t.elapsed().as_secs_f64());
     objects.iter().map(|o| std::fs::read(tree.join(o)).map_err(io(format!("reading {}", tree.join(o).display())))).collect()
 }
@@ -164,16 +183,71 @@ pub fn keep(src: &Path, key: &str, bytes: &[u8]) {
     }
 }
 
+/// A copy of SRC's `arch/x86/include/asm/bug.h` whose `__WARN_FLAGS`
+/// calls the kernel's `__warn()` instead of trapping on a `ud2` listed in
+/// the bug table (which the guest would not find), in `SRC.vsplice-objs/`;
+/// force-included, it stands for the real one (same include guard). It does
+/// what `report_bug()` does for a WARN entry: the cut-here line unless
+/// `BUGFLAG_NO_CUT_HERE`, once only with `BUGFLAG_ONCE` (a flag of its own
+/// in `.data.once`), `__warn(file, line, site, taint)`. `None` when the
+/// header has no such definition to replace.
+pub fn warn_as_call_header(src: &Path) -> Result<Option<PathBuf>, DiffError> {
+    let bug = src.join("arch/x86/include/asm/bug.h");
+    let text = std::fs::read_to_string(&bug).map_err(io(format!("reading {}", bug.display())))?;
+    let mut out = String::new();
+    let (mut skipping, mut found) = (false, false);
+    for line in text.lines() {
+        if line.starts_with("#define __WARN_FLAGS(") {
+            skipping = true;
+            found = true;
+            out.push_str(WARN_AS_CALL);
+        }
+        if !skipping {
+            out.push_str(line);
+            out.push('\n');
+        } else if !line.trim_end().ends_with('\\') {
+            skipping = false;
+        }
+    }
+    if !found {
+        return Ok(None);
+    }
+    let dir = sibling(src, ".vsplice-objs");
+    std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+    let path = dir.join("vsplice_warn_call.h");
+    let tmp = dir.join(format!("vsplice_warn_call.h.tmp-{}", std::process::id()));
+    std::fs::write(&tmp, out).and_then(|()| std::fs::rename(&tmp, &path)).map_err(io(format!("writing {}", path.display())))?;
+    Ok(Some(path))
+}
+
+/// The `__WARN_FLAGS` of [`warn_as_call_header`].
+const WARN_AS_CALL: &str = r#"/* vsplice patch build --diff: WARN as a call to __warn(), as report_bug() would */
+#define __WARN_FLAGS(flags)						\
+do {									\
+	static bool __section(".data.once") __vsplice_warned;		\
+	unsigned int __vsplice_flags = BUGFLAG_WARNING | (flags);	\
+	instrumentation_begin();					\
+	if (!(__vsplice_flags & BUGFLAG_ONCE) || !__vsplice_warned) {	\
+		__vsplice_warned = true;				\
+		if (!(__vsplice_flags & BUGFLAG_NO_CUT_HERE))		\
+			printk(KERN_DEFAULT CUT_HERE);			\
+		__warn(__FILE__, __LINE__, (void *)_THIS_IP_,		\
+		       __vsplice_flags >> 8, NULL, NULL);			\
+	}								\
+	instrumentation_end();						\
+} while (0)
+"#;
+
 /// Makes (once) and resets the fixed tree, then applies `diff` to it.
 pub fn post_apply(src: &Path, diff: &Path, files: &[String], objects: &[String]) -> Result<PathBuf, DiffError> {
     let post = post_tree(src);
     if !post.is_dir() {
-        eprintln!("vsplice: linking {} to {} (once)", post.display(), src.display());
+        eprintln!("vsplice: copying {} to {} (once)", src.display(), post.display());
         let tmp = post.with_extension("tmp");
         let _ = std::fs::remove_dir_all(&tmp);
-        let st = Command::new("cp").arg("-al").arg(src).arg(&tmp).status().map_err(io("running cp -al".into()))?;
+        let st = Command::new("cp").arg("-a").arg(src).arg(&tmp).status().map_err(io("running cp -a".into()))?;
         if !st.success() {
-            return Err(DiffError::Io { what: format!("cp -al {} {}", src.display(), tmp.display()), source: std::io::Error::other("cp failed") });
+            return Err(DiffError::Io { what: format!("cp -a {} {}", src.display(), tmp.display()), source: std::io::Error::other("cp failed") });
         }
         std::fs::rename(&tmp, &post).map_err(io(format!("renaming {}", tmp.display())))?;
     }
@@ -185,7 +259,7 @@ pub fn post_apply(src: &Path, diff: &Path, files: &[String], objects: &[String])
         let (s, p) = (src.join(f), post.join(f));
         let _ = std::fs::remove_file(&p);
         if s.is_file() && !f.ends_with(".o") {
-            std::fs::hard_link(&s, &p).map_err(io(format!("linking {} back", p.display())))?;
+            std::fs::copy(&s, &p).map_err(io(format!("copying {} back", p.display())))?;
         }
     }
     std::fs::write(&touched, reset.join("\n")).map_err(io(format!("writing {}", touched.display())))?;
