@@ -176,8 +176,8 @@ pub struct BuildArgs {
     /// `SRC.vsplice-post`, SRC itself is never modified.
     #[arg(long = "source", value_name = "SRC", requires = "diff")]
     pub src_tree: Option<PathBuf>,
-    /// With --diff: accept losing the WARN sites of replaced code (each
-    /// becomes a NOP; without this such a fix is refused, `warn_site`).
+    /// With --diff: WARN sites of replaced code become NOPs (without it they
+    /// are compiled as calls of the kernel's `__warn()` and keep warning).
     /// BUG sites are always kept: the guest oopses there as it would.
     #[arg(long, requires = "diff")]
     pub drop_warnings: bool,

@@ -15,9 +15,10 @@
 //! `BUG()` sites in carried code stay `ud2`: the guest oopses there as the
 //! kernel would (its report reads `invalid opcode` instead of `kernel BUG
 //! at file:line`, the patch's bug table not being registered). `WARN()`
-//! sites cannot warn without that registration, so a fix whose replaced
-//! code has them is refused (`warn_site`) unless `--drop-warnings` accepts
-//! losing them (each becomes a NOP, listed at link time).
+//! sites would oops the same way, so the carried code is compiled once more
+//! with `WARN()` as a call of the kernel's `__warn()` ([`tree::warn_as_call_header`]),
+//! refused (`warn_site`) when that build inlines differently, or, with
+//! `--drop-warnings`, each becomes a NOP (listed at link time).
 
 pub mod bind;
 pub mod compare;
