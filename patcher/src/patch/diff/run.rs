@@ -66,6 +66,26 @@ fn traced(v: &View<'_>) -> HashSet<(object::SectionIndex, u64)> {
     out
 }
 
+/// Refuses carried functions a live patch cannot replace: `__init`/exit
+/// code (`init_code`), code outside `.text*` (noinstr, entry) or without an
+/// fentry call (`notrace`).
+fn carriable(post: &View<'_>, carry: &BTreeSet<String>) -> Result<(), DiffError> {
+    let fentry = traced(post);
+    for n in carry {
+        let it = post.items.get(n).ok_or_else(|| DiffError::Object(format!("{n} is not in the fixed build")))?;
+        if it.section_name.starts_with(".init") || it.section_name.starts_with(".exit") {
+            return Err(refused("init_code", n, format!("it is in {} (runs once at boot or unload; a live patch cannot re-run it)", it.section_name)));
+        }
+        if !it.section_name.starts_with(".text") {
+            return Err(refused("notrace", n, format!("it is in {} (entry/noinstr code, not patchable safely)", it.section_name)));
+        }
+        if !n.ends_with(".cold") && !fentry.contains(&(it.section, it.addr)) {
+            return Err(refused("notrace", n, "it has no fentry call (notrace): the kernel does not expect it to be traced or patched"));
+        }
+    }
+    Ok(())
+}
+
 /// BUG and WARN sites (`__bug_table` flags) in the emitted object.
 fn bug_sites(object: &[u8]) -> (usize, usize) {
     let Ok(f) = object::read::elf::ElfFile64::<object::Endianness>::parse(object) else { return (0, 0) };
@@ -203,19 +223,7 @@ pub fn build_from_diff(opts: &DiffOptions) -> Result<PatchFile, DiffError> {
             }
         }
     }
-    let fentry = traced(&post);
-    for n in &carry {
-        let it = &post.items[n];
-        if it.section_name.starts_with(".init") || it.section_name.starts_with(".exit") {
-            return Err(refused("init_code", n, format!("it is in {} (runs once at boot or unload; a live patch cannot re-run it)", it.section_name)));
-        }
-        if !it.section_name.starts_with(".text") {
-            return Err(refused("notrace", n, format!("it is in {} (entry/noinstr code, not patchable safely)", it.section_name)));
-        }
-        if !n.ends_with(".cold") && !fentry.contains(&(it.section, it.addr)) {
-            return Err(refused("notrace", n, "it has no fentry call (notrace): the kernel does not expect it to be traced or patched"));
-        }
-    }
+    carriable(&post, &carry)?;
     let syms = image.symbols();
     let mut replacements = Vec::new();
     for n in carry.iter().filter(|n| pre.items.get(*n).is_some_and(|i| i.func)) {
@@ -303,7 +311,46 @@ fn stem(p: &Path) -> String {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// gcc with fentry calls listed in `__mcount_loc`, as Kbuild builds.
+    fn cc_traced(src: &str) -> Option<Vec<u8>> {
+        let dir = std::env::temp_dir().join(format!("vsplice-carry-{}-{}", std::process::id(), crate::patch::build::unique()));
+        std::fs::create_dir_all(&dir).ok()?;
+        std::fs::write(dir.join("t.c"), src).ok()?;
+        let out = std::process::Command::new("gcc")
+            .args(["-O2", "-c", "-fno-pic", "-mcmodel=kernel", "-pg", "-mfentry", "-mrecord-mcount", "-ffunction-sections", "-fdata-sections", "t.c", "-o", "t.o"])
+            .current_dir(&dir)
+            .output();
+        let obj = match out {
+            Ok(o) if o.status.success() => std::fs::read(dir.join("t.o")).ok(),
+            _ => {
+                eprintln!("SKIP: gcc with -mrecord-mcount not available");
+                None
+            }
+        };
+        let _ = std::fs::remove_dir_all(&dir);
+        obj
+    }
+
+    #[test]
+    fn init_and_notrace_functions_are_refused_by_name() {
+        let src = "int plain(int x) { return x + 1; }\n\
+            __attribute__((section(\".init.text\"))) int setup(int x) { return x * 2; }\n\
+            __attribute__((no_instrument_function)) int quiet(int x) { return x - 3; }\n\
+            __attribute__((section(\".noinstr.text\"))) int entry(int x) { return x ^ 5; }\n";
+        let Some(obj) = cc_traced(src) else { return };
+        let v = View::parse(&obj).unwrap();
+        let set = |n: &str| [n.to_owned()].into_iter().collect::<BTreeSet<String>>();
+        assert!(carriable(&v, &set("plain")).is_ok());
+        let cause = |n: &str| carriable(&v, &set(n)).err().map(|e| (e.cause(), e.to_string()));
+        let (c, msg) = cause("setup").unwrap();
+        assert_eq!(c, "init_code");
+        assert!(msg.contains("`setup`"), "{msg}");
+        assert_eq!(cause("quiet").unwrap().0, "notrace");
+        assert_eq!(cause("entry").unwrap().0, "notrace");
+    }
 
     #[test]
     fn debian_banners_name_the_upstream_version() {

@@ -318,6 +318,24 @@ mod tests {
     }
 
     #[test]
+    fn the_warn_header_replaces_only_warn_flags() {
+        let src = std::env::temp_dir().join(format!("vsplice-warnh-{}-{}", std::process::id(), crate::patch::build::unique()));
+        let asm = src.join("arch/x86/include/asm");
+        std::fs::create_dir_all(&asm).unwrap_or_default();
+        let bug = "#ifndef _ASM_X86_BUG_H\n#define BUG() do { x(); } while (0)\n#define __WARN_FLAGS(flags)\t\\\ndo {\t\\\n\tud2(flags);\t\\\n} while (0)\n\n#include <asm-generic/bug.h>\n#endif\n";
+        std::fs::write(asm.join("bug.h"), bug).unwrap_or_default();
+        let h = warn_as_call_header(&src).ok().flatten().map(|p| std::fs::read_to_string(p).unwrap_or_default()).unwrap_or_default();
+        assert!(h.contains("#define BUG() do { x(); } while (0)"), "{h}");
+        assert!(h.contains("__warn(__FILE__, __LINE__"), "{h}");
+        assert!(!h.contains("ud2(flags)"), "{h}");
+        assert!(h.contains("#include <asm-generic/bug.h>"), "{h}");
+        std::fs::write(asm.join("bug.h"), "#define BUG() x\n").unwrap_or_default();
+        assert!(matches!(warn_as_call_header(&src), Ok(None)));
+        let _ = std::fs::remove_dir_all(&src);
+        let _ = std::fs::remove_dir_all(sibling(&src, ".vsplice-objs"));
+    }
+
+    #[test]
     fn the_compiler_comes_from_the_config() {
         assert!(matches!(compiler("CONFIG_X=y\n"), Err(DiffError::NoCompiler(_))));
         assert!(matches!(compiler("CONFIG_CC_VERSION_TEXT=\"no-such-cc-vsplice 1.0\"\n"), Err(DiffError::NoCompiler(_))));
