@@ -106,7 +106,8 @@ pub fn prepare(src: &Path, config: &str, cc: &str) -> Result<(), DiffError> {
         Ok(_) => return Err(DiffError::NotSource(format!("{} is configured differently from the running kernel (its .config differs from the headers')", src.display()))),
         Err(_) => {
             eprintln!("vsplice: configuring {} with the kernel's .config", src.display());
-            std::fs::write(&dot, config).map_err(io(format!("writing {}", dot.display())))?;
+            let tmp = src.join(format!(".config.vsplice-{}", std::process::id()));
+            std::fs::write(&tmp, config).and_then(|()| std::fs::rename(&tmp, &dot)).map_err(io(format!("writing {}", dot.display())))?;
         }
     }
     if !src.join("include/generated/autoconf.h").is_file() || !src.join("tools/objtool/objtool").is_file() {
