@@ -353,6 +353,22 @@ mod tests {
     }
 
     #[test]
+    fn the_warn_as_call_build_must_inline_alike() {
+        let a = "static int lim = 3;\n__attribute__((noinline)) static int h(int x) { return x + lim; }\nint f(int x) { return h(x) * 2; }\nvoid s(int v) { lim = v; }\n";
+        // h inlined into f: f calls nothing out of line the other build has.
+        let b = a.replace("__attribute__((noinline)) static int h", "static inline int h");
+        let (Some(pa), Some(pb)) = (cc_traced(a), cc_traced(&b)) else { return };
+        let (va, vb) = (View::parse(&pa).unwrap(), View::parse(&pb).unwrap());
+        let f: BTreeSet<String> = ["f".to_owned()].into_iter().collect();
+        assert!(same_shape(&va, &va, &f).is_ok());
+        // The other way round: f calls h, which the fixed build inlined.
+        let e = same_shape(&vb, &va, &f).unwrap_err();
+        assert!(e.contains("`h`"), "{e}");
+        let gone: BTreeSet<String> = ["nope".to_owned()].into_iter().collect();
+        assert!(same_shape(&va, &va, &gone).is_err());
+    }
+
+    #[test]
     fn debian_banners_name_the_upstream_version() {
         let b = "Linux version 6.1.0-55-cloud-amd64 (debian-kernel@lists.debian.org) (gcc-12 (Debian 12.2.0-14+deb12u1) 12.2.0, GNU ld (GNU Binutils for Debian) 2.40) #1 SMP PREEMPT_DYNAMIC Debian 6.1.192-1 (2026-11-06)";
         assert_eq!(banner_version(b).as_deref(), Some("6.1.192"));
