@@ -16,6 +16,12 @@ fi
 if [[ -f images/debian-prev-kernel.sh ]]; then
     bash images/debian-prev-kernel.sh amd64
 fi
+# A real Debian fix (6.1.0-55 -> -56, ext4, cloud flavour) for the
+# `patch build --diff` tests: source prepared once, cached under target/fixsrc.
+# When the archive no longer holds that ABI the recipe fails and the tests skip.
+if [[ -f images/debian-fix-source.sh ]]; then
+    bash images/debian-fix-source.sh || echo "run-all: no Debian fix corpus; debian_diff_patch will skip" >&2
+fi
 
 skips="$root/target/test-skips.txt"
 mkdir -p "$root/target"

@@ -185,6 +185,14 @@ impl SymbolTable {
         LookupError::Ambiguous { name: name.to_owned(), candidates }
     }
 
+    /// Up to `n` symbols on each side of `addr` in address order (the symbol
+    /// at `addr` itself excluded): what lies next to it in the image.
+    pub fn neighbours(&self, addr: u64, n: usize) -> Vec<&Symbol> {
+        let idx = self.by_addr.partition_point(|&i| self.syms[i].addr < addr);
+        let hi = idx.saturating_add(n).saturating_add(1).min(self.by_addr.len());
+        (idx.saturating_sub(n)..hi).map(|k| &self.syms[self.by_addr[k]]).filter(|s| s.addr != addr).collect()
+    }
+
     /// The sized symbol containing `addr`, and the offset into it.
     pub fn lookup_addr(&self, addr: u64) -> Option<(&Symbol, u64)> {
         let idx = self.by_addr.partition_point(|&i| self.syms[i].addr <= addr);

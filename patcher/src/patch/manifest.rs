@@ -56,6 +56,9 @@ pub struct Replacement {
     /// Byte ranges the running kernel may have rewritten.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tolerate: Vec<ByteMask>,
+    /// Why it is replaced (`patch build --diff`: what changed in its code).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
 }
 
 /// A name used in the patch object for a target symbol (local ones need a qualifier).
@@ -264,6 +267,7 @@ mod tests {
                 size: 16,
                 sha256: "00".into(),
                 tolerate: vec![],
+                why: None,
             }],
             symbols: vec![],
             build: BuildInfo::default(),
@@ -290,6 +294,7 @@ mod tests {
                 size: 16,
                 sha256: "00".into(),
                 tolerate: vec![ByteMask { offset: 12, len: 4, why: "reloc".into() }],
+                why: None,
             }],
             symbols: vec![],
             build: BuildInfo::default(),

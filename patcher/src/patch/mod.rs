@@ -10,6 +10,7 @@
 //! - [`sign`]: ed25519 signatures over the file; [`trust`]: which patches are let through.
 
 pub mod build;
+pub mod diff;
 pub mod format;
 pub mod jump;
 pub mod link;

@@ -116,6 +116,7 @@ impl FakePatch {
                 size: symbols.resolve(old, None).map_or(0, |s| s.size),
                 sha256: run_pre_digest(&kernel.pristine(old), &[]),
                 tolerate: Vec::new(),
+                why: None,
             })
             .collect();
         let manifest = Manifest {

@@ -274,6 +274,7 @@ pub fn make_patch(
                     size: sym.size,
                     sha256: run_pre_digest(bytes, &tolerate),
                     tolerate,
+                    why: None,
                 });
             }
             Record::Symbol { name, target, qualifier } => symbols.push(SymbolAlias { name, target, qualifier }),
@@ -282,6 +283,33 @@ pub fn make_patch(
     if replacements.is_empty() {
         return Err(BuildError::Records("no VSPLICE_REPLACE in the patch".into()));
     }
+    package(Packaging { object, replacements, symbols, kind, name, cumulative, build, link_check }, image)
+}
+
+/// A compiled patch object with what it replaces, to be checked and packaged.
+#[derive(Debug)]
+pub struct Packaging<'n> {
+    /// The object.
+    pub object: Vec<u8>,
+    /// Functions replaced (run-pre data filled in).
+    pub replacements: Vec<Replacement>,
+    /// Names of the object bound to qualified target symbols.
+    pub symbols: Vec<SymbolAlias>,
+    /// Target kind.
+    pub kind: TargetKind,
+    /// Patch name.
+    pub name: &'n str,
+    /// Cumulative patch.
+    pub cumulative: bool,
+    /// How it was built.
+    pub build: BuildInfo,
+    /// Link it at plausible addresses against the image first.
+    pub link_check: bool,
+}
+
+/// Checks (link at plausible arena addresses) and packages a patch object.
+pub fn package(p: Packaging<'_>, image: &dyn PatchImage) -> Result<PatchFile, BuildError> {
+    let Packaging { object, replacements, symbols, kind, name, cumulative, build, link_check } = p;
     if link_check {
         let obj = Object::parse(&object).map_err(BuildError::Link)?;
         for r in &replacements {

@@ -13,7 +13,10 @@
 //!   state: refused (`jump_table`).
 //! - `__bug_table`: WARN sites (their `ud2`) become 2-byte NOPs (the
 //!   warning is dropped, said so in the notes); a BUG site is refused
-//!   (`bug_table`): the guest could not find it and would oops.
+//!   (`bug_table`): the guest could not find it and would oops. Objects
+//!   from `patch build --diff` say otherwise in `.vsplice.bug_policy`: BUG
+//!   sites kept (the oops is what BUG means), WARN sites refused
+//!   (`warn_site`) unless `drop_warn`.
 //! - `.return_sites`: `jmp __x86_return_thunk` aimed at the guest's
 //!   `x86_return_thunk` (the thunk its mitigations chose).
 
@@ -35,6 +38,18 @@ const ALT_INV: u16 = 1 << 15;
 const BUGFLAG_WARNING: u16 = 1;
 const NOP2: [u8; 2] = [0x66, 0x90];
 const NOP5: [u8; 5] = [0x0f, 0x1f, 0x44, 0x00, 0x00];
+
+/// The section naming an object's BUG/WARN policy (words `keep_bug`, `drop_warn`).
+pub const BUG_POLICY_SECTION: &str = ".vsplice.bug_policy";
+
+/// What to do with BUG and WARN sites.
+#[derive(Debug, Clone, Copy)]
+struct BugPolicy {
+    /// BUG sites stay `ud2` (an oops, as in the kernel).
+    keep_bug: bool,
+    /// WARN sites become NOPs (else refused).
+    drop_warn: bool,
+}
 
 /// Where a relocation in a special section points.
 #[derive(Debug, Clone)]
@@ -206,7 +221,8 @@ impl Object<'_> {
             8 => 4,   // bug_addr, flags
             _ => return Err(malformed(&format!("{name}: {} bytes for {} entries", bytes.len(), starts.len()))),
         };
-        let mut dropped = Vec::new();
+        let policy = self.bug_policy();
+        let (mut dropped, mut kept) = (Vec::new(), Vec::new());
         for (o, at) in starts {
             let o = o as usize;
             if !o.is_multiple_of(size) || o + size > bytes.len() {
@@ -215,7 +231,14 @@ impl Object<'_> {
             let flags = u16::from_le_bytes([bytes[o + flags_at], bytes[o + flags_at + 1]]);
             let here = self.where_in_code(at);
             if flags & BUGFLAG_WARNING == 0 {
+                if policy.keep_bug {
+                    kept.push(here);
+                    continue;
+                }
                 return Err(refused(name, "bug_table", format!("BUG() at {here}: its ud2 would be a trap the guest cannot look up (an oops); use WARN or return an error")));
+            }
+            if !policy.drop_warn {
+                return Err(refused(name, "warn_site", format!("WARN() at {here}: the guest cannot look its ud2 up, so it would oops instead of warning (build with --drop-warnings to accept losing it)")));
             }
             let site = parts.code.get_mut(at..at + 2).ok_or_else(|| malformed("WARN site outside the code"))?;
             if site != [0x0f, 0x0b] {
@@ -224,8 +247,30 @@ impl Object<'_> {
             site.copy_from_slice(&NOP2);
             dropped.push(here);
         }
-        notes.push(format!("{} WARN site(s) dropped (the guest cannot report them): {}", dropped.len(), dropped.join(", ")));
+        if !dropped.is_empty() {
+            notes.push(format!("{} WARN site(s) dropped (the guest cannot report them): {}", dropped.len(), dropped.join(", ")));
+        }
+        if !kept.is_empty() {
+            notes.push(format!(
+                "{} BUG site(s) kept as ud2 (the guest oopses there as the kernel would, reported as `invalid opcode` without `kernel BUG at file:line`): {}",
+                kept.len(),
+                kept.join(", ")
+            ));
+        }
         Ok(())
+    }
+
+    /// What the object asks of its BUG and WARN sites (`.vsplice.bug_policy`,
+    /// written by `patch build --diff`): hand-written patches have none
+    /// (BUG refused, WARN dropped).
+    fn bug_policy(&self) -> BugPolicy {
+        match self.file.section_by_name(BUG_POLICY_SECTION).and_then(|s| s.data().ok()) {
+            Some(d) => {
+                let text = String::from_utf8_lossy(d);
+                BugPolicy { keep_bug: text.split_whitespace().any(|w| w == "keep_bug"), drop_warn: text.split_whitespace().any(|w| w == "drop_warn") }
+            }
+            None => BugPolicy { keep_bug: false, drop_warn: true },
+        }
     }
 
     fn apply_alternatives(
