@@ -101,6 +101,9 @@ pub enum TaskError {
     /// is far bigger than any stack of its kind).
     #[error("implausible stack: {0}")]
     BadStack(String),
+    /// `nr_cpu_ids` is 0 or more than any kernel supports ([`MAX_CPUS`]).
+    #[error("the kernel claims {0} CPU ids (nr_cpu_ids; at most {MAX_CPUS})")]
+    CpuCount(u32),
     /// Reading guest memory failed.
     #[error("reading the task list failed")]
     Memory(#[from] #[source] MemError),
@@ -116,6 +119,7 @@ impl TaskError {
             Self::TooLong { .. } => "list_too_long",
             Self::TimeBound { .. } => "walk_time_bound",
             Self::BadStack(_) => "stack_implausible",
+            Self::CpuCount(_) => "cpu_count_implausible",
             Self::Memory(_) => "memory",
         }
     }
@@ -311,11 +315,19 @@ pub fn walk_tasks_in<M: KernelMemory + ?Sized>(mem: &mut M, off: &TaskOffsets, i
     Ok(out)
 }
 
-/// `__per_cpu_offset[0..nr_cpu_ids]`.
+/// Most CPU ids a kernel may claim (x86-64's largest `NR_CPUS`).
+pub const MAX_CPUS: u32 = 8192;
+
+/// `__per_cpu_offset[0..nr_cpu_ids]`; an `nr_cpu_ids` of 0 or above
+/// [`MAX_CPUS`] is refused ([`TaskError::CpuCount`]), not clamped: a
+/// kernel that lies about it cannot be trusted for its CPUs' stacks.
 pub fn per_cpu_offsets<M: KernelMemory + ?Sized>(mem: &mut M, k: &Kallsyms, fallback_cpus: usize) -> Result<Vec<u64>, TaskError> {
     let pco = k.first_addr("__per_cpu_offset").ok_or(TaskError::MissingSymbol("__per_cpu_offset"))?;
     let nr = match k.first_addr("nr_cpu_ids") {
-        Some(a) => mem.read_u32(a)?.clamp(1, 8192),
+        Some(a) => match mem.read_u32(a)? {
+            n @ 1..=MAX_CPUS => n,
+            n => return Err(TaskError::CpuCount(n)),
+        },
         None => fallback_cpus.max(1) as u32,
     };
     let mut offs = Vec::with_capacity(nr as usize);
