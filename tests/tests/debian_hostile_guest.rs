@@ -29,6 +29,7 @@ use vsplice_patcher::gdb::{GdbBackend, GdbOptions};
 use vsplice_patcher::kernels::stock_linux::LinuxTarget;
 use vsplice_patcher::kernels::TargetKernel;
 use vsplice_patcher::model::backend::{Backend, VcpuState};
+use vsplice_patcher::model::phys_filter::ARCH_DEVICE_WINDOW;
 use vsplice_patcher::model::{ArenaRange, KernelMemory, RamKind};
 use vsplice_patcher::patch::linux_image::LinuxImage;
 use vsplice_patcher::patch::PatchFile;
@@ -69,6 +70,9 @@ struct Places {
     t2_next: u64,
     /// `&task1.tasks` (a kernel-virtual list node).
     t1_node: u64,
+    /// `&task1.thread_node` and the physical address of its `next`.
+    t1_thread: u64,
+    t1_thread_next: u64,
     /// Physical address of `level2_kernel_pgt` and `level3_kernel_pgt`.
     pd: u64,
     pud: u64,
@@ -103,6 +107,7 @@ fn places(be: &mut Be, vcpus: &[VcpuState], t: &LinuxTarget) -> Places {
     let mut m = GuestMem::new(&mut *be, t.page_table_root(), vcpus[0].cr4);
     let t1_node = m.read_u64(sym("init_task") + tasks).unwrap();
     let t2_node = m.read_u64(t1_node).unwrap();
+    let t1_thread = t1_node - tasks + t.task_offsets().thread_node;
     // The kallsyms tables are not in kallsyms: where identification found them.
     let kt = &k.tables;
     let (token_table, token_index) = (kt.token_table, kt.token_index);
@@ -120,6 +125,8 @@ fn places(be: &mut Be, vcpus: &[VcpuState], t: &LinuxTarget) -> Places {
         t1_next: m.virt_to_phys(t1_node).unwrap(),
         t2_next: m.virt_to_phys(t2_node).unwrap(),
         t1_node,
+        t1_thread,
+        t1_thread_next: m.virt_to_phys(t1_thread).unwrap(),
         pd: m.virt_to_phys(sym("level2_kernel_pgt")).unwrap(),
         pud: m.virt_to_phys(sym("level3_kernel_pgt")).unwrap(),
         // `kallsyms_num_syms` follows `kallsyms_relative_base`.
@@ -171,6 +178,13 @@ fn cases(p: &Places) -> Vec<Case> {
             what: "task2.tasks.next = &task1.tasks (a cycle that never comes back to init_task)",
             phase: Phase::Apply,
             plan: vec![Corruption { gpa: p.t2_next, bytes: u64b(p.t1_node) }],
+            causes: &["code_busy/tasks_inconsistent"],
+        },
+        Case {
+            name: "thread_list_cycle",
+            what: "task1.thread_node.next = &task1.thread_node (its thread list never returns to signal->thread_head)",
+            phase: Phase::Apply,
+            plan: vec![Corruption { gpa: p.t1_thread_next, bytes: u64b(p.t1_thread) }],
             causes: &["code_busy/tasks_inconsistent"],
         },
         Case {
@@ -243,9 +257,12 @@ fn cases(p: &Places) -> Vec<Case> {
 }
 
 /// Runs one case on a fresh attach; the cause name and the time to refuse.
-fn run_case(g: &Guest, case: &Case, patch: &PatchFile, arena: ArenaRange) -> (String, Duration, Be) {
+fn run_case(g: &Guest, case: &Case, patch: &PatchFile, arena: ArenaRange, hole: u64) -> (String, Duration, Be) {
     let (mut be, vcpus) = connect(g);
     be.arm(case.plan.clone()).unwrap();
+    // No access of vsplice's may reach device memory or the hole.
+    be.watch(ARCH_DEVICE_WINDOW);
+    be.watch(hole..hole + (2 << 20));
     let (phase, patch) = (case.phase, patch.clone());
     let out = bounded(REFUSAL_BOUND + Duration::from_secs(60), move || {
         let t0 = Instant::now();
@@ -311,11 +328,12 @@ fn each_corruption_is_a_named_refusal_and_the_guest_runs_on() {
     let mut results = Vec::new();
     for (case, orig) in cases.iter().zip(&originals) {
         eprintln!("case {}: {}", case.name, case.what);
-        let (cause, took, mut be) = run_case(&g, case, &patch, arena);
+        let (cause, took, mut be) = run_case(&g, case, &patch, arena, p.hole);
         eprintln!("  refused {cause} in {:.2} s (bound {} s); corrupted at {} stops", took.as_secs_f64(), REFUSAL_BOUND.as_secs(), be.armed_stops);
         assert!(case.causes.contains(&cause.as_str()), "{}: cause {cause}, expected one of {:?}", case.name, case.causes);
         assert!(took < REFUSAL_BOUND, "{}: {took:?}", case.name);
         assert!(be.armed_stops >= 1, "{}: the corruption was never in memory", case.name);
+        assert!(be.watched_accesses.is_empty(), "{}: device memory or the hole accessed: {:x?}", case.name, be.watched_accesses);
         // The guest's bytes are back, byte for byte, and no patch was written.
         be.disarm().unwrap();
         be.stop().unwrap();

@@ -11,6 +11,8 @@
 //! [`Corrupting::into_inner`]) restores them when the wrapper ends with the
 //! guest stopped.
 
+use std::ops::Range;
+
 use crate::model::backend::{Backend, BackendError, VcpuState};
 
 /// One corruption: `bytes` written at guest-physical `gpa`.
@@ -32,13 +34,18 @@ pub struct Corrupting<B: Backend> {
     stopped: bool,
     /// Stops at which the plan was written (for the test's report).
     pub armed_stops: u32,
+    /// Guest-physical ranges no read or write may touch (device memory, a
+    /// hole), and the accesses that did: `(gpa, len)`.
+    watch: Vec<Range<u64>>,
+    /// Accesses that touched a watched range.
+    pub watched_accesses: Vec<(u64, u64)>,
 }
 
 impl<B: Backend> Corrupting<B> {
     /// Wraps `inner`; `stopped` tells whether the guest is stopped now (a
     /// gdbstub stops it at connect). Nothing is written yet.
     pub fn new(inner: B, stopped: bool) -> Self {
-        Self { inner, plan: Vec::new(), saved: Vec::new(), stopped, armed_stops: 0 }
+        Self { inner, plan: Vec::new(), saved: Vec::new(), stopped, armed_stops: 0, watch: Vec::new(), watched_accesses: Vec::new() }
     }
 
     /// The corruptions to write at every stop from now on (written at once
@@ -50,6 +57,19 @@ impl<B: Backend> Corrupting<B> {
             self.corrupt()?;
         }
         Ok(())
+    }
+
+    /// Records every access of vsplice's that touches `range` (in
+    /// [`Corrupting::watched_accesses`]; the access itself still happens).
+    pub fn watch(&mut self, range: Range<u64>) {
+        self.watch.push(range);
+    }
+
+    fn note(&mut self, gpa: u64, len: usize) {
+        let end = gpa.saturating_add(len as u64);
+        if self.watch.iter().any(|r| gpa < r.end && end > r.start) {
+            self.watched_accesses.push((gpa, len as u64));
+        }
     }
 
     /// Puts the guest's bytes back and forgets the plan.
@@ -116,10 +136,12 @@ impl<B: Backend> Backend for Corrupting<B> {
     }
 
     fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), BackendError> {
+        self.note(gpa, buf.len());
         self.inner.read_phys(gpa, buf)
     }
 
     fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), BackendError> {
+        self.note(gpa, data.len());
         self.inner.write_phys(gpa, data)
     }
 }
@@ -150,6 +172,13 @@ mod tests {
             assert_eq!(read(&mut c, 0x1000, 8), b"original", "overlapping places restored in reverse");
         }
         assert_eq!(c.armed_stops, 3);
+        // Watched ranges: vsplice's accesses there are recorded, the plan's own writes are not.
+        c.watch(0x2000..0x3000);
+        c.stop().unwrap();
+        let _ = read(&mut c, 0x1ff8, 16);
+        let _ = read(&mut c, 0x3000, 8);
+        c.resume().unwrap();
+        assert_eq!(c.watched_accesses, vec![(0x1ff8, 16)]);
         // Armed while stopped: written at once; disarm restores.
         c.stop().unwrap();
         c.arm(vec![Corruption { gpa: 0x1004, bytes: b"!!".to_vec() }]).unwrap();
