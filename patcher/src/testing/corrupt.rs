@@ -24,11 +24,15 @@ pub struct Corruption {
     pub bytes: Vec<u8>,
 }
 
+/// Computes the corruptions at a stop from the guest's memory as it is
+/// then (e.g. a header whose checksum must match its other fields).
+pub type PlanFn<B> = Box<dyn FnMut(&mut B) -> Result<Vec<Corruption>, BackendError> + Send>;
+
 /// A backend whose guest memory holds [`Corruption`]s while it is stopped.
-#[derive(Debug)]
 pub struct Corrupting<B: Backend> {
     inner: B,
     plan: Vec<Corruption>,
+    dynamic: Option<PlanFn<B>>,
     /// The guest's own bytes at each place, while the plan is in memory.
     saved: Vec<(u64, Vec<u8>)>,
     stopped: bool,
@@ -45,7 +49,7 @@ impl<B: Backend> Corrupting<B> {
     /// Wraps `inner`; `stopped` tells whether the guest is stopped now (a
     /// gdbstub stops it at connect). Nothing is written yet.
     pub fn new(inner: B, stopped: bool) -> Self {
-        Self { inner, plan: Vec::new(), saved: Vec::new(), stopped, armed_stops: 0, watch: Vec::new(), watched_accesses: Vec::new() }
+        Self { inner, plan: Vec::new(), dynamic: None, saved: Vec::new(), stopped, armed_stops: 0, watch: Vec::new(), watched_accesses: Vec::new() }
     }
 
     /// The corruptions to write at every stop from now on (written at once
@@ -72,9 +76,22 @@ impl<B: Backend> Corrupting<B> {
         }
     }
 
+    /// Like [`Corrupting::arm`], the corruptions worked out by `plan` at
+    /// every stop from the guest's memory as it is then.
+    pub fn arm_with(&mut self, plan: PlanFn<B>) -> Result<(), BackendError> {
+        self.restore()?;
+        self.plan.clear();
+        self.dynamic = Some(plan);
+        if self.stopped {
+            self.corrupt()?;
+        }
+        Ok(())
+    }
+
     /// Puts the guest's bytes back and forgets the plan.
     pub fn disarm(&mut self) -> Result<(), BackendError> {
         self.plan.clear();
+        self.dynamic = None;
         self.restore()
     }
 
@@ -91,7 +108,13 @@ impl<B: Backend> Corrupting<B> {
     }
 
     fn corrupt(&mut self) -> Result<(), BackendError> {
-        if !self.saved.is_empty() || self.plan.is_empty() {
+        if !self.saved.is_empty() {
+            return Ok(());
+        }
+        if let Some(f) = self.dynamic.as_mut() {
+            self.plan = f(&mut self.inner)?;
+        }
+        if self.plan.is_empty() {
             return Ok(());
         }
         for c in &self.plan {
@@ -112,6 +135,19 @@ impl<B: Backend> Corrupting<B> {
             }
         }
         Ok(())
+    }
+}
+
+impl<B: Backend + std::fmt::Debug> std::fmt::Debug for Corrupting<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Corrupting")
+            .field("inner", &self.inner)
+            .field("plan", &self.plan)
+            .field("dynamic", &self.dynamic.is_some())
+            .field("saved", &self.saved.len())
+            .field("stopped", &self.stopped)
+            .field("armed_stops", &self.armed_stops)
+            .finish_non_exhaustive()
     }
 }
 
@@ -183,6 +219,17 @@ mod tests {
         c.stop().unwrap();
         c.arm(vec![Corruption { gpa: 0x1004, bytes: b"!!".to_vec() }]).unwrap();
         assert_eq!(read(&mut c, 0x1000, 8), b"orig!!al");
+        // A plan worked out at each stop from the memory then.
+        c.arm_with(Box::new(|b: &mut RamGuest| {
+            let mut cur = [0u8; 1];
+            b.read_phys(0x1000, &mut cur)?;
+            Ok(vec![Corruption { gpa: 0x1001, bytes: vec![cur[0] ^ 0x20] }])
+        }))
+        .unwrap();
+        assert_eq!(read(&mut c, 0x1000, 8), b"oRiginal");
+        c.resume().unwrap();
+        c.stop().unwrap();
+        assert_eq!(read(&mut c, 0x1000, 8), b"oRiginal");
         let mut ram = c.into_inner().unwrap();
         assert_eq!(read(&mut ram, 0x1000, 8), b"original");
     }
