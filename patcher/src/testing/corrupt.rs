@@ -226,10 +226,10 @@ mod tests {
             Ok(vec![Corruption { gpa: 0x1001, bytes: vec![cur[0] ^ 0x20] }])
         }))
         .unwrap();
-        assert_eq!(read(&mut c, 0x1000, 8), b"oRiginal");
+        assert_eq!(read(&mut c, 0x1000, 8), b"oOiginal");
         c.resume().unwrap();
         c.stop().unwrap();
-        assert_eq!(read(&mut c, 0x1000, 8), b"oRiginal");
+        assert_eq!(read(&mut c, 0x1000, 8), b"oOiginal");
         let mut ram = c.into_inner().unwrap();
         assert_eq!(read(&mut ram, 0x1000, 8), b"original");
     }
