@@ -110,7 +110,7 @@ impl LinuxTargetError {
     pub fn is_permanent(&self) -> bool {
         match self {
             Self::NoBtf | Self::MissingSymbol(_) => true,
-            Self::Btf(e) => matches!(e, TaskError::MissingType(_) | TaskError::MissingSymbol(_)),
+            Self::Btf(e) => matches!(e, TaskError::MissingType(_) | TaskError::MissingSymbol(_) | TaskError::BtfBound(_)),
             // The CPU stacks are not set up early in boot.
             Self::Kernel(_) | Self::Memory(_) | Self::MixedPaging => false,
         }

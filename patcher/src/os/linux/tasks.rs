@@ -101,6 +101,9 @@ pub enum TaskError {
     /// is far bigger than any stack of its kind).
     #[error("implausible stack: {0}")]
     BadStack(String),
+    /// A BTF search stopped at its bound: the type is unusable, not absent.
+    #[error("the kernel's BTF could not be searched")]
+    BtfBound(#[source] super::btf::BtfError),
     /// `nr_cpu_ids` is 0 or more than any kernel supports ([`MAX_CPUS`]).
     #[error("the kernel claims {0} CPU ids (nr_cpu_ids; at most {MAX_CPUS})")]
     CpuCount(u32),
@@ -120,6 +123,7 @@ impl TaskError {
             Self::TimeBound { .. } => "walk_time_bound",
             Self::BadStack(_) => "stack_implausible",
             Self::CpuCount(_) => "cpu_count_implausible",
+            Self::BtfBound(e) => e.cause(),
             Self::Memory(_) => "memory",
         }
     }
@@ -161,8 +165,15 @@ impl TaskOffsets {
     pub fn from_btf(btf: &Btf) -> Result<Self, TaskError> {
         let ts = btf.find_struct("task_struct").ok_or_else(|| TaskError::MissingType("struct task_struct".into()))?;
         let ss = btf.find_struct("signal_struct").ok_or_else(|| TaskError::MissingType("struct signal_struct".into()))?;
-        let m = |s: u32, sname: &str, path: &str| {
-            btf.member(s, path).map(|i| i.offset).ok_or_else(|| TaskError::MissingType(format!("{sname}.{path}")))
+        let m = |s: u32, sname: &str, path: &str| match btf.member_checked(s, path) {
+            Ok(Some(i)) => Ok(i.offset),
+            Ok(None) => Err(TaskError::MissingType(format!("{sname}.{path}"))),
+            Err(e) => Err(TaskError::BtfBound(e)),
+        };
+        // The older name, only when the newer is absent (not when a bound stopped the search).
+        let either = |a: Result<u64, TaskError>, b: &dyn Fn() -> Result<u64, TaskError>| match a {
+            Err(TaskError::MissingType(_)) => b(),
+            other => other,
         };
         Ok(Self {
             tasks: m(ts, "task_struct", "tasks")?,
@@ -171,9 +182,9 @@ impl TaskOffsets {
             comm: m(ts, "task_struct", "comm")?,
             stack: m(ts, "task_struct", "stack")?,
             thread_sp: m(ts, "task_struct", "thread.sp")?,
-            state: m(ts, "task_struct", "__state").or_else(|_| m(ts, "task_struct", "state"))?,
+            state: either(m(ts, "task_struct", "__state"), &|| m(ts, "task_struct", "state"))?,
             on_cpu: m(ts, "task_struct", "on_cpu")?,
-            cpu: m(ts, "task_struct", "thread_info.cpu").or_else(|_| m(ts, "task_struct", "cpu"))?,
+            cpu: either(m(ts, "task_struct", "thread_info.cpu"), &|| m(ts, "task_struct", "cpu"))?,
             signal: m(ts, "task_struct", "signal")?,
             thread_node: m(ts, "task_struct", "thread_node")?,
             signal_thread_head: m(ss, "signal_struct", "thread_head")?,
