@@ -41,6 +41,9 @@ pub struct Places {
     pub token_len: usize,
     /// Physical address of `__start_orc_unwind_ip`.
     pub orc_ip: u64,
+    /// The kernel image's page-directory slot mapping `kallsyms_token_table`
+    /// (read-only data, 2 MiB pages).
+    pub rodata_slot: u64,
     /// The first module's list node and the physical address of its
     /// `list.next` (`None`: no module loaded).
     pub module: Option<(u64, u64)>,
@@ -93,6 +96,7 @@ pub fn places<B: Backend>(be: &mut B, vcpus: &[VcpuState], t: &LinuxTarget) -> P
         token_table: m.virt_to_phys(token_table).unwrap(),
         token_len,
         orc_ip: m.virt_to_phys(sym("__start_orc_unwind_ip")).unwrap(),
+        rodata_slot: (token_table - START_KERNEL_MAP) >> 21,
         module,
         hole,
         func,
@@ -193,6 +197,15 @@ pub fn cases(p: &Places) -> Vec<Case> {
             agent_header: None,
             plan: vec![pde(511, p.pud | PDE_TABLE), next(slot_va(511) + 510 * 4096 + 0x800)],
             causes: &["unexpected/list_inconsistent", "unexpected/not_mapped", "unexpected/not_ram", "code_busy/tasks_inconsistent", "unexpected/tasks_malformed"],
+        },
+        Case {
+            name: "rodata_pde_into_lapic",
+            what: "the page-directory entry mapping the kernel's read-only data (kallsyms) maps the LAPIC instead",
+            phase: Phase::Identify,
+            agent_only: false,
+            agent_header: None,
+            plan: vec![pde(p.rodata_slot, 0xfee0_0000 | PDE_2M)],
+            causes: &["not_ram"],
         },
         Case {
             name: "kallsyms_num_syms_absurd",
