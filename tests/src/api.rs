@@ -243,10 +243,20 @@ pub fn build_patch(dir: &Path, name: &str, source: &str) -> PathBuf {
 
 /// Builds `examples/patches/testguest/FILE` into `dir`.
 pub fn build_example(dir: &Path, file: &str) -> PathBuf {
+    build_example_with(dir, file, &[])
+}
+
+/// [`build_example`] with more `vsplice patch build` arguments (e.g.
+/// `--description`, `--cve`, `--version`).
+pub fn build_example_with(dir: &Path, file: &str, extra: &[&str]) -> PathBuf {
     let src = crate::livepatch::example(file);
     let name = file.trim_end_matches(".c");
     let out = dir.join(format!("{name}.vsp"));
-    let o = crate::cli::vsplice(&["patch", "build", "--kernel", &testguest::image().to_string_lossy(), "--name", name, "-o", &out.to_string_lossy(), &src.to_string_lossy()]);
+    let (image, out_s, src_s) = (testguest::image().to_string_lossy().into_owned(), out.to_string_lossy().into_owned(), src.to_string_lossy().into_owned());
+    let mut args = vec!["patch", "build", "--kernel", &image, "--name", name];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["-o", &out_s, &src_s]);
+    let o = crate::cli::vsplice(&args);
     assert!(o.status.success(), "build {name}: {}", crate::cli::text(&o.stderr));
     out
 }

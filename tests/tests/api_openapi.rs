@@ -46,6 +46,13 @@ fn the_code_s_replies_conform() {
     api.validate_reply("GET", "/metrics", 200, "text/plain; version=0.0.4", b"vsplice_pauses_total 0\n").unwrap();
     let empty = json!({"arena": null, "patches": [], "history": [], "intent": null});
     api.validate_reply("GET", "/patches", 200, "application/json", empty.to_string().as_bytes()).unwrap();
+    // A patch with the manifest's operator fields; a malformed CVE id is caught.
+    let span = json!({"start": 0, "len": 0});
+    let mut p = json!({"id": "a", "name": "a", "state": "applied", "cumulative": false, "code": span, "data": span, "funcs": [],
+                       "description": "fixes a", "cves": ["CVE-2026-0001"], "version": "1"});
+    api.validate_component("PatchStatus", &p).unwrap();
+    p["cves"] = json!(["not-a-cve"]);
+    assert!(api.validate_component("PatchStatus", &p).is_err());
     assert_eq!(template("/patches/recover"), "/patches/recover");
     assert_eq!(template("/patches/x?y"), "/patches/{id}");
 }

@@ -9,7 +9,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use vsplice_tests::api::{build_example, ApiVm};
+use vsplice_tests::api::{build_example, build_example_with, ApiVm};
 use vsplice_tests::cli::text;
 use vsplice_tests::{livepatch, testguest};
 
@@ -29,7 +29,8 @@ fn apply_list_revert_recover_metrics_events_through_remote_and_http() {
     if !testguest::ready("api_patches") {
         return;
     }
-    let vsp = build_example(&vsplice_tests::scratch::tmp_dir("api-patches-patch"), "step_b_v2.c");
+    let info = ["--description", "step B, version 2", "--cve", "CVE-2026-0042", "--version", "2.0"];
+    let vsp = build_example_with(&vsplice_tests::scratch::tmp_dir("api-patches-patch"), "step_b_v2.c", &info);
     let mut vm = ApiVm::start("patches", "tg.tasks=2 tg.iters=400 tg.wait=5", &[]);
     assert_eq!(std::fs::metadata(&vm.sock).unwrap().permissions().mode() & 0o777, 0o600);
 
@@ -59,6 +60,11 @@ fn apply_list_revert_recover_metrics_events_through_remote_and_http() {
     let listed: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     vm.openapi().validate_component("Status", &listed).unwrap();
     let id = listed["patches"][0]["id"].as_str().unwrap().to_owned();
+    // What operators look for, from the manifest, in GET /patches and GET /patches/{id}.
+    let p = &vm.get_json("/patches")["patches"][0];
+    assert_eq!((&p["description"], &p["cves"], &p["version"]), (&serde_json::json!("step B, version 2"), &serde_json::json!(["CVE-2026-0042"]), &serde_json::json!("2.0")), "{p}");
+    vm.openapi().validate_component("PatchStatus", &vm.get_json(&format!("/patches/{id}"))).unwrap();
+    assert_eq!(vm.get_json(&format!("/patches/{id}"))["cves"][0], "CVE-2026-0042");
     assert_eq!(vm.get_json(&format!("/patches/{id}"))["name"], "step_b_v2");
     assert_eq!(vm.get_json("/patches/step_b_v2")["id"], id.as_str());
 

@@ -64,6 +64,21 @@ fn keygen_sign_verify_info_and_every_refusal_by_the_cli() {
     assert_eq!(text(&i2.stdout), text(&i.stdout));
     assert!(text(&i2.stderr).contains(&format!("signed by key {fp}")), "{}", text(&i2.stderr));
 
+    // No trust store: with the signer's public key the signature is checked
+    // (and the output says the key was not checked against a trust store);
+    // with no key at all the key id is printed and it is not verified.
+    let public = keys.join("ours.pub");
+    let v = vsplice(&["patch", "verify", "--key", s(&public), s(&signed)]);
+    assert!(v.status.success(), "{}", text(&v.stderr));
+    assert!(text(&v.stdout).contains(&format!("signed by {fp}")), "{}", text(&v.stdout));
+    assert!(text(&v.stderr).contains("not checked against a trust store"), "{}", text(&v.stderr));
+    let v = vsplice(&["patch", "verify", s(&signed)]);
+    assert_eq!(v.status.code(), Some(3), "{}", text(&v.stderr));
+    assert!(text(&v.stdout).contains(&fp) && text(&v.stderr).contains("[no_key]"), "{}\n{}", text(&v.stdout), text(&v.stderr));
+    let v = vsplice(&["patch", "verify", s(&vsp)]);
+    assert_eq!(v.status.code(), Some(3));
+    assert!(text(&v.stderr).contains("[unsigned]"), "{}", text(&v.stderr));
+
     // One flipped byte: bad_signature. Another key: untrusted_key.
     let mut b = std::fs::read(&signed).unwrap();
     let last = b.len() - 1;
@@ -78,6 +93,12 @@ fn keygen_sign_verify_info_and_every_refusal_by_the_cli() {
     let v = vsplice(&["patch", "verify", "--trusted-keys", s(&keys), s(&theirs)]);
     assert_eq!(v.status.code(), Some(3));
     assert!(text(&v.stderr).contains("[untrusted_key]"), "{}", text(&v.stderr));
+    let v = vsplice(&["patch", "verify", "--key", s(&public), s(&theirs)]);
+    assert_eq!(v.status.code(), Some(3));
+    assert!(text(&v.stderr).contains("[untrusted_key]"), "{}", text(&v.stderr));
+    let v = vsplice(&["patch", "verify", "--key", s(&public), s(&tampered)]);
+    assert_eq!(v.status.code(), Some(3));
+    assert!(text(&v.stderr).contains("[bad_signature]"), "{}", text(&v.stderr));
     // Trailing bytes after a signature: not a patch any more.
     let mut t = std::fs::read(&signed).unwrap();
     t.push(0);

@@ -117,6 +117,15 @@ fn memory_written_while_paused_shows_after_resume() {
     // Out-of-range accesses are refused, not a crash.
     let mut b = [0u8; 8];
     assert_eq!(vmm.read_phys(1 << 40, &mut b).unwrap_err().cause(), "bad_address");
+    // Through a page walk (a guest pointer beyond guest memory, here the
+    // root table itself), the VMM's refusal is the same `not_ram` the
+    // gdbstub path's filter gives for device memory and holes.
+    {
+        use vsplice_patcher::arch::x86::vmem::VirtMem;
+        use vsplice_patcher::model::KernelMemory;
+        let mut vm = VirtMem::new(&mut vmm, 1 << 40, 0);
+        assert_eq!(vm.read_u64(0xffff_ffff_8100_0000).unwrap_err().cause(), "not_ram");
+    }
     vmm.shutdown();
 }
 

@@ -56,7 +56,7 @@ use crate::os::linux::agent::AgentError;
 use crate::os::linux::view::{self, AgentHint, TaskSource, ViewError};
 use crate::patch::link::{CpuCaps, LinkEnv};
 use crate::model::mem::{KernelMemory, MemError};
-use crate::model::{RamMap, SymbolTable};
+use crate::model::{PhysFilter, RamMap, SymbolTable};
 use crate::os::linux::ram;
 
 /// `MODULES_VADDR` on x86-64: `__START_KERNEL_map` + `KERNEL_IMAGE_SIZE` (1 GiB with KASLR);
@@ -111,7 +111,7 @@ impl LinuxTargetError {
     pub fn is_permanent(&self) -> bool {
         match self {
             Self::NoBtf | Self::MissingSymbol(_) => true,
-            Self::Btf(e) => matches!(e, TaskError::MissingType(_) | TaskError::MissingSymbol(_)),
+            Self::Btf(e) => matches!(e, TaskError::MissingType(_) | TaskError::MissingSymbol(_) | TaskError::BtfBound(_)),
             // The CPU stacks are not set up early in boot.
             Self::Kernel(_) | Self::Memory(_) | Self::MixedPaging => false,
         }
@@ -135,6 +135,9 @@ pub struct LinuxTarget {
     caps: Option<CpuCaps>,
     return_thunk: Option<u64>,
     unwinder: Option<OrcUnwinder>,
+    /// ORC tables (or the module list) refused at identification, with the
+    /// cause: their frames are unreliable, their stacks scanned conservatively.
+    orc_refused: Vec<(String, &'static str)>,
     source: TaskSource,
     doorbell: Option<u64>,
 }
@@ -175,6 +178,19 @@ impl LinuxTarget {
         let root = lk.vm.virt_to_phys(need("init_top_pgt")?)?;
         let (btf, _, _) = lk.info.btf.as_ref().ok_or(LinuxTargetError::NoBtf)?;
         let offsets = TaskOffsets::from_btf(btf)?;
+        // From here on a guest pointer may lead only into the kernel's
+        // memory map (never a device or a hole: `not_ram`).
+        if let Some(a) = k.first_addr("e820_table") {
+            match ram::read_e820(&mut lk.vm, btf, a) {
+                Ok(src) => {
+                    let map = RamMap { sources: vec![src], unread: Vec::new() };
+                    if let Some(f) = PhysFilter::from_map(&map, &[]) {
+                        lk.vm.set_filter(f);
+                    }
+                }
+                Err(e) => debug!(cause = e.cause(), error = %e, "no e820 map at identification: only the device window is refused"),
+            }
+        }
         // The CPU stacks must be findable now, not at the first pause.
         cpustacks::cpu_stacks(&mut lk.vm, &k, btf, true)?;
         let caps = read_caps(&mut lk.vm, &k, btf)?;
@@ -182,10 +198,12 @@ impl LinuxTarget {
             Some(a) => Some(lk.vm.read_u64(a)?).filter(|&t| t != 0),
             None => None,
         };
-        let unwinder = match view::build_unwinder(&mut lk.vm, &lk.info) {
+        let mut orc_refused = Vec::new();
+        let unwinder = match view::build_unwinder_noted(&mut lk.vm, &lk.info, &mut orc_refused) {
             Ok(u) => Some(u),
             Err(e) => {
                 info!(error = %e, "no ORC unwinder: the safety check will scan stacks conservatively");
+                orc_refused.insert(0, ("vmlinux".to_owned(), e.cause()));
                 None
             }
         };
@@ -204,6 +222,7 @@ impl LinuxTarget {
             caps,
             return_thunk,
             unwinder,
+            orc_refused,
             source: TaskSource::Auto,
             doorbell: None,
         };
@@ -248,6 +267,18 @@ impl LinuxTarget {
         self.source = source;
     }
 
+    /// What of the ORC unwinder was refused at identification and why
+    /// (`("vmlinux", "orc_unsorted")`: no unwinder at all; a module or the
+    /// module list: those frames unreliable). Empty when all was read.
+    pub fn orc_refused(&self) -> &[(String, &'static str)] {
+        &self.orc_refused
+    }
+
+    /// Offsets of `task_struct` (and `signal_struct`) members, from BTF.
+    pub fn task_offsets(&self) -> &TaskOffsets {
+        &self.offsets
+    }
+
     /// The agent's descriptor address announced through the VMM's doorbell.
     pub fn set_agent_doorbell(&mut self, gpa: Option<u64>) {
         self.doorbell = gpa.filter(|&g| g != 0);
@@ -273,7 +304,9 @@ fn task_error(e: TaskError) -> TargetError {
     match e {
         TaskError::Inconsistent { .. } => TargetError::Inconsistent(e.to_string()),
         TaskError::Memory(m) => TargetError::Memory(m),
-        TaskError::TooLong { .. } | TaskError::TimeBound { .. } => TargetError::Untrusted { cause: e.cause(), message: e.to_string() },
+        TaskError::TooLong { .. } | TaskError::TimeBound { .. } | TaskError::CpuCount(_) => {
+            TargetError::Untrusted { cause: e.cause(), message: e.to_string() }
+        }
         other => TargetError::Malformed(other.to_string()),
     }
 }

@@ -51,9 +51,31 @@ pub enum MemError {
         /// Which bound.
         why: &'static str,
     },
+    /// A guest pointer led to guest-physical memory that is not RAM (a
+    /// device's registers, a hole, beyond guest memory): refused without
+    /// reading it (see [`super::phys_filter`]).
+    #[error("guest-physical {paddr:#x}+{len:#x} is not guest RAM (device memory or a hole): not accessed")]
+    NotRam {
+        /// Start of the access.
+        paddr: u64,
+        /// Its length.
+        len: u64,
+    },
     /// The backend failed.
     #[error("backend read failed")]
-    Backend(#[from] #[source] BackendError),
+    Backend(#[source] BackendError),
+}
+
+/// A backend's "not guest memory" is the same refusal as the filter's
+/// (`not_ram`) whichever backend said it; every other failure stays the
+/// backend's.
+impl From<BackendError> for MemError {
+    fn from(e: BackendError) -> Self {
+        match e {
+            BackendError::BadAddress { gpa, len } => Self::NotRam { paddr: gpa, len },
+            other => Self::Backend(other),
+        }
+    }
 }
 
 impl MemError {
@@ -65,6 +87,7 @@ impl MemError {
             Self::NotInImage { .. } => "not_in_image",
             Self::TooLarge { .. } => "read_too_large",
             Self::WalkTooLong { .. } => "page_walk_too_long",
+            Self::NotRam { .. } => "not_ram",
             Self::Backend(_) => "backend",
         }
     }

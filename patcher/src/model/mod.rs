@@ -7,6 +7,8 @@
 //!   memory, resume) and a stopped vCPU's state;
 //! - [`mem`]: kernel-virtual memory, the seam between architecture and OS
 //!   knowledge;
+//! - [`phys_filter`]: which guest-physical addresses a guest pointer may
+//!   lead to (never device memory or a hole);
 //! - [`ram`]: the kernel's view of guest-physical memory and the arena's
 //!   rule against it (never guest RAM);
 //! - [`symbols`]: a kernel's symbol table (duplicates kept, qualifiers);
@@ -21,6 +23,7 @@ pub mod backend;
 pub mod check;
 pub mod error;
 pub mod mem;
+pub mod phys_filter;
 pub mod ram;
 pub mod symbols;
 pub mod target_kind;
@@ -31,6 +34,7 @@ pub use backend::{Backend, BackendError, VcpuState};
 pub use check::{CheckMode, CheckRange, CheckSummary, Conflict, Fallback};
 pub use error::chain;
 pub use mem::{BufferMemory, KernelMemory, MemError};
+pub use phys_filter::PhysFilter;
 pub use ram::{check_arena, ArenaUse, RamKind, RamMap, RamSource};
 pub use symbols::{LookupError, Qualifier, Symbol, SymbolKind, SymbolTable};
 pub use target_kind::TargetKind;

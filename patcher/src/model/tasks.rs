@@ -65,7 +65,8 @@ impl TargetError {
             Self::Inconsistent(_) => "tasks_inconsistent",
             Self::Disputed { cause, .. } => cause,
             Self::Malformed(_) => "tasks_malformed",
-            Self::Memory(_) => "memory",
+            // The memory error's own name (`not_mapped`, `not_ram`, …).
+            Self::Memory(e) => e.cause(),
             Self::Untrusted { cause, .. } => cause,
         }
     }

@@ -5,6 +5,9 @@
 //!
 //! - [`ram`]: [`ram::RamGuest`], guest-physical pages with their own page
 //!   tables and scripted vCPUs;
+//! - [`corrupt`]: [`corrupt::Corrupting`], a hostile guest on demand: chosen
+//!   bytes in a real guest's memory while it is stopped, its own bytes back
+//!   before it runs;
 //! - [`faults`]: [`faults::Faulty`], writes that fail, or a backend that
 //!   dies, after a budget of writes;
 //! - [`kernel`]: [`kernel::FakeKernel`], a [`crate::kernels::TargetKernel`]
@@ -14,11 +17,13 @@
 //! It sits above the layers it fakes (`patcher/tests/layers.rs`), and test
 //! code of any layer may use it.
 
+pub mod corrupt;
 pub mod faults;
 pub mod kernel;
 pub mod patch;
 pub mod ram;
 
+pub use corrupt::{Corrupting, Corruption};
 pub use faults::{Fault, Faulty};
 pub use kernel::FakeKernel;
 pub use patch::FakePatch;

@@ -110,3 +110,38 @@ fn a_missing_build_id_is_refused_for_linux_and_noted_otherwise() {
     let r = patcher(&mut g, &k).apply(&patch("p3", &["fake_c"]));
     assert!(r.is_ok() && r.notes.iter().all(|n| !n.contains("build-id")), "{:?}", r.notes);
 }
+
+/// The manifest's description, CVE ids and version are kept in the registry
+/// and shown by `status` (GET /patches); a registry with no room for them
+/// drops them (after the ORC rows), newest first, with a note.
+#[test]
+fn the_operator_fields_reach_the_status_and_give_way_when_the_registry_is_full() {
+    let k = FakeKernel::new();
+    let mut g = k.guest();
+    let mut p = patch("p1", &["fake_a"]);
+    p.manifest.info.description = Some("fixes fake_a".into());
+    p.manifest.info.cves = vec!["CVE-2026-0001".into()];
+    p.manifest.info.version = Some("3".into());
+    let r = patcher(&mut g, &k).apply(&p);
+    assert!(r.is_ok(), "{}", r.to_json());
+    let st = patcher(&mut g, &k).status().unwrap();
+    let s = &st.patches[0];
+    assert_eq!((s.description.as_deref(), s.cves.as_slice(), s.version.as_deref()), (Some("fixes fake_a"), &["CVE-2026-0001".to_owned()][..], Some("3")));
+    let json = st.to_json();
+    assert!(json.contains("\"description\": \"fixes fake_a\"") && json.contains("CVE-2026-0001"), "{json}");
+    // Without them the fields are absent from the JSON.
+    let q = patch("p2", &["fake_b"]);
+    assert!(patcher(&mut g, &k).apply(&q).is_ok());
+    let st = patcher(&mut g, &k).status().unwrap();
+    assert!(st.patches[1].description.is_none() && st.patches[1].cves.is_empty());
+    // A registry with no room: the operator fields go, with a note.
+    let mut reg = registry(&mut g).unwrap();
+    for p in &mut reg.patches {
+        p.orc = None;
+        p.info = Some(crate::arena::registry::PatchInfo { description: Some("x".repeat(200 << 10)), ..Default::default() });
+    }
+    let notes = crate::txn::orc::fit_rows(&mut reg);
+    assert!(reg.patches.iter().all(|p| p.info.is_none()), "{notes:?}");
+    assert_eq!(notes.len(), 2, "{notes:?}");
+    assert!(notes[0].contains("p2") && notes[0].contains("description"), "{notes:?}");
+}

@@ -52,6 +52,16 @@ pub(crate) fn fit_rows(reg: &mut Registry) -> Vec<String> {
             notes.push(format!("the registry has no room for the {} ORC rows of {}: stacks through its code will be scanned conservatively", orc.len(), p.name));
         }
     }
+    // Then the operator fields (description, CVE ids, version), newest first.
+    for i in (0..reg.patches.len()).rev() {
+        if !matches!(codec::encode(reg, 0), Err(CodecError::TooLarge { .. })) {
+            break;
+        }
+        let p = &mut reg.patches[i];
+        if p.info.take().is_some() {
+            notes.push(format!("the registry has no room for the description, CVE ids and version of {}: the status omits them", p.name));
+        }
+    }
     notes
 }
 

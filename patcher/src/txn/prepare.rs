@@ -18,7 +18,7 @@ use super::orc::record_rows;
 use super::Patcher;
 use crate::arena::alloc::first_fit;
 use crate::arena::patch_orc::PatchOrc;
-use crate::arena::registry::{CheckRange, FuncRecord, Intent, IntentOp, PatchRecord, PatchState, Registry, SiteRecord, SiteWrite, Span};
+use crate::arena::registry::{CheckRange, FuncRecord, Intent, IntentOp, PatchInfo, PatchRecord, PatchState, Registry, SiteRecord, SiteWrite, Span};
 use crate::model::backend::Backend;
 use crate::model::mem::KernelMemory;
 use crate::model::{LookupError, Symbol, TargetKind};
@@ -115,6 +115,7 @@ fn build_record(m: &Manifest, plan: SitePlan, superseded: Vec<String>, linked: L
         data: Span { start: data_addr, len: linked.data.len() as u64 },
         funcs,
         orc: None,
+        info: PatchInfo::new(m.info.description.as_deref(), &m.info.cves, m.info.version.as_deref()),
     };
     let intent = Intent {
         txn: 0,

@@ -69,6 +69,15 @@ pub struct PatchStatus {
     pub data: Span,
     /// Functions.
     pub funcs: Vec<FuncStatus>,
+    /// The manifest's description, when the registry kept it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// The manifest's CVE ids.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cves: Vec<String>,
+    /// The manifest's version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }
 
 /// The interrupted transaction, as the status shows it.
@@ -229,7 +238,19 @@ impl<B: Backend> Patcher<'_, B> {
                 let now = self.guest.read_vec(f.site.addr, f.site.new.len()).ok();
                 funcs.push(FuncStatus { name: f.name.clone(), new_name: f.new_name.clone(), site: f.site.addr, active: now.as_deref() == Some(&f.site.new[..]) });
             }
-            patches.push(PatchStatus { id: p.id.clone(), name: p.name.clone(), state: p.state, cumulative: p.cumulative, code: p.code, data: p.data, funcs });
+            let info = p.info.clone().unwrap_or_default();
+            patches.push(PatchStatus {
+                id: p.id.clone(),
+                name: p.name.clone(),
+                state: p.state,
+                cumulative: p.cumulative,
+                code: p.code,
+                data: p.data,
+                funcs,
+                description: info.description,
+                cves: info.cves,
+                version: info.version,
+            });
         }
         let intent = match &reg.intent {
             Some(i) => Some(IntentStatus { txn: i.txn, op: i.op, patch: i.patch.clone(), text: self.text_state(&i.writes)?.0 }),

@@ -70,13 +70,18 @@ pub enum PatchCommand {
         /// The patch file.
         file: PathBuf,
     },
-    /// Check a patch file's signature against a directory of trusted public keys: exit 0
-    /// and the signer's fingerprint, or exit 3 with `unsigned`, `bad_signature` or
-    /// `untrusted_key`.
+    /// Check a patch file's signature: against a directory of trusted public keys
+    /// (`--trusted-keys`), or one public key (`--key`, no trust store: it says so). Exit 0
+    /// and the signer's key id, or exit 3 with `unsigned`, `bad_signature` or
+    /// `untrusted_key`. With neither, the signature is found and its key id printed, but it
+    /// cannot be checked without the signer's public key: exit 3 `no_key`.
     Verify {
         /// Directory of trusted public keys (`*.pub`).
-        #[arg(long, value_name = "DIR")]
-        trusted_keys: PathBuf,
+        #[arg(long, value_name = "DIR", conflicts_with = "key")]
+        trusted_keys: Option<PathBuf>,
+        /// One public key (`KEY.pub`) to check the signature with, trusted or not.
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
         /// The patch file.
         file: PathBuf,
     },
@@ -319,7 +324,7 @@ pub fn run(cmd: PatchCommand) -> ExitCode {
         },
         PatchCommand::Keygen { output } => sign::keygen(&output),
         PatchCommand::Sign { key, output, file } => sign::sign_file(&key, &file, output.as_deref()),
-        PatchCommand::Verify { trusted_keys, file } => sign::verify_file(&trusted_keys, &file),
+        PatchCommand::Verify { trusted_keys, key, file } => sign::verify_file(trusted_keys.as_deref(), key.as_deref(), &file),
         PatchCommand::Apply { guest, trust, attempts, file } => {
             let policy = match trust.policy() {
                 Ok(p) => p,

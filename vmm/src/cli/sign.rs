@@ -98,11 +98,19 @@ pub fn sign_file(key: &Path, file: &Path, output: Option<&Path>) -> ExitCode {
     }
 }
 
-/// `vsplice patch verify`: exit 0 and the signer's fingerprint when the
-/// file verifies with a trusted key; 3 and the cause when it does not.
-pub fn verify_file(trusted_keys: &Path, file: &Path) -> ExitCode {
-    let policy = match TrustPolicy::from_args(Some(trusted_keys), false) {
-        Ok(p) => p,
+/// `vsplice patch verify`: exit 0 and the signer's key id when the file
+/// verifies with a trusted key (`trusted_keys`) or with `key` (said to be
+/// unchecked against a trust store); 3 and the cause when it does not, or
+/// when neither was given (`no_key`: the key id is printed, the signature
+/// cannot be checked without the public key).
+pub fn verify_file(trusted_keys: Option<&Path>, key: Option<&Path>, file: &Path) -> ExitCode {
+    let keys = match (trusted_keys, key) {
+        (Some(dir), _) => TrustPolicy::from_args(Some(dir), false).map(|p| Some((p, None))),
+        (None, Some(k)) => sign::read_public(k).map(|pk| Some((TrustPolicy::with_keys(vec![pk], false), Some(k)))),
+        (None, None) => Ok(None),
+    };
+    let keys = match keys {
+        Ok(k) => k,
         Err(e) => {
             super::report(&e, e.cause());
             return ExitCode::from(EXIT_BAD_INPUT);
@@ -120,9 +128,35 @@ pub fn verify_file(trusted_keys: &Path, file: &Path) -> ExitCode {
         super::report(&e, e.reason());
         return ExitCode::from(EXIT_BAD_INPUT);
     }
+    let Some((policy, one_key)) = keys else {
+        return match sign::split(&bytes) {
+            Ok((_, Some(b))) => {
+                println!("signed: {} names key {}", file.display(), b.key);
+                eprintln!(
+                    "vsplice: not verified [no_key]: the signature cannot be checked without the signer's public key: \
+                     give it with --key FILE.pub, or check against a trust store with --trusted-keys DIR"
+                );
+                ExitCode::from(EXIT_NOT_VERIFIED)
+            }
+            Ok((_, None)) => {
+                eprintln!("vsplice: not verified [unsigned]: {} has no signature", file.display());
+                ExitCode::from(EXIT_NOT_VERIFIED)
+            }
+            Err(e) => {
+                super::report(&e, e.reason());
+                ExitCode::from(EXIT_BAD_INPUT)
+            }
+        };
+    };
     match policy.admit(&bytes) {
         Ok(Admission { signer: Some(fp), .. }) => {
-            println!("verified: {} signed by {fp}", file.display());
+            match one_key {
+                Some(k) => {
+                    println!("verified: {} signed by {fp} (key {})", file.display(), k.display());
+                    eprintln!("vsplice: the key was not checked against a trust store (--trusted-keys DIR does)");
+                }
+                None => println!("verified: {} signed by {fp}", file.display()),
+            }
             ExitCode::SUCCESS
         }
         Ok(_) => {
@@ -139,7 +173,7 @@ pub fn verify_file(trusted_keys: &Path, file: &Path) -> ExitCode {
 /// The signature line `vsplice patch info` prints on stderr.
 pub fn describe_signature(bytes: &[u8]) -> String {
     match sign::split(bytes) {
-        Ok((_, Some(b))) => format!("signed by key {} (not verified here: `vsplice patch verify --trusted-keys DIR` checks it)", b.key),
+        Ok((_, Some(b))) => format!("signed by key {} (not verified here: `vsplice patch verify --trusted-keys DIR` or `--key FILE.pub` checks it)", b.key),
         Ok((_, None)) => "unsigned".to_owned(),
         Err(e) => format!("unreadable signature: {e}"),
     }

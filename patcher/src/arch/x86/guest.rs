@@ -5,6 +5,7 @@
 
 use crate::model::backend::{Backend, BackendError, VcpuState};
 use crate::model::mem::{KernelMemory, MemError};
+use crate::model::phys_filter::PhysFilter;
 use crate::arch::x86::vmem::VirtMem;
 
 /// A guest reached through a backend, addressed through the kernel's page tables.
@@ -52,6 +53,11 @@ impl<B: Backend> Guest<B> {
         Ok(())
     }
 
+    /// Where kernel-virtual reads and writes may lead (see [`PhysFilter`]).
+    pub fn set_filter(&mut self, filter: PhysFilter) {
+        self.vmem.set_filter(filter);
+    }
+
     /// Forgets cached translations and pages (after page tables were written
     /// or the guest ran).
     pub fn flush(&mut self) {
@@ -68,8 +74,8 @@ impl<B: Backend> Guest<B> {
         let mut done = 0usize;
         while done < data.len() {
             let va = vaddr.wrapping_add(done as u64);
-            let pa = self.vmem.virt_to_phys(va)?;
             let n = (0x1000 - (va & 0xfff) as usize).min(data.len() - done);
+            let pa = self.vmem.phys_checked(va, n as u64)?;
             self.vmem.backend().write_phys(pa, &data[done..done + n])?;
             done += n;
         }

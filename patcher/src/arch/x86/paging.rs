@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::model::backend::Backend;
 use crate::model::mem::MemError;
+use crate::model::phys_filter::PhysFilter;
 
 /// Most page-table entries one [`PageWalker::walk_range`] looks at: 2^24
 /// (the 2 GiB kernel image area in 4 KiB pages is 2^19). Tables pointing
@@ -143,6 +144,8 @@ pub struct PageWalker {
     max_tables: usize,
     /// Number of page-table pages read from the backend (for measurements).
     pub table_reads: u64,
+    /// Where a table (or, through [`PageWalker::filter`], a page) may be.
+    filter: PhysFilter,
 }
 
 impl PageWalker {
@@ -154,6 +157,7 @@ impl PageWalker {
             tables: HashMap::new(),
             max_tables: 4096,
             table_reads: 0,
+            filter: PhysFilter::architectural(),
         }
     }
 
@@ -165,6 +169,17 @@ impl PageWalker {
     /// Physical address of the top-level table.
     pub fn root(&self) -> u64 {
         self.root
+    }
+
+    /// Where tables and pages may be: an entry leading outside is refused
+    /// `not_ram` ([`MemError::NotRam`]) before anything is read there.
+    pub fn set_filter(&mut self, filter: PhysFilter) {
+        self.filter = filter;
+    }
+
+    /// The guest-physical filter in use.
+    pub fn filter(&self) -> &PhysFilter {
+        &self.filter
     }
 
     /// Forget cached tables (the guest ran, or its page tables were written).
@@ -190,6 +205,7 @@ impl PageWalker {
             if self.tables.len() >= self.max_tables {
                 self.tables.clear();
             }
+            self.filter.check(pa, 4096)?;
             let mut raw = [0u8; 4096];
             b.read_phys(pa, &mut raw)?;
             self.table_reads += 1;

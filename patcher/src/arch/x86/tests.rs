@@ -211,3 +211,40 @@ fn a_read_larger_than_any_kernel_structure_is_refused_before_allocating() {
     let e = vm.read_vec(0xffff_ffff_8100_0000, crate::model::mem::MAX_READ_VEC).unwrap_err();
     assert_ne!(e.cause(), "read_too_large", "{e}");
 }
+
+/// Issue 11: a guest pointer translated into device memory or a hole is
+/// refused `not_ram` before the backend reads there: a 2 MiB page onto the
+/// LAPIC, a page table in the device window, a page outside the kernel's
+/// memory map once it is known; and a page beyond guest memory, which the
+/// backend refuses itself, is the same `not_ram`.
+#[test]
+fn translations_into_device_memory_or_holes_are_refused_not_ram() {
+    use crate::model::phys_filter::PhysFilter;
+    use crate::model::ram::{RamKind, RamMap, RamSource};
+    let k = 0xffff_ffff_8100_0000u64;
+    let mut g = build4();
+    let (pd, pt2) = (0x3000, 0x6000);
+    g.set_entry(pd, idx(k + 0x40_0000, 2), 0xfee0_0000 | 0x83); // a 2 MiB page onto the LAPIC
+    g.set_entry(pd, idx(k + 0x60_0000, 2), 0xfec0_0000 | 3); // a page table in the IOAPIC page
+    g.set_entry(pd, idx(k + 0x80_0000, 2), pt2 | 3);
+    g.set_entry(pt2, 0, 0x7_0000_0000 | 3); // beyond guest memory
+    g.set_entry(pt2, 1, 0x50_0000 | 3); // RAM, but outside the map below
+    let mut vm = VirtMem::new(g, 0x1000, 0);
+    let mut b = [0u8; 16];
+    for va in [k + 0x40_0000, k + 0x40_0ff8, k + 0x60_0000, k + 0x80_0000] {
+        let e = vm.read(va, &mut b).unwrap_err();
+        assert_eq!(e.cause(), "not_ram", "{va:#x}: {e}");
+    }
+    let e = vm.read_vec(k + 0x40_0000, 0x3000).unwrap_err();
+    assert_eq!(e.cause(), "not_ram", "a large read: {e}");
+    assert!(vm.read(k + 0x80_1000, &mut b).is_ok(), "no map known yet: only the device window");
+    let map = RamMap {
+        sources: vec![RamSource { name: "e820_table", complete: true, ranges: vec![(0..0x40_0000, RamKind::Usable), (0x60_0000..0x80_0000, RamKind::Reserved)] }],
+        unread: Vec::new(),
+    };
+    vm.set_filter(PhysFilter::from_map(&map, &[]).unwrap());
+    vm.flush();
+    assert_eq!(vm.read(k + 0x80_1000, &mut b).unwrap_err().cause(), "not_ram", "a hole of the map");
+    assert!(vm.read(k, &mut b).is_ok(), "RAM of the map");
+    assert!(vm.read(k + 0x20_0000 + 0x1000, &mut b).is_ok(), "reserved memory of the map (0x600000)");
+}

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use super::paging::{Mapping, PageWalker};
 use crate::model::backend::Backend;
 use crate::model::mem::{KernelMemory, MemError};
+use crate::model::phys_filter::PhysFilter;
 
 const TLB_SIZE: usize = 64;
 const DATA_PAGES: usize = 1024;
@@ -53,6 +54,21 @@ impl<B: Backend> VirtMem<B> {
         (&mut self.walker, &mut self.backend)
     }
 
+    /// Where guest pointers may lead ([`PhysFilter`]): set once the
+    /// kernel's memory map is known; the architectural device window is
+    /// refused from the start.
+    pub fn set_filter(&mut self, filter: PhysFilter) {
+        self.walker.set_filter(filter);
+    }
+
+    /// Physical address of `vaddr`, refused `not_ram` when `len` bytes from
+    /// it are not guest RAM.
+    pub fn phys_checked(&mut self, vaddr: u64, len: u64) -> Result<u64, MemError> {
+        let pa = self.virt_to_phys(vaddr)?;
+        self.walker.filter().check(pa, len)?;
+        Ok(pa)
+    }
+
     /// Forget every cached translation and page.
     pub fn flush(&mut self) {
         self.walker.flush();
@@ -86,6 +102,7 @@ impl<B: Backend> VirtMem<B> {
             let va = vaddr.wrapping_add(done as u64);
             let pa_page = self.virt_to_phys(va)? & !0xfff;
             if !self.pages.contains_key(&pa_page) {
+                self.walker.filter().check(pa_page, 4096)?;
                 if self.pages.len() >= DATA_PAGES {
                     self.pages.clear();
                 }
@@ -116,6 +133,7 @@ impl<B: Backend> VirtMem<B> {
             run = match run {
                 Some((rpa, roff, rlen)) if rpa + rlen as u64 == pa => Some((rpa, roff, rlen + n)),
                 Some((rpa, roff, rlen)) => {
+                    self.walker.filter().check(rpa, rlen as u64)?;
                     self.backend.read_phys(rpa, &mut buf[roff..roff + rlen])?;
                     self.bytes_read += rlen as u64;
                     Some((pa, done, n))
@@ -125,6 +143,7 @@ impl<B: Backend> VirtMem<B> {
             done += n;
         }
         if let Some((rpa, roff, rlen)) = run {
+            self.walker.filter().check(rpa, rlen as u64)?;
             self.backend.read_phys(rpa, &mut buf[roff..roff + rlen])?;
             self.bytes_read += rlen as u64;
         }

@@ -32,6 +32,16 @@ pub enum BtfError {
         /// What is wrong.
         why: String,
     },
+    /// A search gave up at one of its bounds (anonymous members nested
+    /// deeper than any real kernel's, or fanning out): the answer is not
+    /// "absent", it is unknown.
+    #[error("BTF search for `{path}` stopped at its bound ({bound})")]
+    Bound {
+        /// What was looked for.
+        path: String,
+        /// Which bound (`depth 16`, `4096 records`).
+        bound: &'static str,
+    },
 }
 
 impl BtfError {
@@ -40,6 +50,7 @@ impl BtfError {
         match self {
             Self::Header(_) => "btf_header",
             Self::Type { .. } => "btf_type",
+            Self::Bound { .. } => "btf_bound",
         }
     }
 }
@@ -334,39 +345,52 @@ impl Btf {
     }
 
     /// Find a member by dotted path (`thread.sp`, `thread_info.cpu`),
-    /// looking through anonymous structs and unions at every step.
+    /// looking through anonymous structs and unions at every step. `None`
+    /// also when a search bound was hit: [`Btf::member_checked`] tells.
     pub fn member(&self, struct_id: u32, path: &str) -> Option<MemberInfo> {
+        self.member_checked(struct_id, path).ok().flatten()
+    }
+
+    /// [`Btf::member`], with a search that stopped at a bound an error
+    /// ([`BtfError::Bound`], `btf_bound`) rather than "no such member".
+    pub fn member_checked(&self, struct_id: u32, path: &str) -> Result<Option<MemberInfo>, BtfError> {
         let mut cur = self.resolve(struct_id);
         let mut bits = 0u64;
         let mut last = None;
         for part in path.split('.') {
             let mut steps = 0u32;
-            let (b, ty) = self.find_direct(cur, part, 0, &mut steps)?;
-            bits = bits.checked_add(b)?;
+            let found = self.find_direct(cur, part, 0, &mut steps).map_err(|bound| BtfError::Bound { path: path.to_owned(), bound })?;
+            let Some((b, ty)) = found else { return Ok(None) };
+            let Some(sum) = bits.checked_add(b) else { return Ok(None) };
+            bits = sum;
             last = Some(ty);
             cur = self.resolve(ty);
         }
-        let ty = last?;
-        Some(MemberInfo { offset: bits / 8, bit_offset: bits, type_id: ty, size: self.size_of(ty) })
+        let Some(ty) = last else { return Ok(None) };
+        Ok(Some(MemberInfo { offset: bits / 8, bit_offset: bits, type_id: ty, size: self.size_of(ty) }))
     }
 
-    fn find_direct(&self, id: u32, name: &str, depth: u32, steps: &mut u32) -> Option<(u64, u32)> {
+    /// `Err(bound)` when the search stopped at a bound.
+    fn find_direct(&self, id: u32, name: &str, depth: u32, steps: &mut u32) -> Result<Option<(u64, u32)>, &'static str> {
         *steps += 1;
-        if depth > 16 || *steps > MAX_SEARCH_STEPS {
-            return None;
+        if depth > 16 {
+            return Err("depth 16");
         }
-        let t = self.get(self.resolve(id))?;
+        if *steps > MAX_SEARCH_STEPS {
+            return Err("4096 records");
+        }
+        let Some(t) = self.get(self.resolve(id)) else { return Ok(None) };
         for m in &t.members {
             if m.name_off != 0 && self.str_at(m.name_off) == name {
-                return Some((u64::from(m.bit_offset), m.type_id));
+                return Ok(Some((u64::from(m.bit_offset), m.type_id)));
             }
         }
         for m in t.members.iter().filter(|m| m.name_off == 0) {
-            if let Some((b, ty)) = self.find_direct(m.type_id, name, depth + 1, steps) {
-                return Some((u64::from(m.bit_offset) + b, ty));
+            if let Some((b, ty)) = self.find_direct(m.type_id, name, depth + 1, steps)? {
+                return Ok(Some((u64::from(m.bit_offset) + b, ty)));
             }
         }
-        None
+        Ok(None)
     }
 
     /// The members of a struct, anonymous ones flattened:

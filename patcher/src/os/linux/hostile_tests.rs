@@ -53,9 +53,18 @@ fn btf_anonymous_member_fan_out_is_bounded() {
     members.push(("x", int, 0, 0));
     assert_eq!(b.composite("loop", false, 256, &members), me);
     let btf = Btf::parse(&b.blob()).unwrap();
-    // A name that is not there: the search gives up, it does not hang.
+    // A name that is not there: the search gives up, it does not hang,
+    // and says it gave up (`btf_bound`), not that the member is absent.
     assert!(btf.member(me, "nope").is_none());
+    assert_eq!(btf.member_checked(me, "nope").unwrap_err().cause(), "btf_bound");
     assert!(btf.member(me, "x").is_some());
+    assert!(btf.member_checked(me, "x").unwrap().is_some());
+    // A struct without anonymous members: absent is absent.
+    let mut b = BtfBuilder::new();
+    let int = b.int("int", 4);
+    let plain = b.composite("plain", false, 4, &[("a", int, 0, 0)]);
+    let btf = Btf::parse(&b.blob()).unwrap();
+    assert!(btf.member_checked(plain, "nope").unwrap().is_none());
     let lay = btf.layout(me);
     assert!(!lay.is_empty() && lay.len() <= MAX_LAYOUT_MEMBERS, "{}", lay.len());
 }

@@ -175,3 +175,21 @@ fn a_read_gives_tasks_cpus_and_stacks_by_the_same_rules() {
     let e = read_guest_tasks(mem, &k, None, None, TaskSource::Agent, hint, &vcpus).unwrap_err();
     assert_eq!(e.cause(), "no_task_source", "{e}");
 }
+
+/// Issue 11: an absurd `nr_cpu_ids` (0, or above any kernel's `NR_CPUS`)
+/// is refused by name before any per-CPU offset is read, not clamped.
+#[test]
+fn an_absurd_cpu_count_is_refused_not_clamped() {
+    let (k, pco, nr) = kallsyms();
+    let mut g = RamGuest::sparse();
+    g.map_range(pco & !0xfff, 0x3000_0000, 0x2000);
+    g.write_virt(pco, &P0.to_le_bytes()).unwrap();
+    g.write_virt(pco + 8, &P1.to_le_bytes()).unwrap();
+    for bad in [0u32, crate::os::linux::tasks::MAX_CPUS + 1, 0x7fff_ffff, u32::MAX] {
+        g.write_virt(nr, &bad.to_le_bytes()).unwrap();
+        let e = crate::os::linux::tasks::per_cpu_offsets(&mut g, &k, 2).unwrap_err();
+        assert_eq!(e.cause(), "cpu_count_implausible", "{bad}: {e}");
+    }
+    g.write_virt(nr, &2u32.to_le_bytes()).unwrap();
+    assert_eq!(crate::os::linux::tasks::per_cpu_offsets(&mut g, &k, 2).unwrap(), vec![P0, P1]);
+}

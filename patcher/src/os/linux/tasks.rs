@@ -101,6 +101,12 @@ pub enum TaskError {
     /// is far bigger than any stack of its kind).
     #[error("implausible stack: {0}")]
     BadStack(String),
+    /// A BTF search stopped at its bound: the type is unusable, not absent.
+    #[error("the kernel's BTF could not be searched")]
+    BtfBound(#[source] super::btf::BtfError),
+    /// `nr_cpu_ids` is 0 or more than any kernel supports ([`MAX_CPUS`]).
+    #[error("the kernel claims {0} CPU ids (nr_cpu_ids; at most {MAX_CPUS})")]
+    CpuCount(u32),
     /// Reading guest memory failed.
     #[error("reading the task list failed")]
     Memory(#[from] #[source] MemError),
@@ -116,6 +122,8 @@ impl TaskError {
             Self::TooLong { .. } => "list_too_long",
             Self::TimeBound { .. } => "walk_time_bound",
             Self::BadStack(_) => "stack_implausible",
+            Self::CpuCount(_) => "cpu_count_implausible",
+            Self::BtfBound(e) => e.cause(),
             Self::Memory(_) => "memory",
         }
     }
@@ -157,8 +165,15 @@ impl TaskOffsets {
     pub fn from_btf(btf: &Btf) -> Result<Self, TaskError> {
         let ts = btf.find_struct("task_struct").ok_or_else(|| TaskError::MissingType("struct task_struct".into()))?;
         let ss = btf.find_struct("signal_struct").ok_or_else(|| TaskError::MissingType("struct signal_struct".into()))?;
-        let m = |s: u32, sname: &str, path: &str| {
-            btf.member(s, path).map(|i| i.offset).ok_or_else(|| TaskError::MissingType(format!("{sname}.{path}")))
+        let m = |s: u32, sname: &str, path: &str| match btf.member_checked(s, path) {
+            Ok(Some(i)) => Ok(i.offset),
+            Ok(None) => Err(TaskError::MissingType(format!("{sname}.{path}"))),
+            Err(e) => Err(TaskError::BtfBound(e)),
+        };
+        // The older name, only when the newer is absent (not when a bound stopped the search).
+        let either = |a: Result<u64, TaskError>, b: &dyn Fn() -> Result<u64, TaskError>| match a {
+            Err(TaskError::MissingType(_)) => b(),
+            other => other,
         };
         Ok(Self {
             tasks: m(ts, "task_struct", "tasks")?,
@@ -167,9 +182,9 @@ impl TaskOffsets {
             comm: m(ts, "task_struct", "comm")?,
             stack: m(ts, "task_struct", "stack")?,
             thread_sp: m(ts, "task_struct", "thread.sp")?,
-            state: m(ts, "task_struct", "__state").or_else(|_| m(ts, "task_struct", "state"))?,
+            state: either(m(ts, "task_struct", "__state"), &|| m(ts, "task_struct", "state"))?,
             on_cpu: m(ts, "task_struct", "on_cpu")?,
-            cpu: m(ts, "task_struct", "thread_info.cpu").or_else(|_| m(ts, "task_struct", "cpu"))?,
+            cpu: either(m(ts, "task_struct", "thread_info.cpu"), &|| m(ts, "task_struct", "cpu"))?,
             signal: m(ts, "task_struct", "signal")?,
             thread_node: m(ts, "task_struct", "thread_node")?,
             signal_thread_head: m(ss, "signal_struct", "thread_head")?,
@@ -311,11 +326,19 @@ pub fn walk_tasks_in<M: KernelMemory + ?Sized>(mem: &mut M, off: &TaskOffsets, i
     Ok(out)
 }
 
-/// `__per_cpu_offset[0..nr_cpu_ids]`.
+/// Most CPU ids a kernel may claim (x86-64's largest `NR_CPUS`).
+pub const MAX_CPUS: u32 = 8192;
+
+/// `__per_cpu_offset[0..nr_cpu_ids]`; an `nr_cpu_ids` of 0 or above
+/// [`MAX_CPUS`] is refused ([`TaskError::CpuCount`]), not clamped: a
+/// kernel that lies about it cannot be trusted for its CPUs' stacks.
 pub fn per_cpu_offsets<M: KernelMemory + ?Sized>(mem: &mut M, k: &Kallsyms, fallback_cpus: usize) -> Result<Vec<u64>, TaskError> {
     let pco = k.first_addr("__per_cpu_offset").ok_or(TaskError::MissingSymbol("__per_cpu_offset"))?;
     let nr = match k.first_addr("nr_cpu_ids") {
-        Some(a) => mem.read_u32(a)?.clamp(1, 8192),
+        Some(a) => match mem.read_u32(a)? {
+            n @ 1..=MAX_CPUS => n,
+            n => return Err(TaskError::CpuCount(n)),
+        },
         None => fallback_cpus.max(1) as u32,
     };
     let mut offs = Vec::with_capacity(nr as usize);

@@ -313,6 +313,13 @@ pub fn read_view(
 /// module's (with BTF), and the addresses tracers put in place of return
 /// addresses. Read once, with the guest running or stopped.
 pub fn build_unwinder(mem: &mut dyn KernelMemory, info: &KernelInfo) -> Result<OrcUnwinder, OrcError> {
+    build_unwinder_noted(mem, info, &mut Vec::new())
+}
+
+/// [`build_unwinder`], naming in `refused` each part it left out (the
+/// module list, a module's tables) with the stable cause: `("modules",
+/// "list_inconsistent")`, `("module ext4", "orc_unsorted")`, …
+pub fn build_unwinder_noted(mem: &mut dyn KernelMemory, info: &KernelInfo, refused: &mut Vec<(String, &'static str)>) -> Result<OrcUnwinder, OrcError> {
     let k = &info.kallsyms;
     let t = info.orc.as_ref().ok_or(OrcError::Counts { ips: 0, entries: 0 })?;
     let vmlinux = OrcTable::read_vmlinux(mem, k, t)?;
@@ -334,11 +341,17 @@ pub fn build_unwinder(mem: &mut dyn KernelMemory, info: &KernelInfo) -> Result<O
                     let text: Range<u64> = m.base..m.base + m.text_size;
                     match OrcTable::read(mem, &format!("module {}", m.name), (text.start, text.end), o.ip_table, o.unwind_table, o.entries) {
                         Ok(t) => u.add_table(t),
-                        Err(e) => info!(module = %m.name, error = %e, "module ORC unreadable: its frames will be unreliable"),
+                        Err(e) => {
+                            info!(module = %m.name, error = %e, "module ORC unreadable: its frames will be unreliable");
+                            refused.push((format!("module {}", m.name), e.cause()));
+                        }
                     }
                 }
             }
-            Err(e) => info!(error = %e, "module list unreadable: module frames will be unreliable"),
+            Err(e) => {
+                info!(error = %e, "module list unreadable: module frames will be unreliable");
+                refused.push(("modules".to_owned(), e.cause()));
+            }
         }
     }
     Ok(u)

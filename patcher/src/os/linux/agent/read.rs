@@ -7,6 +7,7 @@ use super::layout::{self, AgentCpu, AgentTask, Header, F_LIVE, F_OVERFLOW, HEADE
 use super::AgentError;
 use crate::model::backend::Backend;
 use crate::model::mem::KernelMemory;
+use crate::model::phys_filter::PhysFilter;
 
 const PAGE: u64 = 4096;
 
@@ -38,7 +39,8 @@ fn table_len(h: &Header) -> usize {
 }
 
 impl Descriptor {
-    /// Reads the descriptor whose header is at guest-physical `gpa`.
+    /// Reads the descriptor whose header is at guest-physical `gpa`; a
+    /// table page in the device window is refused `not_ram`, unread.
     pub fn read_phys<B: Backend + ?Sized>(be: &mut B, gpa: u64) -> Result<Self, AgentError> {
         let mut hb = vec![0u8; HEADER_SIZE];
         be.read_phys(gpa, &mut hb)?;
@@ -63,6 +65,8 @@ impl Descriptor {
                 n += 1;
             }
             let end = ((first + n) * PAGE as usize).min(len);
+            // Guest-written physical addresses: never device memory.
+            PhysFilter::architectural().check(gpa, (end - done) as u64)?;
             be.read_phys(gpa, &mut table[done..end])?;
             done = end;
         }

@@ -286,3 +286,18 @@ fn a_header_claiming_a_huge_table_is_refused_before_reading_it() {
     assert_eq!(e.cause(), "agent_corrupt", "{e}");
     assert_eq!(g.writes, writes, "reading never writes");
 }
+
+/// Issue 11: a page list (guest-written physical addresses, under a valid
+/// checksum) naming a page in the device window is refused `not_ram`
+/// before that page is read.
+#[test]
+fn a_table_page_in_device_memory_is_refused_unread() {
+    let mut a = FakeAgent::new((1..200).map(|n| task(n, &format!("t{n}"))).collect());
+    a.table_pages[1] = 0xfee0_0000;
+    let mut g = guest_with(&a);
+    let reads = g.reads;
+    let e = Descriptor::read_phys(&mut g, a.phys).unwrap_err();
+    assert_eq!(e.cause(), "not_ram", "{e}");
+    // The header, the block and the first table page: nothing at the LAPIC.
+    assert_eq!(g.reads - reads, 3);
+}
