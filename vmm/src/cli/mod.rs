@@ -6,6 +6,7 @@ mod fault_injection;
 pub mod fleet;
 pub mod inspect;
 pub mod patch;
+mod patch_build;
 pub mod remote;
 pub mod run;
 pub mod run_config;
