@@ -165,6 +165,7 @@ pub fn build_from_diff(opts: &DiffOptions) -> Result<PatchFile, DiffError> {
     }
     // One spelling of SRC: Kbuild rebuilds an object when the path differs.
     let src = opts.source.canonicalize().map_err(|e| DiffError::NotSource(format!("{}: {e}", opts.source.display())))?;
+    let _hold = tree::lock(&src)?;
     tree::apply(&src, &opts.diff, true)?;
     tree::prepare(&src, &config, &cc)?;
     let objects: Vec<String> = cs.iter().map(|c| format!("{}.o", c.trim_end_matches(".c"))).collect();

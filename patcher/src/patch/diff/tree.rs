@@ -31,6 +31,39 @@ fn sibling(src: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// An exclusive hold on SRC and its sibling trees for one diff build: two
+/// builds at once would run Kbuild in the same tree and copy the fixed tree
+/// over each other. Released when dropped (closing the file drops the lock).
+#[derive(Debug)]
+pub struct TreeLock {
+    _file: std::fs::File,
+}
+
+/// Takes [`TreeLock`] on SRC (`SRC.vsplice-lock`), waiting, with a word on
+/// stderr, while another build holds it.
+pub fn lock(src: &Path) -> Result<TreeLock, DiffError> {
+    use std::os::fd::AsRawFd;
+    let path = sibling(src, ".vsplice-lock");
+    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io(format!("opening {}", path.display())))?;
+    let flock = |op| {
+        // SAFETY: the descriptor belongs to `f`, open for the whole call;
+        // flock touches no memory of ours.
+        if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    if let Err(e) = flock(libc::LOCK_EX | libc::LOCK_NB) {
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(DiffError::Io { what: format!("locking {}", path.display()), source: e });
+        }
+        eprintln!("vsplice: waiting for another build in {}", src.display());
+        flock(libc::LOCK_EX).map_err(io(format!("locking {}", path.display())))?;
+    }
+    Ok(TreeLock { _file: f })
+}
+
 fn io(what: String) -> impl FnOnce(std::io::Error) -> DiffError {
     move |source| DiffError::Io { what, source }
 }
@@ -303,7 +336,28 @@ pub fn touched_files(diff: &str) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn a_second_lock_on_one_tree_waits_for_the_first() {
+        let dir = std::env::temp_dir().join(format!("vsplice-lock-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let src = dir.join("src");
+        let held = lock(&src).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let src2 = src.clone();
+        let t = std::thread::spawn(move || {
+            let l = lock(&src2);
+            tx.send(()).unwrap();
+            l.map(|_| ())
+        });
+        assert!(rx.recv_timeout(std::time::Duration::from_millis(300)).is_err(), "the second lock was taken while the first was held");
+        drop(held);
+        rx.recv_timeout(std::time::Duration::from_secs(60)).unwrap();
+        t.join().unwrap().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn touched_files_come_from_the_new_side_without_prefix() {
