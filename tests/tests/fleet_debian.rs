@@ -7,8 +7,8 @@
 //!   `no_patch_for_kernel`, and are never touched (no journal step names
 //!   them, their registries stay empty), while the test guests are patched
 //!   exactly once.
-//! - A plan that also carries the real Debian patch `cmdline_marker.c`
-//!   built for the cloud kernel: the fleet applies it to exactly that guest
+//! - A plan (written in TOML) that also carries the real Debian patch
+//!   `cmdline_marker.c` built for the cloud kernel: the fleet applies it to exactly that guest
 //!   (its `/proc/cmdline` shows the marker, checked inside the guest), the
 //!   generic guest is still `no_patch_for_kernel`; `fleet rollback` reverts
 //!   it (`/proc/cmdline` as booted again).
@@ -133,7 +133,9 @@ fn two_debian_guests_in_two_hosts_no_patch_for_kernel_then_one_patched_through_t
     let vsp = linuxpatch::cli_build_example(&debian_images(Flavour::CloudAmd64).unwrap(), "cmdline_marker.c", &f.dir).unwrap_or_else(|e| panic!("{e}"));
     let before: Vec<String> = debs.iter_mut().map(|d| d.guest.run_ok("cat /proc/cmdline").unwrap()).collect();
     let marked = format!("{} vsplice.marker=cmdline\n", before[cloud].trim_end());
-    let plan = f.plan("p2", &serde_json::json!({"patches": [&patch, &vsp], "allow_unsigned": true, "canary": {"count": 1}, "parallelism": 2}));
+    // This plan is TOML (chosen by the name): the same keys as the JSON one.
+    let plan = f.dir.join("p2.toml");
+    std::fs::write(&plan, format!("patches = [\"{}\", \"{}\"]\nallow_unsigned = true\nparallelism = 2\n\n[canary]\ncount = 1\n", patch.display(), vsp.display())).unwrap();
     let journal = f.dir.join("j2.redb");
     let o = fleet(&journal, &["start", "--inventory", inv, "--plan", plan.to_str().unwrap()], None);
     assert!(o.status.success(), "{}", said(&o));
