@@ -88,6 +88,12 @@ pub fn steps(journal: &Path) -> Vec<Step> {
     Journal::open(journal).and_then(|j| j.steps()).unwrap_or_else(|e| panic!("{}: {e}", journal.display()))
 }
 
+/// Every record of a journal kept in etcd (`etcd://…`), read without its
+/// lock (a controller may hold it).
+pub fn etcd_steps(url: &str) -> Vec<Step> {
+    Journal::open_reader(Path::new(url), std::time::Duration::ZERO).and_then(|j| j.steps()).unwrap_or_else(|e| panic!("{url}: {e}"))
+}
+
 /// Done records of `target` for `op` with `result`.
 pub fn count(steps: &[Step], target: &str, op: Op, result: &str) -> usize {
     steps.iter().filter(|s| s.target == target && s.op == op && s.phase == "done" && s.result.as_deref() == Some(result)).count()

@@ -17,13 +17,9 @@ use std::time::{Duration, Instant};
 
 use vsplice_tests::api::build_example;
 use vsplice_tests::etcd::{etcd_or_skip, Cluster};
-use vsplice_tests::fleet::{count, fleet, outcome, said, Fleet, QUIET};
+use vsplice_tests::fleet::{count, etcd_steps, fleet, outcome, said, Fleet, QUIET};
 use vsplice_tests::{cli, testguest};
-use vsplice_vmm::fleet::journal::{open_intents, Journal, Op, Step};
-
-fn etcd_steps(url: &str) -> Vec<Step> {
-    Journal::open_reader(Path::new(url), Duration::ZERO).and_then(|j| j.steps()).unwrap_or_else(|e| panic!("{url}: {e}"))
-}
+use vsplice_vmm::fleet::journal::{open_intents, Op, Step};
 
 fn check_all_patched_once(f: &Fleet, steps: &[Step], n: usize) {
     assert!(open_intents(steps).is_empty(), "open steps: {:?}", open_intents(steps));

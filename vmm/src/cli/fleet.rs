@@ -46,7 +46,7 @@ pub struct PlanFiles {
     /// The inventory: `{"targets": [{"name", "api_sock", "labels": {"host": …}}]}`.
     #[arg(long, value_name = "FILE")]
     pub inventory: PathBuf,
-    /// The plan (JSON): patches, selector, canary, waves, parallelism, gates, failure budget.
+    /// The plan (JSON, or TOML when the name ends in `.toml`): patches, selector, canary, waves, parallelism, gates, failure budget.
     #[arg(long, value_name = "FILE")]
     pub plan: PathBuf,
 }

@@ -10,6 +10,7 @@
 //!   reports of its kernel;
 //! - [`plan`]: the plan file and the rollout it makes (which patch for
 //!   which target, the canary, the waves);
+//! - [`plan_format`]: JSON or TOML, chosen by the plan file's name;
 //! - [`target`]: the API calls the controller makes to one target;
 //! - [`gates`]: the health gates after a target is patched;
 //! - [`journal`]: the durable journal (one redb file, or etcd);
@@ -26,6 +27,7 @@ pub mod inventory;
 pub mod journal;
 pub mod metrics;
 pub mod plan;
+pub mod plan_format;
 pub mod target;
 
 use std::path::PathBuf;

@@ -1,4 +1,4 @@
-//! The plan file (JSON) and the rollout it makes: which patch each target
+//! The plan file (JSON, or TOML when its name ends in `.toml`) and the rollout it makes: which patch each target
 //! gets (one patch per kernel build; a target with none is
 //! `no_patch_for_kernel` and never touched), the canary, the waves.
 //!
@@ -13,6 +13,21 @@
 //!  "trusted_keys": "/etc/vsplice/keys", "allow_unsigned": false}
 //! ```
 //!
+//! The same in TOML (`plan.toml`; the keys and their meaning are the same):
+//!
+//! ```toml
+//! patches = ["fix-6.1.0-21.vsp", "fix-6.1.0-22.vsp"]
+//! waves = ["10%", "50%", "100%"]
+//! parallelism = 4
+//! [selector]
+//! zone = "eu"
+//! [canary]
+//! count = 1
+//! soak_ms = 5000
+//! [gates]
+//! probe = ["/usr/local/bin/check"]
+//! ```
+//!
 //! Waves are cumulative sizes of the targets after the canary: a count
 //! (`4`) or a percentage (`"25%"`, rounded up); what the last wave leaves
 //! goes in one more wave.
@@ -24,6 +39,7 @@ use serde::{Deserialize, Serialize};
 use vsplice_patcher::patch::{PatchFile, TrustPolicy};
 
 use super::inventory::{Inventory, Target};
+pub use super::plan_format::PlanFormat;
 use super::target::Probe;
 use super::{read_config, FleetError};
 
@@ -194,7 +210,7 @@ impl Plan {
     /// Reads a plan file; patch paths are made relative to its directory.
     pub fn load(path: &Path) -> Result<Self, FleetError> {
         let bytes = read_config(path)?;
-        let mut plan: Self = serde_json::from_slice(&bytes).map_err(|e| FleetError::invalid(path.display().to_string(), e.to_string()))?;
+        let mut plan = Self::parse(&bytes, PlanFormat::of(path)).map_err(|why| FleetError::invalid(path.display().to_string(), why))?;
         let base = path.parent().unwrap_or(Path::new("."));
         for p in &mut plan.patches {
             if p.is_relative() {
@@ -203,6 +219,11 @@ impl Plan {
         }
         plan.check().map_err(|why| FleetError::invalid(path.display().to_string(), why))?;
         Ok(plan)
+    }
+
+    /// Parses a plan's text in `format` (not checked, paths as written).
+    pub fn parse(bytes: &[u8], format: PlanFormat) -> Result<Self, String> {
+        format.parse(bytes)
     }
 
     fn check(&self) -> Result<(), String> {
