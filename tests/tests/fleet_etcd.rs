@@ -43,11 +43,15 @@ fn etcd_member_killed_mid_rollout_and_controller_takeover_after_the_lease() {
     let inv = f.inventory(&[]);
     // Four targets one at a time, 1.5 s each: the rollout outlives the lease's TTL (3 s) twice, kept alive.
     let plan = f.plan("p", &serde_json::json!({"patches": [&patch], "allow_unsigned": true, "soak_ms": 1500, "parallelism": 1}));
+    // Part 1 checks a second controller while the first still runs: after the
+    // first target is patched, 3 × 5 s of soak remain, room for a loaded host
+    // to poll, kill a member and start the second (1.5 s was not always enough).
+    let long_plan = f.plan("p-long", &serde_json::json!({"patches": [&patch], "allow_unsigned": true, "soak_ms": 5000, "parallelism": 1}));
 
     // 1. A member dies mid-rollout.
     let url = cluster.url("vsplice/rollout1");
     let child = Command::new(cli::vsplice_bin())
-        .args(["fleet", "--journal", &url, "start", "--inventory", inv.to_str().unwrap(), "--plan", plan.to_str().unwrap()])
+        .args(["fleet", "--journal", &url, "start", "--inventory", inv.to_str().unwrap(), "--plan", long_plan.to_str().unwrap()])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
