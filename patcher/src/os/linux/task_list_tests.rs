@@ -27,7 +27,7 @@ fn vcpu(index: usize, cs: u16, rsp: u64, gs: u64, kgs: Option<u64>) -> VcpuState
 
 fn raw(n: u64, on_cpu: bool, sp_off: u64) -> Task {
     let stack = 0xffff_c900_0100_0000 + n * 0x8000;
-    Task { addr: 0xffff_8880_0200_0000 + n * 0x4000, pid: n as i32, tgid: n as i32, comm: format!("t{n}"), state: 1, on_cpu, cpu: 0, stack, sp: stack + sp_off }
+    Task { addr: 0xffff_8880_0200_0000 + n * 0x4000, pid: n as i32, tgid: n as i32, comm: format!("t{n}"), state: 1, on_cpu, cpu: 0, stack, sp: stack + sp_off, sched: None }
 }
 
 fn info(tasks: &[TaskInfo], id: u64) -> &TaskInfo {
