@@ -145,6 +145,7 @@ fn with_patcher(g: &AttachArgs, attempts: u32, f: impl FnOnce(&mut Patcher<'_, &
     let mut cfg = TxnConfig::new(g.arena);
     cfg.max_attempts = attempts;
     cfg.check = g.check;
+    cfg.incremental = g.incremental;
     let code = {
         let mut p = Patcher::new(&mut backend, &*target, cfg);
         f(&mut p)
