@@ -31,6 +31,8 @@ fn main() {
     let flavour = Flavour::Amd64;
     let Some(mut cfg) = linuxpatch::config_with_headers(flavour, "incremental-numbers") else { return };
     cfg.shared_ram = true;
+    // 10,000 threads' stacks do not fit in the default 1 GiB.
+    cfg.mem_mib = 2048;
     cfg.extra_append.push("vsplice.agent=0".into());
     let Some(mut g) = Guest::boot_or_skip(cfg) else { return };
     let img = debian_images(flavour).unwrap();
@@ -45,6 +47,9 @@ fn main() {
         }
         let out = g.run_ok(&format!("mthreads {n} vsplbench >/tmp/mt.log 2>&1 & while ! grep -q ready /tmp/mt.log; do sleep 0.5; done; cat /tmp/mt.log")).unwrap();
         last = out.split_whitespace().nth(1).map(str::to_string);
+        let pid = last.clone().unwrap_or_default();
+        let threads = g.run_ok(&format!("ls /proc/{pid}/task | wc -l; ls -d /proc/[0-9]*/task/* | wc -l")).unwrap_or_default();
+        eprintln!("{n} threads asked: {out:?}; the guest counts (process, all tasks): {:?}", threads.split_whitespace().collect::<Vec<_>>());
         let (mut be, target) = linuxpatch::attach(&g).unwrap();
         for mode in [Incremental::Off, Incremental::On, Incremental::Compare] {
             let mut p = linuxpatch::patcher(&g, &mut be, &target);

@@ -164,6 +164,7 @@ pub fn difference(full: &[Conflict], incremental: &[Conflict]) -> Option<String>
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn task(id: u64, sp: u64, nvcsw: u64) -> TaskInfo {

@@ -104,7 +104,11 @@ pub struct Patcher<'t, B: Backend> {
 /// the stop, the guest running; returns what the guest writes then
 /// (guest-physical address, bytes: a task running into a function, say).
 #[cfg(test)]
-pub(crate) struct Window(pub Box<dyn FnMut(u32) -> Vec<(u64, Vec<u8>)>>);
+pub(crate) struct Window(pub Box<WindowFn>);
+
+/// The writes the guest makes in a test window: (guest-physical address, bytes).
+#[cfg(test)]
+type WindowFn = dyn FnMut(u32) -> Vec<(u64, Vec<u8>)>;
 
 #[cfg(test)]
 impl std::fmt::Debug for Window {
