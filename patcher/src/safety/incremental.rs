@@ -37,9 +37,14 @@
 //!   (a recheck) or make the pre-check's unwind find something or fail (no
 //!   verdict kept): a verdict is kept only when the evidence read *before*
 //!   the stack equals the evidence under the pause, and then the stack did
-//!   not change after that read. Each counter must be read as one value the
-//!   guest held (an aligned 8-byte load: the shared-memory file and the
-//!   gdbstub both read it so).
+//!   not change after that read. This needs each counter read as one value
+//!   the guest held. The gdbstub reads inside a stop; the RAM file is read
+//!   a page at a time with `memcpy` while the guest runs, and x86 does not
+//!   formally promise that an aligned 8-byte word inside a vector or string
+//!   copy is read whole (hardware does so in practice). A counter read torn
+//!   into a value it never held could only matter if that value were the
+//!   one the counter reaches by the pause, with the same saved SP: not
+//!   excluded by this argument, caught by `compare`.
 //! - Identity: the `task_struct` address, `start_time` and the task id must
 //!   match, so a record freed and reused by a new task is not the same one;
 //!   the stack and the saved SP must match, so the verdict was computed on
