@@ -43,8 +43,12 @@
 //!   formally promise that an aligned 8-byte word inside a vector or string
 //!   copy is read whole (hardware does so in practice). A counter read torn
 //!   into a value it never held could only matter if that value were the
-//!   one the counter reaches by the pause, with the same saved SP: not
-//!   excluded by this argument, caught by `compare`.
+//!   one the counter reaches by the pause, with the same saved SP; with one
+//!   change during a page copy the torn values of N and N+1 are N+1 ± a
+//!   multiple of 256, so that takes 255 or more switches of that task
+//!   between the pre-check and the pause, ending at the same saved SP. Not
+//!   excluded by this argument; `compare` would catch it. Reading the
+//!   evidence with single aligned 8-byte loads would close it (not done).
 //! - Identity: the `task_struct` address, `start_time` and the task id must
 //!   match, so a record freed and reused by a new task is not the same one;
 //!   the stack and the saved SP must match, so the verdict was computed on
