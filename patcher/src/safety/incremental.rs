@@ -44,8 +44,8 @@
 //!   copy is read whole (hardware does so in practice). A counter read torn
 //!   into a value it never held could only matter if that value were the
 //!   one the counter reaches by the pause, with the same saved SP; with one
-//!   change during a page copy the torn values of N and N+1 are N+1 ± a
-//!   multiple of 256, so that takes 255 or more switches of that task
+//!   change during a page copy every torn mix of N and N+1 is N or N+1
+//!   modulo 256, so that takes 256 or more switches of that task
 //!   between the pre-check and the pause, ending at the same saved SP. Not
 //!   excluded by this argument; `compare` would catch it. Reading the
 //!   evidence with single aligned 8-byte loads would close it (not done).
