@@ -13,6 +13,8 @@
 //! - a task asleep in `common_nsleep` all along: `code_busy` naming it in
 //!   `on` and `compare` (a task found in the target at the pre-check keeps
 //!   no verdict), then the apply once it left;
+//! - all of it with the agentless walk, and again with the guest agent
+//!   loaded (its tasks take the walk's counters);
 //! - the CLI: `vsplice patch apply --incremental compare` of example 1
 //!   (`cmdline_proc_show`, which a third loop keeps entering) rounds with the
 //!   loops running, each `ok` or `code_busy`, never a mismatch, and the
@@ -127,11 +129,25 @@ fn cli_rounds(g: &mut Guest, vsp: &Path) -> Result<(), String> {
 
 #[test]
 fn incremental_check_agrees_with_the_full_check_while_tasks_run() {
+    incremental_e2e(false);
+}
+
+/// The same with the guest agent loaded: the task list is the agent's
+/// merged with the walk, whose switch counters the agent's tasks take.
+#[test]
+fn incremental_check_agrees_with_the_full_check_with_the_agent() {
+    incremental_e2e(true);
+}
+
+fn incremental_e2e(agent: bool) {
     let _l = vm_lock();
     let flavour = Flavour::Amd64;
-    let Some(mut cfg) = linuxpatch::config_with_headers(flavour, "incremental") else { return };
+    let label = if agent { "incremental-agent" } else { "incremental" };
+    let Some(mut cfg) = linuxpatch::config_with_headers(flavour, label) else { return };
     cfg.shared_ram = true;
-    cfg.extra_append.push("vsplice.agent=0".into());
+    if !agent {
+        cfg.extra_append.push("vsplice.agent=0".into());
+    }
     let Some(mut g) = Guest::boot_or_skip(cfg) else { return };
     let img = debian_images(flavour).unwrap();
     let image = LinuxImage::open(&img.vmlinuz).unwrap();
