@@ -142,6 +142,9 @@ impl TargetKernel for TestGuest {
                 stack: base..base + size,
                 saved_sp: if on_cpu { None } else { Some(rd_u64(e, 0x30)) },
                 on_cpu,
+                // The test guest keeps no switch counters: every task is
+                // checked at every pause.
+                evidence: None,
             });
         }
         // Read the sequence again: a change means the table moved under us

@@ -68,6 +68,63 @@ impl fmt::Display for CheckMode {
     }
 }
 
+/// Whether the pause re-unwinds every task or reuses the verdicts of a
+/// check made with the guest running (`crate::safety::incremental`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
+pub enum Incremental {
+    /// Every task is checked under the pause (the full check).
+    #[default]
+    Off,
+    /// Tasks the scheduler proves did not run since the pre-check keep
+    /// its verdict; all others, and every vCPU, are checked under the pause.
+    On,
+    /// Both, under the same pause: a difference in their conflicts refuses
+    /// the transaction (`incremental_mismatch`), never a write.
+    Compare,
+}
+
+impl FromStr for Incremental {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "off" => Ok(Self::Off),
+            "on" => Ok(Self::On),
+            "compare" => Ok(Self::Compare),
+            other => Err(format!("unknown incremental mode `{other}` (off, on or compare)")),
+        }
+    }
+}
+
+impl fmt::Display for Incremental {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Off => "off",
+            Self::On => "on",
+            Self::Compare => "compare",
+        })
+    }
+}
+
+/// What the incremental check did at the last pause.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct IncrementalSummary {
+    /// The mode asked for.
+    pub mode: Incremental,
+    /// Tasks the pre-check (guest running) found clean and kept a verdict for.
+    pub pre_checked: usize,
+    /// Tasks whose pre-check verdict the pause reused.
+    pub reused: usize,
+    /// Tasks checked under the pause (ran since, new, on a CPU, no evidence).
+    pub rechecked: usize,
+    /// Microseconds the pre-check took (guest running).
+    pub pre_check_us: u64,
+    /// Why no verdict was reused, when none could be (no pre-check).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
 /// A stack the ORC check could not unwind, scanned conservatively instead.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Fallback {
@@ -95,4 +152,7 @@ pub struct CheckSummary {
     /// Where the task list came from (`agent+agentless`, `agentless`,
     /// `testguest`, …); empty when not known.
     pub task_source: String,
+    /// The incremental check's counts, when it was asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub incremental: Option<IncrementalSummary>,
 }

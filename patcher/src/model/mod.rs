@@ -31,11 +31,11 @@ pub mod tasks;
 
 pub use arena::{ArenaError, ArenaRange};
 pub use backend::{Backend, BackendError, VcpuState};
-pub use check::{CheckMode, CheckRange, CheckSummary, Conflict, Fallback};
+pub use check::{CheckMode, CheckRange, CheckSummary, Conflict, Fallback, Incremental, IncrementalSummary};
 pub use error::chain;
 pub use mem::{BufferMemory, KernelMemory, MemError};
 pub use phys_filter::PhysFilter;
 pub use ram::{check_arena, ArenaUse, RamKind, RamMap, RamSource};
 pub use symbols::{LookupError, Qualifier, Symbol, SymbolKind, SymbolTable};
 pub use target_kind::TargetKind;
-pub use tasks::{CpuStack, GuestTasks, TargetError, TaskInfo, TaskList, DISPUTE_PAUSES};
+pub use tasks::{CpuStack, GuestTasks, TargetError, TaskEvidence, TaskInfo, TaskList, DISPUTE_PAUSES};

@@ -87,6 +87,32 @@ pub struct TaskInfo {
     pub saved_sp: Option<u64>,
     /// True when it is the current task of its CPU (its SP is that vCPU's RSP).
     pub on_cpu: bool,
+    /// The scheduler's evidence of whether it ran, when the kernel kind can
+    /// read it (the incremental check reuses an earlier verdict only on it);
+    /// `None` for a task on a CPU or when the counters are unknown.
+    #[serde(skip)]
+    pub evidence: Option<TaskEvidence>,
+}
+
+/// What the scheduler says about one switched-out task, read together with
+/// the list: if every field is the same at two reads and the task is on no
+/// CPU at the second, it did not run in between (a task that runs is
+/// switched out again before it can be seen off a CPU, and every switch-out
+/// adds one to `nvcsw` or `nivcsw`), so its stack from `sp` up is what it
+/// was. See `crate::safety::incremental`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TaskEvidence {
+    /// Address of its `task_struct` (or the kind's task record).
+    pub addr: u64,
+    /// When it was created (`start_time`, ns since boot): a task record
+    /// freed and reused by a new task is not the same task.
+    pub start_time: u64,
+    /// Voluntary context switches (`nvcsw`).
+    pub nvcsw: u64,
+    /// Involuntary context switches (`nivcsw`).
+    pub nivcsw: u64,
+    /// Saved stack pointer (`thread.sp`) as read.
+    pub sp: u64,
 }
 
 /// A stack that belongs to a CPU rather than a task (IRQ, exception stacks).

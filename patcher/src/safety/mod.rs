@@ -12,7 +12,9 @@
 //!   registers;
 //! - [`cpu_stacks`]: which of a CPU's own stacks (IRQ, exception, entry)
 //!   can hold a live return address, and which CPU a vCPU on one is;
-//! - `findings`: conflicts (named by function and owner) and the summary.
+//! - `findings`: conflicts (named by function and owner) and the summary;
+//! - [`incremental`]: which tasks keep the verdict of a check made with the
+//!   guest running (the scheduler's evidence says they did not run since).
 //!
 //! Inputs and results are the vocabulary of [`crate::model::check`] and
 //! [`crate::model::tasks`]; finding the stacks is the kernel's business
@@ -20,6 +22,7 @@
 
 pub mod cpu_stacks;
 mod findings;
+pub mod incremental;
 mod orc;
 #[cfg(test)]
 mod orc_tests;

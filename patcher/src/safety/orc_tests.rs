@@ -19,7 +19,7 @@ fn range(start: u64, len: u64, label: &str) -> Vec<CheckRange> {
 }
 
 fn sleeper(sp: u64) -> TaskInfo {
-    TaskInfo { id: 300, name: "mthreads".into(), cpu: Some(0), stack: S..S + SIZE, saved_sp: Some(sp), on_cpu: false }
+    TaskInfo { id: 300, name: "mthreads".into(), cpu: Some(0), stack: S..S + SIZE, saved_sp: Some(sp), on_cpu: false, evidence: None }
 }
 
 #[test]
@@ -88,7 +88,7 @@ fn a_vcpu_in_an_interrupt_is_checked_through_its_irq_stack() {
     Stack::new(IRQ + 0x10000).install(&mut g, 0x30_0000);
     let mut v = VcpuState { index: 0, rip: H + 0x10, cs: 0x10, ..VcpuState::default() };
     v.gprs[7] = i.sp;
-    let running = TaskInfo { id: 77, name: "busy".into(), cpu: Some(0), stack: S..S + SIZE, saved_sp: Some(0), on_cpu: true };
+    let running = TaskInfo { id: 77, name: "busy".into(), cpu: Some(0), stack: S..S + SIZE, saved_sp: Some(0), on_cpu: true, evidence: None };
     let tasks = TaskList {
         tasks: vec![running],
         cpu_stacks: vec![

@@ -108,8 +108,8 @@ mod tests {
         }]);
         let tasks = TaskList {
             tasks: vec![
-                TaskInfo { id: 1, name: "worker/0:0".into(), cpu: Some(0), stack: STACK..STACK + 0x1000, saved_sp: Some(STACK + 0x100), on_cpu: false },
-                TaskInfo { id: 2, name: "worker/0:1".into(), cpu: Some(0), stack: STACK + 0x1000..STACK + 0x2000, saved_sp: None, on_cpu: true },
+                TaskInfo { id: 1, name: "worker/0:0".into(), cpu: Some(0), stack: STACK..STACK + 0x1000, saved_sp: Some(STACK + 0x100), on_cpu: false, evidence: None },
+                TaskInfo { id: 2, name: "worker/0:1".into(), cpu: Some(0), stack: STACK + 0x1000..STACK + 0x2000, saved_sp: None, on_cpu: true, evidence: None },
             ],
             cpu_stacks: vec![],
         };
@@ -178,7 +178,7 @@ mod tests {
         data[last..].copy_from_slice(&(F + 0x20).to_le_bytes());
         let mut mem = BufferMemory { base: STACK, data };
         let t = TaskList {
-            tasks: vec![TaskInfo { id: 9, name: "big".into(), cpu: None, stack: STACK..STACK + big, saved_sp: None, on_cpu: true }],
+            tasks: vec![TaskInfo { id: 9, name: "big".into(), cpu: None, stack: STACK..STACK + big, saved_sp: None, on_cpu: true, evidence: None }],
             cpu_stacks: vec![],
         };
         let input = CheckInput { vcpus: &[], vcpu_cpus: &[], tasks: &t };

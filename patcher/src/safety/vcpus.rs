@@ -169,7 +169,7 @@ mod tests {
     use super::*;
 
     fn task(id: u64, cpu: u32, base: u64, on_cpu: bool) -> TaskInfo {
-        TaskInfo { id, name: format!("t{id}"), cpu: Some(cpu), stack: base..base + 0x4000, saved_sp: None, on_cpu }
+        TaskInfo { id, name: format!("t{id}"), cpu: Some(cpu), stack: base..base + 0x4000, saved_sp: None, on_cpu, evidence: None }
     }
 
     fn vcpu(rsp: u64) -> VcpuState {

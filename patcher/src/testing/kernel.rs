@@ -235,7 +235,7 @@ impl FakeKernel {
         let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
         g.put(phys(base), &vec![0u8; STACK_SIZE as usize]);
         g.put(phys(saved_sp), &bytes);
-        TaskInfo { id, name: name.to_owned(), cpu: Some(0), stack: base..top, saved_sp: Some(saved_sp), on_cpu: false }
+        TaskInfo { id, name: name.to_owned(), cpu: Some(0), stack: base..top, saved_sp: Some(saved_sp), on_cpu: false, evidence: None }
     }
 
     /// The task list every pause sees from now on.

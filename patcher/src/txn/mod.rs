@@ -17,6 +17,7 @@ pub mod apply;
 pub mod arena_check;
 pub mod causes;
 mod dispute;
+mod incremental;
 pub mod orc;
 pub mod pause;
 pub mod prepare;
@@ -35,6 +36,8 @@ mod busy_tests;
 #[cfg(test)]
 mod crash_tests;
 #[cfg(test)]
+mod incremental_tests;
+#[cfg(test)]
 mod orc_tests;
 #[cfg(test)]
 mod paging_tests;
@@ -47,7 +50,7 @@ use crate::arena::registry::Registry;
 use crate::arena::{codec, map, ArenaInfo};
 use crate::model::backend::Backend;
 use crate::arch::x86::guest::Guest;
-use crate::model::{ArenaRange, CheckMode, CheckSummary};
+use crate::model::{ArenaRange, CheckMode, CheckSummary, Incremental};
 use crate::kernels::TargetKernel;
 pub use result::{Cause, Conflict, Failure, Stage, Timings, TxnReport};
 
@@ -65,12 +68,17 @@ pub struct TxnConfig {
     /// The safety check: ORC unwinding where the target has an unwinder
     /// (conservative scan per unreliable stack), or the conservative scan.
     pub check: CheckMode,
+    /// Reuse the verdicts of a pre-check made with the guest running for
+    /// the tasks the scheduler proves did not run since (`on`), run both
+    /// and refuse on a difference (`compare`), or check every task under
+    /// the pause (`off`, the default).
+    pub incremental: Incremental,
 }
 
 impl TxnConfig {
     /// Defaults for an arena: 20 attempts, 5 ms back-off doubling to 200 ms.
     pub fn new(arena: ArenaRange) -> Self {
-        Self { arena, max_attempts: 20, backoff: Duration::from_millis(5), max_backoff: Duration::from_millis(200), check: CheckMode::default() }
+        Self { arena, max_attempts: 20, backoff: Duration::from_millis(5), max_backoff: Duration::from_millis(200), check: CheckMode::default(), incremental: Incremental::default() }
     }
 }
 
@@ -87,13 +95,43 @@ pub struct Patcher<'t, B: Backend> {
     last_check: Option<CheckSummary>,
     /// Where the last task read found its source, handed to the next one.
     task_hint: Option<u64>,
+    /// Tests: what the guest does between a pause's pre-check and its stop.
+    #[cfg(test)]
+    window: Option<Window>,
+}
+
+/// Tests: called with the attempt number after the pre-check and before
+/// the stop, the guest running; returns what the guest writes then
+/// (guest-physical address, bytes: a task running into a function, say).
+#[cfg(test)]
+pub(crate) struct Window(pub Box<WindowFn>);
+
+/// The writes the guest makes in a test window: (guest-physical address, bytes).
+#[cfg(test)]
+type WindowFn = dyn FnMut(u32) -> Vec<(u64, Vec<u8>)>;
+
+#[cfg(test)]
+impl std::fmt::Debug for Window {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Window")
+    }
 }
 
 impl<'t, B: Backend> Patcher<'t, B> {
     /// A patcher for `target` through `backend`.
     pub fn new(backend: B, target: &'t dyn TargetKernel, cfg: TxnConfig) -> Self {
         let guest = Guest::new(backend, target.page_table_root(), target.paging_mode().cr4_bits());
-        Self { target, guest, cfg, generation: 0, notes: Vec::new(), last_check: None, task_hint: None }
+        Self {
+            target,
+            guest,
+            cfg,
+            generation: 0,
+            notes: Vec::new(),
+            last_check: None,
+            task_hint: None,
+            #[cfg(test)]
+            window: None,
+        }
     }
 
     /// Guest access (tests, diagnostics).
@@ -104,6 +142,22 @@ impl<'t, B: Backend> Patcher<'t, B> {
     /// The configuration.
     pub fn config_mut(&mut self) -> &mut TxnConfig {
         &mut self.cfg
+    }
+
+    /// Tests: `f` runs between each pause's pre-check and its stop.
+    #[cfg(test)]
+    pub(crate) fn set_window(&mut self, f: impl FnMut(u32) -> Vec<(u64, Vec<u8>)> + 'static) {
+        self.window = Some(Window(Box::new(f)));
+    }
+
+    #[cfg(test)]
+    fn run_window(&mut self, attempt: u32) {
+        let writes = self.window.as_mut().map(|w| (w.0)(attempt)).unwrap_or_default();
+        for (gpa, bytes) in writes {
+            if let Err(e) = self.guest.backend().write_phys(gpa, &bytes) {
+                tracing::error!(error = %e, "test window write failed");
+            }
+        }
     }
 
     /// Gives the backend back.

@@ -7,6 +7,8 @@
 //! resume, back off and try again, up to the configured number of pauses;
 //! so does a task list whose sources disagree the way a fork or exit in
 //! flight does, until the same tasks stay disputed ([`super::dispute`]).
+//! With the incremental check on, each pause is preceded by its pre-check
+//! with the guest running ([`super::incremental`]).
 
 use std::time::Instant;
 
@@ -16,7 +18,6 @@ use super::Patcher;
 use crate::arena::map;
 use crate::arena::registry::{CheckRange, Registry, SiteWrite};
 use crate::model::backend::{Backend, BackendError};
-use crate::safety::{self, CheckInput};
 use crate::model::mem::KernelMemory;
 use crate::model::TargetError;
 
@@ -100,6 +101,10 @@ impl<B: Backend> Patcher<'_, B> {
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(self.cfg.max_backoff);
             }
+            // With the guest running: the incremental check's pre-check.
+            let pre = self.pre_check(unwinder.as_ref(), ranges);
+            #[cfg(test)]
+            self.run_window(attempt);
             let t0 = Instant::now();
             let vcpus = self.guest.stop().map_err(|e| fail(Self::backend_failure(Stage::Pause, &e)))?;
             timings.pause_us = us(t0);
@@ -132,8 +137,7 @@ impl<B: Backend> Patcher<'_, B> {
             };
             disputes.clear();
             self.task_hint = tasks.source_at;
-            let input = CheckInput { vcpus: &vcpus, vcpu_cpus: &tasks.vcpu_cpus, tasks: &tasks.list };
-            let conflicts: Vec<Conflict> = match safety::check(self.cfg.check, unwinder.as_ref(), &mut self.guest, symbols, input, ranges) {
+            let conflicts: Vec<Conflict> = match self.pause_check(unwinder.as_ref(), &vcpus, &tasks, ranges, pre.as_ref()) {
                 Ok((c, mut summary)) => {
                     summary.task_source = tasks.source.to_owned();
                     if !summary.fallbacks.is_empty() {
@@ -142,10 +146,7 @@ impl<B: Backend> Patcher<'_, B> {
                     self.last_check = Some(summary);
                     c
                 }
-                Err(e) => {
-                    let f = Failure::from_err(Stage::Check, Cause::Unexpected, Some(e.cause()), &e);
-                    return Err(fail(self.resume_after(t0, timings, f)));
-                }
+                Err(f) => return Err(fail(self.resume_after(t0, timings, f))),
             };
             // The text must still hold what the transaction expects.
             let mut stale = None;

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use vsplice_patcher::gdb::GdbError;
 use vsplice_patcher::kernels::TargetKernel;
 use vsplice_patcher::model::backend::Backend;
-use vsplice_patcher::model::{ArenaRange, CheckMode};
+use vsplice_patcher::model::{ArenaRange, CheckMode, Incremental};
 
 use super::handler::RequestHandler;
 use super::http::{ApiServer, SocketError};
@@ -64,6 +64,8 @@ pub struct AttachedVm {
     pub arena: ArenaRange,
     /// The safety check of every transaction unless its request names one.
     pub check: CheckMode,
+    /// The incremental check of every transaction (`--incremental`).
+    pub incremental: Incremental,
     /// The identified kernel.
     pub kernel: KernelInfo,
 }
@@ -71,7 +73,7 @@ pub struct AttachedVm {
 impl AttachedVm {
     /// The description of an attached guest running `target`.
     pub fn new(target: &dyn TargetKernel, vcpus: usize, arena: ArenaRange, check: CheckMode) -> Self {
-        Self { vcpus, arena, check, kernel: KernelInfo::of(target, None) }
+        Self { vcpus, arena, check, incremental: Incremental::Off, kernel: KernelInfo::of(target, None) }
     }
 
     fn info(&self, state: VmState) -> VmInfo {
@@ -109,7 +111,7 @@ impl AttachedService {
         let shared = Arc::new(ApiShared::default());
         let (tx, rx) = mpsc::channel();
         let server = ApiServer::start(path, shared.clone(), tx)?;
-        let me = Self { server, handler: RequestHandler::new(shared.clone(), rx).with_check(vm.check), shared, vm, started: Instant::now() };
+        let me = Self { server, handler: RequestHandler::new(shared.clone(), rx).with_check(vm.check).with_incremental(vm.incremental), shared, vm, started: Instant::now() };
         me.publish(VmState::Running);
         Ok(me)
     }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use vsplice_patcher::model::backend::Backend;
-use vsplice_patcher::model::{ArenaRange, CheckMode};
+use vsplice_patcher::model::{ArenaRange, CheckMode, Incremental};
 use vsplice_patcher::model::chain;
 use vsplice_patcher::patch::{FormatError, PatchFile};
 use vsplice_patcher::patch::trust::{TrustPolicy, ALLOW_UNSIGNED_NOTE};
@@ -158,13 +158,14 @@ pub struct RequestHandler {
     shared: Arc<ApiShared>,
     requests: Receiver<Envelope>,
     check: Option<CheckMode>,
+    incremental: Incremental,
     trust: TrustPolicy,
 }
 
 impl RequestHandler {
     /// A handler for the requests arriving on `requests`.
     pub fn new(shared: Arc<ApiShared>, requests: Receiver<Envelope>) -> Self {
-        Self { shared, requests, check: None, trust: TrustPolicy::none() }
+        Self { shared, requests, check: None, incremental: Incremental::Off, trust: TrustPolicy::none() }
     }
 
     /// Which patches an apply lets through (`--trusted-keys`, `--allow-unsigned`).
@@ -176,6 +177,13 @@ impl RequestHandler {
     /// (`vsplice attach --check`; default: the transaction's default).
     pub fn with_check(mut self, check: CheckMode) -> Self {
         self.check = Some(check);
+        self
+    }
+
+    /// The incremental check of every transaction (`vsplice attach
+    /// --incremental`; default off).
+    pub fn with_incremental(mut self, incremental: Incremental) -> Self {
+        self.incremental = incremental;
         self
     }
 
@@ -209,6 +217,7 @@ impl RequestHandler {
                     if let Some(check) = self.check {
                         config.check = check;
                     }
+                    config.incremental = self.incremental;
                     let mut patcher = Patcher::new(&mut *guest, target, config);
                     serve_with(&mut patcher, desired, env.request, &self.trust)
                 }

@@ -118,7 +118,8 @@ pub fn run(args: AttachDaemonArgs) -> ExitCode {
         return ExitCode::from(EXIT_BAD_INPUT);
     }
     let vcpus = gdb(&backend).threads().len();
-    let vm = AttachedVm::new(&*target, vcpus, arena, args.guest.check);
+    let mut vm = AttachedVm::new(&*target, vcpus, arena, args.guest.check);
+    vm.incremental = args.guest.incremental;
     let mut service = match AttachedService::start(&args.api_sock, vm.clone()) {
         Ok(mut s) => {
             s.set_trust(trust);

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use vsplice_patcher::model::{ArenaRange, CheckMode, TargetKind};
+use vsplice_patcher::model::{ArenaRange, CheckMode, Incremental, TargetKind};
 use vsplice_patcher::os::linux::view::TaskSource;
 use vsplice_patcher::shm::{ShmSpec, StopVia};
 
@@ -38,6 +38,16 @@ pub struct AttachArgs {
     /// word of every stack (Ksplice's check: stale code addresses count).
     #[arg(long, value_enum, default_value_t = CheckMode::Orc)]
     pub check: CheckMode,
+    /// The incremental safety check (with `--check orc`): `on` unwinds
+    /// every sleeping task while the guest runs, and the pause checks only
+    /// the vCPUs, the CPU stacks and the tasks the scheduler's evidence
+    /// (task_struct, start_time, nvcsw, nivcsw, thread.sp) does not prove
+    /// idle since; `compare` runs that and the full check under the same
+    /// pause and refuses (`incremental_mismatch`) if their conflicts
+    /// differ; `off` checks every task under the pause. The result's
+    /// `check.incremental` counts the tasks reused and rechecked.
+    #[arg(long, value_enum, default_value_t = Incremental::Off)]
+    pub incremental: Incremental,
     /// Where a Linux guest's task list comes from: `auto` (the vsplice guest
     /// agent when loaded, checked against the BTF walk; else the walk),
     /// `agent` (refuse without a sound agent), `agentless` (the walk only).

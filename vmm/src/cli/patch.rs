@@ -145,6 +145,7 @@ fn with_patcher(g: &AttachArgs, attempts: u32, f: impl FnOnce(&mut Patcher<'_, &
     let mut cfg = TxnConfig::new(g.arena);
     cfg.max_attempts = attempts;
     cfg.check = g.check;
+    cfg.incremental = g.incremental;
     let code = {
         let mut p = Patcher::new(&mut backend, &*target, cfg);
         f(&mut p)
@@ -235,7 +236,7 @@ pub fn run(cmd: PatchCommand) -> ExitCode {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use clap::{Parser, ValueEnum};
-    use vsplice_patcher::model::{CheckMode, TargetKind};
+    use vsplice_patcher::model::{CheckMode, Incremental, TargetKind};
     use vsplice_patcher::os::linux::view::TaskSource;
     use vsplice_patcher::shm::StopVia;
 
@@ -283,7 +284,15 @@ mod tests {
         assert_eq!(no_kernel.kind(), clap::error::ErrorKind::MissingRequiredArgument);
         // clap's required_if_eq ignores defaults: `connect` reports the missing image then.
         assert_eq!(attach(&["--arena", "0x8000000:4M", "--tasks", "agent"]).unwrap().kernel, None);
-        for bad in [["--target", "windows"], ["--check", "fast"], ["--tasks", "some"]] {
+        // The incremental check: off unless asked.
+        assert_eq!(attach(&["--kernel", "tg.elf", "--arena", "0x8000000:4M"]).unwrap().incremental, Incremental::Off);
+        let a = attach(&["--target", "linux", "--arena", "0x8000000:4M", "--incremental", "compare"]).unwrap();
+        assert_eq!(a.incremental, Incremental::Compare);
+        for m in Incremental::value_variants() {
+            assert_eq!(m.to_possible_value().unwrap().get_name().parse::<Incremental>().unwrap(), *m);
+            assert_eq!(m.to_possible_value().unwrap().get_name(), m.to_string());
+        }
+        for bad in [["--target", "windows"], ["--check", "fast"], ["--tasks", "some"], ["--incremental", "yes"]] {
             let args = [&["--kernel", "tg.elf", "--arena", "0x8000000:4M"][..], &bad[..]].concat();
             assert_eq!(attach(&args).unwrap_err().kind(), clap::error::ErrorKind::InvalidValue, "{bad:?}");
         }

@@ -34,7 +34,7 @@ use super::tasks::{per_cpu_offsets, vcpu_cpu, Task, TaskError, THREAD_SIZE};
 use super::unwind::PT_REGS_SIZE;
 use crate::model::backend::VcpuState;
 use crate::model::mem::KernelMemory;
-use crate::model::{CpuStack, TaskInfo, TaskList};
+use crate::model::{CpuStack, TaskEvidence, TaskInfo, TaskList};
 
 /// Longest CPU stack believed (6.1: IRQ 16 KiB, exception stacks 4 KiB, the
 /// entry stack a page; twice that with KASAN).
@@ -79,7 +79,14 @@ pub fn task_infos(raw: &[Task], vcpus: &[VcpuState], current: &[Option<u64>]) ->
         } else {
             (false, Some(t.sp).filter(|sp| stack.contains(sp)))
         };
-        out.push(TaskInfo { id: t.pid.max(0) as u64, name: t.comm.clone(), cpu: Some(t.cpu), stack, saved_sp, on_cpu });
+        // Evidence only for a task switched out and current on no vCPU
+        // (`crate::safety::incremental`): the others are checked every time.
+        let current_anywhere = current.contains(&Some(t.addr));
+        let evidence = match (t.sched, on_cpu || t.on_cpu || current_anywhere) {
+            (Some(s), false) => Some(TaskEvidence { addr: t.addr, start_time: s.start_time, nvcsw: s.nvcsw, nivcsw: s.nivcsw, sp: t.sp }),
+            _ => None,
+        };
+        out.push(TaskInfo { id: t.pid.max(0) as u64, name: t.comm.clone(), cpu: Some(t.cpu), stack, saved_sp, on_cpu, evidence });
     }
     Ok(out)
 }

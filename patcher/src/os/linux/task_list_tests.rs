@@ -27,7 +27,7 @@ fn vcpu(index: usize, cs: u16, rsp: u64, gs: u64, kgs: Option<u64>) -> VcpuState
 
 fn raw(n: u64, on_cpu: bool, sp_off: u64) -> Task {
     let stack = 0xffff_c900_0100_0000 + n * 0x8000;
-    Task { addr: 0xffff_8880_0200_0000 + n * 0x4000, pid: n as i32, tgid: n as i32, comm: format!("t{n}"), state: 1, on_cpu, cpu: 0, stack, sp: stack + sp_off }
+    Task { addr: 0xffff_8880_0200_0000 + n * 0x4000, pid: n as i32, tgid: n as i32, comm: format!("t{n}"), state: 1, on_cpu, cpu: 0, stack, sp: stack + sp_off, sched: None }
 }
 
 fn info(tasks: &[TaskInfo], id: u64) -> &TaskInfo {
@@ -192,4 +192,32 @@ fn an_absurd_cpu_count_is_refused_not_clamped() {
     }
     g.write_virt(nr, &2u32.to_le_bytes()).unwrap();
     assert_eq!(crate::os::linux::tasks::per_cpu_offsets(&mut g, &k, 2).unwrap(), vec![P0, P1]);
+}
+
+/// The scheduler's evidence (for the incremental check) is given only to a
+/// task switched out and current on no vCPU, and only when it was read:
+/// a task on a CPU by any sign, or current on a vCPU in user mode, has none.
+#[test]
+fn evidence_only_for_tasks_switched_out_and_current_nowhere() {
+    use super::tasks::Sched;
+    let mut t: Vec<Task> = (1..=6).map(|n| raw(n, false, 0x3e00)).collect();
+    for (i, x) in t.iter_mut().enumerate() {
+        x.sched = Some(Sched { nvcsw: 10 + i as u64, nivcsw: 2, start_time: 100 + i as u64 });
+    }
+    t[2].on_cpu = true; // 3: on a CPU by its flag only
+    t[5].sched = None; // 6: counters not read
+    let vcpus = [
+        vcpu(0, 0x10, t[0].stack + 0x3000, P0, None), // in the kernel on task 1's stack
+        vcpu(1, 0x33, 0x7ffe_0000, 0, Some(P1)),      // user mode, running task 5 (flag clear)
+        vcpu(2, 0x10, t[1].stack + 0x3800, 0, None),  // on task 2's stack, CPU unknown
+    ];
+    let current = [Some(t[0].addr), Some(t[4].addr), None];
+    let list = task_infos(&t, &vcpus, &current).unwrap();
+    let ev = |id| info(&list, id).evidence;
+    assert_eq!((ev(1), ev(2), ev(3), ev(5), ev(6)), (None, None, None, None, None), "{list:?}");
+    let e = ev(4).unwrap();
+    assert_eq!((e.addr, e.nvcsw, e.nivcsw, e.start_time, e.sp), (t[3].addr, 13, 2, 103, t[3].sp));
+    // With the guest running (no vCPUs known): by the flag alone.
+    let list = task_infos(&t, &[], &[]).unwrap();
+    assert_eq!(list.iter().filter(|x| x.evidence.is_some()).map(|x| x.id).collect::<Vec<_>>(), vec![1, 2, 4, 5]);
 }

@@ -158,6 +158,31 @@ pub struct TaskOffsets {
     pub signal_thread_head: u64,
     /// `sizeof(struct task_struct)`.
     pub task_size: u64,
+    /// The scheduler's evidence (`nvcsw`, `nivcsw`, `start_time`), when
+    /// BTF has all three: without it every task is checked at every pause.
+    pub sched: Option<SchedOffsets>,
+}
+
+/// Where the scheduler's evidence is in `task_struct`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchedOffsets {
+    /// `nvcsw` (voluntary switches).
+    pub nvcsw: u64,
+    /// `nivcsw` (involuntary switches).
+    pub nivcsw: u64,
+    /// `start_time` (ns since boot).
+    pub start_time: u64,
+}
+
+/// A task's scheduler evidence as read (see `crate::model::TaskEvidence`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sched {
+    /// `nvcsw`.
+    pub nvcsw: u64,
+    /// `nivcsw`.
+    pub nivcsw: u64,
+    /// `start_time`.
+    pub start_time: u64,
 }
 
 impl TaskOffsets {
@@ -189,6 +214,10 @@ impl TaskOffsets {
             thread_node: m(ts, "task_struct", "thread_node")?,
             signal_thread_head: m(ss, "signal_struct", "thread_head")?,
             task_size: btf.size_of(ts).unwrap_or(0),
+            sched: match (m(ts, "task_struct", "nvcsw"), m(ts, "task_struct", "nivcsw"), m(ts, "task_struct", "start_time")) {
+                (Ok(nvcsw), Ok(nivcsw), Ok(start_time)) => Some(SchedOffsets { nvcsw, nivcsw, start_time }),
+                _ => None,
+            },
         })
     }
 }
@@ -214,6 +243,9 @@ pub struct Task {
     pub stack: u64,
     /// Saved kernel stack pointer (`thread.sp`), meaningful when not running.
     pub sp: u64,
+    /// The scheduler's evidence, read before any of its stack (the walk
+    /// reads it; an agent-only task has none).
+    pub sched: Option<Sched>,
 }
 
 impl Task {
@@ -289,6 +321,14 @@ pub fn read_task<M: KernelMemory + ?Sized>(mem: &mut M, off: &TaskOffsets, addr:
         cpu: mem.read_u32(addr.wrapping_add(off.cpu))?,
         stack: mem.read_u64(addr.wrapping_add(off.stack))?,
         sp: mem.read_u64(addr.wrapping_add(off.thread_sp))?,
+        sched: match off.sched {
+            Some(o) => Some(Sched {
+                nvcsw: mem.read_u64(addr.wrapping_add(o.nvcsw))?,
+                nivcsw: mem.read_u64(addr.wrapping_add(o.nivcsw))?,
+                start_time: mem.read_u64(addr.wrapping_add(o.start_time))?,
+            }),
+            None => None,
+        },
     })
 }
 

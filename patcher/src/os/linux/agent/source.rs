@@ -84,6 +84,9 @@ impl AgentView {
                 // Live: a dead task's stack is freed (NULL) before the task is.
                 stack: mem.read_u64(a + u64::from(off.stack))?,
                 sp: mem.read_u64(a + u64::from(off.thread_sp))?,
+                // The agent publishes no switch counters; `merged` takes
+                // the walk's.
+                sched: None,
             });
         }
         let cpu_stacks = descriptor
@@ -151,7 +154,11 @@ impl AgentView {
     /// agent does not (brand-new ones), each once.
     pub fn merged(&self, walk: &[Task]) -> Vec<Task> {
         let mut seen: HashSet<u64> = self.tasks.iter().map(|t| t.addr).collect();
+        let sched: std::collections::HashMap<u64, _> = walk.iter().filter_map(|t| t.sched.map(|s| (t.addr, s))).collect();
         let mut out = self.tasks.clone();
+        for t in &mut out {
+            t.sched = t.sched.or_else(|| sched.get(&t.addr).copied());
+        }
         out.extend(walk.iter().filter(|t| seen.insert(t.addr)).cloned());
         out
     }

@@ -181,6 +181,13 @@ fn agreement_rules() {
     exiting.exiting.insert(walk[2].addr);
     assert_eq!(exiting.compare(&short, &none), Ok(()));
     assert_eq!(exiting.merged(&short).len(), 3, "the exiting task is still checked");
+    // The agent publishes no switch counters: its tasks take the walk's
+    // (for the incremental check); a task the walk lacks has none.
+    let mut w = walk.clone();
+    w[0].sched = Some(crate::os::linux::tasks::Sched { nvcsw: 5, nivcsw: 6, start_time: 7 });
+    let m = exiting.merged(&w[..2]);
+    assert_eq!(m.iter().find(|t| t.addr == w[0].addr).unwrap().sched, w[0].sched);
+    assert_eq!(m.iter().find(|t| t.addr == walk[2].addr).unwrap().sched, None);
     // A different stack is a real disagreement; a comm caught mid-rename is in flight.
     let mut w = walk.clone();
     w[1].stack += 0x4000;

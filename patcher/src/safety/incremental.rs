@@ -1,0 +1,222 @@
+//! The incremental check: the tasks the scheduler proves did not run since
+//! a check made with the guest running keep that check's verdict; under the
+//! pause only the others, every vCPU and every CPU stack are checked.
+//!
+//! [`pre_check`] runs with the guest running, on a task list read then
+//! (each task's [`TaskEvidence`] read with it, before any of its stack).
+//! It keeps a verdict only for a task whose ORC unwind from its saved SP
+//! was reliable and found nothing: a task in the code being replaced, a
+//! stack scanned instead of unwound, an unreadable one — all are checked
+//! again under the pause. [`split`] then takes the list read under the
+//! pause and leaves out exactly the tasks whose evidence, task id, stack
+//! and saved SP are all the same as at the pre-check and that are on no
+//! CPU: not flagged on a CPU, no vCPU's RSP on their stack (the kernel kind
+//! gives no evidence for a task current on a vCPU either).
+//!
+//! Why a reused verdict is the verdict the pause would reach:
+//!
+//! - `nvcsw` and `nivcsw` only grow, and every switch-out of a task adds
+//!   one to either (`__schedule`, when `prev != next`). Equal values at the
+//!   pre-check read and under the pause mean no switch-out in between. A
+//!   task that executed at any moment after the counters were read is then
+//!   still executing under the pause, and so is on a CPU there (`on_cpu`
+//!   is set before the switch to it and cleared only after the switch away
+//!   completes; it is the current task of its vCPU; its stack holds the
+//!   vCPU's RSP): never reused. So a reused task did not execute from the
+//!   counters' read to the pause, and its stack was read after its counters.
+//! - A sleeping task's frames (return addresses, saved frame pointers, the
+//!   `inactive_task_frame` at `thread.sp`, interrupt `pt_regs` inside the
+//!   kernel) are written only by the task itself. Others do write into a
+//!   sleeper's stack: a waker unlinks a wait-queue entry living there, a
+//!   timer clears a `hrtimer_sleeper`'s task, a lock's waiter record is
+//!   updated, ptrace rewrites the user `pt_regs` at the top. Those are
+//!   locals and user registers, which the ORC unwind never reads as code
+//!   addresses; that is why only a reliable unwind's verdict is kept, never
+//!   a word scan's (a scan reads every word, locals included).
+//! - A torn read while the guest runs can only make the evidence differ
+//!   (a recheck) or make the pre-check's unwind find something or fail (no
+//!   verdict kept): a verdict is kept only when the evidence read *before*
+//!   the stack equals the evidence under the pause, and then the stack did
+//!   not change after that read. This needs each counter read as one value
+//!   the guest held. The gdbstub reads inside a stop; the RAM file is read
+//!   a page at a time with `memcpy` while the guest runs, and x86 does not
+//!   formally promise that an aligned 8-byte word inside a vector or string
+//!   copy is read whole (hardware does so in practice). A counter read torn
+//!   into a value it never held could only matter if that value were the
+//!   one the counter reaches by the pause, with the same saved SP; with one
+//!   change during a page copy every torn mix of N and N+1 is N or N+1
+//!   modulo 256, so that takes 256 or more switches of that task
+//!   between the pre-check and the pause, ending at the same saved SP. Not
+//!   excluded by this argument; `compare` would catch it. Reading the
+//!   evidence with single aligned 8-byte loads would close it (not done).
+//! - Identity: the `task_struct` address, `start_time` and the task id must
+//!   match, so a record freed and reused by a new task is not the same one;
+//!   the stack and the saved SP must match, so the verdict was computed on
+//!   the stack the pause has.
+//! - The verdict depends on the ranges and the unwinder too: a pre-check is
+//!   made for one transaction's ranges with its unwinder, and used only by it.
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use super::{check, CheckInput};
+use crate::model::backend::VcpuState;
+use crate::model::mem::KernelMemory;
+use crate::model::{CheckMode, CheckRange, Conflict, SymbolTable, TaskEvidence, TaskInfo, TaskList};
+use crate::os::linux::unwind::OrcUnwinder;
+
+/// What a kept verdict was computed on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    evidence: TaskEvidence,
+    id: u64,
+    stack: (u64, u64),
+    saved_sp: u64,
+}
+
+impl Key {
+    /// The key of a task that could keep a verdict: evidence, not on a
+    /// CPU, its saved SP the one the evidence read, on its stack.
+    fn of(t: &TaskInfo) -> Option<Self> {
+        let evidence = t.evidence?;
+        let sp = t.saved_sp?;
+        if t.on_cpu || sp != evidence.sp || !t.stack.contains(&sp) {
+            return None;
+        }
+        Some(Self { evidence, id: t.id, stack: (t.stack.start, t.stack.end), saved_sp: sp })
+    }
+}
+
+/// The clean verdicts of one pre-check.
+#[derive(Debug, Clone, Default)]
+pub struct PreCheck {
+    clean: HashSet<Key>,
+    /// Microseconds it took.
+    pub took_us: u64,
+}
+
+impl PreCheck {
+    /// Tasks found clean.
+    pub fn len(&self) -> usize {
+        self.clean.len()
+    }
+
+    /// True when no verdict was kept.
+    pub fn is_empty(&self) -> bool {
+        self.clean.is_empty()
+    }
+}
+
+/// Checks every task of `tasks` that could keep a verdict, one by one,
+/// with the guest running; keeps the ones a reliable ORC unwind found
+/// clean. Without an unwinder, or in the conservative mode, nothing is kept
+/// (a word scan's verdict depends on words others write).
+pub fn pre_check(
+    mode: CheckMode,
+    unwinder: Option<&OrcUnwinder>,
+    mem: &mut dyn KernelMemory,
+    symbols: &SymbolTable,
+    tasks: &TaskList,
+    ranges: &[CheckRange],
+) -> PreCheck {
+    let t0 = Instant::now();
+    let mut pre = PreCheck::default();
+    let Some(u) = unwinder.filter(|_| mode == CheckMode::Orc) else {
+        return pre;
+    };
+    for t in &tasks.tasks {
+        let Some(key) = Key::of(t) else { continue };
+        let one = TaskList { tasks: vec![t.clone()], cpu_stacks: Vec::new() };
+        let input = CheckInput { vcpus: &[], vcpu_cpus: &[], tasks: &one };
+        match check(CheckMode::Orc, Some(u), mem, symbols, input, ranges) {
+            Ok((c, s)) if c.is_empty() && s.fallbacks.is_empty() && s.scanned == 0 && s.unwound == 1 => {
+                pre.clean.insert(key);
+            }
+            _ => {}
+        }
+    }
+    pre.took_us = t0.elapsed().as_micros() as u64;
+    pre
+}
+
+/// The list read under the pause without the tasks whose pre-check
+/// verdict stands (see the module doc), and how many those are.
+pub fn split(pre: &PreCheck, list: &TaskList, vcpus: &[VcpuState]) -> (TaskList, usize) {
+    let mut rest = Vec::with_capacity(list.tasks.len());
+    let mut reused = 0;
+    for t in &list.tasks {
+        let on_vcpu = vcpus.iter().any(|v| t.stack.contains(&v.rsp()));
+        if !on_vcpu && Key::of(t).is_some_and(|k| pre.clean.contains(&k)) {
+            reused += 1;
+        } else {
+            rest.push(t.clone());
+        }
+    }
+    (TaskList { tasks: rest, cpu_stacks: list.cpu_stacks.clone() }, reused)
+}
+
+/// How two checks' conflicts differ, if they do (as sets: the order of the
+/// stacks checked is not a finding).
+pub fn difference(full: &[Conflict], incremental: &[Conflict]) -> Option<String> {
+    let key = |c: &Conflict| format!("{}/{:?}/{:?}/{}/{:#x}/{}", c.task.as_deref().unwrap_or("?"), c.task_id, c.vcpu, c.kind, c.addr, c.function);
+    let a: HashSet<String> = full.iter().map(key).collect();
+    let b: HashSet<String> = incremental.iter().map(key).collect();
+    if a == b {
+        return None;
+    }
+    let mut only_full: Vec<&String> = a.difference(&b).collect();
+    let mut only_incr: Vec<&String> = b.difference(&a).collect();
+    only_full.sort();
+    only_incr.sort();
+    Some(format!("only the full check found {only_full:?}; only the incremental one found {only_incr:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn task(id: u64, sp: u64, nvcsw: u64) -> TaskInfo {
+        let base = 0x10_0000 * id;
+        let evidence = Some(TaskEvidence { addr: 0xffff_8880_0000_0000 + id, start_time: id, nvcsw, nivcsw: 0, sp: base + sp });
+        TaskInfo { id, name: format!("t{id}"), cpu: Some(0), stack: base..base + 0x4000, saved_sp: Some(base + sp), on_cpu: false, evidence }
+    }
+
+    fn pre_of(tasks: &[TaskInfo]) -> PreCheck {
+        PreCheck { clean: tasks.iter().filter_map(Key::of).collect(), took_us: 0 }
+    }
+
+    #[test]
+    fn only_the_same_switched_out_task_off_every_vcpu_is_left_out() {
+        let before = [task(1, 0x100, 5), task(2, 0x200, 5), task(3, 0x300, 5), task(4, 0x400, 5), task(5, 0x500, 5)];
+        let pre = pre_of(&before);
+        let mut now = before.to_vec();
+        now[1].evidence = now[1].evidence.map(|e| TaskEvidence { nivcsw: 1, ..e }); // ran since
+        now[2].on_cpu = true; // on a CPU
+        now[3].evidence = now[3].evidence.map(|e| TaskEvidence { start_time: 99, ..e }); // a new task in the old record
+        now.push(task(6, 0x600, 0)); // new
+        let list = TaskList { tasks: now.clone(), cpu_stacks: Vec::new() };
+        let (rest, reused) = split(&pre, &list, &[]);
+        assert_eq!(reused, 2, "{rest:?}");
+        assert_eq!(rest.tasks.iter().map(|t| t.id).collect::<Vec<_>>(), vec![2, 3, 4, 6]);
+        // A vCPU's RSP on task 5's stack: it runs there, whatever its flags say.
+        let mut v = VcpuState::default();
+        v.gprs[VcpuState::RSP] = 0x50_0000 + 0x800;
+        let (rest, reused) = split(&pre, &list, &[v]);
+        assert_eq!((reused, rest.tasks.iter().map(|t| t.id).collect::<Vec<_>>()), (1, vec![2, 3, 4, 5, 6]));
+        // No evidence, or a saved SP the evidence did not read: never reused.
+        let mut odd = before.to_vec();
+        odd[0].evidence = None;
+        odd[4].saved_sp = Some(0x50_0000 + 0x508);
+        let (_, reused) = split(&pre, &TaskList { tasks: odd, cpu_stacks: Vec::new() }, &[]);
+        assert_eq!(reused, 3);
+    }
+
+    #[test]
+    fn conflicts_are_compared_as_sets() {
+        let c = |task: &str, function: &str| Conflict { task: Some(task.into()), task_id: Some(1), vcpu: None, kind: "stack", addr: 0x10, function: function.into() };
+        assert_eq!(difference(&[c("a", "f+0x1"), c("b", "f+0x2")], &[c("b", "f+0x2"), c("a", "f+0x1")]), None);
+        let d = difference(&[c("a", "f+0x1")], &[]).unwrap();
+        assert!(d.contains("only the full check found [\"a/"), "{d}");
+    }
+}

@@ -1,0 +1,89 @@
+//! Numbers for issue 12, item 3: the safety check under the pause, full
+//! against incremental, with N sleeping threads in a Debian guest under
+//! QEMU TCG (2 vCPUs, shared-memory backend, agentless task walk). Each
+//! round applies and reverts example 1 (`cmdline_marker`); the apply's
+//! check time (task list + stacks + target bytes, under the pause), its
+//! downtime and, incremental, the pre-check with the guest running.
+//!
+//! `cargo run --release -p vsplice-tests --example incremental_numbers -- [ROUNDS] [N ...]`
+//! (default: 10 rounds, 100 and 10000 threads).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use vsplice_patcher::model::Incremental;
+use vsplice_patcher::patch::linux_image::LinuxImage;
+use vsplice_tests::debian::{debian_images, Flavour};
+use vsplice_tests::linuxpatch;
+use vsplice_tests::qemu::Guest;
+
+fn p50(mut v: Vec<u64>) -> u64 {
+    v.sort_unstable();
+    v.get(v.len() / 2).copied().unwrap_or(0)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rounds: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(10);
+    let mut counts: Vec<usize> = args.iter().skip(1).filter_map(|a| a.parse().ok()).collect();
+    if counts.is_empty() {
+        counts = vec![100, 10_000];
+    }
+    let flavour = Flavour::Amd64;
+    let Some(mut cfg) = linuxpatch::config_with_headers(flavour, "incremental-numbers") else { return };
+    cfg.shared_ram = true;
+    // 10,000 threads' stacks do not fit in the default 1 GiB.
+    cfg.mem_mib = 2048;
+    cfg.extra_append.push("vsplice.agent=0".into());
+    let Some(mut g) = Guest::boot_or_skip(cfg) else { return };
+    let img = debian_images(flavour).unwrap();
+    let image = LinuxImage::open(&img.vmlinuz).unwrap();
+    let patch = linuxpatch::build(&img, &image, &linuxpatch::example("cmdline_marker.c")).unwrap();
+    println!("{flavour}, QEMU TCG, 2 vCPUs, shared-memory backend, agentless walk; p50 over {rounds} applies, microseconds");
+    println!("{:>7} {:>6} {:>11} | {:>9} {:>9} | {:>9} {:>9} {:>9} {:>7} {:>9}", "threads", "tasks", "mode", "check", "downtime", "pre-check", "reused", "rechecked", "busy", "attempts");
+    let mut last: Option<String> = None;
+    for n in counts {
+        if let Some(pid) = last.take() {
+            g.run_ok(&format!("kill {pid}; sleep 2")).unwrap();
+        }
+        let out = g.run_ok(&format!("mthreads {n} vsplbench >/tmp/mt.log 2>&1 & while ! grep -q ready /tmp/mt.log; do sleep 0.5; done; cat /tmp/mt.log")).unwrap();
+        last = out.split_whitespace().nth(1).map(str::to_string);
+        let pid = last.clone().unwrap_or_default();
+        let threads = g.run_ok(&format!("ls /proc/{pid}/task | wc -l; ls -d /proc/[0-9]*/task/* | wc -l")).unwrap_or_default();
+        eprintln!("{n} threads asked: {out:?}; the guest counts (process, all tasks): {:?}", threads.split_whitespace().collect::<Vec<_>>());
+        let (mut be, target) = linuxpatch::attach(&g).unwrap();
+        for mode in [Incremental::Off, Incremental::On, Incremental::Compare] {
+            let mut p = linuxpatch::patcher(&g, &mut be, &target);
+            p.config_mut().incremental = mode;
+            let (mut check, mut down, mut pre, mut reused, mut rechecked, mut tasks, mut busy, mut attempts) = (vec![], vec![], vec![], vec![], vec![], 0, 0, vec![]);
+            for _ in 0..rounds {
+                let r = p.apply(&patch);
+                if !r.is_ok() {
+                    busy += 1;
+                    eprintln!("{}", r.to_json());
+                    continue;
+                }
+                check.push(r.timings.check_us);
+                down.push(r.timings.downtime_us);
+                attempts.push(u64::from(r.timings.attempts));
+                if let Some(inc) = r.check.as_ref().and_then(|c| c.incremental.clone()) {
+                    pre.push(inc.pre_check_us);
+                    reused.push(inc.reused as u64);
+                    rechecked.push(inc.rechecked as u64);
+                    tasks = inc.reused + inc.rechecked;
+                }
+                let v = p.revert(&patch.manifest.id);
+                assert!(v.is_ok(), "{}", v.to_json());
+            }
+            println!(
+                "{n:>7} {tasks:>6} {mode:>11} | {:>9} {:>9} | {:>9} {:>9} {:>9} {busy:>7} {:>9}",
+                p50(check),
+                p50(down),
+                p50(pre),
+                p50(reused),
+                p50(rechecked),
+                p50(attempts)
+            );
+        }
+        linuxpatch::detach(be).unwrap();
+    }
+}
