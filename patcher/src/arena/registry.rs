@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::patch_orc::PatchOrc;
 use super::ArenaInfo;
+use crate::patch::manifest::PatchInfo;
 pub use crate::model::CheckRange;
 
 /// How many reverted / replaced patches the history keeps.
@@ -101,28 +102,6 @@ pub struct PatchRecord {
     /// none, the registry had no room, or it was written before they were kept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub info: Option<PatchInfo>,
-}
-
-/// A patch's description, CVE ids and version, as its manifest gives them.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PatchInfo {
-    /// One-paragraph description.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub description: Option<String>,
-    /// CVE ids it fixes.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub cves: Vec<String>,
-    /// The patch's own version.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub version: Option<String>,
-}
-
-impl PatchInfo {
-    /// `None` when there is nothing to keep.
-    pub fn new(description: Option<&str>, cves: &[String], version: Option<&str>) -> Option<Self> {
-        let i = Self { description: description.map(str::to_owned), cves: cves.to_vec(), version: version.map(str::to_owned) };
-        (i != Self::default()).then_some(i)
-    }
 }
 
 /// A reverted or replaced patch.

@@ -138,7 +138,7 @@ fn the_operator_fields_reach_the_status_and_give_way_when_the_registry_is_full()
     let mut reg = registry(&mut g).unwrap();
     for p in &mut reg.patches {
         p.orc = None;
-        p.info = Some(crate::arena::registry::PatchInfo { description: Some("x".repeat(200 << 10)), ..Default::default() });
+        p.info = Some(crate::patch::manifest::PatchInfo { description: Some("x".repeat(200 << 10)), ..Default::default() });
     }
     let notes = crate::txn::orc::fit_rows(&mut reg);
     assert!(reg.patches.iter().all(|p| p.info.is_none()), "{notes:?}");

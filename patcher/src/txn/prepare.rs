@@ -18,14 +18,14 @@ use super::orc::record_rows;
 use super::Patcher;
 use crate::arena::alloc::first_fit;
 use crate::arena::patch_orc::PatchOrc;
-use crate::arena::registry::{CheckRange, FuncRecord, Intent, IntentOp, PatchInfo, PatchRecord, PatchState, Registry, SiteRecord, SiteWrite, Span};
+use crate::arena::registry::{CheckRange, FuncRecord, Intent, IntentOp, PatchRecord, PatchState, Registry, SiteRecord, SiteWrite, Span};
 use crate::model::backend::Backend;
 use crate::model::mem::KernelMemory;
 use crate::model::{LookupError, Symbol, TargetKind};
 use crate::os::linux::orc_object;
 use crate::patch::jump::{self, JumpSite};
 use crate::patch::link::{LoadError, Linked, Object};
-use crate::patch::manifest::{run_pre_digest, Manifest, Replacement};
+use crate::patch::manifest::{run_pre_digest, Manifest, PatchInfo, Replacement};
 use crate::patch::PatchFile;
 
 pub(crate) fn load_failure(e: &LoadError) -> Failure {
@@ -115,7 +115,8 @@ fn build_record(m: &Manifest, plan: SitePlan, superseded: Vec<String>, linked: L
         data: Span { start: data_addr, len: linked.data.len() as u64 },
         funcs,
         orc: None,
-        info: PatchInfo::new(m.info.description.as_deref(), &m.info.cves, m.info.version.as_deref()),
+        // Nothing kept when the manifest has nothing to say.
+        info: (m.info != PatchInfo::default()).then(|| m.info.clone()),
     };
     let intent = Intent {
         txn: 0,
