@@ -64,6 +64,39 @@ impl Fleet {
         p
     }
 
+    /// The kill-and-resume tests' inventory and plan (paths as text): three
+    /// targets, a canary of one, parallelism 2, and a probe gate that fails
+    /// on vm2 within a failure budget of 1.
+    pub fn resume_plan(&self, patch: &Path) -> (String, String) {
+        let inv = self.inventory(&[]);
+        let probe = ["sh", "-c", r#"test "$VSPLICE_TARGET" != vm2"#];
+        let plan = self.plan("p", &serde_json::json!({"patches": [patch], "allow_unsigned": true, "canary": {"count": 1}, "parallelism": 2, "failure_budget": 1, "gates": {"probe": probe}}));
+        let text = |p: PathBuf| p.to_str().unwrap_or_else(|| panic!("{} is not UTF-8", p.display())).to_owned();
+        (text(inv), text(plan))
+    }
+
+    /// After kill point `k` and its resume, [`Fleet::resume_plan`]'s rollout
+    /// ended as planned: vm0 and vm1 patched, vm2 applied once and reverted
+    /// once, each applied exactly once, the registries agreeing, the rollout done.
+    pub fn check_resumed(&self, steps: &[Step], k: u64) {
+        for (i, end) in [(0, "patched"), (1, "patched"), (2, "reverted")] {
+            let n = Fleet::name(i);
+            assert_eq!(outcome(steps, &n), Some(end), "k={k}: {n}");
+            assert_eq!(count(steps, &n, Op::Apply, "ok"), 1, "k={k}: {n} applied exactly once: {steps:#?}");
+            // An apply intent cut before its request is closed `not_applied` by resume; nothing was refused (already_applied).
+            let other: Vec<_> = steps.iter().filter(|s| s.target == n && s.op == Op::Apply && s.phase == "done" && !matches!(s.result.as_deref(), Some("ok" | "not_applied"))).collect();
+            assert!(other.is_empty(), "k={k}: {n}: {other:?}");
+            let registry = self.registry(i);
+            if end == "patched" {
+                assert_eq!(registry, ["step_b_v2"], "k={k}: {n}");
+            } else {
+                assert!(registry.is_empty(), "k={k}: {n} reverted");
+                assert_eq!(count(steps, &n, Op::Revert, "ok"), 1, "k={k}: {n} reverted once");
+            }
+        }
+        assert_eq!(steps.iter().rev().find(|s| s.op == Op::State).and_then(|s| s.result.as_deref()), Some("done"), "k={k}");
+    }
+
     /// The names in VM `i`'s registry (`GET /patches`, checked against the OpenAPI document).
     pub fn registry(&self, i: usize) -> Vec<String> {
         let v = self.vms[i].get_json("/patches");

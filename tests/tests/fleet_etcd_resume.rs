@@ -19,9 +19,9 @@ use std::time::Instant;
 
 use vsplice_tests::api::build_example;
 use vsplice_tests::etcd::{etcd_or_skip, Cluster};
-use vsplice_tests::fleet::{count, etcd_steps, fleet, outcome, said, Fleet, QUIET};
+use vsplice_tests::fleet::{etcd_steps, fleet, said, Fleet, QUIET};
 use vsplice_tests::testguest;
-use vsplice_vmm::fleet::journal::{open_intents, Op};
+use vsplice_vmm::fleet::journal::open_intents;
 
 #[test]
 fn etcd_journal_killed_at_every_record_then_resumed_each_target_ends_once() {
@@ -33,10 +33,7 @@ fn etcd_journal_killed_at_every_record_then_resumed_each_target_ends_once() {
     let cluster = Cluster::start(&bin, "fleet-resume", 1);
     let f = Fleet::boot("etcd-resume", 3, |_| QUIET.to_owned());
     let patch = build_example(&f.dir, "step_b_v2.c");
-    let inv = f.inventory(&[]);
-    let probe = ["sh", "-c", r#"test "$VSPLICE_TARGET" != vm2"#];
-    let plan = f.plan("p", &serde_json::json!({"patches": [patch], "allow_unsigned": true, "canary": {"count": 1}, "parallelism": 2, "failure_budget": 1, "gates": {"probe": probe}}));
-    let (inv, plan) = (inv.to_str().unwrap().to_owned(), plan.to_str().unwrap().to_owned());
+    let (inv, plan) = f.resume_plan(&patch);
     let mut kills = 0;
     let mut takeover = Vec::new();
     for k in 1.. {
@@ -60,22 +57,7 @@ fn etcd_journal_killed_at_every_record_then_resumed_each_target_ends_once() {
         // Nothing committed before the kill is lost or overwritten (a record's key is its sequence number).
         assert!(!killed || steps.len() >= k as usize, "k={k}: {} records", steps.len());
         assert!(steps.windows(2).all(|w| w[0].seq < w[1].seq), "k={k}: sequence numbers unique and ordered");
-        for (i, end) in [(0, "patched"), (1, "patched"), (2, "reverted")] {
-            let n = Fleet::name(i);
-            assert_eq!(outcome(&steps, &n), Some(end), "k={k}: {n}");
-            assert_eq!(count(&steps, &n, Op::Apply, "ok"), 1, "k={k}: {n} applied exactly once: {steps:#?}");
-            // An apply intent cut before its request is closed `not_applied` by resume; nothing was refused (already_applied).
-            let other: Vec<_> = steps.iter().filter(|s| s.target == n && s.op == Op::Apply && s.phase == "done" && !matches!(s.result.as_deref(), Some("ok" | "not_applied"))).collect();
-            assert!(other.is_empty(), "k={k}: {n}: {other:?}");
-            let registry = f.registry(i);
-            if end == "patched" {
-                assert_eq!(registry, ["step_b_v2"], "k={k}: {n}");
-            } else {
-                assert!(registry.is_empty(), "k={k}: {n} reverted");
-                assert_eq!(count(&steps, &n, Op::Revert, "ok"), 1, "k={k}: {n} reverted once");
-            }
-        }
-        assert_eq!(steps.iter().rev().find(|s| s.op == Op::State).and_then(|s| s.result.as_deref()), Some("done"), "k={k}");
+        f.check_resumed(&steps, k);
         // Clean slate for the next kill point.
         let r = fleet(journal, &["rollback"], None);
         assert!(r.status.success(), "{}", said(&r));

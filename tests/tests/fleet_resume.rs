@@ -22,10 +22,7 @@ fn killed_at_every_journal_step_then_resumed_each_target_ends_once() {
     }
     let f = Fleet::boot("resume", 3, |_| QUIET.to_owned());
     let patch = build_example(&f.dir, "step_b_v2.c");
-    let inv = f.inventory(&[]);
-    let probe = ["sh", "-c", r#"test "$VSPLICE_TARGET" != vm2"#];
-    let plan = f.plan("p", &serde_json::json!({"patches": [patch], "allow_unsigned": true, "canary": {"count": 1}, "parallelism": 2, "failure_budget": 1, "gates": {"probe": probe}}));
-    let (inv, plan) = (inv.to_str().unwrap().to_owned(), plan.to_str().unwrap().to_owned());
+    let (inv, plan) = f.resume_plan(&patch);
     let mut kills = 0;
     for k in 1.. {
         assert!(k < 200, "the rollout never ran to its end");
@@ -41,23 +38,7 @@ fn killed_at_every_journal_step_then_resumed_each_target_ends_once() {
         }
         let steps = steps(&journal);
         assert!(open_intents(&steps).is_empty(), "k={k}: open steps {:?}", open_intents(&steps));
-        for (i, end) in [(0, "patched"), (1, "patched"), (2, "reverted")] {
-            let n = Fleet::name(i);
-            assert_eq!(outcome(&steps, &n), Some(end), "k={k}: {n}");
-            let applies = count(&steps, &n, Op::Apply, "ok");
-            assert_eq!(applies, 1, "k={k}: {n} applied exactly once: {steps:#?}");
-            // An apply intent cut before its request is closed `not_applied` by resume; nothing was refused (already_applied).
-            let other: Vec<_> = steps.iter().filter(|s| s.target == n && s.op == Op::Apply && s.phase == "done" && !matches!(s.result.as_deref(), Some("ok" | "not_applied"))).collect();
-            assert!(other.is_empty(), "k={k}: {n}: {other:?}");
-            let registry = f.registry(i);
-            if end == "patched" {
-                assert_eq!(registry, ["step_b_v2"], "k={k}: {n}");
-            } else {
-                assert!(registry.is_empty(), "k={k}: {n} reverted");
-                assert_eq!(count(&steps, &n, Op::Revert, "ok"), 1, "k={k}: {n} reverted once");
-            }
-        }
-        assert_eq!(steps.iter().rev().find(|s| s.op == Op::State).and_then(|s| s.result.as_deref()), Some("done"));
+        f.check_resumed(&steps, k);
         // Clean slate for the next kill point.
         let r = fleet(&journal, &["rollback"], None);
         assert!(r.status.success(), "{}", said(&r));
