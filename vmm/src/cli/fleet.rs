@@ -43,8 +43,14 @@ pub struct FleetArgs {
 /// The inventory and plan files.
 #[derive(Debug, Args)]
 pub struct PlanFiles {
-    /// The inventory: `{"targets": [{"name", "api_sock", "labels": {"host": …}}]}`.
-    #[arg(long, value_name = "FILE")]
+    /// The inventory: a file `{"targets": [{"name", "api_sock", "labels":
+    /// {"host": …}}]}`, or the store the VMMs registered themselves in
+    /// (`vsplice run|attach --register`): `etcd://HOST:PORT[,HOST:PORT…][/PREFIX]`
+    /// (default prefix `vsplice`) or `dir:/PATH`. A store is read once, when
+    /// the rollout is made; entries left out (stale, malformed) are reported
+    /// on stderr; a target whose registration goes before it is patched is
+    /// reported `unreachable`.
+    #[arg(long, value_name = "FILE|STORE")]
     pub inventory: PathBuf,
     /// The plan (JSON, or TOML when the name ends in `.toml`): patches, selector, canary, waves, parallelism, gates, failure budget.
     #[arg(long, value_name = "FILE")]
@@ -89,6 +95,15 @@ fn journal_arg(args: &FleetArgs) -> Result<&Path, FleetError> {
     args.journal.as_deref().ok_or_else(|| FleetError::invalid("--journal", "this command needs --journal PATH"))
 }
 
+/// Reads the inventory (a file or a store); the store's notes on stderr.
+fn inventory(files: &PlanFiles) -> Result<Inventory, FleetError> {
+    let (inv, notes) = Inventory::load_any(&files.inventory)?;
+    for n in &notes {
+        eprintln!("vsplice: fleet: inventory: {n}");
+    }
+    Ok(inv)
+}
+
 fn print_rollout(r: &Rollout, json: bool) {
     if json {
         println!("{}", serde_json::to_string_pretty(r).unwrap_or_default());
@@ -102,7 +117,8 @@ fn print_rollout(r: &Rollout, json: bool) {
     for p in &r.targets {
         let wave = p.wave.map_or("-".into(), |w| if w == 0 { "c".into() } else { w.to_string() });
         let what = p.skip.clone().unwrap_or_else(|| p.patch.clone().unwrap_or_default());
-        println!("  {:<16} {:<10} wave {:>2}  {:<24} build-id {}", p.target.name, p.target.labels.get(&r.plan.host_label).map_or("-", String::as_str), wave, what, p.build_id.as_deref().unwrap_or("-"));
+        let from = p.target.origin.as_ref().map_or_else(|| "inventory file".to_owned(), ToString::to_string);
+        println!("  {:<16} {:<10} wave {:>2}  {:<24} build-id {}  from {from}", p.target.name, p.target.labels.get(&r.plan.host_label).map_or("-", String::as_str), wave, what, p.build_id.as_deref().unwrap_or("-"));
     }
 }
 
@@ -181,12 +197,12 @@ fn run_inner(args: &FleetArgs) -> Result<ExitCode, FleetError> {
     let json = args.json;
     match &args.command {
         FleetCommand::Plan(files) => {
-            let r = Controller::plan(&Inventory::load(&files.inventory)?, &Plan::load(&files.plan)?)?;
+            let r = Controller::plan(&inventory(files)?, &Plan::load(&files.plan)?)?;
             print_rollout(&r, json);
             Ok(ExitCode::SUCCESS)
         }
         FleetCommand::Start(files) => {
-            let (inv, plan) = (Inventory::load(&files.inventory)?, Plan::load(&files.plan)?);
+            let (inv, plan) = (inventory(files)?, Plan::load(&files.plan)?);
             let c = Controller::start(journal_arg(args)?, &inv, &plan)?;
             let f = c.run()?;
             Ok(finished(f, json, &c))

@@ -117,6 +117,12 @@ impl Etcd {
         Ok(v["kvs"].as_array().and_then(|k| k.first()).map(|kv| unb64(&kv["value"])))
     }
 
+    /// The lease `key` is bound to (0: none), `None` when there is no `key`.
+    pub fn lease_of(&self, key: &str) -> Result<Option<i64>, String> {
+        let v = self.call("/v3/kv/range", &json!({"key": b64(key)}))?;
+        Ok(v["kvs"].as_array().and_then(|k| k.first()).map(|kv| kv["lease"].as_str().and_then(|s| s.parse().ok()).or_else(|| kv["lease"].as_i64()).unwrap_or(0)))
+    }
+
     /// Every value under `prefix`, in key order.
     pub fn values(&self, prefix: &str) -> Result<Vec<String>, String> {
         let v = self.call("/v3/kv/range", &json!({"key": b64(prefix), "range_end": prefix_end(prefix)}))?;
