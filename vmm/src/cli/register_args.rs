@@ -32,16 +32,16 @@ pub struct RegisterArgs {
     /// with a letter or digit; value: at most 128 of `A-Z a-z 0-9 . _ - : @
     /// + /`; 32 labels at most; a key given twice is refused
     /// (`label_duplicate`).
-    #[arg(long = "label", value_name = "KEY=VALUE", requires = "register")]
-    pub labels: Vec<String>,
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub label: Vec<String>,
     /// The target's id in the store and its name in rollouts (default
     /// `HOSTNAME-PID`): 1-128 of `A-Z a-z 0-9 . _ -`. A second live VMM
     /// with the same id is not registered (`target_id_taken`, retried).
-    #[arg(long, value_name = "ID", requires = "register")]
+    #[arg(long, value_name = "ID")]
     pub register_id: Option<String>,
     /// The etcd lease's time to live, in seconds (1-3600): how long a dead
     /// VMM stays listed.
-    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_TTL_S, requires = "register")]
+    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_TTL_S)]
     pub register_ttl: u64,
 }
 
@@ -57,9 +57,14 @@ impl RegisterArgs {
     /// Checks the flags (store, labels, id, TTL) for a VMM serving
     /// `api_sock`; `None` without `--register`.
     pub fn prepare(&self, api_sock: Option<&Path>) -> Result<Option<Prepared>, StoreError> {
-        let Some(url) = &self.register else { return Ok(None) };
+        let Some(url) = &self.register else {
+            if !self.label.is_empty() || self.register_id.is_some() {
+                return Err(StoreError::BadOption("--label and --register-id need --register STORE".into()));
+            }
+            return Ok(None);
+        };
         let store = Store::parse(url)?;
-        let labels = labels::parse(&self.labels)?;
+        let labels = labels::parse(&self.label)?;
         let id = self.register_id.clone().unwrap_or_else(|| {
             let h: String = hostname().chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).take(100).collect();
             format!("{}-{}", if h.is_empty() { "host" } else { &h }, std::process::id())
@@ -116,8 +121,8 @@ mod tests {
         assert_eq!(cause(&["--register", "http://h:1"]), "bad_store_url");
         assert_eq!(cause(&["--register", "etcd://h:1", "--register-ttl", "0"]), "bad_register_option");
         assert_eq!(run_args(&["--register", "etcd://h:1"]).unwrap().prepare(None).unwrap_err().cause(), "bad_register_option");
-        // Without --register nothing is prepared; --label alone is a usage error.
+        // Without --register nothing is prepared; --label alone is refused.
         assert!(run_args(&[]).unwrap().prepare(sock).unwrap().is_none());
-        assert!(run_args(&["--label", "host=a"]).is_err());
+        assert_eq!(cause(&["--label", "host=a"]), "bad_register_option");
     }
 }

@@ -38,7 +38,7 @@ host's RAM.
 
 --config FILE takes any of the flags from a JSON object whose keys are the flags' names with `_` \
 for `-`: kernel, initrd, cmdline, vcpus, memory, serial, arena, pause_timeout_ms, live_patch (a \
-list), on_reboot, api_sock, trusted_keys, allow_unsigned; e.g. {\"kernel\": \"vmlinux\", \"vcpus\": 2, \"live_patch\": [\"a.vsp\"]}. \
+list), on_reboot, api_sock, trusted_keys, allow_unsigned, register, label (a list), register_id, register_ttl; e.g. {\"kernel\": \"vmlinux\", \"vcpus\": 2, \"live_patch\": [\"a.vsp\"]}. \
 Flags given on the command line win (--live-patch replaces the whole list). Relative paths in the \
 file are relative to its directory. An unknown key, a wrong type or bad JSON is refused \
 ([bad_config], exit code 1).")]

@@ -128,7 +128,7 @@ mod tests {
     use crate::fleet::inventory::Target;
 
     fn planned(n: usize, host: &str) -> Planned {
-        Planned { target: Target { name: format!("t{n}"), api_sock: "/s".into(), labels: [("host".to_owned(), host.to_owned())].into() }, build_id: None, release: None, patch: Some("p".into()), wave: Some(1), skip: None }
+        Planned { target: Target { name: format!("t{n}"), api_sock: "/s".into(), labels: [("host".to_owned(), host.to_owned())].into(), origin: None }, build_id: None, release: None, patch: Some("p".into()), wave: Some(1), skip: None }
     }
 
     #[test]

@@ -65,12 +65,16 @@ pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().chars().take(MAX_TEXT).collect()).unwrap_or_default()
 }
 
-/// Process `pid`'s start time (`/proc/PID/stat` field 22), `None` when it is gone.
+/// Process `pid`'s start time (`/proc/PID/stat` field 22), `None` when it
+/// is gone (or a zombie: dead, not yet reaped).
 pub fn pid_start(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) is in parentheses and may hold spaces: count from its end.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    let mut rest = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
+    if matches!(rest.next(), Some("Z" | "X" | "x")) {
+        return None;
+    }
+    rest.nth(18)?.parse().ok()
 }
 
 /// True when the VMM that wrote `r` still runs on this host (its pid alive
@@ -155,6 +159,14 @@ mod tests {
         // A record of a process that is gone (or whose pid was reused) is not alive.
         assert!(!alive_here(&Registration { pid_start: back.pid_start.map(|s| s + 1), ..back.clone() }));
         assert!(!alive_here(&Registration { pid: u32::MAX, ..back }));
+        // A process that died but is not reaped yet (a zombie) is gone.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while pid_start(child.id()).is_some() {
+            assert!(std::time::Instant::now() < end, "a zombie still counts as alive");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        child.wait().unwrap();
     }
 
     #[test]
