@@ -119,7 +119,7 @@ impl Fleet {
 /// --label zone=z1` for VM `i` of a fleet (host `a` for even `i`, `b` for
 /// odd, as [`Fleet::inventory`] labels them).
 pub fn register_args(store: &str, i: usize, ttl_s: u64) -> Vec<String> {
-    let host = if i % 2 == 0 { "a" } else { "b" };
+    let host = if i.is_multiple_of(2) { "a" } else { "b" };
     ["--register", store, "--register-id", &Fleet::name(i), "--register-ttl", &ttl_s.to_string(), "--label", &format!("host={host}"), "--label", "zone=z1"].map(str::to_owned).to_vec()
 }
 
