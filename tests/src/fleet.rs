@@ -115,6 +115,13 @@ impl Fleet {
     }
 }
 
+/// A probe gate that holds target `vm0` (the canary) until the file
+/// `release` exists, and passes every other target at once.
+pub fn holding_probe(release: &Path) -> serde_json::Value {
+    let script = format!(r#"test "$VSPLICE_TARGET" != vm0 || while [ ! -e {} ]; do sleep 0.1; done"#, release.display());
+    serde_json::json!({"probe": ["sh", "-c", script], "probe_timeout_ms": 600_000})
+}
+
 /// `--register STORE --register-id vmI --register-ttl TTL --label host=a|b
 /// --label zone=z1` for VM `i` of a fleet (host `a` for even `i`, `b` for
 /// odd, as [`Fleet::inventory`] labels them).

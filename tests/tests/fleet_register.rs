@@ -20,13 +20,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use vsplice_tests::api::{build_example, ApiVm};
 use vsplice_tests::etcd::{etcd_or_skip, Cluster};
-use vsplice_tests::fleet::{count, fleet, outcome, register_args, registered, said, steps, wait_registered, Fleet, QUIET};
+use vsplice_tests::fleet::{count, fleet, holding_probe, outcome, register_args, registered, said, steps, wait_registered, Fleet, QUIET};
 use vsplice_tests::scratch::free_port;
 use vsplice_tests::{cli, testguest};
 use vsplice_vmm::fleet::journal::Op;
@@ -35,12 +34,6 @@ const N: usize = 6;
 const TTL_S: u64 = 2;
 /// Generous: TCG is not involved, but the host is shared and loaded.
 const LONG: Duration = Duration::from_secs(90);
-
-/// A probe gate that holds the canary (vm0) until `release` exists.
-fn holding_probe(release: &Path) -> serde_json::Value {
-    let script = format!(r#"test "$VSPLICE_TARGET" != vm0 || while [ ! -e {} ]; do sleep 0.1; done"#, release.display());
-    serde_json::json!({"probe": ["sh", "-c", script], "probe_timeout_ms": 600_000})
-}
 
 fn sigkill(pid: u32) {
     // SAFETY: kill(2) with SIGKILL on a pid the store says is one of this test's VMMs.

@@ -35,6 +35,12 @@ pub struct FleetArgs {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
+    /// With an etcd journal: the TTL in seconds of this controller's lease
+    /// on the rollout's lock (kept alive every third of it). A killed
+    /// controller blocks a standby this long; a controller cut off from
+    /// etcd this long loses the lock and stops.
+    #[arg(long, global = true, value_name = "SECONDS", default_value_t = crate::fleet::etcd::LEASE_TTL_S, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub lease_ttl: u64,
     /// What to do.
     #[command(subcommand)]
     pub command: FleetCommand,
@@ -195,6 +201,7 @@ fn control(journal: &Path, what: &str, f: Finish) -> Result<ExitCode, FleetError
 
 fn run_inner(args: &FleetArgs) -> Result<ExitCode, FleetError> {
     let json = args.json;
+    crate::fleet::etcd::set_lease_ttl(args.lease_ttl);
     match &args.command {
         FleetCommand::Plan(files) => {
             let r = Controller::plan(&inventory(files)?, &Plan::load(&files.plan)?)?;

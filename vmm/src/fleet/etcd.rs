@@ -10,15 +10,31 @@
 //! its lease cannot write another step. A second controller waits for the
 //! lock (`resume --wait`) and takes over from the journal.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 pub use crate::store::etcd::Etcd;
 
-/// The lease's time to live (a killed controller's lock lasts this long).
+/// The lease's default time to live (a killed controller's lock lasts this long).
 pub const LEASE_TTL_S: u64 = 3;
+
+/// The TTL this process's controller takes its lease with (`vsplice fleet
+/// --lease-ttl`): a process-wide setting, as the lock is taken when the
+/// journal is opened, before any plan is read (a standby's `resume` has no
+/// plan file to read it from).
+static LEASE_TTL: AtomicU64 = AtomicU64::new(LEASE_TTL_S);
+
+/// Sets the controller's lease TTL (seconds, at least 1).
+pub fn set_lease_ttl(seconds: u64) {
+    LEASE_TTL.store(seconds.max(1), Ordering::Relaxed);
+}
+
+/// The controller's lease TTL, in seconds.
+pub fn lease_ttl() -> u64 {
+    LEASE_TTL.load(Ordering::Relaxed)
+}
 
 /// A held lock: the lease kept alive by a thread until dropped (then revoked).
 #[derive(Debug)]
@@ -35,7 +51,8 @@ pub struct Held {
 impl Held {
     /// Takes the rollout's lock, or `Ok(None)` when another controller holds it.
     pub fn take(etcd: &Etcd) -> Result<Option<Self>, String> {
-        let lease = etcd.grant(LEASE_TTL_S)?;
+        let ttl = lease_ttl();
+        let lease = etcd.grant(ttl)?;
         let owner = format!("pid {} on {}", std::process::id(), std::env::var("HOSTNAME").unwrap_or_default());
         if !etcd.try_lock(&etcd.key("lock"), &owner, lease)? {
             let _ = etcd.revoke(lease);
@@ -45,7 +62,7 @@ impl Held {
         let thread = {
             let (alive, stop, etcd) = (alive.clone(), stop.clone(), etcd.clone());
             std::thread::spawn(move || {
-                let period = Duration::from_millis(LEASE_TTL_S * 1000 / 3);
+                let period = Duration::from_millis((ttl * 1000 / 3).max(100));
                 let mut due = std::time::Instant::now() + period;
                 while !stop.load(Ordering::Acquire) {
                     // Woken early by the drop (unpark) so a controller's exit is not held up.

@@ -173,6 +173,13 @@ impl Etcd {
         Ok(ttl > 0)
     }
 
+    /// The TTL `lease` was granted with, in seconds (`None`: no such lease).
+    pub fn granted_ttl(&self, lease: i64) -> Result<Option<i64>, String> {
+        let v = self.call("/v3/lease/timetolive", &json!({"ID": lease.to_string()}))?;
+        let n = |k: &str| v[k].as_str().and_then(|s| s.parse::<i64>().ok()).or_else(|| v[k].as_i64());
+        Ok(n("grantedTTL").filter(|_| n("TTL").unwrap_or(-1) > 0))
+    }
+
     /// Revokes `lease` (its lock goes at once).
     pub fn revoke(&self, lease: i64) -> Result<(), String> {
         self.call("/v3/lease/revoke", &json!({"ID": lease.to_string()})).map(|_| ())
