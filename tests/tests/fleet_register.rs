@@ -13,7 +13,8 @@
 //!   key at once; bad labels are refused before anything starts; an
 //!   unreachable store does not stop the VM.
 //! - a directory store on one host: the same selection, a killed VMM's
-//!   file reported stale and left out, a clean exit removing the file.
+//!   file reported stale and left out, SIGTERM and a clean exit removing
+//!   the file.
 //!
 //! Measured (printed): registration latency (VMM start → key visible) and
 //! the time for a SIGKILLed VMM's key to vanish.
@@ -191,6 +192,13 @@ fn registered_targets_in_a_directory_store() {
     for i in [0, 2] {
         assert!(f.registry(i).is_empty(), "vm{i} untouched");
     }
+    // SIGTERM: the VMM removes its file, then ends as the signal would (128 + 15).
+    let mut f = f;
+    // SAFETY: kill(2) with SIGTERM on a pid the store says is one of this test's VMMs.
+    assert_eq!(unsafe { libc::kill(all["vm2"].pid as i32, libc::SIGTERM) }, 0);
+    let status = f.vms[2].wait_exit(LONG).expect("vm2 never ended on SIGTERM");
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{}", f.vms[2].stderr_text());
+    assert!(!base.join("targets/vm2.json").exists(), "SIGTERM removes the registration");
     // A clean exit removes the file.
     let mut short = ApiVm::start_with("register-dir-poweroff", 1, &format!("{QUIET} tg.iters=100"), &register_args(&store, 7, TTL_S)[..].iter().map(String::as_str).collect::<Vec<_>>());
     assert!(base.join("targets/vm7.json").is_file());

@@ -3,6 +3,7 @@
 //! itself as a fleet target (see [`crate::store::register`]).
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use clap::Args;
 
@@ -84,6 +85,47 @@ impl Prepared {
     pub fn start(self, kernel: impl Fn() -> Option<KernelInfo> + Send + 'static) -> Registrar {
         let facts = move || kernel().map(|k| KernelFacts { kind: k.kind, release: k.release, build_id: k.build_id });
         Registrar::start(self.store, self.ttl_s, self.record, facts)
+    }
+
+    /// [`Self::start`] for `vsplice run`, which has no SIGTERM/SIGINT
+    /// handling of its own: on either signal the registration is removed
+    /// first (a rollout then sees the target gone, not failing), then the
+    /// VMM ends as the signal would have ended it (exit status 128 + N; a
+    /// second signal meanwhile ends it at once, with the same status).
+    pub fn start_removed_on_signal(self, kernel: impl Fn() -> Option<KernelInfo> + Send + 'static) -> Result<Registered, std::io::Error> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        // A second signal while the registration is being removed (a store out of reach) ends the VMM at once.
+        let seen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        for sig in [SIGTERM, SIGINT] {
+            signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, seen.clone())?;
+            signal_hook::flag::register(sig, seen.clone())?;
+        }
+        let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
+        let held = Arc::new(Mutex::new(Some(self.start(kernel))));
+        let on_signal = held.clone();
+        std::thread::spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                if let Ok(mut r) = on_signal.lock() {
+                    drop(r.take());
+                }
+                eprintln!("vsplice: signal {sig}: fleet registration removed; the VMM ends");
+                std::process::exit(128 + sig);
+            }
+        });
+        Ok(Registered(held))
+    }
+}
+
+/// A registration `vsplice run` holds (see [`Prepared::start_removed_on_signal`]).
+#[derive(Debug)]
+pub struct Registered(Arc<Mutex<Option<Registrar>>>);
+
+impl Registered {
+    /// A clean end: the registration is removed now.
+    pub fn end(self) {
+        if let Ok(mut r) = self.0.lock() {
+            drop(r.take());
+        }
     }
 }
 

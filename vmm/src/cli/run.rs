@@ -241,13 +241,21 @@ pub fn run(args: RunArgs) -> ExitCode {
     let registrar = match (registration, api.as_ref()) {
         (Some(r), Some(a)) => {
             let shared = a.shared().clone();
-            Some(r.start(move || shared.vm().map(|v| v.kernel)))
+            match r.start_removed_on_signal(move || shared.vm().map(|v| v.kernel)) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    super::report(&e, "signals");
+                    return ExitCode::from(EXIT_BAD_INPUT);
+                }
+            }
         }
         _ => None,
     };
     let code = run_boots(&args, &sink, patches.as_mut(), api.as_mut(), &why_not);
     // A clean end: the registration goes first (a rollout stops seeing the target), then the API.
-    drop(registrar);
+    if let Some(r) = registrar {
+        r.end();
+    }
     if let Some(a) = api.as_mut() {
         a.finish();
     }
