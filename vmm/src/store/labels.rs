@@ -139,7 +139,7 @@ mod tests {
         assert_eq!(l["empty"], "");
         assert_eq!(l.len(), 5);
         assert_eq!(p(&[]).unwrap().len(), 0);
-        // The value may hold `=`? No: only the first `=` splits, and `=` is outside the value's charset.
+        // Only the first `=` splits; a second one is outside the value charset.
         assert_eq!(p(&["a=b=c"]), Err("label_bad_value"));
     }
 
