@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use vsplice_vmm::fleet::journal::{Journal, Op, Step};
+use vsplice_vmm::store::record::Registration;
+use vsplice_vmm::store::{read, Store};
 
 use crate::api::ApiVm;
 use crate::scratch::tmp_dir;
@@ -27,11 +29,20 @@ pub struct Fleet {
 impl Fleet {
     /// Boots `n` VMs (1 vCPU each) named `{test}-vmI`; `cmdline(i)` is VM i's command line.
     pub fn boot(test: &str, n: usize, cmdline: impl Fn(usize) -> String + Sync) -> Self {
+        Self::boot_with(test, n, cmdline, |_| Vec::new())
+    }
+
+    /// [`Fleet::boot`] with `extra(i)` more `vsplice run` arguments for VM i
+    /// (e.g. `--register STORE --label host=a`).
+    pub fn boot_with(test: &str, n: usize, cmdline: impl Fn(usize) -> String + Sync, extra: impl Fn(usize) -> Vec<String> + Sync) -> Self {
         let dir = tmp_dir(&format!("fleet-{test}"));
         let vms = std::thread::scope(|s| {
             let handles: Vec<_> = (0..n).map(|i| {
-                let cmdline = &cmdline;
-                s.spawn(move || ApiVm::start_with(&format!("{test}-vm{i}"), 1, &cmdline(i), &[]))
+                let (cmdline, extra) = (&cmdline, &extra);
+                s.spawn(move || {
+                    let extra = extra(i);
+                    ApiVm::start_with(&format!("{test}-vm{i}"), 1, &cmdline(i), &extra.iter().map(String::as_str).collect::<Vec<_>>())
+                })
             }).collect();
             handles.into_iter().map(|h| h.join().unwrap_or_else(|_| panic!("a VM did not boot"))).collect()
         });
@@ -102,6 +113,42 @@ impl Fleet {
         let v = self.vms[i].get_json("/patches");
         v["patches"].as_array().unwrap_or_else(|| panic!("no patch list: {v}")).iter().map(|p| p["name"].as_str().unwrap_or_default().to_owned()).collect()
     }
+}
+
+/// A probe gate that holds target `vm0` (the canary) until the file
+/// `release` exists, and passes every other target at once.
+pub fn holding_probe(release: &Path) -> serde_json::Value {
+    let script = format!(r#"test "$VSPLICE_TARGET" != vm0 || while [ ! -e {} ]; do sleep 0.1; done"#, release.display());
+    serde_json::json!({"probe": ["sh", "-c", script], "probe_timeout_ms": 600_000})
+}
+
+/// `--register STORE --register-id vmI --register-ttl TTL --label host=a|b
+/// --label zone=z1` for VM `i` of a fleet (host `a` for even `i`, `b` for
+/// odd, as [`Fleet::inventory`] labels them).
+pub fn register_args(store: &str, i: usize, ttl_s: u64) -> Vec<String> {
+    let host = if i.is_multiple_of(2) { "a" } else { "b" };
+    ["--register", store, "--register-id", &Fleet::name(i), "--register-ttl", &ttl_s.to_string(), "--label", &format!("host={host}"), "--label", "zone=z1"].map(str::to_owned).to_vec()
+}
+
+/// The targets registered in `store` now (`etcd://…`, `dir:…`), by id, and
+/// the reader's notes on the entries it left out.
+pub fn registered(store: &str) -> (std::collections::BTreeMap<String, Registration>, Vec<String>) {
+    let s = Store::parse(store).unwrap_or_else(|e| panic!("{store}: {e}"));
+    let l = read::list(&s, 1000).unwrap_or_else(|e| panic!("{store}: {e}"));
+    (l.targets.into_iter().map(|(r, _)| (r.id.clone(), r)).collect(), l.notes)
+}
+
+/// Waits up to `timeout` for `pred` over the targets registered in `store`;
+/// the time it took, or `None`.
+pub fn wait_registered(store: &str, timeout: std::time::Duration, pred: impl Fn(&std::collections::BTreeMap<String, Registration>) -> bool) -> Option<std::time::Duration> {
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < timeout {
+        if pred(&registered(store).0) {
+            return Some(t0.elapsed());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    None
 }
 
 /// Runs `vsplice fleet --journal J args…`; with `kill_at`, the controller

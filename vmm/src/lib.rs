@@ -8,7 +8,9 @@
 //! [`arch`] (x86-64 boot structures), [`devices`] (legacy port-I/O devices),
 //! [`loader`] (kernel and initrd; [`elf_check`]: an ELF image's segments
 //! inside guest RAM), [`vmm`] (the running VM), [`livepatch`]
-//! (the desired patches), [`api`] (the HTTP API on a Unix socket), [`cli`].
+//! (the desired patches), [`api`] (the HTTP API on a Unix socket),
+//! [`store`] (targets registering themselves for fleet rollouts), [`fleet`]
+//! (the rollouts), [`cli`].
 
 pub mod api;
 pub mod arch;
@@ -20,5 +22,6 @@ pub mod elf_check;
 pub mod fleet;
 pub mod livepatch;
 pub mod loader;
+pub mod store;
 pub mod vmm;
 pub mod vstate;

@@ -54,6 +54,9 @@ pub struct AttachDaemonArgs {
     /// Who may patch through the API.
     #[command(flatten)]
     pub trust: super::sign::TrustArgs,
+    /// Registering as a fleet target (`--register`, `--label`).
+    #[command(flatten)]
+    pub register: super::register_args::RegisterArgs,
 }
 
 impl Attachment for Attached {
@@ -106,6 +109,14 @@ pub fn run(args: AttachDaemonArgs) -> ExitCode {
         Ok(t) => t,
         Err(code) => return code,
     };
+    // Bad labels or store are refused before attaching.
+    let registration = match args.register.prepare(Some(&args.api_sock)) {
+        Ok(r) => r,
+        Err(e) => {
+            super::report(&e, e.cause());
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
     let Session { target, mut backend, kept_stopped } = match session::open(&args.guest) {
         Ok(s) => s,
         Err(code) => return code,
@@ -135,7 +146,12 @@ pub fn run(args: AttachDaemonArgs) -> ExitCode {
         eprintln!("vsplice: the guest stays stopped: an interrupted transaction is half-written; {hint} completes or rolls it back");
     }
     eprintln!("{}", ready_line(&args, &vm, kept_stopped));
+    let registrar = registration.map(|r| {
+        let kernel = vm.kernel.clone();
+        r.start(move || Some(kernel.clone()))
+    });
     let ended = service.run(&mut backend, &*target, &stop);
+    drop(registrar);
     service.finish();
     match ended {
         Ok(()) => {

@@ -35,6 +35,12 @@ pub struct FleetArgs {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
+    /// With an etcd journal: the TTL in seconds of this controller's lease
+    /// on the rollout's lock (kept alive every third of it). A killed
+    /// controller blocks a standby this long; a controller cut off from
+    /// etcd this long loses the lock and stops.
+    #[arg(long, global = true, value_name = "SECONDS", default_value_t = crate::fleet::etcd::LEASE_TTL_S, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub lease_ttl: u64,
     /// What to do.
     #[command(subcommand)]
     pub command: FleetCommand,
@@ -43,8 +49,14 @@ pub struct FleetArgs {
 /// The inventory and plan files.
 #[derive(Debug, Args)]
 pub struct PlanFiles {
-    /// The inventory: `{"targets": [{"name", "api_sock", "labels": {"host": …}}]}`.
-    #[arg(long, value_name = "FILE")]
+    /// The inventory: a file `{"targets": [{"name", "api_sock", "labels":
+    /// {"host": …}}]}`, or the store the VMMs registered themselves in
+    /// (`vsplice run|attach --register`): `etcd://HOST:PORT[,HOST:PORT…][/PREFIX]`
+    /// (default prefix `vsplice`) or `dir:/PATH`. A store is read once, when
+    /// the rollout is made; entries left out (stale, malformed) are reported
+    /// on stderr; a target whose registration goes before it is patched is
+    /// reported `unreachable`.
+    #[arg(long, value_name = "FILE|STORE")]
     pub inventory: PathBuf,
     /// The plan (JSON, or TOML when the name ends in `.toml`): patches, selector, canary, waves, parallelism, gates, failure budget.
     #[arg(long, value_name = "FILE")]
@@ -89,6 +101,15 @@ fn journal_arg(args: &FleetArgs) -> Result<&Path, FleetError> {
     args.journal.as_deref().ok_or_else(|| FleetError::invalid("--journal", "this command needs --journal PATH"))
 }
 
+/// Reads the inventory (a file or a store); the store's notes on stderr.
+fn inventory(files: &PlanFiles) -> Result<Inventory, FleetError> {
+    let (inv, notes) = Inventory::load_any(&files.inventory)?;
+    for n in &notes {
+        eprintln!("vsplice: fleet: inventory: {n}");
+    }
+    Ok(inv)
+}
+
 fn print_rollout(r: &Rollout, json: bool) {
     if json {
         println!("{}", serde_json::to_string_pretty(r).unwrap_or_default());
@@ -102,7 +123,8 @@ fn print_rollout(r: &Rollout, json: bool) {
     for p in &r.targets {
         let wave = p.wave.map_or("-".into(), |w| if w == 0 { "c".into() } else { w.to_string() });
         let what = p.skip.clone().unwrap_or_else(|| p.patch.clone().unwrap_or_default());
-        println!("  {:<16} {:<10} wave {:>2}  {:<24} build-id {}", p.target.name, p.target.labels.get(&r.plan.host_label).map_or("-", String::as_str), wave, what, p.build_id.as_deref().unwrap_or("-"));
+        let from = p.target.origin.as_ref().map_or_else(|| "inventory file".to_owned(), ToString::to_string);
+        println!("  {:<16} {:<10} wave {:>2}  {:<24} build-id {}  from {from}", p.target.name, p.target.labels.get(&r.plan.host_label).map_or("-", String::as_str), wave, what, p.build_id.as_deref().unwrap_or("-"));
     }
 }
 
@@ -179,14 +201,15 @@ fn control(journal: &Path, what: &str, f: Finish) -> Result<ExitCode, FleetError
 
 fn run_inner(args: &FleetArgs) -> Result<ExitCode, FleetError> {
     let json = args.json;
+    crate::fleet::etcd::set_lease_ttl(args.lease_ttl);
     match &args.command {
         FleetCommand::Plan(files) => {
-            let r = Controller::plan(&Inventory::load(&files.inventory)?, &Plan::load(&files.plan)?)?;
+            let r = Controller::plan(&inventory(files)?, &Plan::load(&files.plan)?)?;
             print_rollout(&r, json);
             Ok(ExitCode::SUCCESS)
         }
         FleetCommand::Start(files) => {
-            let (inv, plan) = (Inventory::load(&files.inventory)?, Plan::load(&files.plan)?);
+            let (inv, plan) = (inventory(files)?, Plan::load(&files.plan)?);
             let c = Controller::start(journal_arg(args)?, &inv, &plan)?;
             let f = c.run()?;
             Ok(finished(f, json, &c))

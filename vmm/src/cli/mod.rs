@@ -7,6 +7,7 @@ pub mod fleet;
 pub mod inspect;
 pub mod patch;
 mod patch_build;
+pub mod register_args;
 pub mod remote;
 pub mod run;
 pub mod run_config;

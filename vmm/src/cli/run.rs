@@ -38,7 +38,7 @@ host's RAM.
 
 --config FILE takes any of the flags from a JSON object whose keys are the flags' names with `_` \
 for `-`: kernel, initrd, cmdline, vcpus, memory, serial, arena, pause_timeout_ms, live_patch (a \
-list), on_reboot, api_sock, trusted_keys, allow_unsigned; e.g. {\"kernel\": \"vmlinux\", \"vcpus\": 2, \"live_patch\": [\"a.vsp\"]}. \
+list), on_reboot, api_sock, trusted_keys, allow_unsigned, register, label (a list), register_id, register_ttl; e.g. {\"kernel\": \"vmlinux\", \"vcpus\": 2, \"live_patch\": [\"a.vsp\"]}. \
 Flags given on the command line win (--live-patch replaces the whole list). Relative paths in the \
 file are relative to its directory. An unknown key, a wrong type or bad JSON is refused \
 ([bad_config], exit code 1).")]
@@ -99,6 +99,9 @@ pub struct RunArgs {
     /// Who may patch this guest (`--live-patch` and the API).
     #[command(flatten)]
     pub trust: super::sign::TrustArgs,
+    /// Registering as a fleet target (`--register`, `--label`).
+    #[command(flatten)]
+    pub register: super::register_args::RegisterArgs,
 }
 
 /// What a guest reboot request does.
@@ -206,6 +209,14 @@ pub fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(EXIT_BAD_INPUT);
         }
     };
+    // Bad labels or store are refused before anything starts; nothing is written yet.
+    let registration = match args.register.prepare(args.api_sock.as_deref()) {
+        Ok(r) => r,
+        Err(e) => {
+            super::report(&e, e.cause());
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
     let sink = match SerialSink::open(&args.serial) {
         Ok(s) => s,
         Err(e) => {
@@ -226,7 +237,25 @@ pub fn run(args: RunArgs) -> ExitCode {
         },
         None => None,
     };
+    // Registered once the API answers; the kernel's release and build-id follow once known.
+    let registrar = match (registration, api.as_ref()) {
+        (Some(r), Some(a)) => {
+            let shared = a.shared().clone();
+            match r.start_removed_on_signal(move || shared.vm().map(|v| v.kernel)) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    super::report(&e, "signals");
+                    return ExitCode::from(EXIT_BAD_INPUT);
+                }
+            }
+        }
+        _ => None,
+    };
     let code = run_boots(&args, &sink, patches.as_mut(), api.as_mut(), &why_not);
+    // A clean end: the registration goes first (a rollout stops seeing the target), then the API.
+    if let Some(r) = registrar {
+        r.end();
+    }
     if let Some(a) = api.as_mut() {
         a.finish();
     }
@@ -296,7 +325,7 @@ mod tests {
         let mut cmd = super::super::Cli::command();
         let run = cmd.find_subcommand_mut("run").unwrap();
         let help = run.render_long_help().to_string();
-        for flag in ["--kernel", "--initrd", "--cmdline", "--vcpus", "--memory", "--serial", "--arena", "--pause-timeout-ms", "--live-patch", "--tasks", "--on-reboot", "--api-sock", "--trusted-keys", "--allow-unsigned"] {
+        for flag in ["--kernel", "--initrd", "--cmdline", "--vcpus", "--memory", "--serial", "--arena", "--pause-timeout-ms", "--live-patch", "--tasks", "--on-reboot", "--api-sock", "--trusted-keys", "--allow-unsigned", "--register", "--label", "--register-id", "--register-ttl"] {
             assert!(help.contains(flag), "{flag} missing from help");
         }
         assert!(help.contains("console=ttyS0"));

@@ -2,7 +2,7 @@
 //! Firecracker's `--config-file`. A flag given on the command line overrides
 //! the file's key (`--live-patch` replaces the file's whole list); relative
 //! paths in the file (`kernel`, `initrd`, `serial` `file:PATH`,
-//! `live_patch`, `api_sock`, `trusted_keys`) are relative to the file's directory; an
+//! `live_patch`, `api_sock`, `trusted_keys`, a `dir:` `register` store) are relative to the file's directory; an
 //! unknown key, a value of the wrong type or a bad JSON text is refused
 //! (`bad_config`). The kernel must come from one or the other
 //! (`kernel_not_given`).
@@ -11,7 +11,9 @@
 //! {"kernel": "vmlinux", "cmdline": "quiet", "vcpus": 2, "memory": 1024,
 //!  "serial": "file:serial.log", "arena": 8, "pause_timeout_ms": 500,
 //!  "live_patch": ["a.vsp"], "on_reboot": "restart", "tasks": "auto", "api_sock": "vm.sock",
-//!  "trusted_keys": "keys", "allow_unsigned": false}
+//!  "trusted_keys": "keys", "allow_unsigned": false,
+//!  "register": "etcd://127.0.0.1:2379/dc1", "label": ["host=a", "zone=eu"],
+//!  "register_id": "vm0", "register_ttl": 5}
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -44,6 +46,10 @@ struct RunFile {
     api_sock: Option<PathBuf>,
     trusted_keys: Option<PathBuf>,
     allow_unsigned: Option<bool>,
+    register: Option<String>,
+    label: Option<Vec<String>>,
+    register_id: Option<String>,
+    register_ttl: Option<u64>,
 }
 
 /// Why the configuration cannot be used.
@@ -154,6 +160,22 @@ fn merge(args: &mut RunArgs, path: &Path, text: &str, given: impl Fn(&str) -> bo
     if let (Some(v), true) = (file.allow_unsigned, set("allow_unsigned")) {
         args.trust.allow_unsigned = v;
     }
+    if let (Some(v), true) = (file.register, set("register")) {
+        // A relative `dir:` store is relative to the file, as the file's paths are.
+        args.register.register = Some(match v.strip_prefix("dir:") {
+            Some(p) if !p.is_empty() => format!("dir:{}", here(PathBuf::from(p)).display()),
+            _ => v,
+        });
+    }
+    if let (Some(v), true) = (file.label, set("label")) {
+        args.register.label = v;
+    }
+    if let (Some(v), true) = (file.register_id, set("register_id")) {
+        args.register.register_id = Some(v);
+    }
+    if let (Some(v), true) = (file.register_ttl, set("register_ttl")) {
+        args.register.register_ttl = v;
+    }
     Ok(())
 }
 
@@ -242,6 +264,15 @@ mod tests {
             assert_eq!(e.cause(), "bad_config", "{name}: {e}");
             assert!(e.to_string().contains(mention) && e.to_string().contains("vm.json"), "{name}: {e}");
         }
+    }
+
+    #[test]
+    fn the_registration_comes_from_the_file_too() {
+        let a = run_with("reg", r#"{"kernel": "/k", "register": "dir:targets", "label": ["host=a", "zone=z"], "register_id": "vm0", "register_ttl": 9}"#, &[]).unwrap();
+        assert_eq!(a.register.register.as_deref(), Some(format!("dir:{}", dir_of("reg").join("targets").display()).as_str()));
+        assert_eq!((a.register.label.len(), a.register.register_id.as_deref(), a.register.register_ttl), (2, Some("vm0"), 9));
+        let a = run_with("regflag", r#"{"kernel": "/k", "register": "etcd://h:1", "label": ["host=a"]}"#, &["--label", "host=b"]).unwrap();
+        assert_eq!((a.register.register.as_deref(), a.register.label.as_slice()), (Some("etcd://h:1"), &["host=b".to_owned()][..]));
     }
 
     #[test]

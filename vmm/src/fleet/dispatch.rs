@@ -31,7 +31,19 @@ struct Queue<'a> {
     stop: Option<&'static str>,
 }
 
-/// Runs `process` on every target of `todo` (true: it ended patched) within
+/// How one target ended, as the wave counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Patched (or nothing to do).
+    Patched,
+    /// Failed: counts against the failure budget.
+    Failed,
+    /// Its registration went before it was touched (the VMM ended, its
+    /// lease expired): reported `unreachable`, not counted as a failure.
+    Unreachable,
+}
+
+/// Runs `process` on every target of `todo` within
 /// `limits`; returns why the wave stopped early (`halt`, `pause`, `abort`,
 /// `rollback`), and the failures so far (`failures` before it, plus its own).
 /// The first error of `process` stops the queue and is returned.
@@ -40,7 +52,7 @@ pub fn run<'a>(
     failures: usize,
     limits: &Limits<'_>,
     control: impl Fn() -> Option<String> + Sync,
-    process: impl Fn(&'a Planned) -> Result<bool, FleetError> + Sync,
+    process: impl Fn(&'a Planned) -> Result<Ended, FleetError> + Sync,
 ) -> Result<(Option<&'static str>, usize), FleetError> {
     let workers = limits.workers.min(todo.len()).max(1);
     let queue = Mutex::new(Queue { pending: todo.into(), failures, ..Queue::default() });
@@ -82,8 +94,8 @@ pub fn run<'a>(
                     *n = n.saturating_sub(1);
                 }
                 match result {
-                    Ok(true) => {}
-                    Ok(false) => {
+                    Ok(Ended::Patched | Ended::Unreachable) => {}
+                    Ok(Ended::Failed) => {
                         q.failures += 1;
                         if q.failures > limits.halt_after {
                             q.stop = Some("halt");
@@ -116,7 +128,7 @@ mod tests {
     use crate::fleet::inventory::Target;
 
     fn planned(n: usize, host: &str) -> Planned {
-        Planned { target: Target { name: format!("t{n}"), api_sock: "/s".into(), labels: [("host".to_owned(), host.to_owned())].into() }, build_id: None, release: None, patch: Some("p".into()), wave: Some(1), skip: None }
+        Planned { target: Target { name: format!("t{n}"), api_sock: "/s".into(), labels: [("host".to_owned(), host.to_owned())].into(), origin: None }, build_id: None, release: None, patch: Some("p".into()), wave: Some(1), skip: None }
     }
 
     #[test]
@@ -135,7 +147,7 @@ mod tests {
             max.fetch_max(n, Ordering::SeqCst);
             std::thread::sleep(std::time::Duration::from_millis(5));
             *in_flight.lock().unwrap().get_mut(&host).unwrap() -= 1;
-            Ok(true)
+            Ok(Ended::Patched)
         })
         .unwrap();
         assert_eq!((stop, failures), (None, 0));
@@ -143,10 +155,14 @@ mod tests {
         // One worker: the second target fails, the budget is 1: the third is the last taken.
         let taken = AtomicUsize::new(0);
         let one = Limits { workers: 1, halt_after: 1, ..limits };
-        let (stop, failures) = run(targets.iter().collect(), 1, &one, || None, |_| Ok(taken.fetch_add(1, Ordering::SeqCst) == 0)).unwrap();
+        let (stop, failures) = run(targets.iter().collect(), 1, &one, || None, |_| Ok(if taken.fetch_add(1, Ordering::SeqCst) == 0 { Ended::Patched } else { Ended::Failed })).unwrap();
         assert_eq!((stop, failures, taken.load(Ordering::SeqCst)), (Some("halt"), 2, 2));
+        // A target whose registration went is not a failure: the budget of 0 is not exceeded.
+        let gone = Limits { workers: 1, halt_after: 0, ..limits };
+        let (stop, failures) = run(targets.iter().collect(), 0, &gone, || None, |p| Ok(if p.target.name == "t1" { Ended::Unreachable } else { Ended::Patched })).unwrap();
+        assert_eq!((stop, failures), (None, 0));
         // An operator's pause: nothing taken.
-        let (stop, _) = run(targets.iter().collect(), 0, &limits, || Some("pause".into()), |_| Ok(true)).unwrap();
+        let (stop, _) = run(targets.iter().collect(), 0, &limits, || Some("pause".into()), |_| Ok(Ended::Patched)).unwrap();
         assert_eq!(stop, Some("pause"));
     }
 }

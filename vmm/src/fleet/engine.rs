@@ -15,14 +15,21 @@
 //! rollback. `pause`, `abort` and `rollback` reach a running controller
 //! through a control file beside the journal (`JOURNAL.control`), checked
 //! before each target is taken.
+//!
+//! A target read from a registration store ([`crate::store`]) is looked up
+//! there again before it is touched: one whose registration has gone (its
+//! VMM ended, or died and its lease expired) is recorded `unreachable` and
+//! not counted against the failure budget; one that is still registered but
+//! does not answer has `failed`, as a target of an inventory file.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::dispatch::{self, Limits};
+use super::dispatch::{self, Ended, Limits};
 use super::gates::{self, Baseline};
-use super::inventory::Inventory;
+use super::history::{history, is_failure};
+use super::inventory::{Inventory, Target};
 use super::journal::{self, Journal, Op, Step};
 use super::metrics;
 use super::plan::{make_rollout, OnHalt, Plan, Planned, Rollout};
@@ -62,35 +69,6 @@ impl Finish {
 }
 
 pub use super::journal::request;
-
-/// True for the outcomes that count against the failure budget.
-fn is_failure(outcome: &str) -> bool {
-    matches!(outcome, "failed" | "reverted" | "revert_failed")
-}
-
-/// What a target's history in the journal says.
-#[derive(Debug, Default)]
-struct History {
-    applied: bool,
-    gate_failed: bool,
-    baseline: Option<Baseline>,
-}
-
-fn history(steps: &[Step], name: &str) -> History {
-    let mut h = History::default();
-    let intents: BTreeMap<u64, &Step> = steps.iter().filter(|s| s.phase == "intent" && s.target == name).map(|s| (s.seq, s)).collect();
-    for s in steps.iter().filter(|s| s.target == name && s.phase == "done") {
-        match (s.op, s.result.as_deref()) {
-            (Op::Apply, Some("ok")) => {
-                h.applied = true;
-                h.baseline = s.intent.and_then(|i| intents.get(&i)).and_then(|i| serde_json::from_str(&i.detail).ok());
-            }
-            (Op::Gate, Some(r)) if r != "ok" && r != "unknown" => h.gate_failed = true,
-            _ => {}
-        }
-    }
-    h
-}
 
 /// A controller with its journal open.
 #[derive(Debug)]
@@ -282,47 +260,65 @@ impl Controller {
         dispatch::run(todo, failures, &limits, || self.journal.control(), |p| self.process(p))
     }
 
+    /// Records that `t` cannot be reached: `unreachable` when its
+    /// registration has gone, else `failed` with the API's `u`.
+    fn not_reached(&self, t: &Target, name: &str, u: &target::Unreachable) -> Result<Ended, FleetError> {
+        if let Some(why) = t.deregistered() {
+            self.journal.fact(&t.name, name, Op::Outcome, "unreachable", &format!("{why} ([{}] {})", u.cause, u.message))?;
+            eprintln!("vsplice: fleet: target {} is unreachable: {why}", t.name);
+            return Ok(Ended::Unreachable);
+        }
+        self.journal.fact(&t.name, name, Op::Outcome, "failed", &format!("[{}] {}", u.cause, u.message))?;
+        Ok(Ended::Failed)
+    }
+
     /// One target: apply (unless the registry or the journal says it was),
-    /// soak, gates, revert on a gate's failure. True when it ends patched.
-    fn process(&self, p: &Planned) -> Result<bool, FleetError> {
+    /// soak, gates, revert on a gate's failure.
+    fn process(&self, p: &Planned) -> Result<Ended, FleetError> {
         let (t, j) = (&p.target, &self.journal);
-        let Some(name) = p.patch.as_deref() else { return Ok(true) };
+        let Some(name) = p.patch.as_deref() else { return Ok(Ended::Patched) };
         let history = history(&j.steps()?, &t.name);
+        if !history.applied {
+            if let Some(why) = t.deregistered() {
+                j.fact(&t.name, name, Op::Outcome, "unreachable", &why)?;
+                eprintln!("vsplice: fleet: target {} is unreachable: {why}", t.name);
+                return Ok(Ended::Unreachable);
+            }
+        }
         let present = match target::applied(&t.api_sock) {
             Ok(names) => names.iter().any(|n| n == name),
-            Err(u) => {
+            Err(u) if history.applied => {
                 j.fact(&t.name, name, Op::Outcome, "failed", &format!("[{}] {}", u.cause, u.message))?;
-                return Ok(false);
+                return Ok(Ended::Failed);
             }
+            Err(u) => return self.not_reached(t, name, &u),
         };
         let baseline = if present {
             if history.gate_failed {
                 // A gate failed before a restart: the target failed, whatever the revert does.
-                return self.revert_target(p, "reverted").map(|_| false);
+                return self.revert_target(p, "reverted").map(|_| Ended::Failed);
             }
             history.baseline.clone().unwrap_or_default()
         } else if history.applied {
             // Applied once by this rollout and gone since: reverted, never applied twice.
             j.fact(&t.name, name, Op::Outcome, if history.gate_failed { "reverted" } else { "failed" }, "the patch is no longer in the target's registry")?;
-            return Ok(false);
+            return Ok(Ended::Failed);
         } else {
             let probe = match target::probe(&t.api_sock) {
                 Ok(pr) => pr,
-                Err(u) => {
-                    j.fact(&t.name, name, Op::Outcome, "failed", &format!("[{}] {}", u.cause, u.message))?;
-                    return Ok(false);
-                }
+                Err(u) => return self.not_reached(t, name, &u),
             };
             let baseline = Baseline::of(&probe);
             let detail = serde_json::to_string(&baseline).unwrap_or_default();
             let seq = j.intent(&t.name, name, Op::Apply, &detail)?;
             let bytes = self.bytes.get(name).map_or(&[][..], Vec::as_slice);
+            j.fence()?;
             let out = target::apply(&t.api_sock, bytes, self.rollout.plan.attempts);
             j.done(seq, &t.name, name, Op::Apply, &out.cause, &out.message)?;
             if !out.ok() {
                 j.fact(&t.name, name, Op::Outcome, "failed", &format!("apply refused [{}]: {}", out.cause, out.message))?;
                 self.publish();
-                return Ok(false);
+                return Ok(Ended::Failed);
             }
             baseline
         };
@@ -335,12 +331,12 @@ impl Controller {
                 j.done(seq, &t.name, name, Op::Gate, "ok", "")?;
                 j.fact(&t.name, name, Op::Outcome, "patched", "")?;
                 self.publish();
-                Ok(true)
+                Ok(Ended::Patched)
             }
             Err(g) => {
                 j.done(seq, &t.name, name, Op::Gate, g.gate, &g.detail)?;
                 eprintln!("vsplice: fleet: target {} failed the {} gate: {}", t.name, g.gate, g.detail);
-                self.revert_target(p, "reverted").map(|_| false)
+                self.revert_target(p, "reverted").map(|_| Ended::Failed)
             }
         }
     }
@@ -359,6 +355,7 @@ impl Controller {
         };
         let gone = if present {
             let seq = j.intent(&t.name, name, Op::Revert, "")?;
+            j.fence()?;
             let out = target::revert(&t.api_sock, name);
             j.done(seq, &t.name, name, Op::Revert, &out.cause, &out.message)?;
             out.ok()

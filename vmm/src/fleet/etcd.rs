@@ -1,7 +1,6 @@
 //! etcd as the fleet's store, for rollouts whose controllers run on several
-//! hosts: etcd's v3 JSON gateway over plain HTTP/1.1 (no gRPC stack in the
-//! VMM's build), one request per connection, each endpoint of the cluster
-//! tried in turn so a member that died is passed over.
+//! hosts (the client itself, shared with the VMMs' registration, is
+//! [`crate::store::etcd`]).
 //!
 //! Only one controller acts: it holds `PREFIX/lock`, created in a
 //! transaction only if absent and bound to its lease (kept alive by a
@@ -11,158 +10,30 @@
 //! its lease cannot write another step. A second controller waits for the
 //! lock (`resume --wait`) and takes over from the journal.
 
-use std::io::Write;
-use std::net::{TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine as _;
-use serde_json::{json, Value};
+pub use crate::store::etcd::Etcd;
 
-/// The lease's time to live (a killed controller's lock lasts this long).
+/// The lease's default time to live (a killed controller's lock lasts this long).
 pub const LEASE_TTL_S: u64 = 3;
-const TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The cluster's client endpoints (`host:port`) and the rollout's key prefix.
-#[derive(Debug, Clone)]
-pub struct Etcd {
-    endpoints: Vec<String>,
-    prefix: String,
-    /// The endpoint that answered last (tried first).
-    good: Arc<Mutex<usize>>,
+/// The TTL this process's controller takes its lease with (`vsplice fleet
+/// --lease-ttl`): a process-wide setting, as the lock is taken when the
+/// journal is opened, before any plan is read (a standby's `resume` has no
+/// plan file to read it from).
+static LEASE_TTL: AtomicU64 = AtomicU64::new(LEASE_TTL_S);
+
+/// Sets the controller's lease TTL (seconds, at least 1).
+pub fn set_lease_ttl(seconds: u64) {
+    LEASE_TTL.store(seconds.max(1), Ordering::Relaxed);
 }
 
-fn b64(s: &str) -> String {
-    B64.encode(s.as_bytes())
-}
-
-fn unb64(v: &Value) -> String {
-    v.as_str().and_then(|s| B64.decode(s).ok()).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
-}
-
-/// The key just past every key starting with `prefix` (etcd's `range_end`).
-fn prefix_end(prefix: &str) -> String {
-    let mut b = prefix.as_bytes().to_vec();
-    while let Some(last) = b.pop() {
-        if last < 0xff {
-            b.push(last + 1);
-            return B64.encode(&b);
-        }
-    }
-    B64.encode([0u8])
-}
-
-impl Etcd {
-    /// Parses `etcd://HOST:PORT[,HOST:PORT…]/PREFIX`.
-    pub fn parse(url: &str) -> Option<Self> {
-        let rest = url.strip_prefix("etcd://")?;
-        let (hosts, prefix) = rest.split_once('/')?;
-        let endpoints: Vec<String> = hosts.split(',').filter(|h| !h.is_empty()).map(str::to_owned).collect();
-        if endpoints.is_empty() || prefix.is_empty() {
-            return None;
-        }
-        Some(Self { endpoints, prefix: format!("/{}/", prefix.trim_matches('/')), good: Arc::new(Mutex::new(0)) })
-    }
-
-    /// A key under the rollout's prefix.
-    pub fn key(&self, name: &str) -> String {
-        format!("{}{name}", self.prefix)
-    }
-
-    fn post(endpoint: &str, path: &str, body: &str) -> Result<Value, String> {
-        let addr = endpoint.to_socket_addrs().map_err(|e| format!("{endpoint}: {e}"))?.next().ok_or_else(|| format!("{endpoint}: no address"))?;
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).map_err(|e| format!("{endpoint}: {e}"))?;
-        s.set_read_timeout(Some(TIMEOUT)).map_err(|e| e.to_string())?;
-        let head = format!("POST {path} HTTP/1.1\r\nHost: {endpoint}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len());
-        s.write_all(head.as_bytes()).and_then(|_| s.write_all(body.as_bytes())).map_err(|e| format!("{endpoint}: {e}"))?;
-        let r = crate::api::client::read_response(&mut s).map_err(|e| format!("{endpoint}: {e}"))?;
-        // The streaming calls (lease keep-alive) answer {"result": …}.
-        let v = r.json();
-        let v = if v.is_null() { serde_json::from_str(r.text().lines().next().unwrap_or_default()).unwrap_or(Value::Null) } else { v };
-        if r.status != 200 {
-            return Err(format!("{endpoint}{path}: HTTP {}: {}", r.status, r.text().trim()));
-        }
-        Ok(v.get("result").cloned().unwrap_or(v))
-    }
-
-    /// `POST path` to the first endpoint that answers (the last good one first).
-    pub fn call(&self, path: &str, body: &Value) -> Result<Value, String> {
-        let body = body.to_string();
-        let first = self.good.lock().map(|g| *g).unwrap_or(0);
-        let mut errors = Vec::new();
-        for k in 0..self.endpoints.len() {
-            let i = (first + k) % self.endpoints.len();
-            match Self::post(&self.endpoints[i], path, &body) {
-                Ok(v) => {
-                    if let Ok(mut g) = self.good.lock() {
-                        *g = i;
-                    }
-                    return Ok(v);
-                }
-                Err(e) => errors.push(e),
-            }
-        }
-        Err(errors.join("; "))
-    }
-
-    /// The value of `key`, if any.
-    pub fn get(&self, key: &str) -> Result<Option<String>, String> {
-        let v = self.call("/v3/kv/range", &json!({"key": b64(key)}))?;
-        Ok(v["kvs"].as_array().and_then(|k| k.first()).map(|kv| unb64(&kv["value"])))
-    }
-
-    /// Every value under `prefix`, in key order.
-    pub fn values(&self, prefix: &str) -> Result<Vec<String>, String> {
-        let v = self.call("/v3/kv/range", &json!({"key": b64(prefix), "range_end": prefix_end(prefix)}))?;
-        Ok(v["kvs"].as_array().map(|k| k.iter().map(|kv| unb64(&kv["value"])).collect()).unwrap_or_default())
-    }
-
-    /// Puts `key` only while `lock` is held with `lease` (0: unfenced); false when it is not.
-    pub fn put_fenced(&self, key: &str, value: &str, lock: &str, lease: i64) -> Result<bool, String> {
-        let put = json!([{"request_put": {"key": b64(key), "value": b64(value)}}]);
-        if lease == 0 {
-            self.call("/v3/kv/put", &json!({"key": b64(key), "value": b64(value)}))?;
-            return Ok(true);
-        }
-        let v = self.call("/v3/kv/txn", &json!({"compare": [{"key": b64(lock), "target": "LEASE", "result": "EQUAL", "lease": lease.to_string()}], "success": put}))?;
-        Ok(v["succeeded"].as_bool().unwrap_or(false))
-    }
-
-    /// Deletes `key`.
-    pub fn delete(&self, key: &str) -> Result<(), String> {
-        self.call("/v3/kv/deleterange", &json!({"key": b64(key)})).map(|_| ())
-    }
-
-    /// Grants a lease of `ttl` seconds; its id.
-    pub fn grant(&self, ttl: u64) -> Result<i64, String> {
-        let v = self.call("/v3/lease/grant", &json!({"TTL": ttl.to_string()}))?;
-        v["ID"].as_str().and_then(|s| s.parse().ok()).or_else(|| v["ID"].as_i64()).ok_or_else(|| format!("lease grant: {v}"))
-    }
-
-    /// Keeps `lease` alive once; false when it has expired.
-    pub fn keepalive(&self, lease: i64) -> Result<bool, String> {
-        let v = self.call("/v3/lease/keepalive", &json!({"ID": lease.to_string()}))?;
-        let ttl = v["TTL"].as_str().and_then(|s| s.parse::<i64>().ok()).or_else(|| v["TTL"].as_i64()).unwrap_or(0);
-        Ok(ttl > 0)
-    }
-
-    /// Revokes `lease` (its lock goes at once).
-    pub fn revoke(&self, lease: i64) -> Result<(), String> {
-        self.call("/v3/lease/revoke", &json!({"ID": lease.to_string()})).map(|_| ())
-    }
-
-    /// Creates `lock` bound to `lease` if no one holds it; false when someone does.
-    pub fn try_lock(&self, lock: &str, owner: &str, lease: i64) -> Result<bool, String> {
-        let v = self.call(
-            "/v3/kv/txn",
-            &json!({"compare": [{"key": b64(lock), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}],
-                    "success": [{"request_put": {"key": b64(lock), "value": b64(owner), "lease": lease.to_string()}}]}),
-        )?;
-        Ok(v["succeeded"].as_bool().unwrap_or(false))
-    }
+/// The controller's lease TTL, in seconds.
+pub fn lease_ttl() -> u64 {
+    LEASE_TTL.load(Ordering::Relaxed)
 }
 
 /// A held lock: the lease kept alive by a thread until dropped (then revoked).
@@ -180,7 +51,8 @@ pub struct Held {
 impl Held {
     /// Takes the rollout's lock, or `Ok(None)` when another controller holds it.
     pub fn take(etcd: &Etcd) -> Result<Option<Self>, String> {
-        let lease = etcd.grant(LEASE_TTL_S)?;
+        let ttl = lease_ttl();
+        let lease = etcd.grant(ttl)?;
         let owner = format!("pid {} on {}", std::process::id(), std::env::var("HOSTNAME").unwrap_or_default());
         if !etcd.try_lock(&etcd.key("lock"), &owner, lease)? {
             let _ = etcd.revoke(lease);
@@ -190,7 +62,7 @@ impl Held {
         let thread = {
             let (alive, stop, etcd) = (alive.clone(), stop.clone(), etcd.clone());
             std::thread::spawn(move || {
-                let period = Duration::from_millis(LEASE_TTL_S * 1000 / 3);
+                let period = Duration::from_millis((ttl * 1000 / 3).max(100));
                 let mut due = std::time::Instant::now() + period;
                 while !stop.load(Ordering::Acquire) {
                     // Woken early by the drop (unpark) so a controller's exit is not held up.
@@ -229,18 +101,3 @@ impl Drop for Held {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    #[test]
-    fn urls_and_prefix_ends() {
-        let e = Etcd::parse("etcd://127.0.0.1:2379,127.0.0.1:22379/fleet/fix1").unwrap();
-        assert_eq!(e.endpoints, ["127.0.0.1:2379", "127.0.0.1:22379"]);
-        assert_eq!(e.key("lock"), "/fleet/fix1/lock");
-        assert!(Etcd::parse("etcd:///x").is_none() && Etcd::parse("etcd://h:1/").is_none() && Etcd::parse("/tmp/j.redb").is_none());
-        assert_eq!(B64.decode(prefix_end("/a/")).unwrap(), b"/a0");
-        assert_eq!(unb64(&json!(b64("v"))), "v");
-    }
-}

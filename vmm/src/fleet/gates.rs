@@ -99,7 +99,7 @@ mod tests {
     use super::*;
 
     fn t() -> Target {
-        Target { name: "vm7".into(), api_sock: "/nonexistent/api.sock".into(), labels: [("host".to_owned(), "h-1".to_owned())].into() }
+        Target { name: "vm7".into(), api_sock: "/nonexistent/api.sock".into(), labels: [("host".to_owned(), "h-1".to_owned())].into(), origin: None }
     }
 
     #[test]

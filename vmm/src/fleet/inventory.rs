@@ -5,6 +5,12 @@
 //! {"targets": [{"name": "vm0", "api_sock": "/run/vm0.sock", "labels": {"host": "a"}}]}
 //! ```
 //!
+//! or from the registration store the VMMs registered themselves in
+//! (`etcd://HOST:PORT[,…][/PREFIX]`, `dir:/PATH`; see [`crate::store`]):
+//! each target is then named by its id and remembers where it came from
+//! ([`Origin`]), so a target whose registration goes mid-rollout is told
+//! from one that merely does not answer.
+//!
 //! What each target runs (kernel kind, release, build-id) is asked of the
 //! target itself (`GET /vm`) by [`super::target::probe`].
 
@@ -14,6 +20,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::{read_config, FleetError};
+pub use crate::store::read::Origin;
+use crate::store::{read, Store};
 
 /// Most targets one inventory lists.
 pub const MAX_TARGETS: usize = 100_000;
@@ -29,6 +37,26 @@ pub struct Target {
     /// Labels (`host`, `zone`, …).
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Where it was registered (`None`: an inventory file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Origin>,
+}
+
+impl Target {
+    /// Why this target, read from a registration store, is registered no
+    /// more; `None` while it is (or came from a file, or the store does not
+    /// answer: then its API decides).
+    pub fn deregistered(&self) -> Option<String> {
+        let o = self.origin.as_ref()?;
+        match read::present(o) {
+            Ok(false) => Some(format!("its registration {o} is gone: the VMM ended, or died and its lease expired")),
+            Ok(true) => None,
+            Err(e) => {
+                tracing::warn!(target = %self.name, error = %vsplice_patcher::model::chain(&e), "cannot look the target up in its store; asking its API");
+                None
+            }
+        }
+    }
 }
 
 /// The inventory file.
@@ -40,6 +68,24 @@ pub struct Inventory {
 }
 
 impl Inventory {
+    /// Reads the inventory `spec` names: a registration store
+    /// (`etcd://…`, `dir:…`: the targets registered now, and notes on the
+    /// entries left out) or a file.
+    pub fn load_any(spec: &Path) -> Result<(Self, Vec<String>), FleetError> {
+        match spec.to_str().filter(|s| Store::is_store(s)) {
+            Some(url) => Self::from_store(url),
+            None => Self::load(spec).map(|i| (i, Vec::new())),
+        }
+    }
+
+    /// The targets registered in the store at `url`.
+    pub fn from_store(url: &str) -> Result<(Self, Vec<String>), FleetError> {
+        let store = Store::parse(url).map_err(|e| FleetError::invalid("--inventory", vsplice_patcher::model::chain(&e)))?;
+        let listing = read::list(&store, MAX_TARGETS).map_err(|e| FleetError::Store { cause: e.cause(), why: vsplice_patcher::model::chain(&e) })?;
+        let targets = listing.targets.into_iter().map(|(r, o)| Target { name: r.id, api_sock: r.api_sock, labels: r.labels, origin: Some(o) }).collect();
+        Ok((Self { targets }, listing.notes))
+    }
+
     /// Reads and checks an inventory file (names unique and non-empty).
     pub fn load(path: &Path) -> Result<Self, FleetError> {
         let bytes = read_config(path)?;
@@ -77,7 +123,7 @@ mod tests {
     use super::*;
 
     fn t(name: &str, host: &str) -> Target {
-        Target { name: name.into(), api_sock: format!("/s/{name}").into(), labels: [("host".to_owned(), host.to_owned())].into() }
+        Target { name: name.into(), api_sock: format!("/s/{name}").into(), labels: [("host".to_owned(), host.to_owned())].into(), origin: None }
     }
 
     #[test]

@@ -203,6 +203,20 @@ impl Journal {
         Ok(())
     }
 
+    /// Before a request to a target (apply, revert): in etcd, the lock must
+    /// still be bound to this controller's lease, read now from the store
+    /// (a controller that lost its lease sends nothing more; the keep-alive
+    /// thread's flag alone could be a third of the TTL late).
+    pub fn fence(&self) -> Result<(), FleetError> {
+        if let Store::Etcd { etcd, held: Some(h), .. } = &self.store {
+            let e = jerr(&self.path);
+            if !h.alive.load(Ordering::Acquire) || etcd.lease_of(&etcd.key("lock")).map_err(&e)? != Some(h.lease) {
+                return Err(e("this controller's etcd lease is lost: no request is sent to the target; stopping".into()));
+            }
+        }
+        Ok(())
+    }
+
     /// The operator's request waiting for the controller (`pause`, `abort`, `rollback`).
     pub fn control(&self) -> Option<String> {
         match &self.store {

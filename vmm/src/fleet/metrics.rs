@@ -155,7 +155,7 @@ mod tests {
     fn status_counts_outcomes_in_progress_and_skips() {
         let plan: Plan = serde_json::from_str(r#"{"patches":["x"]}"#).unwrap();
         let planned = |n: &str, wave: Option<usize>, skip: Option<&str>| Planned {
-            target: Target { name: n.into(), api_sock: n.into(), labels: [("host".to_owned(), "h1".to_owned())].into() },
+            target: Target { name: n.into(), api_sock: n.into(), labels: [("host".to_owned(), "h1".to_owned())].into(), origin: None },
             build_id: None,
             release: None,
             patch: skip.is_none().then(|| "fix".into()),

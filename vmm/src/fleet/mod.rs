@@ -6,13 +6,14 @@
 //! the truth the journal is reconciled with on `resume`.
 //!
 //! One concern per file:
-//! - [`inventory`]: the targets (API sockets with labels) and what each
-//!   reports of its kernel;
+//! - [`inventory`]: the targets (API sockets with labels, from a file or
+//!   from the store the VMMs registered in, [`crate::store`]);
 //! - [`plan`]: the plan file and the rollout it makes (which patch for
 //!   which target, the canary, the waves);
 //! - [`plan_format`]: JSON or TOML, chosen by the plan file's name;
 //! - [`target`]: the API calls the controller makes to one target;
 //! - [`gates`]: the health gates after a target is patched;
+//! - `history`: what the journal says of one target so far;
 //! - [`journal`]: the durable journal (one redb file, or etcd);
 //! - [`etcd`]: etcd's v3 JSON gateway, the lock and its lease;
 //! - [`engine`]: the rollout engine (start, resume, halt, rollback);
@@ -23,6 +24,7 @@ pub mod dispatch;
 pub mod engine;
 pub mod etcd;
 pub mod gates;
+mod history;
 pub mod inventory;
 pub mod journal;
 pub mod metrics;
@@ -80,6 +82,14 @@ pub enum FleetError {
     /// A command that needs a rollout on a journal with none.
     #[error("journal {0} holds no rollout: `vsplice fleet start` first")]
     NoRollout(PathBuf),
+    /// The registration store an inventory is read from did not answer.
+    #[error("inventory store: {why}")]
+    Store {
+        /// The store's cause (`store_unreachable`, `store_io`, …).
+        cause: &'static str,
+        /// What failed.
+        why: String,
+    },
     /// Another controller holds the journal.
     #[error("journal {0} is held by a running controller")]
     Busy(PathBuf),
@@ -95,6 +105,7 @@ impl FleetError {
             Self::Journal { .. } => "journal_failed",
             Self::JournalExists(_) => "journal_exists",
             Self::NoRollout(_) => "no_rollout",
+            Self::Store { cause, .. } => cause,
             Self::Busy(_) => "journal_busy",
         }
     }

@@ -345,7 +345,7 @@ mod tests {
     #[test]
     fn one_patch_per_build_the_rest_no_patch_for_kernel_canary_first() {
         let p = plan(r#"{"patches":["x.vsp"],"canary":{"count":1},"waves":["50%"],"selector":{"zone":"z"}}"#);
-        let mk = |n: &str, zone: &str| Target { name: n.into(), api_sock: n.into(), labels: [("zone".to_owned(), zone.to_owned())].into() };
+        let mk = |n: &str, zone: &str| Target { name: n.into(), api_sock: n.into(), labels: [("zone".to_owned(), zone.to_owned())].into(), origin: None };
         let inv = Inventory { targets: vec![mk("a", "z"), mk("other", "y"), mk("b", "z"), mk("deb", "z"), mk("c", "z"), mk("down", "z"), mk("d", "z")] };
         let patch = PlannedPatch { file: "x.vsp".into(), name: "fix".into(), build_id: "b1".into(), unsigned: true };
         let r = make_rollout(&p, vec![patch], &inv, |t| match t.name.as_str() {
