@@ -14,7 +14,8 @@
 //!
 //! Run: `cargo bench -p vsplice-benches --bench downtime_vs_pause`.
 //! With `VSPLICE_BENCH_SLEEPERS=N` every guest also parks N sleeping tasks
-//! (`tg.sleepers=N`, see `images/testguest/README.md`).
+//! (`tg.sleepers=N`, see `images/testguest/README.md`);
+//! `VSPLICE_BENCH_VCPUS=2` (or `1,4`, …) runs only those vCPU counts.
 //! Results and the exact command: `docs/runs/2026-12-06-inprocess-downtime.md`.
 //! A benchmark, not a test: it prints numbers and asserts only that the
 //! transactions succeed.
@@ -67,7 +68,11 @@ fn main() {
     let patch = build_patch(&BuildOptions::testguest(&image, src)).expect("patch builds");
     let target = TestGuest::open(&image).expect("test guest target");
     println!("downtime_vs_pause: {ROUNDS} rounds per vCPU count, sleepers={sleepers}");
-    for vcpus in [1usize, 2, 4] {
+    let counts: Vec<usize> = match std::env::var("VSPLICE_BENCH_VCPUS") {
+        Ok(s) => s.split(',').filter_map(|v| v.trim().parse().ok()).collect(),
+        Err(_) => vec![1, 2, 4],
+    };
+    for vcpus in counts {
         let mut config = VmConfig::new(&image);
         config.vcpus = vcpus;
         config.memory_mib = 256;

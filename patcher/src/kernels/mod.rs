@@ -85,6 +85,15 @@ pub trait TargetKernel: std::fmt::Debug {
     fn unwinder(&self) -> Option<&OrcUnwinder> {
         None
     }
+    /// True when a switched-out task's stack is written by nobody but that
+    /// task (no wait-queue entries or timers of others live there, no
+    /// interrupt runs on it), so a word scan of it finds what it found
+    /// before for as long as the task's scheduler evidence is unchanged:
+    /// the incremental check may then keep a scan's verdict, not only a
+    /// reliable unwind's. False unless the kind says so (Linux: false).
+    fn owner_only_stacks(&self) -> bool {
+        false
+    }
     /// The kernel's own view of guest-physical memory (which ranges are its
     /// RAM, which are reserved), read through `mem`, for the arena check
     /// before any write ([`crate::model::ram::check_arena`]). `None`: this

@@ -204,6 +204,14 @@ impl TargetKernel for TestGuest {
         Ok(GuestTasks { list: TaskList { tasks, cpu_stacks: Vec::new() }, vcpu_cpus: vec![None; vcpus.len()], source: "testguest", source_at: None })
     }
 
+    /// The test guest's scheduler switches a task out by pushing its
+    /// registers on its own stack and nothing else ever stores there:
+    /// interrupts run on the current task's stack, sleepers are woken by
+    /// the timer through their table entry only.
+    fn owner_only_stacks(&self) -> bool {
+        true
+    }
+
     fn ram_map(&self, mem: &mut dyn KernelMemory) -> Option<RamMap> {
         // The test guest's rule: it uses no RAM above its image (page
         // tables, stacks and task table are all inside it) except the

@@ -37,7 +37,8 @@ impl<B: Backend> Patcher<'_, B> {
             Ok(t) => t,
             Err(e) => return Some(Err(format!("no pre-check: the task list read with the guest running failed ({}): {e}", e.cause()))),
         };
-        let pre = incremental::pre_check(self.cfg.check, unwinder, &mut self.guest, target.symbols(), &tasks.list, ranges);
+        let scans = target.owner_only_stacks();
+        let pre = incremental::pre_check(self.cfg.check, unwinder, scans, &mut self.guest, target.symbols(), &tasks.list, ranges);
         tracing::debug!(clean = pre.len(), tasks = tasks.list.tasks.len(), us = pre.took_us, "pre-check with the guest running");
         Some(Ok(pre))
     }
