@@ -15,7 +15,9 @@
 //! Run: `cargo bench -p vsplice-benches --bench downtime_vs_pause`.
 //! With `VSPLICE_BENCH_SLEEPERS=N` every guest also parks N sleeping tasks
 //! (`tg.sleepers=N`, see `images/testguest/README.md`);
-//! `VSPLICE_BENCH_VCPUS=2` (or `1,4`, …) runs only those vCPU counts.
+//! `VSPLICE_BENCH_VCPUS=2` (or `1,4`, …) runs only those vCPU counts;
+//! `VSPLICE_BENCH_INCREMENTAL=on` (or `compare`) turns the incremental
+//! check on (`TxnConfig::incremental`; default off: the full check).
 //! Results and the exact command: `docs/runs/2026-12-06-inprocess-downtime.md`.
 //! A benchmark, not a test: it prints numbers and asserts only that the
 //! transactions succeed.
@@ -26,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use vsplice_benches::percentile;
 use vsplice_patcher::kernels::testguest::TestGuest;
+use vsplice_patcher::model::Incremental;
 use vsplice_patcher::patch::build::{build_patch, BuildOptions};
 use vsplice_patcher::txn::{Patcher, Timings, TxnConfig};
 use vsplice_vmm::builder;
@@ -64,10 +67,11 @@ fn main() {
         return;
     }
     let sleepers: u64 = std::env::var("VSPLICE_BENCH_SLEEPERS").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let incremental: Incremental = std::env::var("VSPLICE_BENCH_INCREMENTAL").ok().map(|s| s.parse().expect("off, on or compare")).unwrap_or_default();
     let src = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/patches/testguest/step_b_v2.c");
     let patch = build_patch(&BuildOptions::testguest(&image, src)).expect("patch builds");
     let target = TestGuest::open(&image).expect("test guest target");
-    println!("downtime_vs_pause: {ROUNDS} rounds per vCPU count, sleepers={sleepers}");
+    println!("downtime_vs_pause: {ROUNDS} rounds per vCPU count, sleepers={sleepers}, incremental={incremental}");
     let counts: Vec<usize> = match std::env::var("VSPLICE_BENCH_VCPUS") {
         Ok(s) => s.split(',').filter_map(|v| v.trim().parse().ok()).collect(),
         Err(_) => vec![1, 2, 4],
@@ -80,7 +84,9 @@ fn main() {
         config.serial = SerialConfig::Null;
         let mut vmm = builder::build(config).expect("test guest boots");
         let arena = vmm.arena();
-        let mut p = Patcher::new(&mut vmm, &target, TxnConfig::new(arena));
+        let mut cfg = TxnConfig::new(arena);
+        cfg.incremental = incremental;
+        let mut p = Patcher::new(&mut vmm, &target, cfg);
         let deadline = Instant::now() + Duration::from_secs(120);
         while !p.kernel_up() {
             assert!(Instant::now() < deadline, "guest never came up");
@@ -129,6 +135,16 @@ fn main() {
         println!("vcpus={vcpus}:   {}", split("revert", &reverts));
         if let Some(s) = last_check {
             println!("vcpus={vcpus}:   last apply's check: {} stacks scanned, {} bytes read", s.scanned, s.bytes);
+            if let Some(i) = s.incremental {
+                println!(
+                    "vcpus={vcpus}:   incremental: pre-check {}us (guest running), {} pre-checked, {} reused, {} checked under the pause{}",
+                    i.pre_check_us,
+                    i.pre_checked,
+                    i.reused,
+                    i.rechecked,
+                    i.note.map(|n| format!("; {n}")).unwrap_or_default()
+                );
+            }
         }
         drop(p);
         vmm.shutdown();
