@@ -17,6 +17,7 @@
 
 pub mod stock_linux;
 pub mod testguest;
+mod testguest_table;
 
 use std::ops::Range;
 
@@ -55,6 +56,13 @@ pub trait TargetKernel: std::fmt::Debug {
     /// the target keeps no state between reads.
     /// [`TargetError::Inconsistent`] means: resume, then try again.
     fn tasks(&self, mem: &mut dyn KernelMemory, vcpus: &[VcpuState], source_at: Option<u64>) -> Result<GuestTasks, TargetError>;
+    /// [`TargetKernel::tasks`] again, handed the list read before (the
+    /// incremental pre-check's, with the guest running) so a kind can reuse
+    /// its storage: the result must be exactly what `tasks` returns.
+    fn tasks_again(&self, mem: &mut dyn KernelMemory, vcpus: &[VcpuState], source_at: Option<u64>, prev: GuestTasks) -> Result<GuestTasks, TargetError> {
+        let _ = prev;
+        self.tasks(mem, vcpus, source_at)
+    }
     /// Where [`TargetKernel::tasks`] should look for its task source first
     /// (its `source_at`), found with the guest running so that the pause
     /// does not search for it (Linux: the agent's descriptor, through the

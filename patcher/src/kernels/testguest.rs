@@ -14,8 +14,9 @@
 use std::ops::Range;
 use std::path::Path;
 
+use super::testguest_table as table;
 use super::TargetKernel;
-use crate::model::{GuestTasks, RamKind, RamMap, RamSource, TargetError, TargetKind, TaskEvidence, TaskInfo, TaskList};
+use crate::model::{GuestTasks, RamKind, RamMap, RamSource, TargetError, TargetKind, TaskList};
 use crate::os::elf::{ElfImage, ElfImageError};
 use crate::model::backend::VcpuState;
 use crate::model::mem::KernelMemory;
@@ -25,12 +26,7 @@ use crate::model::symbols::SymbolTable;
 pub const START_KERNEL_MAP: u64 = 0xffff_ffff_8000_0000;
 /// End of the 1 GiB the kernel image's page directory covers.
 const KERNEL_PD_END: u64 = START_KERNEL_MAP + (1 << 30);
-/// "VSPLTASK".
-pub const TASK_MAGIC: u64 = 0x4b53_4154_4c50_5356;
-/// Versions read: 1 (on_cpu a u64, no counter) and 2 (on_cpu and switches, u32 each).
-const TASK_VERSIONS: [u32; 2] = [1, 2];
-/// Tasks a table may list (64 scheduled + 16,384 sleepers in the guest).
-const MAX_TASKS: u32 = 32768;
+pub use super::testguest_table::TASK_MAGIC;
 /// Largest sleepers' area believed (`tg_sleeper_area_size`).
 const MAX_SLEEPER_AREA: u64 = 1 << 30;
 /// The identity map's cacheable part, where the sleepers' stacks may be.
@@ -94,17 +90,7 @@ impl TestGuest {
     }
 }
 
-fn rd_u32(b: &[u8], off: usize) -> u32 {
-    let mut w = [0u8; 4];
-    w.copy_from_slice(&b[off..off + 4]);
-    u32::from_le_bytes(w)
-}
 
-fn rd_u64(b: &[u8], off: usize) -> u64 {
-    let mut w = [0u8; 8];
-    w.copy_from_slice(&b[off..off + 8]);
-    u64::from_le_bytes(w)
-}
 
 impl TargetKernel for TestGuest {
     fn kind(&self) -> TargetKind {
@@ -143,65 +129,13 @@ impl TargetKernel for TestGuest {
     }
 
     fn tasks(&self, mem: &mut dyn KernelMemory, vcpus: &[VcpuState], _source_at: Option<u64>) -> Result<GuestTasks, TargetError> {
-        let hdr = mem.read_vec(self.task_table, 64)?;
-        if rd_u64(&hdr, 0) != TASK_MAGIC {
-            return Err(TargetError::NotUp("task table magic missing".into()));
-        }
-        let (version, entry_size, count, header_size) = (rd_u32(&hdr, 8), rd_u32(&hdr, 12), rd_u32(&hdr, 16), rd_u32(&hdr, 20));
-        let seq = rd_u64(&hdr, 0x18);
-        if seq & 1 == 1 {
-            return Err(TargetError::Inconsistent(format!("tg_task_table seq {seq} is odd")));
-        }
-        if !TASK_VERSIONS.contains(&version) || entry_size < 64 || header_size < 64 || count > MAX_TASKS {
-            return Err(TargetError::Malformed(format!(
-                "version {version}, entry_size {entry_size}, header_size {header_size}, count {count}"
-            )));
-        }
-        let entries = self.task_table + u64::from(header_size);
-        let raw = mem.read_vec(entries, (count * entry_size) as usize)?;
-        let mut tasks = Vec::with_capacity(count as usize);
-        for (i, e) in raw.chunks_exact(entry_size as usize).enumerate() {
-            let name_raw = &e[8..24];
-            let name_len = name_raw.iter().position(|&b| b == 0).unwrap_or(name_raw.len());
-            let base = rd_u64(e, 0x20);
-            let size = rd_u64(e, 0x28);
-            let (on_cpu, switches) = match version {
-                1 => (rd_u64(e, 0x38) != 0, None),
-                _ => (rd_u32(e, 0x38) != 0, Some(rd_u32(e, 0x3c))),
-            };
-            let saved_sp = if on_cpu { None } else { Some(rd_u64(e, 0x30)) };
-            let id = rd_u64(e, 0);
-            if size == 0 || size > (1 << 20) || base.checked_add(size).is_none() {
-                return Err(TargetError::Malformed(format!("task {} stack {base:#x}+{size:#x}", rd_u64(e, 0))));
-            }
-            // The evidence of a switched-out task: its entry (the task
-            // record), its id (tasks never exit, so the id is its identity),
-            // its switch counter and saved SP, all read in one seq window.
-            let evidence = switches.zip(saved_sp).map(|(n, sp)| TaskEvidence {
-                addr: entries + (i as u64) * u64::from(entry_size),
-                start_time: id,
-                nvcsw: u64::from(n),
-                nivcsw: 0,
-                sp,
-            });
-            tasks.push(TaskInfo {
-                id,
-                name: String::from_utf8_lossy(&name_raw[..name_len]).into_owned(),
-                cpu: Some(rd_u32(e, 0x1c)),
-                stack: base..base + size,
-                saved_sp,
-                on_cpu,
-                evidence,
-            });
-        }
-        // Read the sequence again: a change means the table moved under us
-        // (cannot happen with every vCPU stopped, but a backend may not stop all).
-        let seq2 = mem.read_u64(self.task_table + 0x18)?;
-        if seq2 != seq {
-            return Err(TargetError::Inconsistent(format!("tg_task_table seq moved {seq} -> {seq2}")));
-        }
-        // Which CPU a vCPU is, the test guest does not say.
-        Ok(GuestTasks { list: TaskList { tasks, cpu_stacks: Vec::new() }, vcpu_cpus: vec![None; vcpus.len()], source: "testguest", source_at: None })
+        let tasks = table::read(mem, self.task_table, Vec::new())?;
+        Ok(GuestTasks { list: TaskList { tasks, cpu_stacks: Vec::new() }, vcpu_cpus: table::vcpu_cpus(vcpus), source: "testguest", source_at: None })
+    }
+
+    fn tasks_again(&self, mem: &mut dyn KernelMemory, vcpus: &[VcpuState], _source_at: Option<u64>, prev: GuestTasks) -> Result<GuestTasks, TargetError> {
+        let tasks = table::read(mem, self.task_table, prev.list.tasks)?;
+        Ok(GuestTasks { list: TaskList { tasks, cpu_stacks: Vec::new() }, vcpu_cpus: table::vcpu_cpus(vcpus), source: "testguest", source_at: None })
     }
 
     /// The test guest's scheduler switches a task out by pushing its

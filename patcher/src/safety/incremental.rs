@@ -172,6 +172,10 @@ pub fn pre_check(
     if orc.is_none() && !owner_only_stacks {
         return pre;
     }
+    if orc.is_none() && scan_all(mem, symbols, tasks, ranges, &mut pre) {
+        pre.took_us = t0.elapsed().as_micros() as u64;
+        return pre;
+    }
     for t in &tasks.tasks {
         let Some(key) = Key::of(t) else { continue };
         let one = TaskList { tasks: vec![t.clone()], cpu_stacks: Vec::new() };
@@ -185,6 +189,36 @@ pub fn pre_check(
     }
     pre.took_us = t0.elapsed().as_micros() as u64;
     pre
+}
+
+/// Owner-only stacks, no unwinder: one word scan of every task's stack (the
+/// same scan as task by task, without a list per task: 10,000 sleepers in
+/// a few milliseconds with the guest running)
+/// (no vCPU: each task from its saved SP, or whole when flagged on a CPU),
+/// every task it names in a conflict keeps no verdict, the others do.
+/// False (nothing kept) when the scan failed or did not scan each task once:
+/// the caller then checks task by task.
+fn scan_all(mem: &mut dyn KernelMemory, symbols: &SymbolTable, tasks: &TaskList, ranges: &[CheckRange], pre: &mut PreCheck) -> bool {
+    // CPU stacks would be scanned too (no vCPU says which are idle).
+    if !tasks.cpu_stacks.is_empty() {
+        return false;
+    }
+    let input = CheckInput { vcpus: &[], vcpu_cpus: &[], tasks };
+    let Ok((conflicts, sum)) = check(CheckMode::Conservative, None, mem, symbols, input, ranges) else {
+        return false;
+    };
+    if sum.scanned != tasks.tasks.len() {
+        return false;
+    }
+    let Some(busy) = conflicts.iter().map(|c| c.task_id).collect::<Option<HashSet<u64>>>() else {
+        return false;
+    };
+    for t in tasks.tasks.iter().filter(|t| !busy.contains(&t.id)) {
+        if let Some(k) = Key::of(t) {
+            pre.keep(k);
+        }
+    }
+    true
 }
 
 /// The list read under the pause without the tasks whose pre-check

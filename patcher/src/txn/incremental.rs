@@ -53,6 +53,7 @@ impl<B: Backend> Patcher<'_, B> {
         let scans = target.owner_only_stacks();
         let pre = incremental::pre_check(self.cfg.check, unwinder, scans, &mut self.guest, target.symbols(), &tasks.list, ranges);
         tracing::debug!(clean = pre.len(), tasks = tasks.list.tasks.len(), us = pre.took_us, "pre-check with the guest running");
+        self.recycle = Some(tasks);
         Some(Ok(pre))
     }
 

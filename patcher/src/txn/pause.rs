@@ -110,7 +110,13 @@ impl<B: Backend> Patcher<'_, B> {
             timings.pause_us = us(t0);
             // Check.
             let t1 = Instant::now();
-            let tasks = match target.tasks(&mut self.guest, &vcpus, self.task_hint) {
+            // The pre-check's list (if any) lends its storage: no allocation
+            // per task under the pause, the same list as a fresh read.
+            let read = match self.recycle.take() {
+                Some(prev) => target.tasks_again(&mut self.guest, &vcpus, self.task_hint, prev),
+                None => target.tasks(&mut self.guest, &vcpus, self.task_hint),
+            };
+            let tasks = match read {
                 Ok(t) => t,
                 Err(TargetError::Inconsistent(why)) => {
                     timings.check_us = us(t1);
