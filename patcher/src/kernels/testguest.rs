@@ -39,8 +39,9 @@ pub struct TestGuest {
     task_table: u64,
     end: u64,
     root: u64,
-    /// `tg_sleeper_area` and `tg_sleeper_area_size` (older images have neither).
-    sleeper_area: Option<(u64, u64)>,
+    /// `tg_sleeper_area` and `tg_sleeper_area_size` (older images have
+    /// neither); boxed to keep the struct small in enums that hold it.
+    sleeper_area: Option<Box<(u64, u64)>>,
 }
 
 impl TestGuest {
@@ -62,7 +63,7 @@ impl TestGuest {
         let end = need("_end")?;
         let pml4 = need("tg_pml4")?;
         let root = image.phys_of(pml4).unwrap_or(pml4.wrapping_sub(START_KERNEL_MAP));
-        let sleeper_area = need("tg_sleeper_area").ok().zip(need("tg_sleeper_area_size").ok());
+        let sleeper_area = need("tg_sleeper_area").ok().zip(need("tg_sleeper_area_size").ok()).map(Box::new);
         Ok(Self { image, task_table, end, root, sleeper_area })
     }
 
@@ -75,7 +76,7 @@ impl TestGuest {
     /// guest made some and says so within bounds: page-aligned, at most
     /// [`MAX_SLEEPER_AREA`], above the image, inside the cached identity map.
     fn sleeper_area(&self, mem: &mut dyn KernelMemory) -> Option<Range<u64>> {
-        let (at, size_at) = self.sleeper_area?;
+        let (at, size_at) = *self.sleeper_area.clone()?;
         let (start, size) = (mem.read_u64(at).ok()?, mem.read_u64(size_at).ok()?);
         if size == 0 {
             return None;
