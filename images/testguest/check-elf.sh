@@ -56,7 +56,7 @@ mcount=$(objdump -s -j __mcount_loc "$elf" | awk '
 			print q
 		}
 	}')
-for f in tg_compute tg_step_a tg_step_b tg_sleep tg_busy; do
+for f in tg_compute tg_step_a tg_step_b tg_sleep tg_busy tg_nap; do
 	line=$(nm -S "$elf" | awk -v s="$f" '$4 == s { print $1, $2, $3 }')
 	set -- $line
 	[ "$#" -eq 3 ] || fail "no size for $f"

@@ -198,6 +198,59 @@ tg_start_first:
 	iretq
 	.size tg_start_first, . - tg_start_first
 
+/*
+ * tg_park_enter(stack_top, arg, fn): run fn(arg) on a fresh stack (with a
+ * 0 return address at its top, like a task's first frame) until it calls
+ * tg_park; then return to our caller. Keeps the callee-saved registers.
+ * Used once per sleeper at boot (sleepers.c).
+ */
+	.globl tg_park_enter
+	.type tg_park_enter, @function
+tg_park_enter:
+	pushq	%rbx
+	pushq	%rbp
+	pushq	%r12
+	pushq	%r13
+	pushq	%r14
+	pushq	%r15
+	movq	%rsp, tg_park_return_sp(%rip)
+	movq	%rdi, %rsp
+	movq	%rsi, %rdi
+	pushq	$0
+	jmp	*%rdx
+	.size tg_park_enter, . - tg_park_enter
+
+/*
+ * tg_park(u64 *saved_sp): switch the current context out the way the timer
+ * switches a task out: an interrupt frame (ss, rsp, rflags, cs, rip = 1f)
+ * and the 15 GPRs on this stack, their address stored at *saved_sp (the
+ * task table entry's saved_sp); then continue in tg_park_enter's caller.
+ * Resumed like any switched-out task (RESTORE_REGS; iretq), it returns to
+ * its caller from 1f.
+ */
+	.globl tg_park
+	.type tg_park, @function
+tg_park:
+	movq	%rsp, %rax
+	pushq	$TG_KERNEL_DS
+	pushq	%rax
+	pushfq
+	pushq	$TG_KERNEL_CS
+	leaq	1f(%rip), %rax
+	pushq	%rax
+	SAVE_REGS
+	movq	%rsp, (%rdi)
+	movq	tg_park_return_sp(%rip), %rsp
+	popq	%r15
+	popq	%r14
+	popq	%r13
+	popq	%r12
+	popq	%rbp
+	popq	%rbx
+	ret
+1:	ret
+	.size tg_park, . - tg_park
+
 	.globl tg_spurious_entry
 	.type tg_spurious_entry, @function
 tg_spurious_entry:

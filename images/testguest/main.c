@@ -20,12 +20,16 @@ volatile u64 tg_magic = 0x1234;
 /* tg.hold: task 1 waits in tg_hold until the host makes this non-zero. */
 volatile u64 tg_hold_release;
 
-/* Header + entries, see task_table.h. */
+/*
+ * Header + entries, see task_table.h. Over 1 MiB with the sleepers' room,
+ * so not in the .bss the boot code clears word by word: tg_main zeroes the
+ * header first, entries are written before the count covers them.
+ */
 struct tg_task_table {
 	struct vsplice_task_header hdr;
-	struct vsplice_task_entry entries[TG_MAX_TASKS];
+	struct vsplice_task_entry entries[TG_MAX_TASKS + TG_MAX_SLEEPERS];
 };
-struct tg_task_table tg_task_table __attribute__((aligned(64)));
+struct tg_task_table tg_task_table __attribute__((section(".bss..stacks"), aligned(64)));
 u32 tg_task_count;
 tg_spinlock_t tg_task_lock;		/* serializes writers of the table */
 u8 tg_task_stacks[TG_MAX_TASKS][TG_TASK_STACK_SIZE]
@@ -63,7 +67,8 @@ static u8 boot_params[4096] __attribute__((aligned(16)));
 static char cmdline[2048];
 static volatile u32 go;
 static volatile u32 tasks_done;
-static u32 task_total;
+static u32 task_total;			/* scheduled tasks (tasks_done counts these) */
+static u32 sleeper_total;		/* tg.sleepers parked for good */
 static int shutting_down;
 static volatile u32 *lapic;
 
@@ -77,7 +82,7 @@ extern u32 tg_efer_nx;
 
 /* Options (README.md). */
 static u64 opt_tasks = 3, opt_iters, opt_hz = 100, opt_wait = 20, opt_work = 100;
-static u64 opt_maxcpus = TG_MAX_CPUS, opt_lapic_mhz = 1000;
+static u64 opt_maxcpus = TG_MAX_CPUS, opt_lapic_mhz = 1000, opt_sleepers, opt_nappers;
 static int opt_quiet, opt_triple, opt_hold, opt_reboot, opt_acpi = 1;
 
 /* ---------------- helpers ---------------- */
@@ -188,6 +193,8 @@ static void parse_options(void)
 	opt_work = opt_num("tg.work", opt_work);
 	opt_maxcpus = opt_num("tg.maxcpus", opt_maxcpus);
 	opt_lapic_mhz = opt_num("tg.lapic_mhz", opt_lapic_mhz);
+	opt_sleepers = opt_num("tg.sleepers", 0);
+	opt_nappers = opt_num("tg.nappers", 0);
 	opt_quiet = opt_flag("tg.quiet");
 	opt_triple = opt_flag("tg.triple_fault");
 	opt_hold = opt_flag("tg.hold");
@@ -209,6 +216,10 @@ static void parse_options(void)
 		opt_maxcpus = TG_MAX_CPUS;
 	if (opt_lapic_mhz < 1)
 		opt_lapic_mhz = 1000;
+	if (opt_sleepers > TG_MAX_SLEEPERS)
+		opt_sleepers = TG_MAX_SLEEPERS;
+	if (opt_nappers > opt_sleepers)
+		opt_nappers = opt_sleepers;
 	if ((opt_triple || opt_reboot) && !opt_iters)
 		opt_iters = 1;
 }
@@ -355,6 +366,7 @@ static void task_init(struct tg_task *t, u32 id, struct tg_cpu *c, u32 i)
 	e->stack_base = base;
 	e->stack_size = TG_TASK_STACK_SIZE;
 	e->on_cpu = 0;
+	e->switches = 0;
 
 	/* Initial frame, as tg_timer_entry leaves it: 15 GPRs then iret frame. */
 	memset(sp, 0, 21 * sizeof(u64));
@@ -382,12 +394,14 @@ static void tasks_create(u32 ncpu)
 		cpus[ci].ntasks = per;
 	}
 	task_total = id;
-	tg_task_count = id;
+	sleeper_total = tg_sleepers_create(&tg_task_table.entries[id], id + 1, (u32)opt_sleepers,
+					   (u32)opt_nappers, boot_params);
+	tg_task_count = id + sleeper_total;
 
 	struct vsplice_task_header *h = &tg_task_table.hdr;
 	h->version = VSPLICE_TASK_VERSION;
 	h->entry_size = sizeof(struct vsplice_task_entry);
-	h->count = id;
+	h->count = id + sleeper_total;
 	h->header_size = sizeof(struct vsplice_task_header);
 	h->seq = 0;
 	h->nr_cpus = ncpu;
@@ -463,6 +477,7 @@ u64 tg_timer_interrupt(u64 sp)
 	}
 	if (next != cur) {
 		cur->e->saved_sp = sp;
+		cur->e->switches++;
 		cur->e->on_cpu = 0;
 		next->e->on_cpu = 1;
 		c->cur = ni;
@@ -690,6 +705,8 @@ NORETURN void tg_main(u64 bp_pa)
 	int n_ids, source;
 	u32 ncpu = 1, bsp_id;
 
+	/* The task table is not in the cleared .bss: no stale magic (reboot). */
+	memset(&tg_task_table.hdr, 0, sizeof(tg_task_table.hdr));
 	/* Copy what the loader gave us (Linux: copy_bootdata). */
 	memcpy(boot_params, (const void *)(uintptr_t)bp_pa, sizeof(boot_params));
 	cl_pa = rd32(boot_params + 0x228) | ((u64)rd32(boot_params + 0x0c8) << 32);
@@ -749,7 +766,11 @@ NORETURN void tg_main(u64 bp_pa)
 	tg_cpu_count = ncpu;
 
 	tasks_create(ncpu);
-	tg_printf("TG ready cpus=%u tasks=%u task_table=0x%lx magic_at=0x%lx\n", ncpu, task_total,
+	if (opt_sleepers)
+		tg_printf("TG sleepers=%u nappers=%lu stacks=0x%lx+0x%lx\n", sleeper_total,
+			  opt_nappers < sleeper_total ? opt_nappers : sleeper_total, tg_sleeper_area,
+			  tg_sleeper_area_size);
+	tg_printf("TG ready cpus=%u tasks=%u task_table=0x%lx magic_at=0x%lx\n", ncpu, task_total + sleeper_total,
 		  (u64)&tg_task_table, (u64)&tg_magic);
 	WRITE_ONCE(go, 1);
 	cpu_run(&cpus[0]);

@@ -23,7 +23,8 @@
  * until the host sets tg_hold_release (a task blocked inside a function that
  * it leaves on demand); tg_tiny is too small to hold a jump after its NOP;
  * tg_scale is a static (local) function whose name also exists in lib.c, so
- * a patch must name it with a file qualifier.
+ * a patch must name it with a file qualifier; tg_nap is where the sleepers
+ * of tg.nappers=K sleep for good (a code_busy target among many tasks).
  */
 #include "tg.h"
 
@@ -86,4 +87,16 @@ PATCHABLE u64 tg_tiny(u64 x)
 static PATCHABLE u64 tg_scale(u64 x)
 {
 	return x * 3;
+}
+
+/*
+ * tg.nappers: a sleeper parks here (sleepers.c) and is never woken, so its
+ * stack keeps a return address into tg_nap. The loop after the call keeps
+ * the call a call (no tail jump) and is where it would continue if resumed.
+ */
+PATCHABLE void tg_nap(u64 *saved_sp)
+{
+	tg_park(saved_sp);
+	for (;;)
+		__asm__ __volatile__("hlt" ::: "memory");
 }

@@ -12,10 +12,11 @@
  * (entry i at tg_task_table + header_size + i * entry_size).
  * Symbol `tg_task_count` is a u32 copy of the header's count.
  *
- * Header (64 bytes, version 1):
+ * Header (64 bytes, version 2; version 1 had on_cpu as a u64 and no
+ * switches):
  *   off  size  field
  *   0x00  8    magic        "VSPLTASK" as bytes = 0x4b5341544c505356 as a u64
- *   0x08  4    version      1
+ *   0x08  4    version      2
  *   0x0c  4    entry_size   64
  *   0x10  4    count        number of valid entries
  *   0x14  4    header_size  64 (offset of entry 0 from the header)
@@ -32,11 +33,17 @@
  *   0x18  4    state        0 running, 1 runnable, 2 sleeping
  *   0x1c  4    cpu          CPU index the task always runs on (0 = boot CPU)
  *   0x20  8    stack_base   lowest address of the kernel stack
- *   0x28  8    stack_size   bytes (16384)
+ *   0x28  8    stack_size   bytes (16384; 4096 for tg.sleepers' tasks)
  *   0x30  8    saved_sp     stack pointer saved at the last switch away;
  *                           valid when on_cpu == 0
- *   0x38  8    on_cpu       1 while the task is the current task of its CPU
+ *   0x38  4    on_cpu       1 while the task is the current task of its CPU
  *                           (then its stack pointer is the vCPU's RSP)
+ *   0x3c  4    switches     times the task was switched away (wraps at
+ *                           2^32): written with saved_sp under the table's
+ *                           seq, so equal switches and saved_sp at two reads
+ *                           mean the task did not run in between unless it
+ *                           is on its CPU at the second (the host's
+ *                           incremental check relies on this)
  *
  * A task that is not on its CPU was switched away by the timer interrupt.
  * At saved_sp there are its 15 GPRs (r15 at saved_sp+0x00, then r14, r13,
@@ -52,7 +59,7 @@
 #include <stdint.h>
 
 #define VSPLICE_TASK_MAGIC		0x4b5341544c505356ULL	/* "VSPLTASK" */
-#define VSPLICE_TASK_VERSION		1
+#define VSPLICE_TASK_VERSION		2
 #define VSPLICE_TASK_NAME_LEN		16
 
 #define VSPLICE_TASK_RUNNING		0
@@ -79,7 +86,8 @@ struct vsplice_task_entry {
 	uint64_t stack_base;
 	uint64_t stack_size;
 	uint64_t saved_sp;
-	uint64_t on_cpu;
+	uint32_t on_cpu;
+	uint32_t switches;
 };
 
 _Static_assert(sizeof(struct vsplice_task_header) == 64, "header size");
@@ -89,5 +97,6 @@ _Static_assert(__builtin_offsetof(struct vsplice_task_entry, state) == 0x18, "st
 _Static_assert(__builtin_offsetof(struct vsplice_task_entry, stack_base) == 0x20, "stack_base");
 _Static_assert(__builtin_offsetof(struct vsplice_task_entry, saved_sp) == 0x30, "saved_sp");
 _Static_assert(__builtin_offsetof(struct vsplice_task_entry, on_cpu) == 0x38, "on_cpu");
+_Static_assert(__builtin_offsetof(struct vsplice_task_entry, switches) == 0x3c, "switches");
 
 #endif /* VSPLICE_TASK_TABLE_H */

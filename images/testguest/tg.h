@@ -22,6 +22,8 @@
 #define TG_MAX_TASKS		64	/* all CPUs together */
 #define TG_TASK_STACK_SIZE	16384	/* like Linux's THREAD_SIZE */
 #define TG_BOOT_STACK_SIZE	8192	/* per-CPU boot stack, abandoned once tasks run */
+#define TG_MAX_SLEEPERS		16384	/* tg.sleepers: tasks parked for good at boot */
+#define TG_SLEEPER_STACK_SIZE	4096	/* each sleeper's own stack (RAM above the image) */
 
 #define TG_TIMER_VECTOR		0xec	/* Linux's LOCAL_TIMER_VECTOR */
 #define TG_SPURIOUS_VECTOR	0xff
@@ -180,6 +182,15 @@ int tg_find_cpus(u64 rsdp_hint, int use_acpi, u32 *apic_ids, int max, int *sourc
 u64 tg_sched_sleep_begin(u64 ticks);
 u64 tg_cpu_ticks(void);
 
+/* ---- sleepers.c ---- */
+struct vsplice_task_entry;
+/* Parks `count` sleepers (the first `nappers` in tg_nap) as table entries
+ * from `first` on, their stacks in usable e820 RAM above the image;
+ * returns how many it made. */
+extern u64 tg_sleeper_area, tg_sleeper_area_size;
+u32 tg_sleepers_create(struct vsplice_task_entry *first, u64 first_id, u32 count, u32 nappers,
+		       const u8 *boot_params);
+
 /* ---- patchable.c ---- */
 u64 tg_compute(u64 x);
 u64 tg_step_a(u64 x);
@@ -188,6 +199,7 @@ void tg_sleep(u64 ticks);
 u64 tg_busy(u64 n);
 void tg_hold(void);
 u64 tg_tiny(u64 x);
+void tg_nap(u64 *saved_sp);
 extern volatile u64 tg_hold_release;
 
 /* ---- head64.S ---- */
@@ -198,6 +210,8 @@ extern char tg_tramp_start[], tg_tramp_end[], tg_tramp_pm[], tg_tramp_lm[];
 extern u64 tg_pml4[];
 extern char _text[], _end[];
 NORETURN void tg_start_first(u64 saved_sp);
+void tg_park_enter(u64 stack_top, void *arg, void (*fn)(void *));
+void tg_park(u64 *saved_sp);
 NORETURN void tg_triple_fault(void);
 
 #endif /* !__ASSEMBLER__ */

@@ -79,6 +79,9 @@ impl<B: Backend> Backend for ResumeGuard<B> {
     fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), BackendError> {
         self.inner.write_phys(gpa, data)
     }
+    fn direct_reads(&self) -> bool {
+        self.inner.direct_reads()
+    }
 }
 
 #[cfg(test)]

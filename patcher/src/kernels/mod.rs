@@ -17,6 +17,7 @@
 
 pub mod stock_linux;
 pub mod testguest;
+mod testguest_table;
 
 use std::ops::Range;
 
@@ -55,6 +56,13 @@ pub trait TargetKernel: std::fmt::Debug {
     /// the target keeps no state between reads.
     /// [`TargetError::Inconsistent`] means: resume, then try again.
     fn tasks(&self, mem: &mut dyn KernelMemory, vcpus: &[VcpuState], source_at: Option<u64>) -> Result<GuestTasks, TargetError>;
+    /// [`TargetKernel::tasks`] again, handed the list read before (the
+    /// incremental pre-check's, with the guest running) so a kind can reuse
+    /// its storage: the result must be exactly what `tasks` returns.
+    fn tasks_again(&self, mem: &mut dyn KernelMemory, vcpus: &[VcpuState], source_at: Option<u64>, prev: GuestTasks) -> Result<GuestTasks, TargetError> {
+        let _ = prev;
+        self.tasks(mem, vcpus, source_at)
+    }
     /// Where [`TargetKernel::tasks`] should look for its task source first
     /// (its `source_at`), found with the guest running so that the pause
     /// does not search for it (Linux: the agent's descriptor, through the
@@ -84,6 +92,15 @@ pub trait TargetKernel: std::fmt::Debug {
     /// this kernel has one; without it the check is the conservative scan.
     fn unwinder(&self) -> Option<&OrcUnwinder> {
         None
+    }
+    /// True when a switched-out task's stack is written by nobody but that
+    /// task (no wait-queue entries or timers of others live there, no
+    /// interrupt runs on it), so a word scan of it finds what it found
+    /// before for as long as the task's scheduler evidence is unchanged:
+    /// the incremental check may then keep a scan's verdict, not only a
+    /// reliable unwind's. False unless the kind says so (Linux: false).
+    fn owner_only_stacks(&self) -> bool {
+        false
     }
     /// The kernel's own view of guest-physical memory (which ranges are its
     /// RAM, which are reserved), read through `mem`, for the arena check

@@ -116,6 +116,14 @@ pub trait Backend {
     /// Write guest-physical memory. Backends keep the guest's view of code
     /// coherent (e.g. an emulator's translation cache).
     fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), BackendError>;
+    /// True when reading a few bytes costs no more than copying them (guest
+    /// RAM is mapped in this process): readers then read spans directly
+    /// instead of caching whole 4 KiB pages (which a remote backend needs,
+    /// and which costs an allocation and a page copy per stack under the
+    /// pause here). False unless the backend says so.
+    fn direct_reads(&self) -> bool {
+        false
+    }
 }
 
 /// A mutable reference to a backend is a backend, so readers that own their
@@ -132,5 +140,8 @@ impl<B: Backend + ?Sized> Backend for &mut B {
     }
     fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), BackendError> {
         (**self).write_phys(gpa, data)
+    }
+    fn direct_reads(&self) -> bool {
+        (**self).direct_reads()
     }
 }

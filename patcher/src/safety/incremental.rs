@@ -7,7 +7,10 @@
 //! It keeps a verdict only for a task whose ORC unwind from its saved SP
 //! was reliable and found nothing: a task in the code being replaced, a
 //! stack scanned instead of unwound, an unreadable one — all are checked
-//! again under the pause. [`split`] then takes the list read under the
+//! again under the pause. On a kernel whose switched-out stacks are written
+//! by their owners only ([`crate::kernels::TargetKernel::owner_only_stacks`]:
+//! the test guest) a clean word scan of the live stack is a verdict too
+//! (see the last point below). [`split`] then takes the list read under the
 //! pause and leaves out exactly the tasks whose evidence, task id, stack
 //! and saved SP are all the same as at the pre-check and that are on no
 //! CPU: not flagged on a CPU, no vCPU's RSP on their stack (the kernel kind
@@ -55,8 +58,23 @@
 //!   the stack the pause has.
 //! - The verdict depends on the ranges and the unwinder too: a pre-check is
 //!   made for one transaction's ranges with its unwinder, and used only by it.
+//! - A scan's verdict (owner-only stacks): the scan reads every word from
+//!   the saved SP to the stack's end, so it stands exactly when those words
+//!   are the same under the pause. Only the task writes them (the kind
+//!   says so), the task did not run (evidence as above), and the saved SP
+//!   is the same (the key): the words are the same. The test guest's
+//!   evidence is its task table v2 (`switches`, bumped with `saved_sp`
+//!   under the table's seq at every switch away); the table is read whole
+//!   between two equal even seq reads, so counters, SPs and on-CPU flags
+//!   are one consistent snapshot (the same caveat on copies that are not
+//!   formally 8-byte atomic as above: the counter is a u32 there, a torn
+//!   value needs 2^16 or more switches of one task ending at the same SP).
+//!
+//! Under the pause, [`split`] is one pass over the list: the pre-check's
+//! keys are kept in list order and compared with a cursor (a hash lookup
+//! only when the order differs), and only tasks checked again are copied.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use super::{check, CheckInput};
@@ -90,7 +108,10 @@ impl Key {
 /// The clean verdicts of one pre-check.
 #[derive(Debug, Clone, Default)]
 pub struct PreCheck {
-    clean: HashSet<Key>,
+    /// In the order of the list they were read from.
+    clean: Vec<Key>,
+    /// Where each is in `clean`.
+    index: HashMap<Key, usize>,
     /// Microseconds it took.
     pub took_us: u64,
 }
@@ -105,15 +126,41 @@ impl PreCheck {
     pub fn is_empty(&self) -> bool {
         self.clean.is_empty()
     }
+
+    fn keep(&mut self, key: Key) {
+        if !self.index.contains_key(&key) {
+            self.index.insert(key.clone(), self.clean.len());
+            self.clean.push(key);
+        }
+    }
+
+    /// True when `key` kept a verdict; `next` is the cursor into `clean`
+    /// (the position after the last hit), so a list in the pre-check's
+    /// order costs one comparison per task.
+    fn holds(&self, key: &Key, next: &mut usize) -> bool {
+        if self.clean.get(*next) == Some(key) {
+            *next += 1;
+            return true;
+        }
+        match self.index.get(key) {
+            Some(&i) => {
+                *next = i + 1;
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 /// Checks every task of `tasks` that could keep a verdict, one by one,
 /// with the guest running; keeps the ones a reliable ORC unwind found
-/// clean. Without an unwinder, or in the conservative mode, nothing is kept
-/// (a word scan's verdict depends on words others write).
+/// clean, and with `owner_only_stacks` the ones a word scan found clean.
+/// Otherwise, without an unwinder or in the conservative mode, nothing is
+/// kept (a word scan's verdict depends on words others write).
 pub fn pre_check(
     mode: CheckMode,
     unwinder: Option<&OrcUnwinder>,
+    owner_only_stacks: bool,
     mem: &mut dyn KernelMemory,
     symbols: &SymbolTable,
     tasks: &TaskList,
@@ -121,17 +168,22 @@ pub fn pre_check(
 ) -> PreCheck {
     let t0 = Instant::now();
     let mut pre = PreCheck::default();
-    let Some(u) = unwinder.filter(|_| mode == CheckMode::Orc) else {
+    let orc = unwinder.filter(|_| mode == CheckMode::Orc);
+    if orc.is_none() && !owner_only_stacks {
         return pre;
-    };
+    }
+    if orc.is_none() && scan_all(mem, symbols, tasks, ranges, &mut pre) {
+        pre.took_us = t0.elapsed().as_micros() as u64;
+        return pre;
+    }
     for t in &tasks.tasks {
         let Some(key) = Key::of(t) else { continue };
         let one = TaskList { tasks: vec![t.clone()], cpu_stacks: Vec::new() };
         let input = CheckInput { vcpus: &[], vcpu_cpus: &[], tasks: &one };
-        match check(CheckMode::Orc, Some(u), mem, symbols, input, ranges) {
-            Ok((c, s)) if c.is_empty() && s.fallbacks.is_empty() && s.scanned == 0 && s.unwound == 1 => {
-                pre.clean.insert(key);
-            }
+        let (mode, u) = if orc.is_some() { (CheckMode::Orc, orc) } else { (CheckMode::Conservative, None) };
+        match check(mode, u, mem, symbols, input, ranges) {
+            Ok((c, s)) if c.is_empty() && s.fallbacks.is_empty() && s.scanned == 0 && s.unwound == 1 => pre.keep(key),
+            Ok((c, s)) if owner_only_stacks && c.is_empty() && s.scanned == 1 && s.unwound == 0 => pre.keep(key),
             _ => {}
         }
     }
@@ -139,14 +191,45 @@ pub fn pre_check(
     pre
 }
 
+/// Owner-only stacks, no unwinder: one word scan of every task's stack (the
+/// same scan as task by task, without a list per task: 10,000 sleepers in
+/// a few milliseconds with the guest running)
+/// (no vCPU: each task from its saved SP, or whole when flagged on a CPU),
+/// every task it names in a conflict keeps no verdict, the others do.
+/// False (nothing kept) when the scan failed or did not scan each task once:
+/// the caller then checks task by task.
+fn scan_all(mem: &mut dyn KernelMemory, symbols: &SymbolTable, tasks: &TaskList, ranges: &[CheckRange], pre: &mut PreCheck) -> bool {
+    // CPU stacks would be scanned too (no vCPU says which are idle).
+    if !tasks.cpu_stacks.is_empty() {
+        return false;
+    }
+    let input = CheckInput { vcpus: &[], vcpu_cpus: &[], tasks };
+    let Ok((conflicts, sum)) = check(CheckMode::Conservative, None, mem, symbols, input, ranges) else {
+        return false;
+    };
+    if sum.scanned != tasks.tasks.len() {
+        return false;
+    }
+    let Some(busy) = conflicts.iter().map(|c| c.task_id).collect::<Option<HashSet<u64>>>() else {
+        return false;
+    };
+    for t in tasks.tasks.iter().filter(|t| !busy.contains(&t.id)) {
+        if let Some(k) = Key::of(t) {
+            pre.keep(k);
+        }
+    }
+    true
+}
+
 /// The list read under the pause without the tasks whose pre-check
 /// verdict stands (see the module doc), and how many those are.
 pub fn split(pre: &PreCheck, list: &TaskList, vcpus: &[VcpuState]) -> (TaskList, usize) {
-    let mut rest = Vec::with_capacity(list.tasks.len());
+    let mut rest = Vec::new();
     let mut reused = 0;
+    let mut next = 0;
     for t in &list.tasks {
         let on_vcpu = vcpus.iter().any(|v| t.stack.contains(&v.rsp()));
-        if !on_vcpu && Key::of(t).is_some_and(|k| pre.clean.contains(&k)) {
+        if !on_vcpu && Key::of(t).is_some_and(|k| pre.holds(&k, &mut next)) {
             reused += 1;
         } else {
             rest.push(t.clone());
@@ -183,7 +266,9 @@ mod tests {
     }
 
     fn pre_of(tasks: &[TaskInfo]) -> PreCheck {
-        PreCheck { clean: tasks.iter().filter_map(Key::of).collect(), took_us: 0 }
+        let mut pre = PreCheck::default();
+        tasks.iter().filter_map(Key::of).for_each(|k| pre.keep(k));
+        pre
     }
 
     #[test]
@@ -210,6 +295,21 @@ mod tests {
         odd[4].saved_sp = Some(0x50_0000 + 0x508);
         let (_, reused) = split(&pre, &TaskList { tasks: odd, cpu_stacks: Vec::new() }, &[]);
         assert_eq!(reused, 3);
+    }
+
+    #[test]
+    fn a_list_in_another_order_reuses_the_same_tasks() {
+        let before = [task(1, 0x100, 5), task(2, 0x200, 5), task(3, 0x300, 5)];
+        let pre = pre_of(&before);
+        let mut now = before.to_vec();
+        now.reverse();
+        now.insert(1, task(9, 0x900, 1));
+        let (rest, reused) = split(&pre, &TaskList { tasks: now, cpu_stacks: Vec::new() }, &[]);
+        assert_eq!((reused, rest.tasks.iter().map(|t| t.id).collect::<Vec<_>>()), (3, vec![9]));
+        // A task kept twice in the list (a forged list) is reused only as itself.
+        let twice = vec![task(1, 0x100, 5), task(1, 0x100, 5), task(2, 0x200, 6)];
+        let (rest, reused) = split(&pre, &TaskList { tasks: twice, cpu_stacks: Vec::new() }, &[]);
+        assert_eq!((reused, rest.tasks.len()), (2, 1));
     }
 
     #[test]

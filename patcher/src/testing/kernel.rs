@@ -110,6 +110,7 @@ pub struct FakeKernel {
     ram: Option<RamMap>,
     kind: TargetKind,
     build_id: bool,
+    owner_only_stacks: bool,
 }
 
 impl Default for FakeKernel {
@@ -148,7 +149,15 @@ impl FakeKernel {
             ram: None,
             kind: TargetKind::TestGuest,
             build_id: true,
+            owner_only_stacks: false,
         }
+    }
+
+    /// The same kernel saying its switched-out stacks are written by their
+    /// owners only ([`TargetKernel::owner_only_stacks`], like the test guest).
+    pub fn with_owner_only_stacks(mut self) -> Self {
+        self.owner_only_stacks = true;
+        self
     }
 
     /// The same kernel on page tables of `mode` (5 levels: LA57).
@@ -323,6 +332,10 @@ impl TargetKernel for FakeKernel {
 
     fn unwinder(&self) -> Option<&OrcUnwinder> {
         self.unwinder.as_ref()
+    }
+
+    fn owner_only_stacks(&self) -> bool {
+        self.owner_only_stacks
     }
 
     fn ram_map(&self, _mem: &mut dyn KernelMemory) -> Option<RamMap> {

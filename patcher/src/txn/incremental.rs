@@ -15,10 +15,13 @@
 use super::result::{Cause, Conflict, Failure, Stage};
 use super::Patcher;
 use crate::model::backend::{Backend, VcpuState};
-use crate::model::{CheckRange, CheckSummary, GuestTasks, Incremental, IncrementalSummary};
+use crate::model::{CheckRange, CheckSummary, GuestTasks, Incremental, IncrementalSummary, TargetError};
 use crate::os::linux::unwind::OrcUnwinder;
 use crate::safety::incremental::{self, PreCheck};
 use crate::safety::{self, CheckInput};
+
+/// Reads of the task list a pre-check tries while the list is caught mid-update.
+const PRE_CHECK_READS: u32 = 8;
 
 /// The pre-check of one pause, or why there is none.
 pub(crate) type Pre = Result<PreCheck, String>;
@@ -33,12 +36,24 @@ impl<B: Backend> Patcher<'_, B> {
         let target = self.target;
         // No vCPU state with the guest running: a task is on a CPU only by
         // its own flag then, and the pause tells again.
-        let tasks = match target.tasks(&mut self.guest, &[], self.task_hint) {
+        // A list caught mid-update (its seq moved: likely with thousands of
+        // tasks and the guest running) is read again, a few times.
+        let mut read = target.tasks(&mut self.guest, &[], self.task_hint);
+        for _ in 1..PRE_CHECK_READS {
+            if !matches!(read, Err(TargetError::Inconsistent(_))) {
+                break;
+            }
+            std::thread::yield_now();
+            read = target.tasks(&mut self.guest, &[], self.task_hint);
+        }
+        let tasks = match read {
             Ok(t) => t,
             Err(e) => return Some(Err(format!("no pre-check: the task list read with the guest running failed ({}): {e}", e.cause()))),
         };
-        let pre = incremental::pre_check(self.cfg.check, unwinder, &mut self.guest, target.symbols(), &tasks.list, ranges);
+        let scans = target.owner_only_stacks();
+        let pre = incremental::pre_check(self.cfg.check, unwinder, scans, &mut self.guest, target.symbols(), &tasks.list, ranges);
         tracing::debug!(clean = pre.len(), tasks = tasks.list.tasks.len(), us = pre.took_us, "pre-check with the guest running");
+        self.recycle = Some(tasks);
         Some(Ok(pre))
     }
 

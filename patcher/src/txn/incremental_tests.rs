@@ -7,7 +7,7 @@
 
 use super::testutil::{config, patch, registry, text};
 use super::{Cause, Patcher, Stage, TxnConfig, TxnReport};
-use crate::model::{Incremental, TaskEvidence, TaskInfo};
+use crate::model::{CheckMode, Incremental, TaskEvidence, TaskInfo};
 use crate::testing::kernel::START_KERNEL_MAP;
 use crate::testing::{FakeKernel, RamGuest};
 
@@ -34,7 +34,11 @@ fn cfg(attempts: u32, mode: Incremental) -> TxnConfig {
 /// rewritten, one more switch, a new saved SP). `idle` (slot 1) sleeps in
 /// `fake_c` throughout. Returns the report and the guest.
 fn worker_enters_fake_a(mode: Incremental, attempts: u32, honest: bool) -> (TxnReport, RamGuest) {
-    let k = FakeKernel::new();
+    worker_enters_fake_a_on(FakeKernel::new(), CheckMode::default(), mode, attempts, honest)
+}
+
+/// [`worker_enters_fake_a`] on kernel `k` with the safety check `check`.
+fn worker_enters_fake_a_on(k: FakeKernel, check: CheckMode, mode: Incremental, attempts: u32, honest: bool) -> (TxnReport, RamGuest) {
     let mut g = k.guest();
     // The state after the window first, to copy its stack bytes.
     let inside = k.sleeping_task(&mut g, 0, 300, "worker", &[k.ret_into("fake_a"), k.ret_into("fake_b")]);
@@ -48,7 +52,9 @@ fn worker_enters_fake_a(mode: Incremental, attempts: u32, honest: bool) -> (TxnR
     let base = before.stack.start - START_KERNEL_MAP;
     // Pre-check read, then every read after (pauses and pre-checks) sees `after`.
     k.script_tasks(vec![vec![before, idle.clone()], vec![after, idle]]);
-    let mut p = Patcher::new(&mut g, &k, cfg(attempts, mode));
+    let mut c = cfg(attempts, mode);
+    c.check = check;
+    let mut p = Patcher::new(&mut g, &k, c);
     p.set_window(move |attempt| if attempt == 1 { vec![(base, inside_bytes.clone())] } else { Vec::new() });
     let r = p.apply(&patch("p1", &["fake_a"]));
     drop(p);
@@ -154,4 +160,46 @@ fn no_pre_check_means_the_full_check() {
     let inc = r.check.as_ref().unwrap().incremental.clone().unwrap();
     assert_eq!((inc.reused, inc.rechecked), (0, 1), "{inc:?}");
     assert!(inc.note.as_deref().is_some_and(|n| n.contains("no pre-check")), "{inc:?}");
+}
+
+/// The test guest's kind of kernel: stacks written by their owners only,
+/// the word scan as the check. The scan's verdicts are kept with the guest
+/// running, and a task entering the function between the pre-check and
+/// the pause is still refused, exactly as the full check refuses it.
+#[test]
+fn owner_only_stacks_keep_scan_verdicts_and_a_task_entering_the_function_is_still_refused() {
+    let owner_only = || FakeKernel::new().without_unwinder().with_owner_only_stacks();
+    let (full, _) = worker_enters_fake_a_on(owner_only(), CheckMode::Conservative, Incremental::Off, 3, true);
+    assert_eq!((full.cause, full.stage), (Cause::CodeBusy, Stage::Check), "{}", full.to_json());
+    for mode in [Incremental::On, Incremental::Compare] {
+        let (r, g) = worker_enters_fake_a_on(owner_only(), CheckMode::Conservative, mode, 3, true);
+        assert_eq!((r.cause, r.stage, r.timings.attempts), (Cause::CodeBusy, Stage::Check, 3), "{mode}: {}", r.to_json());
+        assert_eq!(r.conflicts, full.conflicts, "{mode}");
+        assert!(r.conflicts.iter().any(|c| c.task_id == Some(300) && c.function.starts_with("fake_a+")), "{:?}", r.conflicts);
+        let inc = r.check.as_ref().unwrap().incremental.clone().unwrap();
+        assert_eq!((inc.mode, inc.reused, inc.rechecked), (mode, 1, 1), "{inc:?}");
+        assert_eq!(text(&g, &FakeKernel::new(), "fake_a", 0x40), FakeKernel::new().pristine("fake_a"));
+    }
+    // Forged evidence (a run the counters hide) fools `on` here too; `compare` refuses.
+    let (r, _) = worker_enters_fake_a_on(owner_only(), CheckMode::Conservative, Incremental::Compare, 3, false);
+    assert_eq!(r.reason.as_deref(), Some("incremental_mismatch"), "{}", r.to_json());
+}
+
+/// Scan verdicts are kept only where the kernel says its stacks are its
+/// tasks' own: the same guest without that keeps none.
+#[test]
+fn scan_verdicts_are_kept_only_on_owner_only_stacks() {
+    for (owner_only, kept) in [(true, 2), (false, 0)] {
+        let k = if owner_only { FakeKernel::new().with_owner_only_stacks() } else { FakeKernel::new() }.without_unwinder();
+        let mut g = k.guest();
+        let a = seen(k.sleeping_task(&mut g, 0, 300, "worker", &[k.ret_into("fake_c")]), 7);
+        let b = seen(k.sleeping_task(&mut g, 1, 301, "idle", &[k.ret_into("fake_b")]), 2);
+        k.set_tasks(vec![a, b]);
+        let mut c = cfg(2, Incremental::Compare);
+        c.check = CheckMode::Conservative;
+        let r = Patcher::new(&mut g, &k, c).apply(&patch("p1", &["fake_a"]));
+        assert!(r.is_ok(), "{}", r.to_json());
+        let inc = r.check.as_ref().unwrap().incremental.clone().unwrap();
+        assert_eq!((inc.pre_checked, inc.reused, inc.rechecked), (kept, kept, 2 - kept), "owner_only={owner_only}");
+    }
 }

@@ -95,6 +95,9 @@ pub struct Patcher<'t, B: Backend> {
     last_check: Option<CheckSummary>,
     /// Where the last task read found its source, handed to the next one.
     task_hint: Option<u64>,
+    /// The task list the last pre-check read, recycled by the pause's read
+    /// ([`TargetKernel::tasks_again`]): its storage only, never its content.
+    recycle: Option<crate::model::GuestTasks>,
     /// Tests: what the guest does between a pause's pre-check and its stop.
     #[cfg(test)]
     window: Option<Window>,
@@ -129,6 +132,7 @@ impl<'t, B: Backend> Patcher<'t, B> {
             notes: Vec::new(),
             last_check: None,
             task_hint: None,
+            recycle: None,
             #[cfg(test)]
             window: None,
         }

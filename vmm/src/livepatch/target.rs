@@ -81,6 +81,9 @@ impl<B: Backend> Backend for ArenaGuest<B> {
     fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), BackendError> {
         self.backend.write_phys(gpa, data)
     }
+    fn direct_reads(&self) -> bool {
+        self.backend.direct_reads()
+    }
 }
 
 impl<B: Backend> LiveGuest for ArenaGuest<B> {

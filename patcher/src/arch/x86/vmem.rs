@@ -1,7 +1,10 @@
 //! Kernel-virtual memory over a [`Backend`]: translate with [`PageWalker`],
 //! keep recent translations (a small TLB of whole pages, large pages
 //! included) and recently read 4 KiB pages, and turn big reads into as few
-//! physical reads as the mappings allow.
+//! physical reads as the mappings allow. Over a backend with direct reads
+//! ([`Backend::direct_reads`]: the in-process VMM) no page is cached: every
+//! read goes straight to guest RAM, span by span (no allocation, no 4 KiB
+//! copy for a 200-byte stack).
 
 use std::collections::HashMap;
 
@@ -153,7 +156,7 @@ impl<B: Backend> VirtMem<B> {
 
 impl<B: Backend> KernelMemory for VirtMem<B> {
     fn read(&mut self, vaddr: u64, buf: &mut [u8]) -> Result<(), MemError> {
-        if buf.len() <= 2 * 4096 {
+        if buf.len() <= 2 * 4096 && !self.backend.direct_reads() {
             self.read_small(vaddr, buf)
         } else {
             self.read_large(vaddr, buf)
