@@ -275,9 +275,10 @@ pub fn make_patch(
                     sha256: run_pre_digest(bytes, &tolerate),
                     tolerate,
                     why: None,
+                    object: None,
                 });
             }
-            Record::Symbol { name, target, qualifier } => symbols.push(SymbolAlias { name, target, qualifier }),
+            Record::Symbol { name, target, qualifier } => symbols.push(SymbolAlias { name, target, qualifier, object: None }),
         }
     }
     if replacements.is_empty() {
