@@ -9,6 +9,15 @@ use serde::{Deserialize, Serialize};
 
 use super::symbols::SymbolTable;
 
+/// The kernel image's object name (a manifest's `object` absent means it).
+pub const VMLINUX: &str = "vmlinux";
+
+/// A module name as the kernel keeps it (`struct module.name`: up to 55
+/// bytes of letters, digits, `_` and `-`), never `vmlinux`.
+pub fn valid_module_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 55 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') && s != VMLINUX
+}
+
 /// `MODULE_STATE_LIVE`.
 pub const MODULE_STATE_LIVE: u32 = 0;
 

@@ -217,14 +217,14 @@ impl Manifest {
             if let Some(m) = r.tolerate.iter().find(|m| m.len == 0 || m.offset.checked_add(m.len).is_none_or(|end| end > r.size)) {
                 return bad("bad_mask", format!("replacement of `{}`: tolerated range {:#x}+{:#x} is not inside its {} bytes", r.old, m.offset, m.len, r.size));
             }
-            if let Some(o) = r.object.as_deref().filter(|o| !crate::patch::objects::valid_module_name(o)) {
+            if let Some(o) = r.object.as_deref().filter(|o| !crate::model::module::valid_module_name(o)) {
                 return bad("bad_object", format!("replacement of `{}`: `{}` is not a module name", r.old, o.chars().take(64).collect::<String>()));
             }
             if self.replacements[..i].iter().any(|o| o.old == r.old && o.qualifier == r.qualifier && o.object == r.object) {
                 return bad("duplicate_replacement", format!("`{}` is replaced twice", r.old));
             }
         }
-        if let Some(a) = self.symbols.iter().find(|a| a.object.as_deref().is_some_and(|o| !crate::patch::objects::valid_module_name(o))) {
+        if let Some(a) = self.symbols.iter().find(|a| a.object.as_deref().is_some_and(|o| !crate::model::module::valid_module_name(o))) {
             return bad("bad_object", format!("symbol `{}`: its object is not a module name", a.name));
         }
         self.info.validate()

@@ -16,8 +16,7 @@
 use crate::model::{Symbol, SymbolTable};
 use crate::patch::manifest::SymbolAlias;
 
-/// The kernel image's object name.
-pub const VMLINUX: &str = "vmlinux";
+pub use crate::model::module::{valid_module_name, VMLINUX};
 
 /// Where a `.ko`'s sections are numbered at build time: section `i`,
 /// offset `o` is `KO_BASE + (i << 24) + o` (in the module area, so the link
@@ -29,11 +28,6 @@ pub fn ko_addr(shndx: usize, off: u64) -> u64 {
     KO_BASE.wrapping_add((shndx as u64) << 24).wrapping_add(off)
 }
 
-/// A module name as the kernel keeps it (`struct module.name`: up to 55
-/// bytes of letters, digits, `_` and `-`).
-pub fn valid_module_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 55 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') && s != VMLINUX
-}
 
 fn entry_name(object: &str, name: &str, position: Option<u32>) -> String {
     match position {
