@@ -28,7 +28,7 @@ pub struct KoImage<'k> {
     /// Module name.
     pub name: String,
     /// The module's own symbols, at `ko_addr` addresses.
-    pub symbols: SymbolTable,
+    pub own: SymbolTable,
     sections: Vec<Vec<u8>>,
     rewrites: Rewrites,
     /// What the link check resolves against (the kernel's table plus the
@@ -39,7 +39,7 @@ pub struct KoImage<'k> {
 
 impl std::fmt::Debug for KoImage<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KoImage").field("name", &self.name).field("symbols", &self.symbols.len()).finish_non_exhaustive()
+        f.debug_struct("KoImage").field("name", &self.name).field("symbols", &self.own.len()).finish_non_exhaustive()
     }
 }
 
@@ -143,7 +143,7 @@ impl<'k> KoImage<'k> {
                 }
             }
         }
-        Ok(Self { name: name.to_owned(), symbols: SymbolTable::new(syms), sections, rewrites: Rewrites::from_sites(sites), link_table: SymbolTable::default(), kernel })
+        Ok(Self { name: name.to_owned(), own: SymbolTable::new(syms), sections, rewrites: Rewrites::from_sites(sites), link_table: SymbolTable::default(), kernel })
     }
 
     /// Where a site count per kind can be logged.
@@ -191,8 +191,8 @@ pub fn bind_externals(
     let mut others: std::collections::BTreeMap<String, Vec<Symbol>> = std::collections::BTreeMap::new();
     for (name, ext) in externals {
         let local = ext.local && pre.items.contains_key(name);
-        if !ko.symbols.all(name).is_empty() {
-            let qualifier = super::bind::qualifier(name, local, pre, &ko.symbols)?;
+        if !ko.own.all(name).is_empty() {
+            let qualifier = super::bind::qualifier(name, local, pre, &ko.own)?;
             aliases.push(SymbolAlias { name: name.clone(), target: name.clone(), qualifier, object: Some(ko.name.clone()) });
         } else if let Some(m) = exports.get(name).filter(|m| *m != VMLINUX && !local) {
             let table = others.entry(m.clone()).or_default();
@@ -204,7 +204,7 @@ pub fn bind_externals(
         }
     }
     let other_tables: Vec<(String, SymbolTable)> = others.into_iter().map(|(m, v)| (m, SymbolTable::new(v))).collect();
-    let mut tables: Vec<(&str, &SymbolTable)> = vec![(ko.name.as_str(), &ko.symbols)];
+    let mut tables: Vec<(&str, &SymbolTable)> = vec![(ko.name.as_str(), &ko.own)];
     tables.extend(other_tables.iter().map(|(m, t)| (m.as_str(), t)));
     Ok((aliases, combined(kernel, &tables)))
 }
@@ -239,12 +239,12 @@ mod tests {
         let Some(obj) = cc("extern int other(int);\nstatic int helper(int x) { return other(x) + 1; }\nint f(int x) { return helper(x) * 3; }\n") else { return };
         let k = NoKernel(SymbolTable::default());
         let ko = KoImage::parse("m", &obj, &k).unwrap();
-        let f = ko.symbols.resolve("f", None).unwrap();
+        let f = ko.own.resolve("f", None).unwrap();
         assert!(f.addr >= KO_BASE && f.size > 0);
         let bytes = ko.bytes_at(f.addr, f.size).unwrap();
         assert_eq!(bytes.len() as u64, f.size);
         // The call of `other` (or of `helper`) is a relocated field: masked.
-        let all: Vec<ByteMask> = ko.symbols.iter().filter(|s| s.kind == SymbolKind::Func).flat_map(|s| ko.masks(s.addr, s.size)).collect();
+        let all: Vec<ByteMask> = ko.own.iter().filter(|s| s.kind == SymbolKind::Func).flat_map(|s| ko.masks(s.addr, s.size)).collect();
         assert!(all.iter().any(|m| m.why.contains("reloc") && m.len == 4), "{all:?}");
         assert_eq!(ko.build_id(), Some("ab"));
         // Bounded: nothing past a section, garbage refused.

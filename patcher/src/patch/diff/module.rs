@@ -143,8 +143,8 @@ pub fn target_ko<'k>(src: &Path, c_file: &str, config: &str, modules: Option<&Pa
     let dir = Path::new(c_file).parent().unwrap_or(Path::new(""));
     let (path, bytes) = read_ko(modules, dir, &name)?;
     let ko = super::ko::KoImage::parse(&name, &bytes, kernel).map_err(|e| refused("module_ko_unreadable", &name, e))?;
-    tracing::info!(module = %name, ko = %path.display(), symbols = ko.symbols.len(), sites = ko.site_count(), "module target");
-    eprintln!("vsplice: {c_file} is part of module {name}: run-pre and binding against {} ({} symbols, {} rewritten sites masked)", path.display(), ko.symbols.len(), ko.site_count());
+    tracing::info!(module = %name, ko = %path.display(), symbols = ko.own.len(), sites = ko.site_count(), "module target");
+    eprintln!("vsplice: {c_file} is part of module {name}: run-pre and binding against {} ({} symbols, {} rewritten sites masked)", path.display(), ko.own.len(), ko.site_count());
     Ok(Some(ko))
 }
 

@@ -228,7 +228,7 @@ pub fn build_from_diff(opts: &DiffOptions) -> Result<PatchFile, DiffError> {
     // vmlinux, or a module: then its own .ko is what run-pre and binding read.
     let ko = super::module::target_ko(&src, &cs[0], &config, opts.modules.as_deref(), &image)?;
     let (syms, img): (&crate::model::SymbolTable, &dyn PatchImage) = match &ko {
-        Some(k) => (&k.symbols, k),
+        Some(k) => (&k.own, k),
         None => (image.symbols(), &image),
     };
     let mut replacements = Vec::new();
