@@ -7,7 +7,7 @@
 //! checks the reply size against the slot before encoding). nfsd is a
 //! module in the generic flavour; its `.ko` and those of its dependencies
 //! come from the image package (`dl/linux-image-*.deb`, unpacked once into
-//! `image-modules/`).
+//! `image-modules/`; `vsplice_tests::modcorpus`).
 //!
 //! - The patch is built with `--modules` (run-pre against `nfsd.ko`): its
 //!   replacements name their object, `nfsd`, and the names it binds to are
@@ -28,19 +28,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
-use vsplice_patcher::arch::x86::guest::Guest as GuestMem;
-use vsplice_patcher::kernels::TargetKernel;
-use vsplice_patcher::model::mem::KernelMemory;
 use vsplice_tests::cli::{text, vsplice};
 use vsplice_tests::linuxpatch;
+use vsplice_tests::modcorpus::{assert_jumps, assert_restored, corpus_or_skip, initramfs_with, insmod_all, module_entries};
 use vsplice_tests::qemu::{Guest, QemuConfig};
 use vsplice_tests::scratch::tmp_dir;
-use vsplice_tests::skip::skip;
-use vsplice_tests::testguest::{vm_lock, workspace_root};
+use vsplice_tests::testguest::vm_lock;
 
 /// The functions the fix replaces (the cold part of `nfsd4_sequence` too).
 const REPLACED: [&str; 3] = ["client_info_show", "nfsd4_sequence", "nfsd4_sequence.cold"];
@@ -55,95 +50,6 @@ const MODULES: [(&str, &str); 6] = [
     ("net/sunrpc/auth_gss", "auth_rpcgss"),
     ("fs/nfsd", "nfsd"),
 ];
-
-struct Fix {
-    dir: PathBuf,
-    release: String,
-}
-
-impl Fix {
-    fn p(&self, name: &str) -> String {
-        self.dir.join(name).to_string_lossy().into_owned()
-    }
-    fn modules(&self) -> PathBuf {
-        self.dir.join("image-modules/lib/modules").join(&self.release)
-    }
-}
-
-/// The corpus entry and its image's module tree (unpacked from the image
-/// package once; `image-modules/.done` marks it complete).
-fn fix_or_skip(label: &str) -> Option<Fix> {
-    let dir = workspace_root().join("target/fixsrc/6.1.0-56-amd64");
-    if !dir.join(".done").is_file() {
-        skip(label, "no Debian nfsd fix corpus (run images/debian-fix-source.sh --from 56 --to 57 amd64)");
-        return None;
-    }
-    let release = std::fs::read_to_string(dir.join("release")).unwrap().trim().to_owned();
-    let fix = Fix { dir, release };
-    let done = fix.dir.join("image-modules/.done");
-    if !done.is_file() {
-        let deb = std::fs::read_dir(fix.dir.join("dl")).unwrap().filter_map(Result::ok).map(|e| e.path()).find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("linux-image-")));
-        let Some(deb) = deb else {
-            skip(label, "no linux-image package in the corpus's dl/");
-            return None;
-        };
-        let out = fix.dir.join("image-modules");
-        std::fs::create_dir_all(&out).unwrap();
-        let members: Vec<String> = MODULES.iter().map(|(d, m)| format!("./lib/modules/{}/kernel/{d}/{m}.ko", fix.release)).collect();
-        let script = format!("dpkg-deb --fsys-tarfile '{}' | tar -x -C '{}' {}", deb.display(), out.display(), members.join(" "));
-        let st = Command::new("sh").arg("-c").arg(&script).status();
-        if !st.is_ok_and(|s| s.success()) {
-            skip(label, "cannot unpack the image package's modules (dpkg-deb and tar needed)");
-            return None;
-        }
-        std::fs::write(&done, "").unwrap();
-    }
-    Some(fix)
-}
-
-/// The corpus initramfs plus `/modules/nfsd/*.ko` (a second gzip'd cpio
-/// appended: the kernel unpacks both).
-fn initramfs_with_modules(fix: &Fix, dir: &Path) -> PathBuf {
-    let stage = dir.join("extra");
-    std::fs::create_dir_all(stage.join("modules/nfsd")).unwrap();
-    for (d, m) in MODULES {
-        std::fs::copy(fix.modules().join("kernel").join(d).join(format!("{m}.ko")), stage.join(format!("modules/nfsd/{m}.ko"))).unwrap();
-    }
-    let extra = dir.join("extra.cpio.gz");
-    let st = Command::new("sh")
-        .arg("-c")
-        .arg(format!("cd '{}' && find modules | cpio -o -H newc --quiet | gzip -1 > '{}'", stage.display(), extra.display()))
-        .status()
-        .unwrap();
-    assert!(st.success(), "cpio of the extra modules failed");
-    let out = dir.join("initramfs.cpio.gz");
-    let mut all = std::fs::read(fix.dir.join("initramfs.cpio.gz")).unwrap();
-    all.extend(std::fs::read(&extra).unwrap());
-    std::fs::write(&out, all).unwrap();
-    out
-}
-
-/// The first bytes of each replaced function's entry in the loaded module
-/// (its own kallsyms, through the gdbstub), or `None` when nfsd is not loaded.
-fn entries(g: &Guest) -> Option<Vec<(String, u64, [u8; 10])>> {
-    let (mut be, target) = linuxpatch::attach(g).unwrap();
-    let mut out = Vec::new();
-    {
-        let mut mem = GuestMem::new(&mut be, target.page_table_root(), target.paging_mode().cr4_bits());
-        let module = target.module(&mut mem, "nfsd").unwrap();
-        if let Some(m) = module {
-            for n in ENTRIES {
-                let a = m.symbols.resolve(n, None).unwrap_or_else(|e| panic!("{n}: {e}")).addr;
-                assert!(m.holds_text(a, 10), "{n} at {a:#x} is not in nfsd's text");
-                let mut b = [0u8; 10];
-                mem.read(a, &mut b).unwrap();
-                out.push((n.to_owned(), a, b));
-            }
-        }
-    }
-    linuxpatch::detach(be).unwrap();
-    (!out.is_empty()).then_some(out)
-}
 
 /// An NFSv4.1 COMPOUND (AUTH_NULL) whose only op is SEQUENCE with a session
 /// the server never made, as one TCP record; hex.
@@ -185,10 +91,10 @@ const BADSESSION: &str = "00002744";
 fn the_debian_nfsd_fix_is_applied_to_the_loaded_module() {
     let _l = vm_lock();
     let label = "module_nfsd_generic";
-    let Some(fix) = fix_or_skip(label) else { return };
+    let Some(fix) = corpus_or_skip(label, "6.1.0-56-amd64", "images/debian-fix-source.sh --from 56 --to 57 amd64", &MODULES) else { return };
     let dir = tmp_dir(label);
     let vsp = dir.join("nfsd-fix.vsp");
-    let headers = fix.p(&format!("headers/usr/src/linux-headers-{}", fix.release));
+    let headers = fix.headers();
     let modules = fix.modules().to_string_lossy().into_owned();
     let t = Instant::now();
     let o = vsplice(&[
@@ -207,7 +113,7 @@ fn the_debian_nfsd_fix_is_applied_to_the_loaded_module() {
     let bound = |o: &str| syms.iter().any(|a| a["object"] == o);
     assert!(bound("nfsd") && bound("sunrpc"), "names bound to nfsd and to sunrpc: {manifest}");
 
-    let initrd = initramfs_with_modules(&fix, &dir);
+    let initrd = initramfs_with(&fix, &MODULES, "nfsd", &dir);
     let mut cfg = QemuConfig::new(label, fix.dir.join("vmlinuz"), Some(initrd));
     cfg.extra_append.push("vsplice.agent=0".into());
     let Some(mut g) = Guest::boot_or_skip(cfg) else { return };
@@ -221,6 +127,7 @@ fn the_debian_nfsd_fix_is_applied_to_the_loaded_module() {
         vsplice(&args)
     };
     // Not loaded: refused by name, nothing written.
+    let entries = |g: &Guest| module_entries(g, "nfsd", &ENTRIES);
     assert!(entries(&g).is_none(), "nfsd is loaded before the test loads it");
     let o = cli(&["apply", vsp.to_str().unwrap()]);
     let out = text(&o.stdout);
@@ -229,8 +136,7 @@ fn the_debian_nfsd_fix_is_applied_to_the_loaded_module() {
     let listed = text(&cli(&["list"]).stdout);
     assert!(!listed.contains(manifest["id"].as_str().unwrap()), "a refused patch is listed: {listed}");
 
-    let load: Vec<String> = MODULES.iter().map(|(_, m)| format!("insmod /modules/nfsd/{m}.ko")).collect();
-    g.run_ok(&format!("set -e; {}; grep -c '^nfsd ' /proc/modules", load.join("; "))).unwrap();
+    g.run_ok(&format!("{}; grep -c '^nfsd ' /proc/modules", insmod_all(&MODULES, "nfsd"))).unwrap();
     let served = g.run_ok(SERVE).unwrap();
     eprintln!("  nfsd serving: {}", served.replace('\n', " | "));
     assert_eq!(sequence(&mut g), BADSESSION, "SEQUENCE with an unknown session before the patch");
@@ -240,15 +146,7 @@ fn the_debian_nfsd_fix_is_applied_to_the_loaded_module() {
     let out = text(&o.stdout);
     assert!(o.status.success() && out.contains("\"cause\":\"ok\""), "{out}\n{}", text(&o.stderr));
     eprintln!("  applied: {}", out.lines().next().unwrap_or_default());
-    let new = entries(&g).unwrap();
-    for ((n, a, was), (_, _, now)) in old.iter().zip(&new) {
-        let at = if now[..5] == [0x0f, 0x1f, 0x44, 0x00, 0x00] { 5 } else { 0 };
-        assert_eq!(now[at], 0xe9, "{n} has no jump at its entry after apply: {now:02x?}");
-        let site = a + at as u64;
-        let to = site.wrapping_add(5).wrapping_add(i32::from_le_bytes([now[at + 1], now[at + 2], now[at + 3], now[at + 4]]) as i64 as u64);
-        assert!(to < *a || to >= a + 0x1000, "{n} jumps inside itself ({to:#x})");
-        eprintln!("  {n} @ {a:#x}: {was:02x?} -> jmp {to:#x}");
-    }
+    assert_jumps(&old, &entries(&g).unwrap());
     let status = text(&cli(&["status"]).stdout);
     assert!(status.contains("\"module\"") && status.contains("\"nfsd\""), "the registry records the module: {status}");
     assert_eq!(sequence(&mut g), BADSESSION, "SEQUENCE through the patched nfsd4_sequence");
@@ -258,10 +156,7 @@ fn the_debian_nfsd_fix_is_applied_to_the_loaded_module() {
 
     let o = cli(&["revert", manifest["name"].as_str().unwrap()]);
     assert!(o.status.success(), "{}\n{}", text(&o.stdout), text(&o.stderr));
-    let back = entries(&g).unwrap();
-    for ((n, _, was), (_, _, now)) in old.iter().zip(&back) {
-        assert_eq!(was, now, "{n} not restored by revert");
-    }
+    assert_restored(&old, &entries(&g).unwrap());
     assert_eq!(sequence(&mut g), BADSESSION, "SEQUENCE after the revert");
 
     // Applied again, then the module goes: the revert writes nothing and drops the record.
