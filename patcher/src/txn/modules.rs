@@ -102,7 +102,50 @@ impl<B: Backend> Patcher<'_, B> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::testing::FakeKernel;
+    use crate::txn::testutil::{patch, patcher, registry, text};
+
+    /// A patch of `fake_b` as a function of module `fakemod`.
+    fn module_patch(name: &str) -> crate::patch::PatchFile {
+        let mut p = patch(name, &["fake_b"]);
+        p.manifest.replacements[0].object = Some("fakemod".into());
+        p
+    }
+
+    #[test]
+    fn a_module_patch_needs_its_module_and_is_dropped_when_the_module_goes() {
+        let without = FakeKernel::new();
+        let mut g = without.guest();
+        let (writes, before) = (g.writes, text(&g, &without, "fake_b", 0x10));
+        let r = patcher(&mut g, &without).apply(&module_patch("m1"));
+        assert_eq!((r.cause, r.reason.as_deref()), (Cause::ModuleNotLoaded, Some("module_not_loaded")), "{}", r.to_json());
+        assert_eq!(g.writes, writes, "nothing written");
+
+        let with = FakeKernel::new().with_module("fakemod", 0xffff_ffff_c000_1000, &["fake_b", "fake_c"]);
+        let r = patcher(&mut g, &with).apply(&module_patch("m1"));
+        assert!(r.is_ok(), "{}", r.to_json());
+        assert_ne!(text(&g, &with, "fake_b", 0x10), before);
+        let reg = registry(&mut g).unwrap();
+        let id = reg.patches[0].funcs[0].module.clone().unwrap();
+        assert_eq!((id.name.as_str(), id.addr), ("fakemod", 0xffff_ffff_c000_1000));
+
+        // Loaded again elsewhere: the record is dropped, the text not touched.
+        let reloaded = FakeKernel::new().with_module("fakemod", 0xffff_ffff_c000_9000, &["fake_b", "fake_c"]);
+        let (writes, now) = (g.writes, text(&g, &with, "fake_b", 0x10));
+        let r = patcher(&mut g, &reloaded).revert("m1");
+        assert_eq!((r.cause, r.reason.as_deref()), (Cause::ModuleChanged, Some("module_reloaded")), "{}", r.to_json());
+        assert_eq!(text(&g, &with, "fake_b", 0x10), now, "no text written");
+        assert!(g.writes > writes, "the registry was saved");
+        let reg = registry(&mut g).unwrap();
+        assert!(reg.patches.is_empty() && reg.history.iter().any(|h| h.how == "module_reloaded"), "{reg:?}");
+        // A vmlinux patch is untouched by the same check.
+        let r = patcher(&mut g, &without).apply(&patch("v1", &["fake_a"]));
+        assert!(r.is_ok(), "{}", r.to_json());
+        let r = patcher(&mut g, &without).revert("v1");
+        assert!(r.is_ok(), "{}", r.to_json());
+    }
 
     fn module(name: &str, addr: u64) -> LoadedModule {
         LoadedModule { name: name.into(), addr, state: 0, base: addr + 0x1000, text_size: 0x2000, symbols: SymbolTable::default() }
