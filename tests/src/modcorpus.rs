@@ -74,24 +74,29 @@ pub fn corpus_or_skip(label: &str, entry: &str, recipe: &str, mods: &[(&str, &st
 
 /// The entry's initramfs plus `/modules/<sub>/*.ko` for `mods` (a second
 /// gzip'd cpio appended: the kernel unpacks both), written into `dir`.
-pub fn initramfs_with(c: &ModCorpus, mods: &[(&str, &str)], sub: &str, dir: &Path) -> PathBuf {
+pub fn initramfs_with(c: &ModCorpus, mods: &[(&str, &str)], sub: &str, dir: &Path) -> Result<PathBuf, String> {
+    fn io(what: &str) -> impl Fn(std::io::Error) -> String + '_ {
+        move |e| format!("{what}: {e}")
+    }
     let stage = dir.join("extra");
-    std::fs::create_dir_all(stage.join("modules").join(sub)).unwrap();
+    std::fs::create_dir_all(stage.join("modules").join(sub)).map_err(io("staging dir"))?;
     for (d, m) in mods {
-        std::fs::copy(c.modules().join("kernel").join(d).join(format!("{m}.ko")), stage.join(format!("modules/{sub}/{m}.ko"))).unwrap();
+        std::fs::copy(c.modules().join("kernel").join(d).join(format!("{m}.ko")), stage.join(format!("modules/{sub}/{m}.ko"))).map_err(io(m))?;
     }
     let extra = dir.join("extra.cpio.gz");
     let st = Command::new("sh")
         .arg("-c")
         .arg(format!("cd '{}' && find modules | cpio -o -H newc --quiet | gzip -1 > '{}'", stage.display(), extra.display()))
         .status()
-        .unwrap();
-    assert!(st.success(), "cpio of the extra modules failed");
+        .map_err(io("cpio"))?;
+    if !st.success() {
+        return Err("cpio of the extra modules failed".into());
+    }
     let out = dir.join("initramfs.cpio.gz");
-    let mut all = std::fs::read(c.dir.join("initramfs.cpio.gz")).unwrap();
-    all.extend(std::fs::read(&extra).unwrap());
-    std::fs::write(&out, all).unwrap();
-    out
+    let mut all = std::fs::read(c.dir.join("initramfs.cpio.gz")).map_err(io("the corpus initramfs"))?;
+    all.extend(std::fs::read(&extra).map_err(io("the extra cpio"))?);
+    std::fs::write(&out, all).map_err(io("the initramfs"))?;
+    Ok(out)
 }
 
 /// The guest command that loads `mods` from `/modules/<sub>/` in order.
@@ -104,24 +109,29 @@ pub fn insmod_all(mods: &[(&str, &str)], sub: &str) -> String {
 pub type Entry = (String, u64, [u8; 10]);
 
 /// The first bytes of `names` in the loaded `module` (its own kallsyms,
-/// through the gdbstub), or `None` when the module is not loaded.
-pub fn module_entries(g: &Guest, module: &str, names: &[&str]) -> Option<Vec<Entry>> {
-    let (mut be, target) = linuxpatch::attach(g).unwrap();
+/// through the gdbstub); empty when the module is not loaded.
+pub fn module_entries(g: &Guest, module: &str, names: &[&str]) -> Result<Vec<Entry>, String> {
+    let (mut be, target) = linuxpatch::attach(g)?;
     let mut out = Vec::new();
-    {
+    let read = {
         let mut mem = GuestMem::new(&mut be, target.page_table_root(), target.paging_mode().cr4_bits());
-        if let Some(m) = target.module(&mut mem, module).unwrap() {
+        let mut read = || -> Result<(), String> {
+            let Some(m) = target.module(&mut mem, module).map_err(|e| e.to_string())? else { return Ok(()) };
             for n in names {
-                let a = m.symbols.resolve(n, None).unwrap_or_else(|e| panic!("{n}: {e}")).addr;
-                assert!(m.holds_text(a, 10), "{n} at {a:#x} is not in {module}'s text");
+                let a = m.symbols.resolve(n, None).map_err(|e| format!("{n}: {e}"))?.addr;
+                if !m.holds_text(a, 10) {
+                    return Err(format!("{n} at {a:#x} is not in {module}'s text"));
+                }
                 let mut b = [0u8; 10];
-                mem.read(a, &mut b).unwrap();
+                mem.read(a, &mut b).map_err(|e| format!("{n}: {e}"))?;
                 out.push(((*n).to_owned(), a, b));
             }
-        }
-    }
-    linuxpatch::detach(be).unwrap();
-    (!out.is_empty()).then_some(out)
+            Ok(())
+        };
+        read()
+    };
+    linuxpatch::detach(be)?;
+    read.map(|()| out)
 }
 
 /// Asserts each entry now jumps out of its function (after the ftrace NOP
