@@ -9,7 +9,8 @@
 //! come from the image package (`dl/linux-image-*.deb`, unpacked once into
 //! `image-modules/`; `vsplice_tests::modcorpus`).
 //!
-//! - The patch is built with `--modules` (run-pre against `nfsd.ko`): its
+//! - Without `--modules` the build is refused `module_ko_missing`. The
+//!   patch is built with `--modules` (run-pre against `nfsd.ko`): its
 //!   replacements name their object, `nfsd`, and the names it binds to are
 //!   nfsd's, sunrpc's (by `Module.symvers`) or vmlinux's.
 //! - The guest boots with the modules in its initramfs but not loaded:
@@ -96,6 +97,13 @@ fn the_debian_nfsd_fix_is_applied_to_the_loaded_module() {
     let vsp = dir.join("nfsd-fix.vsp");
     let headers = fix.headers();
     let modules = fix.modules().to_string_lossy().into_owned();
+    // Without the module tree: refused by name, nothing written.
+    let o = vsplice(&[
+        "patch", "build", "--target", "linux", "--diff", &fix.p("fix.patch"), "--source", &fix.p("src"), "--kernel", &fix.p("vmlinuz"), "--headers", &headers, "-o", vsp.to_str().unwrap(),
+    ]);
+    let err = text(&o.stderr);
+    assert!(!o.status.success() && err.lines().last().unwrap_or_default().starts_with("vsplice: error [module_ko_missing]"), "{err}");
+    assert!(!vsp.exists(), "written despite the refusal");
     let t = Instant::now();
     let o = vsplice(&[
         "patch", "build", "--target", "linux", "--diff", &fix.p("fix.patch"), "--source", &fix.p("src"), "--kernel", &fix.p("vmlinuz"), "--headers", &headers, "--modules", &modules, "-o",
