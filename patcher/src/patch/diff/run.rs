@@ -227,10 +227,8 @@ pub fn build_from_diff(opts: &DiffOptions) -> Result<PatchFile, DiffError> {
     carriable(&post, &carry)?;
     // vmlinux, or a module: then its own .ko is what run-pre and binding read.
     let ko = super::module::target_ko(&src, &cs[0], &config, opts.modules.as_deref(), &image)?;
-    let (syms, img): (&crate::model::SymbolTable, &dyn PatchImage) = match &ko {
-        Some(k) => (&k.own, k),
-        None => (image.symbols(), &image),
-    };
+    let img: &dyn PatchImage = ko.as_ref().map_or(&image as &dyn PatchImage, |k| k);
+    let syms = ko.as_ref().map_or(image.symbols(), |k| &k.own);
     let mut replacements = Vec::new();
     for n in carry.iter().filter(|n| pre.items.get(*n).is_some_and(|i| i.func)) {
         let (pi, qi) = (&pre.items[n], &post.items[n]);
@@ -313,10 +311,7 @@ pub fn build_from_diff(opts: &DiffOptions) -> Result<PatchFile, DiffError> {
         compiler: format!("kbuild: make CC={cc} CFLAGS_<object>=\"{}\" {}", tree::KCFLAGS, objects.join(" ")),
         flags: em.notes.iter().cloned().chain([format!("{bugs} BUG site(s) kept as ud2, {warns} WARN site(s) as ud2")]).chain(warn_note).collect(),
     };
-    let pack_img: &dyn PatchImage = match &ko {
-        Some(k) => k,
-        None => &image,
-    };
+    let pack_img: &dyn PatchImage = ko.as_ref().map_or(&image as &dyn PatchImage, |k| k);
     let mut p = package(Packaging { object: em.object, replacements, symbols, kind: TargetKind::Linux, name: &name, cumulative: opts.cumulative, build, link_check: true }, pack_img)?;
     p.manifest.info = opts.info.clone();
     p.to_bytes().map_err(|e| DiffError::Build(BuildError::Format(e)))?;
