@@ -21,6 +21,10 @@ fi
 # When the archive no longer holds that ABI the recipe fails and the tests skip.
 if [[ -f images/debian-fix-source.sh ]]; then
     bash images/debian-fix-source.sh || echo "run-all: no Debian fix corpus; debian_diff_patch will skip" >&2
+    # Module targets (generic flavour): the -56 -> -57 nfsd fix and the
+    # -55 -> -56 ext4 fix with ext4 a module (debian_module_patch, debian_module_ext4).
+    bash images/debian-fix-source.sh --from 56 --to 57 amd64 || echo "run-all: no nfsd fix corpus; debian_module_patch will skip" >&2
+    bash images/debian-fix-source.sh --from 55 --to 56 amd64 || echo "run-all: no generic ext4 fix corpus; debian_module_ext4 will skip" >&2
 fi
 
 skips="$root/target/test-skips.txt"

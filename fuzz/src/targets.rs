@@ -51,6 +51,7 @@ pub fn all() -> Vec<Target> {
         Target { name: "gdb_packet", what: "GDB remote framing over a socket, RLE, escapes, hex, target descriptions", run: gdb_packet, seeds: seeds::gdb_packet, max_len: 64 << 10 },
         Target { name: "kernel_image", what: "bzImage / vmlinux ELF parsing and decompression, notes", run: kernel_image, seeds: seeds::kernel_image, max_len: 512 << 10 },
         Target { name: "vmm_loader", what: "the VMM's kernel loader (linux-loader ELF/bzImage into guest memory)", run: vmm_loader, seeds: seeds::kernel_image, max_len: 512 << 10 },
+        Target { name: "module_ko", what: "a module's .ko as the --diff build reads it (symbols, sections, rewrite-site tables)", run: module_ko, seeds: seeds::patch_object, max_len: 128 << 10 },
         Target { name: "api", what: "API request bodies and queries (PUT /patches, GET /events)", run: api, seeds: seeds::api, max_len: 16 << 10 },
     ]
 }
@@ -271,5 +272,42 @@ fn api(data: &[u8]) -> String {
     match patches::parse_apply(ct, &query, read) {
         Ok(_) => format!("events:{q} apply:ok"),
         Err(e) => format!("events:{q} apply:{}", e.cause.name()),
+    }
+}
+
+/// The kernel side of a `.ko` read: nothing (the `.ko` is what is fuzzed).
+struct NoKernel(SymbolTable);
+
+impl vsplice_patcher::patch::build::PatchImage for NoKernel {
+    fn symbols(&self) -> &SymbolTable {
+        &self.0
+    }
+    fn build_id(&self) -> Option<&str> {
+        None
+    }
+    fn bytes_at(&self, _addr: u64, _len: u64) -> Option<&[u8]> {
+        None
+    }
+    fn masks(&self, _addr: u64, _size: u64) -> Vec<vsplice_patcher::patch::manifest::ByteMask> {
+        Vec::new()
+    }
+    fn check_env(&self) -> Box<dyn vsplice_patcher::patch::link::LinkEnv> {
+        Box::new(vsplice_patcher::patch::link::UnknownEnv)
+    }
+}
+
+fn module_ko(data: &[u8]) -> String {
+    use vsplice_patcher::patch::build::PatchImage;
+    let k = NoKernel(SymbolTable::default());
+    match vsplice_patcher::patch::diff::ko::KoImage::parse("fuzz", data, &k) {
+        Ok(ko) => {
+            let mut masked = 0usize;
+            for s in ko.own.iter().take(256) {
+                let _ = ko.bytes_at(s.addr, s.size);
+                masked += ko.masks(s.addr, s.size.min(1 << 20)).len();
+            }
+            format!("ok:{} masks:{}", ko.own.len().min(4), masked.min(4))
+        }
+        Err(_) => "not_a_ko".into(),
     }
 }

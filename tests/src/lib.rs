@@ -12,6 +12,7 @@ pub mod debian;
 pub mod qemu;
 pub mod shared_ram;
 pub mod linuxpatch;
+pub mod modcorpus;
 pub mod api;
 pub mod etcd;
 pub mod fleet;

@@ -57,6 +57,10 @@ pub struct FuncRecord {
     pub new_addr: u64,
     /// The jump site.
     pub site: SiteRecord,
+    /// The module the old function is in (absent: vmlinux), as it was
+    /// loaded when the patch was applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<crate::model::ModuleIdentity>,
 }
 
 /// Start and length of an arena range.

@@ -22,7 +22,7 @@ mod testguest_table;
 use std::ops::Range;
 
 use crate::arch::x86::paging::PagingMode;
-use crate::model::{GuestTasks, KernelMemory, RamMap, SymbolTable, TargetError, TargetKind, VcpuState};
+use crate::model::{GuestTasks, KernelMemory, LoadedModule, RamMap, SymbolTable, TargetError, TargetKind, VcpuState};
 use crate::os::linux::unwind::OrcUnwinder;
 use crate::patch::link::{LinkEnv, UnknownEnv};
 
@@ -101,6 +101,13 @@ pub trait TargetKernel: std::fmt::Debug {
     /// reliable unwind's. False unless the kind says so (Linux: false).
     fn owner_only_stacks(&self) -> bool {
         false
+    }
+    /// The module of this name in the guest's module list, with its own
+    /// symbols (runtime addresses), read through `mem`; `None` when no such
+    /// module is loaded (or this kind of kernel has no modules: the default).
+    fn module(&self, mem: &mut dyn KernelMemory, name: &str) -> Result<Option<LoadedModule>, TargetError> {
+        let _ = (mem, name);
+        Ok(None)
     }
     /// The kernel's own view of guest-physical memory (which ranges are its
     /// RAM, which are reserved), read through `mem`, for the arena check

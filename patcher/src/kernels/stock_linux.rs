@@ -389,6 +389,10 @@ impl TargetKernel for LinuxTarget {
     fn ram_map(&self, mem: &mut dyn KernelMemory) -> Option<RamMap> {
         Some(ram::read_map(mem, &self.kallsyms, &self.btf))
     }
+
+    fn module(&self, mem: &mut dyn KernelMemory, name: &str) -> Result<Option<crate::model::LoadedModule>, TargetError> {
+        crate::os::linux::modules::find_module(mem, &self.kallsyms, &self.btf, name).map_err(task_error)
+    }
 }
 
 /// The loader's view of a live Linux guest.

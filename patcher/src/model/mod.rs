@@ -12,6 +12,7 @@
 //! - [`ram`]: the kernel's view of guest-physical memory and the arena's
 //!   rule against it (never guest RAM);
 //! - [`symbols`]: a kernel's symbol table (duplicates kept, qualifiers);
+//! - [`module`]: a module loaded in the guest and the identity a patch keeps of it;
 //! - [`tasks`]: tasks and CPU stacks of a stopped guest, the CPU each vCPU is;
 //! - [`check`]: what the safety check is asked (ranges, mode) and what it
 //!   finds (conflicts, summary);
@@ -23,6 +24,7 @@ pub mod backend;
 pub mod check;
 pub mod error;
 pub mod mem;
+pub mod module;
 pub mod phys_filter;
 pub mod ram;
 pub mod symbols;
@@ -34,6 +36,7 @@ pub use backend::{Backend, BackendError, VcpuState};
 pub use check::{CheckMode, CheckRange, CheckSummary, Conflict, Fallback, Incremental, IncrementalSummary};
 pub use error::chain;
 pub use mem::{BufferMemory, KernelMemory, MemError};
+pub use module::{LoadedModule, ModuleIdentity, MODULE_STATE_LIVE};
 pub use phys_filter::PhysFilter;
 pub use ram::{check_arena, ArenaUse, RamKind, RamMap, RamSource};
 pub use symbols::{LookupError, Qualifier, Symbol, SymbolKind, SymbolTable};

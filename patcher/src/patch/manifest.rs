@@ -59,6 +59,13 @@ pub struct Replacement {
     /// Why it is replaced (`patch build --diff`: what changed in its code).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub why: Option<String>,
+    /// The object the function is in: a module's name, or absent for
+    /// `vmlinux` (patches written before modules could be targets). For a
+    /// module, `old_addr` is the function's address in the module's `.ko`
+    /// as [`crate::patch::objects`] numbers it, and the run-pre digest is of
+    /// the `.ko`'s bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
 }
 
 /// A name used in the patch object for a target symbol (local ones need a qualifier).
@@ -71,6 +78,9 @@ pub struct SymbolAlias {
     /// Which one, when the target name exists more than once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qualifier: Option<Qualifier>,
+    /// The object whose symbol it is: a module's name, or absent for `vmlinux`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
 }
 
 /// How the object was built (informational).
@@ -89,7 +99,7 @@ pub struct BuildInfo {
 #[error("{detail}")]
 pub struct ManifestError {
     /// Stable reason (`id_mismatch`, `bad_old_addr`, `no_build_id`, `bad_size`,
-    /// `bad_mask`, `duplicate_replacement`, `bad_info`).
+    /// `bad_mask`, `duplicate_replacement`, `bad_info`, `bad_object`).
     pub reason: &'static str,
     /// What exactly.
     pub detail: String,
@@ -207,11 +217,23 @@ impl Manifest {
             if let Some(m) = r.tolerate.iter().find(|m| m.len == 0 || m.offset.checked_add(m.len).is_none_or(|end| end > r.size)) {
                 return bad("bad_mask", format!("replacement of `{}`: tolerated range {:#x}+{:#x} is not inside its {} bytes", r.old, m.offset, m.len, r.size));
             }
-            if self.replacements[..i].iter().any(|o| o.old == r.old && o.qualifier == r.qualifier) {
+            if let Some(o) = r.object.as_deref().filter(|o| !crate::model::module::valid_module_name(o)) {
+                return bad("bad_object", format!("replacement of `{}`: `{}` is not a module name", r.old, o.chars().take(64).collect::<String>()));
+            }
+            if self.replacements[..i].iter().any(|o| o.old == r.old && o.qualifier == r.qualifier && o.object == r.object) {
                 return bad("duplicate_replacement", format!("`{}` is replaced twice", r.old));
             }
         }
+        if let Some(a) = self.symbols.iter().find(|a| a.object.as_deref().is_some_and(|o| !crate::model::module::valid_module_name(o))) {
+            return bad("bad_object", format!("symbol `{}`: its object is not a module name", a.name));
+        }
         self.info.validate()
+    }
+
+    /// The modules the patch replaces functions of or binds symbols to
+    /// (empty for a patch of `vmlinux` alone).
+    pub fn modules(&self) -> std::collections::BTreeSet<&str> {
+        self.replacements.iter().filter_map(|r| r.object.as_deref()).chain(self.symbols.iter().filter_map(|a| a.object.as_deref())).collect()
     }
 }
 
@@ -268,6 +290,7 @@ mod tests {
                 sha256: "00".into(),
                 tolerate: vec![],
                 why: None,
+                object: None,
             }],
             symbols: vec![],
             build: BuildInfo::default(),
@@ -295,6 +318,7 @@ mod tests {
                 sha256: "00".into(),
                 tolerate: vec![ByteMask { offset: 12, len: 4, why: "reloc".into() }],
                 why: None,
+                object: None,
             }],
             symbols: vec![],
             build: BuildInfo::default(),
@@ -329,6 +353,9 @@ mod tests {
         assert_eq!(refused(|m| m.replacements[0].tolerate = vec![m.replacements[0].tolerate[0].clone(); MAX_MASKS + 1]), "bad_mask");
         assert_eq!(refused(|m| m.replacements.push(m.replacements[0].clone())), "duplicate_replacement");
         assert_eq!(refused(|m| m.info.cves.push("CVE-24-1".into())), "bad_info");
+        assert_eq!(refused(|m| m.replacements[0].object = Some("../etc".into())), "bad_object");
+        assert_eq!(refused(|m| m.replacements[0].object = Some(String::new())), "bad_object");
+        assert_eq!(refused(|m| m.symbols.push(SymbolAlias { name: "x".into(), target: "x".into(), qualifier: None, object: Some("a b".into()) })), "bad_object");
         assert_eq!(refused(|m| m.info.description = Some("x".repeat(MAX_DESCRIPTION + 1))), "bad_info");
         // The same name with another qualifier is another function; test-guest patches need no build-id.
         let (mut m, o) = valid();
@@ -337,6 +364,24 @@ mod tests {
         m.replacements.push(other);
         m.target = TargetSpec { kind: TargetKind::TestGuest, build_id: None };
         m.validate(&o).unwrap();
+        // The same name in a module is another function too.
+        let (mut m, o) = valid();
+        let mut in_module = m.replacements[0].clone();
+        in_module.object = Some("nfsd".into());
+        m.replacements.push(in_module);
+        m.validate(&o).unwrap();
+        assert_eq!(m.modules().into_iter().collect::<Vec<_>>(), ["nfsd"]);
+    }
+
+    #[test]
+    fn replacements_without_an_object_are_vmlinux_and_serialize_as_before() {
+        let (m, _) = valid();
+        let j = serde_json::to_string(&m).unwrap();
+        // No `object` key: a file written before modules reads and re-serializes byte for byte.
+        assert!(!j.contains("\"object\""), "{j}");
+        let back: Manifest = serde_json::from_str(&j).unwrap();
+        assert!(back.replacements[0].object.is_none() && back.modules().is_empty());
+        assert_eq!(serde_json::to_string(&back).unwrap(), j);
     }
 
     #[test]

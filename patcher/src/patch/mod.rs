@@ -16,6 +16,7 @@ pub mod jump;
 pub mod link;
 pub mod linux_image;
 pub mod manifest;
+pub mod objects;
 pub mod records;
 pub mod sign;
 pub mod trust;

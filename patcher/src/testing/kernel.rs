@@ -111,6 +111,8 @@ pub struct FakeKernel {
     kind: TargetKind,
     build_id: bool,
     owner_only_stacks: bool,
+    /// Modules on its module list.
+    modules: Vec<crate::model::LoadedModule>,
 }
 
 impl Default for FakeKernel {
@@ -150,6 +152,7 @@ impl FakeKernel {
             kind: TargetKind::TestGuest,
             build_id: true,
             owner_only_stacks: false,
+            modules: Vec::new(),
         }
     }
 
@@ -157,6 +160,16 @@ impl FakeKernel {
     /// owners only ([`TargetKernel::owner_only_stacks`], like the test guest).
     pub fn with_owner_only_stacks(mut self) -> Self {
         self.owner_only_stacks = true;
+        self
+    }
+
+    /// The same kernel with a module `name` loaded at `addr` whose text is
+    /// where `funcs` are (its own table holds them at their addresses).
+    pub fn with_module(mut self, name: &str, addr: u64, funcs: &[&str]) -> Self {
+        let syms: Vec<Symbol> = funcs.iter().filter_map(|f| self.symbols.resolve(f, None).ok().cloned()).collect();
+        let base = syms.iter().map(|s| s.addr).min().unwrap_or(TEXT);
+        let end = syms.iter().map(|s| s.addr + s.size).max().unwrap_or(TEXT);
+        self.modules.push(crate::model::LoadedModule { name: name.to_owned(), addr, state: 0, base, text_size: end - base, symbols: SymbolTable::new(syms) });
         self
     }
 
@@ -340,5 +353,9 @@ impl TargetKernel for FakeKernel {
 
     fn ram_map(&self, _mem: &mut dyn KernelMemory) -> Option<RamMap> {
         self.ram.clone()
+    }
+
+    fn module(&self, _mem: &mut dyn KernelMemory, name: &str) -> Result<Option<crate::model::LoadedModule>, crate::model::TargetError> {
+        Ok(self.modules.iter().find(|m| m.name == name).cloned())
     }
 }

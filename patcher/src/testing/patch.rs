@@ -117,6 +117,7 @@ impl FakePatch {
                 sha256: run_pre_digest(&kernel.pristine(old), &[]),
                 tolerate: Vec::new(),
                 why: None,
+                object: None,
             })
             .collect();
         let manifest = Manifest {

@@ -60,6 +60,7 @@ impl<B: Backend> Patcher<'_, B> {
         if reg.intent.is_some() {
             return Err(Failure::new(Stage::Recover, Cause::CodeBusy, "recovery_pending", "an interrupted transaction could not be completed yet"));
         }
+        self.drop_vanished(&mut reg, Stage::Prepare)?;
         let prep = self.prepare_apply(patch, &reg)?;
         self.write_code(&reg, &prep)?;
         let intent = self.save_intent(&mut reg, prep)?;

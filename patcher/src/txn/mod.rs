@@ -18,6 +18,7 @@ pub mod arena_check;
 pub mod causes;
 mod dispute;
 mod incremental;
+mod modules;
 pub mod orc;
 pub mod pause;
 pub mod prepare;

@@ -1,5 +1,6 @@
 //! Preparing an apply, with the guest running, one named step each:
 //! `Patcher::check_applicable` (target kind, build-id, not yet applied),
+//! `Patcher::loaded_modules` (the modules the patch names, in the guest),
 //! `Patcher::match_functions` (run-pre digest of each target function,
 //! with the bytes of patches already applied taken out, and its jump site),
 //! `place` (arena addresses), `Patcher::link` (relocations against the
@@ -14,6 +15,7 @@
 use std::collections::BTreeMap;
 
 use super::result::{chain, Cause, Failure, Stage};
+use super::modules::{link_table, Modules};
 use super::orc::record_rows;
 use super::Patcher;
 use crate::arena::alloc::first_fit;
@@ -26,6 +28,7 @@ use crate::os::linux::orc_object;
 use crate::patch::jump::{self, JumpSite};
 use crate::patch::link::{LoadError, Linked, Object};
 use crate::patch::manifest::{run_pre_digest, Manifest, PatchInfo, Replacement};
+use crate::patch::objects::link_aliases;
 use crate::patch::PatchFile;
 
 pub(crate) fn load_failure(e: &LoadError) -> Failure {
@@ -155,10 +158,11 @@ impl<B: Backend> Patcher<'_, B> {
         let m = &patch.manifest;
         self.check_applicable(m, reg)?;
         let obj = Object::parse(&patch.object).map_err(|e| load_failure(&e))?;
-        let matched = self.match_functions(m, &obj, reg)?;
+        let mods = self.loaded_modules(m)?;
+        let matched = self.match_functions(m, &obj, reg, &mods)?;
         let (code_addr, data_addr) = place(&obj, reg)?;
-        let linked = self.link(m, &obj, code_addr, data_addr)?;
-        let mut plan = self.plan_sites(m, reg, &matched, &linked)?;
+        let linked = self.link(m, &obj, code_addr, data_addr, &mods)?;
+        let mut plan = self.plan_sites(m, reg, &matched, &linked, &mods)?;
         let superseded = if m.cumulative { supersede(reg, &mut plan) } else { Vec::new() };
         let mut prepared = build_record(m, plan, superseded, linked);
         prepared.record.orc = self.prepare_orc(patch, &obj, &prepared.record);
@@ -201,17 +205,24 @@ impl<B: Backend> Patcher<'_, B> {
 
     /// Matches every target function (size, run-pre digest of its pristine
     /// bytes, its replacement in the object) and chooses its jump site.
-    fn match_functions<'m>(&mut self, m: &'m Manifest, obj: &Object<'_>, reg: &Registry) -> Result<Vec<Matched<'m>>, Failure> {
+    fn match_functions<'m>(&mut self, m: &'m Manifest, obj: &Object<'_>, reg: &Registry, mods: &Modules) -> Result<Vec<Matched<'m>>, Failure> {
         let target = self.target;
         let mut olds = Vec::new();
         for r in &m.replacements {
-            let sym = target.symbols().resolve(&r.old, r.qualifier.as_ref()).map_err(|e| lookup_failure(&e))?.clone();
+            // A module's function: its own kallsyms, inside its core text
+            // (its link address is the `.ko`'s, not comparable).
+            let module = r.object.as_ref().and_then(|o| mods.get(o));
+            let table = module.map_or_else(|| target.symbols(), |md| &md.symbols);
+            let sym = table.resolve(&r.old, r.qualifier.as_ref()).map_err(|e| lookup_failure(&e))?.clone();
             if sym.size != r.size {
                 return Err(prep(Cause::NoMatch, "run_pre", format!("`{}` is {} bytes in the guest, the patch expects {}", r.old, sym.size, r.size)));
             }
+            if let Some(md) = module.filter(|md| !md.holds_text(sym.addr, sym.size)) {
+                return Err(prep(Cause::NoMatch, "not_module_text", format!("`{}` at {:#x} is not in module {}'s text", r.old, sym.addr, md.name)));
+            }
             // The manifest's address must be the kernel's own (link-time) one for
             // that symbol, where the slide is known (test guest: none).
-            let slide = target.kaslr_slide().or((target.kind() == TargetKind::TestGuest).then_some(0));
+            let slide = target.kaslr_slide().or((target.kind() == TargetKind::TestGuest).then_some(0)).filter(|_| module.is_none());
             if let Some(link) = slide.map(|s| sym.addr.wrapping_sub(s)) {
                 if r.old_addr != link {
                     return Err(prep(Cause::NoMatch, "old_addr", format!("`{}` is at {link:#x} in the kernel's image, the patch says {:#x}", r.old, r.old_addr)));
@@ -233,11 +244,13 @@ impl<B: Backend> Patcher<'_, B> {
     }
 
     /// Links the object at its arena addresses against the running kernel.
-    fn link(&mut self, m: &Manifest, obj: &Object<'_>, code_addr: u64, data_addr: u64) -> Result<Linked, Failure> {
+    fn link(&mut self, m: &Manifest, obj: &Object<'_>, code_addr: u64, data_addr: u64, mods: &Modules) -> Result<Linked, Failure> {
         let target = self.target;
+        let table = link_table(target.symbols(), mods);
+        let aliases = link_aliases(&m.symbols);
         let linked = {
             let mut env = target.link_env(&mut self.guest);
-            obj.link_with(code_addr, data_addr, &m.symbols, target.symbols(), &mut *env).map_err(|e| load_failure(&e))?
+            obj.link_with(code_addr, data_addr, &aliases, &table, &mut *env).map_err(|e| load_failure(&e))?
         };
         for n in &linked.notes {
             tracing::info!(patch = %m.name, "{n}");
@@ -271,7 +284,7 @@ impl<B: Backend> Patcher<'_, B> {
 
     /// Each jump site's current bytes (below this patch) and new bytes, the
     /// registry record of each function, and the ranges the check covers.
-    fn plan_sites(&mut self, m: &Manifest, reg: &Registry, matched: &[Matched<'_>], linked: &Linked) -> Result<SitePlan, Failure> {
+    fn plan_sites(&mut self, m: &Manifest, reg: &Registry, matched: &[Matched<'_>], linked: &Linked, mods: &Modules) -> Result<SitePlan, Failure> {
         let mut plan = SitePlan::default();
         for Matched { replacement: r, sym, site } in matched {
             let new_addr = *linked.symbols.get(&r.new).ok_or_else(|| load_failure(&LoadError::MissingFunction(r.new.clone())))?;
@@ -297,6 +310,7 @@ impl<B: Backend> Patcher<'_, B> {
                 new_name: r.new.clone(),
                 new_addr,
                 site: SiteRecord { addr: site.addr, orig, new: new_bytes },
+                module: r.object.as_ref().and_then(|o| mods.get(o)).map(|md| md.identity()),
             });
         }
         Ok(plan)

@@ -50,6 +50,9 @@ pub struct FuncStatus {
     pub site: u64,
     /// True when this patch's jump is what the text holds at the site.
     pub active: bool,
+    /// The module the function is in (absent: vmlinux).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
 }
 
 /// One patch, as the status shows it.
@@ -236,7 +239,13 @@ impl<B: Backend> Patcher<'_, B> {
             let mut funcs = Vec::new();
             for f in &p.funcs {
                 let now = self.guest.read_vec(f.site.addr, f.site.new.len()).ok();
-                funcs.push(FuncStatus { name: f.name.clone(), new_name: f.new_name.clone(), site: f.site.addr, active: now.as_deref() == Some(&f.site.new[..]) });
+                funcs.push(FuncStatus {
+                    name: f.name.clone(),
+                    new_name: f.new_name.clone(),
+                    site: f.site.addr,
+                    active: now.as_deref() == Some(&f.site.new[..]),
+                    module: f.module.as_ref().map(|m| m.name.clone()),
+                });
             }
             let info = p.info.clone().unwrap_or_default();
             patches.push(PatchStatus {

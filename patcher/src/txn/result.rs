@@ -49,6 +49,11 @@ pub enum Cause {
     BadSignature,
     /// The patch file is signed by a key that is not trusted.
     UntrustedKey,
+    /// The patch is for a module that is not loaded (or not live) in the guest.
+    ModuleNotLoaded,
+    /// The module a patch was applied to was unloaded (or loaded again)
+    /// since: nothing was written, the patch's record was dropped.
+    ModuleChanged,
     /// Anything else (I/O, backend, a registry that disagrees with the text).
     Unexpected,
 }
@@ -75,6 +80,8 @@ impl Cause {
             Self::Unsigned => "unsigned",
             Self::BadSignature => "bad_signature",
             Self::UntrustedKey => "untrusted_key",
+            Self::ModuleNotLoaded => "module_not_loaded",
+            Self::ModuleChanged => "module_changed",
             Self::Unexpected => "unexpected",
         }
     }

@@ -21,6 +21,11 @@ impl<B: Backend> Patcher<'_, B> {
         if reg.intent.is_some() {
             return Err(Failure::new(Stage::Recover, Cause::CodeBusy, "recovery_pending", "an interrupted transaction could not be completed yet"));
         }
+        // A module patched then unloaded (or loaded again): nothing to write back.
+        if let Some((_, why)) = self.drop_vanished(&mut reg, Stage::Prepare)?.into_iter().find(|(d, _)| d == id) {
+            let what = if why == "module_unloaded" { "was unloaded" } else { "was unloaded and loaded again" };
+            return Err(prep(Cause::ModuleChanged, why, format!("patch {id}: its module {what} since it was applied; nothing was written, the patch's record was dropped")));
+        }
         let Some(p) = reg.patch(id).cloned() else {
             if let Some(h) = reg.history.iter().find(|h| h.id == id || h.name == id) {
                 let by = h.by.as_ref().map(|b| format!(" by {b}")).unwrap_or_default();

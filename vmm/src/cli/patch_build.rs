@@ -74,6 +74,13 @@ pub struct BuildArgs {
     /// BUG sites are always kept: the guest oopses there as it would.
     #[arg(long, requires = "diff")]
     pub drop_warnings: bool,
+    /// With --diff, when the fixed file is part of a module (Kbuild: its
+    /// object is in obj-m): the kernel's module tree, `/lib/modules/<release>`
+    /// of its image package. The module's `.ko` there (`.ko`, `.ko.xz` or
+    /// `.ko.zst`) is the file the guest loads; run-pre and the binding of
+    /// the module's own names read it.
+    #[arg(long, value_name = "DIR", requires = "diff")]
+    pub modules: Option<PathBuf>,
     /// Output patch file (written whole or not at all).
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: PathBuf,
@@ -103,7 +110,7 @@ fn build_diff(a: BuildArgs, diff: PathBuf, info: PatchInfo) -> ExitCode {
         eprintln!("vsplice: error [bad_input]: --diff needs --target linux");
         return ExitCode::from(EXIT_BAD_INPUT);
     }
-    let opts = DiffOptions { kernel: a.kernel, headers, source, diff, name: a.name, cumulative: a.cumulative, drop_warnings: a.drop_warnings, info };
+    let opts = DiffOptions { kernel: a.kernel, headers, source, diff, modules: a.modules, name: a.name, cumulative: a.cumulative, drop_warnings: a.drop_warnings, info };
     match build_from_diff(&opts) {
         Ok(p) => finish_build(&p, &a.output),
         Err(e) => {

@@ -3,12 +3,14 @@
 //! `arch.orc_unwind`, `arch.num_orcs`, sorted by the module loader), and
 //! its own symbol table (`kallsyms`: `Elf64_Sym` entries whose values are
 //! runtime addresses). The precise stack check unwinds through module code
-//! with these; the agent finder looks `vsplice_agent`'s symbols up here.
+//! with these; the agent finder looks `vsplice_agent`'s symbols up here;
+//! a patch of a module resolves its names from [`find_module`]'s table.
 
 use super::btf::Btf;
 use super::kallsyms::Kallsyms;
 use super::tasks::{walk_list, TaskError};
 use crate::model::mem::KernelMemory;
+use crate::model::{LoadedModule, Symbol, SymbolKind, SymbolTable};
 
 /// Offsets inside `struct module` from BTF.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,4 +155,56 @@ pub fn module_symbols<M: KernelMemory + ?Sized>(mem: &mut M, m: &Module, max: us
         }
     }
     Ok(out)
+}
+
+/// Most symbols read of one module for a patch (nfsd has about 2,700).
+pub const MAX_MODULE_SYMBOLS: usize = 1 << 18;
+
+/// A module's symbol table (`mod->kallsyms`) as a [`SymbolTable`]: names,
+/// runtime addresses, sizes, local or global, code or data (from the
+/// kernel's type letters), in the kernel's order (so positions among
+/// duplicates are the `.ko`'s). At most `max` symbols, names within 1 MiB.
+pub fn module_symbol_table<M: KernelMemory + ?Sized>(mem: &mut M, m: &Module, max: usize) -> Result<SymbolTable, TaskError> {
+    if m.kallsyms == 0 {
+        return Ok(SymbolTable::default());
+    }
+    let symtab = mem.read_u64(m.kallsyms)?;
+    let num = (mem.read_u32(m.kallsyms.wrapping_add(8))? as usize).min(max);
+    let strtab = mem.read_u64(m.kallsyms.wrapping_add(16))?;
+    let typetab = mem.read_u64(m.kallsyms.wrapping_add(24))?;
+    if symtab == 0 || strtab == 0 || num == 0 {
+        return Ok(SymbolTable::default());
+    }
+    let raw = mem.read_vec(symtab, num * 24)?;
+    let types = if typetab != 0 { mem.read_vec(typetab, num)? } else { vec![b'?'; num] };
+    let names_len = raw.chunks_exact(24).map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]) as usize).max().unwrap_or(0).saturating_add(256).min(1 << 20);
+    let names = mem.read_vec(strtab, names_len)?;
+    let mut syms = Vec::with_capacity(num);
+    for (e, &t) in raw.chunks_exact(24).zip(&types) {
+        let at = u32::from_le_bytes([e[0], e[1], e[2], e[3]]) as usize;
+        let Some(rest) = names.get(at..) else { continue };
+        let name = &rest[..rest.iter().position(|&b| b == 0).unwrap_or(rest.len())];
+        if name.is_empty() {
+            continue;
+        }
+        let word = |o: usize| u64::from_le_bytes([e[o], e[o + 1], e[o + 2], e[o + 3], e[o + 4], e[o + 5], e[o + 6], e[o + 7]]);
+        let kind = match t.to_ascii_lowercase() {
+            b't' | b'w' => SymbolKind::Func,
+            b'd' | b'b' | b'r' | b'g' | b's' => SymbolKind::Object,
+            _ => SymbolKind::Other,
+        };
+        // The binding from st_info (the type letter is lower-case for locals too).
+        let local = e[4] >> 4 == 0;
+        syms.push(Symbol { name: String::from_utf8_lossy(name).into_owned(), addr: word(8), size: word(16), kind, local, file: None, position: 0 });
+    }
+    Ok(SymbolTable::new(syms))
+}
+
+/// The module called `name` on the module list, with its symbol table;
+/// `None` when it is not there (or still unformed).
+pub fn find_module<M: KernelMemory + ?Sized>(mem: &mut M, k: &Kallsyms, btf: &Btf, name: &str) -> Result<Option<LoadedModule>, TaskError> {
+    let off = ModuleOffsets::from_btf(btf)?;
+    let Some(m) = list_modules(mem, k, &off)?.into_iter().find(|m| m.name == name) else { return Ok(None) };
+    let symbols = module_symbol_table(mem, &m, MAX_MODULE_SYMBOLS)?;
+    Ok(Some(LoadedModule { name: m.name, addr: m.addr, state: m.state, base: m.base, text_size: m.text_size, symbols }))
 }

@@ -275,9 +275,10 @@ pub fn make_patch(
                     sha256: run_pre_digest(bytes, &tolerate),
                     tolerate,
                     why: None,
+                    object: None,
                 });
             }
-            Record::Symbol { name, target, qualifier } => symbols.push(SymbolAlias { name, target, qualifier }),
+            Record::Symbol { name, target, qualifier } => symbols.push(SymbolAlias { name, target, qualifier, object: None }),
         }
     }
     if replacements.is_empty() {
@@ -319,7 +320,7 @@ pub fn package(p: Packaging<'_>, image: &dyn PatchImage) -> Result<PatchFile, Bu
         }
         // Link at plausible arena addresses: every symbol must resolve, every relocation fit.
         let probe = 0xffff_ffff_c000_0000u64 - (8 << 20);
-        obj.link_with(probe, probe + (4 << 20), &symbols, image.symbols(), &mut *image.check_env()).map_err(BuildError::Link)?;
+        obj.link_with(probe, probe + (4 << 20), &crate::patch::objects::link_aliases(&symbols), image.symbols(), &mut *image.check_env()).map_err(BuildError::Link)?;
     }
     let manifest = Manifest {
         format: MANIFEST_VERSION,

@@ -23,6 +23,8 @@
 pub mod bind;
 pub mod compare;
 pub mod emit;
+pub mod ko;
+pub mod module;
 mod run;
 pub mod tree;
 pub mod view;
@@ -42,6 +44,9 @@ pub struct DiffOptions {
     pub kernel: PathBuf,
     /// Its Kbuild headers (their `.config` configures SRC).
     pub headers: PathBuf,
+    /// The kernel's module tree (`/lib/modules/<release>` of its image
+    /// package): where the `.ko` of a module target is read.
+    pub modules: Option<PathBuf>,
     /// The kernel's source tree.
     pub source: PathBuf,
     /// The fix, a unified diff against SRC (`-p1`).

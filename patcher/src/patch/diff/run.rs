@@ -12,7 +12,7 @@ use super::compare::{compare, Why};
 use super::view::View;
 use super::{bind, emit, tree, DiffError, DiffOptions};
 use crate::model::TargetKind;
-use crate::patch::build::{package, BuildError, Packaging};
+use crate::patch::build::{package, BuildError, Packaging, PatchImage};
 use crate::patch::format::PatchFile;
 use crate::patch::linux_image::LinuxImage;
 use crate::patch::manifest::{run_pre_digest, BuildInfo, Replacement, SymbolAlias};
@@ -225,15 +225,19 @@ pub fn build_from_diff(opts: &DiffOptions) -> Result<PatchFile, DiffError> {
         }
     }
     carriable(&post, &carry)?;
-    let syms = image.symbols();
+    // vmlinux, or a module: then its own .ko is what run-pre and binding read.
+    let ko = super::module::target_ko(&src, &cs[0], &config, opts.modules.as_deref(), &image)?;
+    let img: &dyn PatchImage = ko.as_ref().map_or(&image as &dyn PatchImage, |k| k);
+    let syms = ko.as_ref().map_or(image.symbols(), |k| &k.own);
     let mut replacements = Vec::new();
     for n in carry.iter().filter(|n| pre.items.get(*n).is_some_and(|i| i.func)) {
         let (pi, qi) = (&pre.items[n], &post.items[n]);
         let qualifier = bind::qualifier(n, !pi.global, &pre, syms)?;
-        let sym = syms.resolve(n, qualifier.as_ref()).map_err(|e| refused("failed_to_find", n, format!("{e} (is it in a module? module targets are not supported yet)")))?;
-        bind::run_pre(pi, sym, &image)?;
-        let bytes = image.bytes_at(sym.addr, sym.size).ok_or_else(|| refused("source_mismatch", n, "its bytes are not in the kernel image"))?;
-        let tolerate = image.masks(sym.addr, sym.size);
+        let in_what = ko.as_ref().map_or_else(|| "vmlinux".to_owned(), |k| format!("module {}", k.name));
+        let sym = syms.resolve(n, qualifier.as_ref()).map_err(|e| refused("failed_to_find", n, format!("{e} (looked up in {in_what})")))?;
+        bind::run_pre(pi, sym, img)?;
+        let bytes = img.bytes_at(sym.addr, sym.size).ok_or_else(|| refused("source_mismatch", n, format!("its bytes are not in {in_what}")))?;
+        let tolerate = img.masks(sym.addr, sym.size);
         let why = cmp.changed.get(n).map_or_else(|| "carried with its changed hot or cold part".to_owned(), Why::to_string);
         eprintln!("vsplice:   replace {n}{}: {why}", qualifier.as_ref().map(|q| format!(" ({q})")).unwrap_or_default());
         let _ = qi;
@@ -246,6 +250,7 @@ pub fn build_from_diff(opts: &DiffOptions) -> Result<PatchFile, DiffError> {
             sha256: run_pre_digest(bytes, &tolerate),
             tolerate,
             why: Some(why),
+            object: ko.as_ref().map(|k| k.name.clone()),
         });
     }
     for n in &cmp.new_functions {
@@ -288,9 +293,16 @@ pub fn build_from_diff(opts: &DiffOptions) -> Result<PatchFile, DiffError> {
         warns = 0;
     }
     let mut symbols = Vec::new();
-    for (name, ext) in &em.externals {
-        if let Some(q) = bind::qualifier(name, ext.local && pre.items.contains_key(name), &pre, syms)? {
-            symbols.push(SymbolAlias { name: name.clone(), target: name.clone(), qualifier: Some(q) });
+    let mut ko = ko;
+    if let Some(k) = ko.as_mut() {
+        let exports = super::module::read_symvers(&opts.headers)?;
+        let (aliases, table) = super::ko::bind_externals(&em.externals, &pre, k, image.symbols(), &exports)?;
+        symbols = aliases;
+        k.link_table = table;
+    }
+    for (name, ext) in em.externals.iter().filter(|_| ko.is_none()) {
+        if let Some(q) = bind::qualifier(name, ext.local && pre.items.contains_key(name), &pre, image.symbols())? {
+            symbols.push(SymbolAlias { name: name.clone(), target: name.clone(), qualifier: Some(q), object: None });
         }
     }
     let name = opts.name.clone().unwrap_or_else(|| stem(&opts.diff));
@@ -299,7 +311,8 @@ pub fn build_from_diff(opts: &DiffOptions) -> Result<PatchFile, DiffError> {
         compiler: format!("kbuild: make CC={cc} CFLAGS_<object>=\"{}\" {}", tree::KCFLAGS, objects.join(" ")),
         flags: em.notes.iter().cloned().chain([format!("{bugs} BUG site(s) kept as ud2, {warns} WARN site(s) as ud2")]).chain(warn_note).collect(),
     };
-    let mut p = package(Packaging { object: em.object, replacements, symbols, kind: TargetKind::Linux, name: &name, cumulative: opts.cumulative, build, link_check: true }, &image)?;
+    let pack_img: &dyn PatchImage = ko.as_ref().map_or(&image as &dyn PatchImage, |k| k);
+    let mut p = package(Packaging { object: em.object, replacements, symbols, kind: TargetKind::Linux, name: &name, cumulative: opts.cumulative, build, link_check: true }, pack_img)?;
     p.manifest.info = opts.info.clone();
     p.to_bytes().map_err(|e| DiffError::Build(BuildError::Format(e)))?;
     eprintln!("vsplice: patch {name} built in {:.1} s", t0.elapsed().as_secs_f64());

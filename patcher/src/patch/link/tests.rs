@@ -45,7 +45,7 @@ fn fentry_nops_code_data_and_target_calls() {
     let o = Object::parse(&obj).unwrap();
     assert!(o.defines_function("f"));
     assert!(o.layout().data_size >= 16, "counter and k in the data part");
-    let alias = [SymbolAlias { name: "helper".into(), target: "helper".into(), qualifier: Some(Qualifier::File("b.c".into())) }];
+    let alias = [SymbolAlias { name: "helper".into(), target: "helper".into(), qualifier: Some(Qualifier::File("b.c".into())), object: None }];
     let l = o.link(CODE, DATA, &alias, &target()).unwrap();
     let f = l.symbols["f"];
     assert_eq!(f, CODE, "f is the first code");
