@@ -85,6 +85,9 @@ impl<B: Backend> Backend for ResumeGuard<B> {
     fn direct_reads(&self) -> bool {
         self.inner.direct_reads()
     }
+    fn prefetch_phys(&self, gpa: u64, len: usize) {
+        self.inner.prefetch_phys(gpa, len)
+    }
 }
 
 #[cfg(test)]

@@ -275,6 +275,12 @@ impl Backend for GdbBackend {
         self.shared.as_ref().is_some_and(|p| !self.running || p.reads_while_running())
     }
 
+    fn prefetch_phys(&self, gpa: u64, len: usize) {
+        if let Some(p) = &self.shared {
+            p.prefetch(gpa, len);
+        }
+    }
+
     fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), BackendError> {
         if self.running {
             return Err(BackendError::WrongState("memory writes need the guest stopped"));

@@ -130,6 +130,12 @@ pub trait Backend {
     fn direct_reads(&self) -> bool {
         false
     }
+    /// A hint that `len` bytes at `gpa` will be read soon (a backend whose
+    /// reads are a memory copy starts loading them into the cache: reads of
+    /// many objects then overlap their misses). Default: nothing.
+    fn prefetch_phys(&self, gpa: u64, len: usize) {
+        let _ = (gpa, len);
+    }
 }
 
 /// Fills `out` with the little-endian words of the bytes `read` fills (the
@@ -173,5 +179,8 @@ impl<B: Backend + ?Sized> Backend for &mut B {
     }
     fn direct_reads(&self) -> bool {
         (**self).direct_reads()
+    }
+    fn prefetch_phys(&self, gpa: u64, len: usize) {
+        (**self).prefetch_phys(gpa, len)
     }
 }

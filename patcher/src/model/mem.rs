@@ -124,6 +124,12 @@ pub trait KernelMemory {
         crate::model::backend::read_words_via_bytes(out, |b| self.read(vaddr, b))
     }
 
+    /// A hint that `len` bytes at `vaddr` will be read soon (see
+    /// [`crate::model::backend::Backend::prefetch_phys`]). Default: nothing.
+    fn prefetch(&mut self, vaddr: u64, len: usize) {
+        let _ = (vaddr, len);
+    }
+
     /// Read a new vector.
     fn read_vec(&mut self, vaddr: u64, len: usize) -> Result<Vec<u8>, MemError> {
         if len > MAX_READ_VEC {
@@ -174,6 +180,9 @@ impl<M: KernelMemory + ?Sized> KernelMemory for &mut M {
     }
     fn read_words(&mut self, vaddr: u64, out: &mut [u64]) -> Result<(), MemError> {
         (**self).read_words(vaddr, out)
+    }
+    fn prefetch(&mut self, vaddr: u64, len: usize) {
+        (**self).prefetch(vaddr, len)
     }
 }
 

@@ -159,6 +159,14 @@ impl SharedPlane {
         }
     }
 
+    /// Starts loading `len` bytes at `gpa` into the cache (a hint: nothing
+    /// is read, nothing fails).
+    pub fn prefetch(&self, gpa: u64, len: usize) {
+        if let Some(off) = self.layout.offset_of(gpa, len as u64) {
+            self.ram.prefetch(off, len);
+        }
+    }
+
     /// Writes guest-physical memory into the file (no translation-cache
     /// invalidation: see the module's documentation).
     pub fn write(&self, gpa: u64, data: &[u8]) -> Result<(), BackendError> {

@@ -112,6 +112,13 @@ impl<B: Backend> KernelMemory for Guest<B> {
         }
         self.vmem.read_words(vaddr, out)
     }
+
+    fn prefetch(&mut self, vaddr: u64, len: usize) {
+        // Translations are kept only while the guest is stopped.
+        if self.stopped {
+            self.vmem.prefetch(vaddr, len);
+        }
+    }
 }
 
 /// A backend for stubs that only allow memory access while the guest is
@@ -152,5 +159,8 @@ impl<B: Backend> Backend for AutoStop<B> {
     }
     fn direct_reads(&self) -> bool {
         self.0.direct_reads()
+    }
+    fn prefetch_phys(&self, gpa: u64, len: usize) {
+        self.0.prefetch_phys(gpa, len)
     }
 }

@@ -204,6 +204,17 @@ impl<B: Backend> KernelMemory for VirtMem<B> {
         }
     }
 
+    /// Through the translation the read will use (walked now if not cached).
+    fn prefetch(&mut self, vaddr: u64, len: usize) {
+        if !self.backend.direct_reads() {
+            return;
+        }
+        if let Ok(m) = self.translate(vaddr) {
+            let pa = m.phys(vaddr);
+            self.backend.prefetch_phys(pa, Self::span(&m, vaddr, len));
+        }
+    }
+
     /// One aligned 8-byte load per word from a backend that can make them
     /// ([`Backend::read_phys_words`]), else the bytes through the page cache.
     fn read_words(&mut self, vaddr: u64, out: &mut [u64]) -> Result<(), MemError> {
