@@ -102,8 +102,8 @@ impl TaskSpans {
     }
 
     /// Asks for the task at `addr`'s spans to be loaded into the cache (a
-    /// hint: the walk calls it as it finds each task, so that the loads of
-    /// many tasks overlap the list's own pointer chase).
+    /// hint: the walk calls it a few tasks ahead of the one it reads, so
+    /// that the loads of several tasks overlap).
     pub fn prefetch<M: KernelMemory + ?Sized>(&self, mem: &mut M, addr: u64) {
         for &(o, n) in &self.spans {
             mem.prefetch(addr.wrapping_add(o), 8 * n);

@@ -73,28 +73,12 @@ pub fn walk_list<M: KernelMemory + ?Sized>(mem: &mut M, head: u64, list: &'stati
 /// node's `next` and `prev` are read together, as aligned words
 /// ([`KernelMemory::read_words`]).
 pub fn walk_list_in<M: KernelMemory + ?Sized>(mem: &mut M, head: u64, list: &'static str, budget: &mut WalkBudget) -> Result<Vec<u64>, TaskError> {
-    walk_list_with(mem, head, list, budget, |_, _| {})
-}
-
-/// [`walk_list_in`], calling `found` with each node as soon as it is known
-/// (before its links are read: the walk of the thread lists prefetches the
-/// node's task there).
-pub fn walk_list_with<M: KernelMemory + ?Sized>(
-    mem: &mut M,
-    head: u64,
-    list: &'static str,
-    budget: &mut WalkBudget,
-    mut found: impl FnMut(&mut M, u64),
-) -> Result<Vec<u64>, TaskError> {
     let mut out = Vec::new();
     let mut seen = AddrSet::default();
     let mut node = head;
     let mut next = mem.read_u64(head)?;
     loop {
         budget.spend(list)?;
-        if next != head {
-            found(mem, next);
-        }
         // The next node's own links: its prev must be this node, its next is
         // where the walk goes after it.
         let mut links = [0u64; 2];
@@ -117,6 +101,9 @@ pub fn walk_list_with<M: KernelMemory + ?Sized>(
         next = after;
     }
 }
+
+/// How many tasks ahead of the one being read the walk prefetches.
+const PREFETCH_AHEAD: usize = 8;
 
 /// A set of guest addresses (fast hashing: a walk inserts every node).
 type AddrSet = HashSet<u64, FixedState>;
@@ -176,8 +163,18 @@ pub fn walk_tasks_in<M: KernelMemory + ?Sized>(mem: &mut M, off: &TaskOffsets, i
             }
             continue;
         }
-        let prefetch = |m: &mut M, node: u64| spans.prefetch(m, node.wrapping_sub(off.thread_node));
-        for node in walk_list_with(mem, signal.wrapping_add(off.signal_thread_head), "thread", budget, prefetch)? {
+        let nodes = walk_list_in(mem, signal.wrapping_add(off.signal_thread_head), "thread", budget)?;
+        let task = |i: usize| nodes.get(i).map(|n| n.wrapping_sub(off.thread_node));
+        for i in 0..PREFETCH_AHEAD {
+            if let Some(t) = task(i) {
+                spans.prefetch(mem, t);
+            }
+        }
+        for (i, node) in nodes.iter().enumerate() {
+            // The loads of the next tasks overlap this one's.
+            if let Some(ahead) = task(i + PREFETCH_AHEAD) {
+                spans.prefetch(mem, ahead);
+            }
             let t = node.wrapping_sub(off.thread_node);
             if seen.insert(t) {
                 out.push(spans.read(mem, t, &mut scratch)?);
