@@ -118,7 +118,7 @@ pub trait KernelMemory {
     /// counters read so while the guest runs are values it held, never
     /// torn. By default the bytes are read ([`KernelMemory::read`]).
     fn read_words(&mut self, vaddr: u64, out: &mut [u64]) -> Result<(), MemError> {
-        if vaddr % 8 != 0 {
+        if !vaddr.is_multiple_of(8) {
             return Err(MemError::Unaligned { vaddr });
         }
         crate::model::backend::read_words_via_bytes(out, |b| self.read(vaddr, b))

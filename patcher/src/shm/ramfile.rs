@@ -83,7 +83,7 @@ impl RamFile {
     /// loads atomic). `false` (nothing read) when the span leaves the file
     /// or `offset` is not aligned.
     pub fn read_words(&self, offset: u64, out: &mut [u64]) -> bool {
-        if offset % 8 != 0 {
+        if !offset.is_multiple_of(8) {
             return false;
         }
         let Some(off) = out.len().checked_mul(8).and_then(|n| self.span(offset, n)) else { return false };

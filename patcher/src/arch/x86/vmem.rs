@@ -218,7 +218,7 @@ impl<B: Backend> KernelMemory for VirtMem<B> {
     /// One aligned 8-byte load per word from a backend that can make them
     /// ([`Backend::read_phys_words`]), else the bytes through the page cache.
     fn read_words(&mut self, vaddr: u64, out: &mut [u64]) -> Result<(), MemError> {
-        if vaddr % 8 != 0 {
+        if !vaddr.is_multiple_of(8) {
             return Err(MemError::Unaligned { vaddr });
         }
         if !self.backend.direct_reads() {

@@ -57,7 +57,7 @@ impl TaskSpans {
     /// The spans for `off`, computed once per walk.
     pub fn new(off: &TaskOffsets) -> Self {
         let s = off.sched;
-        let evidence = s.is_some_and(|s| [s.nvcsw, s.nivcsw, s.start_time, off.thread_sp, off.stack].iter().all(|o| o % 8 == 0));
+        let evidence = s.is_some_and(|s| [s.nvcsw, s.nivcsw, s.start_time, off.thread_sp, off.stack].iter().all(|o| o.is_multiple_of(8)));
         let mut fields: Vec<(Field, u64, u64)> = vec![
             (Field::Pid, off.pid, 4),
             (Field::Tgid, off.tgid, 4),
