@@ -39,7 +39,7 @@ fn main() {
     let image = LinuxImage::open(&img.vmlinuz).unwrap();
     let patch = linuxpatch::build(&img, &image, &linuxpatch::example("cmdline_marker.c")).unwrap();
     println!("{flavour}, QEMU TCG, 2 vCPUs, shared-memory backend, agentless walk; p50 over {rounds} applies, microseconds");
-    println!("{:>7} {:>6} {:>11} | {:>9} {:>9} | {:>9} {:>9} {:>9} {:>7} {:>9}", "threads", "tasks", "mode", "check", "downtime", "pre-check", "reused", "rechecked", "busy", "attempts");
+    println!("{:>7} {:>6} {:>11} | {:>9} {:>9} | {:>9} {:>9} {:>9} {:>7} {:>9} | {:>7} {:>7} {:>7}", "threads", "tasks", "mode", "check", "downtime", "pre-check", "reused", "rechecked", "busy", "attempts", "pause", "write", "resume");
     let mut last: Option<String> = None;
     for n in counts {
         if let Some(pid) = last.take() {
@@ -55,6 +55,7 @@ fn main() {
             let mut p = linuxpatch::patcher(&g, &mut be, &target);
             p.config_mut().incremental = mode;
             let (mut check, mut down, mut pre, mut reused, mut rechecked, mut tasks, mut busy, mut attempts) = (vec![], vec![], vec![], vec![], vec![], 0, 0, vec![]);
+            let (mut pause, mut write, mut resume) = (vec![], vec![], vec![]);
             for _ in 0..rounds {
                 let r = p.apply(&patch);
                 if !r.is_ok() {
@@ -64,6 +65,9 @@ fn main() {
                 }
                 check.push(r.timings.check_us);
                 down.push(r.timings.downtime_us);
+                pause.push(r.timings.pause_us);
+                write.push(r.timings.write_us);
+                resume.push(r.timings.resume_us);
                 attempts.push(u64::from(r.timings.attempts));
                 if let Some(inc) = r.check.as_ref().and_then(|c| c.incremental.clone()) {
                     pre.push(inc.pre_check_us);
@@ -75,13 +79,16 @@ fn main() {
                 assert!(v.is_ok(), "{}", v.to_json());
             }
             println!(
-                "{n:>7} {tasks:>6} {mode:>11} | {:>9} {:>9} | {:>9} {:>9} {:>9} {busy:>7} {:>9}",
+                "{n:>7} {tasks:>6} {mode:>11} | {:>9} {:>9} | {:>9} {:>9} {:>9} {busy:>7} {:>9} | {:>7} {:>7} {:>7}",
                 p50(check),
                 p50(down),
                 p50(pre),
                 p50(reused),
                 p50(rechecked),
-                p50(attempts)
+                p50(attempts),
+                p50(pause),
+                p50(write),
+                p50(resume)
             );
         }
         linuxpatch::detach(be).unwrap();

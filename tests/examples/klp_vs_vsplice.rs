@@ -5,7 +5,10 @@
 //! that file and is built with Kbuild against the same headers, loaded with
 //! insmod).
 //!
-//! For each method and round:
+//! The guest's RAM is a shared file, so vsplice is measured twice on the
+//! same guest in the same run (issue 12): through QEMU's gdbstub alone, and
+//! with the shared-memory backend (the RAM file; stops and registers through
+//! the gdbstub). For each method and round:
 //! - request -> fully patched: vsplice: `Patcher::apply` on an attached
 //!   guest (host clock; the one-time attach + identification and a whole
 //!   `vsplice patch apply` CLI run are printed apart); klp: `insmod` until
@@ -94,6 +97,19 @@ fn klp_remove(g: &mut Guest) {
     .unwrap();
 }
 
+fn median(v: &[u64]) -> u64 {
+    let mut s = v.to_vec();
+    s.sort_unstable();
+    s[s.len() / 2]
+}
+
+/// Median and maximum of microsecond values, in microseconds.
+fn stats_us(v: &[u64]) -> String {
+    let mut s = v.to_vec();
+    s.sort_unstable();
+    format!("median {:>8} us   max {:>8} us", s[s.len() / 2], s[s.len() - 1])
+}
+
 /// Median and maximum of microsecond values, in milliseconds.
 fn stats(v: &[u64]) -> String {
     let mut s = v.to_vec();
@@ -114,6 +130,9 @@ fn main() {
     let ko = build_klp(&img);
     let mut cfg = QemuConfig::debian(flavour, "klp_vs_vsplice").unwrap();
     cfg.extra_append.push("vsplice.agent=0".into());
+    // RAM in a shared file: vsplice is measured through the gdbstub alone
+    // and with the file, on this one guest.
+    cfg.shared_ram = true;
     let mut g = Guest::boot(cfg).unwrap();
     let base = g.run_ok("cat /proc/execdomains").unwrap();
     g.run_ok(&format!("echo {} | base64 -d >/tmp/{KLP}.ko", base64_encode(&ko))).unwrap();
@@ -126,49 +145,42 @@ fn main() {
         baseline.push(probe_result(&mut g));
     }
 
-    // vsplice, attached over the gdbstub.
-    let t = Instant::now();
-    let (mut be, target) = linuxpatch::attach(&g).unwrap();
-    let attach_ms = t.elapsed().as_secs_f64() * 1e3;
-    let (mut v_time, mut v_down, mut v_stall, mut v_check) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..rounds {
-        for probed in [false, true] {
-            if probed {
-                start_probes(&mut g);
-                std::thread::sleep(Duration::from_millis(1000));
-            }
-            let r = {
-                let mut p = linuxpatch::patcher(&g, &mut be, &target);
-                p.apply(&patch)
-            };
-            assert!(r.is_ok(), "{}", r.to_json());
-            if probed {
-                v_stall.push(probe_result(&mut g));
-            } else {
-                v_time.push(r.timings.total_us);
-                v_down.push(r.timings.total_downtime_us);
-                v_check.push(r.timings.check_us);
-            }
-            assert_eq!(g.run_ok("cat /proc/execdomains").unwrap(), format!("{base}vsplice reads=1\n"));
-            let mut p = linuxpatch::patcher(&g, &mut be, &target);
-            let r = p.revert(&patch.manifest.id);
-            assert!(r.is_ok(), "{}", r.to_json());
-        }
-    }
+    // vsplice, attached over the gdbstub alone, then with the RAM file
+    // (same guest: it was booted with shared RAM).
+    let (t0, mut be, target) = {
+        let t = Instant::now();
+        let (be, target) = linuxpatch::attach_stub_only(&g).unwrap();
+        (t, be, target)
+    };
+    let stub = vsplice_rounds(&mut g, &mut be, &target, &patch, &base, rounds, t0.elapsed());
     linuxpatch::detach(be).unwrap();
-    // One whole CLI run: connect, identify the kernel, apply, detach.
+    let t0 = Instant::now();
+    let (mut be, target) = linuxpatch::attach(&g).unwrap();
+    let shm = vsplice_rounds(&mut g, &mut be, &target, &patch, &base, rounds, t0.elapsed());
+    linuxpatch::detach(be).unwrap();
+    // One whole CLI run each way: connect, identify the kernel, apply, detach.
     let vsp = tmp("klp-bench.vsp");
     std::fs::write(&vsp, patch.to_bytes().unwrap()).unwrap();
     let arena = linuxpatch::arena_arg(&g);
     let gdb = g.gdb_addr().unwrap().to_owned();
-    let cli = |cmd: &str, what: &Path| {
+    let shm_args = linuxpatch::gdb_args(&g);
+    let cli = |cmd: &str, what: &Path, with_file: bool| {
         let t = Instant::now();
-        let o = vsplice(&["patch", cmd, "--gdb", &gdb, "--target", "linux", "--arena", &arena, what.to_str().unwrap()]);
+        let mut args: Vec<&str> = vec!["patch", cmd, "--target", "linux", "--arena", &arena];
+        if with_file {
+            args.extend(shm_args.iter().map(String::as_str));
+        } else {
+            args.extend(["--gdb", gdb.as_str()]);
+        }
+        args.push(what.to_str().unwrap());
+        let o = vsplice(&args);
         assert!(o.status.success(), "{}", text(&o.stderr));
         t.elapsed().as_secs_f64() * 1e3
     };
-    let cli_ms = cli("apply", &vsp);
-    cli("revert", Path::new(&patch.manifest.id));
+    let cli_stub_ms = cli("apply", &vsp, false);
+    cli("revert", Path::new(&patch.manifest.id), false);
+    let cli_shm_ms = cli("apply", &vsp, true);
+    cli("revert", Path::new(&patch.manifest.id), true);
     let _ = std::fs::remove_file(&vsp);
 
     // klp.
@@ -191,16 +203,63 @@ fn main() {
     }
     g.check_console().unwrap();
 
-    println!("same replacement function (execdomains_proc_show_counted), {} under QEMU TCG, {rounds} rounds", img.release);
-    println!("request -> fully patched:");
-    println!("  vsplice (attached, Patcher::apply)  {}", stats(&v_time));
+    let ratio = |v: &[u64]| median(&k_time) as f64 / median(v).max(1) as f64;
+    println!("same replacement function (execdomains_proc_show_counted), {} under QEMU TCG, {} vCPUs, shared RAM, {rounds} rounds, same guest, same run", img.release, g.config().smp);
+    println!("request -> fully patched (attached; klp: insmod .. transition 0):");
+    println!("  vsplice, gdbstub only               {}   klp/this {:>7.1}x", stats(&stub.time), ratio(&stub.time));
+    println!("  vsplice, shared memory              {}   klp/this {:>7.1}x", stats(&shm.time), ratio(&shm.time));
     println!("  klp (insmod .. transition 0)        {}", stats(&k_time));
-    println!("  vsplice one-time attach+identify    {attach_ms:.1} ms; whole `vsplice patch apply` CLI run {cli_ms:.1} ms");
+    println!("vsplice downtime, vCPUs stopped (host clock; the guest's clocks stop too):");
+    println!("  gdbstub only                        {}", stats(&stub.down));
+    println!("    of which the safety check         {}", stats(&stub.check));
+    println!("    of which the resume               {}", stats_us(&stub.resume));
+    println!("  shared memory                       {}", stats(&shm.down));
+    println!("    of which the safety check         {}", stats(&shm.check));
+    println!("    of which the resume               {}", stats_us(&shm.resume));
+    println!("one-time attach+identify: gdbstub only {:.1} ms, shared memory {:.1} ms", stub.attach.as_secs_f64() * 1e3, shm.attach.as_secs_f64() * 1e3);
+    println!("whole `vsplice patch apply` CLI run: gdbstub only {cli_stub_ms:.1} ms, shared memory {cli_shm_ms:.1} ms");
     println!("largest stall seen by clock_gettime probes (one per vCPU):");
     println!("  baseline (nothing happening)        {}", stats(&baseline));
-    println!("  vsplice apply                       {}", stats(&v_stall));
+    println!("  vsplice apply, gdbstub only         {}", stats(&stub.stall));
+    println!("  vsplice apply, shared memory        {}", stats(&shm.stall));
     println!("  klp insmod                          {}", stats(&k_stall));
-    println!("vsplice downtime, vCPUs stopped (host clock; the guest's clocks stop too):");
-    println!("  total downtime per apply            {}", stats(&v_down));
-    println!("  of which the safety check           {}", stats(&v_check));
+}
+
+/// What one way of attaching measured.
+struct Rounds {
+    attach: Duration,
+    time: Vec<u64>,
+    down: Vec<u64>,
+    check: Vec<u64>,
+    resume: Vec<u64>,
+    stall: Vec<u64>,
+}
+
+/// `rounds` × (apply, revert; apply with the probes running, revert) on an
+/// attached guest; the unprobed applies' request -> patched, downtime and
+/// check, the probed ones' largest stall.
+fn vsplice_rounds(g: &mut Guest, be: &mut linuxpatch::Attached, target: &vsplice_patcher::kernels::stock_linux::LinuxTarget, patch: &vsplice_patcher::patch::PatchFile, base: &str, rounds: usize, attach: Duration) -> Rounds {
+    let mut r = Rounds { attach, time: Vec::new(), down: Vec::new(), check: Vec::new(), resume: Vec::new(), stall: Vec::new() };
+    for _ in 0..rounds {
+        for probed in [false, true] {
+            if probed {
+                start_probes(g);
+                std::thread::sleep(Duration::from_millis(1000));
+            }
+            let a = linuxpatch::patcher(g, be, target).apply(patch);
+            assert!(a.is_ok(), "{}", a.to_json());
+            if probed {
+                r.stall.push(probe_result(g));
+            } else {
+                r.time.push(a.timings.total_us);
+                r.down.push(a.timings.total_downtime_us);
+                r.check.push(a.timings.check_us);
+                r.resume.push(a.timings.resume_us);
+            }
+            assert_eq!(g.run_ok("cat /proc/execdomains").unwrap(), format!("{base}vsplice reads=1\n"));
+            let v = linuxpatch::patcher(g, be, target).revert(&patch.manifest.id);
+            assert!(v.is_ok(), "{}", v.to_json());
+        }
+    }
+    r
 }

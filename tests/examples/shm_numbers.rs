@@ -86,6 +86,21 @@ struct Samples {
     /// stops for memory accesses while preparing).
     apply_stops: Vec<u64>,
     revert: Vec<Timings>,
+    /// The bare resume alone (the `vCont;c` or QMP `cont` sent).
+    resume_us: Vec<u64>,
+    /// Bare resumes during which this thread was switched out involuntarily.
+    resume_preempted: u64,
+}
+
+/// Involuntary context switches of this thread so far.
+fn involuntary_switches() -> i64 {
+    // SAFETY: getrusage writes one `rusage` we own; RUSAGE_THREAD is valid on Linux.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above: `u` is a valid, writable rusage.
+    if unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut u) } != 0 {
+        return 0;
+    }
+    u.ru_nivcsw
 }
 
 fn p50(v: &[u64]) -> u64 {
@@ -164,7 +179,10 @@ fn main() {
             for _ in 0..3 {
                 let t = Instant::now();
                 be.stop().unwrap();
+                let (r, n) = (Instant::now(), involuntary_switches());
                 be.resume().unwrap();
+                s[i].resume_us.push(r.elapsed().as_micros() as u64);
+                s[i].resume_preempted += u64::from(involuntary_switches() > n);
                 s[i].roundtrip_us.push(t.elapsed().as_micros() as u64);
             }
             // The task list alone, as the pause reads it (part of `check`).
@@ -202,14 +220,14 @@ fn main() {
     g.check_console().unwrap();
 
     println!("{rounds} rounds, Debian {} under QEMU TCG, 2 vCPUs, same guest, same run (us):", img.release);
-    println!("{:<14} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}", "backend", "attach p50", "stop+res", "apply p50", "apply max", "pause", "check", "write", "resume", "revert p50", "tasks cold", "prepare", "stops");
+    println!("{:<14} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}", "backend", "attach p50", "stop+res", "apply p50", "apply max", "pause", "check", "write", "resume", "revert p50", "tasks cold", "prepare", "stops", "bare res", "preempted");
     for (i, way) in Way::ALL.into_iter().enumerate() {
         let x = &s[i];
         let col = |f: fn(&Timings) -> u64| p50(&x.apply.iter().map(f).collect::<Vec<_>>());
         let down: Vec<u64> = x.apply.iter().map(|t| t.downtime_us).collect();
         let rdown: Vec<u64> = x.revert.iter().map(|t| t.downtime_us).collect();
         println!(
-            "{:<14} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            "{:<14} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
             way.name(),
             p50(&x.attach_us),
             p50(&x.roundtrip_us),
@@ -222,7 +240,9 @@ fn main() {
             p50(&rdown),
             p50(&x.tasks_us),
             col(|t| t.prepare_us),
-            p50(&x.apply_stops)
+            p50(&x.apply_stops),
+            p50(&x.resume_us),
+            format!("{}/{}", x.resume_preempted, x.resume_us.len())
         );
     }
     println!(

@@ -136,9 +136,18 @@ pub fn attach(g: &Guest) -> Result<(Attached, LinuxTarget), String> {
 
 /// [`attach`] with stops made as `stop_via` says (shared RAM only).
 pub fn attach_via(g: &Guest, stop_via: StopVia) -> Result<(Attached, LinuxTarget), String> {
+    attach_with(g, g.shared_ram().map(|r| r.spec(stop_via)))
+}
+
+/// [`attach`] through the gdbstub alone, even when the guest has shared RAM
+/// (the two backends measured on the same guest).
+pub fn attach_stub_only(g: &Guest) -> Result<(Attached, LinuxTarget), String> {
+    attach_with(g, None)
+}
+
+fn attach_with(g: &Guest, shm: Option<vsplice_patcher::shm::ShmSpec>) -> Result<(Attached, LinuxTarget), String> {
     let addr = g.gdb_addr().ok_or("the guest has no gdbstub")?;
     let opts = GdbOptions { timeout: Duration::from_secs(20), ..GdbOptions::default() };
-    let shm = g.shared_ram().map(|r| r.spec(stop_via));
     let (mut be, vcpus) = attach_gdb_shm(addr, opts, shm.as_ref()).map_err(|e| format!("attach: {e} ({})", e.cause()))?;
     let target = LinuxTarget::open(&mut be, vcpus).map_err(|e| format!("identify: {e} ({})", e.cause()))?;
     let mut be = AutoStop(be);

@@ -51,18 +51,29 @@ fn round_trip(flavour: Flavour, label: &str) -> Option<(Guest, AttachDaemon, Str
     // Attached, the guest runs between requests.
     assert_eq!(g.run_ok("cat /proc/cmdline").unwrap(), before);
 
-    // The VM: the gdbstub, the kernel identified once.
+    // The VM: the gdbstub (with the RAM file when the guest has one: said
+    // so, with its size), the kernel identified once.
     let (o, vm) = d.remote_json(&["vm"], "VmInfo");
     assert!(o.status.success(), "{}", text(&o.stderr));
-    assert_eq!((vm["hypervisor"].as_str(), vm["state"].as_str(), vm["boot"].as_u64()), (Some("gdbstub"), Some("running"), Some(1)), "{vm}");
-    assert_eq!(vm["memory_mib"], serde_json::Value::Null);
+    let hypervisor = if g.shared_ram().is_some() { "gdbstub_shm" } else { "gdbstub" };
+    assert_eq!((vm["hypervisor"].as_str(), vm["state"].as_str(), vm["boot"].as_u64()), (Some(hypervisor), Some("running"), Some(1)), "{vm}");
+    match g.shared_ram() {
+        Some(_) => {
+            assert_eq!(vm["memory_mib"].as_u64(), Some(u64::from(g.config().mem_mib)), "{vm}");
+            let shm = &vm["shared_memory"];
+            assert_eq!((shm["stop_via"].as_str(), shm["writes"].as_str()), (Some("gdb"), Some("gdbstub")), "TCG: writes through the stub: {vm}");
+            assert!(shm["mem_path"].as_str().is_some_and(|p| !p.is_empty()), "{vm}");
+        }
+        None => assert_eq!((&vm["memory_mib"], &vm["shared_memory"]), (&serde_json::Value::Null, &serde_json::Value::Null), "{vm}"),
+    }
     assert_eq!(vm["vcpus"].as_u64(), Some(u64::from(g.config().smp)), "{vm}");
     assert_eq!(vm["arena"], "0x3f000000:4M");
     let kernel = &vm["kernel"];
     assert_eq!((kernel["kind"].as_str(), kernel["release"].as_str(), kernel["build_id"].as_str()), (Some("linux"), Some(img.release.as_str()), Some(build_id.as_str())), "{vm}");
     assert!(kernel["kaslr_slide"].as_str().is_some_and(|s| s != "0x0"), "KASLR is on: {vm}");
     let o = d.remote(&["vm"]);
-    assert!(text(&o.stdout).contains("state: running (gdbstub)"), "{}", text(&o.stdout));
+    assert!(text(&o.stdout).contains(&format!("state: running ({hypervisor})")), "{}", text(&o.stdout));
+    assert_eq!(text(&o.stdout).contains("shared memory: "), g.shared_ram().is_some(), "{}", text(&o.stdout));
 
     // Apply through `vsplice remote`; the guest's /proc/cmdline changes.
     let (_, list) = d.remote_json(&["patch", "list"], "Status");

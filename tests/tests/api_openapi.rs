@@ -65,6 +65,13 @@ fn the_validator_catches_bad_replies() {
                     "agent": {"announced": false, "descriptor_gpa": null, "rings": 0},
                     "boot": 1, "uptime_ms": 10, "transaction_in_flight": false});
     api.validate_reply("GET", "/vm", 200, "application/json", vm.to_string().as_bytes()).unwrap();
+    // Attached with the RAM file: said so, and how.
+    let mut shm = vm.clone();
+    shm["hypervisor"] = json!("gdbstub_shm");
+    shm["shared_memory"] = json!({"mem_path": "/dev/shm/g.ram", "stop_via": "gdb", "writes": "gdbstub"});
+    api.validate_reply("GET", "/vm", 200, "application/json", shm.to_string().as_bytes()).unwrap();
+    shm["shared_memory"]["writes"] = json!("somewhere");
+    assert!(api.validate_reply("GET", "/vm", 200, "application/json", shm.to_string().as_bytes()).is_err(), "an unknown write route");
     // A wrong field type.
     let mut bad = vm.clone();
     bad["vcpus"] = json!("2");

@@ -79,8 +79,14 @@ impl<B: Backend> Backend for ResumeGuard<B> {
     fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), BackendError> {
         self.inner.write_phys(gpa, data)
     }
+    fn read_phys_words(&mut self, gpa: u64, out: &mut [u64]) -> Result<(), BackendError> {
+        self.inner.read_phys_words(gpa, out)
+    }
     fn direct_reads(&self) -> bool {
         self.inner.direct_reads()
+    }
+    fn prefetch_phys(&self, gpa: u64, len: usize) {
+        self.inner.prefetch_phys(gpa, len)
     }
 }
 

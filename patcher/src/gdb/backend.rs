@@ -262,6 +262,25 @@ impl Backend for GdbBackend {
         self.read_phys_stub(gpa, buf)
     }
 
+    /// Through the RAM file, one aligned 8-byte load per word (never torn
+    /// while the guest runs); through the stub, inside a stop.
+    fn read_phys_words(&mut self, gpa: u64, out: &mut [u64]) -> Result<(), BackendError> {
+        if let Some(p) = self.shared.as_ref().filter(|p| !self.running || p.reads_while_running()) {
+            return p.read_words(gpa, out);
+        }
+        crate::model::backend::read_words_via_bytes(out, |b| self.read_phys(gpa, b))
+    }
+
+    fn direct_reads(&self) -> bool {
+        self.shared.as_ref().is_some_and(|p| !self.running || p.reads_while_running())
+    }
+
+    fn prefetch_phys(&self, gpa: u64, len: usize) {
+        if let Some(p) = &self.shared {
+            p.prefetch(gpa, len);
+        }
+    }
+
     fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), BackendError> {
         if self.running {
             return Err(BackendError::WrongState("memory writes need the guest stopped"));

@@ -116,14 +116,47 @@ pub trait Backend {
     /// Write guest-physical memory. Backends keep the guest's view of code
     /// coherent (e.g. an emulator's translation cache).
     fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), BackendError>;
-    /// True when reading a few bytes costs no more than copying them (guest
-    /// RAM is mapped in this process): readers then read spans directly
-    /// instead of caching whole 4 KiB pages (which a remote backend needs,
-    /// and which costs an allocation and a page copy per stack under the
-    /// pause here). False unless the backend says so.
+    /// Fills `out` from `gpa` (8-aligned), each word with one aligned
+    /// 8-byte load where the backend can make one: a value the guest held,
+    /// never two halves of different ones, even while it runs (the RAM
+    /// file). Backends that only read a stopped guest (gdbstub packets) or
+    /// cannot do better read the bytes ([`Backend::read_phys`]).
+    fn read_phys_words(&mut self, gpa: u64, out: &mut [u64]) -> Result<(), BackendError> {
+        read_words_via_bytes(out, |b| self.read_phys(gpa, b))
+    }
+    /// True when a read costs a memory copy (guest RAM mapped into this
+    /// process): readers then read exactly what they need instead of
+    /// caching whole pages. Default: false (each read is a round trip).
     fn direct_reads(&self) -> bool {
         false
     }
+    /// A hint that `len` bytes at `gpa` will be read soon (a backend whose
+    /// reads are a memory copy starts loading them into the cache: reads of
+    /// many objects then overlap their misses). Default: nothing.
+    fn prefetch_phys(&self, gpa: u64, len: usize) {
+        let _ = (gpa, len);
+    }
+}
+
+/// Fills `out` with the little-endian words of the bytes `read` fills (the
+/// fallback of [`Backend::read_phys_words`] and of kernel-virtual word reads).
+pub fn read_words_via_bytes<E>(out: &mut [u64], read: impl FnOnce(&mut [u8]) -> Result<(), E>) -> Result<(), E> {
+    let mut bytes = [0u8; 512];
+    let mut big = Vec::new();
+    let buf: &mut [u8] = match bytes.get_mut(..out.len() * 8) {
+        Some(b) => b,
+        None => {
+            big.resize(out.len() * 8, 0);
+            &mut big
+        }
+    };
+    read(buf)?;
+    for (w, c) in out.iter_mut().zip(buf.chunks_exact(8)) {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(c);
+        *w = u64::from_le_bytes(a);
+    }
+    Ok(())
 }
 
 /// A mutable reference to a backend is a backend, so readers that own their
@@ -141,7 +174,13 @@ impl<B: Backend + ?Sized> Backend for &mut B {
     fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), BackendError> {
         (**self).write_phys(gpa, data)
     }
+    fn read_phys_words(&mut self, gpa: u64, out: &mut [u64]) -> Result<(), BackendError> {
+        (**self).read_phys_words(gpa, out)
+    }
     fn direct_reads(&self) -> bool {
         (**self).direct_reads()
+    }
+    fn prefetch_phys(&self, gpa: u64, len: usize) {
+        (**self).prefetch_phys(gpa, len)
     }
 }

@@ -61,6 +61,13 @@ pub enum MemError {
         /// Its length.
         len: u64,
     },
+    /// A word read ([`KernelMemory::read_words`]) at an address that is
+    /// not 8-aligned: it could not be one load per word.
+    #[error("word read at {vaddr:#x}, which is not 8-aligned")]
+    Unaligned {
+        /// The address.
+        vaddr: u64,
+    },
     /// The backend failed.
     #[error("backend read failed")]
     Backend(#[source] BackendError),
@@ -88,6 +95,7 @@ impl MemError {
             Self::TooLarge { .. } => "read_too_large",
             Self::WalkTooLong { .. } => "page_walk_too_long",
             Self::NotRam { .. } => "not_ram",
+            Self::Unaligned { .. } => "unaligned",
             Self::Backend(_) => "backend",
         }
     }
@@ -103,6 +111,24 @@ pub const MAX_READ_VEC: usize = 256 << 20;
 pub trait KernelMemory {
     /// Fill `buf` from `vaddr` (ranges may cross pages).
     fn read(&mut self, vaddr: u64, buf: &mut [u8]) -> Result<(), MemError>;
+
+    /// Fill `out` with the little-endian words at `vaddr` (8-aligned, else
+    /// [`MemError::Unaligned`]), each read as one aligned 8-byte load where
+    /// the backend can make one ([`crate::model::backend::Backend::read_phys_words`]):
+    /// counters read so while the guest runs are values it held, never
+    /// torn. By default the bytes are read ([`KernelMemory::read`]).
+    fn read_words(&mut self, vaddr: u64, out: &mut [u64]) -> Result<(), MemError> {
+        if !vaddr.is_multiple_of(8) {
+            return Err(MemError::Unaligned { vaddr });
+        }
+        crate::model::backend::read_words_via_bytes(out, |b| self.read(vaddr, b))
+    }
+
+    /// A hint that `len` bytes at `vaddr` will be read soon (see
+    /// [`crate::model::backend::Backend::prefetch_phys`]). Default: nothing.
+    fn prefetch(&mut self, vaddr: u64, len: usize) {
+        let _ = (vaddr, len);
+    }
 
     /// Read a new vector.
     fn read_vec(&mut self, vaddr: u64, len: usize) -> Result<Vec<u8>, MemError> {
@@ -151,6 +177,12 @@ pub trait KernelMemory {
 impl<M: KernelMemory + ?Sized> KernelMemory for &mut M {
     fn read(&mut self, vaddr: u64, buf: &mut [u8]) -> Result<(), MemError> {
         (**self).read(vaddr, buf)
+    }
+    fn read_words(&mut self, vaddr: u64, out: &mut [u64]) -> Result<(), MemError> {
+        (**self).read_words(vaddr, out)
+    }
+    fn prefetch(&mut self, vaddr: u64, len: usize) {
+        (**self).prefetch(vaddr, len)
     }
 }
 

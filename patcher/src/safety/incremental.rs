@@ -41,17 +41,13 @@
 //!   verdict kept): a verdict is kept only when the evidence read *before*
 //!   the stack equals the evidence under the pause, and then the stack did
 //!   not change after that read. This needs each counter read as one value
-//!   the guest held. The gdbstub reads inside a stop; the RAM file is read
-//!   a page at a time with `memcpy` while the guest runs, and x86 does not
-//!   formally promise that an aligned 8-byte word inside a vector or string
-//!   copy is read whole (hardware does so in practice). A counter read torn
-//!   into a value it never held could only matter if that value were the
-//!   one the counter reaches by the pause, with the same saved SP; with one
-//!   change during a page copy every torn mix of N and N+1 is N or N+1
-//!   modulo 256, so that takes 256 or more switches of that task
-//!   between the pre-check and the pause, ending at the same saved SP. Not
-//!   excluded by this argument; `compare` would catch it. Reading the
-//!   evidence with single aligned 8-byte loads would close it (not done).
+//!   the guest held. The gdbstub reads inside a stop; from the RAM file the
+//!   walk reads every word of a task — the counters, `start_time`,
+//!   `thread.sp`, `stack` — as one aligned 8-byte load
+//!   ([`crate::model::mem::KernelMemory::read_words`],
+//!   `crate::os::linux::task_read`), which x86-64 performs whole: never a
+//!   mix of two values. A kernel whose BTF places one of them at an offset
+//!   that is not 8-aligned gives no evidence at all.
 //! - Identity: the `task_struct` address, `start_time` and the task id must
 //!   match, so a record freed and reused by a new task is not the same one;
 //!   the stack and the saved SP must match, so the verdict was computed on

@@ -146,6 +146,27 @@ impl SharedPlane {
         }
     }
 
+    /// Reads guest-physical words from the file, each with one aligned
+    /// 8-byte load ([`RamFile::read_words`]); `gpa` must be 8-aligned.
+    pub fn read_words(&self, gpa: u64, out: &mut [u64]) -> Result<(), BackendError> {
+        let len = out.len() as u64 * 8;
+        let bad = BackendError::BadAddress { gpa, len };
+        let off = self.layout.offset_of(gpa, len).ok_or(bad)?;
+        if self.ram.read_words(off, out) {
+            Ok(())
+        } else {
+            Err(BackendError::BadAddress { gpa, len })
+        }
+    }
+
+    /// Starts loading `len` bytes at `gpa` into the cache (a hint: nothing
+    /// is read, nothing fails).
+    pub fn prefetch(&self, gpa: u64, len: usize) {
+        if let Some(off) = self.layout.offset_of(gpa, len as u64) {
+            self.ram.prefetch(off, len);
+        }
+    }
+
     /// Writes guest-physical memory into the file (no translation-cache
     /// invalidation: see the module's documentation).
     pub fn write(&self, gpa: u64, data: &[u8]) -> Result<(), BackendError> {

@@ -19,7 +19,7 @@ use vsplice_patcher::model::{ArenaRange, CheckMode, Incremental};
 
 use super::handler::RequestHandler;
 use super::http::{ApiServer, SocketError};
-use super::state::{AgentInfo, ApiShared, Hypervisor, KernelInfo, VmInfo, VmState};
+use super::state::{AgentInfo, ApiShared, Hypervisor, KernelInfo, SharedMemoryInfo, VmInfo, VmState};
 use crate::livepatch::DesiredPatches;
 
 /// Longest wait for a request before the next turn (the signal flag and the
@@ -68,20 +68,24 @@ pub struct AttachedVm {
     pub incremental: Incremental,
     /// The identified kernel.
     pub kernel: KernelInfo,
+    /// The RAM file, when attached with one (memory through it).
+    pub shared: Option<SharedMemoryInfo>,
+    /// Guest memory in MiB, when known (the RAM file's size).
+    pub memory_mib: Option<u64>,
 }
 
 impl AttachedVm {
     /// The description of an attached guest running `target`.
     pub fn new(target: &dyn TargetKernel, vcpus: usize, arena: ArenaRange, check: CheckMode) -> Self {
-        Self { vcpus, arena, check, incremental: Incremental::Off, kernel: KernelInfo::of(target, None) }
+        Self { vcpus, arena, check, incremental: Incremental::Off, kernel: KernelInfo::of(target, None), shared: None, memory_mib: None }
     }
 
     fn info(&self, state: VmState) -> VmInfo {
         VmInfo {
             state,
-            hypervisor: Hypervisor::Gdbstub,
+            hypervisor: if self.shared.is_some() { Hypervisor::GdbstubShm } else { Hypervisor::Gdbstub },
             vcpus: self.vcpus,
-            memory_mib: None,
+            memory_mib: self.memory_mib,
             arena: self.arena.to_string(),
             kernel: self.kernel.clone(),
             // The doorbell is this VMM's device; through a gdbstub there is none.
@@ -90,6 +94,7 @@ impl AttachedVm {
             uptime_ms: 0,
             transaction_in_flight: false,
             console: None,
+            shared_memory: self.shared.clone(),
         }
     }
 }
@@ -135,7 +140,8 @@ impl AttachedService {
         let arena = self.vm.arena;
         let state = |g: &G| if g.running() { VmState::Running } else { VmState::Paused };
         let mut last = state(guest);
-        self.shared.events.guest_state(last.name(), "attached through the gdbstub");
+        let how = if self.vm.shared.is_some() { "attached through the gdbstub and the RAM file" } else { "attached through the gdbstub" };
+        self.shared.events.guest_state(last.name(), how);
         self.handler.refresh_status(guest, arena, target);
         // Nothing re-applies patches here (no reboot under this VMM's control).
         let mut desired = DesiredPatches::new();

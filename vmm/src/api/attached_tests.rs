@@ -107,6 +107,7 @@ fn serves_the_api_over_the_attached_guest_until_stopped_then_removes_its_socket(
         let vm = ask(&path, "GET", "/vm", b"").json();
         assert_eq!(vm["hypervisor"], "gdbstub");
         assert_eq!(vm["memory_mib"], serde_json::Value::Null);
+        assert_eq!(vm["shared_memory"], serde_json::Value::Null, "the gdbstub alone");
         assert_eq!((vm["vcpus"].as_u64(), vm["boot"].as_u64(), vm["state"].as_str()), (Some(2), Some(1), Some("running")));
         assert_eq!(vm["kernel"]["image"], serde_json::Value::Null);
         assert_eq!(vm["arena"], arena().to_string());

@@ -89,6 +89,7 @@ impl ApiService {
             uptime_ms: started.elapsed().as_millis() as u64,
             transaction_in_flight: false,
             console: Some(vmm.console()),
+            shared_memory: None,
         };
         self.shared.set_vm(info, started);
     }

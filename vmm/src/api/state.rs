@@ -81,6 +81,23 @@ pub enum Hypervisor {
     Kvm,
     /// Another VMM, reached through its gdbstub (`vsplice attach`).
     Gdbstub,
+    /// Another VMM (QEMU), attached with its RAM file (`vsplice attach
+    /// --mem-path --qmp`): memory through the file, registers (and stops,
+    /// unless `--stop-via qmp`) through its gdbstub ([`SharedMemoryInfo`]).
+    GdbstubShm,
+}
+
+/// How an attached guest's memory, stops and writes go when its RAM file is
+/// used (`GET /vm`'s `shared_memory`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SharedMemoryInfo {
+    /// The RAM file (`--mem-path`).
+    pub mem_path: String,
+    /// `gdb` (the gdbstub's interrupt and continue) or `qmp` (`stop`/`cont`).
+    pub stop_via: &'static str,
+    /// `gdbstub` (under TCG: QEMU drops its translations of what is written)
+    /// or `file` (under KVM).
+    pub writes: &'static str,
 }
 
 /// The guest agent's doorbell.
@@ -103,7 +120,8 @@ pub struct VmInfo {
     pub hypervisor: Hypervisor,
     /// vCPUs.
     pub vcpus: usize,
-    /// Guest memory in MiB, arena included (`None` when attached: not known).
+    /// Guest memory in MiB, arena included (`None` when attached through
+    /// the gdbstub alone: not known; with the RAM file, its size).
     pub memory_mib: Option<u64>,
     /// The patch arena, `START:SIZE`.
     pub arena: String,
@@ -120,6 +138,8 @@ pub struct VmInfo {
     /// What the guest's console said this boot (`vsplice run` watches its
     /// serial output); `None` when attached (the console is QEMU's).
     pub console: Option<ConsoleCounts>,
+    /// The RAM file in use when attached with one; `None` otherwise.
+    pub shared_memory: Option<SharedMemoryInfo>,
 }
 
 /// Shared between the HTTP threads and the VMM thread.

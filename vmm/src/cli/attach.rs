@@ -19,12 +19,14 @@ use std::sync::Arc;
 use clap::Args;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use vsplice_patcher::gdb::GdbError;
+use vsplice_patcher::shm::{StopVia, WriteRoute};
 
 use super::fault_injection::{gdb, gdb_mut, into_gdb, Attached};
 use super::patch::AttachArgs;
 use super::run::EXIT_BAD_INPUT;
 use super::session::{self, Session};
 use crate::api::attached::{AttachedService, AttachedVm, Attachment};
+use crate::api::state::SharedMemoryInfo;
 
 /// Exit code when the gdbstub connection died under the daemon (as `vsplice
 /// run`'s code for a guest that ended badly).
@@ -131,6 +133,20 @@ pub fn run(args: AttachDaemonArgs) -> ExitCode {
     let vcpus = gdb(&backend).threads().len();
     let mut vm = AttachedVm::new(&*target, vcpus, arena, args.guest.check);
     vm.incremental = args.guest.incremental;
+    if let Some(p) = gdb(&backend).shared() {
+        vm.shared = Some(SharedMemoryInfo {
+            mem_path: p.path().display().to_string(),
+            stop_via: match p.stop_via() {
+                StopVia::Gdb => "gdb",
+                StopVia::Qmp => "qmp",
+            },
+            writes: match p.write_route() {
+                WriteRoute::Stub => "gdbstub",
+                WriteRoute::File => "file",
+            },
+        });
+        vm.memory_mib = Some(p.layout().size >> 20);
+    }
     let mut service = match AttachedService::start(&args.api_sock, vm.clone()) {
         Ok(mut s) => {
             s.set_trust(trust);

@@ -95,6 +95,15 @@ mod kill_after {
         fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), BackendError> {
             self.inner.read_phys(gpa, buf)
         }
+        fn read_phys_words(&mut self, gpa: u64, out: &mut [u64]) -> Result<(), BackendError> {
+            self.inner.read_phys_words(gpa, out)
+        }
+        fn direct_reads(&self) -> bool {
+            self.inner.direct_reads()
+        }
+        fn prefetch_phys(&self, gpa: u64, len: usize) {
+            self.inner.prefetch_phys(gpa, len)
+        }
         fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), BackendError> {
             match self.writes_left {
                 Some(0) => {

@@ -95,6 +95,11 @@ fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
 
 fn text_vm(v: &Value) -> String {
     let kernel = &v["kernel"];
+    let shm = &v["shared_memory"];
+    let shared = match shm.get("mem_path").and_then(Value::as_str) {
+        Some(path) => format!("\nshared memory: {path} (stops via {}, writes through the {})", str_of(shm, "stop_via"), str_of(shm, "writes")),
+        None => String::new(),
+    };
     format!(
         "state: {} ({})\nvcpus: {}\nmemory: {}\narena: {}\nkernel: {} {} (build-id {}, KASLR slide {})\nagent: {}\nboot: {}\nuptime: {} ms\ntransaction in flight: {}\nconsole: {}",
         str_of(v, "state"),
@@ -111,7 +116,7 @@ fn text_vm(v: &Value) -> String {
         v["uptime_ms"],
         v["transaction_in_flight"],
         text_console(&v["console"]),
-    )
+    ) + &shared
 }
 
 fn text_console(c: &Value) -> String {

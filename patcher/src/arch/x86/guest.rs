@@ -105,6 +105,20 @@ impl<B: Backend> KernelMemory for Guest<B> {
         }
         self.vmem.read(vaddr, buf)
     }
+
+    fn read_words(&mut self, vaddr: u64, out: &mut [u64]) -> Result<(), MemError> {
+        if !self.stopped {
+            self.vmem.flush();
+        }
+        self.vmem.read_words(vaddr, out)
+    }
+
+    fn prefetch(&mut self, vaddr: u64, len: usize) {
+        // Translations are kept only while the guest is stopped.
+        if self.stopped {
+            self.vmem.prefetch(vaddr, len);
+        }
+    }
 }
 
 /// A backend for stubs that only allow memory access while the guest is
@@ -139,5 +153,14 @@ impl<B: Backend> Backend for AutoStop<B> {
     }
     fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), BackendError> {
         self.stopped(|b| b.write_phys(gpa, data))
+    }
+    fn read_phys_words(&mut self, gpa: u64, out: &mut [u64]) -> Result<(), BackendError> {
+        self.stopped(|b| b.read_phys_words(gpa, out))
+    }
+    fn direct_reads(&self) -> bool {
+        self.0.direct_reads()
+    }
+    fn prefetch_phys(&self, gpa: u64, len: usize) {
+        self.0.prefetch_phys(gpa, len)
     }
 }

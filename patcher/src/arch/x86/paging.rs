@@ -1,5 +1,6 @@
 //! 4- and 5-level x86-64 page walks (4 KiB, 2 MiB and 1 GiB pages) from any
-//! CR3, with a cache of page-table pages, plus enumeration of the mappings
+//! CR3, with a cache of page-table pages (or, from RAM mapped into this
+//! process, each entry read alone), plus enumeration of the mappings
 //! in a virtual range.
 
 use std::collections::HashMap;
@@ -221,6 +222,20 @@ impl PageWalker {
         self.tables.get(&pa).map(|t| &**t).ok_or(MemError::NotMapped { vaddr: pa })
     }
 
+    /// One entry of the table at `pa`: read alone, as one aligned 8-byte
+    /// load, from a backend whose reads are a memory copy (never a torn
+    /// entry while the guest runs, no 4 KiB copy per level); else from the
+    /// cached table.
+    fn entry<B: Backend + ?Sized>(&mut self, b: &mut B, pa: u64, idx: usize) -> Result<u64, MemError> {
+        if !b.direct_reads() {
+            return Ok(self.table(b, pa)?[idx]);
+        }
+        self.filter.check(pa, 4096)?;
+        let mut w = [0u64];
+        b.read_phys_words(pa + 8 * (idx as u64 & 511), &mut w)?;
+        Ok(w[0])
+    }
+
     /// Translate one virtual address.
     pub fn translate<B: Backend + ?Sized>(&mut self, b: &mut B, vaddr: u64) -> Result<Mapping, MemError> {
         if !self.canonical(vaddr) {
@@ -231,7 +246,7 @@ impl PageWalker {
         for level in (1..=self.levels).rev() {
             let shift = 12 + 9 * (level - 1);
             let idx = ((vaddr >> shift) & 511) as usize;
-            let e = self.table(b, table)?[idx];
+            let e = self.entry(b, table, idx)?;
             if e & P == 0 {
                 return Err(MemError::NotMapped { vaddr });
             }

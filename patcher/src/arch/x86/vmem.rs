@@ -1,12 +1,14 @@
 //! Kernel-virtual memory over a [`Backend`]: translate with [`PageWalker`],
-//! keep recent translations (a small TLB of whole pages, large pages
-//! included) and recently read 4 KiB pages, and turn big reads into as few
-//! physical reads as the mappings allow. Over a backend with direct reads
-//! ([`Backend::direct_reads`]: the in-process VMM) no page is cached: every
-//! read goes straight to guest RAM, span by span (no allocation, no 4 KiB
-//! copy for a 200-byte stack).
+//! keep recent translations (a small TLB of 4 KiB pages, and a table of
+//! 2 MiB and 1 GiB mappings by 2 MiB frame: the direct map, where the
+//! kernel's objects are) and, when each backend read is a round trip,
+//! recently read 4 KiB pages; turn big reads into as few physical reads as
+//! the mappings allow. From a backend whose reads are a memory copy
+//! ([`Backend::direct_reads`]) exactly the bytes asked for are read.
 
 use std::collections::HashMap;
+
+use foldhash::fast::FixedState;
 
 use super::paging::{Mapping, PageWalker};
 use crate::model::backend::Backend;
@@ -15,6 +17,9 @@ use crate::model::phys_filter::PhysFilter;
 
 const TLB_SIZE: usize = 64;
 const DATA_PAGES: usize = 1024;
+/// Large mappings remembered (2 MiB frames): 8 GiB of direct map in 2 MiB pages.
+const LARGE_FRAMES: usize = 4096;
+const LARGE: u64 = 2 << 20;
 
 /// A kernel address space read through a backend. Valid while the guest
 /// stays stopped; call [`VirtMem::flush`] after it ran.
@@ -24,6 +29,7 @@ pub struct VirtMem<B: Backend> {
     walker: PageWalker,
     tlb: Vec<Mapping>,
     tlb_next: usize,
+    large: HashMap<u64, Mapping, FixedState>,
     pages: HashMap<u64, Box<[u8; 4096]>>,
     /// Bytes read from the backend (for measurements).
     pub bytes_read: u64,
@@ -37,6 +43,7 @@ impl<B: Backend> VirtMem<B> {
             walker: PageWalker::new(cr3, cr4),
             tlb: Vec::with_capacity(TLB_SIZE),
             tlb_next: 0,
+            large: HashMap::with_hasher(FixedState::default()),
             pages: HashMap::new(),
             bytes_read: 0,
         }
@@ -76,16 +83,25 @@ impl<B: Backend> VirtMem<B> {
     pub fn flush(&mut self) {
         self.walker.flush();
         self.tlb.clear();
+        self.large.clear();
         self.pages.clear();
     }
 
     /// Translate one address (through the TLB).
     pub fn translate(&mut self, vaddr: u64) -> Result<Mapping, MemError> {
+        if let Some(m) = self.large.get(&(vaddr / LARGE)).filter(|m| m.contains(vaddr)) {
+            return Ok(*m);
+        }
         if let Some(m) = self.tlb.iter().find(|m| m.contains(vaddr)) {
             return Ok(*m);
         }
         let m = self.walker.translate(&mut self.backend, vaddr)?;
-        if self.tlb.len() < TLB_SIZE {
+        if m.size >= LARGE {
+            if self.large.len() >= LARGE_FRAMES {
+                self.large.clear();
+            }
+            self.large.insert(vaddr / LARGE, m);
+        } else if self.tlb.len() < TLB_SIZE {
             self.tlb.push(m);
         } else {
             self.tlb[self.tlb_next] = m;
@@ -97,6 +113,29 @@ impl<B: Backend> VirtMem<B> {
     /// Physical address of `vaddr`.
     pub fn virt_to_phys(&mut self, vaddr: u64) -> Result<u64, MemError> {
         Ok(self.translate(vaddr)?.phys(vaddr))
+    }
+
+    /// Bytes of `m` from `va` on (to the end of the mapping), at most `left`.
+    fn span(m: &Mapping, va: u64, left: usize) -> usize {
+        let to_end = m.vaddr.wrapping_add(m.size).wrapping_sub(va);
+        usize::try_from(to_end).map_or(left, |n| n.min(left))
+    }
+
+    /// A backend whose reads are a memory copy: each mapping's part read
+    /// as it is, nothing cached but translations.
+    fn read_direct(&mut self, vaddr: u64, buf: &mut [u8]) -> Result<(), MemError> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let va = vaddr.wrapping_add(done as u64);
+            let m = self.translate(va)?;
+            let pa = m.phys(va);
+            let n = Self::span(&m, va, buf.len() - done);
+            self.walker.filter().check(pa, n as u64)?;
+            self.backend.read_phys(pa, &mut buf[done..done + n])?;
+            self.bytes_read += n as u64;
+            done += n;
+        }
+        Ok(())
     }
 
     fn read_small(&mut self, vaddr: u64, buf: &mut [u8]) -> Result<(), MemError> {
@@ -156,10 +195,47 @@ impl<B: Backend> VirtMem<B> {
 
 impl<B: Backend> KernelMemory for VirtMem<B> {
     fn read(&mut self, vaddr: u64, buf: &mut [u8]) -> Result<(), MemError> {
-        if buf.len() <= 2 * 4096 && !self.backend.direct_reads() {
+        if self.backend.direct_reads() {
+            self.read_direct(vaddr, buf)
+        } else if buf.len() <= 2 * 4096 {
             self.read_small(vaddr, buf)
         } else {
             self.read_large(vaddr, buf)
         }
+    }
+
+    /// Through the translation the read will use (walked now if not cached).
+    fn prefetch(&mut self, vaddr: u64, len: usize) {
+        if !self.backend.direct_reads() {
+            return;
+        }
+        if let Ok(m) = self.translate(vaddr) {
+            let pa = m.phys(vaddr);
+            self.backend.prefetch_phys(pa, Self::span(&m, vaddr, len));
+        }
+    }
+
+    /// One aligned 8-byte load per word from a backend that can make them
+    /// ([`Backend::read_phys_words`]), else the bytes through the page cache.
+    fn read_words(&mut self, vaddr: u64, out: &mut [u64]) -> Result<(), MemError> {
+        if !vaddr.is_multiple_of(8) {
+            return Err(MemError::Unaligned { vaddr });
+        }
+        if !self.backend.direct_reads() {
+            return crate::model::backend::read_words_via_bytes(out, |b| self.read(vaddr, b));
+        }
+        let mut done = 0usize;
+        while done < out.len() {
+            let va = vaddr.wrapping_add(8 * done as u64);
+            let m = self.translate(va)?;
+            let pa = m.phys(va);
+            // Mappings are page-aligned, so a word never straddles two.
+            let n = (Self::span(&m, va, 8 * (out.len() - done)) / 8).max(1);
+            self.walker.filter().check(pa, 8 * n as u64)?;
+            self.backend.read_phys_words(pa, &mut out[done..done + n])?;
+            self.bytes_read += 8 * n as u64;
+            done += n;
+        }
+        Ok(())
     }
 }

@@ -6,7 +6,9 @@
 //! - `kallsyms_locate` / `kallsyms`: the symbol table, found by structure.
 //! - `notes`: build-id and banner.
 //! - `btf`: the embedded type information.
-//! - `tasks`: the agentless task walk.
+//! - `tasks`: the agentless task walk; `task_struct`: what it knows of a
+//!   task (offsets from BTF, a task as read); `task_read`: one task read in
+//!   a few spans of aligned words.
 //! - `agent`: the guest agent's descriptor as a task source (checked against the walk).
 //! - `cpustacks`: each CPU's IRQ, exception and entry stacks, agentless.
 //! - `modules`: loaded modules (text, ORC tables, symbols).
@@ -40,6 +42,8 @@ pub mod ram;
 mod ram_tests;
 pub mod symbols;
 pub mod task_list;
+pub mod task_read;
+pub mod task_struct;
 #[cfg(test)]
 mod hostile_tests;
 #[cfg(test)]
