@@ -50,6 +50,13 @@ pub fn carriable(post: &View<'_>, carry: &BTreeSet<String>) -> Result<(), DiffEr
     Ok(())
 }
 
+/// The `.cold` parts of carried functions that the WARN-as-call build has
+/// (a call of `__warn()` on an unlikely path can make the compiler split
+/// one off where the `ud2` build had none): carried too.
+pub fn warn_cold_parts(warn: &View<'_>, carry: &BTreeSet<String>) -> BTreeSet<String> {
+    carry.iter().map(|f| format!("{}.cold", f.strip_suffix(".cold").unwrap_or(f))).filter(|c| warn.items.get(c).is_some_and(|i| i.func)).collect()
+}
+
 /// BUG and WARN sites (`__bug_table` flags) in the emitted object.
 pub fn bug_sites(object: &[u8]) -> (usize, usize) {
     let Ok(f) = object::read::elf::ElfFile64::<object::Endianness>::parse(object) else { return (0, 0) };
@@ -81,6 +88,11 @@ pub fn same_shape(post: &View<'_>, warn: &View<'_>, carry: &BTreeSet<String>) ->
             _ => None,
         });
         for c in calls.collect::<BTreeSet<String>>() {
+            // A carried function's own `.cold` part, split off only in this
+            // build, is carried with it (see [`warn_cold_parts`]).
+            if c.strip_suffix(".cold").is_some_and(|base| carry.contains(base)) {
+                continue;
+            }
             if !post.items.get(&c).is_some_and(|i| i.func) {
                 return Err(format!("with WARN as calls `{f}` calls `{c}`, which the fixed build inlines"));
             }

@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use super::checks::{bug_sites, carriable, same_shape};
+use super::checks::{bug_sites, carriable, same_shape, warn_cold_parts};
 use super::compare::{compare, Why};
 use super::view::View;
 use super::{bind, emit, tree, DiffError};
@@ -186,8 +186,9 @@ pub fn analyze(ctx: &mut Ctx<'_>, file: &str, part: &str) -> Result<Option<Unit>
     let (bugs, warns) = bug_sites(&em.object);
     let mut unit = Unit { file: file.to_owned(), pre: Vec::new(), post: Vec::new(), carry, keep, replacements, new_functions: cmp.new_functions.clone(), bugs, warns, notes: Vec::new() };
     if warns > 0 && !ctx.drop_warnings {
-        let (bytes, keep, note) = warn_as_calls(ctx, &object, &fixed_input, &post, &unit.carry, &unit.keep, warns)?;
+        let (bytes, carry, keep, note) = warn_as_calls(ctx, &object, &fixed_input, &post, &unit.carry, &unit.keep, warns)?;
         unit.post = bytes;
+        unit.carry = carry;
         unit.keep = keep;
         unit.notes.push(note);
         unit.warns = 0;
@@ -201,7 +202,7 @@ pub fn analyze(ctx: &mut Ctx<'_>, file: &str, part: &str) -> Result<Option<Unit>
 /// WARN as a call: the fixed file once more, WARN() compiled to a call of
 /// the kernel's `__warn()`, which needs nothing registered. Returns that
 /// build, the data to carry from it and a note.
-fn warn_as_calls(ctx: &mut Ctx<'_>, object: &str, fixed_input: &[u8], post: &View<'_>, carry: &BTreeSet<String>, keep: &BTreeSet<String>, warns: usize) -> Result<(Vec<u8>, BTreeSet<String>, String), DiffError> {
+fn warn_as_calls(ctx: &mut Ctx<'_>, object: &str, fixed_input: &[u8], post: &View<'_>, carry: &BTreeSet<String>, keep: &BTreeSet<String>, warns: usize) -> Result<(Vec<u8>, BTreeSet<String>, BTreeSet<String>, String), DiffError> {
     let names: Vec<&str> = carry.iter().map(String::as_str).collect();
     let no = |why: String| refused("warn_site", &names.join(" "), format!("{why}; --drop-warnings accepts losing its {warns} WARN site(s)"));
     let header = tree::warn_as_call_header(ctx.src)?.ok_or_else(|| no("SRC's asm/bug.h has no __WARN_FLAGS to turn into a call".into()))?;
@@ -219,6 +220,8 @@ fn warn_as_calls(ctx: &mut Ctx<'_>, object: &str, fixed_input: &[u8], post: &Vie
     };
     let wv = View::parse(&warn_bytes).map_err(DiffError::Object)?;
     same_shape(post, &wv, carry).map_err(no)?;
+    let carry: BTreeSet<String> = carry.iter().cloned().chain(warn_cold_parts(&wv, carry)).collect();
+    let carry = &carry;
     let extra_data: BTreeSet<String> = wv.items.values().filter(|i| !i.func && !post.items.contains_key(&i.name)).map(|i| i.name.clone()).collect();
     let own_flags = carry.iter().filter_map(|f| wv.items.get(f)).flat_map(|i| &i.relocs).filter(|r| matches!(&r.target, super::view::Target::Sym { name, .. } if extra_data.contains(name))).count();
     let keep3: BTreeSet<String> = keep.iter().chain(&extra_data).cloned().collect();
@@ -230,5 +233,5 @@ fn warn_as_calls(ctx: &mut Ctx<'_>, object: &str, fixed_input: &[u8], post: &Vie
     }
     let note = format!("{warns} WARN site(s) compiled as calls to the kernel's __warn() (reported as the bug table's WARN would be; once-only state is the patch's own: {own_flags} reference(s) to new once-flags)");
     eprintln!("vsplice: {note}");
-    Ok((warn_bytes, keep3, note))
+    Ok((warn_bytes, carry.clone(), keep3, note))
 }
