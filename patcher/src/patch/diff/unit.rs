@@ -121,7 +121,13 @@ pub fn analyze(ctx: &mut Ctx<'_>, file: &str, part: &str) -> Result<Option<Unit>
         }
         None => {
             let dir = ctx.post()?;
-            let b = tree::build(&dir, cc, one, "after")?.swap_remove(0);
+            // The unfixed file built; the fixed one does not: say what is likely.
+            let b = tree::build(&dir, cc, one, "after")
+                .map_err(|e| match e {
+                    DiffError::Kbuild(m) => DiffError::Kbuild(format!("the fixed file does not compile against SRC's unchanged headers (does the fix need a header change this diff does not carry?): {m}")),
+                    e => e,
+                })?
+                .swap_remove(0);
             tree::keep(src, &post_key, &b);
             b
         }
