@@ -155,13 +155,14 @@ if [ ! -f "$out/.initramfs" ]; then
     rm -rf x ov ov.cpio.gz
     touch "$out/.initramfs"
 fi
-# The changelog entries of the fixed version down to (not including) ours.
+# The changelog entries of the fixed version down to (not including) ours
+# (awk reads to the end: an early exit would SIGPIPE zcat under pipefail).
 if [ ! -f "$out/.changes" ]; then
     cd "$out/dl"
     fetch "linux-source-6.1=$to_version"
     rm -rf x && mkdir x
     dpkg-deb --fsys-tarfile "$(ls linux-source-6.1_"$to_version"_*.deb)" | tar -x -C x ./usr/share/doc/linux-source-6.1/changelog.Debian.gz
-    zcat x/usr/share/doc/linux-source-6.1/changelog.Debian.gz | awk -v v="$version" 'index($0, "linux (" v ")") == 1 { exit } { print }' >"$out/changes.txt"
+    zcat x/usr/share/doc/linux-source-6.1/changelog.Debian.gz | awk -v v="$version" 'index($0, "linux (" v ")") == 1 { done = 1 } !done { print }' >"$out/changes.txt"
     rm -rf x
     touch "$out/.changes"
 fi

@@ -157,7 +157,8 @@ fn apply(g: &Guest, vsp: &Path) -> (String, f64, String) {
     if cause != "ok" {
         eprintln!("    apply: {}{}", text(&o.stdout), text(&o.stderr));
     }
-    (cause, dt, r["patch"].as_str().unwrap_or_default().to_owned())
+    let name = r["patch_name"].as_str().or(r["patch_id"].as_str()).unwrap_or_default().to_owned();
+    (cause, dt, name)
 }
 
 fn revert(g: &Guest, name: &str) -> bool {
