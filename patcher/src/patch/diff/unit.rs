@@ -192,7 +192,7 @@ pub fn analyze(ctx: &mut Ctx<'_>, file: &str, part: &str) -> Result<Option<Unit>
     let (bugs, warns) = bug_sites(&em.object);
     let mut unit = Unit { file: file.to_owned(), pre: Vec::new(), post: Vec::new(), carry, keep, replacements, new_functions: cmp.new_functions.clone(), bugs, warns, notes: Vec::new() };
     if warns > 0 && !ctx.drop_warnings {
-        let (bytes, carry, keep, note) = warn_as_calls(ctx, &object, &fixed_input, &post, &unit.carry, &unit.keep, warns)?;
+        let WarnBuild { bytes, carry, keep, note } = warn_as_calls(ctx, &object, &fixed_input, &post, &unit.carry, &unit.keep, warns)?;
         unit.post = bytes;
         unit.carry = carry;
         unit.keep = keep;
@@ -205,10 +205,18 @@ pub fn analyze(ctx: &mut Ctx<'_>, file: &str, part: &str) -> Result<Option<Unit>
     Ok(Some(unit))
 }
 
+/// The WARN-as-call build and what to carry from it.
+struct WarnBuild {
+    bytes: Vec<u8>,
+    carry: BTreeSet<String>,
+    keep: BTreeSet<String>,
+    note: String,
+}
+
 /// WARN as a call: the fixed file once more, WARN() compiled to a call of
 /// the kernel's `__warn()`, which needs nothing registered. Returns that
 /// build, the data to carry from it and a note.
-fn warn_as_calls(ctx: &mut Ctx<'_>, object: &str, fixed_input: &[u8], post: &View<'_>, carry: &BTreeSet<String>, keep: &BTreeSet<String>, warns: usize) -> Result<(Vec<u8>, BTreeSet<String>, BTreeSet<String>, String), DiffError> {
+fn warn_as_calls(ctx: &mut Ctx<'_>, object: &str, fixed_input: &[u8], post: &View<'_>, carry: &BTreeSet<String>, keep: &BTreeSet<String>, warns: usize) -> Result<WarnBuild, DiffError> {
     let names: Vec<&str> = carry.iter().map(String::as_str).collect();
     let no = |why: String| refused("warn_site", &names.join(" "), format!("{why}; --drop-warnings accepts losing its {warns} WARN site(s)"));
     let header = tree::warn_as_call_header(ctx.src)?.ok_or_else(|| no("SRC's asm/bug.h has no __WARN_FLAGS to turn into a call".into()))?;
@@ -239,5 +247,5 @@ fn warn_as_calls(ctx: &mut Ctx<'_>, object: &str, fixed_input: &[u8], post: &Vie
     }
     let note = format!("{warns} WARN site(s) compiled as calls to the kernel's __warn() (reported as the bug table's WARN would be; once-only state is the patch's own: {own_flags} reference(s) to new once-flags)");
     eprintln!("vsplice: {note}");
-    Ok((warn_bytes, carry.clone(), keep3, note))
+    Ok(WarnBuild { bytes: warn_bytes, carry: carry.clone(), keep: keep3, note })
 }
