@@ -20,7 +20,7 @@ fi
 # `patch build --diff` tests: source prepared once, cached under target/fixsrc.
 # When the archive no longer holds that ABI the recipe fails and the tests skip.
 if [[ -f images/debian-fix-source.sh ]]; then
-    bash images/debian-fix-source.sh || echo "run-all: no Debian fix corpus; debian_diff_patch will skip" >&2
+    bash images/debian-fix-source.sh || echo "run-all: no Debian fix corpus; debian_diff_patch and debian_diff_multi will skip" >&2
 fi
 
 skips="$root/target/test-skips.txt"

@@ -173,6 +173,11 @@ pub fn build_from_diff(opts: &DiffOptions) -> Result<PatchFile, DiffError> {
         bugs += u.bugs;
         warns += u.warns;
     }
+    if replacements.is_empty() {
+        // New functions alone: nothing in the kernel would ever call them.
+        let new: Vec<&str> = units.iter().flat_map(|u| u.new_functions.iter().map(String::as_str)).collect();
+        return Err(refused("no_replacement", &new.join(" "), "the fix only adds functions (no existing function's code changed), so a live patch would change nothing that runs"));
+    }
     let name = opts.name.clone().unwrap_or_else(|| stem(&opts.diff));
     let objects: Vec<String> = units.iter().map(|u| unit::object_of(&u.file)).collect();
     for f in &unchanged {
