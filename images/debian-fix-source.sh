@@ -13,6 +13,9 @@
 #     src/                    linux-source-6.1 at `version`, configured and
 #                             `make modules_prepare`d
 #     fix.patch               diff -urN src(version) src(to-version), -p1
+#     changes.txt             the to-version's Debian changelog entries newer
+#                             than `version` (the upstream commits with their
+#                             CVE ids: the corpus of tests/examples/cve_corpus.rs)
 #     initramfs.cpio.gz       the current kernel's test initramfs with this
 #                             kernel's virtio-serial modules and loop.ko
 #     src.vsplice-post/       made by `vsplice patch build --diff` (hard links)
@@ -51,7 +54,7 @@ as_root() {
     fi
 }
 
-if [ -f "$out/.done" ]; then
+if [ -f "$out/.done" ] && [ -f "$out/.changes" ]; then
     log "$release with the fix to 6.1.0-$to is up to date in $out"
     exit 0
 fi
@@ -151,6 +154,17 @@ if [ ! -f "$out/.initramfs" ]; then
     cat "$base" ov.cpio.gz >"$out/initramfs.cpio.gz.tmp" && mv "$out/initramfs.cpio.gz.tmp" "$out/initramfs.cpio.gz"
     rm -rf x ov ov.cpio.gz
     touch "$out/.initramfs"
+fi
+# The changelog entries of the fixed version down to (not including) ours
+# (awk reads to the end: an early exit would SIGPIPE zcat under pipefail).
+if [ ! -f "$out/.changes" ]; then
+    cd "$out/dl"
+    fetch "linux-source-6.1=$to_version"
+    rm -rf x && mkdir x
+    dpkg-deb --fsys-tarfile "$(ls linux-source-6.1_"$to_version"_*.deb)" | tar -x -C x ./usr/share/doc/linux-source-6.1/changelog.Debian.gz
+    zcat x/usr/share/doc/linux-source-6.1/changelog.Debian.gz | awk -v v="$version" 'index($0, "linux (" v ")") == 1 { done = 1 } !done { print }' >"$out/changes.txt"
+    rm -rf x
+    touch "$out/.changes"
 fi
 rm -f "$out"/dl/linux-source-6.1_*.deb
 touch "$out/.done"

@@ -20,7 +20,7 @@ fi
 # `patch build --diff` tests: source prepared once, cached under target/fixsrc.
 # When the archive no longer holds that ABI the recipe fails and the tests skip.
 if [[ -f images/debian-fix-source.sh ]]; then
-    bash images/debian-fix-source.sh || echo "run-all: no Debian fix corpus; debian_diff_patch will skip" >&2
+    bash images/debian-fix-source.sh || echo "run-all: no Debian fix corpus; debian_diff_patch and debian_diff_multi will skip" >&2
     # Module targets (generic flavour): the -56 -> -57 nfsd fix and the
     # -55 -> -56 ext4 fix with ext4 a module (debian_module_patch, debian_module_ext4).
     bash images/debian-fix-source.sh --from 56 --to 57 amd64 || echo "run-all: no nfsd fix corpus; debian_module_patch will skip" >&2

@@ -92,6 +92,24 @@ pub struct BuildInfo {
     pub compiler: String,
     /// Flags.
     pub flags: Vec<String>,
+    /// `patch build --diff --skip-refused`: files of the diff left out of
+    /// the patch, each with why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left_out: Vec<LeftOut>,
+}
+
+/// A file of a source diff that a partial build left out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeftOut {
+    /// The file (path in the source tree).
+    pub file: String,
+    /// Stable cause (`ex_table`, `kbuild_failed`, `header_changed`, …).
+    pub cause: String,
+    /// The symbol concerned, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub symbol: Option<String>,
+    /// Explanation.
+    pub why: String,
 }
 
 /// A manifest that says something the file or the format forbids.

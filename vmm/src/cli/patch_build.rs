@@ -81,6 +81,13 @@ pub struct BuildArgs {
     /// the module's own names read it.
     #[arg(long, value_name = "DIR", requires = "diff")]
     pub modules: Option<PathBuf>,
+    /// With --diff: a partial build. A file whose change cannot be carried
+    /// (refused, or Kbuild fails on it; headers and assembly of a diff with
+    /// C files) is left out instead of refusing the whole patch; each one is
+    /// printed and listed in the manifest (`build.left_out`) with its cause.
+    /// Without it, a refusal in any file refuses the patch, naming the file.
+    #[arg(long, requires = "diff")]
+    pub skip_refused: bool,
     /// Output patch file (written whole or not at all).
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: PathBuf,
@@ -110,7 +117,7 @@ fn build_diff(a: BuildArgs, diff: PathBuf, info: PatchInfo) -> ExitCode {
         eprintln!("vsplice: error [bad_input]: --diff needs --target linux");
         return ExitCode::from(EXIT_BAD_INPUT);
     }
-    let opts = DiffOptions { kernel: a.kernel, headers, source, diff, modules: a.modules, name: a.name, cumulative: a.cumulative, drop_warnings: a.drop_warnings, info };
+    let opts = DiffOptions { kernel: a.kernel, headers, source, diff, modules: a.modules, name: a.name, cumulative: a.cumulative, drop_warnings: a.drop_warnings, skip_refused: a.skip_refused, info };
     match build_from_diff(&opts) {
         Ok(p) => finish_build(&p, &a.output),
         Err(e) => {
@@ -145,8 +152,8 @@ pub(super) fn build(a: BuildArgs) -> ExitCode {
     if let Some(diff) = a.diff.clone() {
         return build_diff(a, diff, info);
     }
-    if a.src_tree.is_some() || a.drop_warnings {
-        eprintln!("vsplice: error [bad_input]: --source and --drop-warnings go with --diff");
+    if a.src_tree.is_some() || a.drop_warnings || a.skip_refused {
+        eprintln!("vsplice: error [bad_input]: --source, --drop-warnings and --skip-refused go with --diff");
         return ExitCode::from(EXIT_BAD_INPUT);
     }
     let Some(source) = a.source.clone() else {
@@ -207,6 +214,13 @@ mod tests {
         let (diff, src, drop) = parse(&["--diff", "fix.patch", "--source", "/src", "--drop-warnings"]).unwrap();
         assert_eq!((diff.unwrap(), src.unwrap(), drop), ("fix.patch".into(), "/src".into(), true));
         assert_eq!(parse(&["--diff", "fix.patch"]).unwrap_err().kind(), ErrorKind::MissingRequiredArgument);
+        let skip = |args: &[&str]| {
+            let argv = [&["vsplice", "patch", "build", "--target", "linux", "--kernel", "k", "--headers", "/h", "-o", "p.vsp"][..], args].concat();
+            Cli::try_parse_from(argv).map(|c| matches!(c.command, Command::Patch(PatchCommand::Build(b)) if b.skip_refused))
+        };
+        assert!(skip(&["--diff", "fix.patch", "--source", "/src", "--skip-refused"]).unwrap());
+        assert!(!skip(&["--diff", "fix.patch", "--source", "/src"]).unwrap());
+        assert_eq!(skip(&["--skip-refused", "p.c"]).unwrap_err().kind(), ErrorKind::MissingRequiredArgument, "--skip-refused needs --diff");
         assert_eq!(parse(&["--diff", "fix.patch", "--source", "/src", "p.c"]).unwrap_err().kind(), ErrorKind::ArgumentConflict);
         assert_eq!(parse(&[]).unwrap_err().kind(), ErrorKind::MissingRequiredArgument, "no patch source and no --diff");
     }

@@ -91,7 +91,7 @@ pub fn compile(job: &KbuildJob<'_>) -> Result<(Vec<u8>, BuildInfo), BuildError> 
         let bytes = std::fs::read(&obj).map_err(io(format!("reading {}", obj.display())))?;
         let flags = recorded_command(&dir, &stem).unwrap_or_default();
         let compiler = format!("kbuild: {} -C {} M=<tmp> {stem}.o", job.make, job.headers.display());
-        Ok((bytes, BuildInfo { source: job.source.display().to_string(), compiler, flags }))
+        Ok((bytes, BuildInfo { source: job.source.display().to_string(), compiler, flags, left_out: Vec::new() }))
     })();
     let _ = std::fs::remove_dir_all(&dir);
     result

@@ -184,7 +184,7 @@ pub fn compile(opts: &BuildOptions) -> Result<(Vec<u8>, BuildInfo), BuildError> 
             });
         }
         let obj = std::fs::read(&out).map_err(io(format!("reading {}", out.display())))?;
-        Ok((obj, BuildInfo { source: opts.source.display().to_string(), compiler: opts.cc.clone(), flags }))
+        Ok((obj, BuildInfo { source: opts.source.display().to_string(), compiler: opts.cc.clone(), flags, left_out: Vec::new() }))
     })();
     let _ = std::fs::remove_dir_all(&dir);
     result

@@ -103,3 +103,19 @@ fn a_call_retargeted_to_another_function_is_a_change() {
     let Some(c) = cmp(BASE, &BASE.replace("return ext(x) * 2", "return helper(x) * 2")) else { return };
     assert!(c.changed.contains_key("untouched"), "{c:?}");
 }
+
+#[test]
+fn a_dynamic_debug_descriptor_that_only_moved_down_the_file_is_not_changed_data() {
+    // struct _ddebug's shape: four pointers, then lineno:18, class_id:6, flags:8.
+    let src = |line: u32, flags: u32| {
+        format!(
+            "struct dd {{ const char *m, *f, *n, *fmt; unsigned int lineno:18, cls:6, flags:8; long key; }};\n\
+             __attribute__((section(\"__dyndbg\"), used)) struct dd site = {{ \"m\", \"f\", \"n\", \"x=%d\\n\", {line}, 63, {flags}, 0 }};\n\
+             int use(void) {{ return site.flags; }}\n"
+        )
+    };
+    let Some(c) = cmp(&src(100, 0), &src(107, 0)) else { return };
+    assert!(c.data_changed.is_empty() && c.changed.is_empty(), "a moved line is not a change: {:?} {:?}", c.data_changed, c.changed);
+    let Some(c) = cmp(&src(100, 0), &src(100, 1)) else { return };
+    assert!(c.data_changed.contains("site"), "other fields still count: {:?}", c.data_changed);
+}

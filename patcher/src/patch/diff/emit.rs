@@ -8,6 +8,14 @@
 //! `.altinstr_replacement`), `__jump_table`, `.return_sites`; the site lists
 //! the loader ignores are dropped, and an exception-table entry in carried
 //! code is refused (the guest's fault handler could not find it).
+//!
+//! Several compiled files (a multi-file diff) go into one object
+//! ([`emit_all`]): each part's sections and symbols are copied as they are,
+//! its special-section entries appended to one section per name, and a
+//! name two parts would both define, or both leave undefined with a
+//! different meaning (a local of each file), is renamed `NAME.vsplice.K`
+//! in part K ([`Emitted::renamed`]); each part's undefined names are bound
+//! by that part's own file.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -36,15 +44,43 @@ pub struct Emitted {
     pub externals: BTreeMap<String, External>,
     /// What was dropped or kept of the special sections.
     pub notes: Vec<String>,
+    /// Names given in the object instead of the compiled file's (output
+    /// name → the file's name), when two parts would clash.
+    pub renamed: BTreeMap<String, String>,
+}
+
+/// One compiled file to write into the object.
+#[derive(Debug)]
+pub struct Part<'v, 'a> {
+    /// The fixed build (or its WARN-as-call build).
+    pub post: &'v View<'a>,
+    /// Functions to carry.
+    pub carry: &'v BTreeSet<String>,
+    /// Data objects to carry.
+    pub keep_data: &'v BTreeSet<String>,
+}
+
+/// Names already used in the object, across parts.
+#[derive(Default)]
+struct Names {
+    /// Defined function and data names.
+    defined: std::collections::HashSet<String>,
+    /// Undefined names: `Some(part)` a local of that part's file, `None` a global.
+    undefined: HashMap<String, Option<usize>>,
+    /// Special sections written so far.
+    specials: HashMap<String, SectionId>,
 }
 
 /// Special sections: entry size; entries kept when their first field
 /// points into carried code.
 const KEPT_SPECIALS: &[(&str, usize)] = &[("__mcount_loc", 8), ("__bug_table", 12), (".altinstructions", 12), ("__jump_table", 16), (".return_sites", 4)];
 
-struct Emitter<'v, 'a> {
+struct Emitter<'v, 'a, 'o> {
     post: &'v View<'a>,
-    out: write::Object<'static>,
+    out: &'o mut write::Object<'static>,
+    names: &'o mut Names,
+    part: usize,
+    renamed: BTreeMap<String, String>,
     map: HashMap<SectionIndex, SectionId>,
     ext: HashMap<String, SymbolId>,
     externals: BTreeMap<String, External>,
@@ -57,7 +93,7 @@ fn err(what: String) -> DiffError {
     DiffError::Object(what)
 }
 
-impl Emitter<'_, '_> {
+impl Emitter<'_, '_, '_> {
     fn flags(&self, sec: SectionIndex) -> Result<(u32, u64), DiffError> {
         let s = self.post.file.section_by_index(sec).map_err(|e| err(e.to_string()))?;
         let h = s.elf_section_header();
@@ -97,8 +133,13 @@ impl Emitter<'_, '_> {
             if n.is_empty() {
                 continue;
             }
+            let out_name = if self.names.defined.contains(n) { format!("{n}.vsplice.{}", self.part) } else { n.to_owned() };
+            if out_name != n {
+                self.renamed.insert(out_name.clone(), n.to_owned());
+            }
+            self.names.defined.insert(out_name.clone());
             self.out.add_symbol(write::Symbol {
-                name: n.as_bytes().to_vec(),
+                name: out_name.into_bytes(),
                 value: sym.address(),
                 size: sym.size(),
                 kind: sym.kind(),
@@ -117,8 +158,17 @@ impl Emitter<'_, '_> {
         if let Some(&id) = self.ext.get(name) {
             return id;
         }
+        let owner = local.then_some(self.part);
+        let out_name = match self.names.undefined.get(name) {
+            Some(o) if *o != owner => format!("{name}.vsplice.{}", self.part),
+            _ => name.to_owned(),
+        };
+        if out_name != name {
+            self.renamed.insert(out_name.clone(), name.to_owned());
+        }
+        self.names.undefined.insert(out_name.clone(), owner);
         let id = self.out.add_symbol(write::Symbol {
-            name: name.as_bytes().to_vec(),
+            name: out_name.clone().into_bytes(),
             value: 0,
             size: 0,
             kind: object::SymbolKind::Unknown,
@@ -128,7 +178,7 @@ impl Emitter<'_, '_> {
             flags: object::SymbolFlags::None,
         });
         self.ext.insert(name.to_owned(), id);
-        self.externals.insert(name.to_owned(), External { local, func });
+        self.externals.insert(out_name, External { local, func });
         id
     }
 
@@ -228,16 +278,24 @@ impl Emitter<'_, '_> {
             }
             let (_, sh_flags) = self.flags(*sec)?;
             let kind = if sh_flags & u64::from(elf::SHF_WRITE) != 0 { object::SectionKind::Data } else { object::SectionKind::ReadOnlyData };
-            let id = self.out.add_section(Vec::new(), name.as_bytes().to_vec(), kind);
+            // One section per special name, whichever part its entries come from.
+            let id = match self.names.specials.get(name) {
+                Some(&id) => id,
+                None => {
+                    let id = self.out.add_section(Vec::new(), name.as_bytes().to_vec(), kind);
+                    self.out.section_mut(id).flags = object::SectionFlags::Elf { sh_flags };
+                    self.names.specials.insert(name.clone(), id);
+                    id
+                }
+            };
             let mut bytes = Vec::new();
             for &i in &kept {
                 let at = i as usize * size;
                 bytes.extend_from_slice(&data[at..at + size]);
             }
-            self.out.append_section_data(id, &bytes, s.align().max(1));
-            self.out.section_mut(id).flags = object::SectionFlags::Elf { sh_flags };
+            let base = self.out.append_section_data(id, &bytes, s.align().max(1));
             let size = size as u64;
-            let relocs = self.relocations(*sec, |off| kept.iter().position(|&i| off / size == i).map(|k| k as u64 * size + off % size))?;
+            let relocs = self.relocations(*sec, |off| kept.iter().position(|&i| off / size == i).map(|k| base + k as u64 * size + off % size))?;
             for r in relocs {
                 self.out.add_relocation(id, r).map_err(|e| err(e.to_string()))?;
             }
@@ -254,35 +312,64 @@ impl Emitter<'_, '_> {
 /// (new or changed read-only ones); `bug_policy` the words of
 /// `.vsplice.bug_policy` for the loader.
 pub fn emit(post: &View<'_>, carry: &BTreeSet<String>, keep_data: &BTreeSet<String>, bug_policy: &str) -> Result<Emitted, DiffError> {
-    let mut e = Emitter {
-        post,
-        out: write::Object::new(object::BinaryFormat::Elf, object::Architecture::X86_64, object::Endianness::Little),
-        map: HashMap::new(),
-        ext: HashMap::new(),
-        externals: BTreeMap::new(),
-        carry,
-        keep_data,
-        todo: Vec::new(),
-    };
-    if let Some(f) = post.source_file() {
-        e.out.add_file_symbol(f.into_bytes());
+    emit_all(&[Part { post, carry, keep_data }], bug_policy)
+}
+
+/// Writes one patch object from several compiled files (see the module
+/// doc); [`Emitted::externals`] and [`Emitted::renamed`] per part, in order.
+pub fn emit_all(parts: &[Part<'_, '_>], bug_policy: &str) -> Result<Emitted, DiffError> {
+    let (object, mut per) = emit_parts(parts, bug_policy)?;
+    let mut all = Emitted { object, externals: BTreeMap::new(), notes: Vec::new(), renamed: BTreeMap::new() };
+    for p in per.iter_mut() {
+        all.externals.append(&mut p.externals);
+        all.notes.append(&mut p.notes);
+        all.renamed.append(&mut p.renamed);
     }
-    for name in carry {
-        let item = post.items.get(name).ok_or_else(|| err(format!("function {name} is not in the fixed build")))?;
-        e.section(item.section)?;
-    }
-    for name in keep_data {
-        if let Some(item) = post.items.get(name) {
+    Ok(all)
+}
+
+/// Writes one patch object from several compiled files; returns it and,
+/// per part, its undefined names, notes and renames (the `object` field of
+/// each is empty).
+pub fn emit_parts(parts: &[Part<'_, '_>], bug_policy: &str) -> Result<(Vec<u8>, Vec<Emitted>), DiffError> {
+    let mut out = write::Object::new(object::BinaryFormat::Elf, object::Architecture::X86_64, object::Endianness::Little);
+    let mut names = Names::default();
+    let mut per = Vec::new();
+    for (part, p) in parts.iter().enumerate() {
+        let mut e = Emitter {
+            post: p.post,
+            out: &mut out,
+            names: &mut names,
+            part,
+            renamed: BTreeMap::new(),
+            map: HashMap::new(),
+            ext: HashMap::new(),
+            externals: BTreeMap::new(),
+            carry: p.carry,
+            keep_data: p.keep_data,
+            todo: Vec::new(),
+        };
+        if let Some(f) = p.post.source_file() {
+            e.out.add_file_symbol(f.into_bytes());
+        }
+        for name in p.carry {
+            let item = p.post.items.get(name).ok_or_else(|| err(format!("function {name} is not in the fixed build")))?;
             e.section(item.section)?;
         }
+        for name in p.keep_data {
+            if let Some(item) = p.post.items.get(name) {
+                e.section(item.section)?;
+            }
+        }
+        e.drain()?;
+        let mut notes = Vec::new();
+        e.specials(&mut notes)?;
+        per.push(Emitted { object: Vec::new(), externals: e.externals, notes, renamed: e.renamed });
     }
-    e.drain()?;
-    let mut notes = Vec::new();
-    e.specials(&mut notes)?;
-    let pol = e.out.add_section(Vec::new(), crate::patch::link::special::BUG_POLICY_SECTION.as_bytes().to_vec(), object::SectionKind::Metadata);
-    e.out.append_section_data(pol, bug_policy.as_bytes(), 1);
-    let object = e.out.write().map_err(|x| err(x.to_string()))?;
-    Ok(Emitted { object, externals: e.externals, notes })
+    let pol = out.add_section(Vec::new(), crate::patch::link::special::BUG_POLICY_SECTION.as_bytes().to_vec(), object::SectionKind::Metadata);
+    out.append_section_data(pol, bug_policy.as_bytes(), 1);
+    let object = out.write().map_err(|x| err(x.to_string()))?;
+    Ok((object, per))
 }
 
 #[cfg(test)]

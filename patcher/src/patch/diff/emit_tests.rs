@@ -73,3 +73,36 @@ fn a_function_missing_from_the_build_is_an_error() {
     let e = emit(&post, &set(&["nope"]), &BTreeSet::new(), "").unwrap_err();
     assert_eq!(e.cause(), "bad_object");
 }
+
+#[test]
+fn two_files_in_one_object_keep_their_own_names_apart() {
+    // Two files that both define `user` and use a local `helper` and `counter`
+    // of their own: one object, the second file's names renamed, its
+    // locals bound to its own copies, each `user` linked to its own code.
+    let Some(a) = cc(SRC) else { return };
+    let Some(b) = cc(&SRC.replace("x + 1", "x + 2")) else { return };
+    let (va, vb) = (View::parse(&a).unwrap(), View::parse(&b).unwrap());
+    let (carry, none) = (set(&["user"]), BTreeSet::new());
+    let parts = [Part { post: &va, carry: &carry, keep_data: &none }, Part { post: &vb, carry: &carry, keep_data: &none }];
+    let (object, per) = emit_parts(&parts, "keep_bug").unwrap();
+    assert!(per[0].renamed.is_empty(), "{:?}", per[0].renamed);
+    assert_eq!(per[1].renamed.get("user.vsplice.1").map(String::as_str), Some("user"), "{:?}", per[1].renamed);
+    assert_eq!(per[1].renamed.get("helper.vsplice.1").map(String::as_str), Some("helper"));
+    assert!(per[0].externals.contains_key("helper") && per[1].externals.contains_key("helper.vsplice.1"));
+    let f = object::read::elf::ElfFile64::<object::Endianness>::parse(&*object).unwrap();
+    assert_eq!(f.sections().filter(|s| s.name() == Ok(".vsplice.bug_policy")).count(), 1);
+    let k = 0xffff_ffff_8100_0000u64;
+    let table = SymbolTable::new(vec![
+        sym("helper", k, SymbolKind::Func, true),
+        sym("helper", k + 0x100, SymbolKind::Func, true),
+        sym("counter", k + 0x10_0000, SymbolKind::Object, true),
+        sym("ext", k + 0x200, SymbolKind::Func, false),
+    ]);
+    let alias = |n: &str, t: &str, pos| crate::patch::manifest::SymbolAlias { name: n.into(), target: t.into(), qualifier: Some(crate::model::Qualifier::Position(pos)), object: None };
+    let aliases = [alias("helper", "helper", 1), alias("helper.vsplice.1", "helper", 2), alias("counter.vsplice.1", "counter", 1)];
+    let linked = Object::parse(&object).unwrap().link(k + 0x20_0000, k + 0x30_0000, &aliases, &table).unwrap();
+    assert!(linked.symbols.contains_key("user") && linked.symbols.contains_key("user.vsplice.1"));
+    assert_ne!(linked.symbols["user"], linked.symbols["user.vsplice.1"]);
+    let import = |n: &str| linked.imports.iter().filter(|(i, _)| i == n).map(|(_, a)| *a).collect::<Vec<u64>>();
+    assert_eq!((import("helper"), import("helper.vsplice.1")), (vec![k], vec![k + 0x100]), "each file's helper is its own: {:?}", linked.imports);
+}

@@ -19,14 +19,22 @@
 //! with `WARN()` as a call of the kernel's `__warn()` ([`tree::warn_as_call_header`]),
 //! refused (`warn_site`) when that build inlines differently, or, with
 //! `--drop-warnings`, each becomes a NOP (listed at link time).
+//!
+//! A diff of several C files becomes one patch ([`unit`] per file, one
+//! object from [`emit::emit_all`]); a refusal in any file refuses it, naming
+//! the file, unless `--skip-refused` leaves that file out and lists it in the
+//! manifest (`build.left_out`).
 
 pub mod bind;
+pub mod checks;
 pub mod compare;
 pub mod emit;
 pub mod ko;
 pub mod module;
 mod run;
+pub mod split;
 pub mod tree;
+pub mod unit;
 pub mod view;
 
 use std::path::PathBuf;
@@ -57,6 +65,9 @@ pub struct DiffOptions {
     pub cumulative: bool,
     /// Accept losing the WARN sites of replaced code.
     pub drop_warnings: bool,
+    /// Leave refused files out (listed in the manifest) instead of refusing
+    /// the whole patch.
+    pub skip_refused: bool,
     /// Description, CVEs, version.
     pub info: PatchInfo,
 }

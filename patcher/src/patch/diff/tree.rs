@@ -201,6 +201,14 @@ pub fn cache_key(what: &str, object: &str, input: &[u8], config: &str, cc: &str)
     h.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
 
+/// Writes `bytes` as `name` next to the object cache (temp file, rename); its path.
+pub fn write_side_file(src: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, DiffError> {
+    let dir = sibling(src, ".vsplice-objs");
+    let (path, tmp) = (dir.join(name), dir.join(format!("{name}.tmp-{}", std::process::id())));
+    std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&tmp, bytes)).and_then(|()| std::fs::rename(&tmp, &path)).map_err(io(format!("writing {}", path.display())))?;
+    Ok(path)
+}
+
 /// The cached object of `key`, if any.
 pub fn cached(src: &Path, key: &str) -> Option<Vec<u8>> {
     std::fs::read(sibling(src, ".vsplice-objs").join(format!("{key}.o"))).ok()
