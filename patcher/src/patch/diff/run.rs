@@ -152,7 +152,8 @@ pub fn build_from_diff(opts: &DiffOptions) -> Result<PatchFile, DiffError> {
         let files_now = cs.clone();
         let img: &dyn PatchImage = ko.as_ref().map_or(&image as &dyn PatchImage, |k| k);
         let object = ko.as_ref().map(|k| k.name.clone());
-        let mut ctx = unit::Ctx { image: img, object, src: &src, diff: &kept_diff, files: &files_now, config: &config, cc: &cc, drop_warnings: opts.drop_warnings, post_dir: None };
+        let symbols = ko.as_ref().map_or(image.symbols(), |k| &k.own);
+        let mut ctx = unit::Ctx { image: img, symbols, object, src: &src, diff: &kept_diff, files: &files_now, config: &config, cc: &cc, drop_warnings: opts.drop_warnings, post_dir: None };
         for f in &files_now {
             let part: String = parts.iter().filter(|p| &p.file == f).map(|p| p.text.as_str()).collect();
             match unit::analyze(&mut ctx, f, &part) {

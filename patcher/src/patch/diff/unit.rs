@@ -12,6 +12,7 @@ use super::checks::{bug_sites, carriable, same_shape, warn_cold_parts};
 use super::compare::{compare, Why};
 use super::view::View;
 use super::{bind, emit, tree, DiffError};
+use crate::model::SymbolTable;
 use crate::patch::build::PatchImage;
 use crate::patch::manifest::{run_pre_digest, Replacement};
 
@@ -20,6 +21,9 @@ pub struct Ctx<'a> {
     /// What the fixed code replaces: the running kernel's image, or the
     /// module's `.ko` (run-pre and the binding of its own names read it).
     pub image: &'a dyn PatchImage,
+    /// The names the replaced functions are looked up in: the kernel's, or
+    /// the module's own (a `.ko`'s `symbols()` is the link check's table).
+    pub symbols: &'a SymbolTable,
     /// The module the replaced functions are in (`None`: vmlinux).
     pub object: Option<String>,
     /// SRC, canonical.
@@ -163,7 +167,7 @@ pub fn analyze(ctx: &mut Ctx<'_>, file: &str, part: &str) -> Result<Option<Unit>
         }
     }
     carriable(&post, &carry)?;
-    let syms = ctx.image.symbols();
+    let syms = ctx.symbols;
     let mut replacements = Vec::new();
     for n in carry.iter().filter(|n| pre.items.get(*n).is_some_and(|i| i.func)) {
         let pi = &pre.items[n];
