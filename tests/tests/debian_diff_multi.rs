@@ -59,7 +59,11 @@ fn edit(fix: &Fix, file: &str, from: &str, to: &str) -> String {
     let path = fix.dir.join("src").join(file);
     let old = std::fs::read_to_string(&path).unwrap();
     assert!(old.contains(from), "{file} has no `{from}`");
-    let dir = tmp_dir("diff_multi_edit");
+    // One directory per edit: the tests of this file run in parallel in one
+    // process, and `tmp_dir` names by process and label.
+    static EDITS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = EDITS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = tmp_dir(&format!("diff_multi_edit{n}"));
     let (a, b) = (dir.join("a"), dir.join("b"));
     std::fs::write(&a, &old).unwrap();
     std::fs::write(&b, old.replacen(from, to, 1)).unwrap();
