@@ -153,3 +153,60 @@ pub fn assert_restored(old: &[Entry], back: &[Entry]) {
         assert_eq!(was, now, "{n} not restored by revert");
     }
 }
+
+impl ModCorpus {
+    /// `vsplice patch build --diff fix.patch` of this entry into `out`,
+    /// with `extra` arguments (e.g. `--modules DIR`) before `-o`.
+    pub fn build_fix(&self, out: &Path, extra: &[&str]) -> std::process::Output {
+        let (diff, src, kernel, headers) = (self.p("fix.patch"), self.p("src"), self.p("vmlinuz"), self.headers());
+        let out = out.to_string_lossy().into_owned();
+        let mut args = vec!["patch", "build", "--target", "linux", "--diff", &diff, "--source", &src, "--kernel", &kernel, "--headers", &headers];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["-o", &out]);
+        crate::cli::vsplice(&args)
+    }
+
+    /// This entry's kernel booted under QEMU with `initrd`, the agent not
+    /// loaded; `None` (skipped loudly) when QEMU cannot run. Panics when the
+    /// guest runs another kernel than the entry's.
+    pub fn boot(&self, label: &str, initrd: PathBuf) -> Option<Guest> {
+        let mut cfg = crate::qemu::QemuConfig::new(label, self.dir.join("vmlinuz"), Some(initrd));
+        cfg.extra_append.push("vsplice.agent=0".into());
+        let mut g = Guest::boot_or_skip(cfg)?;
+        match g.run_ok("uname -r") {
+            Ok(r) if r.trim() == self.release => Some(g),
+            other => panic!("the guest is not {}: {other:?}", self.release),
+        }
+    }
+}
+
+/// The sorted names a built patch's manifest (`patch build`'s stdout) replaces.
+pub fn replaced_names(manifest: &serde_json::Value) -> Vec<String> {
+    let mut v: Vec<String> = manifest["replacements"].as_array().map(|a| a.iter().filter_map(|r| r["old"].as_str().map(str::to_owned)).collect()).unwrap_or_default();
+    v.sort_unstable();
+    v
+}
+
+/// `vsplice patch CMD… --gdb … --target linux --arena … --tasks agentless`
+/// against a booted guest.
+#[derive(Debug)]
+pub struct PatchCli {
+    gdb: String,
+    arena: String,
+}
+
+impl PatchCli {
+    /// The CLI pointed at `g`'s gdbstub and arena.
+    pub fn new(g: &Guest) -> Result<Self, String> {
+        let gdb = g.gdb_addr().ok_or("the guest has no gdbstub")?.to_owned();
+        Ok(Self { gdb, arena: linuxpatch::arena_arg(g) })
+    }
+
+    /// Runs `vsplice patch` with `cmd`.
+    pub fn run(&self, cmd: &[&str]) -> std::process::Output {
+        let mut args = vec!["patch"];
+        args.extend_from_slice(cmd);
+        args.extend_from_slice(&["--gdb", self.gdb.as_str(), "--target", "linux", "--arena", self.arena.as_str(), "--tasks", "agentless"]);
+        crate::cli::vsplice(&args)
+    }
+}

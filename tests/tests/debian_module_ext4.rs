@@ -17,10 +17,9 @@
 
 use std::time::Instant;
 
-use vsplice_tests::cli::{text, vsplice};
-use vsplice_tests::linuxpatch;
-use vsplice_tests::modcorpus::{assert_jumps, assert_restored, corpus_or_skip, initramfs_with, insmod_all, module_entries};
-use vsplice_tests::qemu::{Guest, QemuConfig};
+use vsplice_tests::cli::text;
+use vsplice_tests::modcorpus::{assert_jumps, assert_restored, corpus_or_skip, initramfs_with, insmod_all, module_entries, replaced_names, PatchCli};
+use vsplice_tests::qemu::Guest;
 use vsplice_tests::scratch::tmp_dir;
 use vsplice_tests::testguest::vm_lock;
 
@@ -59,33 +58,20 @@ fn the_debian_ext4_fix_is_applied_to_the_ext4_module() {
     let Some(fix) = corpus_or_skip(label, "6.1.0-55-amd64", "images/debian-fix-source.sh --from 55 --to 56 amd64", &MODULES) else { return };
     let dir = tmp_dir(label);
     let vsp = dir.join("ext4-fix.vsp");
-    let (headers, modules) = (fix.headers(), fix.modules().to_string_lossy().into_owned());
+    let modules = fix.modules().to_string_lossy().into_owned();
     let t = Instant::now();
-    let o = vsplice(&[
-        "patch", "build", "--target", "linux", "--diff", &fix.p("fix.patch"), "--source", &fix.p("src"), "--kernel", &fix.p("vmlinuz"), "--headers", &headers, "--modules", &modules, "-o",
-        vsp.to_str().unwrap(),
-    ]);
+    let o = fix.build_fix(&vsp, &["--modules", &modules]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     eprintln!("  built from the diff in {:.1} s:\n{}", t.elapsed().as_secs_f64(), text(&o.stderr));
     let manifest: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(replaced_names(&manifest), REPLACED, "{manifest}");
     let reps = manifest["replacements"].as_array().unwrap();
-    let mut names: Vec<&str> = reps.iter().map(|r| r["old"].as_str().unwrap()).collect();
-    names.sort_unstable();
-    assert_eq!(names, REPLACED, "{manifest}");
     assert!(reps.iter().all(|r| r["object"] == "ext4"), "every replacement names ext4: {manifest}");
 
     let initrd = initramfs_with(&fix, &MODULES, "ext4", &dir).unwrap();
-    let mut cfg = QemuConfig::new(label, fix.dir.join("vmlinuz"), Some(initrd));
-    cfg.extra_append.push("vsplice.agent=0".into());
-    let Some(mut g) = Guest::boot_or_skip(cfg) else { return };
-    assert_eq!(g.run_ok("uname -r").unwrap().trim(), fix.release);
-    let (gdb, arena) = (g.gdb_addr().unwrap().to_owned(), linuxpatch::arena_arg(&g));
-    let cli = |cmd: &[&str]| {
-        let mut args = vec!["patch"];
-        args.extend_from_slice(cmd);
-        args.extend_from_slice(&["--gdb", gdb.as_str(), "--target", "linux", "--arena", arena.as_str(), "--tasks", "agentless"]);
-        vsplice(&args)
-    };
+    let Some(mut g) = fix.boot(label, initrd) else { return };
+    let patch_cli = PatchCli::new(&g).unwrap();
+    let cli = |cmd: &[&str]| patch_cli.run(cmd);
     let entries = |g: &Guest| Some(module_entries(g, "ext4", &REPLACED).unwrap()).filter(|e| !e.is_empty());
     assert!(entries(&g).is_none(), "ext4 is loaded before the test loads it");
     let o = cli(&["apply", vsp.to_str().unwrap()]);

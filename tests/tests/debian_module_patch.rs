@@ -31,10 +31,9 @@
 
 use std::time::Instant;
 
-use vsplice_tests::cli::{text, vsplice};
-use vsplice_tests::linuxpatch;
-use vsplice_tests::modcorpus::{assert_jumps, assert_restored, corpus_or_skip, initramfs_with, insmod_all, module_entries};
-use vsplice_tests::qemu::{Guest, QemuConfig};
+use vsplice_tests::cli::text;
+use vsplice_tests::modcorpus::{assert_jumps, assert_restored, corpus_or_skip, initramfs_with, insmod_all, module_entries, replaced_names, PatchCli};
+use vsplice_tests::qemu::Guest;
 use vsplice_tests::scratch::tmp_dir;
 use vsplice_tests::testguest::vm_lock;
 
@@ -95,45 +94,28 @@ fn the_debian_nfsd_fix_is_applied_to_the_loaded_module() {
     let Some(fix) = corpus_or_skip(label, "6.1.0-56-amd64", "images/debian-fix-source.sh --from 56 --to 57 amd64", &MODULES) else { return };
     let dir = tmp_dir(label);
     let vsp = dir.join("nfsd-fix.vsp");
-    let headers = fix.headers();
     let modules = fix.modules().to_string_lossy().into_owned();
     // Without the module tree: refused by name, nothing written.
-    let o = vsplice(&[
-        "patch", "build", "--target", "linux", "--diff", &fix.p("fix.patch"), "--source", &fix.p("src"), "--kernel", &fix.p("vmlinuz"), "--headers", &headers, "-o", vsp.to_str().unwrap(),
-    ]);
+    let o = fix.build_fix(&vsp, &[]);
     let err = text(&o.stderr);
     assert!(!o.status.success() && err.lines().last().unwrap_or_default().starts_with("vsplice: error [module_ko_missing]"), "{err}");
     assert!(!vsp.exists(), "written despite the refusal");
     let t = Instant::now();
-    let o = vsplice(&[
-        "patch", "build", "--target", "linux", "--diff", &fix.p("fix.patch"), "--source", &fix.p("src"), "--kernel", &fix.p("vmlinuz"), "--headers", &headers, "--modules", &modules, "-o",
-        vsp.to_str().unwrap(),
-    ]);
+    let o = fix.build_fix(&vsp, &["--modules", &modules]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     eprintln!("  built from the diff in {:.1} s:\n{}", t.elapsed().as_secs_f64(), text(&o.stderr));
     let manifest: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(replaced_names(&manifest), REPLACED, "{manifest}");
     let reps = manifest["replacements"].as_array().unwrap();
-    let mut names: Vec<&str> = reps.iter().map(|r| r["old"].as_str().unwrap()).collect();
-    names.sort_unstable();
-    assert_eq!(names, REPLACED, "{manifest}");
     assert!(reps.iter().all(|r| r["object"] == "nfsd"), "every replacement names its module: {manifest}");
     let syms = manifest["symbols"].as_array().unwrap();
     let bound = |o: &str| syms.iter().any(|a| a["object"] == o);
     assert!(bound("nfsd") && bound("sunrpc"), "names bound to nfsd and to sunrpc: {manifest}");
 
     let initrd = initramfs_with(&fix, &MODULES, "nfsd", &dir).unwrap();
-    let mut cfg = QemuConfig::new(label, fix.dir.join("vmlinuz"), Some(initrd));
-    cfg.extra_append.push("vsplice.agent=0".into());
-    let Some(mut g) = Guest::boot_or_skip(cfg) else { return };
-    assert_eq!(g.run_ok("uname -r").unwrap().trim(), fix.release);
-
-    let (gdb, arena) = (g.gdb_addr().unwrap().to_owned(), linuxpatch::arena_arg(&g));
-    let cli = |cmd: &[&str]| {
-        let mut args = vec!["patch"];
-        args.extend_from_slice(cmd);
-        args.extend_from_slice(&["--gdb", gdb.as_str(), "--target", "linux", "--arena", arena.as_str(), "--tasks", "agentless"]);
-        vsplice(&args)
-    };
+    let Some(mut g) = fix.boot(label, initrd) else { return };
+    let patch_cli = PatchCli::new(&g).unwrap();
+    let cli = |cmd: &[&str]| patch_cli.run(cmd);
     // Not loaded: refused by name, nothing written.
     let entries = |g: &Guest| Some(module_entries(g, "nfsd", &ENTRIES).unwrap()).filter(|e| !e.is_empty());
     assert!(entries(&g).is_none(), "nfsd is loaded before the test loads it");
