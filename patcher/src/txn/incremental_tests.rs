@@ -61,21 +61,28 @@ fn worker_enters_fake_a_on(k: FakeKernel, check: CheckMode, mode: Incremental, a
     (r, g)
 }
 
+/// For `on` and `compare`: the run `enter(mode)` (the worker entering
+/// `fake_a` in the window, 3 attempts) is refused `code_busy` with the full
+/// check's conflicts (the worker in `fake_a`); the worker, which ran (a
+/// switch more), is checked again and `idle` reused; no byte written.
+fn refused_like_the_full_check(full: &TxnReport, enter: impl Fn(Incremental) -> (TxnReport, RamGuest)) {
+    for mode in [Incremental::On, Incremental::Compare] {
+        let (r, g) = enter(mode);
+        assert_eq!((r.cause, r.stage, r.timings.attempts), (Cause::CodeBusy, Stage::Check, 3), "{mode}: {}", r.to_json());
+        assert_eq!(r.conflicts, full.conflicts, "{mode}");
+        assert!(r.conflicts.iter().any(|c| c.task_id == Some(300) && c.function.starts_with("fake_a+")), "{:?}", r.conflicts);
+        let inc = r.check.as_ref().unwrap().incremental.clone().unwrap();
+        assert_eq!((inc.mode, inc.reused, inc.rechecked), (mode, 1, 1), "{inc:?}");
+        assert_eq!(text(&g, &FakeKernel::new(), "fake_a", 0x40), FakeKernel::new().pristine("fake_a"));
+    }
+}
+
 #[test]
 fn a_task_entering_the_function_between_pre_check_and_pause_is_code_busy_as_in_the_full_check() {
     let (full, _) = worker_enters_fake_a(Incremental::Off, 3, true);
     assert_eq!((full.cause, full.stage), (Cause::CodeBusy, Stage::Check), "{}", full.to_json());
     assert!(full.check.as_ref().unwrap().incremental.is_none());
-    for mode in [Incremental::On, Incremental::Compare] {
-        let (r, g) = worker_enters_fake_a(mode, 3, true);
-        assert_eq!((r.cause, r.stage, r.timings.attempts), (Cause::CodeBusy, Stage::Check, 3), "{mode}: {}", r.to_json());
-        assert_eq!(r.conflicts, full.conflicts, "{mode}");
-        assert!(r.conflicts.iter().any(|c| c.task_id == Some(300) && c.function.starts_with("fake_a+")), "{:?}", r.conflicts);
-        // The worker ran (a switch more): checked again; idle reused.
-        let inc = r.check.as_ref().unwrap().incremental.clone().unwrap();
-        assert_eq!((inc.mode, inc.reused, inc.rechecked), (mode, 1, 1), "{inc:?}");
-        assert_eq!(text(&g, &FakeKernel::new(), "fake_a", 0x40), FakeKernel::new().pristine("fake_a"));
-    }
+    refused_like_the_full_check(&full, |mode| worker_enters_fake_a(mode, 3, true));
 }
 
 #[test]
@@ -171,15 +178,7 @@ fn owner_only_stacks_keep_scan_verdicts_and_a_task_entering_the_function_is_stil
     let owner_only = || FakeKernel::new().without_unwinder().with_owner_only_stacks();
     let (full, _) = worker_enters_fake_a_on(owner_only(), CheckMode::Conservative, Incremental::Off, 3, true);
     assert_eq!((full.cause, full.stage), (Cause::CodeBusy, Stage::Check), "{}", full.to_json());
-    for mode in [Incremental::On, Incremental::Compare] {
-        let (r, g) = worker_enters_fake_a_on(owner_only(), CheckMode::Conservative, mode, 3, true);
-        assert_eq!((r.cause, r.stage, r.timings.attempts), (Cause::CodeBusy, Stage::Check, 3), "{mode}: {}", r.to_json());
-        assert_eq!(r.conflicts, full.conflicts, "{mode}");
-        assert!(r.conflicts.iter().any(|c| c.task_id == Some(300) && c.function.starts_with("fake_a+")), "{:?}", r.conflicts);
-        let inc = r.check.as_ref().unwrap().incremental.clone().unwrap();
-        assert_eq!((inc.mode, inc.reused, inc.rechecked), (mode, 1, 1), "{inc:?}");
-        assert_eq!(text(&g, &FakeKernel::new(), "fake_a", 0x40), FakeKernel::new().pristine("fake_a"));
-    }
+    refused_like_the_full_check(&full, |mode| worker_enters_fake_a_on(owner_only(), CheckMode::Conservative, mode, 3, true));
     // Forged evidence (a run the counters hide) fools `on` here too; `compare` refuses.
     let (r, _) = worker_enters_fake_a_on(owner_only(), CheckMode::Conservative, Incremental::Compare, 3, false);
     assert_eq!(r.reason.as_deref(), Some("incremental_mismatch"), "{}", r.to_json());
