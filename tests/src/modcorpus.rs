@@ -1,5 +1,6 @@
-//! Module targets of the Debian fix corpus (`images/debian-fix-source.sh`
-//! entries of the generic flavour, where the fixed file is in a module): the
+//! Entries of the Debian fix corpus (`images/debian-fix-source.sh`): where
+//! each lives, `patch build --diff` against one, its kernel booted; for the
+//! module targets (generic flavour, the fixed file in a module) also the
 //! image package's module tree (the `.ko` files the guest loads, unpacked
 //! from `dl/linux-image-*.deb` once), an initramfs carrying some of them
 //! under `/modules/<sub>/`, a module's functions' entry bytes read live, and
@@ -158,7 +159,13 @@ impl ModCorpus {
     /// `vsplice patch build --diff fix.patch` of this entry into `out`,
     /// with `extra` arguments (e.g. `--modules DIR`) before `-o`.
     pub fn build_fix(&self, out: &Path, extra: &[&str]) -> std::process::Output {
-        let (diff, src, kernel, headers) = (self.p("fix.patch"), self.p("src"), self.p("vmlinuz"), self.headers());
+        self.build_diff(&self.dir.join("fix.patch"), out, extra)
+    }
+
+    /// `vsplice patch build --diff DIFF` against this entry's source, kernel
+    /// and headers into `out`, with `extra` arguments before `-o`.
+    pub fn build_diff(&self, diff: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+        let (diff, src, kernel, headers) = (diff.to_string_lossy().into_owned(), self.p("src"), self.p("vmlinuz"), self.headers());
         let out = out.to_string_lossy().into_owned();
         let mut args = vec!["patch", "build", "--target", "linux", "--diff", &diff, "--source", &src, "--kernel", &kernel, "--headers", &headers];
         args.extend_from_slice(extra);

@@ -28,34 +28,16 @@ use std::process::Command;
 
 use vsplice_tests::cli::{text, vsplice};
 use vsplice_tests::linuxpatch;
+use vsplice_tests::modcorpus::{corpus_or_skip, ModCorpus};
 use vsplice_tests::qemu::{Guest, QemuConfig};
 use vsplice_tests::scratch::tmp_dir;
-use vsplice_tests::skip::skip;
-use vsplice_tests::testguest::{vm_lock, workspace_root};
+use vsplice_tests::testguest::vm_lock;
 
-struct Fix {
-    dir: PathBuf,
-    release: String,
+fn fix_or_skip(label: &str) -> Option<ModCorpus> {
+    corpus_or_skip(label, "6.1.0-55-cloud-amd64", "images/debian-fix-source.sh", &[])
 }
 
-impl Fix {
-    fn p(&self, name: &str) -> String {
-        self.dir.join(name).to_string_lossy().into_owned()
-    }
-}
-
-fn fix_or_skip(label: &str) -> Option<Fix> {
-    let dir = workspace_root().join("target/fixsrc/6.1.0-55-cloud-amd64");
-    if !dir.join(".done").is_file() {
-        skip(label, "no Debian fix corpus (run images/debian-fix-source.sh)");
-        return None;
-    }
-    let release = std::fs::read_to_string(dir.join("release")).unwrap().trim().to_owned();
-    Some(Fix { dir, release })
-}
-
-/// A unified diff (`-p1`) of `file` in SRC with `from` replaced by `to`.
-fn edit(fix: &Fix, file: &str, from: &str, to: &str) -> String {
+fn edit(fix: &ModCorpus, file: &str, from: &str, to: &str) -> String {
     let path = fix.dir.join("src").join(file);
     let old = std::fs::read_to_string(&path).unwrap();
     assert!(old.contains(from), "{file} has no `{from}`");
@@ -75,14 +57,6 @@ fn edit(fix: &Fix, file: &str, from: &str, to: &str) -> String {
 const CMDLINE: (&str, &str, &str) = ("fs/proc/cmdline.c", "seq_putc(m, '\\n');", "seq_puts(m, \" vsplice-multi\\n\");");
 const SYSFS: (&str, &str, &str) = ("fs/ext4/sysfs.c", "\"supported\\n\"", "\"supported (multi)\\n\"");
 const INIT: (&str, &str, &str) = ("fs/proc/version.c", "proc_create_single(\"version\", 0,", "proc_create_single(\"version\", 0444,");
-
-fn build(fix: &Fix, diff: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
-    let headers = fix.p(&format!("headers/usr/src/linux-headers-{}", fix.release));
-    let (d, o, src, k) = (diff.to_string_lossy().into_owned(), out.to_string_lossy().into_owned(), fix.p("src"), fix.p("vmlinuz"));
-    let mut args = vec!["patch", "build", "--target", "linux", "--diff", &d, "--source", &src, "--kernel", &k, "--headers", &headers, "-o", &o];
-    args.extend_from_slice(extra);
-    vsplice(&args)
-}
 
 fn refused(o: &std::process::Output, cause: &str, names: &str, out: &Path) {
     let err = text(&o.stderr);
@@ -117,20 +91,20 @@ fn multi_file_diffs_refuse_by_file_or_leave_files_out() {
     let (cmd, init) = (edit(&fix, CMDLINE.0, CMDLINE.1, CMDLINE.2), edit(&fix, INIT.0, INIT.1, INIT.2));
     // A second file that does not apply: the whole diff is refused.
     let stale = cmd.replace("seq_puts(m, saved_command_line);", "seq_puts(m, no_such_line);");
-    refused(&build(&fix, &write(&dir, "stale.patch", &[real.clone(), stale]), &out, &[]), "diff_does_not_apply", "", &out);
+    refused(&fix.build_diff(&write(&dir, "stale.patch", &[real.clone(), stale]), &out, &[]), "diff_does_not_apply", "", &out);
     // Two headers only.
     let h1 = "--- a/fs/ext4/ext4.h\n+++ b/fs/ext4/ext4.h\n@@ -1,1 +1,1 @@\n-// SPDX-License-Identifier: GPL-2.0\n+// SPDX-License-Identifier: GPL-2.0 \n".to_owned();
     let h2 = "--- a/fs/ext4/xattr.h\n+++ b/fs/ext4/xattr.h\n@@ -1,1 +1,1 @@\n-// SPDX-License-Identifier: GPL-2.0\n+// SPDX-License-Identifier: GPL-2.0 \n".to_owned();
-    refused(&build(&fix, &write(&dir, "headers.patch", &[h1.clone(), h2]), &out, &[]), "headers_only", "ext4.h", &out);
+    refused(&fix.build_diff(&write(&dir, "headers.patch", &[h1.clone(), h2]), &out, &[]), "headers_only", "ext4.h", &out);
     // A header with C files: refused, or left out with --skip-refused.
-    refused(&build(&fix, &write(&dir, "with-header.patch", &[real.clone(), h1.clone()]), &out, &[]), "header_changed", "fs/ext4/ext4.h", &out);
+    refused(&fix.build_diff(&write(&dir, "with-header.patch", &[real.clone(), h1.clone()]), &out, &[]), "header_changed", "fs/ext4/ext4.h", &out);
     // __init code in one of three files: the patch is refused naming the file.
     let three = write(&dir, "three.patch", &[real.clone(), cmd.clone(), init, h1]);
-    refused(&build(&fix, &three, &out, &[]), "header_changed", "fs/ext4/ext4.h", &out);
+    refused(&fix.build_diff(&three, &out, &[]), "header_changed", "fs/ext4/ext4.h", &out);
     let three_c = write(&dir, "three-c.patch", &[real, cmd, edit(&fix, INIT.0, INIT.1, INIT.2)]);
-    refused(&build(&fix, &three_c, &out, &[]), "init_code", "fs/proc/version.c: proc_version_init", &out);
+    refused(&fix.build_diff(&three_c, &out, &[]), "init_code", "fs/proc/version.c: proc_version_init", &out);
     // --skip-refused: built from the other two; the manifest lists what was left out.
-    let o = build(&fix, &three, &out, &["--skip-refused"]);
+    let o = fix.build_diff(&three, &out, &["--skip-refused"]);
     let (names, m) = replaced(&o);
     assert_eq!(names, ["cmdline_proc_show", "ext4_mb_init_group", "ext4_mb_load_buddy_gfp"], "{m}");
     let left: Vec<(String, String)> = m["build"]["left_out"].as_array().unwrap().iter().map(|l| (l["file"].as_str().unwrap().to_owned(), l["cause"].as_str().unwrap().to_owned())).collect();
@@ -153,9 +127,9 @@ fn a_multi_file_patch_applies_and_a_cumulative_one_replaces_it() {
     let real = std::fs::read_to_string(fix.dir.join("fix.patch")).unwrap();
     let (cmd, sysfs) = (edit(&fix, CMDLINE.0, CMDLINE.1, CMDLINE.2), edit(&fix, SYSFS.0, SYSFS.1, SYSFS.2));
     let (a, b) = (dir.join("a.vsp"), dir.join("b.vsp"));
-    let (na, _) = replaced(&build(&fix, &write(&dir, "a.patch", &[real.clone(), cmd.clone()]), &a, &["--name", "multi-a"]));
+    let (na, _) = replaced(&fix.build_diff(&write(&dir, "a.patch", &[real.clone(), cmd.clone()]), &a, &["--name", "multi-a"]));
     assert_eq!(na, ["cmdline_proc_show", "ext4_mb_init_group", "ext4_mb_load_buddy_gfp"]);
-    let (nb, mb) = replaced(&build(&fix, &write(&dir, "b.patch", &[real, cmd, sysfs]), &b, &["--name", "multi-b", "--cumulative"]));
+    let (nb, mb) = replaced(&fix.build_diff(&write(&dir, "b.patch", &[real, cmd, sysfs]), &b, &["--name", "multi-b", "--cumulative"]));
     assert!(nb.contains(&"ext4_attr_show".to_owned()) && nb.len() == 4, "{mb}");
     assert_eq!(mb["cumulative"], true, "{mb}");
 
