@@ -35,7 +35,7 @@ impl OpenApi {
     pub fn load() -> Self {
         let path = workspace_root().join("docs/openapi.yaml");
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let doc: Value = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{} is not YAML: {e}", path.display()));
+        let doc: Value = yaml_serde::from_str(&text).unwrap_or_else(|e| panic!("{} is not YAML: {e}", path.display()));
         assert_eq!(doc["openapi"].as_str().map(|v| v.starts_with("3.")), Some(true), "not OpenAPI 3");
         Self { doc }
     }
