@@ -18,7 +18,7 @@ use crate::model::{Qualifier, Symbol, SymbolTable};
 use crate::patch::build::PatchImage;
 
 use super::view::{Item, View};
-use super::DiffError;
+use super::{DiffError, Refusal};
 
 /// How many kallsyms neighbours on each side are looked at.
 const NEIGHBOURS: usize = 3;
@@ -44,7 +44,7 @@ pub fn qualifier(name: &str, local: bool, pre: &View<'_>, syms: &SymbolTable) ->
     match hits.as_slice() {
         [one] => Ok(Some(Qualifier::Position(one.position))),
         _ => Err(DiffError::Refused {
-            cause: "ambiguous_local",
+            cause: Refusal::AmbiguousLocal,
             symbol: name.to_owned(),
             why: format!("{} copies in the kernel and {} of them lie among this file's symbols", all.len(), hits.len()),
         }),
@@ -53,7 +53,7 @@ pub fn qualifier(name: &str, local: bool, pre: &View<'_>, syms: &SymbolTable) ->
 
 /// Checks that `item` (from the unfixed build) is the kernel's `sym`.
 pub fn run_pre(item: &Item, sym: &Symbol, image: &dyn PatchImage) -> Result<(), DiffError> {
-    let mismatch = |why: String| DiffError::Refused { cause: "source_mismatch", symbol: item.name.clone(), why };
+    let mismatch = |why: String| DiffError::Refused { cause: Refusal::SourceMismatch, symbol: item.name.clone(), why };
     if sym.size != 0 && item.size > sym.size {
         return Err(mismatch(format!("the source compiles it to {:#x} bytes, the kernel's is {:#x}: SRC is not the running kernel's source", item.size, sym.size)));
     }

@@ -8,11 +8,8 @@ use std::collections::{BTreeSet, HashSet};
 use object::{Object as _, ObjectSection, ObjectSymbol, RelocationTarget, SymbolSection};
 
 use super::view::View;
-use super::DiffError;
+use super::{DiffError, Refusal};
 
-fn refused(cause: &'static str, symbol: &str, why: impl Into<String>) -> DiffError {
-    DiffError::Refused { cause, symbol: symbol.to_owned(), why: why.into() }
-}
 
 /// Functions with an fentry call at their start (`__mcount_loc`).
 fn traced(v: &View<'_>) -> HashSet<(object::SectionIndex, u64)> {
@@ -38,13 +35,13 @@ pub fn carriable(post: &View<'_>, carry: &BTreeSet<String>) -> Result<(), DiffEr
     for n in carry {
         let it = post.items.get(n).ok_or_else(|| DiffError::Object(format!("{n} is not in the fixed build")))?;
         if it.section_name.starts_with(".init") || it.section_name.starts_with(".exit") {
-            return Err(refused("init_code", n, format!("it is in {} (runs once at boot or unload; a live patch cannot re-run it)", it.section_name)));
+            return Err(DiffError::refused(Refusal::InitCode, n, format!("it is in {} (runs once at boot or unload; a live patch cannot re-run it)", it.section_name)));
         }
         if !it.section_name.starts_with(".text") {
-            return Err(refused("notrace", n, format!("it is in {} (entry/noinstr code, not patchable safely)", it.section_name)));
+            return Err(DiffError::refused(Refusal::Notrace, n, format!("it is in {} (entry/noinstr code, not patchable safely)", it.section_name)));
         }
         if !n.ends_with(".cold") && !fentry.contains(&(it.section, it.addr)) {
-            return Err(refused("notrace", n, "it has no fentry call (notrace): the kernel does not expect it to be traced or patched"));
+            return Err(DiffError::refused(Refusal::Notrace, n, "it has no fentry call (notrace): the kernel does not expect it to be traced or patched"));
         }
     }
     Ok(())

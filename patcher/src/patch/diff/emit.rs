@@ -24,7 +24,7 @@ use object::write::{self, SectionId, SymbolId};
 use object::{elf, Object as _, ObjectSection, ObjectSymbol, RelocationFlags, RelocationTarget, SectionIndex, SymbolSection};
 
 use super::view::View;
-use super::DiffError;
+use super::{DiffError, Refusal};
 
 /// A reference to the running kernel that the patch object leaves undefined.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -260,7 +260,7 @@ impl Emitter<'_, '_, '_> {
                 let n = self.post.file.section_by_index(*sec).map(|s| s.size() / 12).unwrap_or(0);
                 for i in 0..n {
                     if let Some(ts) = self.anchor(*sec, 12 * i).filter(|ts| self.map.contains_key(ts)) {
-                        return Err(DiffError::Refused { cause: "ex_table", symbol: self.post.section_name(ts), why: "it has exception-table entries (user-memory accesses), which the guest's fault handler would not find".into() });
+                        return Err(DiffError::Refused { cause: Refusal::ExTable, symbol: self.post.section_name(ts), why: "it has exception-table entries (user-memory accesses), which the guest's fault handler would not find".into() });
                     }
                 }
             }

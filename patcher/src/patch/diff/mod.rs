@@ -31,6 +31,7 @@ pub mod compare;
 pub mod emit;
 pub mod ko;
 pub mod module;
+pub mod refusal;
 mod run;
 pub mod split;
 pub mod tree;
@@ -41,6 +42,7 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
+pub use refusal::Refusal;
 pub use run::build_from_diff;
 
 use crate::patch::manifest::PatchInfo;
@@ -100,7 +102,7 @@ pub enum DiffError {
     #[error("`{symbol}`: {why}")]
     Refused {
         /// Stable cause.
-        cause: &'static str,
+        cause: Refusal,
         /// The symbol concerned.
         symbol: String,
         /// Explanation.
@@ -124,6 +126,11 @@ pub enum DiffError {
 }
 
 impl DiffError {
+    /// A refusal of `symbol` for `cause`.
+    pub fn refused(cause: Refusal, symbol: &str, why: impl Into<String>) -> Self {
+        Self::Refused { cause, symbol: symbol.to_owned(), why: why.into() }
+    }
+
     /// Stable machine-readable cause.
     pub fn cause(&self) -> &'static str {
         match self {
@@ -134,7 +141,7 @@ impl DiffError {
             Self::HeadersOnly(_) => "headers_only",
             Self::UnsupportedFile(_) => "unsupported_file",
             Self::NoChange => "no_change",
-            Self::Refused { cause, .. } => cause,
+            Self::Refused { cause, .. } => cause.as_str(),
             Self::Object(_) => "bad_object",
             Self::Io { .. } => "io",
             Self::Build(e) => e.cause(),

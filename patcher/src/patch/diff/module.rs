@@ -11,11 +11,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use super::DiffError;
+use super::{DiffError, Refusal};
 
-fn refused(cause: &'static str, symbol: &str, why: impl Into<String>) -> DiffError {
-    DiffError::Refused { cause, symbol: symbol.to_owned(), why: why.into() }
-}
 
 /// The Makefile's logical lines (continuations joined, comments dropped).
 fn logical_lines(text: &str) -> Vec<String> {
@@ -72,10 +69,10 @@ pub fn module_of_makefile(c_file: &str, makefile: &str, config: &str) -> Result<
         None => {
             // Part of a composite: NAME-SEL += … stem.o …, enabled, then obj-$(CONFIG_Y) += NAME.o.
             let Some((composite, _, _)) = lines.iter().find(|(p, sel, objs)| p != "obj" && p != "ccflags" && objs.contains(&obj) && option_value(sel, config) != 'n') else {
-                return Err(refused("not_built", c_file, "its directory's Makefile does not build it with this configuration (no obj- or composite line names it)"));
+                return Err(DiffError::refused(Refusal::NotBuilt, c_file, "its directory's Makefile does not build it with this configuration (no obj- or composite line names it)"));
             };
             let Some((_, sel, _)) = lines.iter().find(|(p, _, objs)| p == "obj" && objs.contains(&format!("{composite}.o"))) else {
-                return Err(refused("not_built", c_file, format!("`{composite}.o` is not on an obj- line of its Makefile")));
+                return Err(DiffError::refused(Refusal::NotBuilt, c_file, format!("`{composite}.o` is not on an obj- line of its Makefile")));
             };
             (composite.clone(), sel.clone())
         }
@@ -83,7 +80,7 @@ pub fn module_of_makefile(c_file: &str, makefile: &str, config: &str) -> Result<
     match option_value(&sel, config) {
         'y' => Ok(None),
         'm' => Ok(Some(name.replace('-', "_"))),
-        _ => Err(refused("not_built", c_file, format!("`{name}.o` is built under {sel}, which this configuration does not enable"))),
+        _ => Err(DiffError::refused(Refusal::NotBuilt, c_file, format!("`{name}.o` is built under {sel}, which this configuration does not enable"))),
     }
 }
 
@@ -99,7 +96,7 @@ pub fn module_of(src: &Path, c_file: &str, config: &str) -> Result<Option<String
 /// (`/lib/modules/<release>` of the image package), uncompressed.
 pub fn read_ko(modules: &Path, dir: &Path, module: &str) -> Result<(PathBuf, Vec<u8>), DiffError> {
     let base = modules.join("kernel").join(dir);
-    let missing = || refused("module_ko_missing", module, format!("no {module}.ko in {} (give --modules /lib/modules/<release> of the kernel's image package)", base.display()));
+    let missing = || DiffError::refused(Refusal::ModuleKoMissing, module, format!("no {module}.ko in {} (give --modules /lib/modules/<release> of the kernel's image package)", base.display()));
     let names = [module.to_owned(), module.replace('_', "-")];
     for n in &names {
         let plain = base.join(format!("{n}.ko"));
@@ -112,7 +109,7 @@ pub fn read_ko(modules: &Path, dir: &Path, module: &str) -> Result<(PathBuf, Vec
             if packed.is_file() {
                 let out = std::process::Command::new(tool).arg("-dc").arg(&packed).output().map_err(|e| DiffError::Io { what: format!("running {tool} -dc {}", packed.display()), source: e })?;
                 if !out.status.success() {
-                    return Err(refused("module_ko_unreadable", module, format!("{tool} -dc {} failed: {}", packed.display(), String::from_utf8_lossy(&out.stderr).trim())));
+                    return Err(DiffError::refused(Refusal::ModuleKoUnreadable, module, format!("{tool} -dc {} failed: {}", packed.display(), String::from_utf8_lossy(&out.stderr).trim())));
                 }
                 return Ok((packed, out.stdout));
             }
@@ -138,11 +135,11 @@ pub fn symvers(text: &str) -> HashMap<String, String> {
 pub fn target_ko<'k>(src: &Path, c_file: &str, config: &str, modules: Option<&Path>, kernel: &'k dyn crate::patch::build::PatchImage) -> Result<Option<super::ko::KoImage<'k>>, DiffError> {
     let Some(name) = module_of(src, c_file, config)? else { return Ok(None) };
     let Some(modules) = modules else {
-        return Err(refused("module_ko_missing", &name, format!("{c_file} is built into module {name}: give --modules /lib/modules/<release> of the kernel's image package (its {name}.ko is what the guest loads)")));
+        return Err(DiffError::refused(Refusal::ModuleKoMissing, &name, format!("{c_file} is built into module {name}: give --modules /lib/modules/<release> of the kernel's image package (its {name}.ko is what the guest loads)")));
     };
     let dir = Path::new(c_file).parent().unwrap_or(Path::new(""));
     let (path, bytes) = read_ko(modules, dir, &name)?;
-    let ko = super::ko::KoImage::parse(&name, &bytes, kernel).map_err(|e| refused("module_ko_unreadable", &name, e))?;
+    let ko = super::ko::KoImage::parse(&name, &bytes, kernel).map_err(|e| DiffError::refused(Refusal::ModuleKoUnreadable, &name, e))?;
     tracing::info!(module = %name, ko = %path.display(), symbols = ko.own.len(), sites = ko.site_count(), "module target");
     eprintln!("vsplice: {c_file} is part of module {name}: run-pre and binding against {} ({} symbols, {} rewritten sites masked)", path.display(), ko.own.len(), ko.site_count());
     Ok(Some(ko))

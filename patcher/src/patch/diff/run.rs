@@ -10,16 +10,13 @@ use std::time::Instant;
 
 use super::ko::KoImage;
 use super::view::View;
-use super::{bind, emit, split, tree, unit, DiffError, DiffOptions};
+use super::{bind, emit, split, tree, unit, DiffError, DiffOptions, Refusal};
 use crate::model::TargetKind;
 use crate::patch::build::{package, BuildError, Packaging, PatchImage};
 use crate::patch::format::PatchFile;
 use crate::patch::linux_image::LinuxImage;
 use crate::patch::manifest::{BuildInfo, LeftOut, SymbolAlias};
 
-fn refused(cause: &'static str, symbol: &str, why: impl Into<String>) -> DiffError {
-    DiffError::Refused { cause, symbol: symbol.to_owned(), why: why.into() }
-}
 
 /// `6.1.192` out of `Linux version 6.1.0-55-cloud-amd64 (…) … Debian 6.1.192-1 (…)`:
 /// Debian's banner names the upstream version after "Debian "; others after "Linux version ".
@@ -47,9 +44,9 @@ fn c_files(files: &[String], skip: bool) -> Result<(Vec<String>, Vec<LeftOut>), 
     let headers: Vec<&String> = rest.iter().copied().filter(|f| f.ends_with(".h")).collect();
     let why = |f: &str| -> DiffError {
         if f.ends_with(".S") {
-            refused("assembly", f, "assembly source: its functions cannot be compared or replaced")
+            DiffError::refused(Refusal::Assembly, f, "assembly source: its functions cannot be compared or replaced")
         } else if f.ends_with(".h") {
-            refused("header_changed", f, "a changed header can change code or structure layouts in files the diff does not touch; only C files are rebuilt")
+            DiffError::refused(Refusal::HeaderChanged, f, "a changed header can change code or structure layouts in files the diff does not touch; only C files are rebuilt")
         } else {
             DiffError::UnsupportedFile(f.to_owned())
         }
@@ -98,7 +95,7 @@ fn target_object<'k>(src: &Path, cs: &mut Vec<String>, skipped: &mut Vec<LeftOut
     if cs.len() > 1 {
         for f in cs.clone() {
             if let Some(m) = super::module::module_of(src, &f, config)? {
-                let e = refused("module_multi_file", &f, format!("{f} is built into module {m}; a module's fix is built from one C file per patch for now (split the diff)"));
+                let e = DiffError::refused(Refusal::ModuleMultiFile, &f, format!("{f} is built into module {m}; a module's fix is built from one C file per patch for now (split the diff)"));
                 if !opts.skip_refused {
                     return Err(e);
                 }
@@ -171,7 +168,7 @@ pub fn build_from_diff(opts: &DiffOptions) -> Result<PatchFile, DiffError> {
     if units.is_empty() {
         if let Some(first) = skipped.iter().find(|l| l.file.ends_with(".c")) {
             let list: Vec<String> = skipped.iter().map(|l| format!("{} [{}]", l.file, l.cause)).collect();
-            return Err(refused("all_refused", &first.file, format!("every C file of the diff was refused: {}", list.join(", "))));
+            return Err(DiffError::refused(Refusal::AllRefused, &first.file, format!("every C file of the diff was refused: {}", list.join(", "))));
         }
         return Err(DiffError::NoChange);
     }
@@ -215,7 +212,7 @@ pub fn build_from_diff(opts: &DiffOptions) -> Result<PatchFile, DiffError> {
     if replacements.is_empty() {
         // New functions alone: nothing in the kernel would ever call them.
         let new: Vec<&str> = units.iter().flat_map(|u| u.new_functions.iter().map(String::as_str)).collect();
-        return Err(refused("no_replacement", &new.join(" "), "the fix only adds functions (no existing function's code changed), so a live patch would change nothing that runs"));
+        return Err(DiffError::refused(Refusal::NoReplacement, &new.join(" "), "the fix only adds functions (no existing function's code changed), so a live patch would change nothing that runs"));
     }
     let name = opts.name.clone().unwrap_or_else(|| stem(&opts.diff));
     let objects: Vec<String> = units.iter().map(|u| unit::object_of(&u.file)).collect();
@@ -274,7 +271,7 @@ mod tests {
 
     #[test]
     fn a_refusal_names_its_file_when_the_diff_has_several() {
-        let e = || refused("ex_table", "f", "why");
+        let e = || DiffError::refused(Refusal::ExTable, "f", "why");
         assert_eq!(naming("fs/a.c", false, e()).to_string(), "`f`: why");
         let named = naming("fs/a.c", true, e());
         assert_eq!((named.cause(), named.to_string().as_str()), ("ex_table", "`fs/a.c: f`: why"));

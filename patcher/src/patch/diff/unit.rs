@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use super::checks::{bug_sites, carriable, same_shape, warn_cold_parts};
 use super::compare::{compare, Why};
 use super::view::View;
-use super::{bind, emit, tree, DiffError};
+use super::{bind, emit, tree, DiffError, Refusal};
 use crate::model::SymbolTable;
 use crate::patch::build::PatchImage;
 use crate::patch::manifest::{run_pre_digest, Replacement};
@@ -95,9 +95,6 @@ pub struct Unit {
     pub notes: Vec<String>,
 }
 
-fn refused(cause: &'static str, symbol: &str, why: impl Into<String>) -> DiffError {
-    DiffError::Refused { cause, symbol: symbol.to_owned(), why: why.into() }
-}
 
 /// Object `key` from the cache, else built by `make`.
 fn cached_or(src: &Path, key: &str, what: &str, object: &str, make: impl FnOnce() -> Result<Vec<u8>, DiffError>) -> Result<Vec<u8>, DiffError> {
@@ -151,7 +148,7 @@ pub fn analyze(ctx: &mut Ctx<'_>, file: &str, part: &str) -> Result<Option<Unit>
         cmp.new_data.len()
     );
     if let Some(d) = cmp.data_changed.iter().next() {
-        return Err(refused("data_changed", d, "the initial value of existing writable data changed; the running kernel's copy has lived since boot and is not re-initialized"));
+        return Err(DiffError::refused(Refusal::DataChanged, d, "the initial value of existing writable data changed; the running kernel's copy has lived since boot and is not re-initialized"));
     }
     if cmp.changed.is_empty() && cmp.new_functions.is_empty() {
         return Ok(None);
@@ -173,9 +170,9 @@ pub fn analyze(ctx: &mut Ctx<'_>, file: &str, part: &str) -> Result<Option<Unit>
         let pi = &pre.items[n];
         let qualifier = bind::qualifier(n, !pi.global, &pre, syms)?;
         let in_what = ctx.object.as_ref().map_or_else(|| "vmlinux".to_owned(), |m| format!("module {m}"));
-        let sym = syms.resolve(n, qualifier.as_ref()).map_err(|e| refused("failed_to_find", n, format!("{e} (looked up in {in_what})")))?;
+        let sym = syms.resolve(n, qualifier.as_ref()).map_err(|e| DiffError::refused(Refusal::FailedToFind, n, format!("{e} (looked up in {in_what})")))?;
         bind::run_pre(pi, sym, ctx.image)?;
-        let bytes = ctx.image.bytes_at(sym.addr, sym.size).ok_or_else(|| refused("source_mismatch", n, format!("its bytes are not in {in_what}")))?;
+        let bytes = ctx.image.bytes_at(sym.addr, sym.size).ok_or_else(|| DiffError::refused(Refusal::SourceMismatch, n, format!("its bytes are not in {in_what}")))?;
         let tolerate = ctx.image.masks(sym.addr, sym.size);
         let why = cmp.changed.get(n).map_or_else(|| "carried with its changed hot or cold part".to_owned(), Why::to_string);
         eprintln!("vsplice:   replace {n}{}: {why}", qualifier.as_ref().map(|q| format!(" ({q})")).unwrap_or_default());
@@ -227,7 +224,7 @@ struct WarnBuild {
 /// build, the data to carry from it and a note.
 fn warn_as_calls(ctx: &mut Ctx<'_>, object: &str, fixed_input: &[u8], post: &View<'_>, carry: &BTreeSet<String>, keep: &BTreeSet<String>, warns: usize) -> Result<WarnBuild, DiffError> {
     let names: Vec<&str> = carry.iter().map(String::as_str).collect();
-    let no = |why: String| refused("warn_site", &names.join(" "), format!("{why}; --drop-warnings accepts losing its {warns} WARN site(s)"));
+    let no = |why: String| DiffError::refused(Refusal::WarnSite, &names.join(" "), format!("{why}; --drop-warnings accepts losing its {warns} WARN site(s)"));
     let header = tree::warn_as_call_header(ctx.src)?.ok_or_else(|| no("SRC's asm/bug.h has no __WARN_FLAGS to turn into a call".into()))?;
     let extra = format!("-include {}", header.display());
     let key = tree::cache_key("after-warn-call", object, fixed_input, ctx.config, ctx.cc);
