@@ -165,7 +165,13 @@ impl ModCorpus {
     /// `vsplice patch build --diff DIFF` against this entry's source, kernel
     /// and headers into `out`, with `extra` arguments before `-o`.
     pub fn build_diff(&self, diff: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
-        let (diff, src, kernel, headers) = (diff.to_string_lossy().into_owned(), self.p("src"), self.p("vmlinuz"), self.headers());
+        self.build_against(diff, &self.dir.join("vmlinuz"), out, extra)
+    }
+
+    /// `vsplice patch build --diff DIFF` against this entry's source and
+    /// headers but the kernel image `kernel` (e.g. another release's).
+    pub fn build_against(&self, diff: &Path, kernel: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+        let (diff, src, kernel, headers) = (diff.to_string_lossy().into_owned(), self.p("src"), kernel.to_string_lossy().into_owned(), self.headers());
         let out = out.to_string_lossy().into_owned();
         let mut args = vec!["patch", "build", "--target", "linux", "--diff", &diff, "--source", &src, "--kernel", &kernel, "--headers", &headers];
         args.extend_from_slice(extra);
@@ -185,6 +191,21 @@ impl ModCorpus {
             other => panic!("the guest is not {}: {other:?}", self.release),
         }
     }
+}
+
+/// Asserts that `patch build` was refused with a one-line error of
+/// `cause` naming `names`, and that neither `out` nor a half-written
+/// temporary file beside it exists.
+pub fn assert_refused(o: &std::process::Output, cause: &str, names: &str, out: &Path) {
+    let err = crate::cli::text(&o.stderr);
+    assert!(!o.status.success(), "built anyway: {}", crate::cli::text(&o.stdout));
+    let last = err.lines().last().unwrap_or_default();
+    assert!(last.starts_with(&format!("vsplice: error [{cause}]")) && last.contains(names), "want {cause} naming {names}: {err}");
+    assert!(!out.exists(), "{} written despite the error", out.display());
+    let dir = out.parent().unwrap_or(Path::new("."));
+    let leftovers: Vec<_> = std::fs::read_dir(dir).map(|d| d.filter_map(Result::ok).filter(|e| e.file_name().to_string_lossy().contains(".tmp-")).collect()).unwrap_or_default();
+    assert!(leftovers.is_empty(), "half-written files: {leftovers:?}");
+    eprintln!("  refused as expected: {last}");
 }
 
 /// The sorted names a built patch's manifest (`patch build`'s stdout) replaces.

@@ -28,7 +28,7 @@ use std::process::Command;
 
 use vsplice_tests::cli::{text, vsplice};
 use vsplice_tests::linuxpatch;
-use vsplice_tests::modcorpus::{corpus_or_skip, ModCorpus};
+use vsplice_tests::modcorpus::{assert_refused as refused, corpus_or_skip, ModCorpus};
 use vsplice_tests::qemu::{Guest, QemuConfig};
 use vsplice_tests::scratch::tmp_dir;
 use vsplice_tests::testguest::vm_lock;
@@ -57,15 +57,6 @@ fn edit(fix: &ModCorpus, file: &str, from: &str, to: &str) -> String {
 const CMDLINE: (&str, &str, &str) = ("fs/proc/cmdline.c", "seq_putc(m, '\\n');", "seq_puts(m, \" vsplice-multi\\n\");");
 const SYSFS: (&str, &str, &str) = ("fs/ext4/sysfs.c", "\"supported\\n\"", "\"supported (multi)\\n\"");
 const INIT: (&str, &str, &str) = ("fs/proc/version.c", "proc_create_single(\"version\", 0,", "proc_create_single(\"version\", 0444,");
-
-fn refused(o: &std::process::Output, cause: &str, names: &str, out: &Path) {
-    let err = text(&o.stderr);
-    assert!(!o.status.success(), "built anyway: {}", text(&o.stdout));
-    let last = err.lines().last().unwrap_or_default();
-    assert!(last.starts_with(&format!("vsplice: error [{cause}]")) && last.contains(names), "want {cause} naming {names}: {err}");
-    assert!(!out.exists(), "{} written despite the error", out.display());
-    eprintln!("  refused as expected: {last}");
-}
 
 fn write(dir: &Path, name: &str, parts: &[String]) -> PathBuf {
     let p = dir.join(name);

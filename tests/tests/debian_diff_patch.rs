@@ -27,7 +27,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use vsplice_patcher::arch::x86::guest::Guest as GuestMem;
@@ -35,6 +34,7 @@ use vsplice_patcher::kernels::TargetKernel;
 use vsplice_patcher::model::mem::KernelMemory;
 use vsplice_tests::cli::{text, vsplice};
 use vsplice_tests::linuxpatch;
+use vsplice_tests::modcorpus::{assert_refused, corpus_or_skip, ModCorpus};
 use vsplice_tests::qemu::{Guest, QemuConfig};
 use vsplice_tests::scratch::tmp_dir;
 use vsplice_tests::skip::skip;
@@ -43,49 +43,8 @@ use vsplice_tests::testguest::{vm_lock, workspace_root};
 /// The replaced functions the fix must produce.
 const REPLACED: [&str; 2] = ["ext4_mb_init_group", "ext4_mb_load_buddy_gfp"];
 
-/// One corpus entry of `images/debian-fix-source.sh`.
-struct Fix {
-    dir: PathBuf,
-    release: String,
-}
-
-impl Fix {
-    fn p(&self, name: &str) -> String {
-        self.dir.join(name).to_string_lossy().into_owned()
-    }
-    fn headers(&self) -> String {
-        self.p(&format!("headers/usr/src/linux-headers-{}", self.release))
-    }
-}
-
-fn fix_or_skip(label: &str) -> Option<Fix> {
-    let dir = workspace_root().join("target/fixsrc/6.1.0-55-cloud-amd64");
-    if !dir.join(".done").is_file() {
-        skip(label, "no Debian fix corpus (run images/debian-fix-source.sh)");
-        return None;
-    }
-    let release = std::fs::read_to_string(dir.join("release")).unwrap().trim().to_owned();
-    Some(Fix { dir, release })
-}
-
-/// `vsplice patch build --diff` with `extra` arguments into `out`.
-fn build(fix: &Fix, diff: &str, kernel: &str, out: &Path, extra: &[&str]) -> std::process::Output {
-    let (src, headers, out) = (fix.p("src"), fix.headers(), out.to_string_lossy().into_owned());
-    let mut args = vec!["patch", "build", "--target", "linux", "--diff", diff, "--source", &src, "--kernel", kernel, "--headers", &headers, "-o", &out];
-    args.extend_from_slice(extra);
-    vsplice(&args)
-}
-
-/// Asserts a one-line refusal with `cause` and no output file.
-fn refused(o: &std::process::Output, cause: &str, out: &Path) {
-    let err = text(&o.stderr);
-    assert!(!o.status.success(), "built anyway: {}", text(&o.stdout));
-    let last = err.lines().last().unwrap_or_default();
-    assert!(last.starts_with(&format!("vsplice: error [{cause}]")), "want {cause}: {err}");
-    assert!(!out.exists(), "{} written despite the error", out.display());
-    let leftovers: Vec<_> = std::fs::read_dir(out.parent().unwrap()).unwrap().filter_map(Result::ok).filter(|e| e.file_name().to_string_lossy().contains(".tmp-")).collect();
-    assert!(leftovers.is_empty(), "half-written files: {leftovers:?}");
-    eprintln!("  refused as expected: {last}");
+fn fix_or_skip(label: &str) -> Option<ModCorpus> {
+    corpus_or_skip(label, "6.1.0-55-cloud-amd64", "images/debian-fix-source.sh", &[])
 }
 
 #[test]
@@ -94,7 +53,6 @@ fn bad_input_is_refused_with_its_cause_and_nothing_written() {
     let Some(fix) = fix_or_skip(label) else { return };
     let dir = tmp_dir(label);
     let out = dir.join("bad.vsp");
-    let vmlinuz = fix.p("vmlinuz");
     // The fix reversed: its '-' lines are not in SRC.
     let diff = std::fs::read_to_string(fix.dir.join("fix.patch")).unwrap();
     let reversed: String = diff
@@ -109,16 +67,15 @@ fn bad_input_is_refused_with_its_cause_and_nothing_written() {
         + "\n";
     let rev = dir.join("reversed.patch");
     std::fs::write(&rev, reversed).unwrap();
-    refused(&build(&fix, rev.to_str().unwrap(), &vmlinuz, &out, &[]), "diff_does_not_apply", &out);
+    assert_refused(&fix.build_diff(&rev, &out, &[]), "diff_does_not_apply", "", &out);
     // A header only.
     let hdr = dir.join("header.patch");
     std::fs::write(&hdr, "--- a/fs/ext4/ext4.h\n+++ b/fs/ext4/ext4.h\n@@ -1,1 +1,1 @@\n-// SPDX-License-Identifier: GPL-2.0\n+// SPDX-License-Identifier: GPL-2.0 \n").unwrap();
-    refused(&build(&fix, hdr.to_str().unwrap(), &vmlinuz, &out, &[]), "headers_only", &out);
-    let fixp = fix.p("fix.patch");
+    assert_refused(&fix.build_diff(&hdr, &out, &[]), "headers_only", "fs/ext4/ext4.h", &out);
     // This source against the current kernel, which already has the fix.
     let current = workspace_root().join("target/images/debian-cloud-amd64/vmlinuz");
     if current.is_file() {
-        refused(&build(&fix, &fixp, current.to_str().unwrap(), &out, &[]), "source_mismatch", &out);
+        assert_refused(&fix.build_against(&fix.dir.join("fix.patch"), &current, &out, &[]), "source_mismatch", "", &out);
     } else {
         skip(label, "no current cloud kernel image: the source_mismatch case is not run");
     }
@@ -167,7 +124,7 @@ fn the_debian_ext4_fix_is_built_from_its_diff_and_applied_live() {
     let dir = tmp_dir(label);
     let vsp = dir.join("ext4-fix.vsp");
     let t = Instant::now();
-    let o = build(&fix, &fix.p("fix.patch"), &fix.p("vmlinuz"), &vsp, &[]);
+    let o = fix.build_fix(&vsp, &[]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     // Its WARN sites are kept as calls of the kernel's __warn(), none dropped.
     assert!(text(&o.stderr).contains("WARN site(s) compiled as calls to the kernel's __warn()"), "{}", text(&o.stderr));
