@@ -90,6 +90,25 @@ int warn(int x) {
     Object::parse(&e.object).unwrap().link(k + 0x20_0000, k + 0x30_0000, &[], &table).unwrap();
 }
 
+/// `drivers/hv/channel_mgmt.c`, `mlx4/srq.c`, `serial_core.c`, … of the
+/// -54 -> -55 corpus were refused `ambiguous_local` for `__key.N`, the
+/// lockdep key of `mutex_init()`: an empty struct without lockdep.
+#[test]
+fn an_empty_local_is_carried_not_bound() {
+    const KEY: &str = r#"
+struct lock_class_key { };
+extern void __mutex_init(void *, const char *, struct lock_class_key *);
+void init(void *m) { static struct lock_class_key __key; __mutex_init(m, "m", &__key); }
+"#;
+    let Some(obj) = cc(KEY) else { return };
+    let post = View::parse(&obj).unwrap();
+    let e = emit(&post, &set(&["init"]), &BTreeSet::new(), "keep_bug").unwrap();
+    assert!(e.externals.keys().all(|k| !k.contains("__key")), "the empty key is not bound to one of the kernel's copies: {:?}", e.externals);
+    let k = 0xffff_ffff_8100_0000u64;
+    let table = SymbolTable::new(vec![sym("__mutex_init", k, SymbolKind::Func, false)]);
+    Object::parse(&e.object).unwrap().link(k + 0x20_0000, k + 0x30_0000, &[], &table).unwrap();
+}
+
 #[test]
 fn a_function_missing_from_the_build_is_an_error() {
     let Some(obj) = cc(SRC) else { return };
