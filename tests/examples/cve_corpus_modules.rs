@@ -23,7 +23,8 @@
 //!
 //! `cargo run --release -p vsplice-tests --example cve_corpus_modules --
 //! [--phase build|boot] [--mapping name] [--max N] [--files a.c,b.c]
-//! [--budget S] [--batch N]`
+//! [--budget S] [--batch N] [--redo]` (`--redo`: build or apply again what
+//! already has a row; the last row of a file counts).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -88,7 +89,10 @@ fn build_phase(c: &ModCorpus, out: &Path) {
         std::fs::write(&built, BUILT_HEAD).unwrap();
     }
     let mut all = units(c);
-    all.retain(|u| !done.contains(&u.file));
+    // `--redo`: build again what has a row (a later row wins in the table).
+    if !std::env::args().any(|a| a == "--redo") {
+        all.retain(|u| !done.contains(&u.file));
+    }
     all.truncate(arg("--max").and_then(|s| s.parse().ok()).unwrap_or(usize::MAX));
     let budget: f64 = arg("--budget").and_then(|s| s.parse().ok()).unwrap_or(f64::INFINITY);
     eprintln!("cve_corpus_modules: {} unit(s) to build ({} done before)", all.len(), done.len());
@@ -181,7 +185,20 @@ fn boot_phase(c: &ModCorpus, out: &Path) {
     let built = std::fs::read_to_string(out.join("built.tsv")).expect("built.tsv: run --phase build first");
     let rows: Vec<Vec<String>> = built.lines().skip(1).map(|l| l.split('\t').map(str::to_owned).collect()).filter(|c: &Vec<String>| c.len() >= 9 && c[5] == "built").collect();
     let only: Option<Vec<String>> = arg("--files").map(|s| s.split(',').map(str::to_owned).collect());
-    let rows: Vec<Vec<String>> = rows.into_iter().filter(|r| only.as_ref().is_none_or(|l| l.contains(&r[0]))).collect();
+    // The last row of a file wins (`--redo` appends); files with a result
+    // are not applied again unless `--redo`.
+    let mut last: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let all_rows: Vec<Vec<String>> = built.lines().skip(1).map(|l| l.split('\t').map(str::to_owned).collect()).collect();
+    for r in all_rows.into_iter().filter(|r| r.len() >= 9) {
+        last.insert(r[0].clone(), r);
+    }
+    let tried: BTreeSet<String> = std::fs::read_to_string(out.join("results.tsv")).unwrap_or_default().lines().skip(1).filter_map(|l| l.split('\t').next().map(str::to_owned)).collect();
+    let redo = std::env::args().any(|a| a == "--redo");
+    let rows: Vec<Vec<String>> = rows
+        .into_iter()
+        .filter(|r| last.get(&r[0]) == Some(r) && (redo || !tried.contains(&r[0])))
+        .filter(|r| only.as_ref().is_none_or(|l| l.contains(&r[0])))
+        .collect();
     let idx = ko_index(&c.modules());
     let results = out.join("results.tsv");
     if !results.is_file() {
