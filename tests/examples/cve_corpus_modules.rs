@@ -151,16 +151,36 @@ fn ko_index(root: &Path) -> HashMap<String, PathBuf> {
     out
 }
 
-/// `depends=` of a `.ko`'s `.modinfo`.
-fn depends(ko: &Path) -> Vec<String> {
+/// The values of `key=` in a `.ko`'s `.modinfo`.
+fn modinfo(ko: &Path, key: &str) -> Vec<String> {
     use object::{Object as _, ObjectSection as _};
     let Ok(bytes) = std::fs::read(ko) else { return Vec::new() };
     let Ok(f) = object::File::parse(&*bytes) else { return Vec::new() };
     let Some(data) = f.section_by_name(".modinfo").and_then(|s| s.data().ok()) else { return Vec::new() };
-    data.split(|&b| b == 0)
-        .filter_map(|kv| std::str::from_utf8(kv).ok()?.strip_prefix("depends=").map(str::to_owned))
-        .flat_map(|v| v.split(',').filter(|s| !s.is_empty()).map(|s| s.replace('-', "_")).collect::<Vec<_>>())
-        .collect()
+    let want = format!("{key}=");
+    data.split(|&b| b == 0).filter_map(|kv| std::str::from_utf8(kv).ok()?.strip_prefix(want.as_str()).map(str::to_owned)).collect()
+}
+
+/// What `m` needs loaded first: `depends=` (symbols) and the `pre:` part
+/// of `softdep=` (e.g. libcrc32c's `crc32c`: its init fails with ENOENT,
+/// which busybox insmod prints as "unknown symbol", without a crc32c
+/// algorithm), a softdep resolved by module name, then by `alias=`
+/// (`crypto-crc32c`), the generic implementation preferred.
+fn needs(ko: &Path, idx: &HashMap<String, PathBuf>) -> Vec<String> {
+    let mut out: Vec<String> = modinfo(ko, "depends").iter().flat_map(|v| v.split(',').filter(|s| !s.is_empty()).map(|s| s.replace('-', "_")).collect::<Vec<_>>()).collect();
+    for soft in modinfo(ko, "softdep") {
+        let pre = soft.split("post:").next().unwrap_or_default().trim_start_matches("pre:").to_owned();
+        for name in pre.split_whitespace().map(|n| n.replace('-', "_")) {
+            let found = [name.clone(), format!("{name}_generic")].into_iter().find(|n| idx.contains_key(n)).or_else(|| {
+                let dir = ko.parent()?.parent()?.to_owned();
+                let mut hits: Vec<String> = idx.iter().filter(|(_, p)| p.starts_with(&dir)).filter(|(_, p)| modinfo(p, "alias").iter().any(|a| *a == name || *a == format!("crypto-{name}"))).map(|(n, _)| n.clone()).collect();
+                hits.sort_by_key(|n| !n.contains("generic"));
+                hits.into_iter().next()
+            });
+            out.extend(found);
+        }
+    }
+    out
 }
 
 /// `m` and everything it needs, dependencies first, appended to `order`.
@@ -169,7 +189,7 @@ fn with_deps(m: &str, idx: &HashMap<String, PathBuf>, order: &mut Vec<String>, s
         return;
     }
     if let Some(p) = idx.get(m) {
-        for d in depends(p) {
+        for d in needs(p, idx) {
             with_deps(&d, idx, order, seen);
         }
     }
@@ -192,7 +212,8 @@ fn boot_phase(c: &ModCorpus, out: &Path) {
     for r in all_rows.into_iter().filter(|r| r.len() >= 9) {
         last.insert(r[0].clone(), r);
     }
-    let tried: BTreeSet<String> = std::fs::read_to_string(out.join("results.tsv")).unwrap_or_default().lines().skip(1).filter_map(|l| l.split('\t').next().map(str::to_owned)).collect();
+    // A file whose module did not load (`not_tried`) is tried again.
+    let tried: BTreeSet<String> = std::fs::read_to_string(out.join("results.tsv")).unwrap_or_default().lines().skip(1).map(|l| l.split('\t').collect::<Vec<_>>()).filter(|c| c.len() >= 5 && c[3] != "not_tried").map(|c| c[0].to_owned()).collect();
     let redo = std::env::args().any(|a| a == "--redo");
     let rows: Vec<Vec<String>> = rows
         .into_iter()

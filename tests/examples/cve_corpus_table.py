@@ -6,7 +6,9 @@ or weak), refusals by cause, build times and downtimes.
 Inputs, all under CORPUS (target/fixsrc/6.1.0-54-amd64/corpus):
   units.tsv            cve_corpus_units.py: file, mapping, placement, CVEs,
                        subjects (`subject [CVE-a,CVE-b]`, ` | `-separated)
-  results.tsv          examples/cve_corpus (the built-in run)
+  results-run1.tsv, results.tsv
+                       examples/cve_corpus (the built-in runs: the first,
+                       then the second after two build fixes)
   modules/built.tsv    examples/cve_corpus_modules --phase build
   modules/results.tsv  examples/cve_corpus_modules --phase boot
 A file's later rows win (modules/ rows over results.tsv: the built-in files
@@ -65,7 +67,9 @@ def main():
                     if s not in subjects[cve]:
                         subjects[cve].append(m.group(1))
     st = {}  # file -> status dict
-    for r in rows(f"{d}/results.tsv", 11):
+    for r in rows(f"{d}/results-run1.tsv", 11) + rows(f"{d}/results.tsv", 11):
+        if r[4] == "not_tried":
+            continue
         st[r[0]] = {"module": "vmlinux", "functions": r[3].split(), "build": r[4], "why": r[5], "first": float(r[6]), "cached": float(r[7]), "apply": r[8], "dt": float(r[9]), "run": "built-in run"}
     for r in rows(f"{d}/modules/built.tsv", 9):
         st[r[0]] = {"module": r[3], "functions": r[4].split(), "build": r[5], "why": r[6], "first": float(r[7]), "cached": float(r[8]), "apply": "-", "dt": 0.0, "run": "modules run"}
