@@ -70,9 +70,13 @@ def main():
     for r in rows(f"{d}/results-run1.tsv", 11) + rows(f"{d}/results.tsv", 11):
         if r[4] == "not_tried":
             continue
-        st[r[0]] = {"module": "vmlinux", "functions": r[3].split(), "build": r[4], "why": r[5], "first": float(r[6]), "cached": float(r[7]), "apply": r[8], "dt": float(r[9]), "run": "built-in run"}
+        first = st[r[0]]["first"] if r[0] in st else float(r[6])
+        st[r[0]] = {"module": "vmlinux", "functions": r[3].split(), "build": r[4], "why": r[5], "first": first, "cached": float(r[7]), "apply": r[8], "dt": float(r[9]), "run": "built-in run"}
     for r in rows(f"{d}/modules/built.tsv", 9):
-        st[r[0]] = {"module": r[3], "functions": r[4].split(), "build": r[5], "why": r[6], "first": float(r[7]), "cached": float(r[8]), "apply": "-", "dt": 0.0, "run": "modules run"}
+        # A rebuild after a fix (`--redo`) finds its objects cached: the
+        # file's first build time is that of its earliest row.
+        first = st[r[0]]["first"] if r[0] in st else float(r[7])
+        st[r[0]] = {"module": r[3], "functions": r[4].split(), "build": r[5], "why": r[6], "first": first, "cached": float(r[8]), "apply": "not_applied_yet", "dt": 0.0, "run": "modules run"}
     for r in rows(f"{d}/modules/results.tsv", 5):
         if r[0] in st:
             st[r[0]]["apply"] = "applied" if r[3] == "applied" else (r[3] if r[3] != "not_tried" else r[2])
