@@ -27,7 +27,8 @@ Usage: cve_corpus_units.py FIX.patch CHANGES.txt CONFIG SRC > units.tsv
   CHANGES.txt: the -55 changelog entry (zcat changelog.Debian.gz, up to the
   previous version); CONFIG: the kernel's .config.
 Output columns: file, mapping (name|prefix|none), in kernel (y|m|n|?), CVEs
-(comma-separated), changelog subjects (` | `-separated).
+(comma-separated), changelog subjects (` | `-separated, each followed by
+its own CVE ids in brackets: `subject [CVE-a,CVE-b]`).
 """
 import re
 import sys
@@ -187,7 +188,7 @@ def main():
         for f in hit:
             u = by_file[f]
             u["cves"].update(cves)
-            u["subjects"].append(subject.replace("\t", " "))
+            u["subjects"].append(f"{subject} [{','.join(cves)}]".replace("\t", " "))
             u["how"].add(how)
     for f in cfiles:
         u = by_file.get(f)

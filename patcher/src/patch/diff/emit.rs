@@ -200,6 +200,18 @@ impl Emitter<'_, '_, '_> {
         let covering = self.post.symbol_covering(ts, probe);
         let carried = match &covering {
             _ if self.map.contains_key(&ts) => true,
+            // Once-flags of `pr_*_once()` / `WARN_ONCE()` (`__already_done.N`
+            // in `.data.once`, often without a symbol of their own): the
+            // patch gets fresh ones. At worst a once-message prints once
+            // more after the patch, as after the kernel's own reset of the
+            // section (debugfs `clear_warn_once`).
+            _ if self.post.section_name(ts) == ".data.once" => true,
+            // An empty section holds nothing to duplicate: the lockdep keys of
+            // `mutex_init()` & co. (`__key.N`, compiler-numbered, many copies
+            // in the kernel) are empty structs when lockdep is off, their
+            // address an identity nothing reads. With lockdep on they have a
+            // size and stay bound (or refused `ambiguous_local`).
+            Some((n, _)) if self.post.file.section_by_index(ts).is_ok_and(|s| s.size() == 0) && !self.post.items.get(n).is_some_and(|i| i.global) => true,
             Some((n, _)) if exec => self.carry.contains(n),
             None if exec => self.post.section_name(ts).starts_with(".altinstr_"),
             // Compiler-numbered read-only locals (`__func__.12`): copied, their

@@ -66,6 +66,49 @@ fn new_data_and_strings_are_carried() {
     assert!(strings, "the string msg returns is carried");
 }
 
+/// `fs/dcache.c`, `net/ipv4/igmp.c`, … of the -54 -> -55 corpus were
+/// refused `bad_object` ("a reference into section .data.once has no
+/// symbol to bind"): their changed functions print with `pr_*_once`.
+#[test]
+fn once_flags_are_carried_fresh() {
+    const ONCE: &str = r#"
+extern int printk(const char *, ...);
+int warn(int x) {
+    static char __attribute__((section(".data.once"))) __already_done;
+    if (x > 3 && !__already_done) { __already_done = 1; printk("x is %d\n", x); }
+    return x;
+}
+"#;
+    let Some(obj) = cc(ONCE) else { return };
+    let post = View::parse(&obj).unwrap();
+    let e = emit(&post, &set(&["warn"]), &BTreeSet::new(), "keep_bug").unwrap();
+    let f = object::read::elf::ElfFile64::<object::Endianness>::parse(&*e.object).unwrap();
+    assert!(f.section_by_name(".data.once").is_some(), "the once-flag travels with the patch");
+    assert!(e.externals.keys().all(|k| !k.contains("already_done")), "{:?}", e.externals);
+    let k = 0xffff_ffff_8100_0000u64;
+    let table = SymbolTable::new(vec![sym("printk", k, SymbolKind::Func, false)]);
+    Object::parse(&e.object).unwrap().link(k + 0x20_0000, k + 0x30_0000, &[], &table).unwrap();
+}
+
+/// `drivers/hv/channel_mgmt.c`, `mlx4/srq.c`, `serial_core.c`, … of the
+/// -54 -> -55 corpus were refused `ambiguous_local` for `__key.N`, the
+/// lockdep key of `mutex_init()`: an empty struct without lockdep.
+#[test]
+fn an_empty_local_is_carried_not_bound() {
+    const KEY: &str = r#"
+struct lock_class_key { };
+extern void __mutex_init(void *, const char *, struct lock_class_key *);
+void init(void *m) { static struct lock_class_key __key; __mutex_init(m, "m", &__key); }
+"#;
+    let Some(obj) = cc(KEY) else { return };
+    let post = View::parse(&obj).unwrap();
+    let e = emit(&post, &set(&["init"]), &BTreeSet::new(), "keep_bug").unwrap();
+    assert!(e.externals.keys().all(|k| !k.contains("__key")), "the empty key is not bound to one of the kernel's copies: {:?}", e.externals);
+    let k = 0xffff_ffff_8100_0000u64;
+    let table = SymbolTable::new(vec![sym("__mutex_init", k, SymbolKind::Func, false)]);
+    Object::parse(&e.object).unwrap().link(k + 0x20_0000, k + 0x30_0000, &[], &table).unwrap();
+}
+
 #[test]
 fn a_function_missing_from_the_build_is_an_error() {
     let Some(obj) = cc(SRC) else { return };

@@ -47,9 +47,10 @@ fn option_value(sel: &str, config: &str) -> char {
     }
 }
 
-/// `(lhs prefix, selector, objects)` of `prefix-SEL += a.o b.o` / `:=`.
+/// `(lhs prefix, selector, objects)` of `prefix-SEL += a.o b.o` / `:=` /
+/// `=` (kernel/Makefile starts with `obj-y     = fork.o …`).
 fn assignment(line: &str) -> Option<(String, String, Vec<String>)> {
-    let (lhs, rhs) = line.split_once("+=").or_else(|| line.split_once(":="))?;
+    let (lhs, rhs) = line.split_once("+=").or_else(|| line.split_once(":=")).or_else(|| line.split_once('=').filter(|(l, _)| !l.ends_with(['?', '!'])))?;
     let lhs = lhs.trim();
     let (prefix, sel) = lhs.rsplit_once('-')?;
     Some((prefix.to_owned(), sel.to_owned(), rhs.split_whitespace().map(str::to_owned).collect()))
@@ -176,6 +177,11 @@ mod tests {
         assert_eq!(module_of_makefile("drivers/block/loop.c", mk, "CONFIG_LOOP=m\n").unwrap().as_deref(), Some("loop"));
         assert_eq!(module_of_makefile("sound/snd-foo.c", mk, "CONFIG_X=m\n").unwrap().as_deref(), Some("snd_foo"));
         assert_eq!(module_of_makefile("drivers/block/nope.c", mk, "CONFIG_LOOP=m\n").unwrap_err().cause(), "not_built");
+        // A plain `=` (kernel/Makefile: kernel/signal.c was refused not_built
+        // in the -54 -> -55 corpus).
+        let kernel = "obj-y     = fork.o exec_domain.o panic.o \\\n\t    cpu.o exit.o softirq.o resource.o \\\n\t    signal.o sys.o\nobj-$(CONFIG_FREEZER) += freezer.o\n";
+        assert_eq!(module_of_makefile("kernel/signal.c", kernel, "").unwrap(), None);
+        assert_eq!(module_of_makefile("kernel/freezer.c", kernel, "CONFIG_FREEZER=y\n").unwrap(), None);
     }
 
     #[test]
