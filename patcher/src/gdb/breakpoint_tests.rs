@@ -20,6 +20,16 @@ fn backend(hw: bool) -> (GdbBackend, std::sync::Arc<std::sync::Mutex<mock::MockS
     (GdbBackend::with_client(GdbClient::over(Stream::Unix(s), opts).unwrap()).unwrap(), st)
 }
 
+/// Arms a stop on the mock's next continue, once it has served the last one.
+fn on_next_cont(st: &std::sync::Arc<std::sync::Mutex<mock::MockState>>, hit: (u64, u64)) {
+    let t0 = Instant::now();
+    while !st.lock().unwrap().running {
+        assert!(t0.elapsed() < Duration::from_secs(10), "the mock never continued");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    st.lock().unwrap().hit_on_cont = Some(hit);
+}
+
 /// Polls like the daemon's loop until the stub reports a stop.
 fn wait_stopped(be: &mut GdbBackend) {
     let t0 = Instant::now();
@@ -40,7 +50,7 @@ fn a_stop_on_our_breakpoint_is_told_apart_by_rip_and_stepped_over() {
     assert!(st.lock().unwrap().log.iter().any(|l| l == &format!("Z1,{HOOK:x},1")), "a hardware breakpoint, never Z0");
 
     // vCPU 1 (thread 2) reaches the hook.
-    st.lock().unwrap().hit_on_cont = Some((2, HOOK));
+    on_next_cont(&st, (2, HOOK));
     be.stop().unwrap();
     be.resume().unwrap();
     wait_stopped(&mut be);
@@ -58,7 +68,7 @@ fn a_stop_on_our_breakpoint_is_told_apart_by_rip_and_stepped_over() {
     assert!(be.is_running());
 
     // Someone else stops the guest (no breakpoint where it is): not ours.
-    st.lock().unwrap().hit_on_cont = Some((1, 0x1234));
+    on_next_cont(&st, (1, 0x1234));
     be.stop().unwrap();
     be.resume().unwrap();
     wait_stopped(&mut be);
@@ -80,3 +90,4 @@ fn a_stub_without_hardware_breakpoints_is_unsupported_and_the_guest_runs_on() {
     assert!(be.is_running(), "resumed after the attempt");
     assert!(!st.lock().unwrap().log.iter().any(|l| l.starts_with("Z0")), "never a software breakpoint");
 }
+
