@@ -5,6 +5,8 @@
 //! instead (writes under TCG still through the stub: see [`crate::shm::plane`]),
 //! and stop/continue may go through QMP.
 
+use std::collections::BTreeSet;
+
 use tracing::{debug, warn};
 
 use super::client::{GdbClient, GdbOptions};
@@ -27,6 +29,10 @@ pub struct GdbBackend {
     shared: Option<SharedPlane>,
     /// Times the running guest was stopped.
     stops: u64,
+    /// Hardware breakpoints set (guest-virtual addresses).
+    breakpoints: BTreeSet<u64>,
+    /// The stub reported a stop on its own since the last look.
+    unsolicited_stop: bool,
 }
 
 impl GdbBackend {
@@ -53,7 +59,7 @@ impl GdbBackend {
         } else {
             warn!("gdbstub has no physical memory mode; physical access needs set_direct_map()");
         }
-        Ok(Self { client, regs, threads, running: false, direct_map: None, shared: None, stops: 0 })
+        Ok(Self { client, regs, threads, running: false, direct_map: None, shared: None, stops: 0, breakpoints: BTreeSet::new(), unsolicited_stop: false })
     }
 
     /// For stubs without a physical mode: physical address P is read at
@@ -168,7 +174,8 @@ impl GdbBackend {
                 Some(b'W') | Some(b'X') => return Err(GdbError::Exited { reply: super::error::short(&p) }),
                 _ if super::client::is_stop_reply(&p) => {
                     if self.running {
-                        warn!(stop = %String::from_utf8_lossy(&p), "the guest was stopped by someone else (QEMU's monitor?)");
+                        debug!(stop = %String::from_utf8_lossy(&p), "the guest stopped on its own (a breakpoint, or QEMU's monitor)");
+                        self.unsolicited_stop = true;
                     }
                     self.running = false;
                 }
@@ -178,12 +185,87 @@ impl GdbBackend {
         Ok(())
     }
 
-    /// Detach: the stub lets the guest run and forgets this client.
+    /// Detach: the stub lets the guest run and forgets this client (the
+    /// hardware breakpoints set are removed first).
     pub fn detach(mut self) -> Result<(), GdbError> {
         if self.running {
             self.interrupt()?;
         }
+        for a in std::mem::take(&mut self.breakpoints) {
+            if let Err(e) = self.client.remove_hw_breakpoint(a) {
+                warn!(addr = format_args!("{a:#x}"), "removing a breakpoint at detach: {e}");
+            }
+        }
         self.client.detach()
+    }
+
+    /// The hardware breakpoints set (guest-virtual addresses).
+    pub fn breakpoints(&self) -> &BTreeSet<u64> {
+        &self.breakpoints
+    }
+
+    /// Sets exactly the hardware breakpoints `want` (`Z1`/`z1`), stopping a
+    /// running guest for the moment it takes. A stub without hardware
+    /// breakpoints: [`GdbError::Unsupported`], nothing set.
+    pub fn sync_breakpoints(&mut self, want: &BTreeSet<u64>) -> Result<(), GdbError> {
+        if *want == self.breakpoints {
+            return Ok(());
+        }
+        let was_running = self.running;
+        if was_running {
+            self.stops += 1;
+            self.interrupt()?;
+            self.running = false;
+        }
+        let mut r = Ok(());
+        for a in self.breakpoints.difference(want).copied().collect::<Vec<_>>() {
+            r = r.and_then(|()| self.client.remove_hw_breakpoint(a));
+            if r.is_ok() {
+                self.breakpoints.remove(&a);
+            }
+        }
+        for a in want.difference(&self.breakpoints.clone()).copied().collect::<Vec<_>>() {
+            r = r.and_then(|()| self.client.insert_hw_breakpoint(a));
+            if r.is_ok() {
+                self.breakpoints.insert(a);
+            }
+        }
+        if was_running {
+            self.cont()?;
+            self.running = true;
+        }
+        r
+    }
+
+    /// After the stub reported a stop on its own: the vCPU that stopped at
+    /// one of this backend's breakpoints (its RIP is the breakpoint's
+    /// address), with its registers; `None` when the guest runs, or the
+    /// stop was someone else's (QEMU's monitor) or was already looked at.
+    pub fn breakpoint_hit(&mut self) -> Result<Option<VcpuState>, GdbError> {
+        if self.running || !std::mem::take(&mut self.unsolicited_stop) || self.breakpoints.is_empty() {
+            return Ok(None);
+        }
+        let vcpus = self.read_vcpus()?;
+        Ok(vcpus.into_iter().find(|v| self.breakpoints.contains(&v.rip)))
+    }
+
+    /// Moves the stopped vCPU `index`, sitting on the breakpoint at `addr`,
+    /// past it: the breakpoint is removed, the vCPU steps one instruction,
+    /// the breakpoint is set again (the guest stays stopped).
+    pub fn step_over(&mut self, index: usize, addr: u64) -> Result<(), GdbError> {
+        if self.running {
+            return Err(GdbError::WrongState("stepping needs the guest stopped"));
+        }
+        let tid = self.threads.get(index).cloned().ok_or(GdbError::WrongState("no such vCPU"))?;
+        let set = self.breakpoints.contains(&addr);
+        if set {
+            self.client.remove_hw_breakpoint(addr)?;
+        }
+        let stepped = self.client.step_thread(&tid);
+        if set {
+            self.client.insert_hw_breakpoint(addr)?;
+        }
+        stepped.map(drop)
     }
 
     fn read_vcpus(&mut self) -> Result<Vec<VcpuState>, GdbError> {

@@ -492,6 +492,44 @@ impl GdbClient {
         self.link.send(req, self.opts.timeout)
     }
 
+    /// Inserts a hardware breakpoint at guest-virtual `addr` (`Z1`: QEMU
+    /// keeps it itself under TCG and in the debug registers under KVM; the
+    /// guest's text is never written, unlike `Z0` under KVM). A stub without
+    /// them: [`GdbError::Unsupported`].
+    pub fn insert_hw_breakpoint(&mut self, addr: u64) -> Result<(), GdbError> {
+        self.breakpoint_request(format!("Z1,{addr:x},1"))
+    }
+
+    /// Removes the hardware breakpoint at `addr` (`z1`).
+    pub fn remove_hw_breakpoint(&mut self, addr: u64) -> Result<(), GdbError> {
+        self.breakpoint_request(format!("z1,{addr:x},1"))
+    }
+
+    fn breakpoint_request(&mut self, req: String) -> Result<(), GdbError> {
+        let r = self.request(req.as_bytes())?;
+        if r == b"OK" {
+            Ok(())
+        } else if r.is_empty() {
+            Err(GdbError::Unsupported("hardware breakpoints (Z1)"))
+        } else if packet::is_error_reply(&r) {
+            Err(GdbError::remote(req.as_bytes(), &r))
+        } else {
+            Err(GdbError::protocol(req.as_bytes(), &r))
+        }
+    }
+
+    /// Executes one instruction on the vCPU `tid` (`vCont;s:TID`, else
+    /// `Hc` and `s`) and waits for the stop reply that ends the step.
+    pub fn step_thread(&mut self, tid: &str) -> Result<Vec<u8>, GdbError> {
+        if self.features.vcont {
+            self.link.send(format!("vCont;s:{tid}").as_bytes(), self.opts.timeout)?;
+        } else {
+            self.request_ok(format!("Hc{tid}").as_bytes())?;
+            self.link.send(b"s", self.opts.timeout)?;
+        }
+        self.wait_stop_reply()
+    }
+
     /// Detach (`D`): the stub resumes the guest and forgets us.
     pub fn detach(&mut self) -> Result<(), GdbError> {
         if self.phys_mode {

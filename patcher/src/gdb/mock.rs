@@ -32,6 +32,8 @@ pub struct MockConfig {
     /// On continue: send this packet (empty: nothing) and close the
     /// connection, as QEMU does when it quits under a running guest.
     pub exit_on_cont: Option<Vec<u8>>,
+    /// Serve `Z1`/`z1` (hardware breakpoints); off: empty replies.
+    pub hw_breakpoints: bool,
 }
 
 /// Shared guest state of the mock.
@@ -41,6 +43,15 @@ pub struct MockState {
     pub mem_base: u64,
     pub log: Vec<String>,
     pub running: bool,
+    /// Hardware breakpoints inserted.
+    pub breakpoints: Vec<u64>,
+    /// On the next continue: vCPU (thread) `.0` runs to `.1`, and when a
+    /// breakpoint is set there, stops on it (`T05`, RIP = `.1`).
+    pub hit_on_cont: Option<(u64, u64)>,
+    /// RIP of a thread, when moved by a hit (`g`, `p10`).
+    pub rip: Option<(u64, u64)>,
+    /// Single steps served.
+    pub steps: usize,
 }
 
 pub const TARGET_XML: &str = r#"<?xml version="1.0"?><target><architecture>i386:x86-64</architecture><xi:include href="core.xml"/><xi:include href="sys.xml"/></target>"#;
@@ -96,6 +107,7 @@ struct Server {
     st: Arc<Mutex<MockState>>,
     acks: bool,
     thread: u64,
+    step_thread: u64,
     reads: usize,
     corrupted: bool,
     last: Vec<u8>,
@@ -167,6 +179,13 @@ impl Server {
         (end <= st.mem.len()).then_some(start..end)
     }
 
+    fn reg(&self, n: u32) -> u64 {
+        match self.st.lock().unwrap().rip {
+            Some((t, a)) if n == 16 && t == self.thread => a,
+            _ => reg_value(self.thread, n),
+        }
+    }
+
     fn handle(&mut self, p: &[u8]) -> Option<Vec<u8>> {
         let text = String::from_utf8_lossy(p).into_owned();
         self.st.lock().unwrap().log.push(text.clone());
@@ -220,18 +239,45 @@ impl Server {
             let mut r = vec![if end >= d.len() { b'l' } else { b'm' }];
             r.extend_from_slice(&d[off.min(end)..end]);
             r
+        } else if let Some(rest) = text.strip_prefix("Z1,").or_else(|| text.strip_prefix("z1,")) {
+            if !self.cfg.hw_breakpoints {
+                Vec::new()
+            } else {
+                let addr = packet::parse_hex_u64(rest.split(',').next()?.as_bytes())?;
+                let mut st = self.st.lock().unwrap();
+                if p[0] == b'Z' {
+                    st.breakpoints.push(addr);
+                } else {
+                    st.breakpoints.retain(|&a| a != addr);
+                }
+                b"OK".to_vec()
+            }
+        } else if let Some(t) = text.strip_prefix("Hc") {
+            self.step_thread = packet::parse_hex_u64(t.as_bytes())?;
+            b"OK".to_vec()
+        } else if text == "s" || text.starts_with("vCont;s:") {
+            let t = match text.strip_prefix("vCont;s:") {
+                Some(t) => packet::parse_hex_u64(t.as_bytes())?,
+                None => self.step_thread,
+            };
+            let mut st = self.st.lock().unwrap();
+            st.steps += 1;
+            if st.rip.is_some_and(|(rt, _)| rt == t) {
+                st.rip = st.rip.map(|(rt, a)| (rt, a + 1));
+            }
+            format!("T05thread:{t:02x};").into_bytes()
         } else if text == "g" {
             // Only the 16 GPRs + rip + eflags + cs: the rest needs 'p'.
             let mut hex = String::new();
             for n in 0..19u32 {
-                let v = reg_value(self.thread, n);
+                let v = self.reg(n);
                 let size = if n >= 17 { 4 } else { 8 };
                 hex.push_str(&packet::to_hex(&v.to_le_bytes()[..size]));
             }
             hex.into_bytes()
         } else if let Some(n) = text.strip_prefix('p') {
             let n = packet::parse_hex_u64(n.as_bytes())? as u32;
-            packet::to_hex(&reg_value(self.thread, n).to_le_bytes()).into_bytes()
+            packet::to_hex(&self.reg(n).to_le_bytes()).into_bytes()
         } else if let Some(args) = text.strip_prefix('m').or_else(|| text.strip_prefix('x')) {
             self.reads += 1;
             if let Some(limit) = self.cfg.silent_after_reads {
@@ -283,7 +329,27 @@ impl Server {
                 }
             }
         } else if text == "vCont;c" || text == "c" {
-            self.st.lock().unwrap().running = true;
+            let hit = {
+                let mut st = self.st.lock().unwrap();
+                st.running = true;
+                match st.hit_on_cont.take() {
+                    Some((t, a)) if st.breakpoints.contains(&a) => {
+                        st.rip = Some((t, a));
+                        st.running = false;
+                        Some(format!("T05thread:{t:02x};"))
+                    }
+                    // No breakpoint there: someone else (QEMU's monitor) stops it.
+                    Some((t, _)) => {
+                        st.running = false;
+                        Some(format!("T02thread:{t:02x};"))
+                    }
+                    None => None,
+                }
+            };
+            if let Some(stop) = hit {
+                self.send(stop.as_bytes(), "stop");
+                return None;
+            }
             if let Some(last) = self.cfg.exit_on_cont.clone() {
                 if !last.is_empty() {
                     self.send(&last, "exit");
@@ -314,7 +380,7 @@ pub fn start(cfg: MockConfig, mem_base: u64, mem: Vec<u8>) -> (UnixStream, Arc<M
     let (a, b) = UnixStream::pair().unwrap();
     let st = Arc::new(Mutex::new(MockState { mem, mem_base, ..MockState::default() }));
     let cfg = MockConfig { packet_size: if cfg.packet_size == 0 { 4096 } else { cfg.packet_size }, ..cfg };
-    let server = Server { s: b, cfg, st: st.clone(), acks: true, thread: 1, reads: 0, corrupted: false, last: Vec::new() };
+    let server = Server { s: b, cfg, st: st.clone(), acks: true, thread: 1, step_thread: 1, reads: 0, corrupted: false, last: Vec::new() };
     let h = std::thread::spawn(move || server.run());
     (a, st, h)
 }
@@ -328,7 +394,7 @@ pub fn listen(cfg: MockConfig, mem_base: u64, mem: Vec<u8>, path: &std::path::Pa
     let state = st.clone();
     let h = std::thread::spawn(move || {
         if let Ok((s, _)) = l.accept() {
-            let server = Server { s, cfg, st: state, acks: true, thread: 1, reads: 0, corrupted: false, last: Vec::new() };
+            let server = Server { s, cfg, st: state, acks: true, thread: 1, step_thread: 1, reads: 0, corrupted: false, last: Vec::new() };
             server.run();
         }
     });

@@ -23,3 +23,5 @@ pub use client::{GdbClient, GdbOptions};
 pub use error::GdbError;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod breakpoint_tests;

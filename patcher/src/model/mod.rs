@@ -36,7 +36,7 @@ pub use backend::{Backend, BackendError, VcpuState};
 pub use check::{CheckMode, CheckRange, CheckSummary, Conflict, Fallback, Incremental, IncrementalSummary};
 pub use error::chain;
 pub use mem::{BufferMemory, KernelMemory, MemError};
-pub use module::{LoadedModule, ModuleIdentity, MODULE_STATE_LIVE};
+pub use module::{LoadedModule, ModuleIdentity, MODULE_STATE_COMING, MODULE_STATE_GOING, MODULE_STATE_LIVE};
 pub use phys_filter::PhysFilter;
 pub use ram::{check_arena, ArenaUse, RamKind, RamMap, RamSource};
 pub use symbols::{LookupError, Qualifier, Symbol, SymbolKind, SymbolTable};

@@ -21,6 +21,12 @@ pub fn valid_module_name(s: &str) -> bool {
 /// `MODULE_STATE_LIVE`.
 pub const MODULE_STATE_LIVE: u32 = 0;
 
+/// `MODULE_STATE_COMING`: formed, text final, init not run yet.
+pub const MODULE_STATE_COMING: u32 = 1;
+
+/// `MODULE_STATE_GOING`: being unloaded (or its load failed).
+pub const MODULE_STATE_GOING: u32 = 2;
+
 /// A module in the guest's module list.
 #[derive(Debug, Clone)]
 pub struct LoadedModule {

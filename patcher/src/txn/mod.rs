@@ -74,12 +74,17 @@ pub struct TxnConfig {
     /// and refuse on a difference (`compare`), or check every task under
     /// the pause (`off`, the default).
     pub incremental: Incremental,
+    /// The apply at a module's load (`vsplice attach`'s pending patches):
+    /// the `struct module` address of the module being loaded, whose state
+    /// COMING then counts as loaded for this transaction alone (any other
+    /// module the patch names must be live). `None`: only live modules.
+    pub coming_module: Option<u64>,
 }
 
 impl TxnConfig {
     /// Defaults for an arena: 20 attempts, 5 ms back-off doubling to 200 ms.
     pub fn new(arena: ArenaRange) -> Self {
-        Self { arena, max_attempts: 20, backoff: Duration::from_millis(5), max_backoff: Duration::from_millis(200), check: CheckMode::default(), incremental: Incremental::default() }
+        Self { arena, max_attempts: 20, backoff: Duration::from_millis(5), max_backoff: Duration::from_millis(200), check: CheckMode::default(), incremental: Incremental::default(), coming_module: None }
     }
 }
 

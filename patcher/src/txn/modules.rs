@@ -14,7 +14,7 @@ use super::result::{Cause, Failure, Stage};
 use super::Patcher;
 use crate::arena::registry::Registry;
 use crate::model::backend::Backend;
-use crate::model::{LoadedModule, ModuleIdentity, SymbolTable, MODULE_STATE_LIVE};
+use crate::model::{LoadedModule, ModuleIdentity, SymbolTable, MODULE_STATE_COMING, MODULE_STATE_LIVE};
 use crate::patch::manifest::Manifest;
 use crate::patch::objects;
 
@@ -50,10 +50,11 @@ impl<B: Backend> Patcher<'_, B> {
                     Stage::Prepare,
                     Cause::ModuleNotLoaded,
                     "module_not_loaded",
-                    format!("patch {} is for module {name}, which is not loaded in the guest; load it and apply again", m.name),
+                    format!("patch {} is for module {name}, which is not loaded in the guest; load it and apply again, or send it to a `vsplice attach` daemon with `--when-loaded` (API: `when_loaded`) to have it applied as the module loads", m.name),
                 ));
             };
-            if module.state != MODULE_STATE_LIVE {
+            let coming_here = module.state == MODULE_STATE_COMING && self.cfg.coming_module == Some(module.addr);
+            if module.state != MODULE_STATE_LIVE && !coming_here {
                 return Err(Failure::new(
                     Stage::Prepare,
                     Cause::ModuleNotLoaded,
@@ -97,6 +98,40 @@ impl<B: Backend> Patcher<'_, B> {
             self.save_registry(reg, stage)?;
         }
         Ok(dropped)
+    }
+
+    /// The module whose `struct module` is at `module_addr` is going (its
+    /// exit ran, or its load failed; the guest is stopped on the unload
+    /// path): every applied record of that load is dropped from the
+    /// registry without writing any text (the text is about to be freed),
+    /// so its arena space is free at once, and the dropped patches' (id,
+    /// name) are returned. Nothing is done while a transaction is
+    /// half-written (the drop at the next transaction covers it).
+    pub fn drop_going_module(&mut self, module_addr: u64) -> Result<Vec<(String, String)>, Failure> {
+        let Some(mut reg) = self.load_registry(Stage::Prepare)? else { return Ok(Vec::new()) };
+        if reg.intent.is_some() {
+            return Ok(Vec::new());
+        }
+        let mut dropped = Vec::new();
+        for p in reg.patches.clone() {
+            let Some(id) = p.funcs.iter().filter_map(|f| f.module.as_ref()).find(|i| i.addr == module_addr) else { continue };
+            reg.patches.retain(|x| x.id != p.id);
+            reg.remember(&p.id, &p.name, "module_unloaded", None);
+            let note = format!("patch {} ({}) dropped from the registry: module {} is being unloaded (no text written; its arena space is free)", p.name, p.id, id.name);
+            tracing::info!(patch = %p.name, module = %id.name, "{note}");
+            self.notes.push(note);
+            dropped.push((p.id.clone(), p.name.clone()));
+        }
+        if !dropped.is_empty() {
+            self.save_registry(&reg, Stage::Prepare)?;
+        }
+        Ok(dropped)
+    }
+
+    /// The `struct module` addresses of the modules applied records belong to.
+    pub fn patched_modules(&mut self) -> Result<BTreeSet<u64>, Failure> {
+        let Some(reg) = self.load_registry(Stage::Prepare)? else { return Ok(BTreeSet::new()) };
+        Ok(reg.patches.iter().flat_map(|p| p.funcs.iter().filter_map(|f| f.module.as_ref().map(|m| m.addr))).collect())
     }
 }
 

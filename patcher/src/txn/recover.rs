@@ -107,6 +107,24 @@ pub struct Status {
     pub history: Vec<HistoryEntry>,
     /// A transaction left behind by a process that died.
     pub intent: Option<IntentStatus>,
+    /// Patches a `vsplice attach` daemon holds to apply when their module
+    /// loads (not in the guest's registry: the daemon fills this in;
+    /// omitted when there are none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<PendingStatus>,
+}
+
+/// A patch held until its module loads (`when_loaded`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PendingStatus {
+    /// The patch's id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// The modules it names.
+    pub modules: Vec<String>,
+    /// Always `pending`.
+    pub state: &'static str,
 }
 
 impl Status {
@@ -232,7 +250,7 @@ impl<B: Backend> Patcher<'_, B> {
     /// The registry as the guest holds it, checked against the text.
     pub fn status(&mut self) -> Result<Status, Failure> {
         let Some(reg) = self.load_registry(Stage::Prepare)? else {
-            return Ok(Status { arena: None, patches: Vec::new(), history: Vec::new(), intent: None });
+            return Ok(Status { arena: None, patches: Vec::new(), history: Vec::new(), intent: None, pending: Vec::new() });
         };
         let mut patches = Vec::new();
         for p in &reg.patches {
@@ -265,6 +283,6 @@ impl<B: Backend> Patcher<'_, B> {
             Some(i) => Some(IntentStatus { txn: i.txn, op: i.op, patch: i.patch.clone(), text: self.text_state(&i.writes)?.0 }),
             None => None,
         };
-        Ok(Status { arena: Some(reg.arena), patches, history: reg.history.clone(), intent })
+        Ok(Status { arena: Some(reg.arena), patches, history: reg.history.clone(), intent, pending: Vec::new() })
     }
 }

@@ -7,6 +7,7 @@
 //! always). The loop ends when asked to (a signal) or when the gdbstub
 //! goes (QEMU exited): a stable cause, `gdbstub_gone`.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
@@ -14,10 +15,11 @@ use std::time::{Duration, Instant};
 
 use vsplice_patcher::gdb::GdbError;
 use vsplice_patcher::kernels::TargetKernel;
-use vsplice_patcher::model::backend::Backend;
+use vsplice_patcher::model::backend::{Backend, VcpuState};
 use vsplice_patcher::model::{ArenaRange, CheckMode, Incremental};
 
 use super::handler::RequestHandler;
+use super::pending::ModuleHooks;
 use super::http::{ApiServer, SocketError};
 use super::state::{AgentInfo, ApiShared, Hypervisor, KernelInfo, SharedMemoryInfo, VmInfo, VmState};
 use crate::livepatch::DesiredPatches;
@@ -36,6 +38,25 @@ pub trait Attachment: Backend {
     /// Checks without blocking that the connection to the guest still
     /// stands (an error: the gdbstub is gone).
     fn check_alive(&mut self) -> Result<(), GdbError>;
+    /// Sets exactly the hardware breakpoints `want` (guest-virtual
+    /// addresses). Default: a guest without them (none can be set).
+    fn sync_breakpoints(&mut self, want: &BTreeSet<u64>) -> Result<(), GdbError> {
+        if want.is_empty() {
+            Ok(())
+        } else {
+            Err(GdbError::Unsupported("hardware breakpoints"))
+        }
+    }
+    /// After a stop the guest reported on its own: the vCPU sitting on one
+    /// of the breakpoints, `None` when the stop was someone else's.
+    fn breakpoint_hit(&mut self) -> Result<Option<VcpuState>, GdbError> {
+        Ok(None)
+    }
+    /// Moves vCPU `index` past the breakpoint at `addr` (the guest stays stopped).
+    fn step_over(&mut self, index: usize, addr: u64) -> Result<(), GdbError> {
+        let _ = (index, addr);
+        Ok(())
+    }
 }
 
 /// Why the daemon's loop ended badly.
@@ -99,6 +120,18 @@ impl AttachedVm {
     }
 }
 
+/// The module hooks of `target`, checked to be settable on `guest` (set
+/// and removed once); why not otherwise (then `when_loaded` is refused).
+fn probe_hooks<G: Attachment>(guest: &mut G, target: &dyn TargetKernel) -> Result<ModuleHooks, String> {
+    let hooks = ModuleHooks::resolve(target)?;
+    let tried = guest.sync_breakpoints(&BTreeSet::from([hooks.coming]));
+    let cleared = guest.sync_breakpoints(&BTreeSet::new());
+    match tried.and(cleared) {
+        Ok(()) => Ok(hooks),
+        Err(e) => Err(format!("the gdbstub cannot set hardware breakpoints ({}): {e}; patches cannot wait for their module", e.cause())),
+    }
+}
+
 /// The running API of one `vsplice attach`.
 #[derive(Debug)]
 pub struct AttachedService {
@@ -143,6 +176,7 @@ impl AttachedService {
         let how = if self.vm.shared.is_some() { "attached through the gdbstub and the RAM file" } else { "attached through the gdbstub" };
         self.shared.events.guest_state(last.name(), how);
         self.handler.refresh_status(guest, arena, target);
+        self.handler.set_hooks(probe_hooks(guest, target));
         // Nothing re-applies patches here (no reboot under this VMM's control).
         let mut desired = DesiredPatches::new();
         while !stop.load(Ordering::Acquire) {
@@ -150,6 +184,23 @@ impl AttachedService {
                 self.publish(VmState::Exited);
                 self.shared.events.guest_state("exited", format!("the gdbstub is gone: {e}"));
                 return Err(AttachedError::GdbstubGone(e));
+            }
+            // Stopped on a module hook: serve it, step over it, run on.
+            match guest.breakpoint_hit() {
+                Ok(Some(hit)) => {
+                    self.handler.module_hook(guest, arena, target, &hit, &mut desired);
+                    self.sync_hooks(guest);
+                    if let Err(e) = guest.step_over(hit.index, hit.rip) {
+                        tracing::warn!(cause = e.cause(), "stepping over a module hook: {e}");
+                    }
+                    if let Err(e) = guest.resume() {
+                        tracing::warn!("resuming after a module hook: {e}");
+                    }
+                    last = state(guest);
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(cause = e.cause(), "reading the vCPUs after a stop: {e}"),
             }
             // Seen between requests: a recovery let a kept guest run, or
             // someone stopped it (QEMU's monitor).
@@ -161,8 +212,17 @@ impl AttachedService {
             }
             self.publish(now);
             self.handler.serve_waiting(guest, arena, Ok(target), &mut desired, TURN);
+            self.sync_hooks(guest);
         }
         Ok(())
+    }
+
+    /// Sets the module hooks the handler needs now (none: none set).
+    fn sync_hooks<G: Attachment>(&mut self, guest: &mut G) {
+        let want = self.handler.wanted_breakpoints();
+        if let Err(e) = guest.sync_breakpoints(&want) {
+            self.handler.hooks_failed(format!("the gdbstub could not set the module hooks ({}): {e}", e.cause()));
+        }
     }
 
     /// Answers what is still waiting with `guest_gone`, gives the answers

@@ -81,6 +81,13 @@ impl EventLog {
         self.push("kernel", None, Some(state), Some(detail.into()));
     }
 
+    /// Records what became of a module-bound patch: `pending`, `cancelled`,
+    /// `applied_at_load`, `failed_at_load`, `module_unloaded` (`detail`
+    /// names the patch, the module and its state).
+    pub fn module(&self, state: &'static str, detail: impl Into<String>) {
+        self.push("module", None, Some(state), Some(detail.into()));
+    }
+
     /// The last sequence number given out.
     pub fn last_seq(&self) -> u64 {
         self.log.lock().map_or(0, |l| l.next)

@@ -31,7 +31,7 @@ fn bytes(name: &str, func: &str) -> Vec<u8> {
 }
 
 fn apply(source: PatchSource) -> ApiRequest {
-    ApiRequest::Apply(ApplyRequest { source, check: None, attempts: None })
+    ApiRequest::Apply(ApplyRequest { source, check: None, attempts: None, when_loaded: false })
 }
 
 fn txn(s: &Served) -> &TxnReport {
@@ -100,7 +100,7 @@ fn bad_bytes_unreadable_files_and_file_requests() {
     assert_eq!(api_error(&s), ApiCause::PatchFileUnreadable);
     let file = std::env::temp_dir().join(format!("vsplice-handler-{}.vsp", std::process::id()));
     std::fs::write(&file, bytes("p2", "fake_b")).unwrap();
-    let req = ApplyRequest { source: PatchSource::Path(file.clone()), check: Some(CheckMode::Conservative), attempts: Some(1) };
+    let req = ApplyRequest { source: PatchSource::Path(file.clone()), check: Some(CheckMode::Conservative), attempts: Some(1), when_loaded: false };
     let s = serve(&mut p, &mut desired, ApiRequest::Apply(req));
     assert!(txn(&s).is_ok(), "{}", txn(&s).to_json());
     assert_eq!(txn(&s).check.as_ref().map(|c| c.mode), Some(CheckMode::Conservative));
@@ -116,7 +116,7 @@ fn a_busy_function_is_refused_and_not_desired() {
     k.set_tasks(vec![worker]);
     let mut desired = DesiredPatches::new();
     let mut p = Patcher::new(&mut g, &k, config());
-    let req = ApplyRequest { source: PatchSource::Bytes(bytes("p1", "fake_a")), check: None, attempts: Some(3) };
+    let req = ApplyRequest { source: PatchSource::Bytes(bytes("p1", "fake_a")), check: None, attempts: Some(3), when_loaded: false };
     let s = serve(&mut p, &mut desired, ApiRequest::Apply(req));
     assert_eq!((txn(&s).cause, txn(&s).timings.attempts), (Cause::CodeBusy, 3));
     assert!(desired.is_empty());

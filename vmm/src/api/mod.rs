@@ -22,6 +22,7 @@ mod attached_tests;
 pub mod client;
 pub mod events;
 pub mod handler;
+pub mod pending;
 #[cfg(test)]
 mod handler_tests;
 pub mod http;

@@ -6,7 +6,7 @@ use std::sync::mpsc::Sender;
 
 use serde::Serialize;
 use vsplice_patcher::model::CheckMode;
-use vsplice_patcher::txn::recover::{PatchStatus, Status};
+use vsplice_patcher::txn::recover::{PatchStatus, PendingStatus, Status};
 use vsplice_patcher::txn::TxnReport;
 
 /// Where the patch to apply comes from.
@@ -27,6 +27,9 @@ pub struct ApplyRequest {
     pub check: Option<CheckMode>,
     /// Pauses tried before `code_busy` (default: the transaction's default).
     pub attempts: Option<u32>,
+    /// When a module it names is not loaded: hold it and apply it as that
+    /// module loads (`vsplice attach` only), rather than refuse it.
+    pub when_loaded: bool,
 }
 
 /// What the request handler is asked.
@@ -60,6 +63,9 @@ pub enum ApiResponse {
     Patch(Box<PatchStatus>),
     /// A transaction's report (ok or refused).
     Txn(Box<TxnReport>),
+    /// A patch held until its module loads (`pending`, 202), or one
+    /// cancelled while it was (`cancelled`, 200).
+    Pending(Box<PendingStatus>),
     /// The request could not be served.
     Error(ApiError),
 }
@@ -104,6 +110,10 @@ pub enum ApiCause {
     TooManyRequests,
     /// The VM has ended (or the handler is gone).
     GuestGone,
+    /// `when_loaded` on a VMM or kernel that cannot hold a patch until its
+    /// module loads (`vsplice run`; a kernel without the module hooks; a
+    /// gdbstub without hardware breakpoints).
+    PendingUnsupported,
     /// Reading the registry failed.
     Unexpected,
 }
@@ -125,6 +135,7 @@ impl ApiCause {
             Self::NotUp => "not_up",
             Self::TooManyRequests => "too_many_requests",
             Self::GuestGone => "guest_gone",
+            Self::PendingUnsupported => "pending_unsupported",
             Self::Unexpected => "unexpected",
         }
     }
@@ -138,7 +149,7 @@ impl ApiCause {
             Self::BodyTooLarge => 413,
             Self::UnknownPatch | Self::NotFound => 404,
             Self::MethodNotAllowed => 405,
-            Self::UnsupportedTarget => 422,
+            Self::UnsupportedTarget | Self::PendingUnsupported => 422,
             Self::TooManyRequests | Self::GuestGone | Self::NotUp => 503,
             Self::Unexpected => 500,
         }

@@ -69,6 +69,18 @@ impl Attachment for Attached {
     fn check_alive(&mut self) -> Result<(), GdbError> {
         gdb_mut(self).check_alive()
     }
+
+    fn sync_breakpoints(&mut self, want: &std::collections::BTreeSet<u64>) -> Result<(), GdbError> {
+        gdb_mut(self).sync_breakpoints(want)
+    }
+
+    fn breakpoint_hit(&mut self) -> Result<Option<vsplice_patcher::model::backend::VcpuState>, GdbError> {
+        gdb_mut(self).breakpoint_hit()
+    }
+
+    fn step_over(&mut self, index: usize, addr: u64) -> Result<(), GdbError> {
+        gdb_mut(self).step_over(index, addr)
+    }
 }
 
 fn signals() -> Result<Arc<AtomicBool>, std::io::Error> {

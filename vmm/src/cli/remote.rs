@@ -77,6 +77,12 @@ pub enum RemotePatch {
         /// Pauses tried before giving up with `code_busy`. Default: the VMM's.
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         attempts: Option<u32>,
+        /// When a module the patch is for is not loaded: hold the patch and
+        /// apply it as that module loads, before its init runs (`vsplice
+        /// attach` only; answered `pending`; `patch revert ID` cancels it).
+        /// Without it such a patch is refused `module_not_loaded`.
+        #[arg(long)]
+        when_loaded: bool,
     },
     /// Revert a patch by id or name.
     Revert {
@@ -142,6 +148,11 @@ fn text_list(v: &Value) -> String {
 }
 
 fn text_txn(v: &Value) -> String {
+    // A patch held until its module loads, or cancelled while it was.
+    if let Some(state) = v.get("state").and_then(Value::as_str) {
+        let modules: Vec<&str> = v["modules"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+        return format!("{} ({}): {state}, module(s) {}", str_of(v, "name"), str_of(v, "id"), modules.join(", "));
+    }
     let cause = str_of(v, "cause");
     let what = format!("{} {}", str_of(v, "op"), v.get("patch_name").and_then(Value::as_str).or(v.get("patch_id").and_then(Value::as_str)).unwrap_or(""));
     if cause == "ok" {
@@ -155,6 +166,7 @@ fn text_event(e: &Value) -> String {
     match str_of(e, "kind") {
         "txn" => format!("{} txn {}", e["seq"], text_txn(&e["txn"])),
         "kernel" => format!("{} kernel {} ({})", e["seq"], str_of(e, "state"), str_of(e, "detail")),
+        "module" => format!("{} module {} ({})", e["seq"], str_of(e, "state"), str_of(e, "detail")),
         _ => format!("{} guest {} ({})", e["seq"], str_of(e, "state"), str_of(e, "detail")),
     }
 }
@@ -189,7 +201,7 @@ fn show(r: &ClientResponse, json: bool, text: fn(&Value) -> String) -> ExitCode 
 
 /// `PUT /patches`: the bytes with the options as query parameters, or JSON
 /// `{"path", "check", "attempts"}`; `None` (reported) when the file cannot be read.
-fn apply_call(file: &std::path::Path, by_path: bool, check: Option<&str>, attempts: Option<u32>) -> Option<Call> {
+fn apply_call(file: &std::path::Path, by_path: bool, check: Option<&str>, attempts: Option<u32>, when_loaded: bool) -> Option<Call> {
     if by_path {
         let path = match std::path::absolute(file) {
             Ok(p) => p,
@@ -205,6 +217,9 @@ fn apply_call(file: &std::path::Path, by_path: bool, check: Option<&str>, attemp
         if let Some(n) = attempts {
             body["attempts"] = n.into();
         }
+        if when_loaded {
+            body["when_loaded"] = true.into();
+        }
         return Some(("PUT", "/patches".into(), body.to_string().into_bytes(), Some("application/json"), text_txn));
     }
     // Regular files only, bounded (a FIFO or /dev/zero never hangs the client).
@@ -215,7 +230,7 @@ fn apply_call(file: &std::path::Path, by_path: bool, check: Option<&str>, attemp
             return None;
         }
     };
-    let query: Vec<String> = check.map(|c| format!("check={c}")).into_iter().chain(attempts.map(|n| format!("attempts={n}"))).collect();
+    let query: Vec<String> = check.map(|c| format!("check={c}")).into_iter().chain(attempts.map(|n| format!("attempts={n}"))).chain(when_loaded.then(|| "when_loaded=true".to_owned())).collect();
     let path = if query.is_empty() { "/patches".to_owned() } else { format!("/patches?{}", query.join("&")) };
     Some(("PUT", path, bytes, Some("application/octet-stream"), text_txn))
 }
@@ -265,7 +280,7 @@ pub fn run(args: RemoteArgs) -> ExitCode {
         RemoteCommand::Patch(RemotePatch::List) => ("GET", "/patches".into(), Vec::new(), None, text_list),
         RemoteCommand::Patch(RemotePatch::Recover) => ("POST", "/patches/recover".into(), Vec::new(), None, text_txn),
         RemoteCommand::Patch(RemotePatch::Revert { id }) => ("DELETE", format!("/patches/{id}"), Vec::new(), None, text_txn),
-        RemoteCommand::Patch(RemotePatch::Apply { file, path, check, attempts }) => match apply_call(file, *path, check.as_deref(), *attempts) {
+        RemoteCommand::Patch(RemotePatch::Apply { file, path, check, attempts, when_loaded }) => match apply_call(file, *path, check.as_deref(), *attempts, *when_loaded) {
             Some(call) => call,
             None => return ExitCode::from(EXIT_BAD_INPUT),
         },

@@ -157,6 +157,12 @@ pub fn module_symbols<M: KernelMemory + ?Sized>(mem: &mut M, m: &Module, max: us
     Ok(out)
 }
 
+/// True when `addr` lies in the module's core layout (text, read-only and
+/// writable data of the module after init).
+fn in_core(m: &Module, addr: u64) -> bool {
+    addr >= m.base && addr - m.base < m.size
+}
+
 /// Most symbols read of one module for a patch (nfsd has about 2,700).
 pub const MAX_MODULE_SYMBOLS: usize = 1 << 18;
 
@@ -179,6 +185,12 @@ pub fn module_symbol_table<M: KernelMemory + ?Sized>(mem: &mut M, m: &Module, ma
     let types = if typetab != 0 { mem.read_vec(typetab, num)? } else { vec![b'?'; num] };
     let names_len = raw.chunks_exact(24).map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]) as usize).max().unwrap_or(0).saturating_add(256).min(1 << 20);
     let names = mem.read_vec(strtab, names_len)?;
+    // While a module is COMING, `mod->kallsyms` is the whole ELF symbol
+    // table (undefined symbols at the kernel's addresses, `.init` and
+    // per-CPU ones too); after init the kernel keeps only the core symbols
+    // (`is_core_symbol`). Keeping the named ones inside the core layout
+    // gives the same table, in the same order, as after init.
+    let coming = m.state == crate::model::MODULE_STATE_COMING;
     let mut syms = Vec::with_capacity(num);
     for (e, &t) in raw.chunks_exact(24).zip(&types) {
         let at = u32::from_le_bytes([e[0], e[1], e[2], e[3]]) as usize;
@@ -188,6 +200,9 @@ pub fn module_symbol_table<M: KernelMemory + ?Sized>(mem: &mut M, m: &Module, ma
             continue;
         }
         let word = |o: usize| u64::from_le_bytes([e[o], e[o + 1], e[o + 2], e[o + 3], e[o + 4], e[o + 5], e[o + 6], e[o + 7]]);
+        if coming && !in_core(m, word(8)) {
+            continue;
+        }
         let kind = match t.to_ascii_lowercase() {
             b't' | b'w' => SymbolKind::Func,
             b'd' | b'b' | b'r' | b'g' | b's' => SymbolKind::Object,

@@ -61,6 +61,7 @@ impl Reply {
         match r {
             ApiResponse::Status(s) => Self::json(200, &s),
             ApiResponse::Patch(p) => Self::json(200, &p),
+            ApiResponse::Pending(p) => Self::json(if p.state == "pending" { 202 } else { 200 }, &p),
             ApiResponse::Txn(t) => Self { status: txn_http_status(&t), content_type: "application/json", body: t.to_json().into_bytes(), allow: None },
             ApiResponse::Error(e) => Self::error(&e),
         }

@@ -1,7 +1,9 @@
 //! `/patches`: list (`GET`), one patch (`GET /patches/{id}`), apply (`PUT`,
 //! the `.vsp` bytes as `application/octet-stream` or JSON
-//! `{"path", "check", "attempts"}`; `check` and `attempts` may also be query
-//! parameters, with either body), revert (`DELETE /patches/{id}`),
+//! `{"path", "check", "attempts", "when_loaded"}`; `check`, `attempts` and
+//! `when_loaded` may also be query parameters, with either body; with
+//! `when_loaded` a patch whose module is not loaded is held, `202 pending`,
+//! and `DELETE` cancels it), revert (`DELETE /patches/{id}`),
 //! recover (`POST /patches/recover`). Transactions are one at a time per VM:
 //! another one in flight is `409 busy`. While one is in flight the list is
 //! the registry as last read.
@@ -25,6 +27,8 @@ struct ApplyJson {
     check: Option<String>,
     #[serde(default)]
     attempts: Option<u32>,
+    #[serde(default)]
+    when_loaded: bool,
 }
 
 /// `GET /patches`.
@@ -67,8 +71,8 @@ pub fn read_body(declared: Option<usize>, body: &mut dyn Read) -> Result<Vec<u8>
 }
 
 /// The options of `PUT /patches?check=orc|conservative&attempts=N`.
-fn parse_options(query: &str) -> Result<(Option<CheckMode>, Option<u32>), ApiError> {
-    let (mut check, mut attempts) = (None, None);
+fn parse_options(query: &str) -> Result<(Option<CheckMode>, Option<u32>, bool), ApiError> {
+    let (mut check, mut attempts, mut when_loaded) = (None, None, false);
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         match k {
@@ -77,18 +81,23 @@ fn parse_options(query: &str) -> Result<(Option<CheckMode>, Option<u32>), ApiErr
                 Ok(n) if n >= 1 => attempts = Some(n),
                 _ => return Err(ApiError::new(ApiCause::BadQuery, format!("`attempts` wants a number from 1, got `{v}`"))),
             },
-            _ => return Err(ApiError::new(ApiCause::BadQuery, format!("unknown parameter `{k}` (check, attempts)"))),
+            "when_loaded" => match v {
+                "true" | "" => when_loaded = true,
+                "false" => when_loaded = false,
+                _ => return Err(ApiError::new(ApiCause::BadQuery, format!("`when_loaded` wants true or false, got `{v}`"))),
+            },
+            _ => return Err(ApiError::new(ApiCause::BadQuery, format!("unknown parameter `{k}` (check, attempts, when_loaded)"))),
         }
     }
-    Ok((check, attempts))
+    Ok((check, attempts, when_loaded))
 }
 
 /// The apply request a body and the query's options describe; an option
 /// given both in the query and in a JSON body is `bad_query`.
 pub fn parse_apply(content_type: &str, query: &str, body: Vec<u8>) -> Result<ApplyRequest, ApiError> {
-    let (q_check, q_attempts) = parse_options(query)?;
+    let (q_check, q_attempts, q_when_loaded) = parse_options(query)?;
     match content_type {
-        "application/octet-stream" => Ok(ApplyRequest { source: PatchSource::Bytes(body), check: q_check, attempts: q_attempts }),
+        "application/octet-stream" => Ok(ApplyRequest { source: PatchSource::Bytes(body), check: q_check, attempts: q_attempts, when_loaded: q_when_loaded }),
         "application/json" => {
             let j: ApplyJson = serde_json::from_slice(&body).map_err(|e| ApiError::new(ApiCause::MalformedJson, e.to_string()))?;
             let check = match j.check {
@@ -101,7 +110,7 @@ pub fn parse_apply(content_type: &str, query: &str, body: Vec<u8>) -> Result<App
             if (check.is_some() && q_check.is_some()) || (j.attempts.is_some() && q_attempts.is_some()) {
                 return Err(ApiError::new(ApiCause::BadQuery, "an option is both in the query and in the JSON body"));
             }
-            Ok(ApplyRequest { source: PatchSource::Path(j.path), check: check.or(q_check), attempts: j.attempts.or(q_attempts) })
+            Ok(ApplyRequest { source: PatchSource::Path(j.path), check: check.or(q_check), attempts: j.attempts.or(q_attempts), when_loaded: j.when_loaded || q_when_loaded })
         }
         other => Err(ApiError::new(
             ApiCause::UnsupportedMediaType,

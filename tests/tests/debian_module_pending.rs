@@ -1,0 +1,178 @@
+//! Issue 13, item 2, the not-yet-loaded case: the Debian nfsd fix (6.1.0-56
+//! → -57, `tests/src/modcorpus.rs`) sent to a `vsplice attach` daemon while
+//! nfsd is not loaded, held as pending, and applied as the module loads.
+//!
+//! - Without `when_loaded` the apply is refused `module_not_loaded`, and the
+//!   message names the option.
+//! - With it: `202 pending`, listed by `GET /patches`; `DELETE` cancels it,
+//!   and nfsd then loads unpatched (its entries read after the daemon
+//!   detached: no jump; no record).
+//! - Sent again, then nfsd loaded: the daemon, stopped on the load hook,
+//!   applies it with the module COMING (event `applied_at_load`; the txn's
+//!   note says so); `GET /patches` lists it with every site active in
+//!   module nfsd and nothing pending; nfsd serves the SEQUENCE call through
+//!   the patched `nfsd4_sequence` (NFS4ERR_BADSESSION); the entries read
+//!   after the daemon detached jump out of the functions.
+//! - nfsd unloaded with the daemon attached again: the record is dropped at
+//!   the unload hook (event `module_unloaded`, history `module_unloaded`,
+//!   nothing listed), before any other request.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use vsplice_tests::attach::AttachDaemon;
+use vsplice_tests::cli::text;
+use vsplice_tests::linuxpatch;
+use vsplice_tests::modcorpus::{assert_jumps, corpus_or_skip, initramfs_with, insmod_all, module_entries, Entry};
+use vsplice_tests::qemu::Guest;
+use vsplice_tests::scratch::tmp_dir;
+use vsplice_tests::testguest::vm_lock;
+
+const ENTRIES: [&str; 2] = ["client_info_show", "nfsd4_sequence"];
+const MODULES: [(&str, &str); 6] = [
+    ("net/sunrpc", "sunrpc"),
+    ("fs/nfs_common", "grace"),
+    ("fs/nfs_common", "nfs_acl"),
+    ("fs/lockd", "lockd"),
+    ("net/sunrpc/auth_gss", "auth_rpcgss"),
+    ("fs/nfsd", "nfsd"),
+];
+/// nfsd serving NFSv4 on 127.0.0.1:2049 (as `debian_module_patch.rs`).
+const SERVE: &str = "set -e; ip link set lo up; mkdir -p /proc/fs/nfsd; mount -t nfsd nfsd /proc/fs/nfsd; \
+    echo '-3 +4' > /proc/fs/nfsd/versions; \
+    echo 'nfsd 127.0.0.1 2147483647 vsplice' > /proc/net/rpc/auth.unix.ip/channel; \
+    echo 'tcp 2049' > /proc/fs/nfsd/portlist; echo 1 > /proc/fs/nfsd/threads";
+const SEQUENCE_CALL: &str = "80000058 12345678 00000000 00000002 000186a3 00000004 00000001 00000000 00000000 00000000 00000000 \
+    00000000 00000001 00000001 00000035 0102030405060708090a0b0c0d0e0f10 00000001 00000000 00000000 00000000";
+const UNLOAD: &str = "set -e; echo 0 > /proc/fs/nfsd/threads; umount /proc/fs/nfsd; rmmod nfsd; ! grep -q '^nfsd ' /proc/modules";
+
+fn sequence_status(g: &mut Guest) -> String {
+    let call: String = SEQUENCE_CALL.split_whitespace().collect();
+    let o = g.run(&format!("(printf '{call}' | xxd -r -p; sleep 3) | nc -w 5 127.0.0.1 2049 | xxd -p | tr -d '\\n'")).unwrap();
+    let reply = o.text();
+    assert!(reply.len() >= 64 && &reply[8..16] == "12345678", "no RPC reply to the SEQUENCE call: {reply:?}");
+    reply[56..64].to_owned()
+}
+
+fn daemon(g: &Guest, dir: &Path, n: u32) -> AttachDaemon {
+    let d = dir.join(format!("daemon{n}"));
+    std::fs::create_dir_all(&d).unwrap();
+    AttachDaemon::start(&d, g.gdb_addr().unwrap(), &linuxpatch::arena_arg(g), &["--tasks", "agentless"], Duration::from_secs(300)).unwrap()
+}
+
+fn stop(mut d: AttachDaemon) {
+    d.signal(libc::SIGTERM);
+    let st = d.wait_exit(Duration::from_secs(120)).expect("the daemon ends on SIGTERM");
+    assert!(st.success(), "{st}: {}", d.stderr_text());
+}
+
+fn put(d: &AttachDaemon, vsp: &Path, when_loaded: bool) -> (u16, Value) {
+    let body = serde_json::json!({ "path": vsp, "when_loaded": when_loaded }).to_string();
+    let r = d.req("PUT", "/patches", Some("application/json"), body.as_bytes());
+    (r.status, r.json())
+}
+
+fn events(d: &AttachDaemon) -> Vec<Value> {
+    d.req("GET", "/events?since=0&timeout=0", None, b"").json()["events"].as_array().cloned().unwrap_or_default()
+}
+
+fn module_event<'a>(ev: &'a [Value], state: &str) -> Option<&'a Value> {
+    ev.iter().find(|e| e["kind"] == "module" && e["state"] == state)
+}
+
+fn entries(g: &Guest) -> Vec<Entry> {
+    module_entries(g, "nfsd", &ENTRIES).unwrap()
+}
+
+#[test]
+fn a_patch_for_nfsd_waits_for_the_module_and_is_applied_as_it_loads() {
+    let _l = vm_lock();
+    let label = "module_nfsd_pending";
+    let Some(fix) = corpus_or_skip(label, "6.1.0-56-amd64", "images/debian-fix-source.sh --from 56 --to 57 amd64", &MODULES) else { return };
+    let dir = tmp_dir(label);
+    let vsp = dir.join("nfsd-fix.vsp");
+    let modules = fix.modules().to_string_lossy().into_owned();
+    let o = fix.build_fix(&vsp, &["--modules", &modules]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let manifest: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let (id, name) = (manifest["id"].as_str().unwrap().to_owned(), manifest["name"].as_str().unwrap().to_owned());
+    let initrd = initramfs_with(&fix, &MODULES, "nfsd", &dir).unwrap();
+    let Some(mut g) = fix.boot(label, initrd) else { return };
+    let load = insmod_all(&MODULES, "nfsd");
+
+    // Refused without the option; held with it; cancelled.
+    let d = daemon(&g, &dir, 1);
+    let (st, v) = put(&d, &vsp, false);
+    assert_eq!((st, v["cause"].as_str()), (409, Some("module_not_loaded")), "{v}");
+    assert!(v["message"].as_str().unwrap().contains("when_loaded") || v["message"].as_str().unwrap().contains("--when-loaded"), "the refusal names the option: {v}");
+    let (st, v) = put(&d, &vsp, true);
+    assert_eq!((st, v["state"].as_str(), v["id"].as_str()), (202, Some("pending"), Some(id.as_str())), "{v}");
+    assert_eq!(v["modules"], serde_json::json!(["nfsd"]), "{v}");
+    let listed = d.req("GET", "/patches", None, b"").json();
+    assert_eq!(listed["pending"][0]["id"], id.as_str(), "pending listed: {listed}");
+    let r = d.req("DELETE", &format!("/patches/{name}"), None, b"");
+    assert_eq!((r.status, r.json()["state"].as_str()), (200, Some("cancelled")), "{}", r.text());
+    let listed = d.req("GET", "/patches", None, b"").json();
+    assert!(listed.get("pending").is_none() && listed["patches"].as_array().unwrap().is_empty(), "nothing left: {listed}");
+    g.run_ok(&load).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let ev = events(&d);
+    assert!(module_event(&ev, "cancelled").is_some() && module_event(&ev, "applied_at_load").is_none(), "{ev:?}");
+    assert!(d.req("GET", "/patches", None, b"").json()["patches"].as_array().unwrap().is_empty());
+    stop(d);
+    let unpatched = entries(&g);
+    assert_eq!(unpatched.len(), ENTRIES.len(), "nfsd loaded");
+    g.run_ok(&format!("rmmod nfsd; {}", "! grep -q '^nfsd ' /proc/modules")).unwrap();
+
+    // Held, then applied as nfsd loads.
+    let d = daemon(&g, &dir, 2);
+    let (st, v) = put(&d, &vsp, true);
+    assert_eq!((st, v["state"].as_str()), (202, Some("pending")), "{v}");
+    let t = Instant::now();
+    g.run_ok(&format!("{}; grep -c '^nfsd ' /proc/modules", insmod_all(&MODULES[5..], "nfsd"))).unwrap();
+    eprintln!("  nfsd loaded with the hook set in {:.1} s", t.elapsed().as_secs_f64());
+    let ev = events(&d);
+    let applied = module_event(&ev, "applied_at_load").unwrap_or_else(|| panic!("no applied_at_load event: {ev:?}\n{}", d.stderr_text()));
+    let detail = applied["detail"].as_str().unwrap();
+    assert!(detail.contains("COMING") && detail.contains(&name), "{detail}");
+    let txn = ev.iter().rev().find(|e| e["kind"] == "txn").expect("the apply's txn event");
+    assert_eq!(txn["txn"]["cause"], "ok", "{txn}");
+    assert!(txn["txn"]["notes"].as_array().unwrap().iter().any(|n| n.as_str().unwrap_or("").contains("state COMING")), "{txn}");
+    eprintln!("  {detail}; downtime {} us", txn["txn"]["timings"]["downtime_us"]);
+    let listed = d.req("GET", "/patches", None, b"").json();
+    let p = listed["patches"].as_array().unwrap().iter().find(|p| p["id"] == id.as_str()).unwrap_or_else(|| panic!("not listed: {listed}"));
+    let funcs = p["funcs"].as_array().unwrap();
+    assert!(!funcs.is_empty() && funcs.iter().all(|f| f["active"] == true && f["module"] == "nfsd"), "every site active in nfsd: {p}");
+    assert!(listed.get("pending").is_none(), "nothing pending: {listed}");
+    g.run_ok(SERVE).unwrap();
+    assert_eq!(sequence_status(&mut g), "00002744", "NFS4ERR_BADSESSION through the patched nfsd4_sequence");
+    let problems = g.console_problems();
+    assert!(problems.is_empty(), "console after the patched run: {problems:?}");
+    stop(d);
+    assert_jumps(&unpatched, &entries(&g));
+
+    // Unloaded with the daemon attached: dropped at the unload hook.
+    let d = daemon(&g, &dir, 3);
+    assert_eq!(d.req("GET", "/patches", None, b"").json()["patches"].as_array().unwrap().len(), 1);
+    g.run_ok(UNLOAD).unwrap();
+    let end = Instant::now() + Duration::from_secs(60);
+    let ev = loop {
+        let ev = events(&d);
+        if module_event(&ev, "module_unloaded").is_some() || Instant::now() > end {
+            break ev;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let gone = module_event(&ev, "module_unloaded").unwrap_or_else(|| panic!("no module_unloaded event: {ev:?}\n{}", d.stderr_text()));
+    assert!(gone["detail"].as_str().unwrap().contains(&id), "{gone}");
+    assert!(!ev.iter().any(|e| e["kind"] == "txn"), "dropped without a transaction: {ev:?}");
+    let listed = d.req("GET", "/patches", None, b"").json();
+    assert!(listed["patches"].as_array().unwrap().is_empty(), "the record is gone: {listed}");
+    assert!(listed["history"].as_array().unwrap().iter().any(|h| h["id"] == id.as_str() && h["how"] == "module_unloaded"), "{listed}");
+    stop(d);
+    g.check_console().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
