@@ -49,6 +49,7 @@ struct Samples {
     txns: Vec<Timings>,
     reused: usize,
     rechecked: usize,
+    records_read: Option<usize>,
     pre_check_us: Vec<u64>,
 }
 
@@ -60,7 +61,7 @@ fn round(p: &mut Patcher<'_, &mut Vmm>, patch: &PatchFile, s: &mut Samples) {
     let a = p.apply(patch);
     assert!(a.is_ok(), "{}", a.to_json());
     if let Some(i) = a.check.and_then(|c| c.incremental) {
-        (s.reused, s.rechecked) = (i.reused, i.rechecked);
+        (s.reused, s.rechecked, s.records_read) = (i.reused, i.rechecked, i.records_read);
         s.pre_check_us.push(i.pre_check_us);
     }
     s.txns.push(a.timings);
@@ -140,9 +141,10 @@ fn main() {
             );
             if mode != Incremental::Off {
                 println!(
-                    "check={mode} sleepers={n}:   last apply: {} reused, {} checked under the pause; pre-check (guest running) p50={}us",
+                    "check={mode} sleepers={n}:   last apply: {} reused, {} checked under the pause, task records read under the pause {}; pre-check (guest running) p50={}us",
                     s.reused,
                     s.rechecked,
+                    s.records_read.map_or("all".to_owned(), |n| n.to_string()),
                     pct(&s.pre_check_us, 50.0)
                 );
             }
