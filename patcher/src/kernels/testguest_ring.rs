@@ -186,4 +186,42 @@ mod tests {
         m.0[0x30..0x38].copy_from_slice(&0x1000u64.to_le_bytes());
         assert!(read_changed(&mut m, TABLE, pre[..4].to_vec(), 0).is_err());
     }
+
+    /// Garbage in the ring fields and slots (a hostile guest): never a
+    /// panic, and whatever the pause builds from the ring over a table
+    /// that did not change is the table.
+    #[test]
+    fn a_hostile_ring_never_panics_and_never_yields_another_table() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rnd = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..2000 {
+            let mut m = guest(12);
+            let pre = fresh(&mut m);
+            let ring = m.0.len() - 4 * RING;
+            for slot in 0..RING {
+                let v = (rnd() % 16) as u32;
+                m.0[ring + 4 * slot..ring + 4 * slot + 4].copy_from_slice(&v.to_le_bytes());
+            }
+            let changes = rnd() % 24;
+            m.0[0x28..0x30].copy_from_slice(&changes.to_le_bytes());
+            if rnd() % 4 == 0 {
+                let size = (rnd() % 9) as u32;
+                m.0[0x38..0x3c].copy_from_slice(&size.to_le_bytes());
+            }
+            let since = rnd() % 24;
+            match read_changed(&mut m, TABLE, pre.clone(), since) {
+                Ok(Reread::Changed(l, c, _)) => {
+                    assert_eq!(l, pre, "the table did not change");
+                    assert!(c.windows(2).all(|w| w[0] < w[1]) && c.iter().all(|&i| i < 12), "{c:?}");
+                }
+                Ok(Reread::Whole(l, _)) => assert_eq!(l, pre),
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
 }
