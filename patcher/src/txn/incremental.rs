@@ -8,7 +8,10 @@
 //! every task the evidence does not prove unchanged
 //! ([`crate::safety::incremental::split`]); in `compare` mode it runs the
 //! full check on the same stopped guest too and refuses
-//! `incremental_mismatch` when their conflicts differ. A pre-check that
+//! `incremental_mismatch` when their conflicts differ, or when the list the
+//! kind built from the pre-check's and what it said changed
+//! ([`GuestTasks::changed`], the test guest's change ring) differs from a
+//! whole read. A pre-check that
 //! cannot be made (the list caught mid-update, a torn read, no evidence)
 //! only means that pause checks everything.
 
