@@ -31,6 +31,8 @@ struct tg_task_table {
 };
 struct tg_task_table tg_task_table __attribute__((section(".bss..stacks"), aligned(64)));
 u32 tg_task_count;
+/* The change ring (task_table.h): which entries changed, newest last. */
+u32 tg_task_ring[TG_TASK_RING_MAX];
 tg_spinlock_t tg_task_lock;		/* serializes writers of the table */
 u8 tg_task_stacks[TG_MAX_TASKS][TG_TASK_STACK_SIZE]
 	__attribute__((section(".bss..stacks"), aligned(TG_TASK_STACK_SIZE)));
@@ -83,6 +85,7 @@ extern u32 tg_efer_nx;
 /* Options (README.md). */
 static u64 opt_tasks = 3, opt_iters, opt_hz = 100, opt_wait = 20, opt_work = 100;
 static u64 opt_maxcpus = TG_MAX_CPUS, opt_lapic_mhz = 1000, opt_sleepers, opt_nappers;
+static u64 opt_ring = TG_TASK_RING_DEFAULT;
 static int opt_quiet, opt_triple, opt_hold, opt_reboot, opt_acpi = 1;
 
 /* ---------------- helpers ---------------- */
@@ -195,6 +198,7 @@ static void parse_options(void)
 	opt_lapic_mhz = opt_num("tg.lapic_mhz", opt_lapic_mhz);
 	opt_sleepers = opt_num("tg.sleepers", 0);
 	opt_nappers = opt_num("tg.nappers", 0);
+	opt_ring = opt_num("tg.ring", opt_ring);
 	opt_quiet = opt_flag("tg.quiet");
 	opt_triple = opt_flag("tg.triple_fault");
 	opt_hold = opt_flag("tg.hold");
@@ -220,6 +224,10 @@ static void parse_options(void)
 		opt_sleepers = TG_MAX_SLEEPERS;
 	if (opt_nappers > opt_sleepers)
 		opt_nappers = opt_sleepers;
+	if (opt_ring > TG_TASK_RING_MAX)
+		opt_ring = TG_TASK_RING_MAX;
+	while (opt_ring & (opt_ring - 1))	/* a power of two (0: no ring) */
+		opt_ring &= opt_ring - 1;
 	if ((opt_triple || opt_reboot) && !opt_iters)
 		opt_iters = 1;
 }
@@ -350,6 +358,17 @@ static void table_end(void)
 	WRITE_ONCE(tg_task_table.hdr.seq, tg_task_table.hdr.seq + 1);	/* even */
 }
 
+/* Inside table_begin/end: entry `e` changed, say so in the change ring. */
+static void table_changed(struct vsplice_task_entry *e)
+{
+	struct vsplice_task_header *h = &tg_task_table.hdr;
+
+	if (!h->ring_size)
+		return;
+	tg_task_ring[h->changes & (h->ring_size - 1)] = (u32)(e - tg_task_table.entries);
+	h->changes++;
+}
+
 static void task_init(struct tg_task *t, u32 id, struct tg_cpu *c, u32 i)
 {
 	struct vsplice_task_entry *e = &tg_task_table.entries[id - 1];
@@ -404,6 +423,9 @@ static void tasks_create(u32 ncpu)
 	h->count = id + sleeper_total;
 	h->header_size = sizeof(struct vsplice_task_header);
 	h->seq = 0;
+	h->changes = 0;
+	h->ring = (u64)tg_task_ring;
+	h->ring_size = (u32)opt_ring;
 	h->nr_cpus = ncpu;
 	h->tasks_per_cpu = per;
 	barrier();
@@ -480,6 +502,8 @@ u64 tg_timer_interrupt(u64 sp)
 		cur->e->switches++;
 		cur->e->on_cpu = 0;
 		next->e->on_cpu = 1;
+		table_changed(cur->e);
+		table_changed(next->e);
 		c->cur = ni;
 		sp = next->e->saved_sp;
 	}
@@ -529,6 +553,7 @@ static NORETURN void cpu_run(struct tg_cpu *c)
 	c->cur = 0;
 	t->e->on_cpu = 1;
 	t->e->state = VSPLICE_TASK_RUNNING;
+	table_changed(t->e);
 	table_end();
 	spin_unlock(&tg_task_lock);
 	timer_start_periodic();

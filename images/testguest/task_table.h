@@ -24,7 +24,20 @@
  *                           progress (read again after resuming the guest)
  *   0x20  4    nr_cpus      CPUs running tasks
  *   0x24  4    tasks_per_cpu
- *   0x28  24   reserved (0)
+ *   0x28  8    changes      entry indices appended to the change ring since
+ *                           boot (0 and ring_size 0: no ring)
+ *   0x30  8    ring         address of the change ring: ring_size u32s
+ *   0x38  4    ring_size    entries of the ring, a power of two (<= 4096)
+ *   0x3c  4    reserved (0)
+ *
+ * The change ring: every time the host-visible fields of an entry change
+ * after boot (saved_sp, on_cpu, switches: at a switch, the task switched
+ * away and the one switched to; a CPU's first task), its index (0-based) is
+ * written at ring[changes % ring_size] and changes is bumped, under the
+ * same seq as the change. A host that read the table at `changes` == c0
+ * and reads it again at c1 (c1 - c0 <= ring_size) learns which entries can
+ * differ from ring[c0 % ring_size .. c1 % ring_size]; past ring_size
+ * changes the ring has been overwritten and the whole table must be read.
  *
  * Entry (64 bytes):
  *   off  size  field
@@ -75,7 +88,10 @@ struct vsplice_task_header {
 	uint64_t seq;
 	uint32_t nr_cpus;
 	uint32_t tasks_per_cpu;
-	uint64_t reserved[3];
+	uint64_t changes;
+	uint64_t ring;
+	uint32_t ring_size;
+	uint32_t reserved;
 };
 
 struct vsplice_task_entry {
@@ -93,6 +109,9 @@ struct vsplice_task_entry {
 _Static_assert(sizeof(struct vsplice_task_header) == 64, "header size");
 _Static_assert(sizeof(struct vsplice_task_entry) == 64, "entry size");
 _Static_assert(__builtin_offsetof(struct vsplice_task_header, seq) == 0x18, "seq");
+_Static_assert(__builtin_offsetof(struct vsplice_task_header, changes) == 0x28, "changes");
+_Static_assert(__builtin_offsetof(struct vsplice_task_header, ring) == 0x30, "ring");
+_Static_assert(__builtin_offsetof(struct vsplice_task_header, ring_size) == 0x38, "ring_size");
 _Static_assert(__builtin_offsetof(struct vsplice_task_entry, state) == 0x18, "state");
 _Static_assert(__builtin_offsetof(struct vsplice_task_entry, stack_base) == 0x20, "stack_base");
 _Static_assert(__builtin_offsetof(struct vsplice_task_entry, saved_sp) == 0x30, "saved_sp");

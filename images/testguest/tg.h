@@ -22,6 +22,8 @@
 #define TG_MAX_TASKS		64	/* all CPUs together */
 #define TG_TASK_STACK_SIZE	16384	/* like Linux's THREAD_SIZE */
 #define TG_BOOT_STACK_SIZE	8192	/* per-CPU boot stack, abandoned once tasks run */
+#define TG_TASK_RING_MAX	4096	/* tg.ring: entries of the task table's change ring */
+#define TG_TASK_RING_DEFAULT	256
 #define TG_MAX_SLEEPERS		16384	/* tg.sleepers: tasks parked for good at boot */
 #define TG_SLEEPER_STACK_SIZE	4096	/* each sleeper's own stack (RAM above the image) */
 

@@ -40,7 +40,12 @@ VSPLICE_REPLACE(tg_nap, tg_nap_v2);
 const MODES: [Incremental; 3] = [Incremental::Off, Incremental::On, Incremental::Compare];
 
 fn boot(nappers: u64) -> (vsplice_vmm::vmm::Vmm, Capture) {
-    let (vmm, out) = livepatch::boot(2, &format!("tg.tasks=2 tg.wait=2 tg.quiet tg.sleepers={SLEEPERS} tg.nappers={nappers}"));
+    boot_with(nappers, "")
+}
+
+/// [`boot`] with more `tg.` options.
+fn boot_with(nappers: u64, more: &str) -> (vsplice_vmm::vmm::Vmm, Capture) {
+    let (vmm, out) = livepatch::boot(2, &format!("tg.tasks=2 tg.wait=2 tg.quiet tg.sleepers={SLEEPERS} tg.nappers={nappers} {more}"));
     let want = format!("TG sleepers={SLEEPERS} nappers={nappers} ");
     assert!(out.wait_for(WAIT, |t| t.contains(&want) && t.contains("TG ready")), "{}", out.text());
     (vmm, out)
@@ -135,4 +140,49 @@ fn ten_thousand_sleepers_none_in_tg_nap_lets_the_nap_patch_in() {
         assert_eq!(now, orig, "{mode}: tg_nap restored");
     }
     vmm.shutdown();
+}
+
+/// The task table's change ring under the pause, checked against a whole
+/// read at every apply (`compare` reads both and refuses any difference,
+/// `incremental_mismatch`) while the guest's tasks switch: with the default
+/// ring (256 slots) the pause reads only the entries that changed; with a
+/// one-slot ring and a 1 kHz timer it overflows between the pre-check and
+/// the pause (any switch writes two slots) and the whole table is read.
+/// Either way every apply is the full check's `ok`.
+#[test]
+fn the_change_ring_matches_a_whole_read_and_an_overflowed_one_reads_the_table() {
+    let _g = testguest::vm_lock();
+    if !testguest::ready("testguest_sleepers_ring") {
+        return;
+    }
+    let step_b = livepatch::build_example("step_b_v2.c");
+    let target = livepatch::target();
+    let all = (2 * 2 + SLEEPERS) as usize;
+    for (more, overflow) in [("", false), ("tg.ring=1 tg.hz=1000", true)] {
+        let (mut vmm, _out) = boot_with(0, more);
+        let mut read = Vec::new();
+        for round in 0..6 {
+            let mut p = livepatch::patcher(&mut vmm, &target);
+            p.config_mut().incremental = if round % 2 == 0 { Incremental::Compare } else { Incremental::On };
+            p.config_mut().max_attempts = 40;
+            let r = p.apply(&step_b);
+            assert!(r.is_ok(), "{more}: {}", r.to_json());
+            let inc = r.check.clone().unwrap().incremental.unwrap();
+            assert_eq!(inc.rechecked + inc.reused, all, "{more}: {inc:?}");
+            assert!(inc.reused >= SLEEPERS as usize, "{more}: {inc:?}");
+            read.push(inc.records_read);
+            let r = p.revert(&step_b.manifest.id);
+            assert!(r.is_ok(), "{more}: {}", r.to_json());
+        }
+        eprintln!("{more:?}: records read under the pause per apply (None: the whole table): {read:?}");
+        // A ring of n slots never names more than n records.
+        let slots = if overflow { 1 } else { 256 };
+        assert!(read.iter().flatten().all(|&n| n <= slots), "{more}: {read:?}");
+        if overflow {
+            assert!(read.iter().any(Option::is_none), "{more}: the one-slot ring never overflowed: {read:?}");
+        } else {
+            assert!(read.iter().any(Option::is_some), "{more}: the ring was never used: {read:?}");
+        }
+        vmm.shutdown();
+    }
 }

@@ -12,7 +12,7 @@ use std::mem::ManuallyDrop;
 use std::ops::{Deref, DerefMut};
 
 use crate::gdb::{GdbBackend, GdbError};
-use crate::model::backend::{Backend, BackendError, VcpuState};
+use crate::model::backend::Backend;
 
 /// A backend whose guest is resumed when the guard is dropped, unless
 /// [`ResumeGuard::keep_stopped`] took it out first.
@@ -66,34 +66,22 @@ impl<B: Backend> DerefMut for ResumeGuard<B> {
     }
 }
 
-impl<B: Backend> Backend for ResumeGuard<B> {
-    fn stop(&mut self) -> Result<Vec<VcpuState>, BackendError> {
-        self.inner.stop()
+impl<B: Backend> crate::model::backend_wrap::Wrapper for ResumeGuard<B> {
+    type Inner = B;
+    fn inner_ref(&self) -> &B {
+        &self.inner
     }
-    fn resume(&mut self) -> Result<(), BackendError> {
-        self.inner.resume()
-    }
-    fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), BackendError> {
-        self.inner.read_phys(gpa, buf)
-    }
-    fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), BackendError> {
-        self.inner.write_phys(gpa, data)
-    }
-    fn read_phys_words(&mut self, gpa: u64, out: &mut [u64]) -> Result<(), BackendError> {
-        self.inner.read_phys_words(gpa, out)
-    }
-    fn direct_reads(&self) -> bool {
-        self.inner.direct_reads()
-    }
-    fn prefetch_phys(&self, gpa: u64, len: usize) {
-        self.inner.prefetch_phys(gpa, len)
+    fn inner_mut(&mut self) -> &mut B {
+        &mut self.inner
     }
 }
+crate::forward_backend!([B: Backend] ResumeGuard<B>);
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::model::backend::{BackendError, VcpuState};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 

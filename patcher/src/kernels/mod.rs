@@ -17,6 +17,7 @@
 
 pub mod stock_linux;
 pub mod testguest;
+mod testguest_ring;
 mod testguest_table;
 
 use std::ops::Range;

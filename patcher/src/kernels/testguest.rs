@@ -6,6 +6,9 @@
 //! with `tg.sleepers=N`, the sleepers' stacks (`tg_sleeper_area`, identity
 //! mapped): an arena anywhere else above the image's end is free.
 //!
+//! The table's change ring (`testguest_ring`) lets the pause read only the
+//! entries that changed since the incremental pre-check's read.
+//!
 //! Task table version 2 gives each task a switch counter (`switches`, bumped
 //! with `saved_sp` under the table's seq at every switch away): the
 //! incremental check's evidence ([`TaskInfo::evidence`]). Version 1 tables
@@ -14,6 +17,7 @@
 use std::ops::Range;
 use std::path::Path;
 
+use super::testguest_ring::{self as ring, Reread};
 use super::testguest_table as table;
 use super::TargetKernel;
 use crate::model::{GuestTasks, RamKind, RamMap, RamSource, TargetError, TargetKind, TaskList};
@@ -93,6 +97,16 @@ impl TestGuest {
 
 
 
+impl TestGuest {
+    /// The whole table, `recycle`'s storage reused.
+    fn whole(&self, mem: &mut dyn KernelMemory, vcpus: &[VcpuState], recycle: Vec<crate::model::TaskInfo>) -> Result<GuestTasks, TargetError> {
+        let (tasks, h) = table::read(mem, self.task_table, recycle)?;
+        // The ring's count is worth handing back only when there is a ring.
+        let changes = (h.ring != 0 && h.ring_size != 0).then_some(h.changes);
+        Ok(GuestTasks { list: TaskList { tasks, cpu_stacks: Vec::new() }, vcpu_cpus: table::vcpu_cpus(vcpus), source: "testguest", source_at: None, changes, changed: None })
+    }
+}
+
 impl TargetKernel for TestGuest {
     fn kind(&self) -> TargetKind {
         TargetKind::TestGuest
@@ -130,13 +144,30 @@ impl TargetKernel for TestGuest {
     }
 
     fn tasks(&self, mem: &mut dyn KernelMemory, vcpus: &[VcpuState], _source_at: Option<u64>) -> Result<GuestTasks, TargetError> {
-        let tasks = table::read(mem, self.task_table, Vec::new())?;
-        Ok(GuestTasks { list: TaskList { tasks, cpu_stacks: Vec::new() }, vcpu_cpus: table::vcpu_cpus(vcpus), source: "testguest", source_at: None })
+        self.whole(mem, vcpus, Vec::new())
     }
 
+    /// With the change ring (`testguest_ring`): only the entries changed
+    /// since `prev` was read are read again, and `changed` names them;
+    /// otherwise the whole table, `prev`'s storage recycled.
     fn tasks_again(&self, mem: &mut dyn KernelMemory, vcpus: &[VcpuState], _source_at: Option<u64>, prev: GuestTasks) -> Result<GuestTasks, TargetError> {
-        let tasks = table::read(mem, self.task_table, prev.list.tasks)?;
-        Ok(GuestTasks { list: TaskList { tasks, cpu_stacks: Vec::new() }, vcpu_cpus: table::vcpu_cpus(vcpus), source: "testguest", source_at: None })
+        let Some(since) = prev.changes else {
+            return self.whole(mem, vcpus, prev.list.tasks);
+        };
+        match ring::read_changed(mem, self.task_table, prev.list.tasks, since)? {
+            Reread::Changed(tasks, changed, changes) => Ok(GuestTasks {
+                list: TaskList { tasks, cpu_stacks: Vec::new() },
+                vcpu_cpus: table::vcpu_cpus(vcpus),
+                source: "testguest",
+                source_at: None,
+                changes: Some(changes),
+                changed: Some(changed),
+            }),
+            Reread::Whole(tasks, why) => {
+                tracing::debug!(why, "task table change ring cannot tell: the whole table read");
+                self.whole(mem, vcpus, tasks)
+            }
+        }
     }
 
     /// The test guest's scheduler switches a task out by pushing its

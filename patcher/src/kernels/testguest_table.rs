@@ -39,24 +39,68 @@ fn rd_u64(b: &[u8], off: usize) -> u64 {
     u64::from_le_bytes(w)
 }
 
+/// The table's header, checked.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Header {
+    pub version: u32,
+    pub entry_size: u32,
+    pub count: u32,
+    /// Where entry 0 is.
+    pub entries: u64,
+    /// Even.
+    pub seq: u64,
+    /// Entry indices appended to the change ring since boot.
+    pub changes: u64,
+    /// The change ring's address and entries (0: no ring).
+    pub ring: u64,
+    pub ring_size: u32,
+}
+
+impl Header {
+    /// Reads and checks the header at `table`.
+    pub(super) fn read(mem: &mut dyn KernelMemory, table: u64) -> Result<Self, TargetError> {
+        let mut hdr = [0u8; 64];
+        mem.read(table, &mut hdr)?;
+        if rd_u64(&hdr, 0) != TASK_MAGIC {
+            return Err(TargetError::NotUp("task table magic missing".into()));
+        }
+        let (version, entry_size, count, header_size) = (rd_u32(&hdr, 8), rd_u32(&hdr, 12), rd_u32(&hdr, 16), rd_u32(&hdr, 20));
+        let seq = rd_u64(&hdr, 0x18);
+        if seq & 1 == 1 {
+            return Err(TargetError::Inconsistent(format!("tg_task_table seq {seq} is odd")));
+        }
+        if !TASK_VERSIONS.contains(&version) || !(64..=MAX_ENTRY_SIZE).contains(&entry_size) || !(64..=4096).contains(&header_size) || count > MAX_TASKS {
+            return Err(TargetError::Malformed(format!("version {version}, entry_size {entry_size}, header_size {header_size}, count {count}")));
+        }
+        // Version 1 had reserved zeroes there: no ring.
+        let (changes, ring, ring_size) = if version >= 2 { (rd_u64(&hdr, 0x28), rd_u64(&hdr, 0x30), rd_u32(&hdr, 0x38)) } else { (0, 0, 0) };
+        let entries = table.checked_add(u64::from(header_size)).ok_or_else(|| TargetError::Malformed(format!("table at {table:#x}")))?;
+        Ok(Self { version, entry_size, count, entries, seq, changes, ring, ring_size })
+    }
+
+    /// The address of entry `i`.
+    pub(super) fn entry_at(&self, i: usize) -> u64 {
+        self.entries.wrapping_add((i * self.entry_size as usize) as u64)
+    }
+
+    /// Reads the seq again: a change means the table moved under us (cannot
+    /// happen with every vCPU stopped, but a backend may not stop all, and
+    /// the pre-check reads it with the guest running).
+    pub(super) fn still(&self, mem: &mut dyn KernelMemory, table: u64) -> Result<(), TargetError> {
+        let seq2 = mem.read_u64(table + 0x18)?;
+        if seq2 != self.seq {
+            return Err(TargetError::Inconsistent(format!("tg_task_table seq moved {} -> {seq2}", self.seq)));
+        }
+        Ok(())
+    }
+}
+
 /// Reads the table at `table`; `recycle` is a list read before (any
-/// length, any content), whose storage is reused.
-pub(super) fn read(mem: &mut dyn KernelMemory, table: u64, recycle: Vec<TaskInfo>) -> Result<Vec<TaskInfo>, TargetError> {
-    let mut hdr = [0u8; 64];
-    mem.read(table, &mut hdr)?;
-    if rd_u64(&hdr, 0) != TASK_MAGIC {
-        return Err(TargetError::NotUp("task table magic missing".into()));
-    }
-    let (version, entry_size, count, header_size) = (rd_u32(&hdr, 8), rd_u32(&hdr, 12), rd_u32(&hdr, 16), rd_u32(&hdr, 20));
-    let seq = rd_u64(&hdr, 0x18);
-    if seq & 1 == 1 {
-        return Err(TargetError::Inconsistent(format!("tg_task_table seq {seq} is odd")));
-    }
-    if !TASK_VERSIONS.contains(&version) || !(64..=MAX_ENTRY_SIZE).contains(&entry_size) || !(64..=4096).contains(&header_size) || count > MAX_TASKS {
-        return Err(TargetError::Malformed(format!("version {version}, entry_size {entry_size}, header_size {header_size}, count {count}")));
-    }
-    let entries = table + u64::from(header_size);
-    let esize = entry_size as usize;
+/// length, any content), whose storage is reused. Also returns the header.
+pub(super) fn read(mem: &mut dyn KernelMemory, table: u64, recycle: Vec<TaskInfo>) -> Result<(Vec<TaskInfo>, Header), TargetError> {
+    let h = Header::read(mem, table)?;
+    let (version, count, entries) = (h.version, h.count, h.entries);
+    let esize = h.entry_size as usize;
     let per_chunk = (CHUNK / esize).max(1);
     let mut buf = [0u8; CHUNK];
     let mut tasks = recycle;
@@ -75,18 +119,12 @@ pub(super) fn read(mem: &mut dyn KernelMemory, table: u64, recycle: Vec<TaskInfo
             i += 1;
         }
     }
-    // Read the sequence again: a change means the table moved under us
-    // (cannot happen with every vCPU stopped, but a backend may not stop all,
-    // and the pre-check reads it with the guest running).
-    let seq2 = mem.read_u64(table + 0x18)?;
-    if seq2 != seq {
-        return Err(TargetError::Inconsistent(format!("tg_task_table seq moved {seq} -> {seq2}")));
-    }
-    Ok(tasks)
+    h.still(mem, table)?;
+    Ok((tasks, h))
 }
 
 /// One entry's fields but the name (kept as bytes until needed).
-struct Entry {
+pub(super) struct Entry {
     id: u64,
     cpu: u32,
     stack: std::ops::Range<u64>,
@@ -96,7 +134,7 @@ struct Entry {
 }
 
 impl Entry {
-    fn into_task(self, e: &[u8]) -> TaskInfo {
+    pub(super) fn into_task(self, e: &[u8]) -> TaskInfo {
         TaskInfo {
             id: self.id,
             name: String::from_utf8_lossy(name_bytes(e)).into_owned(),
@@ -114,7 +152,7 @@ fn name_bytes(e: &[u8]) -> &[u8] {
     &raw[..raw.iter().position(|&b| b == 0).unwrap_or(raw.len())]
 }
 
-fn entry(e: &[u8], version: u32, addr: u64) -> Result<Entry, TargetError> {
+pub(super) fn entry(e: &[u8], version: u32, addr: u64) -> Result<Entry, TargetError> {
     let id = rd_u64(e, 0);
     let (base, size) = (rd_u64(e, 0x20), rd_u64(e, 0x28));
     if size == 0 || size > MAX_STACK || base.checked_add(size).is_none() {
@@ -134,7 +172,7 @@ fn entry(e: &[u8], version: u32, addr: u64) -> Result<Entry, TargetError> {
 
 /// `old` becomes the task of `t` (name from `e`), keeping its name's
 /// allocation when the name is the same.
-fn overwrite(old: &mut TaskInfo, t: Entry, e: &[u8]) {
+pub(super) fn overwrite(old: &mut TaskInfo, t: Entry, e: &[u8]) {
     let name = String::from_utf8_lossy(name_bytes(e));
     if old.name != name {
         old.name = name.into_owned();
@@ -153,15 +191,15 @@ pub(super) fn vcpu_cpus(vcpus: &[VcpuState]) -> Vec<Option<u32>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::model::mem::MemError;
 
-    const TABLE: u64 = 0xffff_ffff_8110_0000;
+    pub(crate) const TABLE: u64 = 0xffff_ffff_8110_0000;
 
     /// Flat memory at TABLE.
-    struct Flat(Vec<u8>);
+    pub(crate) struct Flat(pub(crate) Vec<u8>);
 
     impl KernelMemory for Flat {
         fn read(&mut self, vaddr: u64, buf: &mut [u8]) -> Result<(), MemError> {
@@ -172,7 +210,7 @@ mod tests {
         }
     }
 
-    fn table(version: u32, names: &[&str], switches: u32) -> Flat {
+    pub(crate) fn table(version: u32, names: &[&str], switches: u32) -> Flat {
         let mut b = vec![0u8; 64 + 64 * names.len()];
         b[0..8].copy_from_slice(&TASK_MAGIC.to_le_bytes());
         b[8..12].copy_from_slice(&version.to_le_bytes());
@@ -194,10 +232,10 @@ mod tests {
 
     #[test]
     fn version_2_gives_evidence_and_version_1_none() {
-        let t = read(&mut table(2, &["a", "b"], 7), TABLE, Vec::new()).unwrap();
+        let t = read(&mut table(2, &["a", "b"], 7), TABLE, Vec::new()).unwrap().0;
         let e = t[1].evidence.unwrap();
         assert_eq!((t[1].name.as_str(), e.nvcsw, e.sp, e.addr, e.start_time), ("b", 7, 0x20_0f00, TABLE + 128, 2));
-        let t = read(&mut table(1, &["a"], 0), TABLE, Vec::new()).unwrap();
+        let t = read(&mut table(1, &["a"], 0), TABLE, Vec::new()).unwrap().0;
         assert_eq!((t[0].evidence, t[0].saved_sp), (None, Some(0x10_0f00)));
     }
 
@@ -207,16 +245,16 @@ mod tests {
         let names: Vec<String> = (0..300).map(|i| format!("sleeper/{i}")).collect();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         let mut m = table(2, &refs, 1);
-        let fresh = read(&mut m, TABLE, Vec::new()).unwrap();
+        let fresh = read(&mut m, TABLE, Vec::new()).unwrap().0;
         assert_eq!(fresh.len(), 300);
         // Recycle a list that differs everywhere: longer, other names, other fields.
-        let mut stale = read(&mut table(2, &["x"; 400], 9), TABLE, Vec::new()).unwrap();
+        let mut stale = read(&mut table(2, &["x"; 400], 9), TABLE, Vec::new()).unwrap().0;
         stale[3].on_cpu = true;
-        assert_eq!(read(&mut m, TABLE, stale).unwrap(), fresh);
+        assert_eq!(read(&mut m, TABLE, stale).unwrap().0, fresh);
         // And one that is shorter.
         let short = fresh[..10].to_vec();
-        assert_eq!(read(&mut m, TABLE, short).unwrap(), fresh);
-        assert!(fresh.iter().zip(read(&mut m, TABLE, fresh.clone()).unwrap()).all(|(a, b)| a.evidence == b.evidence));
+        assert_eq!(read(&mut m, TABLE, short).unwrap().0, fresh);
+        assert!(fresh.iter().zip(read(&mut m, TABLE, fresh.clone()).unwrap().0).all(|(a, b)| a.evidence == b.evidence));
     }
 
     #[test]

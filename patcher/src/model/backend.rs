@@ -159,28 +159,4 @@ pub fn read_words_via_bytes<E>(out: &mut [u64], read: impl FnOnce(&mut [u8]) -> 
     Ok(())
 }
 
-/// A mutable reference to a backend is a backend, so readers that own their
-/// backend (e.g. the virtual-memory reader) can also borrow one.
-impl<B: Backend + ?Sized> Backend for &mut B {
-    fn stop(&mut self) -> Result<Vec<VcpuState>, BackendError> {
-        (**self).stop()
-    }
-    fn resume(&mut self) -> Result<(), BackendError> {
-        (**self).resume()
-    }
-    fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), BackendError> {
-        (**self).read_phys(gpa, buf)
-    }
-    fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), BackendError> {
-        (**self).write_phys(gpa, data)
-    }
-    fn read_phys_words(&mut self, gpa: u64, out: &mut [u64]) -> Result<(), BackendError> {
-        (**self).read_phys_words(gpa, out)
-    }
-    fn direct_reads(&self) -> bool {
-        (**self).direct_reads()
-    }
-    fn prefetch_phys(&self, gpa: u64, len: usize) {
-        (**self).prefetch_phys(gpa, len)
-    }
-}
+// `&mut B` is a backend too: `backend_wrap.rs`, with the other wrappers.

@@ -123,6 +123,11 @@ pub struct IncrementalSummary {
     /// Why no verdict was reused, when none could be (no pre-check).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// Task records read again under the pause, when the kind could tell
+    /// which changed since the pre-check's read (the test guest's change
+    /// ring); absent when the whole list was read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub records_read: Option<usize>,
 }
 
 /// A stack the ORC check could not unwind, scanned conservatively instead.

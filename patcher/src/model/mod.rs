@@ -5,6 +5,7 @@
 //! - [`arena`]: the patch arena's guest-physical range and its one rule;
 //! - [`backend`]: the hypervisor seam (stop, registers, guest-physical
 //!   memory, resume) and a stopped vCPU's state;
+//! - [`backend_wrap`]: backends around a backend, every method forwarded;
 //! - [`mem`]: kernel-virtual memory, the seam between architecture and OS
 //!   knowledge;
 //! - [`phys_filter`]: which guest-physical addresses a guest pointer may
@@ -21,6 +22,7 @@
 
 pub mod arena;
 pub mod backend;
+pub mod backend_wrap;
 pub mod check;
 pub mod error;
 pub mod mem;

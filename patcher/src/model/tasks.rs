@@ -151,4 +151,14 @@ pub struct GuestTasks {
     /// agent's header, kernel-virtual). The caller hands it back to the next
     /// read, which looks there first; a stale one costs only a fresh lookup.
     pub source_at: Option<u64>,
+    /// The kind's count of task-record changes at this read, when it keeps
+    /// one (the test guest's change ring): handed back through
+    /// [`crate::kernels::TargetKernel::tasks_again`], it lets the next read
+    /// re-read only what changed since.
+    pub changes: Option<u64>,
+    /// Set by `tasks_again` only: the positions of `list.tasks` that may
+    /// differ from the list it was handed, every other position being the
+    /// same task with the same fields (sorted, no duplicates). `None`: any
+    /// position may differ.
+    pub changed: Option<Vec<usize>>,
 }

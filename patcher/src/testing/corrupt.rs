@@ -151,7 +151,20 @@ impl<B: Backend + std::fmt::Debug> std::fmt::Debug for Corrupting<B> {
     }
 }
 
-impl<B: Backend> Backend for Corrupting<B> {
+impl<B: Backend> crate::model::backend_wrap::Wrapper for Corrupting<B> {
+    type Inner = B;
+    fn inner_ref(&self) -> &B {
+        &self.inner
+    }
+    fn inner_mut(&mut self) -> &mut B {
+        &mut self.inner
+    }
+
+    fn read_phys_words(&mut self, gpa: u64, out: &mut [u64]) -> Result<(), BackendError> {
+        self.note(gpa, out.len() * 8);
+        self.inner.read_phys_words(gpa, out)
+    }
+
     fn stop(&mut self) -> Result<Vec<VcpuState>, BackendError> {
         let v = self.inner.stop()?;
         self.stopped = true;
@@ -181,6 +194,7 @@ impl<B: Backend> Backend for Corrupting<B> {
         self.inner.write_phys(gpa, data)
     }
 }
+crate::forward_backend!([B: Backend] Corrupting<B>);
 
 #[cfg(test)]
 mod tests {

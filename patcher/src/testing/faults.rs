@@ -90,7 +90,18 @@ impl<B: Backend> Faulty<B> {
     }
 }
 
-impl<B: Backend> Backend for Faulty<B> {
+impl<B: Backend> crate::model::backend_wrap::Wrapper for Faulty<B> {
+    type Inner = B;
+    fn inner_ref(&self) -> &B {
+        &self.inner
+    }
+    fn inner_mut(&mut self) -> &mut B {
+        &mut self.inner
+    }
+    fn read_phys_words(&mut self, gpa: u64, out: &mut [u64]) -> Result<(), BackendError> {
+        self.alive()?;
+        self.inner.read_phys_words(gpa, out)
+    }
     fn stop(&mut self) -> Result<Vec<VcpuState>, BackendError> {
         self.alive()?;
         self.inner.stop()
@@ -126,3 +137,4 @@ impl<B: Backend> Backend for Faulty<B> {
         Ok(())
     }
 }
+crate::forward_backend!([B: Backend] Faulty<B>);

@@ -102,6 +102,9 @@ pub struct FakeKernel {
     /// Per pause, in order: the tasks the sources dispute at it (`None`:
     /// they agree); agreement once they are spent.
     disputes: Mutex<VecDeque<Option<Vec<u64>>>>,
+    /// Per `tasks_again`, in order: the positions it says changed (`None`:
+    /// it does not say); it says nothing once they are spent.
+    changed: Mutex<VecDeque<Option<Vec<usize>>>>,
     up: AtomicBool,
     task_reads: AtomicUsize,
     root: u64,
@@ -144,6 +147,7 @@ impl FakeKernel {
             unwinder: Some(OrcUnwinder::new(orc_table(), None)),
             tasks: Mutex::new(VecDeque::from([Vec::new()])),
             disputes: Mutex::new(VecDeque::new()),
+            changed: Mutex::new(VecDeque::new()),
             up: AtomicBool::new(true),
             task_reads: AtomicUsize::new(0),
             root: RamGuest::new(RAM).root(),
@@ -274,6 +278,14 @@ impl FakeKernel {
         }
     }
 
+    /// Per `tasks_again` (the pause's read after a pre-check), in order,
+    /// the positions it says changed since the list handed to it, like the
+    /// test guest's change ring; `None`: it does not say. Honest or not:
+    /// the test decides.
+    pub fn script_changed(&self, reads: Vec<Option<Vec<usize>>>) {
+        *self.changed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = reads.into();
+    }
+
     /// Per pause, in order, the tasks whose sources disagree the way a
     /// fork or exit in flight does ([`TargetError::Disputed`],
     /// `agent_mismatch`); `None`: that pause's read agrees. Every read
@@ -340,7 +352,15 @@ impl TargetKernel for FakeKernel {
         let mut q = self.tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let tasks = if q.len() > 1 { q.pop_front().unwrap_or_default() } else { q.front().cloned().unwrap_or_default() };
         let list = TaskList { tasks, cpu_stacks: Vec::new() };
-        Ok(GuestTasks { list, vcpu_cpus: vec![None; vcpus.len()], source: "fake", source_at: None })
+        Ok(GuestTasks { list, vcpu_cpus: vec![None; vcpus.len()], source: "fake", source_at: None, changes: None, changed: None })
+    }
+
+    /// The scripted list, saying which positions changed as scripted
+    /// ([`FakeKernel::script_changed`]): true or not, as a kind's ring would.
+    fn tasks_again(&self, mem: &mut dyn KernelMemory, vcpus: &[VcpuState], source_at: Option<u64>, _prev: GuestTasks) -> Result<GuestTasks, TargetError> {
+        let mut t = self.tasks(mem, vcpus, source_at)?;
+        t.changed = self.changed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop_front().flatten();
+        Ok(t)
     }
 
     fn unwinder(&self) -> Option<&OrcUnwinder> {

@@ -8,7 +8,10 @@
 //! every task the evidence does not prove unchanged
 //! ([`crate::safety::incremental::split`]); in `compare` mode it runs the
 //! full check on the same stopped guest too and refuses
-//! `incremental_mismatch` when their conflicts differ. A pre-check that
+//! `incremental_mismatch` when their conflicts differ, or when the list the
+//! kind built from the pre-check's and what it said changed
+//! ([`GuestTasks::changed`], the test guest's change ring) differs from a
+//! whole read. A pre-check that
 //! cannot be made (the list caught mid-update, a torn read, no evidence)
 //! only means that pause checks everything.
 
@@ -82,7 +85,14 @@ impl<B: Backend> Patcher<'_, B> {
                 safety::check(mode, unwinder, &mut self.guest, symbols, full_input, ranges).map_err(fail)?
             }
             Ok(pre) => {
-                let (rest, reused) = incremental::split(pre, &tasks.list, vcpus);
+                // Only what changed since the pre-check was read again: split
+                // touching only that (the same answer as the whole split).
+                let fast = tasks.changed.as_deref().and_then(|ch| incremental::split_changed(pre, &tasks.list, ch, vcpus));
+                inc.records_read = fast.as_ref().and(tasks.changed.as_ref()).map(Vec::len);
+                let (rest, reused) = match fast {
+                    Some(r) => r,
+                    None => incremental::split(pre, &tasks.list, vcpus),
+                };
                 inc.pre_checked = pre.len();
                 inc.pre_check_us = pre.took_us;
                 inc.reused = reused;
@@ -90,6 +100,20 @@ impl<B: Backend> Patcher<'_, B> {
                 let input = CheckInput { vcpus, vcpu_cpus: &tasks.vcpu_cpus, tasks: &rest };
                 let (c, s) = safety::check(mode, unwinder, &mut self.guest, symbols, input, ranges).map_err(fail)?;
                 if self.cfg.incremental == Incremental::Compare {
+                    // A list built from the pre-check's and what the kind said
+                    // changed must be what a whole read gives now.
+                    let whole;
+                    let full_input = if tasks.changed.is_some() {
+                        whole = self.target.tasks(&mut self.guest, vcpus, self.task_hint).map_err(fail)?;
+                        if whole.list != tasks.list {
+                            let why = format!("the task list re-read where the kind said it changed ({} records) differs from a whole read", inc.records_read.unwrap_or(0));
+                            tracing::error!(%why, "incremental check mismatch");
+                            return Err(Failure::new(Stage::Check, Cause::Unexpected, "incremental_mismatch", why));
+                        }
+                        CheckInput { vcpus, vcpu_cpus: &whole.vcpu_cpus, tasks: &whole.list }
+                    } else {
+                        full_input
+                    };
                     let (full, full_sum) = safety::check(mode, unwinder, &mut self.guest, symbols, full_input, ranges).map_err(fail)?;
                     if let Some(diff) = incremental::difference(&full, &c) {
                         let why = format!("the incremental check ({reused} of {all} tasks reused) and the full check disagree: {diff}");

@@ -202,3 +202,52 @@ fn scan_verdicts_are_kept_only_on_owner_only_stacks() {
         assert_eq!((inc.pre_checked, inc.reused, inc.rechecked), (kept, kept, 2 - kept), "owner_only={owner_only}");
     }
 }
+
+/// A kind that says which positions changed since the pre-check's read
+/// (the test guest's change ring): told the truth, the pause reads and
+/// checks only those and reaches the full check's verdict; the worker that
+/// entered `fake_a` in the window is refused as before.
+#[test]
+fn a_kind_naming_what_changed_reaches_the_full_checks_verdict() {
+    let (full, _) = worker_enters_fake_a(Incremental::Off, 3, true);
+    let named = |mode| {
+        let k = FakeKernel::new();
+        // Every pause's read names the worker (position 0) changed.
+        k.script_changed(vec![Some(vec![0]); 3]);
+        worker_enters_fake_a_on(k, CheckMode::default(), mode, 3, true)
+    };
+    refused_like_the_full_check(&full, named);
+    let (r, _) = named(Incremental::On);
+    assert_eq!(r.check.unwrap().incremental.unwrap().records_read, Some(1));
+}
+
+/// A ring that hides a change: the list built from it still holds the
+/// worker as the pre-check read it, clean in `fake_c`, while the guest has
+/// it in `fake_a`. `on` trusts the kind (fooled, like forged evidence);
+/// `compare` reads the whole list too, finds it differs and refuses
+/// `incremental_mismatch`, nothing written.
+#[test]
+fn compare_refuses_a_ring_that_hides_a_change() {
+    let run = |mode| {
+        let k = FakeKernel::new();
+        let mut g = k.guest();
+        let inside = seen(k.sleeping_task(&mut g, 0, 300, "worker", &[k.ret_into("fake_a"), k.ret_into("fake_b")]), 8);
+        let inside_bytes = stack_of(&g, &inside);
+        let before = seen(k.sleeping_task(&mut g, 0, 300, "worker", &[k.ret_into("fake_c")]), 7);
+        let base = before.stack.start - START_KERNEL_MAP;
+        // Pre-check, the pause's ring-built list (stale: nothing named), then every whole read.
+        k.script_tasks(vec![vec![before.clone()], vec![before], vec![inside]]);
+        k.script_changed(vec![Some(Vec::new())]);
+        let mut p = Patcher::new(&mut g, &k, cfg(1, mode));
+        p.set_window(move |attempt| if attempt == 1 { vec![(base, inside_bytes.clone())] } else { Vec::new() });
+        let r = p.apply(&patch("p1", &["fake_a"]));
+        drop(p);
+        (r, g)
+    };
+    let (on, _) = run(Incremental::On);
+    assert!(on.is_ok(), "a lying ring fools `on`: {}", on.to_json());
+    let (r, g) = run(Incremental::Compare);
+    assert_eq!((r.cause, r.reason.as_deref()), (Cause::Unexpected, Some("incremental_mismatch")), "{}", r.to_json());
+    assert!(r.message.contains("differs from a whole read"), "{}", r.message);
+    assert_eq!(text(&g, &FakeKernel::new(), "fake_a", 0x40), FakeKernel::new().pristine("fake_a"));
+}

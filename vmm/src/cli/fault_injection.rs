@@ -56,7 +56,7 @@ pub use self::kill_after::KillAfter;
 
 #[cfg(feature = "fault-injection")]
 mod kill_after {
-    use vsplice_patcher::model::backend::{Backend, BackendError, VcpuState};
+    use vsplice_patcher::model::backend::{Backend, BackendError};
 
     /// The environment variable that sets how many writes go through.
     pub const KILL_AFTER_WRITES_VAR: &str = "VSPLICE_FAULT_KILL_AFTER_WRITES";
@@ -85,24 +85,13 @@ mod kill_after {
         }
     }
 
-    impl<B: Backend> Backend for KillAfter<B> {
-        fn stop(&mut self) -> Result<Vec<VcpuState>, BackendError> {
-            self.inner.stop()
+    impl<B: Backend> vsplice_patcher::model::backend_wrap::Wrapper for KillAfter<B> {
+        type Inner = B;
+        fn inner_ref(&self) -> &B {
+            &self.inner
         }
-        fn resume(&mut self) -> Result<(), BackendError> {
-            self.inner.resume()
-        }
-        fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), BackendError> {
-            self.inner.read_phys(gpa, buf)
-        }
-        fn read_phys_words(&mut self, gpa: u64, out: &mut [u64]) -> Result<(), BackendError> {
-            self.inner.read_phys_words(gpa, out)
-        }
-        fn direct_reads(&self) -> bool {
-            self.inner.direct_reads()
-        }
-        fn prefetch_phys(&self, gpa: u64, len: usize) {
-            self.inner.prefetch_phys(gpa, len)
+        fn inner_mut(&mut self) -> &mut B {
+            &mut self.inner
         }
         fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), BackendError> {
             match self.writes_left {
@@ -118,11 +107,23 @@ mod kill_after {
             self.inner.write_phys(gpa, data)
         }
     }
+    vsplice_patcher::forward_backend!([B: Backend] KillAfter<B>);
 
     #[cfg(test)]
     mod tests {
         #![allow(clippy::unwrap_used)]
         use super::*;
+        use vsplice_patcher::model::backend::VcpuState;
+        use vsplice_patcher::model::backend_wrap::Probe;
+
+        /// Every Backend method reaches the inner backend (none falls back
+        /// to the trait's default, e.g. the byte path for word reads).
+        #[test]
+        fn kill_after_forwards_every_method() {
+            let mut k = KillAfter::new(Probe::default(), None);
+            assert_eq!(Probe::call_all(&mut k), (true, 0x5eed));
+            assert_eq!(*k.inner.calls.borrow(), Probe::ALL);
+        }
 
         #[derive(Debug, Default)]
         struct Memory(Vec<(u64, Vec<u8>)>);

@@ -68,23 +68,16 @@ pub struct ArenaGuest<B: Backend> {
     pub doorbell: Option<u64>,
 }
 
-impl<B: Backend> Backend for ArenaGuest<B> {
-    fn stop(&mut self) -> Result<Vec<VcpuState>, BackendError> {
-        self.backend.stop()
+impl<B: Backend> vsplice_patcher::model::backend_wrap::Wrapper for ArenaGuest<B> {
+    type Inner = B;
+    fn inner_ref(&self) -> &B {
+        &self.backend
     }
-    fn resume(&mut self) -> Result<(), BackendError> {
-        self.backend.resume()
-    }
-    fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), BackendError> {
-        self.backend.read_phys(gpa, buf)
-    }
-    fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), BackendError> {
-        self.backend.write_phys(gpa, data)
-    }
-    fn direct_reads(&self) -> bool {
-        self.backend.direct_reads()
+    fn inner_mut(&mut self) -> &mut B {
+        &mut self.backend
     }
 }
+vsplice_patcher::forward_backend!([B: Backend] ArenaGuest<B>);
 
 impl<B: Backend> LiveGuest for ArenaGuest<B> {
     fn live_arena(&self) -> ArenaRange {
@@ -336,5 +329,21 @@ impl BootTarget {
     /// True once the desired patches were applied (or refused) in this boot.
     pub fn applied(&self) -> bool {
         self.applied
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use vsplice_patcher::model::backend_wrap::Probe;
+
+    /// Every Backend method reaches the backend inside (none falls back to
+    /// the trait's default, e.g. no direct reads over QEMU's RAM file).
+    #[test]
+    fn arena_guest_forwards_every_method() {
+        let mut g = ArenaGuest { backend: Probe::default(), arena: ArenaRange::from_mib(0x4000_0000, 64).unwrap(), doorbell: None };
+        assert_eq!(Probe::call_all(&mut g), (true, 0x5eed));
+        assert_eq!(*g.backend.calls.borrow(), Probe::ALL);
     }
 }

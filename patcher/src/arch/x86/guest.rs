@@ -141,12 +141,13 @@ impl<B: Backend> AutoStop<B> {
     }
 }
 
-impl<B: Backend> Backend for AutoStop<B> {
-    fn stop(&mut self) -> Result<Vec<VcpuState>, BackendError> {
-        self.0.stop()
+impl<B: Backend> crate::model::backend_wrap::Wrapper for AutoStop<B> {
+    type Inner = B;
+    fn inner_ref(&self) -> &B {
+        &self.0
     }
-    fn resume(&mut self) -> Result<(), BackendError> {
-        self.0.resume()
+    fn inner_mut(&mut self) -> &mut B {
+        &mut self.0
     }
     fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), BackendError> {
         self.stopped(|b| b.read_phys(gpa, buf))
@@ -157,10 +158,5 @@ impl<B: Backend> Backend for AutoStop<B> {
     fn read_phys_words(&mut self, gpa: u64, out: &mut [u64]) -> Result<(), BackendError> {
         self.stopped(|b| b.read_phys_words(gpa, out))
     }
-    fn direct_reads(&self) -> bool {
-        self.0.direct_reads()
-    }
-    fn prefetch_phys(&self, gpa: u64, len: usize) {
-        self.0.prefetch_phys(gpa, len)
-    }
 }
+crate::forward_backend!([B: Backend] AutoStop<B>);
