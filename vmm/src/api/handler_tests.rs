@@ -222,3 +222,45 @@ fn when_loaded_is_held_listed_and_cancelled_with_hooks_and_refused_without() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn at_the_load_hook_a_pending_patch_is_applied_to_the_coming_module_and_at_the_unload_hook_dropped() {
+    use super::handler::RequestHandler;
+    use super::pending::ModuleHooks;
+    use vsplice_patcher::model::backend::VcpuState;
+    use vsplice_patcher::model::{MODULE_STATE_COMING, MODULE_STATE_GOING};
+    const AT: u64 = 0xffff_ffff_c000_1000;
+    let hooks = ModuleHooks { coming: 0xffff_ffff_8100_1000, going: 0xffff_ffff_8100_2000 };
+    let absent = FakeKernel::new();
+    let mut g = absent.guest();
+    let mut h = RequestHandler::for_tests();
+    h.set_hooks(Ok(hooks));
+    let held = ApiRequest::Apply(ApplyRequest { source: PatchSource::Bytes(module_patch_bytes()), check: None, attempts: None, when_loaded: true });
+    assert!(matches!(ask_handler(&mut h, &absent, &mut g, held), ApiResponse::Pending(_)));
+    let mut desired = DesiredPatches::new();
+    let hit = |rip: u64, module: u64| {
+        let mut v = VcpuState { rip, ..VcpuState::default() };
+        v.gprs[5] = module;
+        v
+    };
+    // Another module loading (its struct module elsewhere): still pending, nothing written.
+    let coming = FakeKernel::new().with_module("fakemod", AT, &["fake_b", "fake_c"]).with_module_state(MODULE_STATE_COMING);
+    let writes = g.writes;
+    h.module_hook(&mut g, arena(), &coming, &hit(hooks.coming, AT + 0x1000), &mut desired);
+    assert_eq!(g.writes, writes, "nothing written for another module's load");
+    assert_eq!(h.wanted_breakpoints(), std::collections::BTreeSet::from([hooks.coming]), "still pending");
+    // Its own load: applied with the module COMING, in the desired list, the unload hook wanted.
+    h.module_hook(&mut g, arena(), &coming, &hit(hooks.coming, AT), &mut desired);
+    let mut p = Patcher::new(&mut g, &coming, config());
+    let s = p.status().unwrap();
+    assert_eq!(s.patches.len(), 1);
+    assert!(s.patches[0].funcs.iter().all(|f| f.active && f.module.as_deref() == Some("fakemod")), "{s:?}");
+    assert_eq!(desired.len(), 1);
+    assert_eq!(h.wanted_breakpoints(), std::collections::BTreeSet::from([hooks.going]), "nothing pending; a module record");
+    // A stop at the unload hook for that load: dropped, no text written.
+    let going = FakeKernel::new().with_module("fakemod", AT, &["fake_b", "fake_c"]).with_module_state(MODULE_STATE_GOING);
+    h.module_hook(&mut g, arena(), &going, &hit(hooks.going, AT), &mut desired);
+    let s = Patcher::new(&mut g, &going, config()).status().unwrap();
+    assert!(s.patches.is_empty() && s.history.iter().any(|e| e.how == "module_unloaded"), "{s:?}");
+    assert!(desired.is_empty() && h.wanted_breakpoints().is_empty());
+}
