@@ -53,6 +53,22 @@ fn the_code_s_replies_conform() {
     api.validate_component("PatchStatus", &p).unwrap();
     p["cves"] = json!(["not-a-cve"]);
     assert!(api.validate_component("PatchStatus", &p).is_err());
+    // A patch held until its module loads, and cancelled; listed; its events.
+    let held = vsplice_patcher::txn::recover::PendingStatus { id: "c4bf".into(), name: "fix".into(), modules: vec!["nfsd".into()], state: "pending" };
+    api.validate_reply("PUT", "/patches?when_loaded=true", 202, "application/json", serde_json::to_vec(&held).unwrap().as_slice()).unwrap();
+    let cancelled = vsplice_patcher::txn::recover::PendingStatus { state: "cancelled", ..held.clone() };
+    api.validate_reply("DELETE", "/patches/fix", 200, "application/json", serde_json::to_vec(&cancelled).unwrap().as_slice()).unwrap();
+    api.validate_reply("DELETE", "/patches/fix", 200, "application/json", r.to_json().as_bytes()).unwrap();
+    let e = ApiError::new(ApiCause::PendingUnsupported, "vsplice run");
+    api.validate_reply("PUT", "/patches", 422, "application/json", e.to_json().as_bytes()).unwrap();
+    let listed = json!({"arena": null, "patches": [], "history": [], "intent": null, "pending": [serde_json::to_value(&held).unwrap()]});
+    api.validate_reply("GET", "/patches", 200, "application/json", listed.to_string().as_bytes()).unwrap();
+    let module = json!({"events": [{"seq": 1, "time_ms": 5, "kind": "module", "state": "applied_at_load", "detail": "patch fix applied at load"}], "next": 1});
+    api.validate_reply("GET", "/events?since=0", 200, "application/json", module.to_string().as_bytes()).unwrap();
+    let mut bad = json!({"arena": null, "patches": [], "history": [], "intent": null, "pending": [{"id": "c4bf", "name": "fix", "modules": [], "state": "waiting"}]});
+    assert!(api.validate_reply("GET", "/patches", 200, "application/json", bad.to_string().as_bytes()).is_err(), "an unknown pending state passes");
+    bad["pending"] = json!([]);
+    api.validate_reply("GET", "/patches", 200, "application/json", bad.to_string().as_bytes()).unwrap();
     assert_eq!(template("/patches/recover"), "/patches/recover");
     assert_eq!(template("/patches/x?y"), "/patches/{id}");
 }

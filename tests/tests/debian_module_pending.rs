@@ -110,7 +110,7 @@ fn a_patch_for_nfsd_waits_for_the_module_and_is_applied_as_it_loads() {
     assert!(v["message"].as_str().unwrap().contains("when_loaded") || v["message"].as_str().unwrap().contains("--when-loaded"), "the refusal names the option: {v}");
     let (st, v) = put(&d, &vsp, true);
     assert_eq!((st, v["state"].as_str(), v["id"].as_str()), (202, Some("pending"), Some(id.as_str())), "{v}");
-    assert_eq!(v["modules"], serde_json::json!(["nfsd"]), "{v}");
+    assert!(v["modules"].as_array().unwrap().iter().any(|m| m == "nfsd"), "{v}");
     let listed = d.req("GET", "/patches", None, b"").json();
     assert_eq!(listed["pending"][0]["id"], id.as_str(), "pending listed: {listed}");
     let r = d.req("DELETE", &format!("/patches/{name}"), None, b"");

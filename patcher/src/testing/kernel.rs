@@ -177,6 +177,15 @@ impl FakeKernel {
         self
     }
 
+    /// The same kernel with the last module added in `state`
+    /// (`MODULE_STATE_COMING` while it loads, `GOING` while it unloads).
+    pub fn with_module_state(mut self, state: u32) -> Self {
+        if let Some(m) = self.modules.last_mut() {
+            m.state = state;
+        }
+        self
+    }
+
     /// The same kernel on page tables of `mode` (5 levels: LA57).
     pub fn with_paging(mut self, mode: PagingMode) -> Self {
         self.paging = mode;

@@ -182,6 +182,38 @@ mod tests {
         assert!(r.is_ok(), "{}", r.to_json());
     }
 
+    #[test]
+    fn a_coming_module_counts_only_for_the_apply_at_its_load_and_a_going_one_is_dropped_at_once() {
+        const AT: u64 = 0xffff_ffff_c000_1000;
+        let coming = FakeKernel::new().with_module("fakemod", AT, &["fake_b", "fake_c"]).with_module_state(MODULE_STATE_COMING);
+        let mut g = coming.guest();
+        let writes = g.writes;
+        let r = patcher(&mut g, &coming).apply(&module_patch("m1"));
+        assert_eq!((r.cause, r.reason.as_deref()), (Cause::ModuleNotLoaded, Some("module_not_live")), "{}", r.to_json());
+        let mut other = patcher(&mut g, &coming);
+        other.config_mut().coming_module = Some(AT + 0x1000);
+        let r = other.apply(&module_patch("m1"));
+        assert_eq!(r.reason.as_deref(), Some("module_not_live"), "another module's load: {}", r.to_json());
+        assert_eq!(g.writes, writes, "nothing written");
+        let mut at_load = patcher(&mut g, &coming);
+        at_load.config_mut().coming_module = Some(AT);
+        let r = at_load.apply(&module_patch("m1"));
+        assert!(r.is_ok(), "{}", r.to_json());
+        assert_eq!(patcher(&mut g, &coming).patched_modules().unwrap(), BTreeSet::from([AT]));
+
+        // Going: another module's unload drops nothing; this one's drops the record, no text written.
+        let going = FakeKernel::new().with_module("fakemod", AT, &["fake_b", "fake_c"]).with_module_state(crate::model::MODULE_STATE_GOING);
+        assert!(patcher(&mut g, &going).drop_going_module(AT + 0x1000).unwrap().is_empty());
+        let text_now = text(&g, &going, "fake_b", 0x10);
+        let mut p = patcher(&mut g, &going);
+        let dropped = p.drop_going_module(AT).unwrap();
+        assert_eq!(dropped.iter().map(|(_, n)| n.as_str()).collect::<Vec<_>>(), ["m1"]);
+        assert_eq!(text(&g, &going, "fake_b", 0x10), text_now, "no text written");
+        let reg = registry(&mut g).unwrap();
+        assert!(reg.patches.is_empty() && reg.history.iter().any(|h| h.how == "module_unloaded"), "{reg:?}");
+        assert!(patcher(&mut g, &going).patched_modules().unwrap().is_empty());
+    }
+
     fn module(name: &str, addr: u64) -> LoadedModule {
         LoadedModule { name: name.into(), addr, state: 0, base: addr + 0x1000, text_size: 0x2000, symbols: SymbolTable::default() }
     }

@@ -166,13 +166,32 @@ pub struct RequestHandler {
     pending: Vec<PendingPatch>,
     /// The module hooks, or why patches cannot wait for their module here.
     hooks: Result<ModuleHooks, String>,
+    #[cfg(test)]
+    test_tx: Option<std::sync::mpsc::Sender<Envelope>>,
 }
 
 impl RequestHandler {
     /// A handler for the requests arriving on `requests`.
     pub fn new(shared: Arc<ApiShared>, requests: Receiver<Envelope>) -> Self {
         let hooks = Err("this VMM cannot hold a patch until its module loads (`vsplice attach` can)".to_owned());
-        Self { shared, requests, check: None, incremental: Incremental::Off, trust: TrustPolicy::none(), pending: Vec::new(), hooks }
+        Self { shared, requests, check: None, incremental: Incremental::Off, trust: TrustPolicy::none(), pending: Vec::new(), hooks, #[cfg(test)] test_tx: None }
+    }
+
+    /// A handler whose requests the test hands it ([`Self::test_send`]).
+    #[cfg(test)]
+    pub fn for_tests() -> Self {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut h = Self::new(Arc::new(ApiShared::default()), rx);
+        h.test_tx = Some(tx);
+        h
+    }
+
+    /// Queues a request (tests).
+    #[cfg(test)]
+    pub fn test_send(&self, env: Envelope) {
+        if let Some(tx) = &self.test_tx {
+            let _ = tx.send(env);
+        }
     }
 
     /// The module hooks `when_loaded` relies on (`vsplice attach`), or why

@@ -160,3 +160,107 @@ fn trusted_keys_refuse_unsigned_forged_and_foreign_patches_before_the_guest() {
     assert!(txn(&s).is_ok(), "{}", txn(&s).to_json());
     assert!(txn(&s).notes.iter().any(|n| n == ALLOW_UNSIGNED_NOTE));
 }
+
+/// A patch of `fake_b` as a function of module `fakemod` (not loaded in a plain FakeKernel).
+fn module_patch_bytes() -> Vec<u8> {
+    let mut p = FakePatch::new("m1").replace("fake_b").build(&FakeKernel::new()).unwrap();
+    p.manifest.replacements[0].object = Some("fakemod".into());
+    p.to_bytes().unwrap()
+}
+
+fn ask_handler(h: &mut super::handler::RequestHandler, k: &FakeKernel, g: &mut vsplice_patcher::testing::RamGuest, request: ApiRequest) -> ApiResponse {
+    let (tx, rx) = std::sync::mpsc::channel();
+    h.test_send(super::request::Envelope { request, reply: tx });
+    h.serve_waiting(g, arena(), Ok(k), &mut DesiredPatches::new(), Duration::from_millis(10));
+    rx.recv().unwrap()
+}
+
+#[test]
+fn when_loaded_is_held_listed_and_cancelled_with_hooks_and_refused_without() {
+    use super::handler::RequestHandler;
+    use super::pending::ModuleHooks;
+    let k = FakeKernel::new();
+    let mut g = k.guest();
+    let held = || ApiRequest::Apply(ApplyRequest { source: PatchSource::Bytes(module_patch_bytes()), check: None, attempts: None, when_loaded: true });
+    // `vsplice run`: no hooks.
+    let mut h = RequestHandler::for_tests();
+    match ask_handler(&mut h, &k, &mut g, held()) {
+        ApiResponse::Error(e) => assert_eq!(e.cause, ApiCause::PendingUnsupported, "{e:?}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(h.wanted_breakpoints().is_empty());
+    // With hooks: held, listed, the load hook wanted; cancelled: nothing wanted.
+    let hooks = ModuleHooks { coming: 0xffff_ffff_8100_1000, going: 0xffff_ffff_8100_2000 };
+    h.set_hooks(Ok(hooks));
+    let id = match ask_handler(&mut h, &k, &mut g, held()) {
+        ApiResponse::Pending(p) => {
+            assert_eq!((p.state, p.modules.clone()), ("pending", vec!["fakemod".to_owned()]));
+            p.id.clone()
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(h.wanted_breakpoints(), std::collections::BTreeSet::from([hooks.coming]));
+    match ask_handler(&mut h, &k, &mut g, ApiRequest::ListPatches) {
+        ApiResponse::Status(s) => assert_eq!(s.pending.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), [id.as_str()]),
+        other => panic!("{other:?}"),
+    }
+    // Without the option the refusal stays, naming it.
+    let plain = ApiRequest::Apply(ApplyRequest { source: PatchSource::Bytes(module_patch_bytes()), check: None, attempts: None, when_loaded: false });
+    match ask_handler(&mut h, &k, &mut g, plain) {
+        ApiResponse::Txn(r) => assert!(r.cause == Cause::ModuleNotLoaded && r.message.contains("--when-loaded"), "{}", r.to_json()),
+        other => panic!("{other:?}"),
+    }
+    match ask_handler(&mut h, &k, &mut g, ApiRequest::Revert("m1".into())) {
+        ApiResponse::Pending(p) => assert_eq!(p.state, "cancelled"),
+        other => panic!("{other:?}"),
+    }
+    assert!(h.wanted_breakpoints().is_empty());
+    // A vmlinux patch with the option is simply applied.
+    let now = ApiRequest::Apply(ApplyRequest { source: PatchSource::Bytes(bytes("v1", "fake_a")), check: None, attempts: None, when_loaded: true });
+    match ask_handler(&mut h, &k, &mut g, now) {
+        ApiResponse::Txn(r) => assert!(r.is_ok(), "{}", r.to_json()),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn at_the_load_hook_a_pending_patch_is_applied_to_the_coming_module_and_at_the_unload_hook_dropped() {
+    use super::handler::RequestHandler;
+    use super::pending::ModuleHooks;
+    use vsplice_patcher::model::backend::VcpuState;
+    use vsplice_patcher::model::{MODULE_STATE_COMING, MODULE_STATE_GOING};
+    const AT: u64 = 0xffff_ffff_c000_1000;
+    let hooks = ModuleHooks { coming: 0xffff_ffff_8100_1000, going: 0xffff_ffff_8100_2000 };
+    let absent = FakeKernel::new();
+    let mut g = absent.guest();
+    let mut h = RequestHandler::for_tests();
+    h.set_hooks(Ok(hooks));
+    let held = ApiRequest::Apply(ApplyRequest { source: PatchSource::Bytes(module_patch_bytes()), check: None, attempts: None, when_loaded: true });
+    assert!(matches!(ask_handler(&mut h, &absent, &mut g, held), ApiResponse::Pending(_)));
+    let mut desired = DesiredPatches::new();
+    let hit = |rip: u64, module: u64| {
+        let mut v = VcpuState { rip, ..VcpuState::default() };
+        v.gprs[5] = module;
+        v
+    };
+    // Another module loading (its struct module elsewhere): still pending, nothing written.
+    let coming = FakeKernel::new().with_module("fakemod", AT, &["fake_b", "fake_c"]).with_module_state(MODULE_STATE_COMING);
+    let writes = g.writes;
+    h.module_hook(&mut g, arena(), &coming, &hit(hooks.coming, AT + 0x1000), &mut desired);
+    assert_eq!(g.writes, writes, "nothing written for another module's load");
+    assert_eq!(h.wanted_breakpoints(), std::collections::BTreeSet::from([hooks.coming]), "still pending");
+    // Its own load: applied with the module COMING, in the desired list, the unload hook wanted.
+    h.module_hook(&mut g, arena(), &coming, &hit(hooks.coming, AT), &mut desired);
+    let mut p = Patcher::new(&mut g, &coming, config());
+    let s = p.status().unwrap();
+    assert_eq!(s.patches.len(), 1);
+    assert!(s.patches[0].funcs.iter().all(|f| f.active && f.module.as_deref() == Some("fakemod")), "{s:?}");
+    assert_eq!(desired.len(), 1);
+    assert_eq!(h.wanted_breakpoints(), std::collections::BTreeSet::from([hooks.going]), "nothing pending; a module record");
+    // A stop at the unload hook for that load: dropped, no text written.
+    let going = FakeKernel::new().with_module("fakemod", AT, &["fake_b", "fake_c"]).with_module_state(MODULE_STATE_GOING);
+    h.module_hook(&mut g, arena(), &going, &hit(hooks.going, AT), &mut desired);
+    let s = Patcher::new(&mut g, &going, config()).status().unwrap();
+    assert!(s.patches.is_empty() && s.history.iter().any(|e| e.how == "module_unloaded"), "{s:?}");
+    assert!(desired.is_empty() && h.wanted_breakpoints().is_empty());
+}

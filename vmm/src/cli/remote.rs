@@ -294,3 +294,28 @@ pub fn run(args: RemoteArgs) -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn when_loaded_goes_in_the_query_or_the_json_body_and_pending_reads_as_text() {
+        let dir = std::env::temp_dir().join(format!("vsplice-remote-when-loaded-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("p.vsp");
+        std::fs::write(&f, b"x").unwrap();
+        let (m, path, _, ct, _) = apply_call(&f, false, None, None, true).unwrap();
+        assert_eq!((m, path.as_str(), ct), ("PUT", "/patches?when_loaded=true", Some("application/octet-stream")));
+        let (_, path, body, ct, _) = apply_call(&f, true, Some("orc"), None, true).unwrap();
+        assert_eq!((path.as_str(), ct), ("/patches", Some("application/json")));
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!((v["when_loaded"].as_bool(), v["check"].as_str()), (Some(true), Some("orc")));
+        let (_, path, body, _, _) = apply_call(&f, true, None, None, false).unwrap();
+        assert!(serde_json::from_slice::<Value>(&body).unwrap().get("when_loaded").is_none() && path == "/patches");
+        let held = serde_json::json!({"id": "c4bf", "name": "fix", "modules": ["nfsd", "sunrpc"], "state": "pending"});
+        assert_eq!(text_txn(&held), "fix (c4bf): pending, module(s) nfsd, sunrpc");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
