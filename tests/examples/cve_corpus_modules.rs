@@ -298,8 +298,12 @@ fn apply_check_revert(g: &mut vsplice_tests::qemu::Guest, cli: &PatchCli, vsp: &
     let cause = r["cause"].as_str().unwrap_or("unknown").to_owned();
     let dt = r["timings"]["downtime_us"].as_f64().unwrap_or(0.0) / 1e3;
     if cause != "ok" {
-        let why = cause_of(&text(&o.stderr)).1;
-        return (format!("{cause}: {why}"), dt);
+        // The report's stage, reason and message; else the CLI's error line.
+        let why = match r["message"].as_str() {
+            Some(m) => format!("{} {}: {m}", r["stage"].as_str().unwrap_or("?"), r["reason"].as_str().unwrap_or("-")),
+            None => cause_of(&text(&o.stderr)).1,
+        };
+        return (format!("{cause}: {}", why.replace(['\t', '\n'], " ").chars().take(300).collect::<String>()), dt);
     }
     let name = r["patch_name"].as_str().or(r["patch_id"].as_str()).unwrap_or_default().to_owned();
     let alive = match g.run("echo alive; ls /proc/self/fd >/dev/null; cat /proc/loadavg") {
