@@ -24,7 +24,9 @@
 //! `cargo run --release -p vsplice-tests --example cve_corpus_modules --
 //! [--phase build|boot] [--mapping name] [--max N] [--files a.c,b.c]
 //! [--budget S] [--batch N] [--redo]` (`--redo`: build or apply again what
-//! already has a row; the last row of a file counts).
+//! already has a row; the last row of a file counts). `--phase cumulative
+//! --files LIST`: one cumulative patch of built-in files, applied and
+//! reverted on a fresh -54.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -298,8 +300,12 @@ fn apply_check_revert(g: &mut vsplice_tests::qemu::Guest, cli: &PatchCli, vsp: &
     let cause = r["cause"].as_str().unwrap_or("unknown").to_owned();
     let dt = r["timings"]["downtime_us"].as_f64().unwrap_or(0.0) / 1e3;
     if cause != "ok" {
-        let why = cause_of(&text(&o.stderr)).1;
-        return (format!("{cause}: {why}"), dt);
+        // The report's stage, reason and message; else the CLI's error line.
+        let why = match r["message"].as_str() {
+            Some(m) => format!("{} {}: {m}", r["stage"].as_str().unwrap_or("?"), r["reason"].as_str().unwrap_or("-")),
+            None => cause_of(&text(&o.stderr)).1,
+        };
+        return (format!("{cause}: {}", why.replace(['\t', '\n'], " ").chars().take(300).collect::<String>()), dt);
     }
     let name = r["patch_name"].as_str().or(r["patch_id"].as_str()).unwrap_or_default().to_owned();
     let alive = match g.run("echo alive; ls /proc/self/fd >/dev/null; cat /proc/loadavg") {
@@ -327,7 +333,31 @@ fn main() {
     if phase.as_deref() != Some("boot") {
         build_phase(&c, &out);
     }
+    if phase.as_deref() == Some("cumulative") {
+        return cumulative(&c, &out);
+    }
     if phase.as_deref() != Some("build") {
         boot_phase(&c, &out);
     }
+}
+
+/// `--phase cumulative --files a.c,b.c`: one cumulative patch of the
+/// given built-in files (`--cumulative --skip-refused`), applied to a
+/// fresh -54, checked, reverted; prints one line.
+fn cumulative(c: &ModCorpus, out: &Path) {
+    let files: Vec<String> = arg("--files").expect("--files").split(',').map(str::to_owned).collect();
+    let parts = vsplice_patcher::patch::diff::split::per_file(&std::fs::read_to_string(c.dir.join("fix.patch")).unwrap());
+    let diff = out.join("cumulative-builtin.patch");
+    std::fs::write(&diff, vsplice_patcher::patch::diff::split::only(&parts, &files)).unwrap();
+    let vsp = out.join("cumulative-builtin.vsp");
+    let t = Instant::now();
+    let o = c.build_diff(&diff, &vsp, &["--cumulative", "--skip-refused", "--name", "cve-54-55-builtin-cumulative"]);
+    let build_s = t.elapsed().as_secs_f64();
+    assert!(o.status.success(), "cumulative build: {}", text(&o.stderr));
+    let m: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let (n, left) = (m["replacements"].as_array().map_or(0, Vec::len), m["build"]["left_out"].as_array().map_or(0, Vec::len));
+    let Some(mut g) = c.boot("cve_corpus_cumulative", c.dir.join("initramfs.cpio.gz")) else { return };
+    let cli = PatchCli::new(&g).unwrap();
+    let (apply, dt) = apply_check_revert(&mut g, &cli, &vsp);
+    println!("cumulative: {} file(s), {n} function(s) replaced, {left} left out, built in {build_s:.1} s; {apply}, downtime {dt:.1} ms", files.len());
 }

@@ -153,7 +153,7 @@ def main():
         for f in sorted(redo):
             s = st[f]
             build = "built" if s["build"] == "built" else f"refused `{s['build']}`: {s['why'][:140]}"
-            print(f"| `{f}` | {', '.join(f'`{x}`' for x in s['functions']) or '-'} | {build.replace('|', '/')} | {'applied, reverted' if f in applied else s['apply'][:140]} | {s['dt']:.1f} |")
+            print(f"| `{f}` | {', '.join(f'`{x}`' for x in s['functions']) or '-'} | {build.replace('|', '/')} | {'applied, reverted' if f in applied else ('-' if s['build'] != 'built' else s['apply'][:140])} | {s['dt']:.1f} |")
 
 
 if __name__ == "__main__":

@@ -72,7 +72,10 @@ pub fn module_of_makefile(c_file: &str, makefile: &str, config: &str) -> Result<
             let Some((composite, _, _)) = lines.iter().find(|(p, sel, objs)| p != "obj" && p != "ccflags" && objs.contains(&obj) && option_value(sel, config) != 'n') else {
                 return Err(DiffError::refused(Refusal::NotBuilt, c_file, "its directory's Makefile does not build it with this configuration (no obj- or composite line names it)"));
             };
-            let Some((_, sel, _)) = lines.iter().find(|(p, _, objs)| p == "obj" && objs.contains(&format!("{composite}.o"))) else {
+            // `obj-y := … $(mmu-y)` (mm/Makefile): a list variable, not a
+            // composite object; the file is linked where the list is.
+            let listed = |o: &String| o == &format!("{composite}.o") || o.starts_with(&format!("$({composite}-"));
+            let Some((_, sel, _)) = lines.iter().find(|(p, _, objs)| p == "obj" && objs.iter().any(listed)) else {
                 return Err(DiffError::refused(Refusal::NotBuilt, c_file, format!("`{composite}.o` is not on an obj- line of its Makefile")));
             };
             (composite.clone(), sel.clone())
@@ -182,6 +185,10 @@ mod tests {
         let kernel = "obj-y     = fork.o exec_domain.o panic.o \\\n\t    cpu.o exit.o softirq.o resource.o \\\n\t    signal.o sys.o\nobj-$(CONFIG_FREEZER) += freezer.o\n";
         assert_eq!(module_of_makefile("kernel/signal.c", kernel, "").unwrap(), None);
         assert_eq!(module_of_makefile("kernel/freezer.c", kernel, "CONFIG_FREEZER=y\n").unwrap(), None);
+        // A list variable on the obj- line (mm/Makefile's `$(mmu-y)`: mm/rmap.c
+        // was refused not_built, and with it the corpus's cumulative build).
+        let mm = "mmu-y\t\t\t:= nommu.o\nmmu-$(CONFIG_MMU)\t:= highmem.o memory.o \\\n\t\t\t   rmap.o vmalloc.o\nobj-y\t\t\t:= filemap.o mempool.o \\\n\t\t\t   debug.o $(mmu-y)\n";
+        assert_eq!(module_of_makefile("mm/rmap.c", mm, "CONFIG_MMU=y\n").unwrap(), None);
     }
 
     #[test]

@@ -94,7 +94,17 @@ fn file_level(e: &DiffError) -> bool {
 fn target_object<'k>(src: &Path, cs: &mut Vec<String>, skipped: &mut Vec<LeftOut>, config: &str, opts: &DiffOptions, image: &'k LinuxImage) -> Result<Option<KoImage<'k>>, DiffError> {
     if cs.len() > 1 {
         for f in cs.clone() {
-            if let Some(m) = super::module::module_of(src, &f, config)? {
+            // A file Kbuild's Makefile does not place is one file's refusal.
+            let placed = match super::module::module_of(src, &f, config) {
+                Err(e) if opts.skip_refused && file_level(&e) => {
+                    eprintln!("vsplice: {f} left out [{}]: {e}", e.cause());
+                    skipped.push(left_out(&f, &e));
+                    cs.retain(|c| c != &f);
+                    continue;
+                }
+                other => other?,
+            };
+            if let Some(m) = placed {
                 let e = DiffError::refused(Refusal::ModuleMultiFile, &f, format!("{f} is built into module {m}; a module's fix is built from one C file per patch for now (split the diff)"));
                 if !opts.skip_refused {
                     return Err(e);
