@@ -35,6 +35,7 @@
 //!   `iomem_resource` tree ([`crate::os::linux::ram`]).
 
 use std::ops::Range;
+use std::sync::{Arc, Mutex};
 
 use thiserror::Error;
 use tracing::{debug, info};
@@ -49,7 +50,7 @@ use crate::os::linux::cpustacks;
 use crate::os::linux::kallsyms::Kallsyms;
 use crate::os::linux::kernel::{KernelError, LiveKernel, Slide};
 use crate::os::linux::notes;
-use crate::os::linux::tasks::{TaskError, TaskOffsets};
+use crate::os::linux::tasks::{TaskError, TaskOffsets, Trail};
 use crate::os::linux::unwind::OrcUnwinder;
 use crate::os::linux::agent::find::{self, ModuleAgent};
 use crate::os::linux::agent::AgentError;
@@ -140,6 +141,9 @@ pub struct LinuxTarget {
     orc_refused: Vec<(String, &'static str)>,
     source: TaskSource,
     doorbell: Option<u64>,
+    /// The last agentless walk's task addresses: a prefetch hint for the
+    /// next walk (the one under the pause follows the pre-check's).
+    trail: Arc<Mutex<Trail>>,
 }
 
 /// The paging mode of the vCPUs in long mode (CR4.LA57); 4 levels when none
@@ -225,6 +229,7 @@ impl LinuxTarget {
             orc_refused,
             source: TaskSource::Auto,
             doorbell: None,
+            trail: Arc::default(),
         };
         info!(
             build_id = t.build_id.as_deref().unwrap_or("?"),
@@ -350,8 +355,16 @@ impl TargetKernel for LinuxTarget {
 
     fn tasks(&self, mem: &mut dyn KernelMemory, vcpus: &[VcpuState], source_at: Option<u64>) -> Result<GuestTasks, TargetError> {
         let hint = self.doorbell.map(AgentHint::Doorbell).or(source_at.map(AgentHint::Virt));
+        // A poisoned lock only lost a hint: start from an empty trail.
+        let mut trail = self.trail.lock().unwrap_or_else(|p| {
+            self.trail.clear_poison();
+            let mut g = p.into_inner();
+            *g = Trail::default();
+            g
+        });
         let (read, out) =
-            view::read_guest_tasks(mem, &self.kallsyms, Some(&self.btf), Some(&self.offsets), self.source, hint, vcpus).map_err(view_error)?;
+            view::read_guest_tasks(mem, &self.kallsyms, Some(&self.btf), Some(&self.offsets), self.source, hint, vcpus, &mut trail).map_err(view_error)?;
+        drop(trail);
         if let Some(note) = &read.note {
             debug!(%note, "task list without the agent");
         }
