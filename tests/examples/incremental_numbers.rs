@@ -43,11 +43,17 @@ fn main() {
     let mut last: Option<String> = None;
     for n in counts {
         if let Some(pid) = last.take() {
-            g.run_ok(&format!("kill {pid}; sleep 2")).unwrap();
+            // Gone before the next count starts: its threads must not be
+            // counted in the next row.
+            g.run_ok(&format!("kill -9 {pid}; while [ -d /proc/{pid} ]; do sleep 0.5; done")).unwrap();
         }
-        let out = g.run_ok(&format!("mthreads {n} vsplbench >/tmp/mt.log 2>&1 & while ! grep -q ready /tmp/mt.log; do sleep 0.5; done; cat /tmp/mt.log")).unwrap();
-        last = out.split_whitespace().nth(1).map(str::to_string);
-        let pid = last.clone().unwrap_or_default();
+        // A log of its own per count (a stale "ready" line from the last
+        // count's log named the wrong process), the pid from the shell.
+        let log = format!("/tmp/mt{n}.log");
+        let out = g.run_ok(&format!("rm -f {log}; mthreads {n} vsplbench >{log} 2>&1 & echo $!; while ! grep -q ready {log}; do sleep 0.5; done; cat {log}")).unwrap();
+        let pid = out.split_whitespace().next().unwrap_or_default().to_string();
+        assert!(out.contains(&format!("mthreads {pid} ready")), "{out:?}");
+        last = Some(pid.clone());
         let threads = g.run_ok(&format!("ls /proc/{pid}/task | wc -l; ls -d /proc/[0-9]*/task/* | wc -l")).unwrap_or_default();
         eprintln!("{n} threads asked: {out:?}; the guest counts (process, all tasks): {:?}", threads.split_whitespace().collect::<Vec<_>>());
         let (mut be, target) = linuxpatch::attach(&g).unwrap();

@@ -154,7 +154,7 @@ fn a_read_gives_tasks_cpus_and_stacks_by_the_same_rules() {
     let vcpus = [vcpu(0, 0x10, irq0 + 0x100, P0, None), vcpu(1, 0x33, 0x7ffe_0000, 0x7f00_0000, Some(P1))];
     let hint = Some(AgentHint::Virt(agent.virt));
     let mem: &mut dyn crate::model::mem::KernelMemory = &mut g;
-    let (read, got) = read_guest_tasks(mem, &k, None, None, TaskSource::Agent, hint, &vcpus).unwrap();
+    let (read, got) = read_guest_tasks(mem, &k, None, None, TaskSource::Agent, hint, &vcpus, &mut Default::default()).unwrap();
     assert_eq!((got.source, got.source_at), ("agent", Some(agent.virt)));
     assert_eq!(read.tasks.len(), 4, "the read keeps the dead task");
     assert_eq!(got.vcpu_cpus, vec![Some(0), Some(1)]);
@@ -172,7 +172,7 @@ fn a_read_gives_tasks_cpus_and_stacks_by_the_same_rules() {
     bare.flags &= !F_IRQ_STACKS;
     bare.install(&mut g);
     let mem: &mut dyn crate::model::mem::KernelMemory = &mut g;
-    let e = read_guest_tasks(mem, &k, None, None, TaskSource::Agent, hint, &vcpus).unwrap_err();
+    let e = read_guest_tasks(mem, &k, None, None, TaskSource::Agent, hint, &vcpus, &mut Default::default()).unwrap_err();
     assert_eq!(e.cause(), "no_task_source", "{e}");
 }
 

@@ -73,7 +73,18 @@ pub fn walk_list<M: KernelMemory + ?Sized>(mem: &mut M, head: u64, list: &'stati
 /// node's `next` and `prev` are read together, as aligned words
 /// ([`KernelMemory::read_words`]).
 pub fn walk_list_in<M: KernelMemory + ?Sized>(mem: &mut M, head: u64, list: &'static str, budget: &mut WalkBudget) -> Result<Vec<u64>, TaskError> {
+    walk_list_hinted(mem, head, list, budget, &[], 0)
+}
+
+/// [`walk_list_in`], prefetching the node [`PREFETCH_AHEAD`] places ahead
+/// as `guess` predicts it (`guess[i] + link`: the expected address of node
+/// `i`, from an earlier walk). The guess is only a cache hint: what is read,
+/// checked and returned is exactly [`walk_list_in`]'s, whatever it says.
+fn walk_list_hinted<M: KernelMemory + ?Sized>(mem: &mut M, head: u64, list: &'static str, budget: &mut WalkBudget, guess: &[u64], link: u64) -> Result<Vec<u64>, TaskError> {
     let mut out = Vec::new();
+    for &g in guess.iter().take(PREFETCH_AHEAD) {
+        mem.prefetch(g.wrapping_add(link), 16);
+    }
     let mut seen = AddrSet::default();
     let mut node = head;
     let mut next = mem.read_u64(head)?;
@@ -95,6 +106,9 @@ pub fn walk_list_in<M: KernelMemory + ?Sized>(mem: &mut M, head: u64, list: &'st
         }
         if !seen.insert(next) {
             return Err(TaskError::Inconsistent { list, node: next, why: "list does not return to its head".into() });
+        }
+        if let Some(&g) = guess.get(out.len() + PREFETCH_AHEAD) {
+            mem.prefetch(g.wrapping_add(link), 16);
         }
         out.push(next);
         node = next;
@@ -149,6 +163,34 @@ pub fn walk_tasks<M: KernelMemory + ?Sized>(mem: &mut M, off: &TaskOffsets, init
 /// [`walk_tasks`] spending from `budget` (the process list and every
 /// thread list together).
 pub fn walk_tasks_in<M: KernelMemory + ?Sized>(mem: &mut M, off: &TaskOffsets, init_task: u64, budget: &mut WalkBudget) -> Result<Vec<Task>, TaskError> {
+    walk_tasks_trailed(mem, off, init_task, budget, &mut Trail::default())
+}
+
+/// The task addresses of the last walk, in the order it returned them: a
+/// prefetch hint for the next walk, which then loads the thread-list nodes
+/// it expects ahead of the pointer chase (independent loads instead of one
+/// dependent cache and TLB miss per thread). Never trusted: a stale or
+/// forged trail only prefetches the wrong lines.
+#[derive(Debug, Clone, Default)]
+pub struct Trail(Vec<u64>);
+
+impl Trail {
+    /// Tasks recorded.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True before any walk.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// [`walk_tasks_in`] guided by (and recording into) `trail`: the same
+/// reads, checks and result, with the nodes the last walk found prefetched
+/// ahead of the chase. The trail is replaced by this walk's only when it
+/// succeeds.
+pub fn walk_tasks_trailed<M: KernelMemory + ?Sized>(mem: &mut M, off: &TaskOffsets, init_task: u64, budget: &mut WalkBudget, trail: &mut Trail) -> Result<Vec<Task>, TaskError> {
     let procs = walk_list_in(mem, init_task.wrapping_add(off.tasks), "tasks", budget)?;
     let mut out = Vec::with_capacity(procs.len() * 2);
     let mut seen = AddrSet::default();
@@ -163,7 +205,10 @@ pub fn walk_tasks_in<M: KernelMemory + ?Sized>(mem: &mut M, off: &TaskOffsets, i
             }
             continue;
         }
-        let nodes = walk_list_in(mem, signal.wrapping_add(off.signal_thread_head), "thread", budget)?;
+        // The last walk's tasks from here on: this thread list's, if
+        // nothing changed (the list of the next leader starts where `out` is).
+        let guess = trail.0.get(out.len()..).unwrap_or(&[]);
+        let nodes = walk_list_hinted(mem, signal.wrapping_add(off.signal_thread_head), "thread", budget, guess, off.thread_node)?;
         let task = |i: usize| nodes.get(i).map(|n| n.wrapping_sub(off.thread_node));
         for i in 0..PREFETCH_AHEAD {
             if let Some(t) = task(i) {
@@ -184,6 +229,8 @@ pub fn walk_tasks_in<M: KernelMemory + ?Sized>(mem: &mut M, off: &TaskOffsets, i
             return Err(TaskError::Inconsistent { list: "thread", node: leader, why: "leader not on its own thread list".into() });
         }
     }
+    trail.0.clear();
+    trail.0.extend(out.iter().map(|t| t.addr));
     Ok(out)
 }
 
@@ -227,8 +274,14 @@ pub fn idle_tasks<M: KernelMemory + ?Sized>(mem: &mut M, k: &Kallsyms, off: &Tas
 
 /// Every task including the idle tasks of all CPUs.
 pub fn all_tasks<M: KernelMemory + ?Sized>(mem: &mut M, k: &Kallsyms, off: &TaskOffsets) -> Result<Vec<Task>, TaskError> {
+    all_tasks_trailed(mem, k, off, &mut Trail::default())
+}
+
+/// [`all_tasks`] with the walk guided by, and recorded into, `trail`
+/// ([`walk_tasks_trailed`]).
+pub fn all_tasks_trailed<M: KernelMemory + ?Sized>(mem: &mut M, k: &Kallsyms, off: &TaskOffsets, trail: &mut Trail) -> Result<Vec<Task>, TaskError> {
     let init = k.first_addr("init_task").ok_or(TaskError::MissingSymbol("init_task"))?;
-    let mut list = walk_tasks(mem, off, init)?;
+    let mut list = walk_tasks_trailed(mem, off, init, &mut WalkBudget::standard(), trail)?;
     for t in idle_tasks(mem, k, off)? {
         if !list.iter().any(|x| x.addr == t.addr) {
             list.push(t);

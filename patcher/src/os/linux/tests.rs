@@ -212,6 +212,58 @@ mod btf_and_tasks {
         assert_eq!(e.cause(), "list_inconsistent");
     }
 
+    /// Records the prefetches; reads through to the buffer.
+    struct Prefetches(BufferMemory, Vec<u64>);
+    impl crate::model::mem::KernelMemory for Prefetches {
+        fn read(&mut self, vaddr: u64, buf: &mut [u8]) -> Result<(), crate::model::mem::MemError> {
+            self.0.read(vaddr, buf)
+        }
+        fn prefetch(&mut self, vaddr: u64, _len: usize) {
+            self.1.push(vaddr);
+        }
+    }
+
+    #[test]
+    fn the_trail_prefetches_the_known_threads_and_never_changes_the_walk() {
+        let btf = Btf::parse(&task_btf()).unwrap();
+        let off = TaskOffsets::from_btf(&btf).unwrap();
+        let walk = |w: &World, trail: &mut tasks::Trail| {
+            let mut m = Prefetches(w.mem.clone(), Vec::new());
+            let list = tasks::walk_tasks_trailed(&mut m, &off, w.task(0), &mut tasks::WalkBudget::standard(), trail).unwrap();
+            let nodes: Vec<u64> = m.1.into_iter().filter(|a| (a - w.task(0)) % t::SIZE == t::THREAD_NODE).collect();
+            (list, nodes)
+        };
+        let w = world();
+        let mut trail = tasks::Trail::default();
+        let (first, hinted) = walk(&w, &mut trail);
+        assert!(hinted.is_empty(), "nothing to guess from yet: {hinted:x?}");
+        assert_eq!(trail.len(), 5);
+        // Nothing changed: the walk prefetches every thread node it then
+        // follows (a short list's look-ahead runs into the next lists':
+        // the same nodes again, later), and returns the same list.
+        let (again, hinted) = walk(&w, &mut trail);
+        assert_eq!(again, first);
+        let mut want: Vec<u64> = (0..5).map(|i| w.task(i) + t::THREAD_NODE).collect();
+        let mut got = hinted.clone();
+        got.sort_unstable();
+        got.dedup();
+        want.sort_unstable();
+        assert_eq!(got, want);
+        // A thread gone (task 2 unlinked from its process): the stale trail
+        // only guessed wrong; the walk finds exactly the lists as they are.
+        let mut gone = world();
+        let head = gone.signal(1) + 8;
+        gone.link(&[head, gone.task(1) + t::THREAD_NODE, gone.task(3) + t::THREAD_NODE]);
+        let fresh = tasks::walk_tasks(&mut gone.mem.clone(), &off, gone.task(0)).unwrap();
+        let (stale, _) = walk(&gone, &mut trail);
+        assert_eq!(stale, fresh);
+        assert_eq!(stale.iter().map(|x| x.pid).collect::<Vec<_>>(), vec![0, 10, 30, 40]);
+        assert_eq!(trail.len(), 4, "the trail follows the last walk");
+        // And back (a thread added to the trail's list): found as well.
+        let (back, _) = walk(&w, &mut trail);
+        assert_eq!(back, first);
+    }
+
     #[test]
     fn task_walk_is_bounded_in_nodes_and_time_over_all_its_lists() {
         use std::time::Duration;

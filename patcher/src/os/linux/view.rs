@@ -29,7 +29,7 @@ use super::kernel::KernelInfo;
 use super::modules::{self, ModuleOffsets};
 use super::orc::{OrcError, OrcTable};
 use super::task_list;
-use super::tasks::{self, Task, TaskError, TaskOffsets};
+use super::tasks::{self, Task, TaskError, TaskOffsets, Trail};
 use super::unwind::OrcUnwinder;
 use crate::model::backend::VcpuState;
 use crate::model::mem::KernelMemory;
@@ -230,6 +230,20 @@ pub fn read_tasks(
     source: TaskSource,
     hint: Option<AgentHint>,
 ) -> Result<TaskRead, ViewError> {
+    read_tasks_trailed(mem, k, btf, offsets, source, hint, &mut Trail::default())
+}
+
+/// [`read_tasks`] with the agentless walk guided by, and recorded into,
+/// `trail` (a prefetch hint only: [`tasks::walk_tasks_trailed`]).
+pub fn read_tasks_trailed(
+    mem: &mut dyn KernelMemory,
+    k: &Kallsyms,
+    btf: Option<&Btf>,
+    offsets: Option<&TaskOffsets>,
+    source: TaskSource,
+    hint: Option<AgentHint>,
+    trail: &mut Trail,
+) -> Result<TaskRead, ViewError> {
     let mut note = None;
     let agent = match source {
         TaskSource::Agentless => None,
@@ -253,8 +267,8 @@ pub fn read_tasks(
     };
     let walked = match (btf, &agent) {
         (Some(b), _) => match offsets {
-            Some(o) => Some(tasks::all_tasks(mem, k, o)?),
-            None => Some(tasks::all_tasks(mem, k, &TaskOffsets::from_btf(b)?)?),
+            Some(o) => Some(tasks::all_tasks_trailed(mem, k, o, trail)?),
+            None => Some(tasks::all_tasks_trailed(mem, k, &TaskOffsets::from_btf(b)?, trail)?),
         },
         (None, Some(_)) => None,
         (None, None) => return Err(ViewError::NoSource("no agent and no BTF".into())),
@@ -282,8 +296,9 @@ pub fn read_guest_tasks(
     source: TaskSource,
     hint: Option<AgentHint>,
     vcpus: &[VcpuState],
+    trail: &mut Trail,
 ) -> Result<(TaskRead, GuestTasks), ViewError> {
-    let read = read_tasks(mem, k, btf, offsets, source, hint)?;
+    let read = read_tasks_trailed(mem, k, btf, offsets, source, hint, trail)?;
     if btf.is_none() && read.agent.as_ref().is_some_and(|a| !a.has_irq_stacks()) {
         // Nothing else could find them: refuse rather than check without them.
         return Err(ViewError::NoSource("the agent recorded no IRQ stacks and there is no BTF to find them".into()));
@@ -304,7 +319,7 @@ pub fn read_view(
     hint: Option<AgentHint>,
 ) -> Result<LinuxView, ViewError> {
     let btf = info.btf.as_ref().map(|b| &b.0);
-    let (read, g) = read_guest_tasks(mem, &info.kallsyms, btf, None, source, hint, vcpus)?;
+    let (read, g) = read_guest_tasks(mem, &info.kallsyms, btf, None, source, hint, vcpus, &mut Trail::default())?;
     let TaskRead { tasks, agent, walk, note } = read;
     Ok(LinuxView { tasks, list: g.list, vcpu_cpus: g.vcpu_cpus, agent, walk, agent_at: g.source_at, note })
 }
