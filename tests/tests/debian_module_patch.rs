@@ -32,6 +32,7 @@
 use std::time::Instant;
 
 use vsplice_tests::cli::text;
+use vsplice_tests::nfsd::{sequence, BADSESSION, ENTRIES, MODULES, SERVE};
 use vsplice_tests::modcorpus::{assert_jumps, assert_restored, corpus_or_skip, initramfs_with, insmod_all, module_entries, replaced_names, PatchCli};
 use vsplice_tests::qemu::Guest;
 use vsplice_tests::scratch::tmp_dir;
@@ -39,53 +40,6 @@ use vsplice_tests::testguest::vm_lock;
 
 /// The functions the fix replaces (the cold part of `nfsd4_sequence` too).
 const REPLACED: [&str; 3] = ["client_info_show", "nfsd4_sequence", "nfsd4_sequence.cold"];
-/// Their entries are read back; `.cold` has no entry of its own to look at.
-const ENTRIES: [&str; 2] = ["client_info_show", "nfsd4_sequence"];
-/// nfsd and what it needs, in load order, with their directories in the module tree.
-const MODULES: [(&str, &str); 6] = [
-    ("net/sunrpc", "sunrpc"),
-    ("fs/nfs_common", "grace"),
-    ("fs/nfs_common", "nfs_acl"),
-    ("fs/lockd", "lockd"),
-    ("net/sunrpc/auth_gss", "auth_rpcgss"),
-    ("fs/nfsd", "nfsd"),
-];
-
-/// An NFSv4.1 COMPOUND (AUTH_NULL) whose only op is SEQUENCE with a session
-/// the server never made, as one TCP record; hex.
-const SEQUENCE_CALL: &str = "80000058\
-    12345678 00000000 00000002 000186a3 00000004 00000001\
-    00000000 00000000 00000000 00000000\
-    00000000 00000001 00000001 00000035\
-    0102030405060708090a0b0c0d0e0f10 00000001 00000000 00000000 00000000";
-
-/// nfsd serving NFSv4 on 127.0.0.1:2049, without mountd or rpcbind.
-const SERVE: &str = "set -e; ip link set lo up; mkdir -p /proc/fs/nfsd; mount -t nfsd nfsd /proc/fs/nfsd; \
-    echo '-3 +4' > /proc/fs/nfsd/versions; \
-    echo 'nfsd 127.0.0.1 2147483647 vsplice' > /proc/net/rpc/auth.unix.ip/channel; \
-    echo 'tcp 2049' > /proc/fs/nfsd/portlist; echo 1 > /proc/fs/nfsd/threads; \
-    cat /proc/fs/nfsd/threads; cat /proc/fs/nfsd/versions";
-
-/// Sends the SEQUENCE call; returns the reply's NFS status word (hex) or the raw reply.
-fn sequence(g: &mut Guest) -> String {
-    let call: String = SEQUENCE_CALL.split_whitespace().collect();
-    // stdin stays open a while: busybox nc stops reading the socket at its EOF.
-    let script = format!("(printf '{call}' | xxd -r -p; sleep 3) | nc -w 5 127.0.0.1 2049 | xxd -p | tr -d '\\n'");
-    let o = g.run(&script).unwrap();
-    let reply = o.text();
-    if reply.len() < 64 {
-        let why = g.run("netstat -tln; dmesg | tail -n 20").map(|o| o.text()).unwrap_or_default();
-        panic!("no RPC reply to the SEQUENCE call: {reply:?} (status {})\n{why}", o.status);
-    }
-    // marker xid REPLY(1) MSG_ACCEPTED(0) verf(0,0) SUCCESS(0) status
-    let words: Vec<&str> = (0..reply.len() / 8).map(|i| &reply[i * 8..i * 8 + 8]).collect();
-    assert!(words.len() >= 8 && words[1] == "12345678" && words[2] == "00000001", "no RPC reply to the SEQUENCE call: {reply:?} (status {})", o.status);
-    assert_eq!(&words[3..7], ["00000000", "00000000", "00000000", "00000000"], "the call was not accepted: {reply}");
-    words[7].to_owned()
-}
-
-/// NFS4ERR_BADSESSION.
-const BADSESSION: &str = "00002744";
 
 #[test]
 fn the_debian_nfsd_fix_is_applied_to_the_loaded_module() {

@@ -29,36 +29,13 @@ use serde_json::Value;
 use vsplice_tests::attach::AttachDaemon;
 use vsplice_tests::cli::text;
 use vsplice_tests::linuxpatch;
+use vsplice_tests::nfsd::{sequence, BADSESSION, ENTRIES, MODULES, SERVE};
 use vsplice_tests::modcorpus::{assert_jumps, corpus_or_skip, initramfs_with, insmod_all, module_entries, Entry};
 use vsplice_tests::qemu::Guest;
 use vsplice_tests::scratch::tmp_dir;
 use vsplice_tests::testguest::vm_lock;
 
-const ENTRIES: [&str; 2] = ["client_info_show", "nfsd4_sequence"];
-const MODULES: [(&str, &str); 6] = [
-    ("net/sunrpc", "sunrpc"),
-    ("fs/nfs_common", "grace"),
-    ("fs/nfs_common", "nfs_acl"),
-    ("fs/lockd", "lockd"),
-    ("net/sunrpc/auth_gss", "auth_rpcgss"),
-    ("fs/nfsd", "nfsd"),
-];
-/// nfsd serving NFSv4 on 127.0.0.1:2049 (as `debian_module_patch.rs`).
-const SERVE: &str = "set -e; ip link set lo up; mkdir -p /proc/fs/nfsd; mount -t nfsd nfsd /proc/fs/nfsd; \
-    echo '-3 +4' > /proc/fs/nfsd/versions; \
-    echo 'nfsd 127.0.0.1 2147483647 vsplice' > /proc/net/rpc/auth.unix.ip/channel; \
-    echo 'tcp 2049' > /proc/fs/nfsd/portlist; echo 1 > /proc/fs/nfsd/threads";
-const SEQUENCE_CALL: &str = "80000058 12345678 00000000 00000002 000186a3 00000004 00000001 00000000 00000000 00000000 00000000 \
-    00000000 00000001 00000001 00000035 0102030405060708090a0b0c0d0e0f10 00000001 00000000 00000000 00000000";
 const UNLOAD: &str = "set -e; echo 0 > /proc/fs/nfsd/threads; umount /proc/fs/nfsd; rmmod nfsd; ! grep -q '^nfsd ' /proc/modules";
-
-fn sequence_status(g: &mut Guest) -> String {
-    let call: String = SEQUENCE_CALL.split_whitespace().collect();
-    let o = g.run(&format!("(printf '{call}' | xxd -r -p; sleep 3) | nc -w 5 127.0.0.1 2049 | xxd -p | tr -d '\\n'")).unwrap();
-    let reply = o.text();
-    assert!(reply.len() >= 64 && &reply[8..16] == "12345678", "no RPC reply to the SEQUENCE call: {reply:?}");
-    reply[56..64].to_owned()
-}
 
 fn daemon(g: &Guest, dir: &Path, n: u32) -> AttachDaemon {
     let d = dir.join(format!("daemon{n}"));
@@ -171,7 +148,7 @@ fn a_patch_for_nfsd_waits_for_the_module_and_is_applied_as_it_loads() {
     assert!(!funcs.is_empty() && funcs.iter().all(|f| f["active"] == true && f["module"] == "nfsd"), "every site active in nfsd: {p}");
     assert!(listed.get("pending").is_none(), "nothing pending: {listed}");
     g.run_ok(SERVE).unwrap();
-    assert_eq!(sequence_status(&mut g), "00002744", "NFS4ERR_BADSESSION through the patched nfsd4_sequence");
+    assert_eq!(sequence(&mut g), BADSESSION, "NFS4ERR_BADSESSION through the patched nfsd4_sequence");
     let problems = g.console_problems();
     assert!(problems.is_empty(), "console after the patched run: {problems:?}");
     stop(d);
