@@ -288,6 +288,7 @@ pub fn read_tasks_trailed(
 
 /// Reads the tasks ([`read_tasks`]) and builds what the check gets from
 /// them ([`task_list::build`]), with every vCPU stopped.
+#[allow(clippy::too_many_arguments)]
 pub fn read_guest_tasks(
     mem: &mut dyn KernelMemory,
     k: &Kallsyms,
