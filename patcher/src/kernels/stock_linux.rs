@@ -404,7 +404,7 @@ impl TargetKernel for LinuxTarget {
         std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
         if let Some(c) = counters.filter(|_| out.source == "agentless") {
             let sum = c.sum();
-            walks.quiet = QuietIndex::build(c, &read.tasks, out.list.tasks.len());
+            walks.quiet = QuietIndex::build(c, &read.tasks, &out.list.tasks);
             out.changes = walks.quiet.is_some().then_some(sum);
         }
         drop(walks);

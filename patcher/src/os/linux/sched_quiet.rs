@@ -70,7 +70,7 @@ use super::task_list::{merge_cpu_stacks, task_infos, vcpu_cpus};
 use super::tasks::{per_cpu_offsets, read_task, Task, TaskError, TaskOffsets, THREAD_SIZE};
 use crate::model::backend::VcpuState;
 use crate::model::mem::KernelMemory;
-use crate::model::GuestTasks;
+use crate::model::{GuestTasks, TaskInfo};
 
 /// `_QW_LOCKED`: the write-locked byte of a `qrwlock`'s `cnts`.
 const QW_LOCKED: u32 = 0xff;
@@ -209,19 +209,24 @@ pub struct QuietIndex {
     by_addr: HashMap<u64, usize, FixedState>,
     /// `(stack start, position)`, by start.
     stacks: Vec<(u64, usize)>,
+    /// Positions the pre-check's list has on a CPU (no vCPU known then:
+    /// by the task's `on_cpu` flag alone).
+    on_cpu: Vec<usize>,
 }
 
 impl QuietIndex {
-    /// Indexes the list built from `raw` (the walk's tasks: those with a
-    /// stack, in order, are the list's positions); `None` when `len` (the
-    /// list's length) does not match or an address repeats.
-    pub fn build(counters: Counters, raw: &[Task], len: usize) -> Option<Self> {
+    /// Indexes `list`, built from `raw` (the walk's tasks: those with a
+    /// stack, in order, are the list's positions); `None` when the lengths
+    /// do not match or an address repeats. The positions flagged on a CPU
+    /// are noted here, with the guest running, so that the pause does not
+    /// scan the list for them.
+    pub fn build(counters: Counters, raw: &[Task], list: &[TaskInfo]) -> Option<Self> {
         let addrs: Vec<u64> = raw.iter().filter(|t| t.stack != 0).map(|t| t.addr).collect();
-        if addrs.len() != len {
+        if addrs.len() != list.len() {
             return None;
         }
-        let mut by_addr = HashMap::with_capacity_and_hasher(len, FixedState::default());
-        let mut stacks = Vec::with_capacity(len);
+        let mut by_addr = HashMap::with_capacity_and_hasher(list.len(), FixedState::default());
+        let mut stacks = Vec::with_capacity(list.len());
         for (i, t) in raw.iter().filter(|t| t.stack != 0).enumerate() {
             if by_addr.insert(t.addr, i).is_some() {
                 return None;
@@ -229,7 +234,8 @@ impl QuietIndex {
             stacks.push((t.stack, i));
         }
         stacks.sort_unstable();
-        Some(Self { counters, addrs, by_addr, stacks })
+        let on_cpu = list.iter().enumerate().filter(|(_, t)| t.on_cpu).map(|(i, _)| i).collect();
+        Some(Self { counters, addrs, by_addr, stacks, on_cpu })
     }
 
     /// C at the pre-check.
@@ -250,7 +256,9 @@ impl QuietIndex {
 }
 
 /// Under the pause: when the counters are those of `idx` (the pre-check's),
-/// re-reads in `prev` (the pre-check's list) only the tasks that can
+/// re-reads in `prev` (the pre-check's list, the one `idx` was built
+/// from: the caller hands back what the pre-check's read returned; its
+/// source, length and counter sum are checked) only the tasks that can
 /// differ, the CPU stacks and the vCPU to CPU map, and marks the re-read
 /// positions in [`GuestTasks::changed`]. `prev` is changed only on success.
 #[allow(clippy::too_many_arguments)]
@@ -278,7 +286,7 @@ pub fn reread(
         return Err(NotQuiet::ListLocked);
     }
     // On a CPU at the pre-check (no vCPU known then: by the flag alone).
-    let mut pos: Vec<usize> = prev.list.tasks.iter().enumerate().filter(|(_, t)| t.on_cpu).map(|(i, _)| i).collect();
+    let mut pos = idx.on_cpu.clone();
     // On a CPU now: current_task and rq->curr of every CPU.
     let mut currents = Vec::with_capacity(now.per_cpu.len());
     for base in &now.per_cpu {

@@ -143,7 +143,7 @@ impl Fake {
         let raw = self.raw();
         let list = task_infos(&raw, &[], &[]).unwrap();
         let sum = c.sum();
-        let idx = QuietIndex::build(c, &raw, list.len()).unwrap();
+        let idx = QuietIndex::build(c, &raw, &list).unwrap();
         let g = GuestTasks { list: TaskList { tasks: list, cpu_stacks: Vec::new() }, source: "agentless", changes: Some(sum), ..GuestTasks::default() };
         (g, idx)
     }
