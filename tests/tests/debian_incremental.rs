@@ -65,7 +65,7 @@ fn rounds_with_churn(g: &mut Guest, nsleep: &PatchFile, target_fn: &str) -> Resu
             let inc = inc.ok_or_else(|| format!("round {i}: no incremental summary: {}", r.to_json()))?;
             reused += inc.reused;
             let who: Vec<String> = r.conflicts.iter().map(|c| format!("{}/{}", c.task.as_deref().unwrap_or("?"), c.task_id.unwrap_or(0))).collect();
-            eprintln!("          round {i}: {} (pre-checked {}, reused {}, rechecked {}, pre-check {} us, check {} us) {who:?} {}", r.cause.name(), inc.pre_checked, inc.reused, inc.rechecked, inc.pre_check_us, r.timings.check_us, inc.note.as_deref().unwrap_or(""));
+            eprintln!("          round {i}: {} (pre-checked {}, reused {}, rechecked {}, reread {}, pre-check {} us, check {} us) {who:?} {}", r.cause.name(), inc.pre_checked, inc.reused, inc.rechecked, inc.reread.unwrap_or("-"), inc.pre_check_us, r.timings.check_us, inc.note.as_deref().unwrap_or(""));
             match r.cause.name() {
                 "ok" => {
                     let v = p.revert(&nsleep.manifest.id);
