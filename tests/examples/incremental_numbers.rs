@@ -3,7 +3,9 @@
 //! QEMU TCG (2 vCPUs, shared-memory backend, agentless task walk). Each
 //! round applies and reverts example 1 (`cmdline_marker`); the apply's
 //! check time (task list + stacks + target bytes, under the pause), its
-//! downtime and, incremental, the pre-check with the guest running.
+//! downtime and, incremental, the pre-check with the guest running, and
+//! how many pauses took the quiet-scheduler path (`quiet`: no switch or
+//! fork since the pre-check, only the tasks on a CPU read again).
 //!
 //! `cargo run --release -p vsplice-tests --example incremental_numbers -- [ROUNDS] [N ...]`
 //! (default: 10 rounds, 100 and 10000 threads).
@@ -39,7 +41,7 @@ fn main() {
     let image = LinuxImage::open(&img.vmlinuz).unwrap();
     let patch = linuxpatch::build(&img, &image, &linuxpatch::example("cmdline_marker.c")).unwrap();
     println!("{flavour}, QEMU TCG, 2 vCPUs, shared-memory backend, agentless walk; p50 over {rounds} applies, microseconds");
-    println!("{:>7} {:>6} {:>11} | {:>9} {:>9} | {:>9} {:>9} {:>9} {:>7} {:>9} | {:>7} {:>7} {:>7}", "threads", "tasks", "mode", "check", "downtime", "pre-check", "reused", "rechecked", "busy", "attempts", "pause", "write", "resume");
+    println!("{:>7} {:>6} {:>11} | {:>9} {:>9} | {:>9} {:>9} {:>9} {:>7} {:>9} {:>6} | {:>7} {:>7} {:>7}", "threads", "tasks", "mode", "check", "downtime", "pre-check", "reused", "rechecked", "busy", "attempts", "quiet", "pause", "write", "resume");
     let mut last: Option<String> = None;
     for n in counts {
         if let Some(pid) = last.take() {
@@ -62,6 +64,8 @@ fn main() {
             p.config_mut().incremental = mode;
             let (mut check, mut down, mut pre, mut reused, mut rechecked, mut tasks, mut busy, mut attempts) = (vec![], vec![], vec![], vec![], vec![], 0, 0, vec![]);
             let (mut pause, mut write, mut resume) = (vec![], vec![], vec![]);
+            // Applies whose pause took the quiet-scheduler path (`reread: quiet`).
+            let mut quiet = 0;
             for _ in 0..rounds {
                 let r = p.apply(&patch);
                 if !r.is_ok() {
@@ -80,12 +84,13 @@ fn main() {
                     reused.push(inc.reused as u64);
                     rechecked.push(inc.rechecked as u64);
                     tasks = inc.reused + inc.rechecked;
+                    quiet += usize::from(inc.reread == Some("quiet"));
                 }
                 let v = p.revert(&patch.manifest.id);
                 assert!(v.is_ok(), "{}", v.to_json());
             }
             println!(
-                "{n:>7} {tasks:>6} {mode:>11} | {:>9} {:>9} | {:>9} {:>9} {:>9} {busy:>7} {:>9} | {:>7} {:>7} {:>7}",
+                "{n:>7} {tasks:>6} {mode:>11} | {:>9} {:>9} | {:>9} {:>9} {:>9} {busy:>7} {:>9} {quiet:>6} | {:>7} {:>7} {:>7}",
                 p50(check),
                 p50(down),
                 p50(pre),

@@ -15,6 +15,10 @@
 //!   no verdict), then the apply once it left;
 //! - all of it with the agentless walk, and again with the guest agent
 //!   loaded (its tasks take the walk's counters);
+//! - with no loop running yet (agentless): rounds of example 1 in `on` and
+//!   `compare`, at least one compare round taking the quiet-scheduler path
+//!   (`reread: quiet`: no switch or fork since the pre-check, only the
+//!   tasks on a CPU read again) and agreeing with the full check;
 //! - the CLI: `vsplice patch apply --incremental compare` of example 1
 //!   (`cmdline_proc_show`, which a third loop keeps entering) rounds with the
 //!   loops running, each `ok` or `code_busy`, never a mismatch, and the
@@ -61,7 +65,7 @@ fn rounds_with_churn(g: &mut Guest, nsleep: &PatchFile, target_fn: &str) -> Resu
             let inc = inc.ok_or_else(|| format!("round {i}: no incremental summary: {}", r.to_json()))?;
             reused += inc.reused;
             let who: Vec<String> = r.conflicts.iter().map(|c| format!("{}/{}", c.task.as_deref().unwrap_or("?"), c.task_id.unwrap_or(0))).collect();
-            eprintln!("          round {i}: {} (pre-checked {}, reused {}, rechecked {}, pre-check {} us, check {} us) {who:?} {}", r.cause.name(), inc.pre_checked, inc.reused, inc.rechecked, inc.pre_check_us, r.timings.check_us, inc.note.as_deref().unwrap_or(""));
+            eprintln!("          round {i}: {} (pre-checked {}, reused {}, rechecked {}, reread {}, pre-check {} us, check {} us) {who:?} {}", r.cause.name(), inc.pre_checked, inc.reused, inc.rechecked, inc.reread.unwrap_or("-"), inc.pre_check_us, r.timings.check_us, inc.note.as_deref().unwrap_or(""));
             match r.cause.name() {
                 "ok" => {
                     let v = p.revert(&nsleep.manifest.id);
@@ -101,6 +105,42 @@ fn sleeper_is_busy(g: &mut Guest, nsleep: &PatchFile) -> Result<(), String> {
     g.run_ok(&format!("kill {pid}; n=0; while [ -e /proc/{pid} ] && [ $n -lt 50 ]; do sleep 0.1; n=$((n+1)); done; [ ! -e /proc/{pid} ]")).map_err(herr)?;
     linuxpatch::detach(be)
 }
+
+/// With no loop running: rounds of example 1 in `on` and `compare`; some
+/// pause finds the scheduler quiet since its pre-check (no switch, no
+/// fork: `reread: quiet`, only the tasks on a CPU read again), and compare
+/// mode agrees with the full check there too (a mismatch fails the round).
+fn quiet_rounds(g: &mut Guest, cmdline: &PatchFile) -> Result<(), String> {
+    let (mut be, target) = linuxpatch::attach(g)?;
+    let mut quiet_compare = 0;
+    {
+        for mode in [Incremental::On, Incremental::Compare] {
+            let mut p = linuxpatch::patcher(g, &mut be, &target);
+            p.config_mut().incremental = mode;
+            let mut rereads = Vec::new();
+            for i in 0..QUIET_ROUNDS {
+                let r = p.apply(cmdline);
+                ensure(r.is_ok(), || format!("{mode} round {i}: {}", r.to_json()))?;
+                let inc = r.check.as_ref().and_then(|c| c.incremental.clone()).ok_or_else(|| format!("{mode} round {i}: no incremental summary: {}", r.to_json()))?;
+                let how = inc.reread.unwrap_or("none");
+                ensure(how != "quiet" || inc.records_read.is_some_and(|n| n < inc.reused + inc.rechecked), || format!("{mode} round {i}: quiet, yet every record read: {inc:?}"))?;
+                if how == "quiet" && mode == Incremental::Compare {
+                    quiet_compare += 1;
+                }
+                eprintln!("          quiet {mode} round {i}: reread {how}, records read {:?}, reused {}, rechecked {}, check {} us, downtime {} us", inc.records_read, inc.reused, inc.rechecked, r.timings.check_us, r.timings.downtime_us);
+                rereads.push(how);
+                let v = p.revert(&cmdline.manifest.id);
+                ensure(v.is_ok(), || format!("revert {i}: {}", v.to_json()))?;
+            }
+            eprintln!("          {mode}: {rereads:?}");
+        }
+    }
+    linuxpatch::detach(be)?;
+    ensure(quiet_compare > 0, || "no compare round took the quiet path".into())
+}
+
+/// Rounds per mode of [`quiet_rounds`].
+const QUIET_ROUNDS: usize = 6;
 
 fn cli_rounds(g: &mut Guest, vsp: &Path) -> Result<(), String> {
     let mut base: Vec<String> = linuxpatch::gdb_args(g);
@@ -156,6 +196,10 @@ fn incremental_e2e(agent: bool) {
     let f = &mut failures;
 
     check(f, "a task asleep in the target all along: code_busy naming it (on, compare), verdicts of the others reused", sleeper_is_busy(&mut g, &nsleep));
+    let cmdline = linuxpatch::build(&img, &image, &linuxpatch::example("cmdline_marker.c")).unwrap();
+    if !agent {
+        check(f, "no loop running: some pauses take the quiet path (counters unchanged), compare agrees", quiet_rounds(&mut g, &cmdline));
+    }
     // Tasks that run between every pre-check and its pause.
     // The second loop spends most of its time counting in the shell, so
     // some pauses find no `sleep` in the target and the patch goes in.
@@ -164,7 +208,6 @@ fn incremental_e2e(agent: bool) {
     // The harness's own `timeout` wrappers sleep in common_nsleep for good,
     // so that patch is always busy: the same rounds on example 1, whose
     // target the reader loop keeps entering, must also go in.
-    let cmdline = linuxpatch::build(&img, &image, &linuxpatch::example("cmdline_marker.c")).unwrap();
     check(f, "rounds of example 1 with the same loops: compare never disagrees, verdicts reused, some applies go in", rounds_with_churn(&mut g, &cmdline, "cmdline_proc_show").and_then(|(reused, ok)| ensure(reused > 0 && ok > 0, || format!("reused {reused}, ok {ok}"))));
     let cli_dir = vsplice_tests::scratch::tmp_dir("incremental-cli");
     match linuxpatch::cli_build_example(&img, "cmdline_marker.c", &cli_dir) {

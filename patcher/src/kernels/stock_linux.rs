@@ -50,6 +50,7 @@ use crate::os::linux::cpustacks;
 use crate::os::linux::kallsyms::Kallsyms;
 use crate::os::linux::kernel::{KernelError, LiveKernel, Slide};
 use crate::os::linux::notes;
+use crate::os::linux::sched_quiet::{self, Counters, QuietIndex, QuietOffsets};
 use crate::os::linux::tasks::{TaskError, TaskOffsets, Trail};
 use crate::os::linux::unwind::OrcUnwinder;
 use crate::os::linux::agent::find::{self, ModuleAgent};
@@ -141,6 +142,9 @@ pub struct LinuxTarget {
     orc_refused: Vec<(String, &'static str)>,
     source: TaskSource,
     doorbell: Option<u64>,
+    /// What the quiet-scheduler path of `tasks_again` reads
+    /// ([`sched_quiet`]); `None`: every pause walks.
+    quiet: Option<QuietOffsets>,
     /// Kept between reads, as hints and storage only (never a result).
     walks: Arc<Mutex<WalkState>>,
 }
@@ -155,6 +159,9 @@ struct WalkState {
     /// dropped at the next read instead of under the pause (10,000 tasks'
     /// names freed are ~10% of that pause).
     spare: Option<GuestTasks>,
+    /// The pre-check's counters and positions, for the quiet path of the
+    /// next `tasks_again` (checked against the list it is handed).
+    quiet: Option<QuietIndex>,
 }
 
 /// The paging mode of the vCPUs in long mode (CR4.LA57); 4 levels when none
@@ -222,6 +229,8 @@ impl LinuxTarget {
                 None
             }
         };
+        let quiet = QuietOffsets::resolve(&k, btf, &offsets);
+        debug!(quiet = quiet.is_some(), "quiet-scheduler path of the pause's re-read");
         let t = Self {
             symbols: symbols::symbol_table(&k),
             build_id: lk.info.build_id.as_deref().map(notes::hex),
@@ -240,6 +249,7 @@ impl LinuxTarget {
             orc_refused,
             source: TaskSource::Auto,
             doorbell: None,
+            quiet,
             walks: Arc::default(),
         };
         info!(
@@ -379,9 +389,24 @@ impl TargetKernel for LinuxTarget {
         let hint = self.doorbell.map(AgentHint::Doorbell).or(source_at.map(AgentHint::Virt));
         let mut walks = self.walks();
         drop(walks.spare.take());
-        let (read, out) =
+        walks.quiet = None;
+        // With the guest running (the pre-check: no vCPUs): the scheduler's
+        // counters first, then the walk (`sched_quiet`); under the pause
+        // they are not needed.
+        let counters = match (&self.quiet, vcpus.is_empty()) {
+            (Some(q), true) => Counters::read(mem, &self.kallsyms, q).inspect_err(|e| debug!(cause = e.cause(), "no quiet path: counters unreadable")).ok(),
+            _ => None,
+        };
+        std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
+        let (read, mut out) =
             view::read_guest_tasks(mem, &self.kallsyms, Some(&self.btf), Some(&self.offsets), self.source, hint, vcpus, &mut walks.trail)
                 .map_err(view_error)?;
+        std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
+        if let Some(c) = counters.filter(|_| out.source == "agentless") {
+            let sum = c.sum();
+            walks.quiet = QuietIndex::build(c, &read.tasks, &out.list.tasks);
+            out.changes = walks.quiet.is_some().then_some(sum);
+        }
         drop(walks);
         if let Some(note) = &read.note {
             debug!(%note, "task list without the agent");
@@ -389,8 +414,21 @@ impl TargetKernel for LinuxTarget {
         Ok(out)
     }
 
-    fn tasks_again(&self, mem: &mut dyn KernelMemory, vcpus: &[VcpuState], source_at: Option<u64>, prev: GuestTasks) -> Result<GuestTasks, TargetError> {
-        let out = self.tasks(mem, vcpus, source_at);
+    /// The quiet path first ([`sched_quiet::reread`]: no task switched in
+    /// or forked since `prev` was read, only the tasks on a CPU re-read),
+    /// else the whole walk.
+    fn tasks_again(&self, mem: &mut dyn KernelMemory, vcpus: &[VcpuState], source_at: Option<u64>, mut prev: GuestTasks) -> Result<GuestTasks, TargetError> {
+        let index = self.walks().quiet.take();
+        if let (Some(q), Some(index)) = (&self.quiet, index) {
+            match sched_quiet::reread(mem, &self.kallsyms, Some(&self.btf), &self.offsets, q, &index, &mut prev, vcpus) {
+                Ok(()) => return Ok(prev),
+                Err(e) => debug!(cause = e.cause(), error = %e, "quiet path not taken: the whole walk"),
+            }
+        }
+        let out = self.tasks(mem, vcpus, source_at).map(|mut t| {
+            t.reread = Some("walk");
+            t
+        });
         self.walks().spare = Some(prev);
         out
     }

@@ -103,7 +103,7 @@ impl TestGuest {
         let (tasks, h) = table::read(mem, self.task_table, recycle)?;
         // The ring's count is worth handing back only when there is a ring.
         let changes = (h.ring != 0 && h.ring_size != 0).then_some(h.changes);
-        Ok(GuestTasks { list: TaskList { tasks, cpu_stacks: Vec::new() }, vcpu_cpus: table::vcpu_cpus(vcpus), source: "testguest", source_at: None, changes, changed: None })
+        Ok(GuestTasks { list: TaskList { tasks, cpu_stacks: Vec::new() }, vcpu_cpus: table::vcpu_cpus(vcpus), source: "testguest", source_at: None, changes, changed: None, reread: None })
     }
 }
 
@@ -162,6 +162,7 @@ impl TargetKernel for TestGuest {
                 source_at: None,
                 changes: Some(changes),
                 changed: Some(changed),
+                reread: Some("changes"),
             }),
             Reread::Whole(tasks, why) => {
                 tracing::debug!(why, "task table change ring cannot tell: the whole table read");

@@ -128,6 +128,12 @@ pub struct IncrementalSummary {
     /// ring); absent when the whole list was read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub records_read: Option<usize>,
+    /// How the pause read the task list after the pre-check, when the
+    /// kind says: `quiet` (Linux: the scheduler's switch and fork counters
+    /// unchanged since the pre-check, only tasks on a CPU re-read), `walk`
+    /// (read whole), `changes` (the test guest's change ring).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reread: Option<&'static str>,
 }
 
 /// A stack the ORC check could not unwind, scanned conservatively instead.

@@ -161,4 +161,9 @@ pub struct GuestTasks {
     /// same task with the same fields (sorted, no duplicates). `None`: any
     /// position may differ.
     pub changed: Option<Vec<usize>>,
+    /// How [`crate::kernels::TargetKernel::tasks_again`] read this list,
+    /// when the kind says: `quiet` (Linux: no task switched in or forked
+    /// since the pre-check, only the tasks on a CPU re-read) or `walk`
+    /// (read whole). `None` from `tasks`.
+    pub reread: Option<&'static str>,
 }

@@ -67,8 +67,10 @@
 //!   value needs 2^16 or more switches of one task ending at the same SP).
 //!
 //! When the kind re-read under the pause only what changed since the
-//! pre-check's read (the test guest's change ring), [`split_changed`]
-//! gives [`split`]'s answer touching only those positions.
+//! pre-check's read (the test guest's change ring; on Linux, the tasks on
+//! a CPU when no task was switched in or forked since:
+//! `crate::os::linux::sched_quiet`), [`split_changed`] gives [`split`]'s
+//! answer touching only those positions.
 //!
 //! Under the pause, [`split`] is one pass over the list: the pre-check's
 //! keys are kept in list order and compared with a cursor (a hash lookup

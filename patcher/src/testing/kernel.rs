@@ -361,7 +361,7 @@ impl TargetKernel for FakeKernel {
         let mut q = self.tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let tasks = if q.len() > 1 { q.pop_front().unwrap_or_default() } else { q.front().cloned().unwrap_or_default() };
         let list = TaskList { tasks, cpu_stacks: Vec::new() };
-        Ok(GuestTasks { list, vcpu_cpus: vec![None; vcpus.len()], source: "fake", source_at: None, changes: None, changed: None })
+        Ok(GuestTasks { list, vcpu_cpus: vec![None; vcpus.len()], source: "fake", source_at: None, changes: None, changed: None, reread: None })
     }
 
     /// The scripted list, saying which positions changed as scripted

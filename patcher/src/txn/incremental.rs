@@ -89,6 +89,7 @@ impl<B: Backend> Patcher<'_, B> {
                 // touching only that (the same answer as the whole split).
                 let fast = tasks.changed.as_deref().and_then(|ch| incremental::split_changed(pre, &tasks.list, ch, vcpus));
                 inc.records_read = fast.as_ref().and(tasks.changed.as_ref()).map(Vec::len);
+                inc.reread = tasks.reread;
                 let (rest, reused) = match fast {
                     Some(r) => r,
                     None => incremental::split(pre, &tasks.list, vcpus),

@@ -9,6 +9,8 @@
 //! - `tasks`: the agentless task walk; `task_struct`: what it knows of a
 //!   task (offsets from BTF, a task as read); `task_read`: one task read in
 //!   a few spans of aligned words.
+//! - `sched_quiet`: the pause's re-read when the scheduler was quiet since
+//!   the incremental pre-check (switch and fork counters unchanged).
 //! - `agent`: the guest agent's descriptor as a task source (checked against the walk).
 //! - `cpustacks`: each CPU's IRQ, exception and entry stacks, agentless.
 //! - `modules`: loaded modules (text, ORC tables, symbols).
@@ -40,6 +42,7 @@ pub mod orc_object;
 pub mod ram;
 #[cfg(test)]
 mod ram_tests;
+pub mod sched_quiet;
 pub mod symbols;
 pub mod task_list;
 pub mod task_read;

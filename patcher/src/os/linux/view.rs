@@ -288,6 +288,7 @@ pub fn read_tasks_trailed(
 
 /// Reads the tasks ([`read_tasks`]) and builds what the check gets from
 /// them ([`task_list::build`]), with every vCPU stopped.
+#[allow(clippy::too_many_arguments)]
 pub fn read_guest_tasks(
     mem: &mut dyn KernelMemory,
     k: &Kallsyms,
@@ -305,7 +306,7 @@ pub fn read_guest_tasks(
     }
     let agent_stacks = read.agent.as_ref().map(|a| a.cpu_stacks.as_slice());
     let (list, vcpu_cpus) = task_list::build(mem, k, btf, &read.tasks, agent_stacks, vcpus).map_err(ViewError::List)?;
-    let out = GuestTasks { list, vcpu_cpus, source: read.source(), source_at: read.agent_at(), changes: None, changed: None };
+    let out = GuestTasks { list, vcpu_cpus, source: read.source(), source_at: read.agent_at(), changes: None, changed: None, reread: None };
     Ok((read, out))
 }
 
