@@ -135,6 +135,31 @@ pub struct TaskList {
     pub cpu_stacks: Vec<CpuStack>,
 }
 
+impl TaskInfo {
+    /// True when `other` gives the safety check the same stack to look at:
+    /// same task, stack, saved stack pointer, CPU state and evidence. The
+    /// name and last CPU of a task off every CPU are left out: another
+    /// thread can rename it (`/proc/PID/comm`) and a wake-up can move it to
+    /// another CPU's queue without it running, and the check reads neither.
+    pub fn same_for_check(&self, other: &TaskInfo) -> bool {
+        self.id == other.id
+            && self.stack == other.stack
+            && self.saved_sp == other.saved_sp
+            && self.on_cpu == other.on_cpu
+            && self.evidence == other.evidence
+            && (!self.on_cpu || (self.name == other.name && self.cpu == other.cpu))
+    }
+}
+
+impl TaskList {
+    /// [`TaskInfo::same_for_check`] task by task, in order, and the same CPU stacks.
+    pub fn same_for_check(&self, other: &TaskList) -> bool {
+        self.cpu_stacks == other.cpu_stacks
+            && self.tasks.len() == other.tasks.len()
+            && self.tasks.iter().zip(&other.tasks).all(|(a, b)| a.same_for_check(b))
+    }
+}
+
 /// One read of a stopped guest's tasks, as a kernel kind hands it to the
 /// transaction: the list, the CPU each vCPU is, and where the list came from.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -166,4 +191,43 @@ pub struct GuestTasks {
     /// since the pre-check, only the tasks on a CPU re-read) or `walk`
     /// (read whole). `None` from `tasks`.
     pub reread: Option<&'static str>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(on_cpu: bool) -> TaskInfo {
+        TaskInfo { id: 7, name: "worker".into(), cpu: Some(0), stack: 0x1000..0x5000, saved_sp: Some(0x4f00), on_cpu, evidence: None }
+    }
+
+    #[test]
+    fn an_off_cpu_task_renamed_or_moved_is_the_same_for_the_check() {
+        let (a, mut b) = (task(false), task(false));
+        b.name = "renamed".into();
+        b.cpu = Some(1);
+        assert!(a.same_for_check(&b));
+        let (a, mut b) = (task(true), task(true));
+        b.cpu = Some(1);
+        assert!(!a.same_for_check(&b), "on a CPU the CPU counts");
+    }
+
+    #[test]
+    fn what_the_check_reads_must_be_equal() {
+        let a = task(false);
+        for change in [
+            |t: &mut TaskInfo| t.saved_sp = Some(0x4e00),
+            |t: &mut TaskInfo| t.stack = 0x2000..0x6000,
+            |t: &mut TaskInfo| t.id = 8,
+            |t: &mut TaskInfo| t.on_cpu = true,
+            |t: &mut TaskInfo| t.evidence = Some(TaskEvidence { addr: 1, start_time: 2, nvcsw: 3, nivcsw: 4, sp: 5 }),
+        ] {
+            let mut b = task(false);
+            change(&mut b);
+            assert!(!a.same_for_check(&b), "{b:?}");
+        }
+        let l = TaskList { tasks: vec![a.clone()], cpu_stacks: Vec::new() };
+        assert!(l.same_for_check(&l.clone()));
+        assert!(!l.same_for_check(&TaskList { tasks: vec![a.clone(), a], cpu_stacks: Vec::new() }));
+    }
 }

@@ -102,11 +102,12 @@ impl<B: Backend> Patcher<'_, B> {
                 let (c, s) = safety::check(mode, unwinder, &mut self.guest, symbols, input, ranges).map_err(fail)?;
                 if self.cfg.incremental == Incremental::Compare {
                     // A list built from the pre-check's and what the kind said
-                    // changed must be what a whole read gives now.
+                    // changed must be what a whole read gives now, in all the
+                    // check reads (`TaskInfo::same_for_check`).
                     let whole;
                     let full_input = if tasks.changed.is_some() {
                         whole = self.target.tasks(&mut self.guest, vcpus, self.task_hint).map_err(fail)?;
-                        if whole.list != tasks.list {
+                        if !whole.list.same_for_check(&tasks.list) {
                             let why = format!("the task list re-read where the kind said it changed ({} records) differs from a whole read", inc.records_read.unwrap_or(0));
                             tracing::error!(%why, "incremental check mismatch");
                             return Err(Failure::new(Stage::Check, Cause::Unexpected, "incremental_mismatch", why));

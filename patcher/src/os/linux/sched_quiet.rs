@@ -55,8 +55,10 @@
 //! had not run yet by the pause, `comm` renamed through `/proc` by another
 //! task; and a zombie caught between `finish_task` and `put_task_stack` at
 //! the pre-check read stays listed (its stack checked once more; it never
-//! runs again). `compare` mode would report such a list as differing from
-//! a whole read (`incremental_mismatch`), never a conflict missed.
+//! runs again). `compare` mode compares lists only in what the check reads
+//! (`TaskList::same_for_check`: a stale `cpu` or `comm` of a sleeping task
+//! is no mismatch); the zombie would be reported `incremental_mismatch`, a
+//! false alarm, never a conflict missed.
 
 use std::collections::HashMap;
 
