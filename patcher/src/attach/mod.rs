@@ -21,6 +21,8 @@ pub mod shared;
 mod shared_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod wrapper_tests;
 
 pub use resume_guard::ResumeGuard;
 
