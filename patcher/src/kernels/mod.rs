@@ -60,8 +60,12 @@ pub trait TargetKernel: std::fmt::Debug {
     /// [`TargetKernel::tasks`] again, handed the list read before (the
     /// incremental pre-check's, with the guest running) so a kind can reuse
     /// its storage: the result must be exactly what `tasks` returns.
-    fn tasks_again(&self, mem: &mut dyn KernelMemory, vcpus: &[VcpuState], source_at: Option<u64>, prev: GuestTasks) -> Result<GuestTasks, TargetError> {
-        let _ = prev;
+    /// `retry`: the caller can resume and make another attempt (with a new
+    /// pre-check), so a kind whose cheap re-read cannot be taken may answer
+    /// [`TargetError::Inconsistent`] rather than read everything under the
+    /// pause; `false` on the last attempt.
+    fn tasks_again(&self, mem: &mut dyn KernelMemory, vcpus: &[VcpuState], source_at: Option<u64>, prev: GuestTasks, retry: bool) -> Result<GuestTasks, TargetError> {
+        let _ = (prev, retry);
         self.tasks(mem, vcpus, source_at)
     }
     /// Where [`TargetKernel::tasks`] should look for its task source first

@@ -417,11 +417,17 @@ impl TargetKernel for LinuxTarget {
     /// The quiet path first ([`sched_quiet::reread`]: no task switched in
     /// or forked since `prev` was read, only the tasks on a CPU re-read),
     /// else the whole walk.
-    fn tasks_again(&self, mem: &mut dyn KernelMemory, vcpus: &[VcpuState], source_at: Option<u64>, mut prev: GuestTasks) -> Result<GuestTasks, TargetError> {
+    fn tasks_again(&self, mem: &mut dyn KernelMemory, vcpus: &[VcpuState], source_at: Option<u64>, mut prev: GuestTasks, retry: bool) -> Result<GuestTasks, TargetError> {
         let index = self.walks().quiet.take();
         if let (Some(q), Some(index)) = (&self.quiet, index) {
             match sched_quiet::reread(mem, &self.kallsyms, Some(&self.btf), &self.offsets, q, &index, &mut prev, vcpus) {
                 Ok(()) => return Ok(prev),
+                Err(e) if retry && sched_quiet::retry_rather_than_walk(&e, prev.list.tasks.len()) => {
+                    debug!(cause = e.cause(), error = %e, "quiet path not taken: resume and try again");
+                    let why = format!("not quiet since the pre-check ({}: {e}); resumed rather than walking {} tasks under the pause", e.cause(), prev.list.tasks.len());
+                    self.walks().spare = Some(prev);
+                    return Err(TargetError::Inconsistent(why));
+                }
                 Err(e) => debug!(cause = e.cause(), error = %e, "quiet path not taken: the whole walk"),
             }
         }

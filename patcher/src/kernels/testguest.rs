@@ -150,7 +150,7 @@ impl TargetKernel for TestGuest {
     /// With the change ring (`testguest_ring`): only the entries changed
     /// since `prev` was read are read again, and `changed` names them;
     /// otherwise the whole table, `prev`'s storage recycled.
-    fn tasks_again(&self, mem: &mut dyn KernelMemory, vcpus: &[VcpuState], _source_at: Option<u64>, prev: GuestTasks) -> Result<GuestTasks, TargetError> {
+    fn tasks_again(&self, mem: &mut dyn KernelMemory, vcpus: &[VcpuState], _source_at: Option<u64>, prev: GuestTasks, _retry: bool) -> Result<GuestTasks, TargetError> {
         let Some(since) = prev.changes else {
             return self.whole(mem, vcpus, prev.list.tasks);
         };

@@ -105,6 +105,11 @@ pub struct FakeKernel {
     /// Per `tasks_again`, in order: the positions it says changed (`None`:
     /// it does not say); it says nothing once they are spent.
     changed: Mutex<VecDeque<Option<Vec<usize>>>>,
+    /// When set, `tasks_again` answers `Inconsistent` whenever it may
+    /// (`retry`), as a kind whose cheap re-read cannot be taken does.
+    busy_when_retry: AtomicBool,
+    /// The `retry` of every `tasks_again`, in order.
+    retries: Mutex<Vec<bool>>,
     up: AtomicBool,
     task_reads: AtomicUsize,
     root: u64,
@@ -148,6 +153,8 @@ impl FakeKernel {
             tasks: Mutex::new(VecDeque::from([Vec::new()])),
             disputes: Mutex::new(VecDeque::new()),
             changed: Mutex::new(VecDeque::new()),
+            busy_when_retry: AtomicBool::new(false),
+            retries: Mutex::new(Vec::new()),
             up: AtomicBool::new(true),
             task_reads: AtomicUsize::new(0),
             root: RamGuest::new(RAM).root(),
@@ -295,6 +302,17 @@ impl FakeKernel {
         *self.changed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = reads.into();
     }
 
+    /// From now on `tasks_again` answers `Inconsistent` whenever its caller
+    /// lets it (`retry`), as a guest that never stays quiet.
+    pub fn busy_when_retry(&self) {
+        self.busy_when_retry.store(true, Ordering::SeqCst);
+    }
+
+    /// The `retry` handed to each `tasks_again` so far.
+    pub fn retries(&self) -> Vec<bool> {
+        self.retries.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
     /// Per pause, in order, the tasks whose sources disagree the way a
     /// fork or exit in flight does ([`TargetError::Disputed`],
     /// `agent_mismatch`); `None`: that pause's read agrees. Every read
@@ -366,7 +384,11 @@ impl TargetKernel for FakeKernel {
 
     /// The scripted list, saying which positions changed as scripted
     /// ([`FakeKernel::script_changed`]): true or not, as a kind's ring would.
-    fn tasks_again(&self, mem: &mut dyn KernelMemory, vcpus: &[VcpuState], source_at: Option<u64>, _prev: GuestTasks) -> Result<GuestTasks, TargetError> {
+    fn tasks_again(&self, mem: &mut dyn KernelMemory, vcpus: &[VcpuState], source_at: Option<u64>, _prev: GuestTasks, retry: bool) -> Result<GuestTasks, TargetError> {
+        self.retries.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(retry);
+        if retry && self.busy_when_retry.load(Ordering::SeqCst) {
+            return Err(TargetError::Inconsistent("not quiet since the pre-check (scripted)".into()));
+        }
         let mut t = self.tasks(mem, vcpus, source_at)?;
         t.changed = self.changed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop_front().flatten();
         Ok(t)

@@ -251,3 +251,21 @@ fn compare_refuses_a_ring_that_hides_a_change() {
     assert!(r.message.contains("differs from a whole read"), "{}", r.message);
     assert_eq!(text(&g, &FakeKernel::new(), "fake_a", 0x40), FakeKernel::new().pristine("fake_a"));
 }
+
+/// With `on`, a kind that cannot take its cheap re-read may send the guest
+/// back to run while attempts remain (`retry`), and must read everything on
+/// the last; `compare` never lets it (both paths stay compared).
+#[test]
+fn a_busy_guest_is_resumed_and_retried_with_on_and_read_whole_on_the_last_attempt() {
+    for (mode, want) in [(Incremental::On, vec![true, true, false]), (Incremental::Compare, vec![false])] {
+        let k = FakeKernel::new();
+        let mut g = k.guest();
+        let a = seen(k.sleeping_task(&mut g, 0, 300, "worker", &[k.ret_into("fake_c")]), 7);
+        k.set_tasks(vec![a]);
+        k.busy_when_retry();
+        let r = Patcher::new(&mut g, &k, cfg(3, mode)).apply(&patch("p1", &["fake_a"]));
+        assert!(r.is_ok(), "{mode}: {}", r.to_json());
+        assert_eq!(k.retries(), want, "{mode}");
+        assert_eq!(r.timings.attempts as usize, want.len(), "{mode}: {}", r.to_json());
+    }
+}

@@ -19,7 +19,7 @@ use crate::arena::map;
 use crate::arena::registry::{CheckRange, Registry, SiteWrite};
 use crate::model::backend::{Backend, BackendError};
 use crate::model::mem::KernelMemory;
-use crate::model::TargetError;
+use crate::model::{Incremental, TargetError};
 
 /// How a pause loop failed.
 #[derive(Debug)]
@@ -124,7 +124,13 @@ impl<B: Backend> Patcher<'_, B> {
             // The pre-check's list (if any) lends its storage: no allocation
             // per task under the pause, the same list as a fresh read.
             let read = match self.recycle.take() {
-                Some(prev) => target.tasks_again(&mut self.guest, &vcpus, self.task_hint, prev),
+                Some(prev) => {
+                    // With `on`, a kind may send a busy guest back to run
+                    // rather than read everything under this pause, while
+                    // attempts remain; `compare` keeps both paths compared.
+                    let retry = self.cfg.incremental == Incremental::On && attempt < self.cfg.max_attempts.max(1);
+                    target.tasks_again(&mut self.guest, &vcpus, self.task_hint, prev, retry)
+                }
                 None => target.tasks(&mut self.guest, &vcpus, self.task_hint),
             };
             let tasks = match read {

@@ -277,3 +277,15 @@ fn anything_unexpected_under_the_pause_means_the_whole_walk() {
     prev.source = "agent+agentless";
     assert_eq!(f.reread(&mut prev, &idx, &vcpus()).unwrap_err().cause(), "not_indexed");
 }
+
+#[test]
+fn a_long_list_is_retried_when_the_guest_changed_and_walked_otherwise() {
+    let big = RETRY_FROM_TASKS;
+    for e in [NotQuiet::Switched, NotQuiet::ListLocked, NotQuiet::UnknownTask(1), NotQuiet::TaskChanged(1), NotQuiet::Unlinked(1)] {
+        assert!(retry_rather_than_walk(&e, big), "{e}");
+        assert!(!retry_rather_than_walk(&e, big - 1), "a short list is walked: {e}");
+    }
+    for e in [NotQuiet::NotIndexed, NotQuiet::CpusChanged] {
+        assert!(!retry_rather_than_walk(&e, 10 * big), "{e}");
+    }
+}
