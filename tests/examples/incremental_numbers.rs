@@ -6,6 +6,9 @@
 //! downtime and, incremental, the pre-check with the guest running, and
 //! how many pauses took the quiet-scheduler path (`quiet`: no switch or
 //! fork since the pre-check, only the tasks on a CPU read again).
+//! `downtime` is the p50 of the pause that wrote, `down-max` its largest,
+//! `all-pauses` the p50 of every pause of an apply summed (with `on`, a
+//! guest not quiet is resumed and tried again: those short pauses count).
 //!
 //! `cargo run --release -p vsplice-tests --example incremental_numbers -- [ROUNDS] [N ...]`
 //! (default: 10 rounds, 100 and 10000 threads).
@@ -41,7 +44,10 @@ fn main() {
     let image = LinuxImage::open(&img.vmlinuz).unwrap();
     let patch = linuxpatch::build(&img, &image, &linuxpatch::example("cmdline_marker.c")).unwrap();
     println!("{flavour}, QEMU TCG, 2 vCPUs, shared-memory backend, agentless walk; p50 over {rounds} applies, microseconds");
-    println!("{:>7} {:>6} {:>11} | {:>9} {:>9} | {:>9} {:>9} {:>9} {:>7} {:>9} {:>6} | {:>7} {:>7} {:>7}", "threads", "tasks", "mode", "check", "downtime", "pre-check", "reused", "rechecked", "busy", "attempts", "quiet", "pause", "write", "resume");
+    println!(
+        "{:>7} {:>6} {:>11} | {:>9} {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9} {:>7} {:>9} {:>6} | {:>7} {:>7} {:>7}",
+        "threads", "tasks", "mode", "check", "downtime", "down-max", "all-pauses", "pre-check", "reused", "rechecked", "busy", "attempts", "quiet", "pause", "write", "resume"
+    );
     let mut last: Option<String> = None;
     for n in counts {
         if let Some(pid) = last.take() {
@@ -64,6 +70,8 @@ fn main() {
             p.config_mut().incremental = mode;
             let (mut check, mut down, mut pre, mut reused, mut rechecked, mut tasks, mut busy, mut attempts) = (vec![], vec![], vec![], vec![], vec![], 0, 0, vec![]);
             let (mut pause, mut write, mut resume) = (vec![], vec![], vec![]);
+            // Every pause of the apply, the failed attempts' too.
+            let mut total = vec![];
             // Applies whose pause took the quiet-scheduler path (`reread: quiet`).
             let mut quiet = 0;
             for _ in 0..rounds {
@@ -75,6 +83,7 @@ fn main() {
                 }
                 check.push(r.timings.check_us);
                 down.push(r.timings.downtime_us);
+                total.push(r.timings.total_downtime_us);
                 pause.push(r.timings.pause_us);
                 write.push(r.timings.write_us);
                 resume.push(r.timings.resume_us);
@@ -90,9 +99,11 @@ fn main() {
                 assert!(v.is_ok(), "{}", v.to_json());
             }
             println!(
-                "{n:>7} {tasks:>6} {mode:>11} | {:>9} {:>9} | {:>9} {:>9} {:>9} {busy:>7} {:>9} {quiet:>6} | {:>7} {:>7} {:>7}",
+                "{n:>7} {tasks:>6} {mode:>11} | {:>9} {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9} {busy:>7} {:>9} {quiet:>6} | {:>7} {:>7} {:>7}",
                 p50(check),
-                p50(down),
+                p50(down.clone()),
+                down.iter().max().copied().unwrap_or(0),
+                p50(total),
                 p50(pre),
                 p50(reused),
                 p50(rechecked),
