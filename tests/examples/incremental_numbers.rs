@@ -84,6 +84,7 @@ fn main() {
                 check.push(r.timings.check_us);
                 down.push(r.timings.downtime_us);
                 total.push(r.timings.total_downtime_us);
+                eprintln!("  {n} {mode}: attempts {} downtime {} us, all pauses {} us", r.timings.attempts, r.timings.downtime_us, r.timings.total_downtime_us);
                 pause.push(r.timings.pause_us);
                 write.push(r.timings.write_us);
                 resume.push(r.timings.resume_us);
