@@ -204,33 +204,12 @@ impl GdbBackend {
         &self.breakpoints
     }
 
-    /// Removes hardware breakpoints an earlier client may have left at
-    /// `addrs` (QEMU keeps a client's breakpoints when it dies without
-    /// detaching, and a hit with no debugger attached stops the guest),
-    /// stopping a running guest for the moment it takes. Each address is
-    /// tried on its own (a stub that had none there answers an error,
-    /// which is not one); this session's own breakpoints are left alone.
-    pub fn remove_stale_breakpoints(&mut self, addrs: &BTreeSet<u64>) -> Result<(), GdbError> {
-        let stale: Vec<u64> = addrs.difference(&self.breakpoints).copied().collect();
-        if stale.is_empty() {
-            return Ok(());
-        }
-        let was_running = self.running;
-        if was_running {
-            self.stops += 1;
-            self.interrupt()?;
-            self.running = false;
-        }
-        for a in stale {
-            if let Err(e) = self.client.remove_hw_breakpoint(a) {
-                debug!(addr = format_args!("{a:#x}"), "no stale breakpoint removed there: {e}");
-            }
-        }
-        if was_running {
-            self.cont()?;
-            self.running = true;
-        }
-        Ok(())
+    /// Takes `addrs` as breakpoints of this session: hardware breakpoints
+    /// an earlier client left in the stub (QEMU keeps them when a client
+    /// dies without detaching) are then removed by the next
+    /// [`GdbBackend::sync_breakpoints`] or by [`GdbBackend::detach`].
+    pub fn adopt_breakpoints(&mut self, addrs: &BTreeSet<u64>) {
+        self.breakpoints.extend(addrs.iter().copied());
     }
 
     /// Sets exactly the hardware breakpoints `want` (`Z1`/`z1`), stopping a

@@ -47,12 +47,6 @@ pub trait Attachment: Backend {
             Err(GdbError::Unsupported("hardware breakpoints"))
         }
     }
-    /// Removes hardware breakpoints a dead client may have left at `addrs`
-    /// (not this session's own). Default: a guest without them.
-    fn remove_stale_breakpoints(&mut self, addrs: &BTreeSet<u64>) -> Result<(), GdbError> {
-        let _ = addrs;
-        Ok(())
-    }
     /// After a stop the guest reported on its own: the vCPU sitting on one
     /// of the breakpoints, `None` when the stop was someone else's.
     fn breakpoint_hit(&mut self) -> Result<Option<VcpuState>, GdbError> {
@@ -130,11 +124,6 @@ impl AttachedVm {
 /// and removed once); why not otherwise (then `when_loaded` is refused).
 fn probe_hooks<G: Attachment>(guest: &mut G, target: &dyn TargetKernel) -> Result<ModuleHooks, String> {
     let hooks = ModuleHooks::resolve(target)?;
-    // A daemon killed with its hooks set (and its guard with it) left them
-    // in the stub: gone before this daemon sets its own.
-    if let Err(e) = guest.remove_stale_breakpoints(&BTreeSet::from([hooks.coming, hooks.going])) {
-        tracing::warn!(cause = e.cause(), "removing stale module hooks: {e}");
-    }
     let tried = guest.sync_breakpoints(&BTreeSet::from([hooks.coming]));
     let cleared = guest.sync_breakpoints(&BTreeSet::new());
     match tried.and(cleared) {

@@ -85,10 +85,6 @@ impl Attachment for Attached {
         r
     }
 
-    fn remove_stale_breakpoints(&mut self, addrs: &std::collections::BTreeSet<u64>) -> Result<(), GdbError> {
-        gdb_mut(self).remove_stale_breakpoints(addrs)
-    }
-
     fn breakpoint_hit(&mut self) -> Result<Option<vsplice_patcher::model::backend::VcpuState>, GdbError> {
         gdb_mut(self).breakpoint_hit()
     }

@@ -74,12 +74,12 @@ pub fn open(g: &AttachArgs) -> Result<Session, ExitCode> {
 /// hit with no debugger attached stops the guest until one attaches), and
 /// ends as [`end`] does: detached with the guest running, or left stopped
 /// when a transaction is half-written. The guest stays stopped from the
-/// connection to the removal (QEMU stops it when a debugger connects), so
-/// no breakpoint can be hit in between.
+/// connection to the removal, so no breakpoint can be hit in between.
 /// `Ok(true)`: the guest was left stopped.
 pub fn release(g: &AttachArgs, stale: &std::collections::BTreeSet<u64>, how_to_recover: &str) -> Result<bool, ExitCode> {
     let (target, mut backend) = connect(g)?;
-    if let Err(e) = backend.remove_stale_breakpoints(stale) {
+    backend.adopt_breakpoints(stale);
+    if let Err(e) = backend.sync_breakpoints(&std::collections::BTreeSet::new()) {
         super::report(&e, e.cause());
     }
     Ok(end(&*target, attached(AutoStop(backend)), g.arena, how_to_recover))
