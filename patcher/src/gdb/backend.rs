@@ -204,14 +204,6 @@ impl GdbBackend {
         &self.breakpoints
     }
 
-    /// Takes `addrs` as breakpoints of this session: hardware breakpoints
-    /// an earlier client left in the stub (QEMU keeps them when a client
-    /// dies without detaching) are then removed by the next
-    /// [`GdbBackend::sync_breakpoints`] or by [`GdbBackend::detach`].
-    pub fn adopt_breakpoints(&mut self, addrs: &BTreeSet<u64>) {
-        self.breakpoints.extend(addrs.iter().copied());
-    }
-
     /// Sets exactly the hardware breakpoints `want` (`Z1`/`z1`), stopping a
     /// running guest for the moment it takes. A stub without hardware
     /// breakpoints: [`GdbError::Unsupported`], nothing set.

@@ -91,24 +91,3 @@ fn a_stub_without_hardware_breakpoints_is_unsupported_and_the_guest_runs_on() {
     assert!(!st.lock().unwrap().log.iter().any(|l| l.starts_with("Z0")), "never a software breakpoint");
 }
 
-
-#[test]
-fn breakpoints_a_dead_client_left_are_adopted_and_removed() {
-    // Another client set the hook and died without detaching: the stub
-    // still has it (QEMU keeps it), this client does not know it.
-    let (mut be, st) = backend(true);
-    st.lock().unwrap().breakpoints.push(HOOK);
-    assert!(be.breakpoints().is_empty());
-    be.adopt_breakpoints(&BTreeSet::from([HOOK]));
-    be.sync_breakpoints(&BTreeSet::new()).unwrap();
-    assert!(st.lock().unwrap().breakpoints.is_empty(), "removed from the stub");
-    assert!(st.lock().unwrap().log.iter().any(|l| l == &format!("z1,{HOOK:x},1")));
-    assert!(be.breakpoints().is_empty());
-
-    // Adopted and left to the detach: removed there.
-    let (mut be, st) = backend(true);
-    st.lock().unwrap().breakpoints.push(HOOK);
-    be.adopt_breakpoints(&BTreeSet::from([HOOK]));
-    be.detach().unwrap();
-    assert!(st.lock().unwrap().breakpoints.is_empty(), "removed at detach");
-}

@@ -24,7 +24,6 @@ use vsplice_patcher::shm::{StopVia, WriteRoute};
 use super::fault_injection::{gdb, gdb_mut, into_gdb, Attached};
 use super::patch::AttachArgs;
 use super::run::EXIT_BAD_INPUT;
-use super::guard;
 use super::session::{self, Session};
 use crate::api::attached::{AttachedService, AttachedVm, Attachment};
 use crate::api::state::SharedMemoryInfo;
@@ -60,10 +59,6 @@ pub struct AttachDaemonArgs {
     /// Registering as a fleet target (`--register`, `--label`).
     #[command(flatten)]
     pub register: super::register_args::RegisterArgs,
-    /// Internal: run as the hook guard of the daemon with this pid
-    /// (`cli/guard.rs`), started by the daemon itself.
-    #[arg(long, value_name = "PID", hide = true)]
-    pub guard_for: Option<u32>,
 }
 
 impl Attachment for Attached {
@@ -76,13 +71,7 @@ impl Attachment for Attached {
     }
 
     fn sync_breakpoints(&mut self, want: &std::collections::BTreeSet<u64>) -> Result<(), GdbError> {
-        // The guard hears of a breakpoint before it is set, and of its
-        // removal after.
-        let may_be_set = gdb(self).breakpoints().union(want).copied().collect();
-        guard::publish(&may_be_set);
-        let r = gdb_mut(self).sync_breakpoints(want);
-        guard::publish(gdb(self).breakpoints());
-        r
+        gdb_mut(self).sync_breakpoints(want)
     }
 
     fn breakpoint_hit(&mut self) -> Result<Option<vsplice_patcher::model::backend::VcpuState>, GdbError> {
@@ -122,9 +111,6 @@ fn ready_line(args: &AttachDaemonArgs, vm: &AttachedVm, kept_stopped: bool) -> S
 
 /// Runs `vsplice attach`.
 pub fn run(args: AttachDaemonArgs) -> ExitCode {
-    if let Some(daemon) = args.guard_for {
-        return guard::serve(&args.guest, daemon);
-    }
     let stop = match signals() {
         Ok(s) => s,
         Err(e) => {
@@ -192,21 +178,18 @@ pub fn run(args: AttachDaemonArgs) -> ExitCode {
         let kernel = vm.kernel.clone();
         r.start(move || Some(kernel.clone()))
     });
-    guard::start();
     let ended = service.run(&mut backend, &*target, &stop);
     drop(registrar);
     service.finish();
     match ended {
         Ok(()) => {
             let stopped = session::end(&*target, backend, arena, &hint);
-            guard::finish();
             eprintln!("vsplice: detached; the guest {}", if stopped { "stays stopped" } else { "runs on" });
             ExitCode::SUCCESS
         }
         Err(e) => {
             // Nothing to detach from: the connection is gone.
             drop(into_gdb(backend).keep_stopped());
-            guard::finish();
             super::report(&e, e.cause());
             ExitCode::from(EXIT_GUEST_GONE)
         }

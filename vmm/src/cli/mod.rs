@@ -3,7 +3,6 @@
 pub mod attach;
 mod attach_args;
 mod fault_injection;
-mod guard;
 pub mod fleet;
 pub mod inspect;
 pub mod patch;

@@ -69,22 +69,6 @@ pub fn open(g: &AttachArgs) -> Result<Session, ExitCode> {
     Ok(Session { target, backend: attached(backend), kept_stopped })
 }
 
-/// Attaches after a vsplice died without detaching, removes the hardware
-/// breakpoints it had set (`stale`, guest-virtual; QEMU keeps them, and a
-/// hit with no debugger attached stops the guest until one attaches), and
-/// ends as [`end`] does: detached with the guest running, or left stopped
-/// when a transaction is half-written. The guest stays stopped from the
-/// connection to the removal, so no breakpoint can be hit in between.
-/// `Ok(true)`: the guest was left stopped.
-pub fn release(g: &AttachArgs, stale: &std::collections::BTreeSet<u64>, how_to_recover: &str) -> Result<bool, ExitCode> {
-    let (target, mut backend) = connect(g)?;
-    backend.adopt_breakpoints(stale);
-    if let Err(e) = backend.sync_breakpoints(&std::collections::BTreeSet::new()) {
-        super::report(&e, e.cause());
-    }
-    Ok(end(&*target, attached(AutoStop(backend)), g.arena, how_to_recover))
-}
-
 /// The arena check every transaction makes before its first write, made
 /// once more at `vsplice attach` start: `Err` with the refusal's
 /// `reason: message` when the arena is not outside the guest's RAM.
