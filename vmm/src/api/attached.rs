@@ -120,11 +120,19 @@ impl AttachedVm {
     }
 }
 
-/// The module hooks of `target`, checked to be settable on `guest` (set
-/// and removed once); why not otherwise (then `when_loaded` is refused).
+/// Code no task runs after boot: where the probe of hardware breakpoints
+/// is set (never on a hook itself: a module loading while the daemon
+/// starts would stop there with the breakpoint no longer wanted, and the
+/// guest would be left stopped).
+const PROBE_AT: [&str; 2] = ["startup_64", "_text"];
+
+/// The module hooks of `target`, checked to be settable on `guest` (a
+/// breakpoint set and removed once at boot-only code); why not otherwise
+/// (then `when_loaded` is refused).
 fn probe_hooks<G: Attachment>(guest: &mut G, target: &dyn TargetKernel) -> Result<ModuleHooks, String> {
     let hooks = ModuleHooks::resolve(target)?;
-    let tried = guest.sync_breakpoints(&BTreeSet::from([hooks.coming]));
+    let probe = PROBE_AT.iter().find_map(|n| target.symbols().all(n).first().map(|s| s.addr)).unwrap_or(hooks.coming);
+    let tried = guest.sync_breakpoints(&BTreeSet::from([probe]));
     let cleared = guest.sync_breakpoints(&BTreeSet::new());
     match tried.and(cleared) {
         Ok(()) => Ok(hooks),
