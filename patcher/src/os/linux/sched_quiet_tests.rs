@@ -9,7 +9,6 @@
 
 use super::*;
 use crate::model::{TaskList, TaskInfo};
-use crate::os::linux::task_struct::SchedOffsets;
 use crate::os::linux::testutil::{kallsyms_blob, sample_syms};
 use crate::testing::RamGuest;
 
@@ -22,22 +21,7 @@ const HEAD: u64 = 0xffff_8880_0300_0010;
 const N: u64 = 7;
 
 fn off() -> TaskOffsets {
-    TaskOffsets {
-        tasks: 0x400,
-        pid: 0x500,
-        tgid: 0x504,
-        comm: 0x700,
-        stack: 0x20,
-        thread_sp: 0x1808,
-        state: 0x18,
-        on_cpu: 0x34,
-        cpu: 0x10,
-        signal: 0x800,
-        thread_node: 0x820,
-        signal_thread_head: 0x10,
-        task_size: 0x1900,
-        sched: Some(SchedOffsets { nvcsw: 0x6a0, nivcsw: 0x6a8, start_time: 0x6b0 }),
-    }
+    crate::os::linux::testutil::sample_task_offsets()
 }
 
 fn task(i: u64) -> u64 {

@@ -1,5 +1,5 @@
 //! Test fixtures: kallsyms tables laid out like scripts/kallsyms emits them,
-//! and a small BTF blob.
+//! a small BTF blob, and a `task_struct` layout for synthetic tasks.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -259,4 +259,25 @@ pub fn task_btf() -> Vec<u8> {
     b.typedef("task_t", task);
     b.composite("bits", false, 4, &[("a", uint, 0, 3), ("b", uint, 3, 5)]);
     b.blob()
+}
+
+/// A `task_struct` layout for synthetic tasks (0x1900 bytes; `on_cpu`
+/// before `thread.sp`, as in 6.1).
+pub fn sample_task_offsets() -> super::task_struct::TaskOffsets {
+    super::task_struct::TaskOffsets {
+        tasks: 0x400,
+        pid: 0x500,
+        tgid: 0x504,
+        comm: 0x700,
+        stack: 0x20,
+        thread_sp: 0x1808,
+        state: 0x18,
+        on_cpu: 0x34,
+        cpu: 0x10,
+        signal: 0x800,
+        thread_node: 0x820,
+        signal_thread_head: 0x10,
+        task_size: 0x1900,
+        sched: Some(super::task_struct::SchedOffsets { nvcsw: 0x6a0, nivcsw: 0x6a8, start_time: 0x6b0 }),
+    }
 }
