@@ -59,7 +59,9 @@ pub trait TargetKernel: std::fmt::Debug {
     fn tasks(&self, mem: &mut dyn KernelMemory, vcpus: &[VcpuState], source_at: Option<u64>) -> Result<GuestTasks, TargetError>;
     /// [`TargetKernel::tasks`] again, handed the list read before (the
     /// incremental pre-check's, with the guest running) so a kind can reuse
-    /// its storage: the result must be exactly what `tasks` returns.
+    /// its storage: the result must give the check what `tasks` would
+    /// (`TaskList::same_for_check`: the name and last CPU of a task off
+    /// every CPU may be the ones read before).
     /// `retry`: the caller can resume and make another attempt (with a new
     /// pre-check), so a kind whose cheap re-read cannot be taken may answer
     /// [`TargetError::Inconsistent`] rather than read everything under the
