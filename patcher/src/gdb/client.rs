@@ -1,7 +1,7 @@
 //! The GDB remote client: handshake (qSupported, PacketSize, no-ack mode),
 //! requests with time-outs, threads, target description, chunked and
 //! pipelined memory transfers; stopping, running, breakpoints and detaching
-//! are in [`run_control`].
+//! are in `client/run_control.rs`.
 
 use std::time::Duration;
 
