@@ -11,6 +11,9 @@
 #   helper, tests/src/skip.rs) is a skip, not a pass; a skip that is not in
 #   SKIP_LOG as well (printed but not logged) counts as a failure, so that no
 #   test that did not run passes unnoticed;
+# - the captured output of each failed test (its last 40 lines, where the
+#   panic message is) is printed again at the end, next to the summary, so that
+#   a log cut to its tail still says why a test failed;
 # - the last line is `vsplice tests: P passed, F failed, S skipped, I ignored;
 #   N test binaries, C crashed`.
 # Exit status: 0 when nothing failed or crashed, 1 otherwise.
@@ -46,6 +49,12 @@ function end_binary() {
     test = $0; sub(/^---- /, "", test); sub(/ stdout ----$/, "", test)
     next
 }
+section == "failed" && test != "" {
+    key = bin "::" test
+    if (!(key in fail_seen)) { fail_seen[key] = 1; fail_order[++nfail] = key; fail_n[key] = 0 }
+    fail_line[key, ++fail_n[key]] = $0
+    next
+}
 section == "ok" && test != "" && /\*\*\* SKIPPED / {
     key = bin "::" test
     line = $0; sub(/^.*\*\*\* /, "", line); sub(/ \*\*\*[ \t]*$/, "", line)
@@ -57,6 +66,15 @@ section == "ok" && test != "" && /\*\*\* SKIPPED / {
 }
 END {
     end_binary()
+    for (i = 1; i <= nfail; i++) {
+        key = fail_order[i]
+        print ""
+        print "=================== FAILED: " key
+        n = fail_n[key]
+        from = (n > 40) ? n - 39 : 1
+        if (from > 1) print "  [... " (from - 1) " earlier lines of its output in the full log ...]"
+        for (j = from; j <= n; j++) print "  " fail_line[key, j]
+    }
     if (crashed > 0) {
         print ""
         print "=================== CRASHED (no test result: counted as failed) ==============="
