@@ -79,9 +79,18 @@ fn stale_word_blocks_the_conservative_check_not_orc_and_patches_survive_a_fork_s
     let mut applied = false;
     // Where the last task list came from (each report's check summary says).
     let mut agent_in_use = false;
-    for _ in 0..12 {
+    for i in 0..12 {
         let mut p = linuxpatch::patcher(&g, &mut be, &target);
         let r = if applied { p.revert(&patch.manifest.id) } else { p.apply(&patch) };
+        // One line per transaction, so that a failure below says what led to it.
+        eprintln!(
+            "storm {i} {}: {} after {} attempt(s), tasks from {}, fallbacks {:?}",
+            if applied { "revert" } else { "apply" },
+            r.cause.name(),
+            r.timings.attempts,
+            r.check.as_ref().map_or("-", |c| c.task_source.as_str()),
+            r.check.as_ref().map(|c| c.fallbacks.iter().map(|f| f.reason.as_str()).collect::<Vec<_>>()).unwrap_or_default(),
+        );
         match r.cause.name() {
             "ok" => {
                 ok += 1;
