@@ -13,6 +13,7 @@ pub mod qemu;
 pub mod shared_ram;
 pub mod linuxpatch;
 pub mod modcorpus;
+pub mod ko_tamper;
 pub mod nfsd;
 pub mod api;
 pub mod etcd;

@@ -76,6 +76,12 @@ pub fn corpus_or_skip(label: &str, entry: &str, recipe: &str, mods: &[(&str, &st
 /// The entry's initramfs plus `/modules/<sub>/*.ko` for `mods` (a second
 /// gzip'd cpio appended: the kernel unpacks both), written into `dir`.
 pub fn initramfs_with(c: &ModCorpus, mods: &[(&str, &str)], sub: &str, dir: &Path) -> Result<PathBuf, String> {
+    initramfs_with_files(c, mods, sub, dir, &[])
+}
+
+/// [`initramfs_with`] plus `files`: each a path under `modules/` (e.g.
+/// `modules/tampered/nfsd.ko`) and its bytes.
+pub fn initramfs_with_files(c: &ModCorpus, mods: &[(&str, &str)], sub: &str, dir: &Path, files: &[(&str, &[u8])]) -> Result<PathBuf, String> {
     fn io(what: &str) -> impl Fn(std::io::Error) -> String + '_ {
         move |e| format!("{what}: {e}")
     }
@@ -83,6 +89,16 @@ pub fn initramfs_with(c: &ModCorpus, mods: &[(&str, &str)], sub: &str, dir: &Pat
     std::fs::create_dir_all(stage.join("modules").join(sub)).map_err(io("staging dir"))?;
     for (d, m) in mods {
         std::fs::copy(c.modules().join("kernel").join(d).join(format!("{m}.ko")), stage.join(format!("modules/{sub}/{m}.ko"))).map_err(io(m))?;
+    }
+    for (path, bytes) in files {
+        if !path.starts_with("modules/") {
+            return Err(format!("{path}: extra files go under modules/"));
+        }
+        let at = stage.join(path);
+        if let Some(parent) = at.parent() {
+            std::fs::create_dir_all(parent).map_err(io("staging dir"))?;
+        }
+        std::fs::write(&at, bytes).map_err(io(path))?;
     }
     let extra = dir.join("extra.cpio.gz");
     let st = Command::new("sh")

@@ -16,6 +16,12 @@
 //! - nfsd unloaded with the daemon attached again: the record is dropped at
 //!   the unload hook (event `module_unloaded`, history `module_unloaded`,
 //!   nothing listed), before any other request.
+//! - Sent again, then a different build of nfsd loaded (one byte of
+//!   `client_info_show` changed, unsigned: `tests/src/ko_tamper.rs`): the
+//!   apply at the load hook is refused `no_match` (event `failed_at_load`
+//!   with the cause), the patch is no longer pending, nothing is listed,
+//!   and nfsd loads and runs unpatched (no jump at its entries; it serves
+//!   the SEQUENCE call).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -27,7 +33,8 @@ use vsplice_tests::attach::AttachDaemon;
 use vsplice_tests::cli::text;
 use vsplice_tests::linuxpatch;
 use vsplice_tests::nfsd::{sequence, BADSESSION, ENTRIES, MODULES, SERVE};
-use vsplice_tests::modcorpus::{assert_jumps, corpus_or_skip, initramfs_with, insmod_all, module_entries, Entry};
+use vsplice_tests::ko_tamper::tamper;
+use vsplice_tests::modcorpus::{assert_jumps, corpus_or_skip, initramfs_with_files, insmod_all, module_entries, Entry};
 use vsplice_tests::qemu::Guest;
 use vsplice_tests::scratch::tmp_dir;
 use vsplice_tests::testguest::vm_lock;
@@ -76,7 +83,11 @@ fn a_patch_for_nfsd_waits_for_the_module_and_is_applied_as_it_loads() {
     assert!(o.status.success(), "{}", text(&o.stderr));
     let manifest: Value = serde_json::from_slice(&o.stdout).unwrap();
     let (id, name) = (manifest["id"].as_str().unwrap().to_owned(), manifest["name"].as_str().unwrap().to_owned());
-    let initrd = initramfs_with(&fix, &MODULES, "nfsd", &dir).unwrap();
+    // A local rebuild of nfsd: one byte of client_info_show differs.
+    let ko = std::fs::read(fix.modules().join("kernel/fs/nfsd/nfsd.ko")).unwrap();
+    let other = tamper(&ko, "client_info_show").unwrap();
+    eprintln!("  tampered nfsd.ko: client_info_show+{:#x} {:#04x} -> {:#04x}", other.offset, other.was, other.now);
+    let initrd = initramfs_with_files(&fix, &MODULES, "nfsd", &dir, &[("modules/tampered/nfsd.ko", &other.bytes)]).unwrap();
     let Some(mut g) = fix.boot(label, initrd) else { return };
     let load = insmod_all(&MODULES, "nfsd");
 
@@ -150,6 +161,31 @@ fn a_patch_for_nfsd_waits_for_the_module_and_is_applied_as_it_loads() {
     assert!(listed["patches"].as_array().unwrap().is_empty(), "the record is gone: {listed}");
     assert!(listed["history"].as_array().unwrap().iter().any(|h| h["id"] == id.as_str() && h["how"] == "module_unloaded"), "{listed}");
     stop(d);
+
+    // Another build of nfsd loaded: refused at the load hook, loads unpatched.
+    let d = daemon(&g, &dir, 4);
+    let (st, v) = put(&d, &vsp, true);
+    assert_eq!((st, v["state"].as_str()), (202, Some("pending")), "{v}");
+    g.run_ok("set -e; insmod /modules/tampered/nfsd.ko; grep -c '^nfsd ' /proc/modules").unwrap();
+    let ev = events(&d);
+    let failed = module_event(&ev, "failed_at_load").unwrap_or_else(|| panic!("no failed_at_load event: {ev:?}\n{}", d.stderr_text()));
+    let detail = failed["detail"].as_str().unwrap();
+    assert!(detail.contains("no_match") && detail.contains(&name) && detail.contains("loads unpatched"), "{detail}");
+    assert!(module_event(&ev, "applied_at_load").is_none(), "{ev:?}");
+    let txn = ev.iter().rev().find(|e| e["kind"] == "txn").expect("the refused apply's txn event");
+    assert_eq!(txn["txn"]["cause"], "no_match", "{txn}");
+    eprintln!("  {detail}");
+    let listed = d.req("GET", "/patches", None, b"").json();
+    assert!(listed.get("pending").is_none() && listed["patches"].as_array().unwrap().is_empty(), "nothing pending or applied: {listed}");
+    stop(d);
+    let now = entries(&g);
+    assert_eq!(now.len(), ENTRIES.len(), "the other nfsd loaded");
+    for ((n, _, was), (_, _, is)) in unpatched.iter().zip(&now) {
+        assert_eq!(was, is, "{n}: the refused patch left a change at its entry");
+    }
+    g.run_ok(SERVE).unwrap();
+    assert_eq!(sequence(&mut g), BADSESSION, "the unpatched nfsd4_sequence answers");
+    g.run_ok(UNLOAD).unwrap();
     g.check_console().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
