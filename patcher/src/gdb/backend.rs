@@ -11,6 +11,7 @@ use tracing::{debug, warn};
 
 use super::client::{GdbClient, GdbOptions};
 use super::error::GdbError;
+use super::stop::{stop_signal, OwnStop, SIGTRAP};
 use super::registers::RegMap;
 use crate::model::backend::{Backend, BackendError, VcpuState};
 use crate::shm::{SharedPlane, StopVia, WriteRoute};
@@ -31,8 +32,8 @@ pub struct GdbBackend {
     stops: u64,
     /// Hardware breakpoints set (guest-virtual addresses).
     breakpoints: BTreeSet<u64>,
-    /// The stub reported a stop on its own since the last look.
-    unsolicited_stop: bool,
+    /// The signal of the stop the stub reported on its own since the last look.
+    unsolicited_stop: Option<u8>,
 }
 
 impl GdbBackend {
@@ -59,7 +60,7 @@ impl GdbBackend {
         } else {
             warn!("gdbstub has no physical memory mode; physical access needs set_direct_map()");
         }
-        Ok(Self { client, regs, threads, running: false, direct_map: None, shared: None, stops: 0, breakpoints: BTreeSet::new(), unsolicited_stop: false })
+        Ok(Self { client, regs, threads, running: false, direct_map: None, shared: None, stops: 0, breakpoints: BTreeSet::new(), unsolicited_stop: None })
     }
 
     /// For stubs without a physical mode: physical address P is read at
@@ -175,7 +176,8 @@ impl GdbBackend {
                 _ if super::client::is_stop_reply(&p) => {
                     if self.running {
                         debug!(stop = %String::from_utf8_lossy(&p), "the guest stopped on its own (a breakpoint, or QEMU's monitor)");
-                        self.unsolicited_stop = true;
+                        // A stop reply without a readable signal counts as someone else's.
+                        self.unsolicited_stop = Some(stop_signal(&p).unwrap_or(0));
                     }
                     self.running = false;
                 }
@@ -237,16 +239,42 @@ impl GdbBackend {
         r
     }
 
-    /// After the stub reported a stop on its own: the vCPU that stopped at
-    /// one of this backend's breakpoints (its RIP is the breakpoint's
-    /// address), with its registers; `None` when the guest runs, or the
-    /// stop was someone else's (QEMU's monitor) or was already looked at.
-    pub fn breakpoint_hit(&mut self) -> Result<Option<VcpuState>, GdbError> {
-        if self.running || !std::mem::take(&mut self.unsolicited_stop) || self.breakpoints.is_empty() {
+    /// After the stub reported a stop on its own, what it was
+    /// ([`OwnStop`]); `None` when the guest runs or the stop was already
+    /// looked at.
+    pub fn own_stop(&mut self) -> Result<Option<OwnStop>, GdbError> {
+        if self.running {
             return Ok(None);
         }
+        let Some(signal) = self.unsolicited_stop.take() else { return Ok(None) };
+        if signal != SIGTRAP {
+            return Ok(Some(OwnStop::External(signal)));
+        }
         let vcpus = self.read_vcpus()?;
-        Ok(vcpus.into_iter().find(|v| self.breakpoints.contains(&v.rip)))
+        if let Some(hit) = vcpus.iter().find(|v| self.breakpoints.contains(&v.rip)) {
+            return Ok(Some(OwnStop::Hook(Box::new(hit.clone()))));
+        }
+        Ok(Some(OwnStop::Stray(vcpus.iter().map(|v| v.rip).collect())))
+    }
+
+    /// After an [`OwnStop::Stray`]: removes the hardware and software
+    /// breakpoints an earlier client may have left at `rips` (none of them
+    /// this backend's), so that resuming does not stop there again. Returns
+    /// the addresses where one was removed (the stub refuses the others).
+    pub fn clear_stray(&mut self, rips: &[u64]) -> Vec<u64> {
+        let mut removed = Vec::new();
+        for &a in rips.iter().collect::<BTreeSet<_>>() {
+            if self.running || self.breakpoints.contains(&a) {
+                continue;
+            }
+            let hw = self.client.remove_hw_breakpoint(a).is_ok();
+            let sw = self.client.remove_sw_breakpoint(a).is_ok();
+            if hw || sw {
+                warn!(addr = format_args!("{a:#x}"), "removed a breakpoint another gdbstub client left");
+                removed.push(a);
+            }
+        }
+        removed
     }
 
     /// Moves the stopped vCPU `index`, sitting on the breakpoint at `addr`,

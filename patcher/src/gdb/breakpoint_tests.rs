@@ -1,6 +1,8 @@
 //! Hardware breakpoints against the mock gdbstub: a stop on one of ours is
-//! told apart from a stop someone else caused by the vCPU's RIP, stepping
-//! over it keeps it set, and a stub without `Z1` is a clear `unsupported`.
+//! told apart by the vCPU's RIP from a stop someone else caused (`SIGINT`)
+//! and from a debug stop nobody waits on (a breakpoint an earlier client
+//! left: removed), stepping over ours keeps it set, and a stub without
+//! `Z1` is a clear `unsupported`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -54,10 +56,10 @@ fn a_stop_on_our_breakpoint_is_told_apart_by_rip_and_stepped_over() {
     be.stop().unwrap();
     be.resume().unwrap();
     wait_stopped(&mut be);
-    let hit = be.breakpoint_hit().unwrap().expect("our breakpoint");
+    let Some(OwnStop::Hook(hit)) = be.own_stop().unwrap() else { panic!("our breakpoint") };
     assert_eq!((hit.index, hit.rip), (1, HOOK));
     assert_eq!(hit.gprs[5], mock::reg_value(2, 5), "the registers at the hook (rdi: the hook's argument)");
-    assert!(be.breakpoint_hit().unwrap().is_none(), "one stop is looked at once");
+    assert!(be.own_stop().unwrap().is_none(), "one stop is looked at once");
     be.step_over(hit.index, HOOK).unwrap();
     let s = st.lock().unwrap();
     assert_eq!(s.steps, 1);
@@ -72,7 +74,21 @@ fn a_stop_on_our_breakpoint_is_told_apart_by_rip_and_stepped_over() {
     be.stop().unwrap();
     be.resume().unwrap();
     wait_stopped(&mut be);
-    assert!(be.breakpoint_hit().unwrap().is_none(), "a stop at another RIP is someone else's");
+    assert_eq!(be.own_stop().unwrap(), Some(OwnStop::External(2)), "a SIGINT stop is someone else's");
+
+    // A breakpoint a dead client left (still in the stub) stops vCPU 0: stray.
+    const LEFT: u64 = 0xffff_ffff_8110_4000;
+    st.lock().unwrap().breakpoints.push(LEFT);
+    be.resume().unwrap();
+    on_next_cont(&st, (1, LEFT));
+    be.stop().unwrap();
+    be.resume().unwrap();
+    wait_stopped(&mut be);
+    let Some(OwnStop::Stray(rips)) = be.own_stop().unwrap() else { panic!("a debug stop at none of ours is stray") };
+    assert!(rips.contains(&LEFT), "{rips:x?}");
+    assert_eq!(be.clear_stray(&rips), vec![LEFT], "only the left breakpoint is removed");
+    assert_eq!(st.lock().unwrap().breakpoints, vec![HOOK], "ours stays set");
+    assert!(be.clear_stray(&rips).is_empty(), "nothing left to remove");
 
     // Nothing wanted: removed.
     be.sync_breakpoints(&BTreeSet::new()).unwrap();

@@ -247,8 +247,11 @@ impl Server {
                 let mut st = self.st.lock().unwrap();
                 if p[0] == b'Z' {
                     st.breakpoints.push(addr);
-                } else {
+                } else if st.breakpoints.contains(&addr) {
                     st.breakpoints.retain(|&a| a != addr);
+                } else {
+                    // QEMU: no such breakpoint (-ENOENT → E22).
+                    return Some(b"E22".to_vec());
                 }
                 b"OK".to_vec()
             }

@@ -13,6 +13,7 @@ pub mod error;
 pub mod link;
 pub mod packet;
 pub mod registers;
+pub mod stop;
 pub mod tdesc;
 pub mod virt;
 #[cfg(test)]
@@ -21,6 +22,7 @@ pub(crate) mod mock;
 pub use backend::GdbBackend;
 pub use client::{GdbClient, GdbOptions};
 pub use error::GdbError;
+pub use stop::OwnStop;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

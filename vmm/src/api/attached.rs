@@ -4,7 +4,11 @@
 //! freely; each turn of the loop checks, without stopping it, that the
 //! gdbstub is still there, publishes the VM's state and serves the requests
 //! waiting (memory accesses take short stops; a transaction pauses as
-//! always). The loop ends when asked to (a signal) or when the gdbstub
+//! always). A stop the guest makes on its own is served when it is on a
+//! module hook, resumed when it is a debug stop at none of the daemon's
+//! breakpoints (one an earlier client left: `vsplice_patcher::gdb::stop`),
+//! and left alone otherwise (QEMU's monitor stopped the VM). The loop ends
+//! when asked to (a signal) or when the gdbstub
 //! goes (QEMU exited): a stable cause, `gdbstub_gone`.
 
 use std::collections::BTreeSet;
@@ -13,9 +17,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use vsplice_patcher::gdb::GdbError;
+use vsplice_patcher::gdb::{GdbError, OwnStop};
 use vsplice_patcher::kernels::TargetKernel;
-use vsplice_patcher::model::backend::{Backend, VcpuState};
+use vsplice_patcher::model::backend::Backend;
 use vsplice_patcher::model::{ArenaRange, CheckMode, Incremental};
 
 use super::handler::RequestHandler;
@@ -47,10 +51,16 @@ pub trait Attachment: Backend {
             Err(GdbError::Unsupported("hardware breakpoints"))
         }
     }
-    /// After a stop the guest reported on its own: the vCPU sitting on one
-    /// of the breakpoints, `None` when the stop was someone else's.
-    fn breakpoint_hit(&mut self) -> Result<Option<VcpuState>, GdbError> {
+    /// After a stop the guest reported on its own, what it was: on one of
+    /// the breakpoints, a debug stop nobody waits on, or someone else's.
+    fn own_stop(&mut self) -> Result<Option<OwnStop>, GdbError> {
         Ok(None)
+    }
+    /// Removes the breakpoints an earlier client left at `rips` (after an
+    /// [`OwnStop::Stray`]); the addresses where one was.
+    fn clear_stray(&mut self, rips: &[u64]) -> Vec<u64> {
+        let _ = rips;
+        Vec::new()
     }
     /// Moves vCPU `index` past the breakpoint at `addr` (the guest stays stopped).
     fn step_over(&mut self, index: usize, addr: u64) -> Result<(), GdbError> {
@@ -194,8 +204,8 @@ impl AttachedService {
                 return Err(AttachedError::GdbstubGone(e));
             }
             // Stopped on a module hook: serve it, step over it, run on.
-            match guest.breakpoint_hit() {
-                Ok(Some(hit)) => {
+            match guest.own_stop() {
+                Ok(Some(OwnStop::Hook(hit))) => {
                     self.handler.module_hook(guest, arena, target, &hit, &mut desired);
                     self.sync_hooks(guest);
                     if let Err(e) = guest.step_over(hit.index, hit.rip) {
@@ -207,7 +217,21 @@ impl AttachedService {
                     last = state(guest);
                     continue;
                 }
-                Ok(None) => {}
+                // A debug stop nobody waits on (a breakpoint or step of a
+                // client that died): never leave the guest stopped for it.
+                Ok(Some(OwnStop::Stray(rips))) => {
+                    let removed = guest.clear_stray(&rips);
+                    let at: Vec<String> = rips.iter().map(|r| format!("{r:#x}")).collect();
+                    let left = if removed.is_empty() { String::new() } else { format!("; removed the breakpoint(s) left at {}", removed.iter().map(|r| format!("{r:#x}")).collect::<Vec<_>>().join(", ")) };
+                    tracing::warn!(rips = ?at, "a debug stop at none of vsplice's breakpoints: resuming the guest");
+                    match guest.resume() {
+                        Ok(()) => self.shared.events.guest_state("running", format!("resumed a debug stop at none of vsplice's breakpoints (vCPU RIPs {}){left}", at.join(", "))),
+                        Err(e) => tracing::warn!("resuming after a stray debug stop: {e}"),
+                    }
+                    last = state(guest);
+                    continue;
+                }
+                Ok(Some(OwnStop::External(_)) | None) => {}
                 Err(e) => tracing::warn!(cause = e.cause(), "reading the vCPUs after a stop: {e}"),
             }
             // Seen between requests: a recovery let a kept guest run, or

@@ -2,7 +2,9 @@
 //! it serves the API over the attached guest until told to stop, says
 //! `gdbstub` and the kernel it identified in `GET /vm`, ends with
 //! `gdbstub_gone` when the connection dies, answers a request still waiting
-//! at the end `guest_gone`, and removes its socket.
+//! at the end `guest_gone`, and removes its socket; a debug stop at none of
+//! its breakpoints is resumed (with an event), a stop someone else made is
+//! left alone.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -10,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use vsplice_patcher::gdb::GdbError;
+use vsplice_patcher::gdb::{GdbError, OwnStop};
 use vsplice_patcher::model::backend::{Backend, BackendError, VcpuState};
 use vsplice_patcher::model::CheckMode;
 use vsplice_patcher::testing::kernel::arena;
@@ -25,6 +27,10 @@ struct Fake {
     guest: RamGuest,
     running: bool,
     turns: Option<usize>,
+    /// Reported once, as the guest stops on its own, by the next `own_stop`.
+    stop: Option<OwnStop>,
+    /// What `clear_stray` was asked to clear.
+    cleared: Vec<u64>,
 }
 
 impl Backend for Fake {
@@ -56,6 +62,17 @@ impl Attachment for Fake {
             }
             None => Ok(()),
         }
+    }
+    fn own_stop(&mut self) -> Result<Option<OwnStop>, GdbError> {
+        let s = self.stop.take();
+        if s.is_some() {
+            self.running = false;
+        }
+        Ok(s)
+    }
+    fn clear_stray(&mut self, rips: &[u64]) -> Vec<u64> {
+        self.cleared.extend_from_slice(rips);
+        rips.to_vec()
     }
 }
 
@@ -98,7 +115,7 @@ fn serves_the_api_over_the_attached_guest_until_stopped_then_removes_its_socket(
     let k = FakeKernel::new();
     let path = sock("serve");
     let mut service = AttachedService::start(&path, AttachedVm::new(&k, 2, arena(), CheckMode::Conservative)).unwrap();
-    let mut fake = Fake { guest: k.guest(), running: true, turns: None };
+    let mut fake = Fake { guest: k.guest(), running: true, turns: None, stop: None, cleared: Vec::new() };
     let stop = AtomicBool::new(false);
     let patch = FakePatch::new("p1").replace("fake_a").build(&k).unwrap().to_bytes().unwrap();
     std::thread::scope(|s| {
@@ -133,7 +150,7 @@ fn a_dead_gdbstub_ends_the_loop_as_gdbstub_gone_and_the_vm_exited() {
     let path = sock("gone");
     let mut service = AttachedService::start(&path, AttachedVm::new(&k, 1, arena(), CheckMode::Orc)).unwrap();
     // Kept stopped at attach (a half-written transaction): `paused` until it dies.
-    let mut fake = Fake { guest: k.guest(), running: false, turns: Some(3) };
+    let mut fake = Fake { guest: k.guest(), running: false, turns: Some(3), stop: None, cleared: Vec::new() };
     let stop = AtomicBool::new(false);
     let e = service.run(&mut fake, &k, &stop).unwrap_err();
     assert_eq!(e.cause(), "gdbstub_gone");
@@ -173,7 +190,7 @@ fn a_guest_kept_stopped_is_paused_until_a_transaction_lets_it_run() {
     let k = FakeKernel::new();
     let path = sock("kept");
     let mut service = AttachedService::start(&path, AttachedVm::new(&k, 1, arena(), CheckMode::Orc)).unwrap();
-    let mut fake = Fake { guest: k.guest(), running: false, turns: None };
+    let mut fake = Fake { guest: k.guest(), running: false, turns: None, stop: None, cleared: Vec::new() };
     let stop = AtomicBool::new(false);
     let patch = FakePatch::new("p1").replace("fake_a").build(&k).unwrap().to_bytes().unwrap();
     std::thread::scope(|s| {
@@ -191,4 +208,46 @@ fn a_guest_kept_stopped_is_paused_until_a_transaction_lets_it_run() {
         server.join().unwrap().unwrap();
     });
     service.finish();
+}
+
+/// Runs the loop over `fake` until `GET /events` has an event whose detail
+/// contains `want` (or ~2 s pass when `want` is empty); returns the details.
+fn run_until_event(path: &Path, vm: AttachedVm, k: &FakeKernel, fake: &mut Fake, want: &str) -> Vec<String> {
+    let mut service = AttachedService::start(path, vm).unwrap();
+    let stop = AtomicBool::new(false);
+    let details = std::thread::scope(|s| {
+        let server = s.spawn(|| service.run(fake, k, &stop));
+        let _stop = StopOnDrop(&stop);
+        let end = std::time::Instant::now() + Duration::from_secs(if want.is_empty() { 2 } else { 30 });
+        let details = loop {
+            let ev = ask(path, "GET", "/events?since=0&timeout=0", b"").json();
+            let details: Vec<String> = ev["events"].as_array().unwrap().iter().filter_map(|e| e["detail"].as_str().map(str::to_owned)).collect();
+            if (!want.is_empty() && details.iter().any(|d| d.contains(want))) || std::time::Instant::now() > end {
+                break details;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        stop.store(true, Ordering::Release);
+        server.join().unwrap().unwrap();
+        details
+    });
+    service.finish();
+    details
+}
+
+#[test]
+fn a_stray_debug_stop_is_resumed_and_said_a_stop_someone_else_made_is_left() {
+    let k = FakeKernel::new();
+    const LEFT: u64 = 0xffff_ffff_8110_4000;
+    let mut fake = Fake { guest: k.guest(), running: true, turns: None, stop: Some(OwnStop::Stray(vec![LEFT])), cleared: Vec::new() };
+    let ev = run_until_event(&sock("stray"), AttachedVm::new(&k, 1, arena(), CheckMode::Orc), &k, &mut fake, "resumed a debug stop");
+    assert!(ev.iter().any(|d| d.contains("resumed a debug stop") && d.contains("0xffffffff81104000")), "{ev:?}");
+    assert!(fake.running, "the guest runs on after a stray stop");
+    assert_eq!(fake.cleared, vec![LEFT], "the breakpoint left there is cleared first");
+
+    let mut fake = Fake { guest: k.guest(), running: true, turns: None, stop: Some(OwnStop::External(2)), cleared: Vec::new() };
+    let ev = run_until_event(&sock("external"), AttachedVm::new(&k, 1, arena(), CheckMode::Orc), &k, &mut fake, "");
+    assert!(ev.iter().any(|d| d.contains("stopped outside vsplice")), "{ev:?}");
+    assert!(!fake.running, "a stop someone else made stays");
+    assert!(fake.cleared.is_empty());
 }

@@ -74,8 +74,12 @@ impl Attachment for Attached {
         gdb_mut(self).sync_breakpoints(want)
     }
 
-    fn breakpoint_hit(&mut self) -> Result<Option<vsplice_patcher::model::backend::VcpuState>, GdbError> {
-        gdb_mut(self).breakpoint_hit()
+    fn own_stop(&mut self) -> Result<Option<vsplice_patcher::gdb::OwnStop>, GdbError> {
+        gdb_mut(self).own_stop()
+    }
+
+    fn clear_stray(&mut self, rips: &[u64]) -> Vec<u64> {
+        gdb_mut(self).clear_stray(rips)
     }
 
     fn step_over(&mut self, index: usize, addr: u64) -> Result<(), GdbError> {

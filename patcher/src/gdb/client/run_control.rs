@@ -73,6 +73,12 @@ impl GdbClient {
         self.breakpoint_request(format!("z1,{addr:x},1"))
     }
 
+    /// Removes a software breakpoint at `addr` (`z0`; vsplice never sets
+    /// one, a person's gdb may have).
+    pub fn remove_sw_breakpoint(&mut self, addr: u64) -> Result<(), GdbError> {
+        self.breakpoint_request(format!("z0,{addr:x},1"))
+    }
+
     fn breakpoint_request(&mut self, req: String) -> Result<(), GdbError> {
         let r = self.request(req.as_bytes())?;
         if r == b"OK" {
