@@ -22,6 +22,12 @@
 //!   with the cause), the patch is no longer pending, nothing is listed,
 //!   and nfsd loads and runs unpatched (no jump at its entries; it serves
 //!   the SEQUENCE call).
+//! - A daemon holding a pending patch (its load hook set) is SIGKILLed; a
+//!   new daemon attaches, the patch is sent to it again (as a control plane
+//!   does after a restart) and nfsd is loaded at once: the load completes
+//!   (no guest left stopped on a hook nobody serves) and the new daemon
+//!   applies the patch at the load; any stop it could not place was
+//!   resumed and said (`guest_state` event).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -35,10 +41,12 @@ use vsplice_tests::linuxpatch;
 use vsplice_tests::nfsd::{sequence, BADSESSION, ENTRIES, MODULES, SERVE};
 use vsplice_tests::ko_tamper::tamper;
 use vsplice_tests::modcorpus::{assert_jumps, corpus_or_skip, initramfs_with_files, insmod_all, module_entries, Entry};
-use vsplice_tests::qemu::Guest;
+use vsplice_tests::qemu::{Guest, RunOptions};
 use vsplice_tests::scratch::tmp_dir;
 use vsplice_tests::testguest::vm_lock;
 
+/// nfsd unloaded when it was never started.
+const UNLOAD_IDLE: &str = "set -e; rmmod nfsd; ! grep -q '^nfsd ' /proc/modules";
 const UNLOAD: &str = "set -e; echo 0 > /proc/fs/nfsd/threads; umount /proc/fs/nfsd; rmmod nfsd; ! grep -q '^nfsd ' /proc/modules";
 
 fn daemon(g: &Guest, dir: &Path, n: u32) -> AttachDaemon {
@@ -186,6 +194,35 @@ fn a_patch_for_nfsd_waits_for_the_module_and_is_applied_as_it_loads() {
     g.run_ok(SERVE).unwrap();
     assert_eq!(sequence(&mut g), BADSESSION, "the unpatched nfsd4_sequence answers");
     g.run_ok(UNLOAD).unwrap();
+
+    // A daemon that dies with its load hook set; a new one; nfsd loads.
+    let mut dead = daemon(&g, &dir, 5);
+    let (st, v) = put(&dead, &vsp, true);
+    assert_eq!((st, v["state"].as_str()), (202, Some("pending")), "{v}");
+    dead.signal(libc::SIGKILL);
+    dead.wait_exit(Duration::from_secs(30)).expect("SIGKILL ends the daemon");
+    let d = daemon(&g, &dir, 6);
+    let (st, v) = put(&d, &vsp, true);
+    assert_eq!((st, v["state"].as_str()), (202, Some("pending")), "{v}");
+    let t = Instant::now();
+    let loaded = g.run_with(&format!("{}; grep -c '^nfsd ' /proc/modules", insmod_all(&MODULES[5..], "nfsd")), RunOptions::new(Duration::from_secs(120)));
+    let ev = events(&d);
+    let loaded = loaded.unwrap_or_else(|e| panic!("nfsd did not load after the daemon died: {e}\nevents: {ev:?}\n{}", d.stderr_text()));
+    assert_eq!(loaded.status, 0, "{}", loaded.text());
+    eprintln!("  nfsd loaded {:.1} s after the new daemon started; its guest_state events: {:?}", t.elapsed().as_secs_f64(),
+        ev.iter().filter(|e| e["kind"] == "guest_state").map(|e| e["detail"].as_str().unwrap_or("")).collect::<Vec<_>>());
+    assert!(module_event(&ev, "applied_at_load").is_some(), "the new daemon applied it at the load: {ev:?}");
+    let listed = d.req("GET", "/patches", None, b"").json();
+    assert!(listed.get("pending").is_none() && listed["patches"].as_array().unwrap().iter().any(|p| p["id"] == id.as_str()), "{listed}");
+    assert_eq!(d.req("GET", "/vm", None, b"").json()["state"], "running");
+    // Unloaded with it attached: dropped at the unload hook, as above.
+    g.run_ok(UNLOAD_IDLE).unwrap();
+    let end = Instant::now() + Duration::from_secs(60);
+    while module_event(&events(&d), "module_unloaded").is_none() {
+        assert!(Instant::now() < end, "no module_unloaded event: {:?}", events(&d));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop(d);
     g.check_console().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
