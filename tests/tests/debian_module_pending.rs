@@ -22,12 +22,13 @@
 //!   with the cause), the patch is no longer pending, nothing is listed,
 //!   and nfsd loads and runs unpatched (no jump at its entries; it serves
 //!   the SEQUENCE call).
-//! - A daemon holding a pending patch (its load hook set) is SIGKILLed; a
-//!   new daemon attaches, the patch is sent to it again (as a control plane
-//!   does after a restart) and nfsd is loaded at once: the load completes
-//!   (no guest left stopped on a hook nobody serves) and the new daemon
-//!   applies the patch at the load; any stop it could not place was
-//!   resumed and said (`guest_state` event).
+//! - A daemon with `--pending-dir` holding a pending patch (its load hook
+//!   set, the patch kept in the dir) is SIGKILLed; a new daemon with the
+//!   same dir attaches, holds the patch again without its being sent
+//!   (event `restored`), and nfsd is loaded at once: the load completes (no
+//!   guest left stopped on a hook nobody serves), the patch is applied at
+//!   the load, the dir is empty again; any stop the new daemon could not
+//!   place was resumed and said (`guest_state` event).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -50,9 +51,14 @@ const UNLOAD_IDLE: &str = "set -e; rmmod nfsd; ! grep -q '^nfsd ' /proc/modules"
 const UNLOAD: &str = "set -e; echo 0 > /proc/fs/nfsd/threads; umount /proc/fs/nfsd; rmmod nfsd; ! grep -q '^nfsd ' /proc/modules";
 
 fn daemon(g: &Guest, dir: &Path, n: u32) -> AttachDaemon {
+    daemon_with(g, dir, n, &[])
+}
+
+fn daemon_with(g: &Guest, dir: &Path, n: u32, extra: &[&str]) -> AttachDaemon {
     let d = dir.join(format!("daemon{n}"));
     std::fs::create_dir_all(&d).unwrap();
-    AttachDaemon::start(&d, g.gdb_addr().unwrap(), &linuxpatch::arena_arg(g), &["--tasks", "agentless"], Duration::from_secs(300)).unwrap()
+    let args = [&["--tasks", "agentless"][..], extra].concat();
+    AttachDaemon::start(&d, g.gdb_addr().unwrap(), &linuxpatch::arena_arg(g), &args, Duration::from_secs(300)).unwrap()
 }
 
 fn stop(mut d: AttachDaemon) {
@@ -196,14 +202,22 @@ fn a_patch_for_nfsd_waits_for_the_module_and_is_applied_as_it_loads() {
     g.run_ok(UNLOAD).unwrap();
 
     // A daemon that dies with its load hook set; a new one; nfsd loads.
-    let mut dead = daemon(&g, &dir, 5);
+    let kept = dir.join("pending");
+    let kept_arg = kept.to_str().unwrap();
+    let mut dead = daemon_with(&g, &dir, 5, &["--pending-dir", kept_arg]);
     let (st, v) = put(&dead, &vsp, true);
     assert_eq!((st, v["state"].as_str()), (202, Some("pending")), "{v}");
+    assert!(kept.join(format!("{id}.vsp")).exists() && kept.join(format!("{id}.json")).exists(), "kept in the pending dir");
     dead.signal(libc::SIGKILL);
     dead.wait_exit(Duration::from_secs(30)).expect("SIGKILL ends the daemon");
-    let d = daemon(&g, &dir, 6);
-    let (st, v) = put(&d, &vsp, true);
-    assert_eq!((st, v["state"].as_str()), (202, Some("pending")), "{v}");
+    let d = daemon_with(&g, &dir, 6, &["--pending-dir", kept_arg]);
+    let end = Instant::now() + Duration::from_secs(60);
+    while d.req("GET", "/patches", None, b"").json().get("pending").is_none() {
+        assert!(Instant::now() < end, "not held again: {:?}\n{}", events(&d), d.stderr_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let restored = module_event(&events(&d), "restored").cloned().unwrap_or_else(|| panic!("no restored event: {:?}", events(&d)));
+    assert!(restored["detail"].as_str().unwrap().contains("held again"), "{restored}");
     let t = Instant::now();
     let loaded = g.run_with(&format!("{}; grep -c '^nfsd ' /proc/modules", insmod_all(&MODULES[5..], "nfsd")), RunOptions::new(Duration::from_secs(120)));
     let ev = events(&d);
@@ -215,6 +229,7 @@ fn a_patch_for_nfsd_waits_for_the_module_and_is_applied_as_it_loads() {
     let listed = d.req("GET", "/patches", None, b"").json();
     assert!(listed.get("pending").is_none() && listed["patches"].as_array().unwrap().iter().any(|p| p["id"] == id.as_str()), "{listed}");
     assert_eq!(d.req("GET", "/vm", None, b"").json()["state"], "running");
+    assert!(!kept.join(format!("{id}.json")).exists() && !kept.join(format!("{id}.vsp")).exists(), "applied: no longer kept");
     // Unloaded with it attached: dropped at the unload hook, as above.
     g.run_ok(UNLOAD_IDLE).unwrap();
     let end = Instant::now() + Duration::from_secs(60);

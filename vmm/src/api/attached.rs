@@ -182,6 +182,13 @@ impl AttachedService {
         self.handler.set_trust(trust);
     }
 
+    /// Keeps the pending patches in `store` (`--pending-dir`); the ones it
+    /// holds are sent back through the API at the loop's first turn with
+    /// the guest running.
+    pub fn set_pending_store(&mut self, store: super::pending_store::PendingStore) {
+        self.handler.set_pending_store(store);
+    }
+
     fn publish(&self, state: VmState) {
         self.shared.set_vm(self.vm.info(state), self.started);
     }
@@ -243,6 +250,11 @@ impl AttachedService {
                 last = now;
             }
             self.publish(now);
+            // The pending dir's patches, once the guest runs (not while it
+            // is kept stopped for a half-written transaction).
+            if now == VmState::Running {
+                self.handler.restore_pending(guest, arena, target, &mut desired);
+            }
             self.handler.serve_waiting(guest, arena, Ok(target), &mut desired, TURN);
             self.sync_hooks(guest);
         }

@@ -82,8 +82,9 @@ impl EventLog {
     }
 
     /// Records what became of a module-bound patch: `pending`, `cancelled`,
-    /// `applied_at_load`, `failed_at_load`, `module_unloaded` (`detail`
-    /// names the patch, the module and its state).
+    /// `applied_at_load`, `failed_at_load`, `module_unloaded`, and for the
+    /// pending dir `restored`, `not_restored`, `not_kept` (`detail` names
+    /// the patch, the module and its state).
     pub fn module(&self, state: &'static str, detail: impl Into<String>) {
         self.push("module", None, Some(state), Some(detail.into()));
     }

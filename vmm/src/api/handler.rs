@@ -6,15 +6,15 @@
 //!
 //! [`serve`] is the core, generic over the patcher's backend so it is
 //! unit-tested on the patcher's fakes; [`RequestHandler`] drives it over the
-//! VMM and keeps the shared state current.
+//! VMM and keeps the shared state current; its side of patches that wait
+//! for their module (`vsplice attach`) is in `handler/held.rs`.
 
-use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::Duration;
 
-use vsplice_patcher::model::backend::{Backend, VcpuState};
+use vsplice_patcher::model::backend::Backend;
 use vsplice_patcher::model::{ArenaRange, CheckMode, Incremental};
 use vsplice_patcher::model::chain;
 use vsplice_patcher::patch::{FormatError, PatchFile};
@@ -25,9 +25,12 @@ use vsplice_patcher::txn::{Patcher, TxnConfig, TxnReport};
 use vsplice_patcher::kernels::TargetKernel;
 
 use super::request::{ApiCause, ApiError, ApiRequest, ApiResponse, ApplyRequest, Envelope, PatchSource};
-use super::pending::{apply_at_load, may_wait, ready, Held, ModuleHooks, PendingPatch};
+use super::pending::{ModuleHooks, PendingPatch};
+use super::pending_store::PendingStore;
 use super::state::ApiShared;
 use crate::livepatch::{desire, undesire, DesiredPatches};
+
+mod held;
 
 /// What serving one request produced.
 #[derive(Debug)]
@@ -166,6 +169,11 @@ pub struct RequestHandler {
     pending: Vec<PendingPatch>,
     /// The module hooks, or why patches cannot wait for their module here.
     hooks: Result<ModuleHooks, String>,
+    /// Where the pending list is mirrored on the host (`--pending-dir`),
+    /// once what it held was restored.
+    store: Option<PendingStore>,
+    /// The pending dir until what it holds is restored.
+    restore: Option<PendingStore>,
     #[cfg(test)]
     test_tx: Option<std::sync::mpsc::Sender<Envelope>>,
 }
@@ -174,7 +182,7 @@ impl RequestHandler {
     /// A handler for the requests arriving on `requests`.
     pub fn new(shared: Arc<ApiShared>, requests: Receiver<Envelope>) -> Self {
         let hooks = Err("this VMM cannot hold a patch until its module loads (`vsplice attach` can)".to_owned());
-        Self { shared, requests, check: None, incremental: Incremental::Off, trust: TrustPolicy::none(), pending: Vec::new(), hooks, #[cfg(test)] test_tx: None }
+        Self { shared, requests, check: None, incremental: Incremental::Off, trust: TrustPolicy::none(), pending: Vec::new(), hooks, store: None, restore: None, #[cfg(test)] test_tx: None }
     }
 
     /// A handler whose requests the test hands it ([`Self::test_send`]).
@@ -194,37 +202,6 @@ impl RequestHandler {
         }
     }
 
-    /// The module hooks `when_loaded` relies on (`vsplice attach`), or why
-    /// there are none (then `when_loaded` is `pending_unsupported`).
-    pub fn set_hooks(&mut self, hooks: Result<ModuleHooks, String>) {
-        self.hooks = hooks;
-    }
-
-    /// The breakpoints the pending patches and the applied module patches
-    /// need: the load hook while anything is pending, the unload hook while
-    /// a record belongs to a module.
-    pub fn wanted_breakpoints(&self) -> BTreeSet<u64> {
-        let Ok(h) = &self.hooks else { return BTreeSet::new() };
-        let mut want = BTreeSet::new();
-        if !self.pending.is_empty() {
-            want.insert(h.coming);
-        }
-        if self.shared.status().is_some_and(|s| s.patches.iter().any(|p| p.funcs.iter().any(|f| f.module.is_some()))) {
-            want.insert(h.going);
-        }
-        want
-    }
-
-    /// The hooks could not be set (no hardware breakpoints): every pending
-    /// patch fails with `why`, and none is accepted from now on.
-    pub fn hooks_failed(&mut self, why: String) {
-        for p in std::mem::take(&mut self.pending) {
-            self.shared.events.module("failed_at_load", format!("patch {} ({}): {why}", p.patch.manifest.name, p.patch.manifest.id));
-        }
-        self.hooks = Err(why);
-        self.publish_pending();
-    }
-
     fn config(&self, arena: ArenaRange) -> TxnConfig {
         let mut config = TxnConfig::new(arena);
         if let Some(check) = self.check {
@@ -232,40 +209,6 @@ impl RequestHandler {
         }
         config.incremental = self.incremental;
         config
-    }
-
-    fn publish_pending(&self) {
-        if let Some(mut s) = self.shared.status() {
-            s.pending = self.pending.iter().map(|p| p.status("pending")).collect();
-            self.shared.set_status(Some(s));
-        }
-    }
-
-    /// `PUT /patches` with `when_loaded`: applied now when it can be; held
-    /// (`202 pending`) when only its module's absence refused it.
-    fn apply_when_loaded<B: Backend>(&mut self, patcher: &mut Patcher<'_, B>, desired: &mut DesiredPatches, req: ApplyRequest) -> Served {
-        if let Err(why) = &self.hooks {
-            return error(ApiCause::PendingUnsupported, why.clone());
-        }
-        let (source, check) = (req.source.clone(), req.check);
-        let served = apply(patcher, desired, req, &self.trust);
-        if !served.report.as_ref().is_some_and(may_wait) {
-            return served;
-        }
-        let (bytes, origin) = match source {
-            PatchSource::Bytes(b) => (b, PathBuf::from("<api>")),
-            PatchSource::Path(p) => match read_patch_file(&p) {
-                Ok(b) => (b, p),
-                Err(e) => return failed(e),
-            },
-        };
-        let Ok(patch) = PatchFile::parse(&bytes) else { return served };
-        let p = PendingPatch { patch, origin, check };
-        self.pending.retain(|x| x.patch.manifest.id != p.patch.manifest.id);
-        let st = p.status("pending");
-        self.shared.events.module("pending", format!("patch {} ({}) waits for module(s) {}", st.name, st.id, st.modules.join(", ")));
-        self.pending.push(p);
-        Served { response: ApiResponse::Pending(Box::new(st)), report: None, status: served.status }
     }
 
     fn serve_one<B: Backend>(&mut self, guest: &mut B, arena: ArenaRange, target: &dyn TargetKernel, desired: &mut DesiredPatches, request: ApiRequest) -> Served {
@@ -281,44 +224,6 @@ impl RequestHandler {
             }
             other => serve_with(&mut patcher, desired, other, &self.trust),
         }
-    }
-
-    /// The guest is stopped on a module hook (`hit`: the vCPU on it; its
-    /// `rdi` is the `struct module`): at the load hook the pending patches
-    /// of that module are applied, at the unload hook the records of that
-    /// module are dropped. The guest stays stopped (the caller steps the
-    /// vCPU over the hook and resumes it).
-    pub fn module_hook<B: Backend>(&mut self, guest: &mut B, arena: ArenaRange, target: &dyn TargetKernel, hit: &VcpuState, desired: &mut DesiredPatches) {
-        let Ok(hooks) = self.hooks.clone() else { return };
-        let module = hit.gprs[5];
-        if hit.rip == hooks.coming {
-            let (now, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending).into_iter().partition(|p| ready(target, &mut *guest, p, module));
-            self.pending = wait;
-            for p in now {
-                let mut patcher = Patcher::new(Held(&mut *guest), target, self.config(arena));
-                let r = apply_at_load(&mut patcher, &p, module);
-                Self::record(&self.shared, &r);
-                let st = p.status("pending");
-                if r.is_ok() {
-                    desire(desired, p.origin.clone(), p.patch.clone());
-                    self.shared.events.module("applied_at_load", format!("patch {} ({}) applied to module(s) {} at load (state COMING, struct module {module:#x}), before the module's init", st.name, st.id, st.modules.join(", ")));
-                } else {
-                    self.shared.events.module("failed_at_load", format!("patch {} ({}) not applied at the load of module(s) {} (state COMING): {} ({}); the module loads unpatched", st.name, st.id, st.modules.join(", "), r.cause.name(), r.reason.as_deref().unwrap_or("-")));
-                }
-            }
-        } else if hit.rip == hooks.going {
-            let mut patcher = Patcher::new(Held(&mut *guest), target, self.config(arena));
-            match patcher.drop_going_module(module) {
-                Ok(dropped) => {
-                    for (id, name) in dropped {
-                        undesire(desired, &id);
-                        self.shared.events.module("module_unloaded", format!("patch {name} ({id}) dropped: its module (struct module {module:#x}) is being unloaded; its arena space is free"));
-                    }
-                }
-                Err(f) => tracing::warn!(cause = f.cause.name(), "dropping the records of a module being unloaded: {}", f.message),
-            }
-        }
-        self.refresh_status(&mut Held(&mut *guest), arena, target);
     }
 
     /// Which patches an apply lets through (`--trusted-keys`, `--allow-unsigned`).
@@ -371,6 +276,7 @@ impl RequestHandler {
             if let Some(r) = &served.report {
                 Self::record(&self.shared, r);
             }
+            self.persist_pending();
             let pending: Vec<_> = self.pending.iter().map(|p| p.status("pending")).collect();
             if let ApiResponse::Status(s) = &mut served.response {
                 s.pending.clone_from(&pending);

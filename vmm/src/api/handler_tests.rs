@@ -264,3 +264,66 @@ fn at_the_load_hook_a_pending_patch_is_applied_to_the_coming_module_and_at_the_u
     assert!(s.patches.is_empty() && s.history.iter().any(|e| e.how == "module_unloaded"), "{s:?}");
     assert!(desired.is_empty() && h.wanted_breakpoints().is_empty());
 }
+
+#[test]
+fn the_pending_dir_mirrors_the_list_and_a_new_handler_holds_or_applies_what_it_kept() {
+    use super::handler::RequestHandler;
+    use super::pending::ModuleHooks;
+    use super::pending_store::PendingStore;
+    let dir = std::env::temp_dir().join(format!("vsplice-handler-pending-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let hooks = ModuleHooks { coming: 0xffff_ffff_8100_1000, going: 0xffff_ffff_8100_2000 };
+    let held = || ApiRequest::Apply(ApplyRequest { source: PatchSource::Bytes(module_patch_bytes()), check: Some(CheckMode::Conservative), attempts: None, when_loaded: true });
+    let absent = FakeKernel::new();
+    let mut g = absent.guest();
+
+    // Held: kept in the dir; cancelled: gone from it.
+    let mut h = RequestHandler::for_tests();
+    h.set_hooks(Ok(hooks));
+    h.set_pending_store(PendingStore::open(&dir).unwrap());
+    h.restore_pending(&mut g, arena(), &absent, &mut DesiredPatches::new());
+    assert!(matches!(ask_handler(&mut h, &absent, &mut g, held()), ApiResponse::Pending(_)));
+    let kept = PendingStore::open(&dir).unwrap().load().0;
+    assert_eq!(kept.len(), 1);
+    assert_eq!((kept[0].bytes.clone(), kept[0].check), (module_patch_bytes(), Some(CheckMode::Conservative)));
+    assert!(matches!(ask_handler(&mut h, &absent, &mut g, ApiRequest::Revert("m1".into())), ApiResponse::Pending(_)));
+    assert!(PendingStore::open(&dir).unwrap().ids().is_empty(), "cancelled: not kept");
+
+    // Held again, then the handler is gone (a daemon killed).
+    assert!(matches!(ask_handler(&mut h, &absent, &mut g, held()), ApiResponse::Pending(_)));
+    drop(h);
+
+    // A handler that cannot hold patches leaves the dir alone.
+    let mut h = RequestHandler::for_tests();
+    h.set_pending_store(PendingStore::open(&dir).unwrap());
+    h.restore_pending(&mut g, arena(), &absent, &mut DesiredPatches::new());
+    assert!(h.wanted_breakpoints().is_empty());
+    let _ = ask_handler(&mut h, &absent, &mut g, ApiRequest::ListPatches);
+    assert_eq!(PendingStore::open(&dir).unwrap().ids().len(), 1, "kept for a daemon that can");
+
+    // A new daemon, module still absent: held again, the load hook wanted.
+    let mut h = RequestHandler::for_tests();
+    h.set_hooks(Ok(hooks));
+    h.set_pending_store(PendingStore::open(&dir).unwrap());
+    h.restore_pending(&mut g, arena(), &absent, &mut DesiredPatches::new());
+    assert_eq!(h.wanted_breakpoints(), std::collections::BTreeSet::from([hooks.coming]));
+    match ask_handler(&mut h, &absent, &mut g, ApiRequest::ListPatches) {
+        ApiResponse::Status(s) => assert_eq!(s.pending.len(), 1, "{s:?}"),
+        other => panic!("{other:?}"),
+    }
+    drop(h);
+
+    // A new daemon after the module loaded meanwhile: applied at once, the dir emptied.
+    let loaded = FakeKernel::new().with_module("fakemod", 0xffff_ffff_c000_1000, &["fake_b", "fake_c"]);
+    let mut g = loaded.guest();
+    let mut h = RequestHandler::for_tests();
+    h.set_hooks(Ok(hooks));
+    h.set_pending_store(PendingStore::open(&dir).unwrap());
+    let mut desired = DesiredPatches::new();
+    h.restore_pending(&mut g, arena(), &loaded, &mut desired);
+    let s = Patcher::new(&mut g, &loaded, config()).status().unwrap();
+    assert_eq!(s.patches.len(), 1, "applied at once: {s:?}");
+    assert_eq!(desired.len(), 1);
+    assert!(PendingStore::open(&dir).unwrap().ids().is_empty(), "nothing left pending");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -14,6 +14,8 @@
 //! - [`state`], [`events`], [`metrics`]: what both sides share.
 //! - [`service`]: how `vsplice run` drives it, boot after boot.
 //! - [`attached`]: how `vsplice attach` drives it over a gdbstub.
+//! - [`pending`], [`pending_store`]: patches that wait for their module
+//!   (`vsplice attach`), and where a daemon keeps them across restarts.
 //! - [`client`]: the client `vsplice remote` and the tests use.
 
 pub mod attached;
@@ -23,6 +25,7 @@ pub mod client;
 pub mod events;
 pub mod handler;
 pub mod pending;
+pub mod pending_store;
 #[cfg(test)]
 mod handler_tests;
 pub mod http;

@@ -49,6 +49,8 @@ pub struct PendingPatch {
     pub origin: PathBuf,
     /// The safety check its request named.
     pub check: Option<vsplice_patcher::model::CheckMode>,
+    /// The `.vsp` bytes as received (what the pending dir keeps).
+    pub bytes: Vec<u8>,
 }
 
 impl PendingPatch {

@@ -26,6 +26,7 @@ use super::patch::AttachArgs;
 use super::run::EXIT_BAD_INPUT;
 use super::session::{self, Session};
 use crate::api::attached::{AttachedService, AttachedVm, Attachment};
+use crate::api::pending_store::PendingStore;
 use crate::api::state::SharedMemoryInfo;
 
 /// Exit code when the gdbstub connection died under the daemon (as `vsplice
@@ -56,6 +57,13 @@ pub struct AttachDaemonArgs {
     /// Who may patch through the API.
     #[command(flatten)]
     pub trust: super::sign::TrustArgs,
+    /// Keep the patches that wait for their module (`when_loaded`) in DIR
+    /// (created when missing), so that a daemon started again with the same
+    /// DIR holds them again without their being sent anew: each goes
+    /// through the trust policy again and is applied at once if its module
+    /// loaded meanwhile. Without it they live in this daemon's memory only.
+    #[arg(long, value_name = "DIR")]
+    pub pending_dir: Option<PathBuf>,
     /// Registering as a fleet target (`--register`, `--label`).
     #[command(flatten)]
     pub register: super::register_args::RegisterArgs,
@@ -135,6 +143,13 @@ pub fn run(args: AttachDaemonArgs) -> ExitCode {
             return ExitCode::from(EXIT_BAD_INPUT);
         }
     };
+    let store = match args.pending_dir.as_deref().map(PendingStore::open).transpose() {
+        Ok(s) => s,
+        Err(e) => {
+            super::report(&e, e.cause());
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
     let Session { target, mut backend, kept_stopped } = match session::open(&args.guest) {
         Ok(s) => s,
         Err(code) => return code,
@@ -166,6 +181,9 @@ pub fn run(args: AttachDaemonArgs) -> ExitCode {
     let mut service = match AttachedService::start(&args.api_sock, vm.clone()) {
         Ok(mut s) => {
             s.set_trust(trust);
+            if let Some(store) = store {
+                s.set_pending_store(store);
+            }
             s
         }
         Err(e) => {
@@ -240,7 +258,7 @@ mod tests {
             assert!(arg.get_help().is_some() || arg.get_long_help().is_some(), "--{id} has no help");
         }
         let help = attach.render_long_help().to_string();
-        for flag in ["--gdb", "--arena", "--api-sock", "--target", "--kernel", "--check", "--tasks", "--timeout-ms", "--trusted-keys", "--allow-unsigned"] {
+        for flag in ["--gdb", "--arena", "--api-sock", "--target", "--kernel", "--check", "--tasks", "--timeout-ms", "--trusted-keys", "--allow-unsigned", "--pending-dir"] {
             assert!(help.contains(flag), "{flag} missing from --help:\n{help}");
         }
     }
