@@ -7,13 +7,15 @@
 #   headers, in its 12-column layout): a binary
 #   with no `test result:` line before the next header crashed (a signal, an
 #   abort, a harness panic) and counts as one failure, named in the summary;
-# - a passing test whose captured output says `*** SKIPPED ...` (the skip
-#   helper, tests/src/skip.rs) is a skip, not a pass; a skip that is not in
+# - a passing test whose captured output has a line starting `*** SKIPPED ...`
+#   (the skip helper, tests/src/skip.rs) is a skip, not a pass; a skip that is not in
 #   SKIP_LOG as well (printed but not logged) counts as a failure, so that no
 #   test that did not run passes unnoticed;
 # - the captured output of each failed test (its last 40 lines, where the
-#   panic message is) is printed again at the end, next to the summary, so that
-#   a log cut to its tail still says why a test failed;
+#   panic message is) is printed again at the end, next to the summary,
+#   indented (so that a skip line in it is not a skip when this output is
+#   itself captured by a test), so that a log cut to its tail still says why
+#   a test failed;
 # - the last line is `vsplice tests: P passed, F failed, S skipped, I ignored;
 #   N test binaries, C crashed`.
 # Exit status: 0 when nothing failed or crashed, 1 otherwise.
@@ -55,7 +57,7 @@ section == "failed" && test != "" {
     fail_line[key, ++fail_n[key]] = $0
     next
 }
-section == "ok" && test != "" && /\*\*\* SKIPPED / {
+section == "ok" && test != "" && /^\*\*\* SKIPPED / {
     key = bin "::" test
     line = $0; sub(/^.*\*\*\* /, "", line); sub(/ \*\*\*[ \t]*$/, "", line)
     if (!(key in skipped_tests)) { skipped_tests[key] = 1; skipped++ }

@@ -100,6 +100,12 @@ fn crashed_binaries_and_unlogged_skips_count_as_failed() {
     assert!(out.contains("c2 (Running tests/c.rs"), "{out}");
     assert!(!out.contains("a::two (Running"), "a logged skip is no failure: {out}");
     assert!(!out.contains("quoted"), "a header quoted in a test's output is no binary: {out}");
+    // A failed test's output is printed again near the end, indented: a
+    // skip line in it must not start a line (this output is itself
+    // captured by this test, and counted by the outer run).
+    let failed = out.split("=================== FAILED: ").nth(1).unwrap_or_else(|| panic!("no FAILED section: {out}"));
+    assert!(failed.starts_with("Running unittests src/lib.rs") && failed.contains("a::boom") && failed.contains("  *** SKIPPED not_counted"), "{out}");
+    assert!(!out.lines().any(|l| l.starts_with("*** SKIPPED")), "{out}");
 }
 
 #[test]
