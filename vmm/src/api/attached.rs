@@ -270,12 +270,15 @@ impl AttachedService {
     }
 
     /// Answers what is still waiting with `guest_gone`, gives the answers
-    /// being written a moment, and removes the socket.
-    pub fn finish(self) {
+    /// being written a moment, and removes the socket. Returns what became
+    /// of the patches still pending (kept in the pending dir, or dropped).
+    pub fn finish(self) -> Option<String> {
         let Self { server, mut handler, .. } = self;
         handler.refuse_all();
+        let pending = handler.pending_at_exit();
         // From here a request finds nobody to answer it: `guest_gone` at once.
         drop(handler);
         server.shutdown(SHUTDOWN_GRACE);
+        pending
     }
 }

@@ -200,6 +200,8 @@ fn when_loaded_is_held_listed_and_cancelled_with_hooks_and_refused_without() {
         other => panic!("{other:?}"),
     };
     assert_eq!(h.wanted_breakpoints(), std::collections::BTreeSet::from([hooks.coming]));
+    let last_words = h.pending_at_exit().expect("a pending patch is said at exit");
+    assert!(last_words.contains("1 pending patch(es) dropped") && last_words.contains(&id) && last_words.contains("--pending-dir"), "{last_words}");
     match ask_handler(&mut h, &k, &mut g, ApiRequest::ListPatches) {
         ApiResponse::Status(s) => assert_eq!(s.pending.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), [id.as_str()]),
         other => panic!("{other:?}"),
@@ -215,6 +217,7 @@ fn when_loaded_is_held_listed_and_cancelled_with_hooks_and_refused_without() {
         other => panic!("{other:?}"),
     }
     assert!(h.wanted_breakpoints().is_empty());
+    assert_eq!(h.pending_at_exit(), None, "nothing pending: nothing to say");
     // A vmlinux patch with the option is simply applied.
     let now = ApiRequest::Apply(ApplyRequest { source: PatchSource::Bytes(bytes("v1", "fake_a")), check: None, attempts: None, when_loaded: true });
     match ask_handler(&mut h, &k, &mut g, now) {
@@ -289,8 +292,10 @@ fn the_pending_dir_mirrors_the_list_and_a_new_handler_holds_or_applies_what_it_k
     assert!(matches!(ask_handler(&mut h, &absent, &mut g, ApiRequest::Revert("m1".into())), ApiResponse::Pending(_)));
     assert!(PendingStore::open(&dir).unwrap().ids().is_empty(), "cancelled: not kept");
 
-    // Held again, then the handler is gone (a daemon killed).
+    // Held again, then the handler is gone (a daemon killed, or ended: then it says where the patch is).
     assert!(matches!(ask_handler(&mut h, &absent, &mut g, held()), ApiResponse::Pending(_)));
+    let last_words = h.pending_at_exit().unwrap();
+    assert!(last_words.contains("1 pending patch(es) kept in") && last_words.contains(&dir.display().to_string()) && !last_words.contains("dropped"), "{last_words}");
     drop(h);
 
     // A handler that cannot hold patches leaves the dir alone.

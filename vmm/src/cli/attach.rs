@@ -202,7 +202,9 @@ pub fn run(args: AttachDaemonArgs) -> ExitCode {
     });
     let ended = service.run(&mut backend, &*target, &stop);
     drop(registrar);
-    service.finish();
+    if let Some(pending) = service.finish() {
+        eprintln!("vsplice: {pending}");
+    }
     match ended {
         Ok(()) => {
             let stopped = session::end(&*target, backend, arena, &hint);

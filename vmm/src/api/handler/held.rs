@@ -194,4 +194,23 @@ impl RequestHandler {
             }
         }
     }
+
+    /// What becomes of the pending patches as the daemon ends (its last
+    /// words on stderr): kept in the pending dir, or dropped with it.
+    pub fn pending_at_exit(&self) -> Option<String> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        let kept: BTreeSet<String> = self.store.as_ref().or(self.restore.as_ref()).map(|s| s.ids().into_iter().collect()).unwrap_or_default();
+        let name = |p: &PendingPatch| format!("{} ({})", p.patch.manifest.name, p.patch.manifest.id);
+        let (in_dir, lost): (Vec<&PendingPatch>, Vec<&PendingPatch>) = self.pending.iter().partition(|p| kept.contains(&p.patch.manifest.id));
+        let mut says = Vec::new();
+        if let Some(dir) = self.store.as_ref().or(self.restore.as_ref()).map(|s| s.dir().display().to_string()).filter(|_| !in_dir.is_empty()) {
+            says.push(format!("{} pending patch(es) kept in {dir} for the next daemon with --pending-dir {dir}: {}", in_dir.len(), in_dir.iter().map(|p| name(p)).collect::<Vec<_>>().join(", ")));
+        }
+        if !lost.is_empty() {
+            says.push(format!("{} pending patch(es) dropped, held only in this daemon's memory (--pending-dir keeps them): {}", lost.len(), lost.iter().map(|p| name(p)).collect::<Vec<_>>().join(", ")));
+        }
+        Some(says.join("; "))
+    }
 }
