@@ -29,6 +29,8 @@
 //!   guest left stopped on a hook nobody serves), the patch is applied at
 //!   the load, the dir is empty again; any stop the new daemon could not
 //!   place was resumed and said (`guest_state` event).
+//! - A daemon that ends (SIGTERM) with a patch held says on stderr that it
+//!   dropped it (no pending dir) or kept it in the dir.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -238,6 +240,18 @@ fn a_patch_for_nfsd_waits_for_the_module_and_is_applied_as_it_loads() {
         std::thread::sleep(Duration::from_millis(200));
     }
     stop(d);
+
+    // A daemon that ends with a patch held says what becomes of it.
+    for (n, extra, says) in [(7, vec![], "1 pending patch(es) dropped"), (8, vec!["--pending-dir", kept_arg], "1 pending patch(es) kept in")] {
+        let mut d = daemon_with(&g, &dir, n, &extra);
+        let (st, v) = put(&d, &vsp, true);
+        assert_eq!((st, v["state"].as_str()), (202, Some("pending")), "{v}");
+        d.signal(libc::SIGTERM);
+        let st = d.wait_exit(Duration::from_secs(120)).expect("the daemon ends on SIGTERM");
+        let err = d.stderr_text();
+        assert!(st.success() && err.contains(says) && err.contains(&id), "{st}: {err}");
+    }
+    assert!(kept.join(format!("{id}.json")).exists(), "left in the dir by the daemon that ended");
     g.check_console().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
