@@ -171,13 +171,12 @@ impl GdbBackend {
     /// a closed connection ([`GdbError::Closed`]) is an error.
     pub fn check_alive(&mut self) -> Result<(), GdbError> {
         while let Some(p) = self.client.poll_notification()? {
-            match p.first() {
-                Some(b'W') | Some(b'X') => return Err(GdbError::Exited { reply: super::error::short(&p) }),
-                _ if super::client::is_stop_reply(&p) => {
+            match (p.first(), stop_signal(&p)) {
+                (Some(b'W') | Some(b'X'), _) => return Err(GdbError::Exited { reply: super::error::short(&p) }),
+                (_, Some(signal)) => {
                     if self.running {
                         debug!(stop = %String::from_utf8_lossy(&p), "the guest stopped on its own (a breakpoint, or QEMU's monitor)");
-                        // A stop reply without a readable signal counts as someone else's.
-                        self.unsolicited_stop = Some(stop_signal(&p).unwrap_or(0));
+                        self.unsolicited_stop = Some(signal);
                     }
                     self.running = false;
                 }
@@ -263,8 +262,11 @@ impl GdbBackend {
     /// the addresses where one was removed (the stub refuses the others).
     pub fn clear_stray(&mut self, rips: &[u64]) -> Vec<u64> {
         let mut removed = Vec::new();
+        if self.running {
+            return removed;
+        }
         for &a in rips.iter().collect::<BTreeSet<_>>() {
-            if self.running || self.breakpoints.contains(&a) {
+            if self.breakpoints.contains(&a) {
                 continue;
             }
             let hw = self.client.remove_hw_breakpoint(a).is_ok();

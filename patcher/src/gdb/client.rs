@@ -78,7 +78,7 @@ pub struct GdbClient {
 
 /// `T`/`S` + two hex digits: a stop reply.
 pub(crate) fn is_stop_reply(r: &[u8]) -> bool {
-    r.len() >= 3 && (r[0] == b'T' || r[0] == b'S') && r[1].is_ascii_hexdigit() && r[2].is_ascii_hexdigit()
+    super::stop::stop_signal(r).is_some()
 }
 
 impl GdbClient {

@@ -26,10 +26,7 @@ pub enum OwnStop {
 /// The signal of a stop reply (`T05…`, `S02`); `None` for anything else.
 pub fn stop_signal(reply: &[u8]) -> Option<u8> {
     match reply {
-        [b'T' | b'S', hi, lo, ..] => {
-            let hex = |c: u8| (c as char).to_digit(16);
-            Some((hex(*hi)? * 16 + hex(*lo)?) as u8)
-        }
+        [b'T' | b'S', hi, lo, ..] => super::packet::parse_hex_u64(&[*hi, *lo]).map(|s| s as u8),
         _ => None,
     }
 }
