@@ -218,6 +218,7 @@ impl RequestHandler {
             ApiRequest::Revert(id) if self.pending.iter().any(|p| p.is(&id)) => {
                 let i = self.pending.iter().position(|p| p.is(&id)).unwrap_or(0);
                 let p = self.pending.remove(i);
+                self.persist_pending();
                 let st = p.status("cancelled");
                 self.shared.events.module("cancelled", format!("patch {} ({}) no longer waits for module(s) {}", st.name, st.id, st.modules.join(", ")));
                 Served { response: ApiResponse::Pending(Box::new(st)), report: None, status: patcher.status().ok() }
@@ -276,7 +277,6 @@ impl RequestHandler {
             if let Some(r) = &served.report {
                 Self::record(&self.shared, r);
             }
-            self.persist_pending();
             let pending: Vec<_> = self.pending.iter().map(|p| p.status("pending")).collect();
             if let ApiResponse::Status(s) = &mut served.response {
                 s.pending.clone_from(&pending);

@@ -13,7 +13,7 @@ use vsplice_patcher::patch::PatchFile;
 use vsplice_patcher::txn::Patcher;
 
 use super::super::pending::{apply_at_load, may_wait, ready, Held, ModuleHooks, PendingPatch};
-use super::super::pending_store::{PendingStore, StoredPending};
+use super::super::pending_store::{PendingStore, PendingStoreError, StoredPending};
 use super::super::request::{ApiCause, ApiRequest, ApiResponse, ApplyRequest, PatchSource};
 use super::{apply, error, failed, read_patch_file, RequestHandler, Served};
 use crate::livepatch::{desire, undesire, DesiredPatches};
@@ -51,7 +51,6 @@ impl RequestHandler {
     }
 
     fn publish_pending(&self) {
-        self.persist_pending();
         if let Some(mut s) = self.shared.status() {
             s.pending = self.pending.iter().map(|p| p.status("pending")).collect();
             self.shared.set_status(Some(s));
@@ -81,12 +80,11 @@ impl RequestHandler {
         self.pending.retain(|x| x.patch.manifest.id != p.patch.manifest.id);
         let st = p.status("pending");
         self.shared.events.module("pending", format!("patch {} ({}) waits for module(s) {}", st.name, st.id, st.modules.join(", ")));
-        if let Some(store) = &self.store {
-            let stored = StoredPending { id: st.id.clone(), bytes: p.bytes.clone(), check: p.check };
-            if let Err(e) = store.save(&stored) {
-                tracing::warn!(cause = e.cause(), "keeping a pending patch on the host: {e}");
-                self.shared.events.module("not_kept", format!("patch {} ({}) waits, but only in this daemon's memory: {e}", st.name, st.id));
-            }
+        // Saved here, not left to `persist_pending`: a patch sent again
+        // (same id, another check) replaces the kept one.
+        if let Some(Err(e)) = self.store.as_ref().map(|store| keep(store, &p)) {
+            tracing::warn!(cause = e.cause(), "keeping a pending patch on the host: {e}");
+            self.shared.events.module("not_kept", format!("patch {} ({}) waits, but only in this daemon's memory: {e}", st.name, st.id));
         }
         self.pending.push(p);
         Served { response: ApiResponse::Pending(Box::new(st)), report: None, status: served.status }
@@ -175,7 +173,8 @@ impl RequestHandler {
     }
 
     /// Makes the pending dir hold exactly the pending list (a daemon that
-    /// cannot hold patches never changes it).
+    /// cannot hold patches never changes it); called where the list
+    /// changes: a cancel, a load hook, a restore.
     pub(super) fn persist_pending(&self) {
         let Some(store) = &self.store else { return };
         if self.hooks.is_err() {
@@ -189,7 +188,7 @@ impl RequestHandler {
             }
         }
         for p in self.pending.iter().filter(|p| !have.contains(&p.patch.manifest.id)) {
-            if let Err(e) = store.save(&StoredPending { id: p.patch.manifest.id.clone(), bytes: p.bytes.clone(), check: p.check }) {
+            if let Err(e) = keep(store, p) {
                 tracing::warn!(cause = e.cause(), "pending dir: {e}");
             }
         }
@@ -201,16 +200,23 @@ impl RequestHandler {
         if self.pending.is_empty() {
             return None;
         }
-        let kept: BTreeSet<String> = self.store.as_ref().or(self.restore.as_ref()).map(|s| s.ids().into_iter().collect()).unwrap_or_default();
-        let name = |p: &PendingPatch| format!("{} ({})", p.patch.manifest.name, p.patch.manifest.id);
+        let store = self.store.as_ref().or(self.restore.as_ref());
+        let kept: BTreeSet<String> = store.map(|s| s.ids().into_iter().collect()).unwrap_or_default();
+        let names = |ps: &[&PendingPatch]| ps.iter().map(|p| format!("{} ({})", p.patch.manifest.name, p.patch.manifest.id)).collect::<Vec<_>>().join(", ");
         let (in_dir, lost): (Vec<&PendingPatch>, Vec<&PendingPatch>) = self.pending.iter().partition(|p| kept.contains(&p.patch.manifest.id));
         let mut says = Vec::new();
-        if let Some(dir) = self.store.as_ref().or(self.restore.as_ref()).map(|s| s.dir().display().to_string()).filter(|_| !in_dir.is_empty()) {
-            says.push(format!("{} pending patch(es) kept in {dir} for the next daemon with --pending-dir {dir}: {}", in_dir.len(), in_dir.iter().map(|p| name(p)).collect::<Vec<_>>().join(", ")));
+        if let (Some(s), false) = (store, in_dir.is_empty()) {
+            let dir = s.dir().display();
+            says.push(format!("{} pending patch(es) kept in {dir} for the next daemon with --pending-dir {dir}: {}", in_dir.len(), names(&in_dir)));
         }
         if !lost.is_empty() {
-            says.push(format!("{} pending patch(es) dropped, held only in this daemon's memory (--pending-dir keeps them): {}", lost.len(), lost.iter().map(|p| name(p)).collect::<Vec<_>>().join(", ")));
+            says.push(format!("{} pending patch(es) dropped, held only in this daemon's memory (--pending-dir keeps them): {}", lost.len(), names(&lost)));
         }
         Some(says.join("; "))
     }
+}
+
+/// Writes `p` into the pending dir.
+fn keep(store: &PendingStore, p: &PendingPatch) -> Result<(), PendingStoreError> {
+    store.save(&StoredPending { id: p.patch.manifest.id.clone(), bytes: p.bytes.clone(), check: p.check })
 }
