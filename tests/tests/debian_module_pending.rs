@@ -83,6 +83,20 @@ fn module_event<'a>(ev: &'a [Value], state: &str) -> Option<&'a Value> {
     ev.iter().find(|e| e["kind"] == "module" && e["state"] == state)
 }
 
+/// The daemon's events once one of them is a `module` event `state`
+/// (polled for up to 60 s; panics with the events and the daemon's stderr).
+fn wait_module_event(d: &AttachDaemon, state: &str) -> Vec<Value> {
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ev = events(d);
+        if module_event(&ev, state).is_some() {
+            return ev;
+        }
+        assert!(Instant::now() < end, "no {state} event: {ev:?}\n{}", d.stderr_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn entries(g: &Guest) -> Vec<Entry> {
     module_entries(g, "nfsd", &ENTRIES).unwrap()
 }
@@ -162,15 +176,8 @@ fn a_patch_for_nfsd_waits_for_the_module_and_is_applied_as_it_loads() {
     let d = daemon(&g, &dir, 3);
     assert_eq!(d.req("GET", "/patches", None, b"").json()["patches"].as_array().unwrap().len(), 1);
     g.run_ok(UNLOAD).unwrap();
-    let end = Instant::now() + Duration::from_secs(60);
-    let ev = loop {
-        let ev = events(&d);
-        if module_event(&ev, "module_unloaded").is_some() || Instant::now() > end {
-            break ev;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let gone = module_event(&ev, "module_unloaded").unwrap_or_else(|| panic!("no module_unloaded event: {ev:?}\n{}", d.stderr_text()));
+    let ev = wait_module_event(&d, "module_unloaded");
+    let gone = module_event(&ev, "module_unloaded").expect("waited for");
     assert!(gone["detail"].as_str().unwrap().contains(&id), "{gone}");
     assert!(!ev.iter().any(|e| e["kind"] == "txn"), "dropped without a transaction: {ev:?}");
     let listed = d.req("GET", "/patches", None, b"").json();
@@ -234,11 +241,7 @@ fn a_patch_for_nfsd_waits_for_the_module_and_is_applied_as_it_loads() {
     assert!(!kept.join(format!("{id}.json")).exists() && !kept.join(format!("{id}.vsp")).exists(), "applied: no longer kept");
     // Unloaded with it attached: dropped at the unload hook, as above.
     g.run_ok(UNLOAD_IDLE).unwrap();
-    let end = Instant::now() + Duration::from_secs(60);
-    while module_event(&events(&d), "module_unloaded").is_none() {
-        assert!(Instant::now() < end, "no module_unloaded event: {:?}", events(&d));
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_module_event(&d, "module_unloaded");
     stop(d);
 
     // A daemon that ends with a patch held says what becomes of it.

@@ -130,6 +130,11 @@ impl AttachedVm {
     }
 }
 
+/// `0x…, 0x…`: addresses as the events print them.
+fn hex_list(addrs: &[u64]) -> String {
+    addrs.iter().map(|a| format!("{a:#x}")).collect::<Vec<_>>().join(", ")
+}
+
 /// Code no task runs after boot: where the probe of hardware breakpoints
 /// is set (never on a hook itself: a module loading while the daemon
 /// starts would stop there with the breakpoint no longer wanted, and the
@@ -228,11 +233,10 @@ impl AttachedService {
                 // client that died): never leave the guest stopped for it.
                 Ok(Some(OwnStop::Stray(rips))) => {
                     let removed = guest.clear_stray(&rips);
-                    let at: Vec<String> = rips.iter().map(|r| format!("{r:#x}")).collect();
-                    let left = if removed.is_empty() { String::new() } else { format!("; removed the breakpoint(s) left at {}", removed.iter().map(|r| format!("{r:#x}")).collect::<Vec<_>>().join(", ")) };
-                    tracing::warn!(rips = ?at, "a debug stop at none of vsplice's breakpoints: resuming the guest");
+                    let left = if removed.is_empty() { String::new() } else { format!("; removed the breakpoint(s) left at {}", hex_list(&removed)) };
+                    tracing::warn!(rips = %hex_list(&rips), "a debug stop at none of vsplice's breakpoints: resuming the guest");
                     match guest.resume() {
-                        Ok(()) => self.shared.events.guest_state("running", format!("resumed a debug stop at none of vsplice's breakpoints (vCPU RIPs {}){left}", at.join(", "))),
+                        Ok(()) => self.shared.events.guest_state("running", format!("resumed a debug stop at none of vsplice's breakpoints (vCPU RIPs {}){left}", hex_list(&rips))),
                         Err(e) => tracing::warn!("resuming after a stray debug stop: {e}"),
                     }
                     last = state(guest);
